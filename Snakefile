@@ -1,0 +1,43 @@
+"""DeNS reproduction pipeline (Liao, Smidt, Shuaibi, Das; TMLR 2024).
+
+Targets: all (default: all_tables), all_tables, table1 .. table10, figures, and one target per
+run: results/{scale}/runs/{experiment}/metrics.json. The scale comes from the profile or
+`--config scale=NAME`; every path carries it. See README.md.
+"""
+
+from snakemake.exceptions import WorkflowError
+
+from dens.config import ConfigError, load_registry
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    REGISTRY = load_registry(config)
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}") from None
+SCALE = REGISTRY.scale_name
+RESULTS = f"results/{SCALE}"
+
+
+wildcard_constraints:
+    experiment=r"[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*",
+    dataset=r"[a-z0-9][a-z0-9_.-]*",
+    archive=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/relax.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.all_tables.input,

@@ -1,0 +1,1 @@
+"""dens: DeNS (Denoising Non-Equilibrium Structures) reproduction library."""

@@ -1,0 +1,264 @@
+"""The experiment registry: load, validate and resolve the pipeline's configuration.
+
+Files (all under the repository's ``config/``, schemas under ``workflow/schemas/``):
+
+- ``config.yaml``: pipeline options (scale, seed, ...), overridable with ``--config``.
+- ``experiments.yaml``: every training run of the paper at the published setting.
+- ``scales/<scale>.yaml``: what a scale overrides (data source and size, model preset, epochs, batch).
+- ``datasets.yaml``, ``models.yaml`` (size presets per model family), ``tables.yaml``.
+
+Every file is validated against its JSON schema; a violation raises :class:`ConfigError` naming the
+file, the key path and the offending value. The Snakefile calls :func:`load_registry` at DAG time,
+so a bad config stops before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MOLECULES = (
+    "aspirin",
+    "benzene",
+    "ethanol",
+    "malonaldehyde",
+    "naphthalene",
+    "salicylic_acid",
+    "toluene",
+    "uracil",
+)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file, the key and the value."""
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a missing or malformed file raises :class:`ConfigError` naming it."""
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: file not found") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+
+
+def validate(document: Any, schema_name: str, source: str, root: Path = REPO_ROOT) -> None:
+    """Validate ``document`` against ``workflow/schemas/<schema_name>.schema.yaml``.
+
+    Raises :class:`ConfigError` with ``source: key.path: value: reason`` for the most relevant error.
+    """
+    schema = read_yaml(root / "workflow" / "schemas" / f"{schema_name}.schema.yaml")
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is None:
+        return
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    raise ConfigError(f"{source}: {key}: {error.instance!r}: {error.message}")
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> ConfigError:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} defined; `dens experiments` lists them"
+    return ConfigError(f"unknown {kind} {name!r}.{hint} Known: {listing}")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in recursively (override wins)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The validated configuration of one pipeline invocation (one scale)."""
+
+    root: Path
+    options: dict[str, Any]
+    scale_name: str
+    scale: dict[str, Any]
+    experiments: dict[str, dict[str, Any]]
+    datasets: dict[str, dict[str, Any]]
+    model_presets: dict[str, dict[str, dict[str, Any]]]
+    tables: dict[str, dict[str, Any]]
+
+    # -- experiments -------------------------------------------------------------------------
+    def experiment(self, name: str) -> dict[str, Any]:
+        """The experiment as written in the experiment files (paper setting)."""
+        if name not in self.experiments:
+            raise _unknown("experiment", name, self.experiments)
+        return self.experiments[name]
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        if name not in self.datasets:
+            raise _unknown("dataset", name, self.datasets)
+        return self.datasets[name]
+
+    def data_settings(self, dataset: str) -> dict[str, Any]:
+        """How this scale obtains ``dataset``: source (download/generate) and generator sizes."""
+        info = self.dataset(dataset)
+        return {**info, "name": dataset, **self.scale["data"][info["family"]]}
+
+    def resolve(self, name: str, scale_name: str | None = None) -> dict[str, Any]:
+        """The experiment at this registry's scale: what a training job needs, as plain data.
+
+        Model hyper-parameters = the family's preset (the scale may swap it) + the scale's and the
+        experiment's overrides + the Table 5 switches + ``dens`` (whether the model carries the
+        force encoding and the noise head). Optimisation = the experiment's + the scale's overrides
+        for the dataset family.
+        """
+        experiment = self.experiment(name)
+        family = self.dataset(experiment["dataset"])["family"]
+        model = experiment["model"]
+        scale_model = self.scale["models"].get(model["family"], {})
+        preset = scale_model.get("preset", model["preset"])
+        hyperparameters = {
+            **self.preset(model["family"], preset),
+            **scale_model.get("overrides", {}),
+            **model.get("overrides", {}),
+            "attention": model["attention"],
+            "layer_norm": model["layer_norm"],
+            "dens": experiment["dens"] is not None,
+        }
+        return {
+            "name": name,
+            "scale": scale_name or self.scale_name,
+            "seed": self.options["seed"],
+            "dataset": experiment["dataset"],
+            "dataset_family": family,
+            "model": {"family": model["family"], "preset": preset, "hyperparameters": hyperparameters},
+            "optim": {**experiment["optim"], **self.scale["optim"].get(family, {})},
+            "dens": copy.deepcopy(experiment["dens"]),
+            "resources": dict(experiment["resources"]),
+        }
+
+    def preset(self, family: str, preset: str) -> dict[str, Any]:
+        presets = self.model_presets.get(family)
+        if presets is None:
+            raise _unknown("model family", family, self.model_presets)
+        if preset not in presets:
+            raise _unknown(f"{family} preset", preset, presets)
+        return dict(presets[preset])
+
+    # -- tables --------------------------------------------------------------------------------
+    def table(self, name: str) -> dict[str, Any]:
+        if name not in self.tables:
+            raise _unknown("table", name, self.tables)
+        return self.tables[name]
+
+    def table_row_experiments(self, row: dict[str, Any], table: dict[str, Any]) -> list[str]:
+        """Experiments a table row reads (one per molecule for MD17 tables); [] if not trained."""
+        if row.get("cited") and not self.options["retrain_cited_baselines"]:
+            return []
+        return row_experiments(row, table)
+
+    def table_inputs(self, name: str) -> dict[str, list[str]]:
+        """Experiments whose metrics a table reads, per metrics source (evaluate/relax/simulate)."""
+        table = self.table(name)
+        if table["kind"] == "settings":
+            return {}
+        sources = {column.get("source", "evaluate") for column in table["columns"]}
+        experiments: list[str] = []
+        for row in table["rows"]:
+            for experiment in self.table_row_experiments(row, table):
+                if experiment not in experiments:
+                    experiments.append(experiment)
+        return {source: experiments for source in sorted(sources)}
+
+
+def load_registry(options: dict[str, Any], root: Path = REPO_ROOT) -> Registry:
+    """Load and validate every configuration file for the scale named in ``options``."""
+    config_dir = root / "config"
+    defaults = read_yaml(config_dir / "config.yaml")
+    options = {**defaults, **options}
+    validate(options, "config", "config (config/config.yaml + --config)", root)
+
+    scales = sorted(p.stem for p in (config_dir / "scales").glob("*.yaml"))
+    scale_name = options["scale"]
+    if scale_name not in scales:
+        raise ConfigError(
+            f"config: scale: unknown scale {scale_name!r}; known scales: {', '.join(scales)} "
+            f"(files config/scales/<scale>.yaml)"
+        )
+    scale_path = config_dir / "scales" / f"{scale_name}.yaml"
+    scale = read_yaml(scale_path)
+    validate(scale, "scale", str(scale_path.relative_to(root)), root)
+
+    datasets_doc = read_yaml(config_dir / "datasets.yaml")
+    validate(datasets_doc, "datasets", "config/datasets.yaml", root)
+    datasets = datasets_doc["datasets"]
+
+    experiments: dict[str, dict[str, Any]] = {}
+    files = [config_dir / "experiments.yaml"] + [Path(p) for p in options["extra_experiments"]]
+    for path in files:
+        source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        document = read_yaml(path if path.is_absolute() else root / path)
+        validate(document, "experiments", source, root)
+        for name, experiment in document["experiments"].items():
+            if name in experiments:
+                raise ConfigError(f"{source}: experiments.{name}: defined twice")
+            if experiment["dataset"] not in datasets:
+                raise ConfigError(
+                    f"{source}: experiments.{name}.dataset: {experiment['dataset']!r}: "
+                    f"{_unknown('dataset', experiment['dataset'], datasets)}"
+                )
+            experiments[name] = experiment
+
+    model_presets = read_yaml(config_dir / "models.yaml")
+    validate(model_presets, "models", "config/models.yaml", root)
+
+    tables_doc = read_yaml(config_dir / "tables.yaml")
+    validate(tables_doc, "tables", "config/tables.yaml", root)
+
+    registry = Registry(
+        root=root,
+        options=options,
+        scale_name=scale_name,
+        scale=scale,
+        experiments=experiments,
+        datasets=datasets,
+        model_presets=model_presets,
+        tables=tables_doc["tables"],
+    )
+    for name, experiment in experiments.items():
+        family, preset = experiment["model"]["family"], experiment["model"]["preset"]
+        try:
+            registry.preset(family, preset)
+        except ConfigError as error:
+            raise ConfigError(f"experiments.{name}.model.preset: {error}") from error
+    for table_name, table in registry.tables.items():
+        for row in table["rows"]:
+            for experiment in row_experiments(row, table):
+                if experiment not in experiments:
+                    raise ConfigError(
+                        f"config/tables.yaml: tables.{table_name}: row {row['label']!r}: "
+                        f"{_unknown('experiment', experiment, experiments)}"
+                    )
+    return registry
+
+
+def row_experiments(row: dict[str, Any], table: dict[str, Any]) -> list[str]:
+    """Every experiment a table row names (one per molecule for MD17 tables)."""
+    if table["kind"] == "settings":
+        return [column["experiment"] for column in table["columns"]]
+    if "experiment" not in row:
+        return []
+    if table["kind"] == "molecules":
+        return [row["experiment"].format(molecule=m) for m in table["molecules"]]
+    return [row["experiment"]]

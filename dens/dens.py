@@ -1,0 +1,428 @@
+"""DeNS core: structure corruption, force-encoding input and training losses.
+
+Model-agnostic part of "Generalizing Denoising to Non-Equilibrium Structures Improves
+Equivariant Force Fields" (Liao, Smidt, Shuaibi, Das; TMLR 2024). The training engine glues
+it to a model::
+
+    corruption = corrupt(batch, dens_settings, generator, forces=force_target)
+    inputs = batch.clone()
+    inputs.pos = corruption.pos
+    prediction = model(inputs, corruption.force_input, predict_noise=True)
+    terms = dens_loss(prediction, batch, corruption, energy_target, force_target,
+                      loss_settings, dens_settings, dens_coefficient(dens_settings, step, steps))
+    terms["total"].backward()
+
+Notation (Section 3): B structures, N atoms in the batch, ``batch`` [N] maps atoms to
+structures. Energies and forces are in the engine's normalised units, E' = (E - mu_E) / sigma_E
+and f' = f / sigma_F (Eq. 1); the noise head predicts eps / sigma (Eq. 3-4).
+
+Decisions (each checked against the official code, atomicarchitects/DeNS for OC20/OC22 and
+atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
+
+- Which structures: one Bernoulli(p_DeNS) draw per structure inside one mixed batch
+  (Algorithm 2 line 7; App. D.1, as the MD17 code does; the OC20 code flips one coin per GPU
+  batch). Structures with ``md_split`` True are never DeNS structures.
+- Which atoms: each free atom of a DeNS structure is corrupted independently with probability
+  r_DeNS (Algorithm 2 lines 10-11). Fixed atoms are never corrupted. A DeNS structure whose
+  draws corrupt no atom is kept as it is, as in both official codes (neither forces a
+  corruption): it has no noise and no force input, and its loss is exactly Eq. 1 (Algorithm 2
+  lines 24-27 with all m_i = 0; the no-energy-loss ablation only drops the energy term of
+  structures that have a corrupted atom, since the ablation is about predicting the energy of
+  the original structure from a corrupted one).
+- Loss normalisation, ``reduction="structure"`` (default, Algorithm 2): per structure j,
+  L_DeNS and L_F are sums over its atoms divided by |S_j|, the number of its free atoms (the
+  atoms that carry a loss; fixed atoms are excluded as in the OC20 ``train_on_free_atoms``
+  setting), and the batch loss is L_total / B. With partial corruption the denoising term is
+  therefore NOT a mean over corrupted atoms: it is divided by |S_j| (line 25), which gives every
+  loss-carrying atom the weight lambda_DeNS or lambda_F, like the official OC20 hybrid loss.
+  With all atoms corrupted it is Eq. 4 exactly. ``reduction="atom"`` reproduces the official
+  MD17 code instead: energy mean over structures, force term mean over all uncorrupted free
+  atoms of the batch, denoising term mean over all corrupted atoms of the batch. The two differ
+  in the effective weight of the denoising term by about p_DeNS * r_DeNS (1/16 with the MD17
+  values of Table 9).
+- Per-atom error (``ErrorMetric``): "l2mae" = ||x - y||_2, "mse" = ||x - y||_2^2 (Eq. 1, 4, 6
+  as written), "mae" = mean_k |x_k - y_k|. The official MD17 code (``main_md17.py`` and
+  ``main_md17_dens.py``, ``criterion = L2MAELoss()``) uses "l2mae" for the energy, the forces
+  and the noise; its component-wise mean absolute error is only the logged MAE metric. The
+  OC20/OC22 configs use "l2mae" for forces and, in the hybrid loss, for the noise as well.
+  Eq. 4 writes a squared norm, hence the ``noise_metric`` default "mse".
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+CoefficientDecay = Literal["constant", "linear"]
+ErrorMetric = Literal["l2mae", "mse", "mae"]
+Reduction = Literal["structure", "atom"]
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DeNSSettings:
+    """Hyper-parameters of DeNS (Section 3.2.3, Tables 7-9).
+
+    p: p_DeNS, probability that a structure optimises DeNS instead of the original task.
+    sigma: standard deviation of the Gaussian position noise in Å (Eq. 2).
+    corruption_ratio: r_DeNS, probability that a free atom of a DeNS structure is corrupted.
+    coefficient: lambda_DeNS, weight of L_DeNS in Eq. 6.
+    force_encoding: encode the forces of corrupted atoms (Eq. 5); False = ablation.
+    energy_loss: keep lambda_E * |E' - E_hat| of Eq. 6 for corrupted structures; False = ablation.
+    partial_corruption: corrupt a random subset of free atoms; False = ablation that corrupts
+        every free atom of a DeNS structure (corruption_ratio is then unused).
+    coefficient_decay: "constant", or "linear" decay of lambda_DeNS to 0 over training (MD17,
+        App. D.2); see ``dens_coefficient``.
+    """
+
+    p: float
+    sigma: float
+    corruption_ratio: float
+    coefficient: float
+    force_encoding: bool = True
+    energy_loss: bool = True
+    partial_corruption: bool = True
+    coefficient_decay: CoefficientDecay = "constant"
+
+    def __post_init__(self) -> None:
+        p = _check_real("p", self.p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must satisfy 0 <= p <= 1, got {self.p!r}")
+        sigma = _check_real("sigma", self.sigma)
+        if not (sigma > 0.0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a finite number > 0 (Å), got {self.sigma!r}")
+        ratio = _check_real("corruption_ratio", self.corruption_ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(
+                f"corruption_ratio must satisfy 0 < r <= 1, got {self.corruption_ratio!r}"
+            )
+        coefficient = _check_real("coefficient", self.coefficient)
+        if not (coefficient >= 0.0 and math.isfinite(coefficient)):
+            raise ValueError(f"coefficient must be a finite number >= 0, got {self.coefficient!r}")
+        _check_bool("force_encoding", self.force_encoding)
+        _check_bool("energy_loss", self.energy_loss)
+        _check_bool("partial_corruption", self.partial_corruption)
+        _check_choice("coefficient_decay", self.coefficient_decay, get_args(CoefficientDecay))
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Coefficients and per-atom errors of the original task (Eq. 1) and of Eq. 6.
+
+    energy_coefficient: lambda_E. force_coefficient: lambda_F.
+    force_metric: per-atom force error, "l2mae" (OC20/OC22 configs, official MD17 code),
+        "mse" (Eq. 1 as written) or "mae".
+    noise_metric: per-atom error of the noise prediction in L_DeNS; "mse" is Eq. 4 as written,
+        both official codes use "l2mae".
+    reduction: "structure" (Algorithm 2) or "atom" (official MD17 code); see the module notes.
+    """
+
+    energy_coefficient: float
+    force_coefficient: float
+    force_metric: ErrorMetric = "l2mae"
+    noise_metric: ErrorMetric = "mse"
+    reduction: Reduction = "structure"
+
+    def __post_init__(self) -> None:
+        for name in ("energy_coefficient", "force_coefficient"):
+            value = _check_real(name, getattr(self, name))
+            if not (value >= 0.0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        _check_choice("force_metric", self.force_metric, get_args(ErrorMetric))
+        _check_choice("noise_metric", self.noise_metric, get_args(ErrorMetric))
+        _check_choice("reduction", self.reduction, get_args(Reduction))
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One draw of DeNS corruption for a batch (Algorithm 2 lines 5-22).
+
+    dens_structures: bool [B], structures that optimise DeNS (Eq. 6); the others Eq. 1.
+    corrupted: bool [N], m_i: atoms with noise, encoded forces and a denoising target.
+    noise: float [N, 3], eps_i ~ N(0, sigma^2 I) in Å on corrupted atoms, exactly 0 elsewhere.
+    pos: float [N, 3], model input positions pos + noise (Eq. 2).
+    force_input: float [N, 3], forces to encode on corrupted atoms and zero rows elsewhere
+        (Algorithm 2 line 19), or None without force encoding (ablation).
+    sigma: the noise standard deviation in Å.
+    """
+
+    dens_structures: Tensor
+    corrupted: Tensor
+    noise: Tensor
+    pos: Tensor
+    force_input: Tensor | None
+    sigma: float
+
+    @property
+    def noise_target(self) -> Tensor:
+        """Denoising target eps / sigma, float [N, 3] (Eq. 4)."""
+        return self.noise / self.sigma
+
+
+def _require(data: Batch, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if getattr(data, name, None) is None]
+    if missing:
+        raise ValueError(f"batch lacks attribute(s) {missing} required by DeNS")
+
+
+def _check_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
+
+
+def corrupt(
+    data: Batch,
+    settings: DeNSSettings,
+    generator: torch.Generator,
+    forces: Tensor | None = None,
+) -> Corruption:
+    """Sample which structures and atoms DeNS corrupts, the noise and the force input.
+
+    data: batch with ``pos`` [N, 3], ``batch`` [N], ``natoms`` [B], ``fixed`` bool [N] and
+        ``md_split`` bool [B]; it is not modified.
+    forces: force labels to encode, [N, 3], in the model's units (normalised f' per Eq. 1 and
+        Algorithm 2 line 19; both official codes encode the raw labels instead); required
+        when ``settings.force_encoding`` is True.
+    generator: source of all random draws; the draws happen on the generator's device (B
+        uniforms, N uniforms, then N x 3 normals, whatever the settings, so two settings
+        with one seed pick the same DeNS structures), then move to ``data.pos.device``.
+    """
+    _require(data, ("pos", "batch", "natoms", "fixed", "md_split"))
+    pos: Tensor = data.pos
+    num_atoms = pos.shape[0]
+    num_structures = data.natoms.numel()
+    _check_shape("data.pos", pos, (num_atoms, 3))
+    _check_shape("data.fixed", data.fixed, (num_atoms,))
+    _check_shape("data.md_split", data.md_split, (num_structures,))
+    if settings.force_encoding:
+        if forces is None:
+            raise ValueError("corrupt needs forces=[N, 3] labels when force_encoding is True")
+        _check_shape("forces", forces, (num_atoms, 3))
+
+    gen_device = generator.device
+    structure_draw = torch.rand(num_structures, generator=generator, device=gen_device)
+    atom_draw = torch.rand(num_atoms, generator=generator, device=gen_device)
+    normal = torch.randn(num_atoms, 3, generator=generator, device=gen_device, dtype=pos.dtype)
+    structure_draw = structure_draw.to(pos.device)
+    atom_draw = atom_draw.to(pos.device)
+    normal = normal.to(pos.device)
+
+    md_split = data.md_split.to(pos.device, torch.bool)
+    dens_structures = (structure_draw < settings.p) & ~md_split
+    candidates = dens_structures[data.batch] & ~data.fixed.to(pos.device, torch.bool)
+    if settings.partial_corruption:
+        corrupted = candidates & (atom_draw < settings.corruption_ratio)
+    else:
+        corrupted = candidates
+    mask = corrupted.unsqueeze(-1)
+    noise = torch.where(mask, normal * settings.sigma, torch.zeros_like(normal))
+    force_input = None
+    if settings.force_encoding:
+        assert forces is not None
+        force_input = torch.where(mask, forces, torch.zeros_like(forces))
+    return Corruption(
+        dens_structures=dens_structures,
+        corrupted=corrupted,
+        noise=noise,
+        pos=pos + noise,
+        force_input=force_input,
+        sigma=settings.sigma,
+    )
+
+
+def dens_coefficient(settings: DeNSSettings, step: int, total_steps: int) -> float:
+    """lambda_DeNS at optimisation step ``step`` (0-based) of ``total_steps``.
+
+    "constant": settings.coefficient. "linear" (MD17, App. D.2): coefficient * (1 - step /
+    (total_steps - 1)), from the full value at the first step to exactly 0 at the last step
+    (the official code decays per epoch, coefficient * (1 - epoch / epochs), and never quite
+    reaches 0). With a single step the coefficient is the full value.
+    """
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < total_steps:
+        raise ValueError(f"step must be an int in [0, {total_steps - 1}], got {step!r}")
+    if settings.coefficient_decay == "constant" or total_steps == 1:
+        return settings.coefficient
+    return settings.coefficient * (1.0 - step / (total_steps - 1))
+
+
+def per_atom_error(prediction: Tensor, target: Tensor, metric: ErrorMetric) -> Tensor:
+    """Per-atom error of vectors [N, 3] -> [N] ("l2mae", "mse" or "mae", module notes)."""
+    diff = prediction - target
+    if metric == "l2mae":
+        return torch.linalg.vector_norm(diff, dim=-1)
+    if metric == "mse":
+        return diff.square().sum(dim=-1)
+    if metric == "mae":
+        return diff.abs().mean(dim=-1)
+    raise ValueError(f"metric must be one of {get_args(ErrorMetric)}, got {metric!r}")
+
+
+def _per_structure_sum(values: Tensor, batch: Tensor, num_structures: int) -> Tensor:
+    out = torch.zeros(num_structures, dtype=values.dtype, device=values.device)
+    return out.index_add(0, batch, values)
+
+
+def _mixed_loss(
+    prediction: dict[str, Tensor],
+    data: Batch,
+    corruption: Corruption | None,
+    energy_target: Tensor,
+    force_target: Tensor,
+    loss: LossSettings,
+    energy_loss: bool,
+    coefficient: float,
+) -> dict[str, Tensor]:
+    _require(data, ("batch", "natoms", "fixed"))
+    coefficient = _check_real("coefficient", coefficient)
+    if not (coefficient >= 0.0 and math.isfinite(coefficient)):
+        raise ValueError(f"coefficient must be a finite number >= 0, got {coefficient!r}")
+    for key in ("energy", "forces"):
+        if key not in prediction:
+            raise ValueError(f"prediction lacks {key!r}; it has {sorted(prediction)}")
+    batch: Tensor = data.batch
+    num_atoms = batch.numel()
+    num_structures = data.natoms.numel()
+    energy_pred = prediction["energy"]
+    force_pred = prediction["forces"]
+    _check_shape('prediction["energy"]', energy_pred, (num_structures,))
+    _check_shape('prediction["forces"]', force_pred, (num_atoms, 3))
+    _check_shape("energy_target", energy_target, (num_structures,))
+    _check_shape("force_target", force_target, (num_atoms, 3))
+    free = ~data.fixed.to(torch.bool)
+    _check_shape("data.fixed", free, (num_atoms,))
+
+    if corruption is None:
+        corrupted = torch.zeros_like(free)
+    else:
+        corrupted = corruption.corrupted
+        _check_shape("corruption.corrupted", corrupted, (num_atoms,))
+        if bool((corrupted & ~free).any()):
+            raise ValueError("corruption.corrupted marks fixed atoms; DeNS never corrupts them")
+    num_corrupted = int(corrupted.sum())
+    zero = energy_pred.new_zeros(())
+
+    energy_error = (energy_pred - energy_target).abs()
+    if energy_loss:
+        energy_kept = energy_error
+    else:
+        has_corrupted = _per_structure_sum(corrupted.to(energy_error.dtype), batch, num_structures)
+        energy_kept = torch.where(has_corrupted > 0, torch.zeros_like(energy_error), energy_error)
+    energy = loss.energy_coefficient * energy_kept.sum() / num_structures
+
+    force_atoms = free & ~corrupted
+    force_error = per_atom_error(force_pred, force_target, loss.force_metric)
+    force_error = torch.where(force_atoms, force_error, torch.zeros_like(force_error))
+
+    if num_corrupted > 0 and coefficient > 0.0:
+        assert corruption is not None
+        if "noise" not in prediction:
+            raise ValueError(
+                f"prediction lacks 'noise' but {num_corrupted} atoms are corrupted; "
+                "call the model with predict_noise=True"
+            )
+        noise_pred = prediction["noise"]
+        _check_shape('prediction["noise"]', noise_pred, (num_atoms, 3))
+        noise_error = per_atom_error(noise_pred, corruption.noise_target, loss.noise_metric)
+        noise_error = torch.where(corrupted, noise_error, torch.zeros_like(noise_error))
+    else:
+        noise_error = None
+
+    if loss.reduction == "structure":
+        free_count = _per_structure_sum(free.to(force_error.dtype), batch, num_structures)
+        free_count = free_count.clamp(min=1.0)
+        force_per_structure = _per_structure_sum(force_error, batch, num_structures) / free_count
+        forces = loss.force_coefficient * force_per_structure.sum() / num_structures
+        if noise_error is None:
+            dens_term = zero
+        else:
+            noise_per_structure = _per_structure_sum(noise_error, batch, num_structures)
+            dens_term = coefficient * (noise_per_structure / free_count).sum() / num_structures
+    else:
+        forces = loss.force_coefficient * force_error.sum() / max(int(force_atoms.sum()), 1)
+        if noise_error is None:
+            dens_term = zero
+        else:
+            dens_term = coefficient * noise_error.sum() / num_corrupted
+
+    return {
+        "total": energy + forces + dens_term,
+        "energy": energy,
+        "forces": forces,
+        "dens": dens_term,
+    }
+
+
+def dens_loss(
+    prediction: dict[str, Tensor],
+    data: Batch,
+    corruption: Corruption | None,
+    energy_target: Tensor,
+    force_target: Tensor,
+    loss: LossSettings,
+    dens: DeNSSettings,
+    coefficient: float,
+) -> dict[str, Tensor]:
+    """Training loss of a mixed batch: Eq. 1 for original-task structures, Eq. 6 for DeNS ones.
+
+    prediction: model output on the corrupted batch, ``"energy"`` [B], ``"forces"`` [N, 3]
+        and ``"noise"`` [N, 3] (needed when an atom is corrupted and coefficient > 0).
+    data: the batch (``batch`` [N], ``natoms`` [B], ``fixed`` [N]).
+    corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure).
+    energy_target: E' [B] (normalised, of the ORIGINAL structures). force_target: f' [N, 3].
+    dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped).
+    coefficient: lambda_DeNS for this step (``dens_coefficient``).
+
+    Per structure j with free-atom count |S_j| and corruption mask m (Algorithm 2):
+        L_j = [kept] lambda_E |E'_j - E_hat_j|
+              + lambda_F / |S_j| sum_{free i in j} (1 - m_i) err_F(f_hat_i, f'_i)
+              + lambda_DeNS / |S_j| sum_{i in j} m_i err_eps(eps_hat_i, eps_i / sigma),
+    and the loss is sum_j L_j / B (``reduction="atom"``: see the module notes). The energy term
+    is dropped for structures with a corrupted atom when ``dens.energy_loss`` is False.
+
+    Returns 0-dim tensors ``"energy"``, ``"forces"``, ``"dens"`` (each term's weighted share,
+    already divided by B) and ``"total"`` = their sum, the tensor to back-propagate.
+    """
+    return _mixed_loss(
+        prediction,
+        data,
+        corruption,
+        energy_target,
+        force_target,
+        loss,
+        dens.energy_loss,
+        coefficient,
+    )
+
+
+def original_task_loss(
+    prediction: dict[str, Tensor],
+    data: Batch,
+    energy_target: Tensor,
+    force_target: Tensor,
+    loss: LossSettings,
+) -> dict[str, Tensor]:
+    """Eq. 1 for every structure of the batch: ``dens_loss`` without corruption.
+
+    Shapes and the returned terms are those of ``dens_loss``; ``"dens"`` is 0.
+    """
+    return _mixed_loss(prediction, data, None, energy_target, force_target, loss, True, 0.0)

@@ -1,0 +1,616 @@
+"""dens.data.download against a real HTTP server on 127.0.0.1 (ThreadingHTTPServer in a thread).
+
+The archives are built here, in memory; the server logs every request (path, Range header,
+status, body bytes sent) so a test can tell a resumed transfer from a restarted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dens.data.download import (
+    EXTRACTED_MARKER,
+    ChecksumMismatchError,
+    DownloadError,
+    UnsafeArchiveError,
+    UnverifiedDownloadWarning,
+    download,
+    extract,
+    fetch,
+    is_extracted,
+    load_catalog,
+    main,
+    verify,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"backoff": 0.0, "progress": False, "timeout": 10.0}
+
+
+# ----------------------------------------------------------------------------- the server ----
+
+
+@dataclass
+class Served:
+    """What the server holds and how it misbehaves; ``log`` records every request."""
+
+    port: int = 0
+    files: dict[str, bytes] = field(default_factory=dict)
+    supports_range: bool = True
+    # path -> byte counts: the n-th request for the path sends at most that many body bytes
+    cut_after: dict[str, list[int]] = field(default_factory=dict)
+    # path -> statuses answered (one per request) before the file is served
+    fail_with: dict[str, list[int]] = field(default_factory=dict)
+    log: list[dict[str, object]] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def requests_for(self, path: str) -> list[dict[str, object]]:
+        return [entry for entry in self.log if entry["path"] == path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        served = self.server.served
+        path = self.path.lstrip("/")
+        entry: dict[str, object] = {"path": path, "range": self.headers.get("Range"), "sent": 0}
+        served.log.append(entry)
+        if served.fail_with.get(path):
+            entry["status"] = served.fail_with[path].pop(0)
+            self.send_error(entry["status"])
+            return
+        data = served.files.get(path)
+        if data is None:
+            entry["status"] = 404
+            self.send_error(404)
+            return
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", entry["range"] or "")
+        if match and served.supports_range:
+            start = int(match.group(1))
+            if start >= len(data):
+                entry["status"] = 416
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            entry["status"] = 206
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            entry["status"] = 200
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if served.cut_after.get(path):
+            body = body[: served.cut_after[path].pop(0)]  # then the connection closes
+        entry["sent"] = len(body)  # logged first: the client may finish before write returns
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    served: Served
+
+
+@pytest.fixture
+def server() -> Iterator[Served]:
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    httpd.served = Served(port=httpd.server_address[1])
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield httpd.served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+# ------------------------------------------------------------------------------ archives ----
+
+
+def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w:gz") -> bytes:
+    """A tar archive of (name, content) files and ready-made TarInfo entries (links etc.)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                name, content = member
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def special(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    return info
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(zipfile.ZipInfo(name), content)
+    return buffer.getvalue()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+GOOD_FILES = {
+    "s2ef_demo/s2ef_demo/0.extxyz": b"2\nLattice=...\nCu 0 0 0\nO 0 0 1.8\n" * 50,
+    "s2ef_demo/s2ef_demo/0.txt": b"random1,0,-1.25\n" * 40,
+    "s2ef_demo/README.md": b"demo archive\n",
+}
+# Large enough that a cut at a third leaves bytes on both sides of every 1 MiB-chunk read.
+BIG = bytes(range(256)) * 4096 + b"tail"
+
+
+# --------------------------------------------------------------------------------- tests ----
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+def test_good_archive_downloads_verifies_and_extracts(
+    server: Served, tmp_path: Path, algorithm: str
+) -> None:
+    archive = tar_bytes(list(GOOD_FILES.items()))
+    server.files["data/s2ef_demo.tar.gz"] = archive
+    digest = hashlib.new(algorithm, archive).hexdigest()
+
+    path = download(
+        server.url("data/s2ef_demo.tar.gz"),
+        tmp_path / "dl" / "s2ef_demo.tar.gz",
+        digest,
+        algorithm,
+        **FAST,
+    )
+
+    assert path.read_bytes() == archive
+    assert not (tmp_path / "dl" / "s2ef_demo.tar.gz.part").exists()
+    out = extract(path, tmp_path / "extracted" / "s2ef_demo")
+    for name, content in GOOD_FILES.items():
+        assert (out / name).read_bytes() == content
+    assert is_extracted(out)
+    assert not (tmp_path / "extracted" / "s2ef_demo.partial").exists()
+    assert [entry["status"] for entry in server.log] == [200]
+
+
+@pytest.mark.integration
+def test_corrupted_archive_is_caught_naming_file_and_both_digests(
+    server: Served, tmp_path: Path
+) -> None:
+    archive = tar_bytes(list(GOOD_FILES.items()))
+    corrupt = bytearray(archive)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    server.files["s2ef_demo.tar.gz"] = bytes(corrupt)
+    dest = tmp_path / "s2ef_demo.tar.gz"
+
+    with pytest.raises(ChecksumMismatchError) as caught:
+        download(server.url("s2ef_demo.tar.gz"), dest, md5(archive), "md5", **FAST)
+
+    message = str(caught.value)
+    assert str(dest) in message
+    assert md5(archive) in message and md5(bytes(corrupt)) in message
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+    kept = dest.with_name(dest.name + ".corrupt")
+    assert kept.read_bytes() == bytes(corrupt) and caught.value.moved_to == kept
+
+
+def test_verify_moves_a_corrupt_file_aside(tmp_path: Path) -> None:
+    path = tmp_path / "md17_aspirin.npz"
+    path.write_bytes(b"not what was published")
+
+    with pytest.raises(ChecksumMismatchError, match=re.escape(str(path))) as caught:
+        verify(path, "0" * 64, "sha256")
+
+    assert caught.value.expected == "0" * 64
+    assert caught.value.actual == hashlib.sha256(b"not what was published").hexdigest()
+    assert not path.exists()
+    assert (tmp_path / "md17_aspirin.npz.corrupt").read_bytes() == b"not what was published"
+
+
+@pytest.mark.integration
+def test_dropped_connection_is_resumed_with_range(server: Served, tmp_path: Path) -> None:
+    server.files["big.tar"] = BIG
+    cut = len(BIG) // 3
+    server.cut_after["big.tar"] = [cut]
+
+    path = download(server.url("big.tar"), tmp_path / "big.tar", md5(BIG), "md5", **FAST)
+
+    assert path.read_bytes() == BIG
+    first, second = server.requests_for("big.tar")
+    assert (first["range"], first["status"], first["sent"]) == (None, 200, cut)
+    assert (second["range"], second["status"]) == (f"bytes={cut}-", 206)
+    assert second["sent"] == len(BIG) - cut  # only the missing bytes travelled again
+
+
+@pytest.mark.integration
+def test_part_file_of_a_killed_run_is_resumed(server: Served, tmp_path: Path) -> None:
+    server.files["big.tar"] = BIG
+    dest = tmp_path / "big.tar"
+    done = 100_000
+    dest.with_name("big.tar.part").write_bytes(BIG[:done])
+
+    download(server.url("big.tar"), dest, md5(BIG), "md5", **FAST)
+
+    assert dest.read_bytes() == BIG
+    (request,) = server.requests_for("big.tar")
+    assert (request["range"], request["status"], request["sent"]) == (
+        f"bytes={done}-",
+        206,
+        len(BIG) - done,
+    )
+
+
+@pytest.mark.integration
+def test_complete_part_file_is_finished_without_refetching(server: Served, tmp_path: Path) -> None:
+    server.files["big.tar"] = BIG
+    dest = tmp_path / "big.tar"
+    dest.with_name("big.tar.part").write_bytes(BIG)
+
+    download(server.url("big.tar"), dest, md5(BIG), "md5", **FAST)
+
+    assert dest.read_bytes() == BIG
+    assert [(entry["status"], entry["sent"]) for entry in server.log] == [(416, 0)]
+
+
+@pytest.mark.integration
+def test_server_without_range_support_restarts_from_zero(server: Served, tmp_path: Path) -> None:
+    server.files["big.tar"] = BIG
+    server.supports_range = False
+    dest = tmp_path / "big.tar"
+    dest.with_name("big.tar.part").write_bytes(b"\x00" * 5000)  # stale bytes must not survive
+
+    download(server.url("big.tar"), dest, md5(BIG), "md5", **FAST)
+
+    assert dest.read_bytes() == BIG
+    (request,) = server.log
+    assert (request["range"], request["status"], request["sent"]) == ("bytes=5000-", 200, len(BIG))
+
+
+@pytest.mark.integration
+def test_404_is_a_clear_error_naming_the_url_and_not_retried(
+    server: Served, tmp_path: Path
+) -> None:
+    url = server.url("opencatalystproject/data/missing.tar")
+
+    with pytest.raises(DownloadError, match="404") as caught:
+        download(url, tmp_path / "missing.tar", "0" * 32, "md5", retries=3, **FAST)
+
+    assert url in str(caught.value)
+    assert len(server.log) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_transient_errors_are_retried_then_given_up(server: Served, tmp_path: Path) -> None:
+    server.files["a.tar"] = BIG
+    server.fail_with["a.tar"] = [503, 502]
+    download(server.url("a.tar"), tmp_path / "a.tar", md5(BIG), "md5", retries=2, **FAST)
+    assert [entry["status"] for entry in server.log] == [503, 502, 200]
+
+    server.fail_with["b.tar"] = [503] * 5
+    server.files["b.tar"] = BIG
+    with pytest.raises(DownloadError, match="giving up") as caught:
+        download(server.url("b.tar"), tmp_path / "b.tar", md5(BIG), "md5", retries=2, **FAST)
+    assert server.url("b.tar") in str(caught.value)
+    assert len(server.requests_for("b.tar")) == 3
+
+
+@pytest.mark.integration
+def test_existing_verified_file_is_not_downloaded_again(server: Served, tmp_path: Path) -> None:
+    server.files["x.tar"] = BIG
+    dest = tmp_path / "x.tar"
+    download(server.url("x.tar"), dest, md5(BIG), "md5", **FAST)
+    download(server.url("x.tar"), dest, md5(BIG), "md5", **FAST)
+    assert len(server.log) == 1
+
+
+@pytest.mark.integration
+def test_existing_corrupt_file_is_moved_aside_and_fetched_again(
+    server: Served, tmp_path: Path
+) -> None:
+    server.files["x.tar"] = BIG
+    dest = tmp_path / "x.tar"
+    dest.write_bytes(b"bit rot")
+
+    download(server.url("x.tar"), dest, md5(BIG), "md5", **FAST)
+
+    assert dest.read_bytes() == BIG
+    assert (tmp_path / "x.tar.corrupt").read_bytes() == b"bit rot"
+    assert len(server.log) == 1
+
+
+@pytest.mark.integration
+def test_unpublished_checksum_warns_loudly_and_pins_the_first_copy(
+    server: Served, tmp_path: Path
+) -> None:
+    npz = b"PK\x03\x04 stand-in for md17_uracil.npz" * 100
+    server.files["gdml/data/npz/md17_uracil.npz"] = npz
+    dest = tmp_path / "md17_uracil.npz"
+    url = server.url("gdml/data/npz/md17_uracil.npz")
+
+    with pytest.warns(UnverifiedDownloadWarning, match="could NOT be verified"):
+        download(url, dest, None, "sha256", **FAST)
+    record = tmp_path / "md17_uracil.npz.sha256"
+    assert record.read_text().split()[0] == hashlib.sha256(npz).hexdigest()
+
+    with pytest.warns(UnverifiedDownloadWarning, match="could NOT be verified"):
+        download(url, dest, None, "sha256", **FAST)
+    assert len(server.log) == 1  # reused, not fetched again
+
+    dest.write_bytes(npz[:-1] + b"!")  # a later local change is still caught
+    with pytest.raises(ChecksumMismatchError, match="recorded"):
+        verify(dest, None, "sha256")
+
+
+@pytest.mark.integration
+def test_traversal_archive_from_the_server_is_refused(server: Served, tmp_path: Path) -> None:
+    evil = tar_bytes([("ok.txt", b"fine"), ("../evil.txt", b"escaped")])
+    server.files["evil.tar.gz"] = evil
+    path = download(
+        server.url("evil.tar.gz"), tmp_path / "dl" / "evil.tar.gz", md5(evil), "md5", **FAST
+    )
+
+    with pytest.raises(UnsafeArchiveError, match=r"'\.\./evil\.txt'") as caught:
+        extract(path, tmp_path / "out" / "evil")
+
+    assert str(path) in str(caught.value)
+    assert not (tmp_path / "out" / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no dest dir, staging removed
+
+
+@pytest.mark.parametrize(
+    ("members", "offender", "reason"),
+    [
+        ([("/tmp/dens-evil-absolute.txt", b"x")], "/tmp/dens-evil-absolute.txt", "absolute"),
+        ([("a/../../evil.txt", b"x")], "a/../../evil.txt", r"'\.\.'"),
+        ([link("up", "../../outside")], "up", "pointing outside"),
+        ([link("etc", "/etc")], "etc", "absolute path '/etc'"),
+        ([("real.txt", b"x"), link("hard", "../real.txt", tarfile.LNKTYPE)], "hard", "outside"),
+        ([special("dev", tarfile.CHRTYPE)], "dev", "device or fifo"),
+        ([special("pipe", tarfile.FIFOTYPE)], "pipe", "device or fifo"),
+    ],
+    ids=["absolute", "dotdot", "symlink-out", "symlink-abs", "hardlink-out", "device", "fifo"],
+)
+def test_unsafe_tar_members_are_refused(
+    tmp_path: Path, members: list, offender: str, reason: str
+) -> None:
+    archive = tmp_path / "bad.tar"
+    archive.write_bytes(tar_bytes(members, mode="w"))
+
+    with pytest.raises(UnsafeArchiveError, match=reason) as caught:
+        extract(archive, tmp_path / "out")
+
+    assert caught.value.member == offender
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not Path("/tmp/dens-evil-absolute.txt").exists()
+
+
+def test_links_inside_the_archive_are_extracted(tmp_path: Path) -> None:
+    archive = tmp_path / "links.tar.xz"
+    archive.write_bytes(
+        tar_bytes(
+            [
+                ("d/real.txt", b"payload"),
+                link("d/soft", "real.txt"),
+                link("hard", "d/real.txt", tarfile.LNKTYPE),
+            ],
+            mode="w:xz",
+        )
+    )
+    out = extract(archive, tmp_path / "out")
+    assert (out / "d" / "soft").read_bytes() == b"payload"
+    assert (out / "hard").read_bytes() == b"payload"
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "C:/evil.txt"])
+def test_unsafe_zip_members_are_refused(tmp_path: Path, name: str) -> None:
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(zip_bytes({"ok.txt": b"fine", name: b"escaped"}))
+
+    with pytest.raises(UnsafeArchiveError) as caught:
+        extract(archive, tmp_path / "out")
+
+    assert caught.value.member == name
+    assert not (tmp_path / "out").exists() and not (tmp_path / "evil.txt").exists()
+
+
+def test_zip_archive_extracts(tmp_path: Path) -> None:
+    archive = tmp_path / "good.zip"
+    archive.write_bytes(zip_bytes(GOOD_FILES))
+    out = extract(archive, tmp_path / "out")
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == {
+        *GOOD_FILES,
+        EXTRACTED_MARKER,
+    }
+
+
+def test_half_extracted_directory_is_never_taken_as_complete(tmp_path: Path) -> None:
+    good = tar_bytes(list(GOOD_FILES.items()))
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good[: len(good) // 2])  # e.g. a download cut short, used anyway
+
+    with pytest.raises((tarfile.TarError, EOFError)):
+        extract(truncated, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+    # A directory without the marker (a crash in some other tool, or foreign data) is refused.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s2ef_demo").mkdir()
+    archive = tmp_path / "good.tar.gz"
+    archive.write_bytes(good)
+    with pytest.raises(FileExistsError, match=re.escape(EXTRACTED_MARKER)):
+        extract(archive, tmp_path / "out")
+    assert not is_extracted(tmp_path / "out")
+
+    # Leftover staging from a killed run is discarded, not merged.
+    (tmp_path / "fresh.partial").mkdir()
+    (tmp_path / "fresh.partial" / "stale.txt").write_text("from a killed run")
+    out = extract(archive, tmp_path / "fresh")
+    assert not (out / "stale.txt").exists() and is_extracted(out)
+
+
+def test_completed_extraction_is_not_redone(tmp_path: Path) -> None:
+    archive = tmp_path / "good.tar"
+    archive.write_bytes(tar_bytes(list(GOOD_FILES.items()), mode="w"))
+    out = extract(archive, tmp_path / "out")
+    readme = out / "s2ef_demo" / "README.md"
+    readme.write_text("edited after extraction")
+
+    assert extract(archive, tmp_path / "out") == out
+    assert readme.read_text() == "edited after extraction"
+
+
+def test_npz_is_not_extracted(tmp_path: Path) -> None:
+    path = tmp_path / "md17_toluene.npz"
+    path.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="not extracted"):
+        extract(path, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------- catalog ----
+
+
+def test_archive_catalog_covers_every_paper_scale_split() -> None:
+    catalog = load_catalog(REPO / "config" / "archives.yaml")
+    datasets = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())["datasets"]
+
+    provided: dict[str, set[str]] = {}
+    for archive in catalog.values():
+        assert archive.filename and archive.url.endswith(archive.filename)
+        for dataset, splits in archive.dataset.items():
+            assert dataset in datasets, f"{archive.name}: unknown dataset {dataset}"
+            unknown = set(splits) - set(datasets[dataset]["splits"])
+            assert not unknown, f"{archive.name}: {dataset} has no splits {unknown}"
+            if not archive.optional:
+                provided.setdefault(dataset, set()).update(splits)
+    for dataset, spec in datasets.items():
+        assert provided.get(dataset) == set(spec["splits"]), dataset
+
+    # Published digests where the owners publish them (OC20/OC22 md5); none for MD17.
+    for archive in catalog.values():
+        if archive.name.startswith("md17_"):
+            assert archive.digest is None and "none published" in archive.checksum_source
+        else:
+            assert archive.algorithm == "md5" and len(archive.digest or "") == 32
+    assert [a.name for a in catalog.values() if a.md_split] == ["oc20_s2ef_md"]
+    assert catalog["md17_benzene"].filename == "md17_benzene2017.npz"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"checksum": {"algorithm": "md5", "digest": "abc"}}, "not a md5 hex digest"),
+        ({"checksum": {"algorithm": "crc32", "digest": "0" * 8}}, "unknown checksum algorithm"),
+        ({"checksum_source": ""}, "checksum_source"),
+        ({"url": "ftp://example.org/x.tar"}, "http"),
+        ({"format": "rar"}, "format"),
+        ({"md5": "0" * 32}, "unknown keys"),
+        ({"dataset": {"oc20-2m": []}}, "dataset"),
+    ],
+)
+def test_catalog_rejects_malformed_entries(tmp_path: Path, change: dict, message: str) -> None:
+    entry = {
+        "url": "https://example.org/x.tar",
+        "format": "tar",
+        "checksum": {"algorithm": "md5", "digest": "0" * 32},
+        "checksum_source": "test",
+        "size": None,
+        "dataset": {"oc20-2m": ["train"]},
+        "payload": "test",
+    } | change
+    catalog = tmp_path / "archives.yaml"
+    catalog.write_text(yaml.safe_dump({"archives": {"broken": entry}}))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_catalog(catalog)
+    assert "'broken'" in str(caught.value)
+
+
+@pytest.mark.integration
+def test_command_line_fetches_and_extracts_catalog_archives(
+    server: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tar_bytes(list(GOOD_FILES.items()))
+    server.files["s2ef_demo.tar.gz"] = archive
+    server.files["md17_demo.npz"] = b"PK npz stand-in"
+    catalog = tmp_path / "archives.yaml"
+    common = {"checksum_source": "test", "size": None, "payload": "test"}
+    catalog.write_text(
+        yaml.safe_dump(
+            {
+                "archives": {
+                    "demo_tar": {
+                        "url": server.url("s2ef_demo.tar.gz"),
+                        "format": "tar.gz",
+                        "checksum": {"algorithm": "md5", "digest": md5(archive)},
+                        "dataset": {"oc20-2m": ["train"]},
+                        **common,
+                    },
+                    "demo_npz": {
+                        "url": server.url("md17_demo.npz"),
+                        "format": "npz",
+                        "checksum": None,
+                        "dataset": {"md17-uracil": ["train"]},
+                        **common,
+                    },
+                }
+            }
+        )
+    )
+    args = ["--catalog", str(catalog), "--download-dir", str(tmp_path / "dl"), "--no-progress"]
+
+    with pytest.warns(UnverifiedDownloadWarning):
+        code = main([*args, "--extract-dir", str(tmp_path / "x"), "demo_tar", "demo_npz"])
+
+    assert code == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(tmp_path / "x" / "demo_tar"), str(tmp_path / "dl" / "md17_demo.npz")]
+    assert is_extracted(tmp_path / "x" / "demo_tar")
+
+    server.files["s2ef_demo.tar.gz"] = archive[:-1] + b"!"  # republished, corrupted upstream
+    (tmp_path / "dl" / "s2ef_demo.tar.gz").unlink()
+    assert main([*args, "demo_tar"]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+
+    (tmp_path / "dl" / "s2ef_demo.tar.gz.corrupt").unlink()
+    server.files["s2ef_demo.tar.gz"] = archive
+    catalog_entries = load_catalog(catalog)
+    assert fetch(catalog_entries["demo_tar"], tmp_path / "dl", None, progress=False) == (
+        tmp_path / "dl" / "s2ef_demo.tar.gz"
+    )
