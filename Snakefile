@@ -5,6 +5,8 @@ run: results/{scale}/runs/{experiment}/metrics.json. The scale comes from the pr
 `--config scale=NAME`; every path carries it. See README.md.
 """
 
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
 
 from dens.config import ConfigError, load_registry
@@ -14,7 +16,7 @@ configfile: "config/config.yaml"
 
 
 try:
-    REGISTRY = load_registry(config)
+    REGISTRY = load_registry(config, root=Path(workflow.basedir))
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
 SCALE = REGISTRY.scale_name

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dens.config import REPO_ROOT, ConfigError, Registry, load_registry
+from dens.config import ConfigError, Registry, find_root, load_registry
 from dens.models import ModelNotAvailableError
 
 
@@ -67,7 +67,7 @@ def cmd_params(args: argparse.Namespace) -> None:
 def cmd_data_download(args: argparse.Namespace) -> None:
     from dens.data.download import download, load_catalog
 
-    catalog = load_catalog(REPO_ROOT / "config" / "archives.yaml")
+    catalog = load_catalog(find_root() / "config" / "archives.yaml")
     if args.archive not in catalog:
         raise CommandError(f"unknown archive {args.archive!r} (config/archives.yaml)")
     archive = catalog[args.archive]
@@ -77,7 +77,7 @@ def cmd_data_download(args: argparse.Namespace) -> None:
 def cmd_data_extract(args: argparse.Namespace) -> None:
     from dens.data.download import extract, load_catalog
 
-    archive = load_catalog(REPO_ROOT / "config" / "archives.yaml")[args.archive]
+    archive = load_catalog(find_root() / "config" / "archives.yaml")[args.archive]
     extract(args.archive_path, args.out, archive.format)
 
 
@@ -107,7 +107,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
         return
     npz = [Path(p) for p in args.inputs if str(p).endswith(".npz")]
     if len(npz) != 1:
-        raise CommandError(f"dataset {args.dataset}: expected one MD17 .npz input, got {args.inputs}")
+        raise CommandError(
+            f"dataset {args.dataset}: expected one MD17 .npz input, got {args.inputs}"
+        )
     md17.convert_md17_npz(npz[0], out_dir)
 
 

@@ -4,7 +4,7 @@ Files (all under the repository's ``config/``, schemas under ``workflow/schemas/
 
 - ``config.yaml``: pipeline options (scale, seed, ...), overridable with ``--config``.
 - ``experiments.yaml``: every training run of the paper at the published setting.
-- ``scales/<scale>.yaml``: what a scale overrides (data source and size, model preset, epochs, batch).
+- ``scales/<scale>.yaml``: what a scale overrides (data, model preset, epochs, batch size).
 - ``datasets.yaml``, ``models.yaml`` (size presets per model family), ``tables.yaml``.
 
 Every file is validated against its JSON schema; a violation raises :class:`ConfigError` naming the
@@ -52,10 +52,10 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {error}") from error
 
 
-def validate(document: Any, schema_name: str, source: str, root: Path = REPO_ROOT) -> None:
+def validate(document: Any, schema_name: str, source: str, root: Path) -> None:
     """Validate ``document`` against ``workflow/schemas/<schema_name>.schema.yaml``.
 
-    Raises :class:`ConfigError` with ``source: key.path: value: reason`` for the most relevant error.
+    Raises :class:`ConfigError` with ``source: key.path: value: reason`` (the most relevant error).
     """
     schema = read_yaml(root / "workflow" / "schemas" / f"{schema_name}.schema.yaml")
     validator = jsonschema.Draft202012Validator(schema)
@@ -70,7 +70,11 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} defined; `dens experiments` lists them"
+    listing = (
+        ", ".join(known)
+        if len(known) <= 12
+        else f"{len(known)} defined; `dens experiments` lists them"
+    )
     return ConfigError(f"unknown {kind} {name!r}.{hint} Known: {listing}")
 
 
@@ -142,7 +146,11 @@ class Registry:
             "seed": self.options["seed"],
             "dataset": experiment["dataset"],
             "dataset_family": family,
-            "model": {"family": model["family"], "preset": preset, "hyperparameters": hyperparameters},
+            "model": {
+                "family": model["family"],
+                "preset": preset,
+                "hyperparameters": hyperparameters,
+            },
             "optim": {**experiment["optim"], **self.scale["optim"].get(family, {})},
             "dens": copy.deepcopy(experiment["dens"]),
             "resources": dict(experiment["resources"]),
@@ -182,11 +190,29 @@ class Registry:
         return {source: experiments for source in sorted(sources)}
 
 
-def load_registry(options: dict[str, Any], root: Path = REPO_ROOT) -> Registry:
-    """Load and validate every configuration file for the scale named in ``options``."""
+def find_root(start: Path | None = None) -> Path:
+    """The pipeline directory: the working directory if it holds ``config/experiments.yaml``
+    (Snakemake jobs run there; a copy of the repository works too), else this package's checkout."""
+    start = Path.cwd() if start is None else start
+    return start if (start / "config" / "experiments.yaml").is_file() else REPO_ROOT
+
+
+def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry:
+    """Load and validate every configuration file for the scale named in ``options``.
+
+    Paths in the registry (config, schemas, results) are relative to ``root`` (default
+    :func:`find_root`)."""
+    root = find_root() if root is None else root
     config_dir = root / "config"
     defaults = read_yaml(config_dir / "config.yaml")
-    options = {**defaults, **options}
+    # --config passes strings: read them as YAML scalars ("true", "3", "[a.yaml]").
+    options = {
+        **defaults,
+        **{
+            key: yaml.safe_load(value) if isinstance(value, str) and key != "scale" else value
+            for key, value in options.items()
+        },
+    }
     validate(options, "config", "config (config/config.yaml + --config)", root)
 
     scales = sorted(p.stem for p in (config_dir / "scales").glob("*.yaml"))

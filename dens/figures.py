@@ -50,7 +50,9 @@ def draw_figure(registry: Registry, name: str, out: Path, seed: int = 0) -> Path
     datasets, sigmas, title = FIGURES[name]
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(
-        len(datasets), len(sigmas) + 1, figsize=(2.6 * (len(sigmas) + 1), 2.6 * len(datasets)),
+        len(datasets),
+        len(sigmas) + 1,
+        figsize=(2.6 * (len(sigmas) + 1), 2.6 * len(datasets)),
         squeeze=False,
     )
     for row, dataset in enumerate(datasets):

@@ -106,7 +106,10 @@ def build_rows(registry: Registry, name: str) -> tuple[list[str], list[list[str]
     else:
         for molecule in table["molecules"]:
             for column in table["columns"]:
-                header += [f"{molecule} {column['name']} ours", f"{molecule} {column['name']} paper"]
+                header += [
+                    f"{molecule} {column['name']} ours",
+                    f"{molecule} {column['name']} paper",
+                ]
         for column in table.get("summary_columns", []):
             unit = f" ({column['unit']})" if column["unit"] else ""
             header += [f"{column['name']}{unit} ours", f"{column['name']}{unit} paper"]
@@ -129,7 +132,11 @@ def build_rows(registry: Registry, name: str) -> tuple[list[str], list[list[str]
                     theirs = paper[index] if index < len(paper) else None
                     cells += [format_value(ours, column["metric"]), format_value(theirs)]
             for index, column in enumerate(table.get("summary_columns", [])):
-                ours = _mean([read_metric(registry, e, column) for e in measured]) if measured else None
+                ours = (
+                    _mean([read_metric(registry, e, column) for e in measured])
+                    if measured
+                    else None
+                )
                 paper_summary = row.get("paper_summary", [])
                 theirs = paper_summary[index] if index < len(paper_summary) else None
                 cells += [format_value(ours, column["metric"]), format_value(theirs)]
@@ -167,8 +174,18 @@ def _settings_rows(registry: Registry, table: dict[str, Any]) -> tuple[list[str]
 
 
 def _latex_escape(text: str) -> str:
-    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_",
-                    "$": r"\$", "{": r"\{", "}": r"\}", "Å": r"\AA{}", "—": "--"}
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "#": r"\#",
+        "_": r"\_",
+        "$": r"\$",
+        "{": r"\{",
+        "}": r"\}",
+        "Å": r"\AA{}",
+        "—": "--",
+    }
     return "".join(replacements.get(char, char) for char in text)
 
 

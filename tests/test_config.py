@@ -1,0 +1,146 @@
+"""The experiment registry: names, scales, resolution and validation errors that name the input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dens.config import MOLECULES, ConfigError, load_registry
+
+MD17_RUNS = [
+    "equiformer-l2",
+    "equiformer-l2-dens",
+    "equiformer-l3",
+    "equiformer-l3-dens",
+    "equiformer-l2-no-attn",
+    "equiformer-l2-no-attn-dens",
+    "equiformer-l2-no-attn-no-ln",
+    "equiformer-l2-no-attn-no-ln-dens",
+    "equiformer-l2-dens-no-force-encoding",
+    "equiformer-l2-dens-no-energy-loss",
+    "equiformer-l2-dens-all-atoms",
+]
+OC_RUNS = [
+    "oc20-2m/eqv2-e12",
+    "oc20-2m/eqv2-dens-e12",
+    "oc20-2m/eqv2-e20",
+    "oc20-2m/eqv2-dens-e20",
+    "oc20-2m/eqv2-e30",
+    "oc20-2m/eqv2-dens-e30",
+    "oc20-2m/escn-e20",
+    "oc20-2m/escn-dens-e20",
+    "oc20-2m/eqv2-dens-e12-no-force-encoding",
+    "oc20-2m/eqv2-dens-e12-no-energy-loss",
+    "oc20-2m/eqv2-dens-e12-all-atoms",
+    "oc20-all-md/eqv2-dens-160m",
+    "oc20-all-md/eqv2-153m",
+    "oc20-all-md/eqv2-31m",
+    "oc22/eqv2-122m",
+    "oc22/eqv2-dens-127m",
+]
+
+
+def test_every_paper_run_is_registered_with_its_exact_name() -> None:
+    registry = load_registry({"scale": "paper"})
+    expected = OC_RUNS + [f"md17-{m}/{run}" for m in MOLECULES for run in MD17_RUNS]
+    assert sorted(registry.experiments) == sorted(expected)
+
+
+def test_ablation_switches_and_dens_settings_follow_the_paper() -> None:
+    registry = load_registry({"scale": "paper"})
+    assert registry.experiment("oc20-2m/eqv2-e12")["dens"] is None
+    e12 = registry.experiment("oc20-2m/eqv2-dens-e12")["dens"]
+    assert (e12["p"], e12["coefficient"], e12["sigma"], e12["corruption_ratio"]) == (
+        0.5,
+        10,
+        0.1,
+        0.5,
+    )
+    assert registry.experiment("oc20-2m/eqv2-dens-e20")["dens"]["sigma"] == 0.15
+    assert not registry.experiment("oc20-2m/eqv2-dens-e12-no-force-encoding")["dens"][
+        "force_encoding"
+    ]
+    assert not registry.experiment("oc20-2m/eqv2-dens-e12-all-atoms")["dens"]["partial_corruption"]
+    toluene = registry.experiment("md17-toluene/equiformer-l2-dens")["dens"]
+    assert (toluene["p"], toluene["sigma"], toluene["coefficient_decay"]) == (
+        0.125,
+        0.025,
+        "linear",
+    )
+    segnn = registry.experiment("md17-uracil/equiformer-l2-no-attn-no-ln-dens")["model"]
+    assert (segnn["attention"], segnn["layer_norm"]) == (False, False)
+    all_md = registry.experiment("oc20-all-md/eqv2-dens-160m")
+    assert all_md["resources"]["gpus"] == 128 and all_md["dens"]["p"] == 0.125
+
+
+def test_scale_overrides_epochs_batch_and_model_but_not_names() -> None:
+    paper = load_registry({"scale": "paper"}).resolve("md17-ethanol/equiformer-l2-dens")
+    mini = load_registry({"scale": "mini"}).resolve("md17-ethanol/equiformer-l2-dens")
+    assert paper["optim"]["epochs"] == 1500 and mini["optim"]["epochs"] < 1500
+    assert paper["model"]["preset"] == "l2" and mini["model"]["preset"] != "l2"
+    assert mini["scale"] == "mini" and mini["dens"] == paper["dens"]
+    assert mini["model"]["hyperparameters"]["dens"] is True
+
+
+def test_unknown_scale_is_refused_with_its_name() -> None:
+    with pytest.raises(ConfigError, match="unknown scale 'huge'"):
+        load_registry({"scale": "huge"})
+
+
+def test_unknown_experiment_is_refused_with_close_matches() -> None:
+    registry = load_registry({"scale": "mini"})
+    with pytest.raises(ConfigError, match="md17-aspirn/equiformer-l2.*md17-aspirin/equiformer-l2"):
+        registry.resolve("md17-aspirn/equiformer-l2")
+
+
+def _break(root: Path, experiment: str, section: str, key: str, value: object) -> None:
+    path = root / "config" / "experiments.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["experiments"][experiment][section][key] = value
+    path.write_text(yaml.safe_dump(document))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("dens", "corruption_ratio", 1.5, r"dens\.corruption_ratio: 1\.5"),
+        ("dens", "sigma", -0.1, r"dens\.sigma: -0\.1"),
+        ("dens", "p", 1.2, r"dens\.p: 1\.2"),
+        ("dens", "sigmaa", 0.1, r"'sigmaa' was unexpected"),
+        ("optim", "epochs", 0, r"optim\.epochs: 0"),
+    ],
+)
+def test_bad_values_name_file_key_and_value(
+    pipeline_copy: Path, section: str, key: str, value: object, message: str
+) -> None:
+    _break(pipeline_copy, "md17-aspirin/equiformer-l2-dens", section, key, value)
+    with pytest.raises(ConfigError, match=r"config/experiments\.yaml: .*" + message):
+        load_registry({"scale": "mini"}, root=pipeline_copy)
+
+
+def test_misspelled_pipeline_option_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'sede' was unexpected"):
+        load_registry({"scale": "mini", "sede": 3})
+
+
+def test_cited_baselines_are_trained_only_on_request() -> None:
+    default = load_registry({"scale": "paper"})
+    assert default.table_inputs("table2") == {
+        "evaluate": ["oc20-all-md/eqv2-dens-160m"],
+        "relax": ["oc20-all-md/eqv2-dens-160m"],
+    }
+    retrain = load_registry({"scale": "paper", "retrain_cited_baselines": True})
+    assert set(retrain.table_inputs("table2")["evaluate"]) == {
+        "oc20-all-md/eqv2-dens-160m",
+        "oc20-all-md/eqv2-153m",
+        "oc20-all-md/eqv2-31m",
+    }
+
+
+def test_md17_tables_read_one_run_per_molecule() -> None:
+    registry = load_registry({"scale": "mini"})
+    assert len(registry.table_inputs("table4")["evaluate"]) == 4 * len(MOLECULES)
+    assert len(registry.table_inputs("table6")["evaluate"]) == 5 * len(MOLECULES)
+    assert registry.table_inputs("table9") == {}
