@@ -56,7 +56,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     registry = registry_from(args, scale="paper")
     resolved = registry.resolve(args.experiment)
     model = resolved["model"]
-    count = count_parameters(build_model(model["family"], model["hyperparameters"]))
+    count = count_parameters(build_model(resolved))
     dens = " + DeNS" if resolved["dens"] else ""
     print(
         f"{count}\t{count / 1e6:.2f}M trainable parameters: {args.experiment} "
@@ -113,6 +113,62 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     md17.convert_md17_npz(npz[0], out_dir)
 
 
+SPLITS = {"md17": ("train", "val", "test")}  # OC20/OC22 splits land with their issue
+
+
+def _splits(registry: Registry, experiment: dict[str, Any]) -> tuple[Path, Path, Path]:
+    family = experiment["dataset_family"]
+    if family not in SPLITS:
+        raise CommandError(
+            f"{experiment['name']}: training on {family.upper()} is not implemented yet; "
+            "it lands with the OC20/OC22 issue"
+        )
+    data_dir = registry.root / "results" / registry.scale_name / "data" / experiment["dataset"]
+    return tuple(data_dir / f"{split}.aselmdb" for split in SPLITS[family])  # type: ignore[return-value]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from dens.data.aselmdb import AseLmdbDataset
+    from dens.models import build_model
+    from dens.train import train
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment)
+    train_path, val_path, _ = _splits(registry, experiment)
+    _set_threads(args.threads)
+    result = train(
+        experiment,
+        AseLmdbDataset(train_path),
+        AseLmdbDataset(val_path),
+        Path(args.run_dir),
+        build_model,
+        device=args.device,
+    )
+    print(
+        f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
+        f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dens.data.aselmdb import AseLmdbDataset
+    from dens.evaluate import evaluate
+    from dens.models import build_model
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment)
+    _, _, test_path = _splits(registry, experiment)
+    _set_threads(args.threads)
+    metrics = evaluate(
+        Path(args.run_dir), AseLmdbDataset(test_path), build_model, device=args.device
+    )
+    print(
+        f"{args.experiment}: test energy MAE {metrics['energy_mae_meV']:.2f} meV, force MAE "
+        f"{metrics['forces_mae_meV_per_A']:.2f} meV/Å (zero forces: "
+        f"{metrics['zero_forces_mae_meV_per_A']:.2f})"
+    )
+
+
 def cmd_pending(args: argparse.Namespace) -> None:
     """Stages whose implementation lands with a later issue stop here, naming what is missing."""
     registry = registry_from(args)
@@ -124,10 +180,6 @@ def cmd_pending(args: argparse.Namespace) -> None:
 
 
 PENDING_STAGES = {
-    "train": "the training engine (dens.train) is not implemented yet (issue: DeNS core, "
-    "Equiformer and the training engine)",
-    "evaluate": "evaluation (dens.evaluate) is not implemented yet (issue: DeNS core, "
-    "Equiformer and the training engine)",
     "relax": "IS2RE relaxation (dens.relax) is not implemented yet (issue: OC20/OC22)",
     "simulate": "MD17 simulation (dens.simulate) is not implemented yet (issue: MD17 simulations)",
 }
@@ -193,13 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_data_prepare)
 
-    for stage in PENDING_STAGES:
+    stages = {"train": cmd_train, "evaluate": cmd_evaluate}
+    stages |= {stage: cmd_pending for stage in PENDING_STAGES}
+    for stage, func in stages.items():
         p = commands.add_parser(stage, help=f"{stage} one experiment")
         p.add_argument("experiment")
         p.add_argument("--run-dir", required=True)
-        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
+        p.add_argument("--device", default="cpu", help="cpu or cuda")
         _add_config_options(p)
-        p.set_defaults(func=cmd_pending)
+        p.set_defaults(func=func)
 
     p = commands.add_parser("table", help="write one paper table (CSV + LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10")

@@ -56,7 +56,7 @@ def format_value(value: Any, metric: str = "") -> str:
         return MISSING
     if isinstance(value, bool) or isinstance(value, str):
         return str(value)
-    if metric == "params" and isinstance(value, int | float):
+    if metric == "num_parameters" and isinstance(value, int | float):
         return f"{value / 1e6:.2f}M"
     if isinstance(value, int):
         return str(value)

@@ -32,7 +32,7 @@ def test_table4_puts_measured_numbers_beside_the_papers(pipeline_copy: Path) -> 
             energy_mae_meV=10.0 + index,
             forces_mae_meV_per_A=20.0 + index,
             train_hours=0.5,
-            params=1_234_567,
+            num_parameters=1_234_567,
         )
     csv_path, tex_path = write_table(registry, "table4", pipeline_copy / "out")
     rows = {row["row"]: row for row in read_rows(csv_path)}

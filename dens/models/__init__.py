@@ -6,6 +6,7 @@ All families share one interface: ``forward(data, force_input=None, predict_nois
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -21,8 +22,11 @@ PENDING_FAMILIES = {
 }
 
 
-def build_model(family: str, hyperparameters: dict[str, Any]) -> nn.Module:
-    """Instantiate a model family with its constructor keyword arguments (config/models.yaml)."""
+def build_model(experiment: Mapping[str, Any]) -> nn.Module:
+    """The model of a resolved experiment (:meth:`dens.config.Registry.resolve`): its family
+    built with the preset's constructor arguments, the Table 5 switches and the DeNS flag."""
+    family = experiment["model"]["family"]
+    hyperparameters = experiment["model"]["hyperparameters"]
     if family == "equiformer":
         from dens.models.equiformer import Equiformer
 

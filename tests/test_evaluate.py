@@ -1,0 +1,115 @@
+"""Tests of dens.evaluate: test-split MAE from the best EMA weights, metrics.json contents."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+from toy_model import build_toy_model, make_emt_dataset, toy_experiment
+
+from dens.checkpoint import Normalizer
+from dens.evaluate import evaluate, mean_absolute_errors
+from dens.train import train
+
+EXPERIMENT = toy_experiment(dens=True, epochs=3, lr=3e-2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    structures = make_emt_dataset(52, seed=1)
+    run_dir = tmp_path_factory.mktemp("run")
+    train(EXPERIMENT, structures[:32], structures[32:40], run_dir, build_toy_model, progress=False)
+    return run_dir, structures[40:]
+
+
+def reference_errors(weights: dict, normalizer: dict, test_set: list) -> tuple[float, float]:
+    """Energy (meV) and force (meV/Å) MAE recomputed one structure at a time in float64."""
+    model = build_toy_model(EXPERIMENT)
+    model.load_state_dict(weights)
+    model.eval()
+    energy_errors, force_errors = [], []
+    for data in test_set:
+        out = model(Batch.from_data_list([data]))  # no force input, no noise
+        out = {key: value.detach() for key, value in out.items()}
+        refs = normalizer["element_references"][data.atomic_numbers].sum()
+        energy = out["energy"].double() * normalizer["std"] + normalizer["mean"] + refs
+        forces = out["forces"].double() * normalizer["std"]
+        energy_errors.append(float((energy - data.energy.double()).abs()))
+        force_errors.append((forces - data.forces.double()).abs().flatten())
+    return 1000 * sum(energy_errors) / len(test_set), 1000 * float(torch.cat(force_errors).mean())
+
+
+def test_metrics_json_from_best_ema_weights(run):
+    run_dir, test_set = run
+    metrics = evaluate(run_dir, test_set, build_toy_model)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    energy_mae, forces_mae = reference_errors(best["model"], best["normalizer"], test_set)
+    assert metrics["energy_mae_meV"] == pytest.approx(energy_mae, rel=1e-5)
+    assert metrics["forces_mae_meV_per_A"] == pytest.approx(forces_mae, rel=1e-5)
+    # The final raw (non-EMA) weights give other numbers: evaluation used best.pt's EMA weights.
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    raw_energy_mae, _ = reference_errors(last["model"], last["normalizer"], test_set)
+    assert raw_energy_mae != pytest.approx(metrics["energy_mae_meV"], rel=1e-5)
+
+    zero = 1000 * float(torch.cat([d.forces for d in test_set]).double().abs().mean())
+    assert metrics["zero_forces_mae_meV_per_A"] == pytest.approx(zero, rel=1e-9)
+    assert metrics["forces_mae_meV_per_A"] < metrics["zero_forces_mae_meV_per_A"]
+    assert metrics["n_test"] == len(test_set) == 12
+    assert metrics["n_test_free_atoms"] == sum(int(d.natoms) for d in test_set)
+    assert metrics["weights"] == "ema" and metrics["best_epoch"] == best["epoch"]
+    assert metrics["num_parameters"] == sum(
+        p.numel() for p in build_toy_model(EXPERIMENT).parameters()
+    )
+    assert (metrics["experiment"], metrics["scale"], metrics["seed"]) == (
+        "toy/pair-dens",
+        "smoke",
+        0,
+    )
+    with open(run_dir / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert metrics["epochs_trained"] == 3
+    assert metrics["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in rows))
+    assert metrics["train_samples_per_s"] > 0
+    assert metrics["versions"]["torch"] == torch.__version__
+    assert {"python", "ase", "torch-geometric"} <= set(metrics["versions"])
+    assert datetime.datetime.fromisoformat(metrics["date"]).tzinfo is not None
+
+
+def test_fixed_atoms_carry_no_force_error(run):
+    run_dir, test_set = run
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    model = build_toy_model(EXPERIMENT)
+    model.load_state_dict(best["model"])
+    normalizer = Normalizer.from_dict(best["normalizer"])
+    plain = mean_absolute_errors(model, test_set, normalizer, batch_size=5)
+    flagged = []
+    for data in test_set:
+        data = data.clone()
+        data.fixed = data.fixed.clone()
+        data.fixed[0] = True
+        data.forces = data.forces.clone()
+        data.forces[0] = 1e3  # would dominate the MAE if fixed atoms counted
+        flagged.append(data)
+    masked = mean_absolute_errors(model, flagged, normalizer, batch_size=5)
+    assert masked["num_free_atoms"] == plain["num_free_atoms"] - len(test_set)
+    assert masked["forces_mae_meV_per_A"] < 2 * plain["forces_mae_meV_per_A"]
+    assert masked["energy_mae_meV"] == pytest.approx(plain["energy_mae_meV"], rel=1e-6)
+
+
+def test_evaluate_needs_a_trained_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        evaluate(tmp_path, make_emt_dataset(2, seed=0), build_toy_model)

@@ -1,0 +1,369 @@
+"""Tests of the training engine (dens.train) and checkpoints (dens.checkpoint) with the toy
+force field on EMT-labelled clusters: learning, logs, exact resume after a crash and after
+SIGTERM, the preemption exit status, NaN handling and weights-only checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Data
+from toy_model import build_toy_model, make_emt_dataset, toy_experiment
+
+from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.train import (
+    LOG_COLUMNS,
+    PREEMPTED_EXIT_CODE,
+    NonFiniteLossError,
+    TrainingPreempted,
+    build_optimizer,
+    epoch_batches,
+    learning_rate,
+    train,
+    update_ema,
+)
+
+EXPERIMENT = toy_experiment(dens=True, epochs=4, lr=3e-2, energy_reference="linear")
+N_TRAIN = 32
+BATCHES_PER_EPOCH = N_TRAIN // EXPERIMENT["optim"]["batch_size"]
+NORMALIZER_READS = N_TRAIN  # fit_normalizer reads each training structure once
+TIMING_COLUMNS = {"epoch_time_s", "train_samples_per_s"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The toy model is tiny: one intra-op thread is ~50x faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[Data], list[Data]]:
+    structures = make_emt_dataset(40, seed=0)
+    return structures[:N_TRAIN], structures[N_TRAIN:]
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory) -> Path:
+    """The reference: EXPERIMENT trained without interruption."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    train(EXPERIMENT, *data, run_dir, build_toy_model, progress=False)
+    return run_dir
+
+
+class Interrupting:
+    """A training set that runs `action` when its `at`-th item is read (counting all reads)."""
+
+    def __init__(self, items: list[Data], at: int, action: Callable[[], None]) -> None:
+        self.items, self.at, self.action, self.reads = items, at, action, 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Data:
+        self.reads += 1
+        if self.reads == self.at:
+            self.action()
+        return self.items[index]
+
+
+def crash() -> None:
+    raise RuntimeError("simulated node failure")
+
+
+def sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def read_log(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_identical(a: Any, b: Any, where: str = "") -> None:
+    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{where} keys {set(a) ^ set(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{index}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def without_timing(state: dict[str, Any]) -> dict[str, Any]:
+    history = [
+        {k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in state["history"]
+    ]
+    return {k: v for k, v in state.items() if k != "timing"} | {"history": history}
+
+
+def assert_same_run(run_a: Path, run_b: Path) -> None:
+    """Final weights, EMA, optimiser, RNG states, best checkpoint and log are identical."""
+    last_a = load_checkpoint(run_a / "checkpoints" / "last.pt")
+    last_b = load_checkpoint(run_b / "checkpoints" / "last.pt")
+    assert_identical(without_timing(last_a), without_timing(last_b), "last.pt")
+    assert_identical(
+        load_checkpoint(run_a / "checkpoints" / "best.pt"),
+        load_checkpoint(run_b / "checkpoints" / "best.pt"),
+        "best.pt",
+    )
+    rows_a, rows_b = read_log(run_a), read_log(run_b)
+    assert [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows_a] == [
+        {k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows_b
+    ]
+
+
+def test_learns_and_writes_log_and_weights_only_checkpoints(straight_run, data):
+    rows = read_log(straight_run)
+    assert list(rows[0]) == list(LOG_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows] == [8, 16, 24, 32]
+    optim = EXPERIMENT["optim"]
+    # Warm-up ends at the end of epoch 1 (lr reached), cosine ends exactly at min_lr.
+    assert float(rows[0]["lr"]) == pytest.approx(optim["lr"])
+    assert float(rows[-1]["lr"]) == optim["min_lr"]
+    # Linear decay of lambda_DeNS (App. D.2), 0 at the last step; the DeNS loss term is logged.
+    lambdas = [float(r["lambda_dens"]) for r in rows]
+    assert lambdas == sorted(lambdas, reverse=True) and lambdas[-1] == 0.0
+    assert lambdas[0] < EXPERIMENT["dens"]["coefficient"]
+    assert float(rows[0]["train_dens_loss"]) > 0.0
+
+    # It learned: validation force MAE well below the zero-force baseline and improving.
+    val_forces = [float(r["val_forces_mae_meV_per_A"]) for r in rows]
+    val_set = data[1]
+    zero_baseline = 1000 * float(torch.cat([d.forces for d in val_set]).abs().mean())
+    assert val_forces[-1] < 0.9 * zero_baseline
+    assert val_forces[-1] < val_forces[0]
+
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(straight_run / "checkpoints" / name, weights_only=True)
+        assert state["format_version"] == FORMAT_VERSION and state["kind"] == name[:-3]
+    last = torch.load(straight_run / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(straight_run / "checkpoints" / "best.pt", weights_only=True)
+    assert (last["epoch"], last["batch_in_epoch"], last["step"]) == (4, 0, 32)
+    assert best["weights"] == "ema"
+    best_epoch = min(range(4), key=lambda k: val_forces[k]) + 1
+    assert best["epoch"] == last["best"]["epoch"] == best_epoch
+    assert best["val"]["forces_mae_meV_per_A"] == val_forces[best_epoch - 1]
+    assert last["normalizer"]["std"] > 0 and last["rng"]["dens"].dtype == torch.uint8
+
+
+def test_resume_after_crash_matches_uninterrupted_run(straight_run, data, tmp_path):
+    train_set, val_set = data
+    # Fail on the 3rd batch of epoch 3: last.pt then holds the end of epoch 2.
+    at = NORMALIZER_READS + 2 * N_TRAIN + 2 * 4 + 1
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        train(
+            EXPERIMENT,
+            Interrupting(train_set, at, crash),
+            val_set,
+            tmp_path,
+            build_toy_model,
+            progress=False,
+        )
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 0)
+    assert len(read_log(tmp_path)) == 2
+
+    result = train(EXPERIMENT, train_set, val_set, tmp_path, build_toy_model, progress=False)
+    assert (result.epochs, result.steps) == (4, 32)
+    assert_same_run(straight_run, tmp_path)
+
+
+def test_sigterm_saves_mid_epoch_and_resume_matches_uninterrupted_run(straight_run, data, tmp_path):
+    train_set, val_set = data
+    # SIGTERM while loading the 4th batch of epoch 2: that step finishes, then last.pt is saved.
+    at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2
+    with pytest.raises(TrainingPreempted) as stopped:
+        train(
+            EXPERIMENT,
+            Interrupting(train_set, at, sigterm),
+            val_set,
+            tmp_path,
+            build_toy_model,
+            progress=False,
+        )
+    assert stopped.value.code == PREEMPTED_EXIT_CODE == 75
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
+    assert len(read_log(tmp_path)) == 1
+
+    train(EXPERIMENT, train_set, val_set, tmp_path, build_toy_model, progress=False)
+    assert_same_run(straight_run, tmp_path)
+
+
+def test_sigterm_exit_status_of_a_process(data, tmp_path):
+    """A real process gets SIGTERM from outside mid-training and exits with status 75."""
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        torch.set_num_threads(1)
+        from toy_model import build_toy_model, make_emt_dataset, toy_experiment
+        from dens.train import train
+
+        class Slow:
+            def __init__(self, items):
+                self.items, self.reads = items, 0
+            def __len__(self):
+                return len(self.items)
+            def __getitem__(self, i):
+                self.reads += 1
+                if self.reads == {NORMALIZER_READS + 6}:
+                    print("training", flush=True)
+                    import time; time.sleep(3)  # the parent's SIGTERM arrives meanwhile
+                return self.items[i]
+
+        data = make_emt_dataset(40, seed=0)
+        train(toy_experiment(epochs=2), Slow(data[:32]), data[32:], sys.argv[1], build_toy_model,
+              progress=False)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "training"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == PREEMPTED_EXIT_CODE
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"]) == (0, 2)
+
+
+def test_nan_label_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(data, tmp_path):
+    train_set, val_set = data
+    at = NORMALIZER_READS + 2 * N_TRAIN + 1  # first read of epoch 3
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        train(
+            EXPERIMENT,
+            Interrupting(train_set, at, crash),
+            val_set,
+            tmp_path,
+            build_toy_model,
+            progress=False,
+        )
+    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
+    last_bytes, best_bytes = last.read_bytes(), best.read_bytes()
+
+    poisoned = list(train_set)
+    poisoned[5] = poisoned[5].clone()
+    poisoned[5].energy = torch.tensor([math.nan])
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"at epoch 3 \(1-based\), batch \d+ of the "
+        r"epoch, global step \d+; .*last\.pt keeps the last good state",
+    ):
+        train(EXPERIMENT, poisoned, val_set, tmp_path, build_toy_model, progress=False)
+    assert last.read_bytes() == last_bytes and best.read_bytes() == best_bytes
+    state = load_checkpoint(last)
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert len(read_log(tmp_path)) == 2
+
+
+def test_resume_refuses_a_changed_experiment(straight_run, data, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = (straight_run / "checkpoints" / "last.pt").read_bytes()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(last)
+    changed = toy_experiment(dens=True, epochs=4, lr=1e-3, energy_reference="linear")
+    with pytest.raises(ValueError, match=r"experiment\.optim\.lr: 0\.03 in last\.pt, 0\.001 now"):
+        train(changed, *data, run_dir, build_toy_model, progress=False)
+    train_set, val_set = data
+    with pytest.raises(ValueError, match=r"training set size: 32 in last\.pt, 31 now"):
+        train(EXPERIMENT, train_set[:31], val_set, run_dir, build_toy_model, progress=False)
+
+
+def test_without_dens_direct_forces_no_ema(data, tmp_path, capsys):
+    experiment = toy_experiment(dens=False, epochs=3, lr=3e-2, ema_decay=None, grad_clip_norm=None)
+    experiment["model"]["hyperparameters"]["gradient_forces"] = False
+    result = train(experiment, *data, tmp_path, build_toy_model, progress=True)
+    assert "toy/pair epoch 3/3: loss" in capsys.readouterr().out
+    rows = read_log(tmp_path)
+    assert result.epochs == 3 and len(rows) == 3
+    assert {float(r["lambda_dens"]) for r in rows} == {0.0}
+    assert {float(r["train_dens_loss"]) for r in rows} == {0.0}
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert best["weights"] == "model" and last["ema"] is None
+    assert "noise_force_weight.weight" not in last["model"]  # no noise head without DeNS
+
+
+def test_checkpoint_is_plain_and_rng_state_round_trips(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    torch.rand(5, generator=generator)
+    path = tmp_path / "state.pt"
+    save_checkpoint(
+        {"format_version": FORMAT_VERSION, "rng": generator.get_state(), "x": [1, 2.0, None, "a"]},
+        path,
+    )
+    expected = torch.rand(7, generator=generator)
+    state = torch.load(path, weights_only=True)
+    restored = torch.Generator().set_state(state["rng"])
+    assert torch.equal(torch.rand(7, generator=restored), expected)
+    assert state["x"] == [1, 2.0, None, "a"]
+    with pytest.raises(TypeError, match=r"checkpoint\['nested'\]\['v'\] is a numpy.float64"):
+        save_checkpoint({"nested": {"v": np.float64(1.0)}}, path)
+    assert torch.load(path, weights_only=True)["x"] == [1, 2.0, None, "a"]  # old file intact
+
+
+def test_learning_rate_warmup_then_cosine():
+    optim = {"lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 2, "epochs": 10}
+    lrs = [learning_rate(s, optim, steps_per_epoch=5) for s in range(50)]
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert all(a > b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == 1e-6
+    assert lrs[9 + 20] == pytest.approx(
+        1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + math.cos(math.pi * 20 / 40))
+    )
+    fractional = {**optim, "warmup_epochs": 0.1}
+    assert learning_rate(0, fractional, steps_per_epoch=100) == pytest.approx(1e-4)
+
+
+def test_epoch_batches_are_seeded_permutations_without_the_last_partial_batch():
+    batches = epoch_batches(10, 3, seed=0, epoch=0)
+    assert [len(b) for b in batches] == [3, 3, 3]
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == 9 and set(flat) <= set(range(10))
+    assert batches == epoch_batches(10, 3, seed=0, epoch=0)
+    assert batches != epoch_batches(10, 3, seed=0, epoch=1)
+    assert batches != epoch_batches(10, 3, seed=1, epoch=0)
+
+
+def test_update_ema_and_weight_decay_groups():
+    model = build_toy_model(toy_experiment(dens=True))
+    ema = build_toy_model(toy_experiment(dens=True))
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, model, 0.75)
+    for key, value in ema.state_dict().items():
+        expected = 0.75 * before[key] + 0.25 * model.state_dict()[key]
+        assert torch.allclose(value, expected, rtol=1e-6, atol=1e-6)
+
+    optimizer = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1})
+    decay, no_decay = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 and not names[id(p)].endswith(".bias") for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"pair_energy.0.bias", "force_norm_weight"}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
