@@ -1,0 +1,374 @@
+"""MD17 as aselmdb splits: generated mini-MD17 (GFN2-xTB MD) and the converted original npz.
+
+MD17 (Chmiela et al. 2017) holds ab-initio MD trajectories of 8 small molecules at 500 K.
+The paper (Sec. 4.3, App. D) trains on 950 configurations, validates on 50 and tests on the
+rest, with the random split of the official Equiformer code (TorchMD-Net's
+`train_val_test_split`: the first 950 / next 50 / remaining indices of
+`numpy.random.default_rng(seed).permutation(n_frames)`, seed 1); `split_indices` is that
+split.
+
+Both entry points write, under `out_dir`: `train.aselmdb`, `val.aselmdb`, `test.aselmdb`
+(format: `dens.data.aselmdb`; energies in eV, forces in eV/Å, positions in Å; row key
+`frame` = index of the frame in the full trajectory), `split.json` (the frame indices of each
+split) and `provenance.json` (how the data were made or where they came from).
+
+- `generate_md17`: the embedded mini-MD17, made here without downloads: the molecule from
+  SMILES (RDKit, hydrogens added, 3D embedding with a fixed seed), pre-relaxed with
+  GFN2-xTB (tblite), then Langevin MD at 500 K with a 0.5 fs step (the MD17 temperature and
+  step), one frame every `stride` steps after `equilibration_steps`, energy and forces of
+  every frame from GFN2-xTB. Deterministic for a given seed.
+- `convert_md17_npz`: the original MD17 npz files (paper scale) with the paper's split.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from ase.optimize import BFGS
+from rdkit import Chem
+from rdkit.Chem import AllChem
+from tblite.ase import TBLite
+from tqdm import tqdm
+
+from dens.data.aselmdb import write_aselmdb
+
+MD17_SMILES: dict[str, str] = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "benzene": "c1ccccc1",
+    "ethanol": "CCO",
+    "malonaldehyde": "O=CCC=O",
+    "naphthalene": "c1ccc2ccccc2c1",
+    "salicylic_acid": "O=C(O)c1ccccc1O",
+    "toluene": "Cc1ccccc1",
+    "uracil": "O=C1C=CNC(=O)N1",
+}
+MD17_MOLECULES: tuple[str, ...] = tuple(MD17_SMILES)
+
+MD17_NPZ_BASE_URL = "http://www.quantum-machine.org/gdml/data/npz/"
+MD17_NPZ_FILES: dict[str, str] = {name: f"md17_{name}.npz" for name in MD17_MOLECULES} | {
+    "benzene": "md17_benzene2017.npz",
+    "salicylic_acid": "md17_salicylic.npz",
+}
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+KCAL_PER_MOL_IN_EV: float = units.kcal / units.mol
+EMBEDDING_SEED = 42
+RELAX_FMAX_EV_PER_A = 0.01
+RELAX_MAX_STEPS = 1000
+TEMPERATURE_K = 500.0
+TIMESTEP_FS = 0.5
+FRICTION_PER_FS = 0.01
+# tblite's default accuracy (1.0) leaves MD-step forces (SCC restarted from the previous
+# step) ~2e-4 eV/Å away from a fresh evaluation at the same positions; 0.1 brings that to
+# ~3e-5 eV/Å at no measurable cost for these molecules.
+TBLITE_ACCURACY = 0.1
+
+
+def _check_molecule(molecule: str) -> None:
+    if molecule not in MD17_SMILES:
+        raise ValueError(
+            f"unknown MD17 molecule {molecule!r}; valid names: {', '.join(MD17_MOLECULES)}"
+        )
+
+
+def md17_npz_url(molecule: str) -> str:
+    """Download address of the original MD17 npz of `molecule`."""
+    _check_molecule(molecule)
+    return MD17_NPZ_BASE_URL + MD17_NPZ_FILES[molecule]
+
+
+def split_indices(
+    n_frames: int, n_train: int, n_val: int, n_test: int | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Random train/val/test frame indices, as the official Equiformer MD17 code splits.
+
+    The permutation `numpy.random.default_rng(seed).permutation(n_frames)` is cut into the
+    first `n_train`, the next `n_val` and the next `n_test` indices (`None`: all the rest).
+    Returns {"train": int64 [n_train], "val": int64 [n_val], "test": int64 [n_test]}.
+    """
+    if min(n_train, n_val) < 0 or (n_test is not None and n_test < 0):
+        raise ValueError(
+            f"split sizes must be >= 0: n_train={n_train}, n_val={n_val}, n_test={n_test}"
+        )
+    rest = n_frames - n_train - n_val
+    if n_test is None:
+        n_test = rest
+    if n_test > rest or rest < 0:
+        raise ValueError(
+            f"{n_frames} frames cannot hold n_train={n_train} + n_val={n_val} + n_test={n_test}"
+        )
+    perm = np.random.default_rng(seed).permutation(n_frames).astype(np.int64)
+    bounds = np.cumsum([0, n_train, n_val, n_test])
+    return {name: perm[bounds[i] : bounds[i + 1]] for i, name in enumerate(SPLITS)}
+
+
+def _write_split_files(
+    out_dir: Path,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    forces: np.ndarray,
+    split: dict[str, np.ndarray],
+    seed: int,
+    metadata: dict[str, Any],
+    calculator_name: str,
+) -> dict[str, Path]:
+    """Write `{split}.aselmdb` for each split and `split.json`.
+
+    numbers int [N]; positions float [F,N,3] (Å); energies float [F] (eV); forces float
+    [F,N,3] (eV/Å); split: frame indices per split; `calculator_name` labels the rows'
+    results (the `calculator` column of `ase db`). Returns {split: path}.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def frames(indices: np.ndarray) -> Iterator[Atoms]:
+        for frame in indices.tolist():
+            atoms = Atoms(numbers=numbers, positions=positions[frame])
+            atoms.calc = SinglePointCalculator(
+                atoms, energy=float(energies[frame]), forces=forces[frame]
+            )
+            atoms.calc.name = calculator_name
+            atoms.info = {"frame": frame, "sid": frame}
+            yield atoms
+
+    paths = {}
+    for name in SPLITS:
+        paths[name] = out_dir / f"{name}.aselmdb"
+        write_aselmdb(paths[name], frames(split[name]), metadata | {"split": name})
+    split_json = {"seed": seed, "n_frames": int(len(energies))}
+    split_json |= {name: split[name].tolist() for name in SPLITS}
+    (out_dir / "split.json").write_text(json.dumps(split_json) + "\n")
+    return paths
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    return {package: version(package) for package in packages}
+
+
+@contextmanager
+def _openmp_threads(n_threads: int) -> Iterator[int | None]:
+    """Pin the OpenMP runtime (libgomp) that tblite uses to `n_threads` while inside.
+
+    tblite evaluates GFN2-xTB with OpenMP; the summation order, hence the last bits of the
+    energies and forces, depends on the thread count, and a chaotic MD trajectory turns that
+    into different frames within a few hundred steps (seen for aspirin with 1 vs 2 threads).
+    One thread makes the data independent of the machine's cores (two threads gain only
+    ~15% for 21 atoms) and leaves the other cores to the other molecules' jobs. Yields the
+    pinned count, or None where no libgomp is found (then the count is not pinned).
+    """
+    library = ctypes.util.find_library("gomp")
+    if library is None:
+        yield None
+        return
+    gomp = ctypes.CDLL(library)
+    previous = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(n_threads)
+    try:
+        yield n_threads
+    finally:
+        gomp.omp_set_num_threads(previous)
+
+
+def _embed(molecule: str) -> Atoms:
+    """The molecule from its SMILES with hydrogens, 3D-embedded by RDKit (ETKDG, fixed seed)."""
+    mol = Chem.AddHs(Chem.MolFromSmiles(MD17_SMILES[molecule]))
+    if AllChem.EmbedMolecule(mol, randomSeed=EMBEDDING_SEED) != 0:
+        raise RuntimeError(f"RDKit could not embed {molecule} ({MD17_SMILES[molecule]})")
+    numbers = [atom.GetAtomicNum() for atom in mol.GetAtoms()]
+    return Atoms(numbers=numbers, positions=mol.GetConformer().GetPositions())
+
+
+def generate_md17(
+    molecule: str,
+    out_dir: Path,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    stride: int,
+    equilibration_steps: int,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Generate mini-MD17 for `molecule` with GFN2-xTB Langevin MD and write its splits.
+
+    After the pre-relaxation (BFGS to fmax 0.01 eV/Å), velocities are drawn from the
+    Maxwell-Boltzmann distribution at 500 K (no net momentum or rotation); the centre of mass
+    is held fixed (FixCom) and the Langevin thermostat (friction 0.01/fs) runs
+    `equilibration_steps` steps, then records `n_train + n_val + n_test` frames, one every
+    `stride` steps. Stored forces are GFN2-xTB's, without the FixCom projection. The frames
+    are split at random (`split_indices` with `seed`). `seed` fixes the velocities and the
+    thermostat noise, so the same arguments give the same frames; OpenMP is pinned to one
+    thread for that (see `_openmp_threads`). Returns {split: path of its aselmdb}.
+    """
+    _check_molecule(molecule)
+    if n_train < 1 or n_val < 0 or n_test < 0:
+        raise ValueError(
+            f"need n_train >= 1, n_val >= 0, n_test >= 0: {n_train}, {n_val}, {n_test}"
+        )
+    if stride < 1 or equilibration_steps < 0:
+        raise ValueError(
+            f"need stride >= 1 and equilibration_steps >= 0: {stride}, {equilibration_steps}"
+        )
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32): {seed}")
+
+    start = time.perf_counter()
+    n_frames = n_train + n_val + n_test
+    velocity_rng, thermostat_rng = (
+        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2)
+    )
+    atoms = _embed(molecule)
+    positions = np.empty((n_frames, len(atoms), 3))
+    energies = np.empty(n_frames)
+    forces = np.empty((n_frames, len(atoms), 3))
+    temperatures = np.empty(n_frames)
+    with _openmp_threads(1) as openmp_threads:
+        atoms.calc = TBLite(method="GFN2-xTB", accuracy=TBLITE_ACCURACY, verbosity=0)
+        optimizer = BFGS(atoms, logfile=None)
+        if not optimizer.run(fmax=RELAX_FMAX_EV_PER_A, steps=RELAX_MAX_STEPS):
+            raise RuntimeError(f"GFN2-xTB pre-relaxation of {molecule} did not converge")
+        relaxed_energy = float(atoms.get_potential_energy())
+        thermalize_momenta(atoms, temperature_K=TEMPERATURE_K, rng=velocity_rng)
+        Stationary(atoms)
+        ZeroRotation(atoms)
+        atoms.set_constraint(FixCom())
+        dynamics = Langevin(
+            atoms,
+            timestep=TIMESTEP_FS * units.fs,
+            temperature_K=TEMPERATURE_K,
+            friction=FRICTION_PER_FS / units.fs,
+            fixcm=False,
+            rng=thermostat_rng,
+        )
+        total_steps = equilibration_steps + n_frames * stride
+        with tqdm(total=total_steps, desc=f"GFN2-xTB MD {molecule}", disable=not progress) as bar:
+            dynamics.run(equilibration_steps)
+            bar.update(equilibration_steps)
+            for frame in range(n_frames):
+                dynamics.run(stride)
+                positions[frame] = atoms.get_positions()
+                energies[frame] = atoms.get_potential_energy()
+                forces[frame] = atoms.get_forces(apply_constraint=False)
+                temperatures[frame] = atoms.get_temperature()
+                bar.update(stride)
+
+    split = split_indices(n_frames, n_train, n_val, n_test, seed)
+    metadata = {"dataset": "mini-MD17", "molecule": molecule, "method": "GFN2-xTB"}
+    out_dir = Path(out_dir)
+    paths = _write_split_files(
+        out_dir, atoms.numbers, positions, energies, forces, split, seed, metadata, "gfn2-xtb"
+    )
+    provenance = {
+        "dataset": "mini-MD17",
+        "molecule": molecule,
+        "smiles": MD17_SMILES[molecule],
+        "n_atoms": len(atoms),
+        "method": "GFN2-xTB",
+        "calculator": "tblite.ase.TBLite",
+        "tblite_accuracy": TBLITE_ACCURACY,
+        "embedding": {"tool": "RDKit EmbedMolecule (ETKDG)", "random_seed": EMBEDDING_SEED},
+        "pre_relaxation": {
+            "optimizer": "ase.optimize.BFGS",
+            "fmax_eV_per_A": RELAX_FMAX_EV_PER_A,
+            "steps": optimizer.nsteps,
+            "energy_eV": relaxed_energy,
+        },
+        "dynamics": "ase.md.langevin.Langevin with FixCom",
+        "temperature_K": TEMPERATURE_K,
+        "timestep_fs": TIMESTEP_FS,
+        "friction_per_fs": FRICTION_PER_FS,
+        "stride_steps": stride,
+        "equilibration_steps": equilibration_steps,
+        "seed": seed,
+        "n_frames": n_frames,
+        "split_sizes": {name: len(split[name]) for name in SPLITS},
+        "mean_kinetic_temperature_K": float(temperatures.mean()),
+        "units": {"energy": "eV", "forces": "eV/Angstrom", "positions": "Angstrom"},
+        "openmp_threads": openmp_threads,
+        "versions": _versions("tblite", "ase", "rdkit", "numpy"),
+        "wall_time_s": time.perf_counter() - start,
+    }
+    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_md17_npz(
+    npz_path: Path,
+    out_dir: Path,
+    n_train: int = 950,
+    n_val: int = 50,
+    seed: int = 1,
+    n_test: int | None = None,
+) -> dict[str, Path]:
+    """Convert an original MD17 npz to aselmdb splits (paper: 950 / 50 / rest, seed 1).
+
+    The npz holds `R` float [F,N,3] (Å), `z` int [N], `E` float [F,1] (kcal/mol) and `F`
+    float [F,N,3] (kcal/mol/Å); energies and forces are converted to eV and eV/Å.
+    `n_test=None` puts every remaining frame in the test split. Returns {split: path}.
+    """
+    npz_path = Path(npz_path)
+    start = time.perf_counter()
+    with np.load(npz_path) as npz:
+        missing = [key for key in ("R", "z", "E", "F") if key not in npz.files]
+        if missing:
+            raise ValueError(
+                f"{npz_path} is not an MD17 npz: missing keys {missing} (has {npz.files})"
+            )
+        positions = np.asarray(npz["R"], dtype=np.float64)
+        numbers = np.asarray(npz["z"], dtype=np.int64)
+        energies = np.asarray(npz["E"], dtype=np.float64).reshape(-1) * KCAL_PER_MOL_IN_EV
+        forces = np.asarray(npz["F"], dtype=np.float64) * KCAL_PER_MOL_IN_EV
+        theory = str(npz["theory"]) if "theory" in npz.files else None
+    n_frames, n_atoms = len(positions), len(numbers)
+    expected = {"R": (n_frames, n_atoms, 3), "E": (n_frames,), "F": (n_frames, n_atoms, 3)}
+    actual = {"R": positions.shape, "E": energies.shape, "F": forces.shape}
+    for key, shape in expected.items():
+        if actual[key] != shape:
+            raise ValueError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
+
+    split = split_indices(n_frames, n_train, n_val, n_test, seed)
+    metadata = {"dataset": "MD17", "source": npz_path.name}
+    out_dir = Path(out_dir)
+    paths = _write_split_files(
+        out_dir, numbers, positions, energies, forces, split, seed, metadata, "md17-dft"
+    )
+    provenance = {
+        "dataset": "MD17",
+        "source": npz_path.name,
+        "source_sha256": _sha256(npz_path),
+        "theory": theory,
+        "n_atoms": n_atoms,
+        "n_frames": n_frames,
+        "seed": seed,
+        "split_sizes": {name: len(split[name]) for name in SPLITS},
+        "split_rule": "numpy default_rng(seed).permutation: train, val, test (Equiformer)",
+        "kcal_per_mol_in_eV": KCAL_PER_MOL_IN_EV,
+        "units": {"energy": "eV", "forces": "eV/Angstrom", "positions": "Angstrom"},
+        "versions": _versions("ase", "numpy"),
+        "wall_time_s": time.perf_counter() - start,
+    }
+    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return paths
