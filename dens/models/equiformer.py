@@ -1,0 +1,412 @@
+"""Equiformer for MD17 with the DeNS force encoding and noise head.
+
+Equiformer: Liao & Smidt, "Equiformer: Equivariant Graph Attention Transformer for 3D
+Atomistic Graphs", ICLR 2023 (the MD17 model of the official code, SE(3) variant with
+non-linear messages and exp-normal radial basis). DeNS: Liao, Smidt, Shuaibi, Das, TMLR 2024,
+Sec. 3.2.2 (force encoding, Eq. 5 and Algorithm 1) and App. D.2 (an extra equivariant
+graph-attention block predicts the noise).
+
+Architecture (features: lists of [N, 2l+1, C_l], see so3_features):
+
+    x = AtomEmbedding(z) + EdgeDegreeEmbedding(graph) [+ ForceEncoding(f)]
+    x = Block_k(x), k = 1..num_layers   (pre-norm: x + Attn(LN(x)); x + FFN(LN(x)));
+                                          the last block maps to ``irreps_feature``
+    x = LN(x);  E = sum_i MLP(x_i^(0)) / sqrt(avg_num_nodes);  F = -dE/dpos
+    noise = GraphAttention(x) -> one type-1 vector per atom            (DeNS only)
+
+``dens=True`` adds the force encoding and the noise head and uses ``irreps_feature_dens`` for
+the last block's output (the official DeNS configs widen it to 4x the node channels of every
+degree). ``attention=False`` / ``layer_norm=False`` give the variants of DeNS Table 5.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from e3nn import o3
+from torch import Tensor, nn
+from torch_geometric.data import Batch
+
+from dens.models.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equivariant_dropout import EquivariantDropout, GraphDropPath
+from dens.models.equivariant_layer_norm import EquivariantLayerNorm
+from dens.models.gate_activation import Gate, ScaledSiLU
+from dens.models.graph_attention import GraphAttention, scatter_sum
+from dens.models.radial_basis import RadialMLP, radial_basis
+from dens.models.so3_features import Channels, add_features, parse_irreps
+from dens.models.so3_linear import SO3Linear, init_weight_
+
+MODELS_YAML = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
+
+# Statistics the official code uses for MD17 (QM9 with cutoff 5 Å).
+AVG_NUM_NODES = 18.03065905448718
+AVG_DEGREE = 15.57930850982666
+
+
+def equiformer_preset(name: str, path: str | Path = MODELS_YAML) -> dict[str, Any]:
+    """Constructor keyword arguments of preset ``name`` under ``equiformer:`` in models.yaml."""
+    with open(path) as f:
+        presets = yaml.safe_load(f).get("equiformer", {})
+    if name not in presets:
+        raise KeyError(f"no equiformer preset {name!r} in {path}; available: {sorted(presets)}")
+    return dict(presets[name])
+
+
+def radius_graph(
+    pos: Tensor, batch: Tensor, natoms: Tensor, cutoff: float
+) -> tuple[Tensor, Tensor]:
+    """All ordered pairs (src, dst), src != dst, of one structure closer than ``cutoff``.
+
+    pos: [N, 3] (not differentiated); batch: [N] structure index, contiguous as in a PyG
+    Batch; natoms: [B]. Returns edge_src, edge_dst: [E]. Cost O(sum_b natoms_b^2).
+    """
+    start = torch.cumsum(natoms, 0) - natoms  # [B] first atom of each structure
+    per_atom = natoms.index_select(0, batch)  # [N] candidates per target atom
+    dst = torch.repeat_interleave(torch.arange(pos.shape[0], device=pos.device), per_atom)
+    first = torch.repeat_interleave(torch.cumsum(per_atom, 0) - per_atom, per_atom)
+    src = start.index_select(0, batch.index_select(0, dst)) + (
+        torch.arange(dst.shape[0], device=pos.device) - first
+    )
+    d2 = (pos.index_select(0, src) - pos.index_select(0, dst)).pow(2).sum(-1)
+    keep = (src != dst) & (d2 < cutoff**2)
+    return src[keep], dst[keep]
+
+
+class AtomEmbedding(nn.Module):
+    """z: [N] -> type-0 embedding W[z] + b (W ~ N(0, 1)); higher degrees zero."""
+
+    def __init__(self, channels: Channels, max_atomic_number: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(torch.randn(max_atomic_number, channels[0]))
+        self.bias = nn.Parameter(torch.zeros(channels[0]))
+
+    def forward(self, atomic_numbers: Tensor) -> list[Tensor]:
+        x0 = (self.weight.index_select(0, atomic_numbers) + self.bias).unsqueeze(1)
+        n = atomic_numbers.shape[0]
+        return [x0] + [
+            x0.new_zeros(n, 2 * deg + 1, c) for deg, c in enumerate(self.channels) if deg
+        ]
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """Equiformer's edge-degree embedding: sum over neighbours of DTP(c, Y(r_ij); w(|r_ij|)),
+    c a learned constant (a linear map of 1x0e; only its type-0 part is non-zero, so the DTP
+    paths from degrees l > 0 carry zeros, as in the official model), divided by
+    sqrt(avg_degree)."""
+
+    def __init__(
+        self,
+        channels: Channels,
+        lmax_sh: int,
+        num_basis: int,
+        fc_neurons: list[int],
+        avg_degree: float,
+        weight_init: str,
+    ) -> None:
+        super().__init__()
+        self.constant = SO3Linear((1,), channels, True, weight_init)
+        self.dtp = DepthwiseTensorProduct(channels, lmax_sh, channels)
+        self.radial = RadialMLP(num_basis, fc_neurons, self.dtp.weight_numel)
+        self.proj = SO3Linear(self.dtp.channels_out, channels, True, weight_init)
+        self.inv_sqrt_degree = 1.0 / math.sqrt(avg_degree)
+
+    def forward(
+        self, num_nodes: int, edge_dst: Tensor, edge_sh: Tensor, edge_basis: Tensor
+    ) -> list[Tensor]:
+        n_edges = edge_sh.shape[0]
+        const = self.constant([edge_sh.new_ones(1, 1, 1)])
+        x = [c.expand(n_edges, -1, -1) for c in const]
+        h = self.proj(self.dtp(x, edge_sh, self.radial(edge_basis)))
+        return [a * self.inv_sqrt_degree for a in scatter_sum(h, edge_dst, num_nodes)]
+
+
+class ForceEncoding(nn.Module):
+    """DeNS force encoding (Eq. 5, Algorithm 1): f: [N, 3] -> SO3_Linear(||f|| Y(f/||f||)).
+
+    Y^(L) for L = 0..lmax, component-normalised and scaled by ||f||/sqrt(3) as the official
+    code (so the type-1 part equals f). The linear layer has no bias: a zero force row
+    contributes exactly zero, and the normalisation is NaN-free for zero rows (forward and
+    gradient).
+    """
+
+    def __init__(self, channels: Channels, weight_init: str) -> None:
+        super().__init__()
+        self.lmax = len(channels) - 1
+        self.linear = SO3Linear((1,) * (self.lmax + 1), channels, False, weight_init)
+
+    def forward(self, forces: Tensor) -> list[Tensor]:
+        sq = forces.pow(2).sum(-1, keepdim=True)
+        nonzero = sq > 0
+        norm = torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq)))
+        sh = o3.spherical_harmonics(
+            list(range(self.lmax + 1)), forces / norm, normalize=False, normalization="component"
+        )
+        sh = sh * (torch.where(nonzero, norm, torch.zeros_like(norm)) / math.sqrt(3.0))
+        parts = [sh[:, deg**2 : (deg + 1) ** 2].unsqueeze(-1) for deg in range(self.lmax + 1)]
+        return self.linear(parts)
+
+
+class FeedForward(nn.Module):
+    """Equivariant FFN: Linear -> Gate -> Linear (official: two FCTPs with 1x0e)."""
+
+    def __init__(
+        self,
+        channels_in: Channels,
+        channels_mid: Channels,
+        channels_out: Channels,
+        proj_drop: float,
+        weight_init: str,
+    ) -> None:
+        super().__init__()
+        self.gate = Gate(channels_mid)
+        self.linear_1 = SO3Linear(channels_in, self.gate.channels_in, True, weight_init)
+        self.linear_2 = SO3Linear(channels_mid, channels_out, True, weight_init)
+        self.dropout = EquivariantDropout(proj_drop)
+
+    def forward(self, x: list[Tensor]) -> list[Tensor]:
+        return self.dropout(self.linear_2(self.gate(self.linear_1(x))))
+
+
+class EquiformerBlock(nn.Module):
+    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then
+    shortcut(x) + DropPath(FFN(LN(x))); shortcut = Linear when the output irreps differ."""
+
+    def __init__(
+        self,
+        channels_in: Channels,
+        channels_out: Channels,
+        attention_kwargs: dict[str, Any],
+        channels_mlp_mid: Channels,
+        proj_drop: float,
+        drop_path_rate: float,
+        layer_norm: bool,
+        weight_init: str,
+    ) -> None:
+        super().__init__()
+        self.norm_1 = EquivariantLayerNorm(channels_in) if layer_norm else None
+        self.attn = GraphAttention(channels_in, channels_in, **attention_kwargs)
+        self.norm_2 = EquivariantLayerNorm(channels_in) if layer_norm else None
+        self.ffn = FeedForward(channels_in, channels_mlp_mid, channels_out, proj_drop, weight_init)
+        self.shortcut = (
+            SO3Linear(channels_in, channels_out, True, weight_init)
+            if tuple(channels_in) != tuple(channels_out)
+            else None
+        )
+        self.drop_path = GraphDropPath(drop_path_rate)
+
+    def forward(
+        self, x: list[Tensor], graph: dict[str, Tensor], batch: Tensor, num_graphs: int
+    ) -> list[Tensor]:
+        h = self.norm_1(x) if self.norm_1 is not None else x
+        h = self.attn(h, graph["src"], graph["dst"], graph["sh"], graph["basis"])
+        x = add_features(x, self.drop_path(h, batch, num_graphs))
+        h = self.norm_2(x) if self.norm_2 is not None else x
+        h = self.ffn(h)
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        return add_features(x, self.drop_path(h, batch, num_graphs))
+
+
+class Equiformer(nn.Module):
+    """Equiformer (MD17) with optional DeNS force encoding and noise head.
+
+    forward(data, force_input=None, predict_noise=False) -> {"energy": [B], "forces": [N, 3],
+    "noise": [N, 3] if predict_noise}. Forces are -dE/dpos (``gradient_forces = True``), with
+    create_graph in training mode. Irreps arguments are e3nn strings with even parity; names
+    follow the official code (defaults: the paper Lmax=2 model).
+
+    irreps_node_embedding: node features between blocks; lmax_sh: degree of the edge spherical
+    harmonics (default: that of the node features); number_of_basis, basis_type, max_radius:
+    radial basis (radial_basis.py) and cutoff in Å; fc_neurons: hidden sizes of the radial MLPs;
+    irreps_feature: output of the last block (input of the energy head);
+    irreps_feature_dens: used instead when ``dens`` (None: irreps_feature); irreps_head,
+    num_heads: value irreps of one attention head and number of heads; irreps_pre_attn:
+    irreps of the merged edge features (default: irreps_node_embedding); irreps_mlp_mid:
+    hidden irreps of the feed-forward networks; alpha_drop (attention weights), proj_drop
+    (outputs of attention and FFN), out_drop (final features), drop_path_rate (stochastic
+    depth per structure); dens: force encoding + noise head; attention / layer_norm: DeNS
+    Table 5 switches; weight_init: "normal" (official) or "uniform" (DeNS App. D.2, variant
+    without attention and layer norm); max_atomic_number: size of the atom-type table;
+    avg_num_nodes, avg_degree: normalisation of the energy sum and of the edge-degree / no-
+    attention aggregations (official MD17 values).
+    """
+
+    gradient_forces = True
+
+    def __init__(
+        self,
+        irreps_node_embedding: str = "128x0e+64x1e+32x2e",
+        num_layers: int = 6,
+        lmax_sh: int | None = None,
+        max_radius: float = 5.0,
+        number_of_basis: int = 32,
+        basis_type: str = "exp",
+        fc_neurons: list[int] | tuple[int, ...] = (64, 64),
+        irreps_feature: str = "512x0e",
+        irreps_feature_dens: str | None = "512x0e+256x1e+128x2e",
+        irreps_head: str = "32x0e+16x1e+8x2e",
+        num_heads: int = 4,
+        irreps_pre_attn: str | None = None,
+        irreps_mlp_mid: str = "384x0e+192x1e+96x2e",
+        alpha_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        out_drop: float = 0.0,
+        drop_path_rate: float = 0.0,
+        dens: bool = False,
+        attention: bool = True,
+        layer_norm: bool = True,
+        weight_init: str = "normal",
+        max_atomic_number: int = 64,
+        avg_num_nodes: float = AVG_NUM_NODES,
+        avg_degree: float = AVG_DEGREE,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if max_radius <= 0:
+            raise ValueError(f"max_radius must be positive, got {max_radius}")
+        channels_node = parse_irreps(irreps_node_embedding)
+        if channels_node[0] == 0:
+            raise ValueError(f"irreps_node_embedding {irreps_node_embedding!r} needs 0e channels")
+        feature_spec = irreps_feature_dens if dens and irreps_feature_dens else irreps_feature
+        channels_feature = parse_irreps(feature_spec)
+        if channels_feature[0] == 0:
+            raise ValueError(f"irreps_feature {feature_spec!r} needs 0e channels (energy head)")
+        self.lmax_sh = len(channels_node) - 1 if lmax_sh is None else lmax_sh
+        self.max_radius = max_radius
+        self.max_atomic_number = max_atomic_number
+        self.avg_num_nodes = avg_num_nodes
+        self.dens = dens
+        self.channels_node = channels_node
+        self.channels_feature = channels_feature
+        attention_kwargs = dict(
+            channels_pre_attn=(parse_irreps(irreps_pre_attn) if irreps_pre_attn else channels_node),
+            channels_head=parse_irreps(irreps_head),
+            num_heads=num_heads,
+            lmax_sh=self.lmax_sh,
+            num_basis=number_of_basis,
+            fc_neurons=list(fc_neurons),
+            attention=attention,
+            alpha_drop=alpha_drop,
+            proj_drop=proj_drop,
+            avg_degree=avg_degree,
+            weight_init=weight_init,
+        )
+
+        self.atom_embedding = AtomEmbedding(channels_node, max_atomic_number)
+        self.rbf = radial_basis(basis_type, number_of_basis, max_radius)
+        self.edge_degree_embedding = EdgeDegreeEmbedding(
+            channels_node, self.lmax_sh, number_of_basis, list(fc_neurons), avg_degree, weight_init
+        )
+        self.force_encoding = ForceEncoding(channels_node, weight_init) if dens else None
+        self.blocks = nn.ModuleList(
+            EquiformerBlock(
+                channels_node,
+                channels_feature if i == num_layers - 1 else channels_node,
+                attention_kwargs,
+                parse_irreps(irreps_mlp_mid),
+                proj_drop,
+                drop_path_rate,
+                layer_norm,
+                weight_init,
+            )
+            for i in range(num_layers)
+        )
+        self.norm = EquivariantLayerNorm(channels_feature) if layer_norm else None
+        self.out_dropout = EquivariantDropout(out_drop)
+        self.energy_hidden = SO3Linear(channels_feature, (channels_feature[0],), True, weight_init)
+        self.energy_act = ScaledSiLU()
+        self.energy_out = SO3Linear((channels_feature[0],), (1,), True, weight_init)
+        self.noise_head = (
+            GraphAttention(channels_feature, (0, 1), **attention_kwargs) if dens else None
+        )
+        if weight_init == "uniform":
+            init_weight_(self.atom_embedding.weight, 1, weight_init)
+
+    def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
+        for key in ("pos", "atomic_numbers", "batch", "natoms"):
+            if getattr(data, key, None) is None:
+                raise ValueError(f"Equiformer: the batch has no {key!r}")
+        pbc = getattr(data, "pbc", None)
+        if pbc is not None and bool(torch.as_tensor(pbc).any()):
+            raise ValueError("Equiformer (MD17 model) does not support periodic boundaries (pbc)")
+        n = data.pos.shape[0]
+        if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
+            raise ValueError(f"Equiformer: pos must be float [N, 3], got {tuple(data.pos.shape)}")
+        z = data.atomic_numbers
+        if z.shape != (n,) or z.dtype != torch.long:
+            raise ValueError("Equiformer: atomic_numbers must be long [N]")
+        if n and (int(z.min()) < 0 or int(z.max()) >= self.max_atomic_number):
+            raise ValueError(
+                f"Equiformer: atomic_numbers must lie in [0, {self.max_atomic_number}), "
+                f"got {int(z.min())}..{int(z.max())}"
+            )
+        counts = torch.bincount(data.batch, minlength=data.natoms.shape[0])
+        if counts.shape != data.natoms.shape or not torch.equal(counts, data.natoms):
+            raise ValueError("Equiformer: batch and natoms disagree")
+        if force_input is not None:
+            if not self.dens:
+                raise ValueError("Equiformer: force_input given but the model has dens=False")
+            if force_input.shape != (n, 3):
+                raise ValueError(
+                    f"Equiformer: force_input must be [N, 3] = [{n}, 3], "
+                    f"got {tuple(force_input.shape)}"
+                )
+        if predict_noise and not self.dens:
+            raise ValueError("Equiformer: predict_noise needs dens=True (no noise head)")
+
+    def forward(
+        self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False
+    ) -> dict[str, Tensor]:
+        """data: Batch with pos [N, 3], atomic_numbers [N], batch [N], natoms [B];
+        force_input: [N, 3] forces to encode (zero rows: none) or None."""
+        self._check_inputs(data, force_input, predict_noise)
+        grad_enabled = torch.is_grad_enabled()
+        with torch.enable_grad():
+            pos = data.pos if data.pos.requires_grad else data.pos.detach().requires_grad_(True)
+            batch, natoms = data.batch, data.natoms
+            num_nodes, num_graphs = pos.shape[0], natoms.shape[0]
+            src, dst = radius_graph(pos.detach(), batch, natoms, self.max_radius)
+            vec = pos.index_select(0, src) - pos.index_select(0, dst)  # [E, 3]
+            graph = {
+                "src": src,
+                "dst": dst,
+                "sh": o3.spherical_harmonics(
+                    list(range(self.lmax_sh + 1)), vec, normalize=True, normalization="component"
+                ),
+                "basis": self.rbf(vec.norm(dim=-1)),
+            }
+            x = add_features(
+                self.atom_embedding(data.atomic_numbers),
+                self.edge_degree_embedding(num_nodes, dst, graph["sh"], graph["basis"]),
+            )
+            if force_input is not None:
+                x = add_features(x, self.force_encoding(force_input.to(pos.dtype)))
+            for block in self.blocks:
+                x = block(x, graph, batch, num_graphs)
+            if self.norm is not None:
+                x = self.norm(x)
+            x = self.out_dropout(x)
+
+            node_energy = self.energy_out([self.energy_act(self.energy_hidden(x)[0])])[0]
+            energy = pos.new_zeros(num_graphs).index_add(0, batch, node_energy.view(-1))
+            energy = energy / math.sqrt(self.avg_num_nodes)
+            out = {"energy": energy}
+            if predict_noise:
+                noise = self.noise_head(x, src, dst, graph["sh"], graph["basis"])
+                out["noise"] = noise[1].view(num_nodes, 3)
+            (grad,) = torch.autograd.grad(
+                energy.sum(),
+                pos,
+                create_graph=self.training and grad_enabled,
+                retain_graph=grad_enabled,
+            )
+            out["forces"] = -grad
+        if not grad_enabled:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
