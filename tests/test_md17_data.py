@@ -137,6 +137,9 @@ def test_dataset_yields_the_shared_data_convention(ethanol_dir: Path) -> None:
     assert batch.energy.shape == (3,) and batch.energy.dtype == torch.float32
     assert batch.md_split.tolist() == [False, False, False]
     assert batch.batch.shape == (27,) and batch.forces.shape == (27, 3)
+    assert torch.equal(dataset[-1].pos, dataset[SMALL["n_train"] - 1].pos)
+    with pytest.raises(IndexError, match="index 6 out of range for 6 rows"):
+        dataset[6]
     dataset[0].pos += 1.0  # items are copies
     assert torch.equal(dataset[0].pos, Batch.from_data_list([dataset[0]]).pos)
     assert torch.allclose(dataset[0].pos, torch.tensor(rows[0].positions, dtype=torch.float32))
@@ -155,6 +158,12 @@ def test_dataset_reads_fixed_atoms_md_split_and_periodic_cells(tmp_path: Path) -
     assert data.tags.tolist() == [0, 1, 1, 2]
     assert data.cell.shape == (1, 3, 3) and data.cell[0, 1, 1].item() == 5.0
     assert data.pbc.tolist() == [[True, True, True]]
+
+    molecule = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]])
+    molecule.calc = SinglePointCalculator(molecule, energy=-1.0, forces=np.zeros((2, 3)))
+    write_aselmdb(tmp_path / "mixed.aselmdb", [slab, molecule])
+    with pytest.raises(ValueError, match="mixed.aselmdb: row 2 has fields"):
+        AseLmdbDataset(tmp_path / "mixed.aselmdb")
 
     slab.set_constraint(FixCom())
     write_aselmdb(tmp_path / "com.aselmdb", [slab])
