@@ -11,28 +11,20 @@ import torch
 from ase.constraints import FixAtoms
 from ase.optimize import BFGS
 from torch_geometric.data import Batch
-from toy_model import build_toy_model, make_emt_dataset, toy_experiment
+from toy_model import build_toy_model, toy_experiment, train_toy_run
 
 from dens.calculator import DeNSCalculator, atoms_to_batch
-from dens.train import train
 
 EXPERIMENT = toy_experiment(dens=True, epochs=2, lr=3e-2, energy_reference="linear")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    structures = make_emt_dataset(44, seed=2)
     run_dir = tmp_path_factory.mktemp("run")
-    train(EXPERIMENT, structures[:32], structures[32:40], run_dir, build_toy_model, progress=False)
-    return run_dir, structures[40:]
+    return run_dir, train_toy_run(run_dir, EXPERIMENT, 44, seed=2)
 
 
 def to_atoms(data) -> ase.Atoms:

@@ -9,29 +9,21 @@ import json
 import pytest
 import torch
 from torch_geometric.data import Batch
-from toy_model import build_toy_model, make_emt_dataset, toy_experiment
+from toy_model import build_toy_model, make_emt_dataset, toy_experiment, train_toy_run
 
 from dens.checkpoint import Normalizer
 from dens.evaluate import evaluate, mean_absolute_errors
-from dens.train import train
 
 EXPERIMENT = toy_experiment(dens=True, epochs=3, lr=3e-2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    structures = make_emt_dataset(52, seed=1)
     run_dir = tmp_path_factory.mktemp("run")
-    train(EXPERIMENT, structures[:32], structures[32:40], run_dir, build_toy_model, progress=False)
-    return run_dir, structures[40:]
+    return run_dir, train_toy_run(run_dir, EXPERIMENT, 52, seed=1)
 
 
 def reference_errors(weights: dict, normalizer: dict, test_set: list) -> tuple[float, float]:

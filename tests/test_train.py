@@ -41,13 +41,7 @@ NORMALIZER_READS = N_TRAIN  # fit_normalizer reads each training structure once
 TIMING_COLUMNS = {"epoch_time_s", "train_samples_per_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The toy model is tiny: one intra-op thread is ~50x faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ inside a structure are used (structures here are small clusters), so no neighbou
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import ase
 import ase.build
@@ -210,3 +211,13 @@ def toy_experiment(dens: bool = True, **optim: object) -> dict:
             else None
         ),
     }
+
+
+def train_toy_run(run_dir: Path, experiment: dict, n_structures: int, seed: int) -> list[Data]:
+    """Train the toy model on EMT structures (32 train, 8 validation) into ``run_dir``; return
+    the remaining ``n_structures - 40`` structures as a test set."""
+    from dens.train import train
+
+    structures = make_emt_dataset(n_structures, seed=seed)
+    train(experiment, structures[:32], structures[32:40], run_dir, build_toy_model, progress=False)
+    return structures[40:]
