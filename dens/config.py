@@ -122,7 +122,8 @@ class Registry:
     def resolve(self, name: str, scale_name: str | None = None) -> dict[str, Any]:
         """The experiment at this registry's scale: what a training job needs, as plain data.
 
-        Model hyper-parameters = the family's preset (the scale may swap it) + the scale's and the
+        Model hyper-parameters = the family's preset (the scale may map it to a smaller one) + the
+        scale's and the
         experiment's overrides + the Table 5 switches + ``dens`` (whether the model carries the
         force encoding and the noise head). Optimisation = the experiment's + the scale's overrides
         for the dataset family.
@@ -131,7 +132,7 @@ class Registry:
         family = self.dataset(experiment["dataset"])["family"]
         model = experiment["model"]
         scale_model = self.scale["models"].get(model["family"], {})
-        preset = scale_model.get("preset", model["preset"])
+        preset = scale_model.get("presets", {}).get(model["preset"], model["preset"])
         hyperparameters = {
             **self.preset(model["family"], preset),
             **scale_model.get("overrides", {}),
@@ -262,12 +263,13 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
         model_presets=model_presets,
         tables=tables_doc["tables"],
     )
-    for name, experiment in experiments.items():
-        family, preset = experiment["model"]["family"], experiment["model"]["preset"]
+    for name in experiments:
         try:
-            registry.preset(family, preset)
+            registry.resolve(name)
         except ConfigError as error:
-            raise ConfigError(f"experiments.{name}.model.preset: {error}") from error
+            raise ConfigError(
+                f"experiments.{name}.model.preset ({scale_name} scale): {error}"
+            ) from error
     for table_name, table in registry.tables.items():
         for row in table["rows"]:
             for experiment in row_experiments(row, table):

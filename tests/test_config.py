@@ -82,6 +82,9 @@ def test_scale_overrides_epochs_batch_and_model_but_not_names() -> None:
     assert paper["model"]["preset"] == "l2" and mini["model"]["preset"] != "l2"
     assert mini["scale"] == "mini" and mini["dens"] == paper["dens"]
     assert mini["model"]["hyperparameters"]["dens"] is True
+    l3 = load_registry({"scale": "mini"}).resolve("md17-ethanol/equiformer-l3")
+    assert l3["model"]["preset"] != mini["model"]["preset"]  # Lmax=3 stays distinct at mini
+    assert l3["model"]["hyperparameters"]["lmax_sh"] == 3
 
 
 def test_unknown_scale_is_refused_with_its_name() -> None:
