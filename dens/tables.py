@@ -57,7 +57,7 @@ def format_value(value: Any, metric: str = "") -> str:
     if isinstance(value, bool) or isinstance(value, str):
         return str(value)
     if metric == "num_parameters" and isinstance(value, int | float):
-        return f"{value / 1e6:.2f}M"
+        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
