@@ -29,9 +29,13 @@ from dens.train import train
 PAIR = ("equiformer-l2", "equiformer-l2-dens")
 
 
-def run_once(scale: str, experiment: str, seed: int, out: Path) -> dict[str, float]:
+def run_once(
+    scale: str, experiment: str, seed: int, out: Path, epochs: int | None
+) -> dict[str, float]:
     registry = load_registry({"scale": scale, "seed": seed})
     resolved = registry.resolve(experiment)
+    if epochs is not None:
+        resolved["optim"]["epochs"] = epochs
     data = registry.root / "results" / scale / "data" / resolved["dataset"]
     run_dir = out / experiment / f"seed{seed}"
     metrics_path = run_dir / "metrics.json"
@@ -53,17 +57,19 @@ def main() -> None:
     parser.add_argument("--molecules", nargs="+", default=["aspirin", "ethanol"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, help="override the scale's epochs (both models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out = find_root() / "benchmarks" / "results" / "dens_vs_baseline" / args.scale
+    label = args.scale if args.epochs is None else f"{args.scale}-{args.epochs}-epochs"
+    out = find_root() / "benchmarks" / "results" / "dens_vs_baseline" / label
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"scale {args.scale}, seeds {args.seeds}: test MAE, mean ± std over seeds")
+    print(f"{label}, seeds {args.seeds}: test MAE, mean ± std over seeds")
     print("| molecule | model | forces (meV/Å) | energy (meV) | zero-force baseline |")
     print("|---|---|---|---|---|")
     for molecule in args.molecules:
         for name in PAIR:
             experiment = f"md17-{molecule}/{name}"
-            runs = [run_once(args.scale, experiment, seed, out) for seed in args.seeds]
+            runs = [run_once(args.scale, experiment, seed, out, args.epochs) for seed in args.seeds]
             forces = [r["forces_mae_meV_per_A"] for r in runs]
             energy = [r["energy_mae_meV"] for r in runs]
             row = {
