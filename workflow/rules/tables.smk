@@ -1,11 +1,7 @@
 # The paper's tables as CSV and LaTeX, built only from the metrics files runs wrote, with the
 # paper's numbers (config/tables.yaml) side by side (dens.tables).
 
-METRICS_FILES = {
-    "evaluate": "metrics.json",
-    "relax": "relax/metrics.json",
-    "simulate": "simulate/metrics.json",
-}
+from dens.tables import METRICS_FILES
 
 
 def table_metrics(wildcards):
