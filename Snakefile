@@ -20,7 +20,6 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
 SCALE = REGISTRY.scale_name
-RESULTS = f"results/{SCALE}"
 
 
 wildcard_constraints:

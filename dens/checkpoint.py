@@ -1,4 +1,4 @@
-"""Checkpoints and the label normalisation they carry.
+"""Checkpoints: what a run saves, written atomically and read without running code.
 
 A checkpoint is a dict of tensors and plain Python containers, numbers, strings, bools and None,
 written with `torch.save` and read back ONLY with `torch.load(weights_only=True)`: loading a
@@ -18,7 +18,7 @@ Layout of run_dir/checkpoints/last.pt (written by dens.train after every epoch a
     model            state_dict of the trained weights
     ema              state_dict of the EMA weights, or None without EMA
     optimizer        AdamW state_dict
-    normalizer       Normalizer.to_dict()
+    normalizer       dens.normalization.Normalizer.to_dict()
     rng              {"dens": dens corruption generator state, "torch": CPU RNG state,
                       "cuda": [per-device CUDA RNG states] (empty on CPU)}  (uint8 tensors)
     epoch_sums       running sums of the unfinished epoch's loss terms (see dens.train)
@@ -38,21 +38,16 @@ of the epoch with the lowest validation force MAE:
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 FORMAT_VERSION = 1
-NUM_ELEMENTS = 119  # atomic numbers 0..118
-
-EnergyReference = Literal["mean", "linear"]
 
 # Exact types: a numpy float64 is a float subclass but would not load with weights_only=True.
 _PLAIN = (bool, int, float, str, type(None))
@@ -124,81 +119,3 @@ def find_checkpoint(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (train the run first)")
     return path
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """Label normalisation of the engine (the units of Eq. 1), fitted on the training set.
-
-        E' = (E - sum_i ref[z_i] - mean) / std        f' = f / std        (eV -> unitless)
-
-    `mean`/`std` are the mean and (unbiased) standard deviation of the per-structure training
-    energies after subtracting the element references `ref` [119] (eV per atom). Forces share
-    the energy std so that f' = -dE'/dpos holds for gradient-force models. Reference "mean"
-    (default; the official Equiformer MD17 code) uses ref = 0; "linear" fits ref by least
-    squares of E on the element counts (for total energies across compositions, e.g. OC22).
-    With a single composition (one MD17 molecule) both give the same normalised labels.
-    """
-
-    mean: float
-    std: float
-    element_references: Tensor  # float64 [119], eV per atom
-
-    @classmethod
-    def fit(cls, energies: Tensor, counts: Tensor, reference: EnergyReference) -> Normalizer:
-        """energies float [S] (eV), counts [S, 119] element counts per structure."""
-        energies = energies.to(torch.float64)
-        counts = counts.to(torch.float64)
-        if energies.numel() < 2:
-            raise ValueError(
-                f"need at least 2 training structures for energy statistics, got {energies.numel()}"
-            )
-        bad = torch.nonzero(~torch.isfinite(energies)).flatten()
-        if bad.numel():
-            raise ValueError(f"non-finite energy label in training structure(s) {bad.tolist()}")
-        if reference == "mean":
-            refs = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
-        elif reference == "linear":
-            refs = torch.linalg.lstsq(counts, energies[:, None], driver="gelsd").solution[:, 0]
-        else:
-            raise ValueError(f"energy_reference must be 'mean' or 'linear', got {reference!r}")
-        residual = energies - counts @ refs
-        std = float(residual.std())
-        if not (math.isfinite(std) and std > 0.0):
-            raise ValueError(f"training energies have std {std} after the {reference} reference")
-        return cls(mean=float(residual.mean()), std=std, element_references=refs)
-
-    def _reference(self, atomic_numbers: Tensor, batch: Tensor, num_structures: int) -> Tensor:
-        refs = self.element_references.to(atomic_numbers.device)[atomic_numbers]
-        out = torch.zeros(num_structures, dtype=refs.dtype, device=refs.device)
-        return out.index_add(0, batch, refs) + self.mean
-
-    def normalize_energy(self, energy: Tensor, atomic_numbers: Tensor, batch: Tensor) -> Tensor:
-        """E [B] (eV) -> E' [B], in the dtype of `energy`."""
-        ref = self._reference(atomic_numbers, batch, energy.shape[0])
-        return ((energy.to(ref.dtype) - ref) / self.std).to(energy.dtype)
-
-    def denormalize_energy(self, energy: Tensor, atomic_numbers: Tensor, batch: Tensor) -> Tensor:
-        """E' [B] -> E [B] (eV), float64 (a float32 total energy of a large molecule would lose
-        meV: the float32 spacing near -17,000 eV is 2 meV)."""
-        ref = self._reference(atomic_numbers, batch, energy.shape[0])
-        return energy.to(ref.dtype) * self.std + ref
-
-    def normalize_forces(self, forces: Tensor) -> Tensor:
-        """f [N,3] (eV/Å) -> f' [N,3]."""
-        return forces / self.std
-
-    def denormalize_forces(self, forces: Tensor) -> Tensor:
-        """f' [N,3] -> f [N,3] (eV/Å)."""
-        return forces * self.std
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "element_references": self.element_references}
-
-    @classmethod
-    def from_dict(cls, state: Mapping[str, Any]) -> Normalizer:
-        return cls(
-            mean=float(state["mean"]),
-            std=float(state["std"]),
-            element_references=state["element_references"].to(torch.float64),
-        )

@@ -1,14 +1,19 @@
 """``dens``: the command-line tool the pipeline's jobs call, usable by hand too.
 
-    dens experiments [--scale S]            list every experiment
-    dens params EXPERIMENT                  trainable parameters of the paper-scale model
-    dens data download|extract|prepare ...  the data rules
-    dens train|evaluate|relax|simulate EXPERIMENT --scale S --run-dir DIR
+    dens experiments [--scale S]                       list every experiment
+    dens params EXPERIMENT                             trainable parameters (paper scale)
+    dens data download NAME --out FILE                 download and verify one archive
+    dens data extract NAME --archive-path FILE --out DIR
+    dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
+    dens train EXPERIMENT --scale S --train FILE --val FILE --run-dir DIR
+    dens evaluate EXPERIMENT --scale S --run-dir DIR SPLIT_FILE...
+    dens relax|simulate EXPERIMENT --scale S --run-dir DIR
     dens table NAME --scale S --out-dir DIR
-    dens figure NAME --scale S --out FILE
+    dens figure NAME --scale S --out FILE STRUCTURE_FILE...
 
-Every command resolves the configuration through :mod:`dens.config`, so a bad name or value is
-reported with the file and key it came from.
+Each command parses its arguments and calls the library; the pipeline's rules hand jobs their
+input files (dens.paths). Errors a user can cause are the library's own (dens.errors) and are
+printed as one line.
 """
 
 from __future__ import annotations
@@ -18,12 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dens.config import ConfigError, Registry, find_root, load_registry
-from dens.models import ModelNotAvailableError
-
-
-class CommandError(RuntimeError):
-    """A command cannot do what it was asked; the message says why."""
+from dens.config import Registry, load_registry
+from dens.errors import DensError, NotAvailableError
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -53,8 +54,7 @@ def cmd_experiments(args: argparse.Namespace) -> None:
 def cmd_params(args: argparse.Namespace) -> None:
     from dens.models import build_model, count_parameters
 
-    registry = registry_from(args, scale="paper")
-    resolved = registry.resolve(args.experiment)
+    resolved = registry_from(args, scale="paper").resolve(args.experiment)
     model = resolved["model"]
     count = count_parameters(build_model(resolved))
     dens = " + DeNS" if resolved["dens"] else ""
@@ -65,83 +65,38 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from dens.data.download import download, load_catalog
+    from dens.data.download import download, get_archive, load_catalog
 
-    catalog = load_catalog(find_root() / "config" / "archives.yaml")
-    if args.archive not in catalog:
-        raise CommandError(f"unknown archive {args.archive!r} (config/archives.yaml)")
-    archive = catalog[args.archive]
+    archive = get_archive(load_catalog(), args.archive)
     download(archive.url, args.out, archive.digest, archive.algorithm or "sha256")
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:
-    from dens.data.download import extract, load_catalog
+    from dens.data.download import extract, get_archive, load_catalog
 
-    archive = load_catalog(find_root() / "config" / "archives.yaml")[args.archive]
+    archive = get_archive(load_catalog(), args.archive)
     extract(args.archive_path, args.out, archive.format)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:
-    registry = registry_from(args)
-    settings = registry.data_settings(args.dataset)
-    out_dir = Path(args.out_dir)
-    if settings["family"] != "md17":
-        raise CommandError(
-            f"dataset {args.dataset}: preparing {settings['family'].upper()} data "
-            f"({settings['source']}) is not implemented yet; it lands with the OC20/OC22 issue"
-        )
-    from dens.data import md17
+    from dens.data.prepare import prepare_dataset
 
-    if settings["source"] == "generate":
-        _set_threads(args.threads)
-        md17.generate_md17(
-            settings["molecule"],
-            out_dir,
-            n_train=settings["n_train"],
-            n_val=settings["n_val"],
-            n_test=settings["n_test"],
-            seed=settings["seed"],
-            stride=settings["stride"],
-            equilibration_steps=settings["equilibration_steps"],
-        )
-        return
-    npz = [Path(p) for p in args.inputs if str(p).endswith(".npz")]
-    if len(npz) != 1:
-        raise CommandError(
-            f"dataset {args.dataset}: expected one MD17 .npz input, got {args.inputs}"
-        )
-    md17.convert_md17_npz(npz[0], out_dir)
-
-
-SPLITS = {"md17": ("train", "val", "test")}  # OC20/OC22 splits land with their issue
-
-
-def _splits(registry: Registry, experiment: dict[str, Any]) -> tuple[Path, Path, Path]:
-    family = experiment["dataset_family"]
-    if family not in SPLITS:
-        raise CommandError(
-            f"{experiment['name']}: training on {family.upper()} is not implemented yet; "
-            "it lands with the OC20/OC22 issue"
-        )
-    data_dir = registry.root / "results" / registry.scale_name / "data" / experiment["dataset"]
-    return tuple(data_dir / f"{split}.aselmdb" for split in SPLITS[family])  # type: ignore[return-value]
+    settings = registry_from(args).data_settings(args.dataset)
+    _set_threads(args.threads)
+    prepare_dataset(settings, Path(args.out_dir), args.inputs)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
-    from dens.models import build_model
     from dens.train import train
 
-    registry = registry_from(args)
-    experiment = registry.resolve(args.experiment)
-    train_path, val_path, _ = _splits(registry, experiment)
+    experiment = registry_from(args).resolve(args.experiment)
     _set_threads(args.threads)
     result = train(
         experiment,
-        AseLmdbDataset(train_path),
-        AseLmdbDataset(val_path),
+        AseLmdbDataset(args.train),
+        AseLmdbDataset(args.val),
         Path(args.run_dir),
-        build_model,
         device=args.device,
     )
     print(
@@ -153,29 +108,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
     from dens.evaluate import evaluate
-    from dens.models import build_model
 
-    registry = registry_from(args)
-    experiment = registry.resolve(args.experiment)
-    _, _, test_path = _splits(registry, experiment)
+    registry_from(args).resolve(args.experiment)
     _set_threads(args.threads)
-    metrics = evaluate(
-        Path(args.run_dir), AseLmdbDataset(test_path), build_model, device=args.device
-    )
+    splits = {Path(path).stem: AseLmdbDataset(path) for path in args.splits}
+    metrics = evaluate(Path(args.run_dir), splits, device=args.device)
     print(
-        f"{args.experiment}: test energy MAE {metrics['energy_mae_meV']:.2f} meV, force MAE "
-        f"{metrics['forces_mae_meV_per_A']:.2f} meV/Å (zero forces: "
+        f"{args.experiment} on {metrics['split']}: energy MAE {metrics['energy_mae_meV']:.2f} "
+        f"meV, force MAE {metrics['forces_mae_meV_per_A']:.2f} meV/Å (zero forces: "
         f"{metrics['zero_forces_mae_meV_per_A']:.2f})"
-    )
-
-
-def cmd_pending(args: argparse.Namespace) -> None:
-    """Stages whose implementation lands with a later issue stop here, naming what is missing."""
-    registry = registry_from(args)
-    registry.resolve(args.experiment)
-    raise CommandError(
-        f"dens {args.command} {args.experiment}: {PENDING_STAGES[args.command]}; "
-        "nothing was written"
     )
 
 
@@ -185,11 +126,19 @@ PENDING_STAGES = {
 }
 
 
+def cmd_pending(args: argparse.Namespace) -> None:
+    """Stages whose implementation lands with a later issue stop here, naming what is missing."""
+    registry_from(args).resolve(args.experiment)
+    raise NotAvailableError(
+        f"dens {args.command} {args.experiment}: {PENDING_STAGES[args.command]}; "
+        "nothing was written"
+    )
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from dens.tables import write_table
 
-    registry = registry_from(args)
-    for path in write_table(registry, args.table, Path(args.out_dir)):
+    for path in write_table(registry_from(args), args.table, Path(args.out_dir)):
         print(path)
 
 
@@ -197,7 +146,9 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from dens.figures import draw_figure
 
     registry = registry_from(args)
-    draw_figure(registry, args.figure, Path(args.out))
+    draw_figure(
+        args.figure, [Path(p) for p in args.structures], Path(args.out), registry.scale_name
+    )
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -212,6 +163,14 @@ def _add_config_options(parser: argparse.ArgumentParser, scale_default: str | No
     parser.add_argument(
         "--extra-experiments", action="append", default=[], help="extra experiment file(s)"
     )
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_config_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,27 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_download)
     p = data_commands.add_parser("extract", help="extract one verified archive")
     p.add_argument("archive", help="name in config/archives.yaml")
-    p.add_argument("--archive-path", "--archive", dest="archive_path", required=True, type=Path)
+    p.add_argument("--archive-path", required=True, type=Path, help="the downloaded file")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_data_extract)
     p = data_commands.add_parser("prepare", help="write a dataset's aselmdb splits")
     p.add_argument("dataset", help="name in config/datasets.yaml")
-    p.add_argument("inputs", nargs="*", help="downloaded archives (paper scale)")
+    p.add_argument("inputs", nargs="*", type=Path, help="downloaded archives (paper scale)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
     _add_config_options(p)
     p.set_defaults(func=cmd_data_prepare)
 
-    stages = {"train": cmd_train, "evaluate": cmd_evaluate}
-    stages |= {stage: cmd_pending for stage in PENDING_STAGES}
-    for stage, func in stages.items():
+    p = commands.add_parser("train", help="train one experiment")
+    _add_job_options(p)
+    p.add_argument("--train", required=True, type=Path, help="training split (aselmdb)")
+    p.add_argument("--val", required=True, type=Path, help="validation split (aselmdb)")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="score a trained run on held-out splits")
+    _add_job_options(p)
+    p.add_argument("splits", nargs="+", type=Path, help="split files (aselmdb)")
+    p.set_defaults(func=cmd_evaluate)
+
+    for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")
-        p.add_argument("experiment")
-        p.add_argument("--run-dir", required=True)
-        p.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
-        p.add_argument("--device", default="cpu", help="cpu or cuda")
-        _add_config_options(p)
-        p.set_defaults(func=func)
+        _add_job_options(p)
+        p.set_defaults(func=cmd_pending)
 
     p = commands.add_parser("table", help="write one paper table (CSV + LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10")
@@ -265,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("figure", help="draw one of the paper's figures 3-5")
     p.add_argument("figure", help="figure3, figure4 or figure5")
     p.add_argument("--out", required=True)
+    p.add_argument("structures", nargs="+", help="one training split (aselmdb) per figure row")
     _add_config_options(p)
     p.set_defaults(func=cmd_figure)
     return parser
@@ -274,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, CommandError, ModelNotAvailableError) as error:
+    except DensError as error:
         print(f"dens: error: {error}", file=sys.stderr)
         return 2
     return 0

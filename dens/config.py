@@ -24,6 +24,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from dens.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MOLECULES = (
     "aspirin",
@@ -35,10 +37,6 @@ MOLECULES = (
     "toluene",
     "uracil",
 )
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the file, the key and the value."""
 
 
 def read_yaml(path: Path) -> Any:
@@ -114,6 +112,26 @@ class Registry:
             raise _unknown("dataset", name, self.datasets)
         return self.datasets[name]
 
+    def splits(self, dataset: str, role: str) -> list[str]:
+        """The splits of ``dataset`` with ``role``: "train" (one), "val" (the first selects the
+        best checkpoint), "test", "relax" (IS2RE initial structures), or "evaluate" (the role
+        the dataset names as the one ``dens evaluate`` scores). [] if it has none."""
+        info = self.dataset(dataset)
+        roles = info["splits"]
+        if role == "evaluate":
+            role = info.get("evaluate", "test")
+        value = roles.get(role, [])
+        return [value] if isinstance(value, str) else list(value)
+
+    def split_names(self, dataset: str) -> list[str]:
+        """Every split of ``dataset`` once, in the order of its roles."""
+        names: list[str] = []
+        for value in self.dataset(dataset)["splits"].values():
+            for split in [value] if isinstance(value, str) else value:
+                if split not in names:
+                    names.append(split)
+        return names
+
     def data_settings(self, dataset: str) -> dict[str, Any]:
         """How this scale obtains ``dataset``: source (download/generate) and generator sizes."""
         info = self.dataset(dataset)
@@ -123,12 +141,14 @@ class Registry:
         """The experiment at this registry's scale: what a training job needs, as plain data.
 
         Model hyper-parameters = the family's preset (the scale may map it to a smaller one) + the
-        scale's and the
-        experiment's overrides + the Table 5 switches + ``dens`` (whether the model carries the
-        force encoding and the noise head). Optimisation = the experiment's + the scale's overrides
-        for the dataset family.
+        scale's and the experiment's overrides + the Table 5 switches + the two DeNS modules,
+        which the experiment's ``dens`` entry switches separately: ``noise_head`` (every DeNS
+        run) and ``force_encoding`` (DeNS runs whose ``dens.force_encoding`` is true; Table 6's
+        ablation has none). Optimisation = the experiment's + the scale's overrides for the
+        dataset family.
         """
         experiment = self.experiment(name)
+        dens = experiment["dens"]
         family = self.dataset(experiment["dataset"])["family"]
         model = experiment["model"]
         scale_model = self.scale["models"].get(model["family"], {})
@@ -139,7 +159,8 @@ class Registry:
             **model.get("overrides", {}),
             "attention": model["attention"],
             "layer_norm": model["layer_norm"],
-            "dens": experiment["dens"] is not None,
+            "force_encoding": dens is not None and dens["force_encoding"],
+            "noise_head": dens is not None,
         }
         return {
             "name": name,

@@ -1,8 +1,11 @@
-"""Evaluation of a trained run: energy and force MAE on a test split, written to metrics.json.
+"""Evaluation of a trained run: energy and force MAE on held-out splits, written to metrics.json.
 
-Predictions use the best-validation weights (EMA weights when EMA is on) from
-run_dir/checkpoints/best.pt, with no noise and no force input (DESIGN.md checklist item 7), and
-are de-normalised with the training statistics stored in the checkpoint.
+The run is loaded through dens.inference: the best-validation weights (EMA weights when EMA is
+on) from run_dir/checkpoints/best.pt, no noise and no force input (DESIGN.md checklist item 7),
+de-normalised with the training statistics stored in the checkpoint. The splits are the ones
+the dataset's ``evaluate`` role names (config/datasets.yaml): MD17's test split, OC20 S2EF-2M's
+four validation splits. With several splits the top-level MAEs are the mean over splits (each
+split weighted equally, as OC20 reports them) and ``splits`` holds each split's own.
 
 Metrics (the MD17/OC20 conventions, Section 4):
     energy MAE (meV)       mean over structures of |E_hat - E|, total energies
@@ -21,58 +24,19 @@ import json
 import math
 import os
 import platform
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch_geometric.data import Batch, Data
 
-from dens.checkpoint import Normalizer, find_checkpoint, inference_weights, load_checkpoint
-
-BuildModel = Callable[[dict], nn.Module]
+from dens.inference import BuildModel, load_trained_model, predict
+from dens.models import build_model as build_registered_model
+from dens.normalization import Normalizer
 
 _VERSIONED = ("dens", "torch", "e3nn", "torch-geometric", "ase", "numpy", "fairchem-core")
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """A model with inference weights loaded, in eval mode with frozen parameters."""
-
-    model: nn.Module
-    normalizer: Normalizer
-    checkpoint: dict[str, Any]
-
-
-def load_trained_model(
-    path: Path,
-    build_model: BuildModel,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> TrainedModel:
-    """Build the run's model and load its inference weights.
-
-    path: a run directory (-> checkpoints/best.pt) or a checkpoint file (best.pt or last.pt).
-    build_model: the model registry, called with the experiment dict stored in the checkpoint.
-    """
-    checkpoint = load_checkpoint(find_checkpoint(path))
-    model = build_model(checkpoint["experiment"])
-    model.load_state_dict(inference_weights(checkpoint))
-    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return TrainedModel(model, Normalizer.from_dict(checkpoint["normalizer"]), checkpoint)
-
-
-def predict(model: nn.Module, batch: Batch, normalizer: Normalizer) -> tuple[Tensor, Tensor]:
-    """Energy [B] (eV, float64) and forces [N,3] (eV/Å, model dtype) of a batch, de-normalised;
-    no noise head, no force input. Gradient-force models get autograd enabled."""
-    with torch.set_grad_enabled(bool(getattr(model, "gradient_forces", False))):
-        out = model(batch)
-    energy = normalizer.denormalize_energy(
-        out["energy"].detach(), batch.atomic_numbers, batch.batch
-    )
-    return energy, normalizer.denormalize_forces(out["forces"].detach())
 
 
 def mean_absolute_errors(
@@ -137,28 +101,42 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+MAE_KEYS = (
+    "energy_mae_meV",
+    "forces_mae_meV_per_A",
+    "zero_forces_mae_meV_per_A",
+    "reference_energy_mae_meV",
+)
+
+
 def evaluate(
     run_dir: Path,
-    test_set: Sequence[Data],
-    build_model: BuildModel,
+    splits: Mapping[str, Sequence[Data]],
+    build_model: BuildModel = build_registered_model,
     *,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     metrics_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate run_dir's best checkpoint on `test_set`; write and return the metrics.
+    """Evaluate run_dir's best checkpoint on each of ``splits`` ({name: dataset}); write and
+    return the metrics.
 
     batch_size: defaults to the experiment's optim.eval_batch_size.
     metrics_path: defaults to run_dir/metrics.json.
     Training wall time (sum of epoch times) and training throughput (samples per second of
     optimiser steps, over the whole run) come from run_dir/log.csv.
     """
+    if not splits:
+        raise ValueError("evaluate needs at least one split")
     run_dir = Path(run_dir)
     trained = load_trained_model(run_dir, build_model, device)
     checkpoint = trained.checkpoint
     experiment = checkpoint["experiment"]
     batch_size = batch_size or int(experiment["optim"]["eval_batch_size"])
-    errors = mean_absolute_errors(trained.model, test_set, trained.normalizer, batch_size, device)
+    per_split = {
+        name: mean_absolute_errors(trained.model, dataset, trained.normalizer, batch_size, device)
+        for name, dataset in splits.items()
+    }
     log = _training_log(run_dir)
     epoch_times = [float(row["epoch_time_s"]) for row in log]
     # Every epoch has the same number of samples, so the run's rate is the harmonic mean.
@@ -169,13 +147,11 @@ def evaluate(
         "scale": experiment["scale"],
         "seed": experiment["seed"],
         "dataset": experiment["dataset"],
-        "split": "test",
-        "energy_mae_meV": errors["energy_mae_meV"],
-        "forces_mae_meV_per_A": errors["forces_mae_meV_per_A"],
-        "zero_forces_mae_meV_per_A": errors["zero_forces_mae_meV_per_A"],
-        "reference_energy_mae_meV": errors["reference_energy_mae_meV"],
-        "n_test": errors["num_structures"],
-        "n_test_free_atoms": errors["num_free_atoms"],
+        "split": "+".join(per_split),
+        **{key: sum(e[key] for e in per_split.values()) / len(per_split) for key in MAE_KEYS},
+        "n_test": sum(e["num_structures"] for e in per_split.values()),
+        "n_test_free_atoms": sum(e["num_free_atoms"] for e in per_split.values()),
+        "splits": per_split,
         "checkpoint": "best.pt",
         "weights": checkpoint["weights"],
         "best_epoch": checkpoint["epoch"],

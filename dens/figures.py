@@ -8,11 +8,12 @@ Projection onto the x-y plane; colours by element.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from dens.config import Registry
+from dens.errors import ConfigError
 
 FIGURES = {
     # name: (datasets, noise scales in Å, title) as in App. G
@@ -37,8 +38,12 @@ def _first_structure(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"{path}: no structures")
 
 
-def draw_figure(registry: Registry, name: str, out: Path, seed: int = 0) -> Path:
-    """Draw one figure to ``out`` (PNG) from the prepared datasets of this scale."""
+def draw_figure(
+    name: str, structure_files: Sequence[Path], out: Path, scale: str, seed: int = 0
+) -> Path:
+    """Draw one figure to ``out`` (PNG): row k shows the first structure of
+    ``structure_files[k]``, the training split of the figure's k-th dataset (``FIGURES``) at
+    ``scale``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +51,13 @@ def draw_figure(registry: Registry, name: str, out: Path, seed: int = 0) -> Path
     from ase.data.colors import jmol_colors
 
     if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+        raise ConfigError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
     datasets, sigmas, title = FIGURES[name]
+    if len(structure_files) != len(datasets):
+        raise ConfigError(
+            f"{name} draws {len(datasets)} dataset(s) ({', '.join(datasets)}); "
+            f"got {len(structure_files)} structure file(s)"
+        )
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(
         len(datasets),
@@ -55,8 +65,7 @@ def draw_figure(registry: Registry, name: str, out: Path, seed: int = 0) -> Path
         figsize=(2.6 * (len(sigmas) + 1), 2.6 * len(datasets)),
         squeeze=False,
     )
-    for row, dataset in enumerate(datasets):
-        path = registry.root / "results" / registry.scale_name / "data" / dataset / "train.aselmdb"
+    for row, (dataset, path) in enumerate(zip(datasets, structure_files, strict=True)):
         positions, numbers = _first_structure(path)
         colors = jmol_colors[numbers]
         eps = rng.standard_normal(positions.shape)
@@ -70,7 +79,7 @@ def draw_figure(registry: Registry, name: str, out: Path, seed: int = 0) -> Path
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_title(f"{dataset}: original" if sigma == 0 else f"σ = {sigma} Å", fontsize=8)
-    fig.suptitle(f"{title}: Gaussian noise added to all atoms (scale {registry.scale_name})")
+    fig.suptitle(f"{title}: Gaussian noise added to all atoms (scale {scale})")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)

@@ -1,7 +1,7 @@
 """The paper's tables as CSV and LaTeX, laid out like the paper, our numbers beside the paper's.
 
-Every measured cell comes from a metrics file a run wrote (``results/{scale}/runs/<experiment>/
-metrics.json``, ``relax/metrics.json`` or ``simulate/metrics.json``); paper numbers come only from
+Every measured cell comes from a metrics file a run wrote (``metrics.json``, ``relax/metrics.json``
+or ``simulate/metrics.json`` in the run's directory, dens.paths); paper numbers come only from
 ``config/tables.yaml`` and sit in columns labelled ``paper``. Rows the paper cites from other work
 carry paper numbers only and say so. Settings tables (7, 8, 9) compare the configured
 hyper-parameters of this scale with the paper's.
@@ -15,29 +15,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dens.config import ConfigError, Registry, row_experiments
+from dens import paths
+from dens.config import Registry, row_experiments
+from dens.errors import ConfigError, DensError
 
-METRICS_FILES = {
-    "evaluate": "metrics.json",
-    "relax": "relax/metrics.json",
-    "simulate": "simulate/metrics.json",
-}
 MISSING = "—"
 
 
-class MetricsError(ValueError):
+class MetricsError(DensError, ValueError):
     """A metrics file a table needs is missing or lacks a metric; the message names it."""
 
 
 def read_metric(registry: Registry, experiment: str, column: dict[str, Any]) -> Any:
     """One metric of one run, from the metrics file its column's source names."""
-    path = (
-        registry.root
-        / "results"
-        / registry.scale_name
-        / "runs"
-        / experiment
-        / METRICS_FILES[column.get("source", "evaluate")]
+    path = registry.root / paths.metrics_file(
+        registry.scale_name, experiment, column.get("source", "evaluate")
     )
     try:
         metrics = json.loads(path.read_text())

@@ -2,21 +2,24 @@
 
 One explicit loop, read top to bottom in `train`:
 
+    build_trainee; start_or_resume                  (model, EMA, AdamW; or last.pt)
     for each epoch:                       (order: a permutation seeded by (seed, epoch))
-        for each batch:
+        train_epoch: lambda_DeNS <- dens_coefficient (constant, or MD17's linear decay, per
+                     epoch as the official MD17 code); for each batch:
             lr <- linear warm-up then cosine decay, per step (`learning_rate`)
-            lambda_DeNS <- dens.dens_coefficient (constant, or linear decay to 0 for MD17)
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
             on SIGTERM: save last.pt (mid-epoch) and exit with PREEMPTED_EXIT_CODE
-        validate (EMA weights if EMA is on); log.csv row; best.pt by val force MAE; last.pt
+        validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
+        MAE; last.pt
 
-Labels are normalised with training statistics (`dens.checkpoint.Normalizer`): E' = (E - mean)
-/ std per structure (optionally after per-element references), f' = f / std with the same std.
-With DeNS the force input of the corrupted atoms is the normalised label f' (Alg. 2 line 19)
-and the noise head predicts eps / sigma; without DeNS the model gets no force input and no
-noise is predicted.
+Labels are normalised with training statistics (`dens.normalization.Normalizer`, in float64):
+E' = (E - mean) / std per structure (optionally after per-element references), f' = f / std
+with the same std. With DeNS the corrupted atoms' forces are encoded in the units the
+experiment's ``dens.force_encoding_units`` names (Algorithm 2's normalised f', or the raw
+kcal/mol/Å of the official MD17 code) and the noise head predicts eps / sigma; without DeNS
+the model gets no force input and no noise is predicted.
 
 AdamW: no weight decay on 1-d parameters (biases, norm scales), on `*.bias`, and on names the
 model lists in an optional `no_weight_decay()` (as timm does for the official Equiformer code).
@@ -44,7 +47,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +57,20 @@ from torch.utils.data import DataLoader
 from torch_geometric.data import Batch, Data
 from tqdm import tqdm
 
-from dens.checkpoint import (
-    FORMAT_VERSION,
-    NUM_ELEMENTS,
-    EnergyReference,
-    Normalizer,
-    load_checkpoint,
-    save_checkpoint,
-)
-from dens.dens import (
+from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.denoising import (
     DeNSSettings,
     LossSettings,
     corrupt,
     dens_coefficient,
     dens_loss,
+    force_encoding_input,
     original_task_loss,
 )
 from dens.evaluate import mean_absolute_errors
+from dens.models import build_model as build_registered_model
+from dens.models import count_parameters
+from dens.normalization import NUM_ELEMENTS, EnergyReference, Normalizer
 
 BuildModel = Callable[[dict], nn.Module]
 
@@ -92,16 +92,6 @@ LOG_COLUMNS = (
     "epoch_time_s",
 )
 _LOSS_TERMS = ("total", "energy", "forces", "dens")
-_DENS_FIELDS = (
-    "p",
-    "sigma",
-    "corruption_ratio",
-    "coefficient",
-    "force_encoding",
-    "energy_loss",
-    "partial_corruption",
-    "coefficient_decay",
-)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -180,19 +170,9 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             averaged.copy_(current)
 
 
-def dens_settings(experiment: Mapping[str, Any]) -> DeNSSettings | None:
-    dens = experiment.get("dens")
-    if dens is None:
-        return None
-    missing = [field for field in _DENS_FIELDS if field not in dens]
-    if missing:
-        raise ValueError(f"experiment {experiment['name']!r}: dens lacks {missing}")
-    return DeNSSettings(**{field: dens[field] for field in _DENS_FIELDS})
-
-
 def loss_settings(optim: Mapping[str, Any]) -> LossSettings:
     """LossSettings from optim: energy/force coefficients, force_loss; optional noise_loss and
-    loss_reduction (dens.dens defaults otherwise). The energy loss is always |E' - E_hat|."""
+    loss_reduction (dens.denoising defaults otherwise). The energy loss is always |E' - E_hat|."""
     if optim.get("energy_loss", "mae") != "mae":
         raise ValueError(f"optim.energy_loss must be 'mae', got {optim['energy_loss']!r}")
     optional = {"noise_metric": optim.get("noise_loss"), "reduction": optim.get("loss_reduction")}
@@ -216,15 +196,19 @@ def loss_terms(
     """The training loss of one batch: {"total", "energy", "forces", "dens"} 0-dim tensors.
 
     Without DeNS: Eq. 1 on the batch, no force input, no noise. With DeNS: sample the
-    corruption (dens.dens.corrupt), run the model on the corrupted positions with the encoded
-    normalised forces of the corrupted atoms, and apply Eq. 1 / Eq. 6 per structure.
+    corruption (dens.denoising.corrupt), run the model on the corrupted positions with the
+    encoded forces of the corrupted atoms (in ``dens.force_encoding_units``), and apply Eq. 1 /
+    Eq. 6 per structure. Energy targets are normalised in float64, then cast to the model's
+    dtype.
     """
     energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
+    energy_target = energy_target.to(batch.pos.dtype)
     force_target = normalizer.normalize_forces(batch.forces)
     if dens is None:
         prediction = model(batch)
         return original_task_loss(prediction, batch, energy_target, force_target, losses)
-    corruption = corrupt(batch, dens, generator, forces=force_target)
+    forces = force_encoding_input(batch.forces, normalizer.std, dens.force_encoding_units)
+    corruption = corrupt(batch, dens, generator, forces=forces)
     inputs = batch.clone()
     inputs.pos = corruption.pos
     prediction = model(inputs, corruption.force_input, predict_noise=True)
@@ -318,6 +302,289 @@ def _differences(a: Any, b: Any, where: str = "experiment") -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The steps of a run
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a run is: epochs, batches of batch_size (the last partial batch is dropped)."""
+
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, optim: Mapping[str, Any], train_size: int) -> Schedule:
+        if optim.get("lr_schedule", "cosine") != "cosine":
+            raise ValueError(f"optim.lr_schedule must be 'cosine', got {optim['lr_schedule']!r}")
+        batch_size = int(optim["batch_size"])
+        if train_size < batch_size:
+            raise ValueError(
+                f"training set of {train_size} structures is smaller than batch_size {batch_size}"
+            )
+        return cls(int(optim["epochs"]), batch_size, train_size // batch_size)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in last.pt (dens.checkpoint lists the fields)."""
+
+    normalizer: Normalizer
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"epoch": 0, "val_forces_mae_meV_per_A": math.inf}
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, float] = field(
+        default_factory=lambda: {"train_time_s": 0.0, "step_time_s": 0.0, "samples_seen": 0}
+    )
+
+
+@dataclass
+class Trainee:
+    """What a run optimises: the model, its EMA copy (None without EMA), AdamW and the DeNS
+    corruption generator."""
+
+    model: nn.Module
+    ema: nn.Module | None
+    optimizer: torch.optim.AdamW
+    generator: torch.Generator
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.model if self.ema is None else self.ema
+
+
+def build_trainee(
+    experiment: Mapping[str, Any], build_model: BuildModel, device: torch.device
+) -> Trainee:
+    """The model built after torch.manual_seed(seed), its EMA copy, AdamW and the generator."""
+    seed = int(experiment["seed"])
+    optim = experiment["optim"]
+    torch.manual_seed(seed)
+    model = build_model(experiment).to(device)
+    ema = None
+    if optim.get("ema_decay") is not None:
+        ema = build_model(experiment).to(device).requires_grad_(False)
+        ema.load_state_dict(model.state_dict())
+    generator = torch.Generator(device).manual_seed(seed)
+    return Trainee(model, ema, build_optimizer(model, optim), generator)
+
+
+def start_or_resume(
+    last_path: Path,
+    experiment: Mapping[str, Any],
+    train_set: Sequence[Data],
+    trainee: Trainee,
+    device: torch.device,
+) -> Progress:
+    """Resume from last.pt when it exists (refused if the experiment or the training set size
+    differ), else fit the normaliser and start at step 0."""
+    if not last_path.is_file():
+        reference = experiment["optim"].get("energy_reference", "mean")
+        return Progress(fit_normalizer(train_set, reference, int(experiment["seed"])))
+    state = load_checkpoint(last_path)
+    changed = _differences(state["experiment"], experiment)
+    changed += _differences(state["train_size"], len(train_set), "training set size")
+    if changed:
+        raise ValueError(
+            f"{last_path} was trained with another experiment ({'; '.join(changed)}); "
+            "delete the run directory to start over"
+        )
+    trainee.model.load_state_dict(state["model"])
+    if trainee.ema is not None:
+        trainee.ema.load_state_dict(state["ema"])
+    trainee.optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"], trainee.generator, device)
+    return Progress(
+        normalizer=Normalizer.from_dict(state["normalizer"]),
+        epoch=state["epoch"],
+        batch_in_epoch=state["batch_in_epoch"],
+        step=state["step"],
+        epoch_sums=state["epoch_sums"],
+        best=state["best"],
+        history=state["history"],
+        timing=state["timing"],
+    )
+
+
+def last_checkpoint(
+    experiment: Mapping[str, Any],
+    progress: Progress,
+    trainee: Trainee,
+    train_size: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The state of last.pt (layout: dens.checkpoint)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "last",
+        "experiment": dict(experiment),
+        "epoch": progress.epoch,
+        "batch_in_epoch": progress.batch_in_epoch,
+        "step": progress.step,
+        "train_size": train_size,
+        "model": trainee.model.state_dict(),
+        "ema": None if trainee.ema is None else trainee.ema.state_dict(),
+        "optimizer": trainee.optimizer.state_dict(),
+        "normalizer": progress.normalizer.to_dict(),
+        "rng": _rng_state(trainee.generator, device),
+        "epoch_sums": progress.epoch_sums,
+        "best": progress.best,
+        "history": progress.history,
+        "timing": progress.timing,
+        "num_parameters": count_parameters(trainee.model),
+    }
+
+
+def best_checkpoint(
+    experiment: Mapping[str, Any], progress: Progress, trainee: Trainee, val: Mapping[str, float]
+) -> dict[str, Any]:
+    """The state of best.pt: the inference weights of this epoch (layout: dens.checkpoint)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "best",
+        "experiment": dict(experiment),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "model": trainee.eval_model.state_dict(),
+        "weights": "model" if trainee.ema is None else "ema",
+        "normalizer": progress.normalizer.to_dict(),
+        "val": {key: val[key] for key in ("energy_mae_meV", "forces_mae_meV_per_A")},
+        "num_parameters": count_parameters(trainee.model),
+    }
+
+
+def train_epoch(
+    experiment: Mapping[str, Any],
+    train_set: Sequence[Data],
+    schedule: Schedule,
+    progress: Progress,
+    trainee: Trainee,
+    losses: LossSettings,
+    dens: DeNSSettings | None,
+    sigterm: threading.Event,
+    *,
+    device: torch.device,
+    num_workers: int,
+    show_progress: bool,
+) -> bool:
+    """Optimise the rest of epoch ``progress.epoch`` (from ``progress.batch_in_epoch``);
+    return False if SIGTERM stopped it before its last batch. Updates ``progress`` in place.
+
+    Per step: lr (warm-up + cosine, per step), the loss (lambda_DeNS of this epoch), a stop on
+    a non-finite loss, backward, gradient clipping, AdamW, EMA."""
+    optim, seed, epoch = experiment["optim"], int(experiment["seed"]), progress.epoch
+    if progress.batch_in_epoch == 0:
+        progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
+        progress.epoch_sums |= {term: 0.0 for term in _LOSS_TERMS}
+    sums = progress.epoch_sums
+    epoch_start = time.perf_counter() - sums["time_s"]
+    coefficient = 0.0 if dens is None else dens_coefficient(dens, epoch, schedule.epochs)
+    loader = DataLoader(
+        train_set,
+        batch_sampler=epoch_batches(len(train_set), schedule.batch_size, seed, epoch)[
+            progress.batch_in_epoch :
+        ],
+        collate_fn=Batch.from_data_list,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
+    )
+    trainee.model.train()
+    bar = tqdm(
+        loader,
+        total=schedule.steps_per_epoch,
+        initial=progress.batch_in_epoch,
+        desc=f"{experiment['name']} epoch {epoch + 1}/{schedule.epochs}",
+        disable=not show_progress,
+        leave=False,
+    )
+    for batch in bar:
+        step_start = time.perf_counter()
+        batch = batch.to(device)
+        lr = learning_rate(progress.step, optim, schedule.steps_per_epoch)
+        for group in trainee.optimizer.param_groups:
+            group["lr"] = lr
+        terms = loss_terms(
+            trainee.model, batch, progress.normalizer, losses, dens, trainee.generator, coefficient
+        )
+        stacked = torch.stack([terms[term].detach() for term in _LOSS_TERMS])
+        values = dict(zip(_LOSS_TERMS, stacked.tolist(), strict=True))  # one sync
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLossError(
+                f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
+                f"{epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, global "
+                f"step {progress.step}; last.pt keeps the last good state"
+            )
+        trainee.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if optim.get("grad_clip_norm") is not None:
+            nn.utils.clip_grad_norm_(trainee.model.parameters(), float(optim["grad_clip_norm"]))
+        trainee.optimizer.step()
+        if trainee.ema is not None:
+            update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
+        progress.step += 1
+        progress.batch_in_epoch += 1
+        for term in _LOSS_TERMS:
+            sums[term] += values[term]
+        sums["samples"] += int(batch.natoms.numel())
+        sums["step_time_s"] += time.perf_counter() - step_start
+        sums["time_s"] = time.perf_counter() - epoch_start
+        bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
+        if sigterm.is_set() and progress.batch_in_epoch < schedule.steps_per_epoch:
+            return False
+    bar.close()
+    return True
+
+
+def end_epoch(
+    experiment: Mapping[str, Any],
+    schedule: Schedule,
+    progress: Progress,
+    dens: DeNSSettings | None,
+    val: Mapping[str, float],
+) -> bool:
+    """Close the epoch: its log.csv row; return True if it is the best so far (lowest
+    validation force MAE)."""
+    sums, steps = progress.epoch_sums, schedule.steps_per_epoch
+    epoch_time = sums["time_s"]
+    progress.timing["train_time_s"] += epoch_time
+    progress.timing["step_time_s"] += sums["step_time_s"]
+    progress.timing["samples_seen"] += sums["samples"]
+    progress.history.append(
+        {
+            "epoch": progress.epoch + 1,
+            "step": progress.step,
+            "lr": learning_rate(progress.step - 1, experiment["optim"], steps),
+            "lambda_dens": 0.0
+            if dens is None
+            else dens_coefficient(dens, progress.epoch, schedule.epochs),
+            "train_loss": sums["total"] / steps,
+            "train_energy_loss": sums["energy"] / steps,
+            "train_forces_loss": sums["forces"] / steps,
+            "train_dens_loss": sums["dens"] / steps,
+            "val_energy_mae_meV": val["energy_mae_meV"],
+            "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
+            "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
+            "epoch_time_s": epoch_time,
+        }
+    )
+    progress.epoch += 1
+    progress.batch_in_epoch = 0
+    progress.epoch_sums = {}
+    if val["forces_mae_meV_per_A"] >= progress.best["val_forces_mae_meV_per_A"]:
+        return False
+    progress.best = {
+        "epoch": progress.epoch,
+        "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
+    }
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -326,17 +593,17 @@ def train(
     train_set: Sequence[Data],
     val_set: Sequence[Data],
     run_dir: Path,
-    build_model: BuildModel,
+    build_model: BuildModel = build_registered_model,
     *,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `experiment` (a resolved experiment dict) into run_dir; resume if last.pt exists.
+    """Train ``experiment`` (a resolved experiment dict) into run_dir; resume if last.pt exists.
 
-    build_model: the model registry, called with the full experiment dict (it reads model and
-        dens: the noise head exists only with DeNS, force encoding only if dens.force_encoding).
-    train_set, val_set: indexable datasets of `Data` with the shared fields.
+    build_model: builds the network from the experiment dict (default: the model families of
+        dens.models; its model.hyperparameters switch the force encoding and the noise head).
+    train_set, val_set: indexable datasets of ``Data`` (dens.data.structures).
     Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt. Raises NonFiniteLossError on
     a NaN/inf loss and TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM.
     """
@@ -345,202 +612,62 @@ def train(
     last_path = run_dir / "checkpoints" / "last.pt"
     best_path = run_dir / "checkpoints" / "best.pt"
     optim = experiment["optim"]
-    seed = int(experiment["seed"])
-    epochs, batch_size = int(optim["epochs"]), int(optim["batch_size"])
-    eval_batch_size = int(optim["eval_batch_size"])
-    ema_decay = optim.get("ema_decay")
-    clip = optim.get("grad_clip_norm")
-    if optim.get("lr_schedule", "cosine") != "cosine":
-        raise ValueError(f"optim.lr_schedule must be 'cosine', got {optim['lr_schedule']!r}")
-    steps_per_epoch = len(train_set) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"training set of {len(train_set)} structures is smaller than batch_size {batch_size}"
-        )
-    total_steps = epochs * steps_per_epoch
+    schedule = Schedule.of(optim, len(train_set))
     device = torch.device(device)
-    dens = dens_settings(experiment)
+    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
     losses = loss_settings(optim)
 
     with _deterministic(device.type == "cpu"), _sigterm_flag() as sigterm:
-        torch.manual_seed(seed)
-        model = build_model(experiment).to(device)
-        ema = None
-        if ema_decay is not None:
-            ema = build_model(experiment).to(device).requires_grad_(False)
-            ema.load_state_dict(model.state_dict())
-        optimizer = build_optimizer(model, optim)
-        generator = torch.Generator(device).manual_seed(seed)
-        num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-        if last_path.is_file():
-            state = load_checkpoint(last_path)
-            changed = _differences(state["experiment"], experiment)
-            changed += _differences(state["train_size"], len(train_set), "training set size")
-            if changed:
-                raise ValueError(
-                    f"{last_path} was trained with another experiment ({'; '.join(changed)}); "
-                    "delete the run directory to start over"
-                )
-            model.load_state_dict(state["model"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], generator, device)
-            normalizer = Normalizer.from_dict(state["normalizer"])
-            epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-            sums, best = state["epoch_sums"], state["best"]
-            history, timing = state["history"], state["timing"]
-        else:
-            normalizer = fit_normalizer(train_set, optim.get("energy_reference", "mean"), seed)
-            epoch, batch_in_epoch, step = 0, 0, 0
-            sums = {}
-            best = {"epoch": 0, "val_forces_mae_meV_per_A": math.inf}
-            history, timing = [], {"train_time_s": 0.0, "step_time_s": 0.0, "samples_seen": 0}
+        trainee = build_trainee(experiment, build_model, device)
+        state = start_or_resume(last_path, experiment, train_set, trainee, device)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_log(run_dir / "log.csv", history)
-
-        def last_state() -> dict[str, Any]:
-            return {
-                "format_version": FORMAT_VERSION,
-                "kind": "last",
-                "experiment": experiment,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "step": step,
-                "train_size": len(train_set),
-                "model": model.state_dict(),
-                "ema": None if ema is None else ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "normalizer": normalizer.to_dict(),
-                "rng": _rng_state(generator, device),
-                "epoch_sums": sums,
-                "best": best,
-                "history": history,
-                "timing": timing,
-                "num_parameters": num_parameters,
-            }
-
-        eval_model = model if ema is None else ema
-        while epoch < epochs:
-            if batch_in_epoch == 0:
-                sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
-                sums |= {term: 0.0 for term in _LOSS_TERMS}
-            epoch_start = time.perf_counter() - sums["time_s"]
-            batches = epoch_batches(len(train_set), batch_size, seed, epoch)
-            loader = DataLoader(
+        write_log(run_dir / "log.csv", state.history)
+        while state.epoch < schedule.epochs:
+            finished = train_epoch(
+                experiment,
                 train_set,
-                batch_sampler=batches[batch_in_epoch:],
-                collate_fn=Batch.from_data_list,
+                schedule,
+                state,
+                trainee,
+                losses,
+                dens,
+                sigterm,
+                device=device,
                 num_workers=num_workers,
-                generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
+                show_progress=progress,
             )
-            model.train()
-            bar = tqdm(
-                loader,
-                total=steps_per_epoch,
-                initial=batch_in_epoch,
-                desc=f"{experiment['name']} epoch {epoch + 1}/{epochs}",
-                disable=not progress,
-                leave=False,
-            )
-            for batch in bar:
-                step_start = time.perf_counter()
-                batch = batch.to(device)
-                lr = learning_rate(step, optim, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                coefficient = 0.0 if dens is None else dens_coefficient(dens, step, total_steps)
-                terms = loss_terms(model, batch, normalizer, losses, dens, generator, coefficient)
-                stacked = torch.stack([terms[term].detach() for term in _LOSS_TERMS])
-                values = dict(zip(_LOSS_TERMS, stacked.tolist(), strict=True))  # one sync
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise NonFiniteLossError(
-                        f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
-                        f"{epoch + 1} (1-based), batch {batch_in_epoch} of the epoch, global "
-                        f"step {step}; {last_path} keeps the last good state"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                if clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), float(clip))
-                optimizer.step()
-                if ema is not None:
-                    update_ema(ema, model, float(ema_decay))
-                step += 1
-                batch_in_epoch += 1
-                for term in _LOSS_TERMS:
-                    sums[term] += values[term]
-                sums["samples"] += int(batch.natoms.numel())
-                sums["step_time_s"] += time.perf_counter() - step_start
-                bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
-                if sigterm.is_set() and batch_in_epoch < steps_per_epoch:
-                    sums["time_s"] = time.perf_counter() - epoch_start
-                    save_checkpoint(last_state(), last_path)
-                    raise TrainingPreempted(last_path)
-            bar.close()
-
-            val = mean_absolute_errors(eval_model, val_set, normalizer, eval_batch_size, device)
-            epoch += 1
-            batch_in_epoch = 0
-            epoch_time = time.perf_counter() - epoch_start
-            timing["train_time_s"] += epoch_time
-            timing["step_time_s"] += sums["step_time_s"]
-            timing["samples_seen"] += sums["samples"]
-            history.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "lr": learning_rate(step - 1, optim, steps_per_epoch),
-                    "lambda_dens": 0.0
-                    if dens is None
-                    else dens_coefficient(dens, step - 1, total_steps),
-                    "train_loss": sums["total"] / steps_per_epoch,
-                    "train_energy_loss": sums["energy"] / steps_per_epoch,
-                    "train_forces_loss": sums["forces"] / steps_per_epoch,
-                    "train_dens_loss": sums["dens"] / steps_per_epoch,
-                    "val_energy_mae_meV": val["energy_mae_meV"],
-                    "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
-                    "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
-                    "epoch_time_s": epoch_time,
-                }
-            )
-            write_log(run_dir / "log.csv", history)
-            if progress:
-                tqdm.write(
-                    f"{experiment['name']} epoch {epoch}/{epochs}: "
-                    f"loss {history[-1]['train_loss']:.4g}, "
-                    f"val energy MAE {val['energy_mae_meV']:.4g} meV, "
-                    f"val force MAE {val['forces_mae_meV_per_A']:.4g} meV/Å ({epoch_time:.1f} s)"
+            if not finished:
+                save_checkpoint(
+                    last_checkpoint(experiment, state, trainee, len(train_set), device), last_path
                 )
-            if val["forces_mae_meV_per_A"] < best["val_forces_mae_meV_per_A"]:
-                best = {"epoch": epoch, "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"]}
-                best_state = {
-                    "format_version": FORMAT_VERSION,
-                    "kind": "best",
-                    "experiment": experiment,
-                    "epoch": epoch,
-                    "step": step,
-                    "model": eval_model.state_dict(),
-                    "weights": "model" if ema is None else "ema",
-                    "normalizer": normalizer.to_dict(),
-                    "val": {
-                        "energy_mae_meV": val["energy_mae_meV"],
-                        "forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
-                    },
-                    "num_parameters": num_parameters,
-                }
-                save_checkpoint(best_state, best_path)
-            sums = {}
-            save_checkpoint(last_state(), last_path)
+                raise TrainingPreempted(last_path)
+            val_start = time.perf_counter()
+            val = mean_absolute_errors(
+                trainee.eval_model, val_set, state.normalizer, int(optim["eval_batch_size"]), device
+            )
+            state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
+            if end_epoch(experiment, schedule, state, dens, val):
+                save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_path)
+            write_log(run_dir / "log.csv", state.history)
+            if progress:
+                row = state.history[-1]
+                tqdm.write(
+                    f"{experiment['name']} epoch {state.epoch}/{schedule.epochs}: "
+                    f"loss {row['train_loss']:.4g}, val energy MAE {val['energy_mae_meV']:.4g} "
+                    f"meV, val force MAE {val['forces_mae_meV_per_A']:.4g} meV/Å "
+                    f"({row['epoch_time_s']:.1f} s)"
+                )
+            save_checkpoint(
+                last_checkpoint(experiment, state, trainee, len(train_set), device), last_path
+            )
             if sigterm.is_set():
                 raise TrainingPreempted(last_path)
 
     return TrainResult(
         run_dir=run_dir,
-        epochs=epoch,
-        steps=step,
-        best_epoch=best["epoch"],
-        best_val_forces_mae_meV_per_A=best["val_forces_mae_meV_per_A"],
-        train_time_s=timing["train_time_s"],
+        epochs=state.epoch,
+        steps=state.step,
+        best_epoch=state.best["epoch"],
+        best_val_forces_mae_meV_per_A=state.best["val_forces_mae_meV_per_A"],
+        train_time_s=state.timing["train_time_s"],
     )

@@ -13,7 +13,8 @@ from ase.optimize import BFGS
 from torch_geometric.data import Batch
 from toy_model import build_toy_model, toy_experiment, train_toy_run
 
-from dens.calculator import DeNSCalculator, atoms_to_batch
+from dens.calculator import DeNSCalculator
+from dens.data.structures import atoms_to_batch
 
 EXPERIMENT = toy_experiment(dens=True, epochs=2, lr=3e-2, energy_reference="linear")
 

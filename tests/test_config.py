@@ -81,7 +81,8 @@ def test_scale_overrides_epochs_batch_and_model_but_not_names() -> None:
     assert paper["optim"]["epochs"] == 1500 and mini["optim"]["epochs"] < 1500
     assert paper["model"]["preset"] == "l2" and mini["model"]["preset"] != "l2"
     assert mini["scale"] == "mini" and mini["dens"] == paper["dens"]
-    assert mini["model"]["hyperparameters"]["dens"] is True
+    assert mini["model"]["hyperparameters"]["force_encoding"] is True
+    assert mini["model"]["hyperparameters"]["noise_head"] is True
     l3 = load_registry({"scale": "mini"}).resolve("md17-ethanol/equiformer-l3")
     assert l3["model"]["preset"] != mini["model"]["preset"]  # Lmax=3 stays distinct at mini
     assert l3["model"]["hyperparameters"]["lmax_sh"] == 3
@@ -147,3 +148,30 @@ def test_md17_tables_read_one_run_per_molecule() -> None:
     assert len(registry.table_inputs("table4")["evaluate"]) == 4 * len(MOLECULES)
     assert len(registry.table_inputs("table6")["evaluate"]) == 5 * len(MOLECULES)
     assert registry.table_inputs("table9") == {}
+
+
+def test_dens_modules_follow_the_experiment() -> None:
+    """Force encoding and noise head are separate model switches driven by the dens entry:
+    Table 6's no-force-encoding ablation keeps the noise head and drops the encoding."""
+    registry = load_registry({"scale": "paper"})
+    ablation = registry.resolve("md17-aspirin/equiformer-l2-dens-no-force-encoding")
+    baseline = registry.resolve("md17-aspirin/equiformer-l2")
+    assert ablation["model"]["hyperparameters"]["force_encoding"] is False
+    assert ablation["model"]["hyperparameters"]["noise_head"] is True
+    assert baseline["model"]["hyperparameters"]["force_encoding"] is False
+    assert baseline["model"]["hyperparameters"]["noise_head"] is False
+
+
+def test_dataset_split_roles() -> None:
+    registry = load_registry({"scale": "mini"})
+    assert registry.splits("md17-aspirin", "train") == ["train"]
+    assert registry.splits("md17-aspirin", "evaluate") == ["test"]
+    assert registry.splits("oc20-2m", "evaluate") == [
+        "val_id",
+        "val_ood_ads",
+        "val_ood_cat",
+        "val_ood_both",
+    ]
+    assert registry.splits("oc20-2m", "relax") == []
+    assert registry.splits("oc22", "relax") == ["is2re_test_id", "is2re_test_ood"]
+    assert registry.split_names("oc20-all-md")[-2:] == ["s2ef_test", "is2re_test"]

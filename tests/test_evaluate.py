@@ -11,8 +11,8 @@ import torch
 from torch_geometric.data import Batch
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment, train_toy_run
 
-from dens.checkpoint import Normalizer
 from dens.evaluate import evaluate, mean_absolute_errors
+from dens.normalization import Normalizer
 
 EXPERIMENT = toy_experiment(dens=True, epochs=3, lr=3e-2)
 
@@ -45,7 +45,7 @@ def reference_errors(weights: dict, normalizer: dict, test_set: list) -> tuple[f
 
 def test_metrics_json_from_best_ema_weights(run):
     run_dir, test_set = run
-    metrics = evaluate(run_dir, test_set, build_toy_model)
+    metrics = evaluate(run_dir, {"test": test_set}, build_toy_model)
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
@@ -104,4 +104,4 @@ def test_fixed_atoms_carry_no_force_error(run):
 
 def test_evaluate_needs_a_trained_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="best.pt"):
-        evaluate(tmp_path, make_emt_dataset(2, seed=0), build_toy_model)
+        evaluate(tmp_path, {"test": make_emt_dataset(2, seed=0)}, build_toy_model)

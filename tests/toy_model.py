@@ -27,6 +27,8 @@ from ase.calculators.emt import EMT
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
+from dens.data.structures import atoms_to_data
+
 
 class ToyForceField(nn.Module):
     """Invariant pair potential with an optional force encoding and noise head.
@@ -141,8 +143,8 @@ def build_toy_model(experiment: dict) -> ToyForceField:
 
 
 def make_emt_dataset(n: int, seed: int) -> list[Data]:
-    """`n` rattled 6-8 atom Cu/Au clusters (fcc fragments) labelled with ASE's EMT, as Data with
-    the shared fields (pos, atomic_numbers, natoms, energy [1], forces, fixed, md_split [1])."""
+    """`n` rattled 6-8 atom Cu/Au clusters (fcc fragments) labelled with ASE's EMT, as model
+    input with labels (dens.data.structures.atoms_to_data)."""
     rng = np.random.default_rng(seed)
     base = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
     out = []
@@ -153,21 +155,9 @@ def make_emt_dataset(n: int, seed: int) -> list[Data]:
             positions=base.positions[keep] + rng.normal(0.0, 0.12, size=(len(keep), 3)),
         )
         atoms.calc = EMT()
-        out.append(atoms_to_data(atoms, atoms.get_potential_energy(), atoms.get_forces()))
+        atoms.get_forces()
+        out.append(atoms_to_data(atoms, labels=True))
     return out
-
-
-def atoms_to_data(atoms: ase.Atoms, energy: float, forces: np.ndarray) -> Data:
-    n = len(atoms)
-    return Data(
-        pos=torch.tensor(atoms.positions, dtype=torch.float32),
-        atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-        natoms=torch.tensor([n]),
-        energy=torch.tensor([energy], dtype=torch.float32),
-        forces=torch.tensor(forces, dtype=torch.float32),
-        fixed=torch.zeros(n, dtype=torch.bool),
-        md_split=torch.tensor([False]),
-    )
 
 
 def toy_experiment(dens: bool = True, **optim: object) -> dict:

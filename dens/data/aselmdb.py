@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import ase.db
-import numpy as np
 import torch
 from ase import Atoms
-from ase.constraints import FixAtoms
 from ase.db.row import AtomsRow
 from torch_geometric.data import Data
 from torch_geometric.data.collate import collate
 from torch_geometric.data.separate import separate
+
+from dens.data.structures import atoms_to_data
 
 SUFFIX = ".aselmdb"
 
@@ -76,48 +76,16 @@ def write_aselmdb(
     return n_rows
 
 
-def _fixed_mask(row: AtomsRow) -> np.ndarray:
-    """bool [N]: True for atoms held by a `FixAtoms` constraint of the row."""
-    fixed = np.zeros(row.natoms, dtype=bool)
-    for constraint in row.constraints:
-        if not isinstance(constraint, FixAtoms):
-            raise ValueError(
-                f"row {row.id}: unsupported constraint {type(constraint).__name__} "
-                "(only FixAtoms is understood as 'fixed atoms')"
-            )
-        fixed[constraint.index] = True
-    return fixed
-
-
 def row_to_data(row: AtomsRow) -> Data:
-    """One database row as a `Data` of the shared batch convention (DESIGN.md).
-
-    Fields: `pos` float32 [N,3] (Å), `atomic_numbers` long [N], `natoms` long [1],
-    `energy` float32 [1] (eV, total energy), `forces` float32 [N,3] (eV/Å), `fixed` bool [N]
-    (from FixAtoms), `md_split` bool [1] (row key `md_split`, False when absent). A periodic
-    row (any pbc True) also gets `cell` float32 [1,3,3] (Å), `pbc` bool [1,3], `tags` long [N].
-    """
-    for key in ("energy", "forces"):
-        if key not in row:
-            raise ValueError(f"row {row.id} has no {key!r}; training data needs energy and forces")
-    n_atoms = row.natoms
-    fields: dict[str, torch.Tensor] = {
-        "pos": torch.tensor(row.positions, dtype=torch.float32),
-        "atomic_numbers": torch.tensor(row.numbers, dtype=torch.long),
-        "natoms": torch.tensor([n_atoms], dtype=torch.long),
-        "energy": torch.tensor([row.energy], dtype=torch.float32),
-        "forces": torch.tensor(row.forces, dtype=torch.float32),
-        "fixed": torch.from_numpy(_fixed_mask(row)),
-        "md_split": torch.tensor([bool(row.key_value_pairs.get("md_split", False))]),
-    }
-    if np.any(row.pbc):
-        tags = row.get("tags")
-        fields["cell"] = torch.tensor(np.asarray(row.cell), dtype=torch.float32).view(1, 3, 3)
-        fields["pbc"] = torch.tensor(np.asarray(row.pbc), dtype=torch.bool).view(1, 3)
-        fields["tags"] = torch.tensor(
-            np.zeros(n_atoms, dtype=np.int64) if tags is None else tags, dtype=torch.long
-        )
-    return Data(**fields)
+    """One database row as model input with labels (dens.data.structures.atoms_to_data):
+    float32 positions and forces, float64 energy, ``md_split`` from the row key (False when
+    absent)."""
+    atoms = row.toatoms()
+    atoms.info["md_split"] = bool(row.key_value_pairs.get("md_split", False))
+    try:
+        return atoms_to_data(atoms, torch.float32, labels=True)
+    except ValueError as err:
+        raise ValueError(f"row {row.id}: {err}; training data needs energy and forces") from err
 
 
 class AseLmdbDataset(torch.utils.data.Dataset):

@@ -2,6 +2,14 @@
 
 Data flow (DESIGN.md): download -> verify (checksum) -> extract -> LMDB. This module covers the
 first three steps and nothing else: it never executes, imports or unpickles anything it fetched.
+It is a library: the command line is ``dens data download NAME --out FILE`` and
+``dens data extract NAME --archive-path FILE --out DIR`` (dens/cli.py), which Snakemake's data
+rules run.
+
+- :func:`load_catalog` reads config/archives.yaml, validates it against
+  workflow/schemas/archives.schema.yaml (a violation raises :class:`dens.config.ConfigError`
+  naming the file, the key path and the value) and returns ``{name: Archive}``;
+  :func:`get_archive` looks one up, suggesting close names for an unknown one.
 
 - :func:`download` streams a URL to ``<dest>.part``, resumes an interrupted transfer with an
   HTTP ``Range`` request when the server honours it (and restarts from byte 0 when it does not),
@@ -20,7 +28,7 @@ first three steps and nothing else: it never executes, imports or unpickles anyt
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import hashlib
 import http.client
 import json
@@ -29,7 +37,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tarfile
 import time
 import urllib.error
@@ -37,13 +44,13 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import yaml
 from tqdm import tqdm
+
+from dens.config import ConfigError, find_root, read_yaml, validate
 
 logger = logging.getLogger(__name__)
 
@@ -532,79 +539,60 @@ class Archive:
         return PurePosixPath(urllib.parse.urlsplit(self.url).path).name
 
 
-_REQUIRED_KEYS = {"url", "format", "checksum", "checksum_source", "size", "dataset", "payload"}
-_OPTIONAL_KEYS = {"md_split", "optional", "frames", "frames_source", "notes"}
+#: The catalog, relative to the repository root (schema: workflow/schemas/archives.schema.yaml).
+CATALOG = "config/archives.yaml"
 
 
-def _archive_from_entry(name: str, entry: object, catalog: Path) -> Archive:
-    where = f"{catalog}: archive {name!r}"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(entry).__name__}")
-    missing = _REQUIRED_KEYS - entry.keys()
-    unknown = entry.keys() - _REQUIRED_KEYS - _OPTIONAL_KEYS
-    if missing or unknown:
-        raise ValueError(f"{where}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
-    url = entry["url"]
-    if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"{where}: url must be an http(s) URL, got {url!r}")
-    fmt = entry["format"]
-    if fmt not in EXTRACTABLE_FORMATS + PLAIN_FORMATS:
-        raise ValueError(
-            f"{where}: format {fmt!r} is not one of {EXTRACTABLE_FORMATS + PLAIN_FORMATS}"
+def load_catalog(
+    path: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+) -> dict[str, Archive]:
+    """Read and validate an archive catalog -> ``{name: Archive}`` in file order.
+
+    ``path`` defaults to ``<root>/config/archives.yaml``; a relative ``path`` is read relative to
+    the working directory. ``root`` (default :func:`dens.config.find_root`) is the repository
+    root whose workflow/schemas/archives.schema.yaml the document is validated against. A missing
+    or malformed file, or a schema violation, raises :class:`dens.config.ConfigError` naming the
+    file (relative to ``root`` when inside it), the key path and the offending value.
+    """
+    root = find_root() if root is None else Path(root)
+    path = root / CATALOG if path is None else Path(path)
+    try:
+        source = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        source = str(path)
+    document = read_yaml(path)
+    validate(document, "archives", source, root)
+    catalog: dict[str, Archive] = {}
+    for name, entry in document["archives"].items():
+        algorithm = digest = None
+        if (checksum := entry["checksum"]) is not None:  # the schema checked it: lower-case it
+            algorithm = checksum["algorithm"]
+            digest = normalize_digest(checksum["digest"], algorithm)
+        catalog[name] = Archive(
+            name=name,
+            url=entry["url"],
+            format=entry["format"],
+            algorithm=algorithm,
+            digest=digest,
+            checksum_source=entry["checksum_source"],
+            dataset={dataset: tuple(splits) for dataset, splits in entry["dataset"].items()},
+            md_split=entry.get("md_split", False),
+            optional=entry.get("optional", False),
         )
-    checksum = entry["checksum"]
-    if checksum is None:
-        algorithm, digest = None, None
-    elif isinstance(checksum, dict) and checksum.keys() == {"algorithm", "digest"}:
-        algorithm = checksum["algorithm"]
-        try:
-            digest = normalize_digest(str(checksum["digest"]), algorithm)
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from err
-    else:
-        raise ValueError(
-            f"{where}: checksum must be null or {{algorithm, digest}}, got {checksum!r}"
-        )
-    source = entry["checksum_source"]
-    if not isinstance(source, str) or not source.strip():
-        raise ValueError(f"{where}: checksum_source must say where the checksum was published")
-    dataset = entry["dataset"]
-    if (
-        not isinstance(dataset, dict)
-        or not dataset
-        or not all(
-            isinstance(splits, list) and splits and all(isinstance(s, str) for s in splits)
-            for splits in dataset.values()
-        )
-    ):
-        raise ValueError(
-            f"{where}: dataset must map dataset names to lists of splits, got {dataset!r}"
-        )
-    flags = {key: entry.get(key, False) for key in ("md_split", "optional")}
-    for key, value in flags.items():
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-    return Archive(
-        name=name,
-        url=url,
-        format=fmt,
-        algorithm=algorithm,
-        digest=digest,
-        checksum_source=source,
-        dataset={key: tuple(splits) for key, splits in dataset.items()},
-        **flags,
+    return catalog
+
+
+def get_archive(catalog: dict[str, Archive], name: str, source: str = CATALOG) -> Archive:
+    """The archive called ``name``; an unknown name raises :class:`dens.config.ConfigError`
+    naming it, the catalog file ``source`` and the closest defined names."""
+    if name in catalog:
+        return catalog[name]
+    close = difflib.get_close_matches(name, list(catalog), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"{source}: unknown archive {name!r}.{hint} "
+        f"{len(catalog)} archives are defined there: {', '.join(catalog)}"
     )
-
-
-def load_catalog(path: str | os.PathLike[str]) -> dict[str, Archive]:
-    """Read and validate an archive catalog (config/archives.yaml) -> {name: Archive}."""
-    path = Path(path)
-    document = yaml.safe_load(path.read_text())
-    if not isinstance(document, dict) or not isinstance(document.get("archives"), dict):
-        raise ValueError(f"{path}: expected a top-level mapping 'archives'")
-    return {
-        name: _archive_from_entry(name, entry, path) for name, entry in document["archives"].items()
-    }
 
 
 def fetch(
@@ -628,40 +616,3 @@ def fetch(
     if extract_dir is None or archive.format not in EXTRACTABLE_FORMATS:
         return path
     return extract(path, Path(extract_dir) / archive.name, archive.format)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dens.data.download``: fetch catalog archives by name."""
-    parser = argparse.ArgumentParser(prog="python -m dens.data.download", description=main.__doc__)
-    parser.add_argument("names", nargs="*", help="archive names (default: list them)")
-    parser.add_argument("--catalog", default="config/archives.yaml", type=Path)
-    parser.add_argument("--download-dir", type=Path, help="where archives are saved")
-    parser.add_argument("--extract-dir", type=Path, help="extract into EXTRACT_DIR/<name>")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    catalog = load_catalog(args.catalog)
-    if not args.names:
-        for archive in catalog.values():
-            checksum = f"{archive.algorithm} {archive.digest}" if archive.digest else "UNVERIFIED"
-            print(f"{archive.name}\t{archive.url}\t{checksum}")
-        return 0
-    unknown = [name for name in args.names if name not in catalog]
-    if unknown:
-        parser.error(f"unknown archive(s) {unknown}; known: {sorted(catalog)}")
-    if args.download_dir is None:
-        parser.error("--download-dir is required to fetch archives")
-    try:
-        for name in args.names:
-            result = fetch(
-                catalog[name], args.download_dir, args.extract_dir, progress=not args.no_progress
-            )
-            print(result)
-    except (DownloadError, UnsafeArchiveError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

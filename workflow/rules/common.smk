@@ -1,27 +1,30 @@
-# Helpers shared by the rules: paths of a run's outputs and cluster resources per job.
+# Helpers shared by the rules (all functions live here, as `snakemake --lint` asks): input files of
+# a job (paths come from dens.paths, the only place that turns scale, experiment and split into a
+# path) and cluster resources per job.
+#
+# The shell commands call `python -m dens`, the package from this checkout (the working directory),
+# so the conda environment (workflow/envs/dens.yaml) needs only the dependencies. The command is
+# written out in each shell directive rather than held in a variable, which lint would flag.
 import json
 import math
 
+from dens import paths
+from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
+from dens.figures import FIGURES
+
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
+ENV = "../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
 
 
 def run_dir(experiment):
-    return f"{RESULTS}/runs/{experiment}"
+    return str(paths.run_dir(SCALE, experiment))
 
 
-def dataset_dir(dataset):
-    return f"{RESULTS}/data/{dataset}"
-
-
-def dataset_files(dataset):
-    """The prepared splits of a dataset (aselmdb) and its provenance record."""
-    info = REGISTRY.dataset(dataset)
-    files = [f"{dataset_dir(dataset)}/{split}.aselmdb" for split in info["splits"]]
-    return files + [f"{dataset_dir(dataset)}/provenance.json"]
-
-
-def experiment_data(wildcards):
-    return dataset_files(REGISTRY.experiment(wildcards.experiment)["dataset"])
+def split_files(role):
+    """Input function: the experiment's split files with ``role`` (config/datasets.yaml)."""
+    return lambda wildcards: [
+        str(path) for path in paths.experiment_split_files(REGISTRY, wildcards.experiment, role)
+    ]
 
 
 def resolved_settings(wildcards):
@@ -54,3 +57,55 @@ def gpu_resources(experiment, hours_factor=1.0):
 
 def train_resource(name, hours_factor=1.0):
     return lambda wildcards: gpu_resources(wildcards.experiment, hours_factor)[name]
+
+
+# Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.
+ARCHIVES = load_catalog(root=Path(workflow.basedir))
+DOWNLOADS = str(paths.DOWNLOADS)
+
+
+def archive_file(name):
+    return f"{DOWNLOADS}/{name}.{ARCHIVES[name].format}"
+
+
+def dataset_inputs(wildcards):
+    """Downloaded (and extracted) archives a dataset is converted from; none when generated."""
+    if REGISTRY.data_settings(wildcards.dataset)["source"] != "download":
+        return []
+    return [
+        f"{DOWNLOADS}/extracted/{name}"
+        if archive.format in EXTRACTABLE_FORMATS
+        else archive_file(name)
+        for name, archive in ARCHIVES.items()
+        if wildcards.dataset in archive.dataset and not archive.optional
+    ]
+
+
+def dataset_threads(wildcards):
+    return 1 if REGISTRY.data_settings(wildcards.dataset)["source"] == "generate" else 16
+
+
+# Tables (tables.smk).
+def table_metrics(wildcards):
+    return [
+        str(paths.metrics_file(SCALE, experiment, source))
+        for source, experiments in REGISTRY.table_inputs(wildcards.table).items()
+        for experiment in experiments
+    ]
+
+
+def table_settings(wildcards):
+    """Settings tables (7, 8, 9) show configured values: a config change re-runs them."""
+    table = REGISTRY.table(wildcards.table)
+    if table["kind"] != "settings":
+        return ""
+    return json.dumps([REGISTRY.resolve(c["experiment"]) for c in table["columns"]], sort_keys=True)
+
+
+# Figures (figures.smk): each figure's structures come from its datasets' training splits.
+def figure_structures(wildcards):
+    datasets = FIGURES[wildcards.figure][0]
+    return [
+        str(paths.split_file(SCALE, dataset, REGISTRY.splits(dataset, "train")[0]))
+        for dataset in datasets
+    ]

@@ -1,27 +1,6 @@
 # Data: download -> verify (checksum) -> extract -> aselmdb at scales whose source is `download`
 # (config/archives.yaml); generated on the machine at scales whose source is `generate`
 # (mini-MD17 from GFN2-xTB MD, mini-OC20/OC22 from EMT relaxations).
-from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
-
-ARCHIVES = load_catalog("config/archives.yaml")
-DOWNLOADS = "results/downloads"
-
-
-def archive_file(name):
-    return f"{DOWNLOADS}/{name}.{ARCHIVES[name].format}"
-
-
-def dataset_inputs(wildcards):
-    """Downloaded (and extracted) archives a dataset is converted from; none when generated."""
-    if REGISTRY.data_settings(wildcards.dataset)["source"] != "download":
-        return []
-    return [
-        f"{DOWNLOADS}/extracted/{name}"
-        if archive.format in EXTRACTABLE_FORMATS
-        else archive_file(name)
-        for name, archive in ARCHIVES.items()
-        if wildcards.dataset in archive.dataset and not archive.optional
-    ]
 
 
 rule download_archive:
@@ -33,13 +12,15 @@ rule download_archive:
         f"{DOWNLOADS}/logs/{{archive}}.{{format}}.log",
     benchmark:
         f"{DOWNLOADS}/benchmarks/{{archive}}.{{format}}.tsv"
+    conda:
+        ENV
     threads: 1
     retries: 2
     resources:
         mem_mb=2000,
         runtime=60 * 24,
     shell:
-        "dens data download {wildcards.archive} --out {output:q} > {log:q} 2>&1"
+        "python -m dens data download {wildcards.archive} --out {output:q} > {log:q} 2>&1"
 
 
 rule extract_archive:
@@ -51,23 +32,22 @@ rule extract_archive:
         f"{DOWNLOADS}/logs/{{archive}}.extract.log",
     benchmark:
         f"{DOWNLOADS}/benchmarks/{{archive}}.extract.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60 * 12,
     shell:
-        "dens data extract {wildcards.archive} --archive {input:q} --out {output:q} > {log:q} 2>&1"
-
-
-def dataset_threads(wildcards):
-    return 1 if REGISTRY.data_settings(wildcards.dataset)["source"] == "generate" else 16
+        "python -m dens data extract {wildcards.archive} --archive-path {input:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 # One rule per distinct split layout (MD17, OC20 S2EF-2M, OC20 All+MD, OC22): a job writes all
 # splits of one dataset, then provenance.json last.
 _LAYOUTS = {}
-for _name, _info in REGISTRY.datasets.items():
-    _LAYOUTS.setdefault(tuple(_info["splits"]), []).append(_name)
+for _name in REGISTRY.datasets:
+    _LAYOUTS.setdefault(tuple(REGISTRY.split_names(_name)), []).append(_name)
 
 for _splits, _names in _LAYOUTS.items():
 
@@ -79,8 +59,8 @@ for _splits, _names in _LAYOUTS.items():
         input:
             dataset_inputs,
         output:
-            splits=[f"{RESULTS}/data/{{dataset}}/{split}.aselmdb" for split in _splits],
-            provenance=f"{RESULTS}/data/{{dataset}}/provenance.json",
+            splits=[str(paths.split_file(SCALE, "{dataset}", split)) for split in _splits],
+            provenance=str(paths.provenance_file(SCALE, "{dataset}")),
         wildcard_constraints:
             dataset="|".join(_names),
         params:
@@ -88,14 +68,17 @@ for _splits, _names in _LAYOUTS.items():
             settings=lambda wildcards: json.dumps(
                 REGISTRY.data_settings(wildcards.dataset), sort_keys=True
             ),
+            out_dir=lambda wildcards: str(paths.data_dir(SCALE, wildcards.dataset)),
         log:
-            f"{RESULTS}/logs/data/{{dataset}}.log",
+            str(paths.job_log(SCALE, "data", "{dataset}")),
         benchmark:
-            f"{RESULTS}/benchmarks/data/{{dataset}}.tsv"
+            str(paths.job_benchmark(SCALE, "data", "{dataset}"))
+        conda:
+            ENV
         threads: dataset_threads
         resources:
             mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
             runtime=lambda wildcards: 120 if not REGISTRY.scale["gpus"] else 60 * 48,
         shell:
-            "dens data prepare {wildcards.dataset} {params.options} --threads {threads} "
-            "--out-dir {RESULTS}/data/{wildcards.dataset} {input:q} > {log:q} 2>&1"
+            "python -m dens data prepare {wildcards.dataset} {params.options} --threads {threads} "
+            "--out-dir {params.out_dir:q} {input:q} > {log:q} 2>&1"

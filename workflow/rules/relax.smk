@@ -1,25 +1,28 @@
-# Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the IS2RE test split with a
-# trained run's model (no noise, no force input) and score the relaxed energies (dens.relax).
+# Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
+# with a trained run's model (no noise, no force input) and score the relaxed energies
+# (dens.relax).
 
 
 rule relax:
     input:
-        data=experiment_data,
-        checkpoint=f"{RESULTS}/runs/{{experiment}}/checkpoints/best.pt",
+        splits=split_files("relax"),
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}")),
     output:
-        metrics=f"{RESULTS}/runs/{{experiment}}/relax/metrics.json",
+        metrics=str(paths.metrics_file(SCALE, "{experiment}", "relax")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment),
     log:
-        f"{RESULTS}/logs/relax/{{experiment}}.log",
+        str(paths.job_log(SCALE, "relax", "{experiment}")),
     benchmark:
-        f"{RESULTS}/benchmarks/relax/{{experiment}}.tsv"
+        str(paths.job_benchmark(SCALE, "relax", "{experiment}"))
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=16000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "dens relax {wildcards.experiment:q} {params.options} --threads {threads} "
+        "python -m dens relax {wildcards.experiment:q} {params.options} --threads {threads} "
         "--run-dir {params.run_dir:q} > {log:q} 2>&1"

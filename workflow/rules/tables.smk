@@ -1,48 +1,36 @@
 # The paper's tables as CSV and LaTeX, built only from the metrics files runs wrote, with the
 # paper's numbers (config/tables.yaml) side by side (dens.tables).
 
-from dens.tables import METRICS_FILES
-
-
-def table_metrics(wildcards):
-    return [
-        f"{run_dir(experiment)}/{METRICS_FILES[source]}"
-        for source, experiments in REGISTRY.table_inputs(wildcards.table).items()
-        for experiment in experiments
-    ]
-
-
-def table_settings(wildcards):
-    """Settings tables (7, 8, 9) show configured values: a config change re-runs them."""
-    table = REGISTRY.table(wildcards.table)
-    if table["kind"] != "settings":
-        return ""
-    return json.dumps([REGISTRY.resolve(c["experiment"]) for c in table["columns"]], sort_keys=True)
-
 
 rule table:
     input:
         table_metrics,
     output:
-        csv=f"{RESULTS}/tables/{{table}}.csv",
-        tex=f"{RESULTS}/tables/{{table}}.tex",
+        csv=str(paths.table_file(SCALE, "{table}", "csv")),
+        tex=str(paths.table_file(SCALE, "{table}", "tex")),
     wildcard_constraints:
         table="|".join(REGISTRY.tables),
     params:
         options=cli_options(),
         settings=table_settings,
+        out_dir=lambda wildcards, output: str(Path(output.csv).parent),
     log:
-        f"{RESULTS}/logs/tables/{{table}}.log",
+        str(paths.job_log(SCALE, "tables", "{table}")),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "dens table {wildcards.table} {params.options} --out-dir {RESULTS}/tables > {log:q} 2>&1"
+        "python -m dens table {wildcards.table} {params.options} --out-dir {params.out_dir:q} "
+        "> {log:q} 2>&1"
 
 
 TABLE_FILES = {
-    f"table{number}": [f"{RESULTS}/tables/{name}.{ext}" for name in names for ext in ("csv", "tex")]
+    f"table{number}": [
+        str(paths.table_file(SCALE, name, ext)) for name in names for ext in ("csv", "tex")
+    ]
     for number, names in {
         1: ["table1a", "table1b"],
         **{n: [f"table{n}"] for n in range(2, 11)},

@@ -1,21 +1,25 @@
-# Training: one job per experiment at the configured scale (dens.train). A job killed by Slurm
-# (SIGTERM at the time limit or on preemption) checkpoints and resumes when resubmitted.
+# Training: one job per experiment at the configured scale (dens.train), reading the dataset's
+# train split and its first val split. A job killed by Slurm (SIGTERM at the time limit or on
+# preemption) checkpoints and resumes when resubmitted.
 
 
 rule train:
     input:
-        experiment_data,
+        train=split_files("train"),
+        val=lambda wildcards: split_files("val")(wildcards)[:1],
     output:
-        checkpoint=f"{RESULTS}/runs/{{experiment}}/checkpoints/best.pt",
-        log_csv=f"{RESULTS}/runs/{{experiment}}/log.csv",
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}")),
+        log_csv=str(paths.training_log(SCALE, "{experiment}")),
     params:
         settings=resolved_settings,
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment),
     log:
-        f"{RESULTS}/logs/train/{{experiment}}.log",
+        str(paths.job_log(SCALE, "train", "{experiment}")),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{experiment}}.tsv"
+        str(paths.job_benchmark(SCALE, "train", "{experiment}"))
+    conda:
+        ENV
     threads: 1 if not REGISTRY.scale["gpus"] else 8
     resources:
         mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
@@ -25,5 +29,5 @@ rule train:
         gres=train_resource("gres"),
         runtime=train_resource("runtime"),
     shell:
-        "dens train {wildcards.experiment:q} {params.options} --threads {threads} "
-        "--run-dir {params.run_dir:q} > {log:q} 2>&1"
+        "python -m dens train {wildcards.experiment:q} {params.options} --threads {threads} "
+        "--train {input.train:q} --val {input.val:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"

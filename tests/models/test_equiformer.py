@@ -9,12 +9,16 @@ import torch
 from e3nn import o3
 from torch_geometric.data import Batch, Data
 
-from dens.models.depthwise_tensor_product import DepthwiseTensorProduct
-from dens.models.equiformer import Equiformer, ForceEncoding, equiformer_preset, radius_graph
-from dens.models.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.radial_basis import radial_basis
-from dens.models.so3_features import format_irreps, from_e3nn, parse_irreps
-from dens.models.so3_linear import SO3Linear
+from dens.config import load_registry
+from dens.errors import ConfigError, NotAvailableError
+from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
+from dens.models.common.radial_basis import radial_basis
+from dens.models.common.so3_features import format_irreps, from_e3nn, parse_irreps
+from dens.models.common.so3_linear import SO3Linear
+from dens.models.equiformer import Equiformer
+from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.network import ForceEncoding
+from dens.models.graph import radius_graph
 
 SMALL_L2 = dict(
     irreps_node_embedding="8x0e+4x1e+2x2e",
@@ -88,10 +92,10 @@ def equivariance_errors(model: Equiformer, batch: Batch, seed: int = 1) -> dict[
     shift = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed)
     force_input = None
-    if model.dens:
+    if model.force_encoding is not None:
         force_input = torch.randn(batch.num_nodes, 3, generator=gen, dtype=torch.float64)
         force_input[::3] = 0.0  # atoms without encoding
-    kwargs = dict(predict_noise=model.dens)
+    kwargs = dict(predict_noise=model.noise_head is not None)
     out = model(batch, force_input=force_input, **kwargs)
     out_rot = model(
         transformed(batch, rot, shift),
@@ -102,9 +106,22 @@ def equivariance_errors(model: Equiformer, batch: Batch, seed: int = 1) -> dict[
         "energy": (out_rot["energy"] - out["energy"]).abs().max().item(),
         "forces": (out_rot["forces"] - out["forces"] @ rot.T).abs().max().item(),
     }
-    if model.dens:
+    if model.noise_head is not None:
         errors["noise"] = (out_rot["noise"] - out["noise"] @ rot.T).abs().max().item()
     return errors
+
+
+DENS = {"force_encoding": True, "noise_head": True}
+
+
+def dens_modules(dens: bool) -> dict[str, bool]:
+    """Both DeNS modules on or off (a DeNS experiment with force encoding, or a baseline)."""
+    return {"force_encoding": dens, "noise_head": dens}
+
+
+def equiformer_preset(name: str) -> dict:
+    """A preset of config/models.yaml, read through the registry."""
+    return load_registry({"scale": "paper"}).preset("equiformer", name)
 
 
 def small_model(lmax: str = "l2", seed: int = 0, **kwargs) -> Equiformer:
@@ -263,7 +280,7 @@ def test_force_encoding_zero_rows_and_gradients() -> None:
 @pytest.mark.parametrize(("attention", "layer_norm"), VARIANTS)
 def test_equivariance_small(lmax: str, dens: bool, attention: bool, layer_norm: bool) -> None:
     """Energy invariant, forces and noise rotate with R, under x -> R x + t (float64)."""
-    model = small_model(lmax, dens=dens, attention=attention, layer_norm=layer_norm)
+    model = small_model(lmax, **dens_modules(dens), attention=attention, layer_norm=layer_norm)
     errors = equivariance_errors(model, make_batch())
     for key, err in errors.items():
         assert err < 1e-10, (key, err)
@@ -271,14 +288,14 @@ def test_equivariance_small(lmax: str, dens: bool, attention: bool, layer_norm: 
 
 @pytest.mark.parametrize("basis_type", ["gaussian", "bessel"])
 def test_equivariance_other_radial_bases(basis_type: str) -> None:
-    model = small_model(dens=True, basis_type=basis_type)
+    model = small_model(**DENS, basis_type=basis_type)
     for key, err in equivariance_errors(model, make_batch()).items():
         assert err < 1e-10, (key, err)
 
 
 def test_uniform_weight_init() -> None:
     """DeNS App. D.2: uniform initialisation (used without attention and layer norm)."""
-    model = small_model(dens=True, attention=False, layer_norm=False, weight_init="uniform")
+    model = small_model(**DENS, attention=False, layer_norm=False, weight_init="uniform")
     w = model.blocks[0].ffn.linear_1.weight["0"]
     assert w.abs().max() <= 1.0 / math.sqrt(w.shape[0])
     assert model.blocks[0].attn.dtp_value.weight.abs().max() <= 1.0
@@ -290,7 +307,7 @@ def test_uniform_weight_init() -> None:
 
 def test_equivariance_paper_preset_l2_dens() -> None:
     torch.manual_seed(0)
-    model = Equiformer(**equiformer_preset("l2"), dens=True).double().eval()
+    model = Equiformer(**equiformer_preset("l2"), **DENS).double().eval()
     errors = equivariance_errors(model, make_batch((5, 4)))
     for key, err in errors.items():
         assert err < 1e-9, (key, err)
@@ -298,7 +315,7 @@ def test_equivariance_paper_preset_l2_dens() -> None:
 
 def test_forces_are_minus_energy_gradient() -> None:
     """Central finite differences of the energy (float64) give the predicted forces."""
-    model = small_model(dens=True)
+    model = small_model(**DENS)
     batch = make_batch()
     force_input = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
     forces = model(batch, force_input=force_input)["forces"]
@@ -315,7 +332,7 @@ def test_forces_are_minus_energy_gradient() -> None:
 
 
 def test_zero_force_input_equals_no_force_input() -> None:
-    model = small_model(dens=True)
+    model = small_model(**DENS)
     batch = make_batch()
     zeros = torch.zeros(batch.num_nodes, 3, dtype=torch.float64)
     without = model(batch)
@@ -328,7 +345,7 @@ def test_zero_force_input_equals_no_force_input() -> None:
 
 
 def test_dropout_and_drop_path_only_in_training() -> None:
-    model = small_model(dens=True, alpha_drop=0.3, proj_drop=0.3, out_drop=0.3, drop_path_rate=0.3)
+    model = small_model(**DENS, alpha_drop=0.3, proj_drop=0.3, out_drop=0.3, drop_path_rate=0.3)
     batch = make_batch()
     first = model(batch, predict_noise=True)
     second = model(batch, predict_noise=True)
@@ -343,7 +360,7 @@ def test_dropout_and_drop_path_only_in_training() -> None:
 
 
 def test_training_mode_builds_graph_through_forces() -> None:
-    model = small_model(dens=True).train()
+    model = small_model(**DENS).train()
     batch = make_batch()
     out = model(batch, force_input=torch.zeros(batch.num_nodes, 3, dtype=torch.float64))
     assert out["forces"].requires_grad
@@ -360,7 +377,7 @@ def test_training_mode_builds_graph_through_forces() -> None:
 
 def test_output_shapes_float32() -> None:
     torch.manual_seed(0)
-    model = Equiformer(**SMALL_L2, dens=True).eval()
+    model = Equiformer(**SMALL_L2, **DENS).eval()
     batch = make_batch(dtype=torch.float32)
     out = model(batch, force_input=torch.randn(batch.num_nodes, 3), predict_noise=True)
     assert out["energy"].shape == (2,) and out["energy"].dtype == torch.float32
@@ -371,7 +388,7 @@ def test_output_shapes_float32() -> None:
 def test_invalid_inputs_are_named() -> None:
     model = small_model()
     batch = make_batch()
-    with pytest.raises(ValueError, match="predict_noise needs dens=True"):
+    with pytest.raises(ValueError, match="predict_noise needs a model built with noise_head"):
         model(batch, predict_noise=True)
     with pytest.raises(ValueError, match="force_input given"):
         model(batch, force_input=torch.zeros(batch.num_nodes, 3, dtype=torch.float64))
@@ -380,16 +397,16 @@ def test_invalid_inputs_are_named() -> None:
     bad.atomic_numbers[0] = 80
     with pytest.raises(ValueError, match="atomic_numbers"):
         model(bad)
-    dens_model = small_model(dens=True)
+    dens_model = small_model(**DENS)
     with pytest.raises(ValueError, match="force_input must be"):
         dens_model(batch, force_input=torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="odd parity"):
         Equiformer(**{**SMALL_L2, "irreps_node_embedding": "8x0e+4x1o"})
     periodic = batch.clone()
     periodic.pbc = torch.tensor([[True, True, False]] * 2)
-    with pytest.raises(ValueError, match="periodic"):
+    with pytest.raises(NotAvailableError, match="periodic"):
         model(periodic)
-    with pytest.raises(KeyError, match="no equiformer preset"):
+    with pytest.raises(ConfigError, match="unknown equiformer preset 'l9'"):
         equiformer_preset("l9")
 
 
@@ -411,8 +428,59 @@ OUR_PARAMS = {  # official counts, minus the force-embedding bias with DeNS (see
 
 @pytest.mark.parametrize(("preset", "dens"), sorted(OUR_PARAMS))
 def test_parameter_counts(preset: str, dens: bool) -> None:
-    model = Equiformer(**equiformer_preset(preset), dens=dens)
+    model = Equiformer(**equiformer_preset(preset), **dens_modules(dens))
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert n == OUR_PARAMS[(preset, dens)]
     if (preset, dens) in PAPER_PARAMS:
         assert math.isclose(n, PAPER_PARAMS[(preset, dens)], rel_tol=0.03)
+
+
+# ---------------------------------------------------------------- DeNS modules and initial weights
+
+
+@pytest.mark.parametrize("lmax", ["l2", "l3"])
+def test_shared_parameters_start_equal_whatever_dens_modules_exist(lmax: str) -> None:
+    """A fair DeNS-vs-baseline comparison: with one seed, every parameter the variants share
+    (same name and shape) starts from the same value, and the global random stream after
+    construction (dropout, data order) is the same."""
+    variants = {}
+    states = {}
+    for name, switches in {
+        "baseline": dens_modules(False),
+        "dens": DENS,
+        "no_force_encoding": {"force_encoding": False, "noise_head": True},
+    }.items():
+        torch.manual_seed(7)
+        variants[name] = dict(Equiformer(**SMALL[lmax], **switches).named_parameters())
+        states[name] = torch.get_rng_state()
+    baseline = variants["baseline"]
+    for name, params in variants.items():
+        assert torch.equal(states[name], states["baseline"]), name
+        shared = [k for k in params if k in baseline and params[k].shape == baseline[k].shape]
+        assert len(shared) > 0.8 * len(baseline), (name, len(shared), len(baseline))
+        for key in shared:
+            assert torch.equal(params[key], baseline[key]), (name, key)
+    # The energy head has the same shape in every variant, though it follows a wider last block.
+    assert torch.equal(variants["dens"]["energy_out.weight.0"], baseline["energy_out.weight.0"])
+
+
+def test_force_encoding_and_noise_head_are_separate_switches() -> None:
+    """Table 6's 'no force encoding' ablation: a noise head, no force-encoding weights."""
+    model = small_model(force_encoding=False, noise_head=True)
+    assert model.force_encoding is None and model.noise_head is not None
+    assert not any(name.startswith("force_encoding") for name, _ in model.named_parameters())
+    batch = make_batch()
+    out = model(batch, predict_noise=True)
+    assert out["noise"].shape == (batch.num_nodes, 3)
+    with pytest.raises(ValueError, match="no force encoding"):
+        model(batch, force_input=torch.zeros(batch.num_nodes, 3, dtype=torch.float64))
+    errors = equivariance_errors(model, batch)
+    assert max(errors.values()) < 1e-9, errors
+    with_encoding = small_model(**DENS)
+    encoding_weights = sum(p.numel() for p in with_encoding.force_encoding.parameters())
+    assert encoding_weights > 0
+    assert count(with_encoding) - count(model) == encoding_weights
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -21,12 +21,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dens.models.depthwise_tensor_product import DepthwiseTensorProduct
-from dens.models.equivariant_dropout import EquivariantDropout
-from dens.models.gate_activation import Gate, second_moment_scale, smooth_leaky_relu
-from dens.models.radial_basis import RadialMLP
-from dens.models.so3_features import Channels
-from dens.models.so3_linear import SO3Linear
+from dens.models.common.equivariant_dropout import EquivariantDropout
+from dens.models.common.gate_activation import Gate, second_moment_scale, smooth_leaky_relu
+from dens.models.common.radial_basis import RadialMLP
+from dens.models.common.so3_features import Channels, scatter_sum
+from dens.models.common.so3_linear import SO3Linear
+from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
@@ -39,11 +39,6 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     ex = torch.exp(logits - shift.index_select(0, index))
     denom = logits.new_zeros(num_segments, logits.shape[1]).index_add(0, index, ex)
     return ex / denom.index_select(0, index)
-
-
-def scatter_sum(x: list[Tensor], index: Tensor, num_nodes: int) -> list[Tensor]:
-    """Sum of edge features x[l]: [E, 2l+1, C] into nodes ``index`` -> [num_nodes, 2l+1, C]."""
-    return [xl.new_zeros(num_nodes, *xl.shape[1:]).index_add(0, index, xl) for xl in x]
 
 
 class GraphAttention(nn.Module):

@@ -4,12 +4,13 @@ Model-agnostic part of "Generalizing Denoising to Non-Equilibrium Structures Imp
 Equivariant Force Fields" (Liao, Smidt, Shuaibi, Das; TMLR 2024). The training engine glues
 it to a model::
 
-    corruption = corrupt(batch, dens_settings, generator, forces=force_target)
+    forces = force_encoding_input(batch.forces, energy_std, dens_settings.force_encoding_units)
+    corruption = corrupt(batch, dens_settings, generator, forces=forces)
     inputs = batch.clone()
     inputs.pos = corruption.pos
     prediction = model(inputs, corruption.force_input, predict_noise=True)
     terms = dens_loss(prediction, batch, corruption, energy_target, force_target,
-                      loss_settings, dens_settings, dens_coefficient(dens_settings, step, steps))
+                      loss_settings, dens_settings, dens_coefficient(dens_settings, epoch, epochs))
     terms["total"].backward()
 
 Notation (Section 3): B structures, N atoms in the batch, ``batch`` [N] maps atoms to
@@ -49,14 +50,17 @@ atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
 """
 
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 import torch
+from ase import units
 from torch import Tensor
 from torch_geometric.data import Batch
 
 CoefficientDecay = Literal["constant", "linear"]
+ForceEncodingUnits = Literal["normalized", "eV/Å", "kcal/mol/Å"]
 ErrorMetric = Literal["l2mae", "mse", "mae"]
 Reduction = Literal["structure", "atom"]
 
@@ -89,8 +93,12 @@ class DeNSSettings:
     energy_loss: keep lambda_E * |E' - E_hat| of Eq. 6 for corrupted structures; False = ablation.
     partial_corruption: corrupt a random subset of free atoms; False = ablation that corrupts
         every free atom of a DeNS structure (corruption_ratio is then unused).
-    coefficient_decay: "constant", or "linear" decay of lambda_DeNS to 0 over training (MD17,
-        App. D.2); see ``dens_coefficient``.
+    coefficient_decay: "constant", or "linear" decay of lambda_DeNS towards 0 over training
+        (MD17, App. D.2); see ``dens_coefficient``.
+    force_encoding_units: units of the forces the force encoding receives (Eq. 5), see
+        ``force_encoding_input``: "normalized" (f / sigma_E, Algorithm 2 line 19), "eV/Å" (raw
+        labels) or "kcal/mol/Å" (the raw units of the MD17 dataset, which the official MD17
+        code encodes; the paper's MD17 numbers come from it).
     """
 
     p: float
@@ -101,6 +109,17 @@ class DeNSSettings:
     energy_loss: bool = True
     partial_corruption: bool = True
     coefficient_decay: CoefficientDecay = "constant"
+    force_encoding_units: ForceEncodingUnits = "normalized"
+
+    @classmethod
+    def from_config(cls, dens: Mapping[str, Any]) -> "DeNSSettings":
+        """The settings of an experiment's ``dens`` entry (config/experiments.yaml, validated by
+        workflow/schemas/experiments.schema.yaml); keys the entry lacks take the defaults."""
+        names = {field.name for field in fields(cls)}
+        unknown = sorted(set(dens) - names)
+        if unknown:
+            raise ValueError(f"dens settings have unknown key(s) {unknown}; known: {sorted(names)}")
+        return cls(**dens)
 
     def __post_init__(self) -> None:
         p = _check_real("p", self.p)
@@ -121,6 +140,9 @@ class DeNSSettings:
         _check_bool("energy_loss", self.energy_loss)
         _check_bool("partial_corruption", self.partial_corruption)
         _check_choice("coefficient_decay", self.coefficient_decay, get_args(CoefficientDecay))
+        _check_choice(
+            "force_encoding_units", self.force_encoding_units, get_args(ForceEncodingUnits)
+        )
 
 
 @dataclass(frozen=True)
@@ -198,9 +220,8 @@ def corrupt(
 
     data: batch with ``pos`` [N, 3], ``batch`` [N], ``natoms`` [B], ``fixed`` bool [N] and
         ``md_split`` bool [B]; it is not modified.
-    forces: force labels to encode, [N, 3], in the model's units (normalised f' per Eq. 1 and
-        Algorithm 2 line 19; both official codes encode the raw labels instead); required
-        when ``settings.force_encoding`` is True.
+    forces: force labels to encode, [N, 3], in the units ``settings.force_encoding_units``
+        names (``force_encoding_input``); required when ``settings.force_encoding`` is True.
     generator: source of all random draws; the draws happen on the generator's device (B
         uniforms, N uniforms, then N x 3 normals, whatever the settings, so two settings
         with one seed pick the same DeNS structures), then move to ``data.pos.device``.
@@ -248,21 +269,39 @@ def corrupt(
     )
 
 
-def dens_coefficient(settings: DeNSSettings, step: int, total_steps: int) -> float:
-    """lambda_DeNS at optimisation step ``step`` (0-based) of ``total_steps``.
+def dens_coefficient(settings: DeNSSettings, epoch: int, epochs: int) -> float:
+    """lambda_DeNS during epoch ``epoch`` (0-based) of ``epochs``.
 
-    "constant": settings.coefficient. "linear" (MD17, App. D.2): coefficient * (1 - step /
-    (total_steps - 1)), from the full value at the first step to exactly 0 at the last step
-    (the official code decays per epoch, coefficient * (1 - epoch / epochs), and never quite
-    reaches 0). With a single step the coefficient is the full value.
+    "constant": settings.coefficient. "linear" (MD17, App. D.2): coefficient * (1 - epoch /
+    epochs), updated once per epoch as the official MD17 code does (atomicarchitects/equiformer
+    ``main_md17_dens.py``; the paper's MD17 numbers come from it): the full value in the first
+    epoch, coefficient / epochs in the last, never exactly 0.
     """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < total_steps:
-        raise ValueError(f"step must be an int in [0, {total_steps - 1}], got {step!r}")
-    if settings.coefficient_decay == "constant" or total_steps == 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < epochs:
+        raise ValueError(f"epoch must be an int in [0, {epochs - 1}], got {epoch!r}")
+    if settings.coefficient_decay == "constant":
         return settings.coefficient
-    return settings.coefficient * (1.0 - step / (total_steps - 1))
+    return settings.coefficient * (1.0 - epoch / epochs)
+
+
+KCAL_PER_MOL_PER_EV = units.mol / units.kcal
+"""1 eV = 23.0605 kcal/mol (ASE's CODATA values)."""
+
+
+def force_encoding_input(forces: Tensor, energy_std: float, units: ForceEncodingUnits) -> Tensor:
+    """Force labels f [N, 3] in eV/Å -> the forces the encoding receives (Eq. 5), in ``units``:
+    f / energy_std ("normalized", the engine's f'), f ("eV/Å") or f in kcal/mol/Å."""
+    if units == "normalized":
+        return forces / energy_std
+    if units == "eV/Å":
+        return forces
+    if units == "kcal/mol/Å":
+        return forces * KCAL_PER_MOL_PER_EV
+    raise ValueError(
+        f"force_encoding_units must be one of {get_args(ForceEncodingUnits)}, got {units!r}"
+    )
 
 
 def per_atom_error(prediction: Tensor, target: Tensor, metric: ErrorMetric) -> Tensor:
@@ -390,7 +429,7 @@ def dens_loss(
     corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure).
     energy_target: E' [B] (normalised, of the ORIGINAL structures). force_target: f' [N, 3].
     dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped).
-    coefficient: lambda_DeNS for this step (``dens_coefficient``).
+    coefficient: lambda_DeNS for this epoch (``dens_coefficient``).
 
     Per structure j with free-atom count |S_j| and corruption mask m (Algorithm 2):
         L_j = [kept] lambda_E |E'_j - E_hat_j|

@@ -1,4 +1,4 @@
-"""Layout of SO(3)-equivariant features used by the Equiformer modules.
+"""Layout of SO(3)-equivariant features as lists of per-degree tensors.
 
 A feature with irreps ``C_0x0e + C_1x1e + ... + C_Lx{L}e`` is held as a list ``x`` of
 per-degree tensors, ``x[l]`` of shape [..., 2l+1, C_l] ("component-major": the 2l+1
@@ -55,6 +55,11 @@ def add_features(a: list[Tensor], b: list[Tensor]) -> list[Tensor]:
     if len(a) != len(b):
         raise ValueError(f"cannot add features of {len(a)} and {len(b)} degrees")
     return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def scatter_sum(x: list[Tensor], index: Tensor, num_nodes: int) -> list[Tensor]:
+    """Sum of edge features x[l]: [E, 2l+1, C] into nodes ``index`` -> [num_nodes, 2l+1, C]."""
+    return [xl.new_zeros(num_nodes, *xl.shape[1:]).index_add(0, index, xl) for xl in x]
 
 
 def from_e3nn(x: Tensor, channels: Channels) -> list[Tensor]:

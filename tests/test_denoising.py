@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from dens.dens import (
+from dens.denoising import (
     Corruption,
     DeNSSettings,
     LossSettings,
     corrupt,
     dens_coefficient,
     dens_loss,
+    force_encoding_input,
     original_task_loss,
     per_atom_error,
 )
@@ -396,17 +397,45 @@ def test_per_atom_error_metrics() -> None:
 # ------------------------------------------------------------------- schedule, settings
 
 
-def test_linear_decay_reaches_zero_at_the_last_step() -> None:
+def test_linear_decay_per_epoch_as_the_official_md17_code() -> None:
+    """coefficient * (1 - epoch / epochs), 0-based epoch, constant within an epoch."""
     dens = settings(coefficient=5.0, coefficient_decay="linear")
-    assert dens_coefficient(dens, 0, 101) == 5.0
-    assert dens_coefficient(dens, 50, 101) == pytest.approx(2.5)
-    assert dens_coefficient(dens, 100, 101) == 0.0
-    values = [dens_coefficient(dens, s, 101) for s in range(101)]
-    assert all(a > b for a, b in zip(values, values[1:], strict=False))
+    assert dens_coefficient(dens, 0, 100) == 5.0
+    assert dens_coefficient(dens, 50, 100) == pytest.approx(2.5)
+    assert dens_coefficient(dens, 99, 100) == pytest.approx(0.05)
+    values = [dens_coefficient(dens, e, 100) for e in range(100)]
+    assert all(a > b > 0 for a, b in zip(values, values[1:], strict=False))
     constant = settings(coefficient=5.0)
-    assert {dens_coefficient(constant, s, 101) for s in range(101)} == {5.0}
-    with pytest.raises(ValueError, match="step"):
-        dens_coefficient(dens, 101, 101)
+    assert {dens_coefficient(constant, e, 100) for e in range(100)} == {5.0}
+    with pytest.raises(ValueError, match="epoch"):
+        dens_coefficient(dens, 100, 100)
+
+
+def test_force_encoding_input_units() -> None:
+    forces = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    assert torch.equal(force_encoding_input(forces, 4.0, "normalized"), forces / 4.0)
+    assert torch.equal(force_encoding_input(forces, 4.0, "eV/Å"), forces)
+    kcal = force_encoding_input(forces, 4.0, "kcal/mol/Å")
+    assert torch.allclose(kcal, forces * 23.0605, rtol=1e-4)
+    with pytest.raises(ValueError, match="force_encoding_units"):
+        settings(force_encoding_units="kcal")
+
+
+def test_settings_from_config_entry() -> None:
+    entry = {
+        "p": 0.25,
+        "sigma": 0.05,
+        "corruption_ratio": 0.25,
+        "coefficient": 5,
+        "coefficient_decay": "linear",
+        "force_encoding": False,
+        "energy_loss": True,
+        "partial_corruption": True,
+        "force_encoding_units": "kcal/mol/Å",
+    }
+    assert DeNSSettings.from_config(entry) == DeNSSettings(**entry)
+    with pytest.raises(ValueError, match="unknown key"):
+        DeNSSettings.from_config({**entry, "sigmaa": 0.1})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixAtoms, FixCom
+from ase.constraints import FixAtoms, FixCartesian
 from torch_geometric.data import Batch
 
 from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
@@ -134,7 +134,7 @@ def test_dataset_yields_the_shared_data_convention(ethanol_dir: Path) -> None:
     assert "cell" not in data
     batch = Batch.from_data_list([dataset[0], dataset[1], dataset[2]])
     assert batch.natoms.tolist() == [9, 9, 9]
-    assert batch.energy.shape == (3,) and batch.energy.dtype == torch.float32
+    assert batch.energy.shape == (3,) and batch.energy.dtype == torch.float64
     assert batch.md_split.tolist() == [False, False, False]
     assert batch.batch.shape == (27,) and batch.forces.shape == (27, 3)
     assert torch.equal(dataset[-1].pos, dataset[SMALL["n_train"] - 1].pos)
@@ -165,9 +165,9 @@ def test_dataset_reads_fixed_atoms_md_split_and_periodic_cells(tmp_path: Path) -
     with pytest.raises(ValueError, match="mixed.aselmdb: row 2 has fields"):
         AseLmdbDataset(tmp_path / "mixed.aselmdb")
 
-    slab.set_constraint(FixCom())
+    slab.set_constraint(FixCartesian([0], mask=(True, False, False)))
     write_aselmdb(tmp_path / "com.aselmdb", [slab])
-    with pytest.raises(ValueError, match="com.aselmdb.*unsupported constraint FixCom"):
+    with pytest.raises(ValueError, match="com.aselmdb.*unsupported constraint FixCartesian"):
         AseLmdbDataset(tmp_path / "com.aselmdb")
 
 

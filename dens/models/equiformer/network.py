@@ -14,66 +14,36 @@ Architecture (features: lists of [N, 2l+1, C_l], see so3_features):
     x = LN(x);  E = sum_i MLP(x_i^(0)) / sqrt(avg_num_nodes);  F = -dE/dpos
     noise = GraphAttention(x) -> one type-1 vector per atom            (DeNS only)
 
-``dens=True`` adds the force encoding and the noise head and uses ``irreps_feature_dens`` for
-the last block's output (the official DeNS configs widen it to 4x the node channels of every
-degree). ``attention=False`` / ``layer_norm=False`` give the variants of DeNS Table 5.
+``force_encoding=True`` adds the force encoding; ``noise_head=True`` adds the noise head and uses
+``irreps_feature_dens`` for the last block's output (the official DeNS configs widen it to 4x
+the node channels of every degree). ``attention=False`` / ``layer_norm=False`` give the
+variants of DeNS Table 5.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from dens.models.depthwise_tensor_product import DepthwiseTensorProduct
-from dens.models.equivariant_dropout import EquivariantDropout, GraphDropPath
-from dens.models.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.gate_activation import Gate, ScaledSiLU
-from dens.models.graph_attention import GraphAttention, scatter_sum
-from dens.models.radial_basis import RadialMLP, radial_basis
-from dens.models.so3_features import Channels, add_features, parse_irreps
-from dens.models.so3_linear import SO3Linear, init_weight_
-
-MODELS_YAML = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
+from dens.models.common.equivariant_dropout import EquivariantDropout, GraphDropPath
+from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
+from dens.models.common.gate_activation import Gate, ScaledSiLU
+from dens.models.common.initialization import draw_base_seed, part_init
+from dens.models.common.radial_basis import RadialMLP, radial_basis
+from dens.models.common.so3_features import Channels, add_features, parse_irreps, scatter_sum
+from dens.models.common.so3_linear import SO3Linear, init_weight_
+from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.graph_attention import GraphAttention
+from dens.models.graph import molecular_graph
 
 # Statistics the official code uses for MD17 (QM9 with cutoff 5 Å).
 AVG_NUM_NODES = 18.03065905448718
 AVG_DEGREE = 15.57930850982666
-
-
-def equiformer_preset(name: str, path: str | Path = MODELS_YAML) -> dict[str, Any]:
-    """Constructor keyword arguments of preset ``name`` under ``equiformer:`` in models.yaml."""
-    with open(path) as f:
-        presets = yaml.safe_load(f).get("equiformer", {})
-    if name not in presets:
-        raise KeyError(f"no equiformer preset {name!r} in {path}; available: {sorted(presets)}")
-    return dict(presets[name])
-
-
-def radius_graph(
-    pos: Tensor, batch: Tensor, natoms: Tensor, cutoff: float
-) -> tuple[Tensor, Tensor]:
-    """All ordered pairs (src, dst), src != dst, of one structure closer than ``cutoff``.
-
-    pos: [N, 3] (not differentiated); batch: [N] structure index, contiguous as in a PyG
-    Batch; natoms: [B]. Returns edge_src, edge_dst: [E]. Cost O(sum_b natoms_b^2).
-    """
-    start = torch.cumsum(natoms, 0) - natoms  # [B] first atom of each structure
-    per_atom = natoms.index_select(0, batch)  # [N] candidates per target atom
-    dst = torch.repeat_interleave(torch.arange(pos.shape[0], device=pos.device), per_atom)
-    first = torch.repeat_interleave(torch.cumsum(per_atom, 0) - per_atom, per_atom)
-    src = start.index_select(0, batch.index_select(0, dst)) + (
-        torch.arange(dst.shape[0], device=pos.device) - first
-    )
-    d2 = (pos.index_select(0, src) - pos.index_select(0, dst)).pow(2).sum(-1)
-    keep = (src != dst) & (d2 < cutoff**2)
-    return src[keep], dst[keep]
 
 
 class AtomEmbedding(nn.Module):
@@ -188,15 +158,23 @@ class EquiformerBlock(nn.Module):
         weight_init: str,
     ) -> None:
         super().__init__()
-        self.norm_1 = EquivariantLayerNorm(channels_in) if layer_norm else None
-        self.attn = GraphAttention(channels_in, channels_in, **attention_kwargs)
-        self.norm_2 = EquivariantLayerNorm(channels_in) if layer_norm else None
-        self.ffn = FeedForward(channels_in, channels_mlp_mid, channels_out, proj_drop, weight_init)
-        self.shortcut = (
-            SO3Linear(channels_in, channels_out, True, weight_init)
-            if tuple(channels_in) != tuple(channels_out)
-            else None
-        )
+        # The last block's output width depends on the noise head: the FFN and the shortcut
+        # are separate parts so that their type-0 weights start equal in both variants.
+        seed = draw_base_seed()
+        with part_init(seed, "attn"):
+            self.norm_1 = EquivariantLayerNorm(channels_in) if layer_norm else None
+            self.attn = GraphAttention(channels_in, channels_in, **attention_kwargs)
+            self.norm_2 = EquivariantLayerNorm(channels_in) if layer_norm else None
+        with part_init(seed, "ffn"):
+            self.ffn = FeedForward(
+                channels_in, channels_mlp_mid, channels_out, proj_drop, weight_init
+            )
+        with part_init(seed, "shortcut"):
+            self.shortcut = (
+                SO3Linear(channels_in, channels_out, True, weight_init)
+                if tuple(channels_in) != tuple(channels_out)
+                else None
+            )
         self.drop_path = GraphDropPath(drop_path_rate)
 
     def forward(
@@ -224,12 +202,15 @@ class Equiformer(nn.Module):
     harmonics (default: that of the node features); number_of_basis, basis_type, max_radius:
     radial basis (radial_basis.py) and cutoff in Å; fc_neurons: hidden sizes of the radial MLPs;
     irreps_feature: output of the last block (input of the energy head);
-    irreps_feature_dens: used instead when ``dens`` (None: irreps_feature); irreps_head,
+    irreps_feature_dens: used instead when the model has a noise head (None: irreps_feature;
+    the noise head reads type-1 features of the last block); irreps_head,
     num_heads: value irreps of one attention head and number of heads; irreps_pre_attn:
     irreps of the merged edge features (default: irreps_node_embedding); irreps_mlp_mid:
     hidden irreps of the feed-forward networks; alpha_drop (attention weights), proj_drop
     (outputs of attention and FFN), out_drop (final features), drop_path_rate (stochastic
-    depth per structure); dens: force encoding + noise head; attention / layer_norm: DeNS
+    depth per structure); force_encoding: DeNS force encoding (Eq. 5); noise_head: DeNS noise
+    head (the two are separate switches: Table 6's ablation has a noise head and no force
+    encoding); attention / layer_norm: DeNS
     Table 5 switches; weight_init: "normal" (official) or "uniform" (DeNS App. D.2, variant
     without attention and layer norm); max_atomic_number: size of the atom-type table;
     avg_num_nodes, avg_degree: normalisation of the energy sum and of the edge-degree / no-
@@ -257,7 +238,8 @@ class Equiformer(nn.Module):
         proj_drop: float = 0.0,
         out_drop: float = 0.0,
         drop_path_rate: float = 0.0,
-        dens: bool = False,
+        force_encoding: bool = False,
+        noise_head: bool = False,
         attention: bool = True,
         layer_norm: bool = True,
         weight_init: str = "normal",
@@ -273,7 +255,7 @@ class Equiformer(nn.Module):
         channels_node = parse_irreps(irreps_node_embedding)
         if channels_node[0] == 0:
             raise ValueError(f"irreps_node_embedding {irreps_node_embedding!r} needs 0e channels")
-        feature_spec = irreps_feature_dens if dens and irreps_feature_dens else irreps_feature
+        feature_spec = irreps_feature_dens if noise_head and irreps_feature_dens else irreps_feature
         channels_feature = parse_irreps(feature_spec)
         if channels_feature[0] == 0:
             raise ValueError(f"irreps_feature {feature_spec!r} needs 0e channels (energy head)")
@@ -281,7 +263,6 @@ class Equiformer(nn.Module):
         self.max_radius = max_radius
         self.max_atomic_number = max_atomic_number
         self.avg_num_nodes = avg_num_nodes
-        self.dens = dens
         self.channels_node = channels_node
         self.channels_feature = channels_feature
         attention_kwargs = dict(
@@ -298,43 +279,61 @@ class Equiformer(nn.Module):
             weight_init=weight_init,
         )
 
-        self.atom_embedding = AtomEmbedding(channels_node, max_atomic_number)
-        self.rbf = radial_basis(basis_type, number_of_basis, max_radius)
-        self.edge_degree_embedding = EdgeDegreeEmbedding(
-            channels_node, self.lmax_sh, number_of_basis, list(fc_neurons), avg_degree, weight_init
-        )
-        self.force_encoding = ForceEncoding(channels_node, weight_init) if dens else None
-        self.blocks = nn.ModuleList(
-            EquiformerBlock(
+        # Each part is initialised from its own stream (common/initialization.py): a DeNS model
+        # and its baseline start from the same weights wherever their shapes agree.
+        seed = draw_base_seed()
+        with part_init(seed, "atom_embedding"):
+            self.atom_embedding = AtomEmbedding(channels_node, max_atomic_number)
+            if weight_init == "uniform":
+                init_weight_(self.atom_embedding.weight, 1, weight_init)
+        with part_init(seed, "rbf"):
+            self.rbf = radial_basis(basis_type, number_of_basis, max_radius)
+        with part_init(seed, "edge_degree_embedding"):
+            self.edge_degree_embedding = EdgeDegreeEmbedding(
                 channels_node,
-                channels_feature if i == num_layers - 1 else channels_node,
-                attention_kwargs,
-                parse_irreps(irreps_mlp_mid),
-                proj_drop,
-                drop_path_rate,
-                layer_norm,
+                self.lmax_sh,
+                number_of_basis,
+                list(fc_neurons),
+                avg_degree,
                 weight_init,
             )
-            for i in range(num_layers)
-        )
-        self.norm = EquivariantLayerNorm(channels_feature) if layer_norm else None
-        self.out_dropout = EquivariantDropout(out_drop)
-        self.energy_hidden = SO3Linear(channels_feature, (channels_feature[0],), True, weight_init)
-        self.energy_act = ScaledSiLU()
-        self.energy_out = SO3Linear((channels_feature[0],), (1,), True, weight_init)
-        self.noise_head = (
-            GraphAttention(channels_feature, (0, 1), **attention_kwargs) if dens else None
-        )
-        if weight_init == "uniform":
-            init_weight_(self.atom_embedding.weight, 1, weight_init)
+        with part_init(seed, "force_encoding"):
+            self.force_encoding = (
+                ForceEncoding(channels_node, weight_init) if force_encoding else None
+            )
+        blocks = []
+        for i in range(num_layers):
+            with part_init(seed, f"blocks.{i}"):
+                blocks.append(
+                    EquiformerBlock(
+                        channels_node,
+                        channels_feature if i == num_layers - 1 else channels_node,
+                        attention_kwargs,
+                        parse_irreps(irreps_mlp_mid),
+                        proj_drop,
+                        drop_path_rate,
+                        layer_norm,
+                        weight_init,
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        with part_init(seed, "energy_head"):
+            self.norm = EquivariantLayerNorm(channels_feature) if layer_norm else None
+            self.out_dropout = EquivariantDropout(out_drop)
+            self.energy_hidden = SO3Linear(
+                channels_feature, (channels_feature[0],), True, weight_init
+            )
+            self.energy_act = ScaledSiLU()
+            self.energy_out = SO3Linear((channels_feature[0],), (1,), True, weight_init)
+        with part_init(seed, "noise_head"):
+            self.noise_head = (
+                GraphAttention(channels_feature, (0, 1), **attention_kwargs) if noise_head else None
+            )
 
     def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
         for key in ("pos", "atomic_numbers", "batch", "natoms"):
             if getattr(data, key, None) is None:
                 raise ValueError(f"Equiformer: the batch has no {key!r}")
-        pbc = getattr(data, "pbc", None)
-        if pbc is not None and bool(torch.as_tensor(pbc).any()):
-            raise ValueError("Equiformer (MD17 model) does not support periodic boundaries (pbc)")
         n = data.pos.shape[0]
         if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
             raise ValueError(f"Equiformer: pos must be float [N, 3], got {tuple(data.pos.shape)}")
@@ -350,15 +349,17 @@ class Equiformer(nn.Module):
         if counts.shape != data.natoms.shape or not torch.equal(counts, data.natoms):
             raise ValueError("Equiformer: batch and natoms disagree")
         if force_input is not None:
-            if not self.dens:
-                raise ValueError("Equiformer: force_input given but the model has dens=False")
+            if self.force_encoding is None:
+                raise ValueError(
+                    "Equiformer: force_input given but the model has no force encoding"
+                )
             if force_input.shape != (n, 3):
                 raise ValueError(
                     f"Equiformer: force_input must be [N, 3] = [{n}, 3], "
                     f"got {tuple(force_input.shape)}"
                 )
-        if predict_noise and not self.dens:
-            raise ValueError("Equiformer: predict_noise needs dens=True (no noise head)")
+        if predict_noise and self.noise_head is None:
+            raise ValueError("Equiformer: predict_noise needs a model built with noise_head=True")
 
     def forward(
         self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False
@@ -371,7 +372,7 @@ class Equiformer(nn.Module):
             pos = data.pos if data.pos.requires_grad else data.pos.detach().requires_grad_(True)
             batch, natoms = data.batch, data.natoms
             num_nodes, num_graphs = pos.shape[0], natoms.shape[0]
-            src, dst = radius_graph(pos.detach(), batch, natoms, self.max_radius)
+            src, dst = molecular_graph(data, pos, self.max_radius)  # rebuilt from noisy pos
             vec = pos.index_select(0, src) - pos.index_select(0, dst)  # [E, 3]
             graph = {
                 "src": src,

@@ -20,8 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dens.config import ConfigError, read_yaml, validate
 from dens.data.download import (
+    EXTRACTABLE_FORMATS,
     EXTRACTED_MARKER,
+    PLAIN_FORMATS,
+    Archive,
     ChecksumMismatchError,
     DownloadError,
     UnsafeArchiveError,
@@ -29,13 +33,13 @@ from dens.data.download import (
     download,
     extract,
     fetch,
+    get_archive,
     is_extracted,
     load_catalog,
-    main,
     verify,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = {"backoff": 0.0, "progress": False, "timeout": 10.0}
 
 
@@ -506,9 +510,34 @@ def test_npz_is_not_extracted(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- catalog ----
 
+SCHEMA = REPO / "workflow" / "schemas" / "archives.schema.yaml"
+
+
+def test_repository_catalog_validates_against_its_schema() -> None:
+    validate(read_yaml(REPO / "config" / "archives.yaml"), "archives", "config/archives.yaml", REPO)
+    catalog = load_catalog(root=REPO)  # default path: <root>/config/archives.yaml
+    assert list(catalog) == list(read_yaml(REPO / "config" / "archives.yaml")["archives"])
+    assert catalog == load_catalog(REPO / "config" / "archives.yaml", REPO)
+
+
+def test_schema_formats_are_the_ones_the_code_handles() -> None:
+    schema = read_yaml(SCHEMA)
+    formats = schema["$defs"]["archive"]["properties"]["format"]["enum"]
+    assert formats == [*EXTRACTABLE_FORMATS, *PLAIN_FORMATS]
+
+
+def split_names(splits: list[str] | dict[str, str | list[str]]) -> set[str]:
+    """Every split of a config/datasets.yaml entry: a list, or roles -> a split or a list."""
+    if isinstance(splits, list):
+        return set(splits)
+    names: set[str] = set()
+    for value in splits.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
 
 def test_archive_catalog_covers_every_paper_scale_split() -> None:
-    catalog = load_catalog(REPO / "config" / "archives.yaml")
+    catalog = load_catalog(REPO / "config" / "archives.yaml", REPO)
     datasets = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())["datasets"]
 
     provided: dict[str, set[str]] = {}
@@ -516,12 +545,12 @@ def test_archive_catalog_covers_every_paper_scale_split() -> None:
         assert archive.filename and archive.url.endswith(archive.filename)
         for dataset, splits in archive.dataset.items():
             assert dataset in datasets, f"{archive.name}: unknown dataset {dataset}"
-            unknown = set(splits) - set(datasets[dataset]["splits"])
+            unknown = set(splits) - split_names(datasets[dataset]["splits"])
             assert not unknown, f"{archive.name}: {dataset} has no splits {unknown}"
             if not archive.optional:
                 provided.setdefault(dataset, set()).update(splits)
     for dataset, spec in datasets.items():
-        assert provided.get(dataset) == set(spec["splits"]), dataset
+        assert provided.get(dataset) == split_names(spec["splits"]), dataset
 
     # Published digests where the owners publish them (OC20/OC22 md5); none for MD17.
     for archive in catalog.values():
@@ -533,84 +562,225 @@ def test_archive_catalog_covers_every_paper_scale_split() -> None:
     assert catalog["md17_benzene"].filename == "md17_benzene2017.npz"
 
 
+def test_unknown_archive_names_the_catalog_and_close_matches() -> None:
+    catalog = load_catalog(root=REPO)
+    assert get_archive(catalog, "md17_uracil") is catalog["md17_uracil"]
+
+    with pytest.raises(ConfigError) as caught:
+        get_archive(catalog, "oc20_s2ef_train_2m")
+
+    message = str(caught.value)
+    assert message.startswith("config/archives.yaml: unknown archive 'oc20_s2ef_train_2m'.")
+    assert "Did you mean oc20_s2ef_train_2M" in message
+
+    defined = rf"unknown archive 'zzz'\. {len(catalog)} archives are defined there"
+    with pytest.raises(ConfigError, match=defined) as caught:
+        get_archive(catalog, "zzz")
+    assert "Did you mean" not in str(caught.value) and "md17_uracil" in str(caught.value)
+
+
+GOOD_ENTRY = {
+    "url": "https://example.org/data/x.tar",
+    "format": "tar",
+    "checksum": {"algorithm": "md5", "digest": "0" * 32},
+    "checksum_source": "test",
+    "size": None,
+    "dataset": {"oc20-2m": ["train"]},
+    "payload": "test",
+}
+
+
+def write_catalog(path: Path, entries: dict[str, dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"archives": entries}, sort_keys=False))
+    return path
+
+
+def test_catalog_entry_is_read_into_an_archive(tmp_path: Path) -> None:
+    entry = GOOD_ENTRY | {
+        "checksum": {"algorithm": "sha256", "digest": "AB" * 32},
+        "md_split": True,
+        "frames": {"train": 10},
+        "frames_source": "test",
+        "notes": "a note",
+    }
+    catalog = load_catalog(write_catalog(tmp_path / "archives.yaml", {"x": entry}), REPO)
+    assert catalog == {
+        "x": Archive(
+            name="x",
+            url="https://example.org/data/x.tar",
+            format="tar",
+            algorithm="sha256",
+            digest="ab" * 32,  # normalised to lower case
+            checksum_source="test",
+            dataset={"oc20-2m": ("train",)},
+            md_split=True,
+            optional=False,
+        )
+    }
+    assert catalog["x"].filename == "x.tar"
+
+
+REMOVED = object()
+
+
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "key", "value"),
     [
-        ({"checksum": {"algorithm": "md5", "digest": "abc"}}, "not a md5 hex digest"),
-        ({"checksum": {"algorithm": "crc32", "digest": "0" * 8}}, "unknown checksum algorithm"),
-        ({"checksum_source": ""}, "checksum_source"),
-        ({"url": "ftp://example.org/x.tar"}, "http"),
-        ({"format": "rar"}, "format"),
-        ({"md5": "0" * 32}, "unknown keys"),
-        ({"dataset": {"oc20-2m": []}}, "dataset"),
+        ({"payload": REMOVED}, "archives.broken", "'payload' is a required property"),
+        ({"md5": "0" * 32}, "archives.broken", "'md5' was unexpected"),
+        ({"url": "ftp://example.org/x.tar"}, "archives.broken.url", "ftp://example.org/x.tar"),
+        ({"url": "https://example.org/data/"}, "archives.broken.url", "https://example.org/data/"),
+        ({"url": 42}, "archives.broken.url", 42),
+        ({"format": "rar"}, "archives.broken.format", "rar"),
+        (
+            {"checksum": {"algorithm": "md5", "digest": "abc"}},
+            "archives.broken.checksum.digest",
+            "abc",
+        ),
+        (
+            {"checksum": {"algorithm": "sha256", "digest": "0" * 32}},
+            "archives.broken.checksum.digest",
+            "0" * 32,
+        ),
+        (
+            {"checksum": {"algorithm": "md5", "digest": "g" * 32}},
+            "archives.broken.checksum.digest",
+            "g" * 32,
+        ),
+        (
+            {"checksum": {"algorithm": "crc32", "digest": "0" * 8}},
+            "archives.broken.checksum.algorithm",
+            "crc32",
+        ),
+        ({"checksum": "0" * 32}, "archives.broken.checksum", "0" * 32),
+        ({"checksum_source": ""}, "archives.broken.checksum_source", ""),
+        ({"checksum_source": "  "}, "archives.broken.checksum_source", "  "),
+        ({"dataset": {}}, "archives.broken.dataset", {}),
+        ({"dataset": {"oc20-2m": []}}, "archives.broken.dataset.oc20-2m", []),
+        ({"dataset": {"oc20-2m": [1]}}, "archives.broken.dataset.oc20-2m.0", 1),
+        ({"md_split": "yes"}, "archives.broken.md_split", "yes"),
+        ({"optional": 1}, "archives.broken.optional", 1),
+        ({"frames": {"train": 10}}, "archives.broken", "'frames_source' is a dependency"),
+    ],
+    ids=[
+        "missing-key",
+        "unknown-key",
+        "ftp-url",
+        "url-without-file-name",
+        "url-not-a-string",
+        "bad-format",
+        "short-md5",
+        "sha256-of-md5-length",
+        "non-hex-digest",
+        "unknown-algorithm",
+        "checksum-not-a-mapping",
+        "empty-checksum-source",
+        "blank-checksum-source",
+        "empty-dataset",
+        "dataset-without-splits",
+        "split-not-a-string",
+        "md-split-not-bool",
+        "optional-not-bool",
+        "frames-without-source",
     ],
 )
-def test_catalog_rejects_malformed_entries(tmp_path: Path, change: dict, message: str) -> None:
-    entry = {
-        "url": "https://example.org/x.tar",
-        "format": "tar",
-        "checksum": {"algorithm": "md5", "digest": "0" * 32},
-        "checksum_source": "test",
-        "size": None,
-        "dataset": {"oc20-2m": ["train"]},
-        "payload": "test",
-    } | change
-    catalog = tmp_path / "archives.yaml"
-    catalog.write_text(yaml.safe_dump({"archives": {"broken": entry}}))
-    with pytest.raises(ValueError, match=message) as caught:
-        load_catalog(catalog)
-    assert "'broken'" in str(caught.value)
+def test_catalog_rejects_malformed_entries(
+    tmp_path: Path, change: dict, key: str, value: object
+) -> None:
+    entry = {k: v for k, v in (GOOD_ENTRY | change).items() if v is not REMOVED}
+    path = write_catalog(tmp_path / "archives.yaml", {"broken": entry})
+
+    with pytest.raises(ConfigError) as caught:
+        load_catalog(path, REPO)
+
+    message = str(caught.value)
+    if key == "archives.broken":  # an error on the entry itself: its value is the whole entry
+        assert message.startswith(f"{path}: {key}: {entry!r}: ")
+        assert str(value) in message
+    else:
+        assert message.startswith(f"{path}: {key}: {value!r}: ")
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"archive": {}}, "(top level)"),
+        ({"archives": {}}, "archives"),
+        ({"archives": {"bad.name": GOOD_ENTRY}}, "archives"),
+        ({"archives": {"x": "not a mapping"}}, "archives.x"),
+    ],
+)
+def test_catalog_rejects_malformed_documents(tmp_path: Path, document: dict, key: str) -> None:
+    path = tmp_path / "archives.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(f'{path}: {key}: ')}"):
+        load_catalog(path, REPO)
+
+
+def test_catalog_errors_name_the_file_relative_to_the_root(tmp_path: Path) -> None:
+    (tmp_path / "workflow").mkdir()
+    (tmp_path / "workflow" / "schemas").symlink_to(REPO / "workflow" / "schemas")
+    write_catalog(tmp_path / "config" / "archives.yaml", {"x": GOOD_ENTRY | {"format": "7z"}})
+
+    with pytest.raises(ConfigError) as caught:
+        load_catalog(root=tmp_path)
+    assert str(caught.value).startswith("config/archives.yaml: archives.x.format: '7z': ")
+
+    (tmp_path / "config" / "archives.yaml").write_text("archives: {x: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_catalog(root=tmp_path)
+    assert str(tmp_path / "config" / "archives.yaml") in str(caught.value)
+
+    with pytest.raises(ConfigError, match="file not found"):
+        load_catalog(tmp_path / "missing.yaml", tmp_path)
 
 
 @pytest.mark.integration
-def test_command_line_fetches_and_extracts_catalog_archives(
-    server: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_fetch_downloads_verifies_and_extracts_catalog_archives(
+    server: Served, tmp_path: Path
 ) -> None:
     archive = tar_bytes(list(GOOD_FILES.items()))
-    server.files["s2ef_demo.tar.gz"] = archive
-    server.files["md17_demo.npz"] = b"PK npz stand-in"
-    catalog = tmp_path / "archives.yaml"
+    server.files["data/s2ef_demo.tar.gz"] = archive
+    server.files["npz/md17_demo.npz"] = b"PK npz stand-in"
     common = {"checksum_source": "test", "size": None, "payload": "test"}
-    catalog.write_text(
-        yaml.safe_dump(
-            {
-                "archives": {
-                    "demo_tar": {
-                        "url": server.url("s2ef_demo.tar.gz"),
-                        "format": "tar.gz",
-                        "checksum": {"algorithm": "md5", "digest": md5(archive)},
-                        "dataset": {"oc20-2m": ["train"]},
-                        **common,
-                    },
-                    "demo_npz": {
-                        "url": server.url("md17_demo.npz"),
-                        "format": "npz",
-                        "checksum": None,
-                        "dataset": {"md17-uracil": ["train"]},
-                        **common,
-                    },
-                }
-            }
-        )
+    path = write_catalog(
+        tmp_path / "archives.yaml",
+        {
+            "demo_tar": {
+                "url": server.url("data/s2ef_demo.tar.gz"),
+                "format": "tar.gz",
+                "checksum": {"algorithm": "md5", "digest": md5(archive)},
+                "dataset": {"oc20-2m": ["train"]},
+                **common,
+            },
+            "demo_npz": {
+                "url": server.url("npz/md17_demo.npz"),
+                "format": "npz",
+                "checksum": None,
+                "dataset": {"md17-uracil": ["train"]},
+                **common,
+            },
+        },
     )
-    args = ["--catalog", str(catalog), "--download-dir", str(tmp_path / "dl"), "--no-progress"]
+    catalog = load_catalog(path, REPO)
+    dl, out = tmp_path / "dl", tmp_path / "x"
 
-    with pytest.warns(UnverifiedDownloadWarning):
-        code = main([*args, "--extract-dir", str(tmp_path / "x"), "demo_tar", "demo_npz"])
+    assert fetch(catalog["demo_tar"], dl, out, **FAST) == out / "demo_tar"
+    assert is_extracted(out / "demo_tar")
+    assert (out / "demo_tar" / "s2ef_demo" / "README.md").read_bytes() == b"demo archive\n"
+    with pytest.warns(UnverifiedDownloadWarning):  # npz: downloaded, never extracted
+        assert fetch(catalog["demo_npz"], dl, out, **FAST) == dl / "md17_demo.npz"
+    assert not (out / "demo_npz").exists()
 
-    assert code == 0
-    printed = capsys.readouterr().out.split()
-    assert printed == [str(tmp_path / "x" / "demo_tar"), str(tmp_path / "dl" / "md17_demo.npz")]
-    assert is_extracted(tmp_path / "x" / "demo_tar")
+    # Republished corrupted upstream: the mismatch names the file, the bytes are kept aside.
+    server.files["data/s2ef_demo.tar.gz"] = archive[:-1] + b"!"
+    (dl / "s2ef_demo.tar.gz").unlink()
+    with pytest.raises(ChecksumMismatchError, match="checksum mismatch") as caught:
+        fetch(catalog["demo_tar"], dl, None, **FAST)
+    assert str(dl / "s2ef_demo.tar.gz") in str(caught.value)
+    assert (dl / "s2ef_demo.tar.gz.corrupt").is_file() and not (dl / "s2ef_demo.tar.gz").exists()
 
-    server.files["s2ef_demo.tar.gz"] = archive[:-1] + b"!"  # republished, corrupted upstream
-    (tmp_path / "dl" / "s2ef_demo.tar.gz").unlink()
-    assert main([*args, "demo_tar"]) == 1
-    assert "checksum mismatch" in capsys.readouterr().err
-
-    (tmp_path / "dl" / "s2ef_demo.tar.gz.corrupt").unlink()
-    server.files["s2ef_demo.tar.gz"] = archive
-    catalog_entries = load_catalog(catalog)
-    assert fetch(catalog_entries["demo_tar"], tmp_path / "dl", None, progress=False) == (
-        tmp_path / "dl" / "s2ef_demo.tar.gz"
-    )
+    # Without an extraction directory fetch returns the verified download.
+    server.files["data/s2ef_demo.tar.gz"] = archive
+    assert fetch(catalog["demo_tar"], dl, None, **FAST) == dl / "s2ef_demo.tar.gz"

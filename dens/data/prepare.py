@@ -1,0 +1,63 @@
+"""Prepare a dataset's aselmdb splits: one preparer per dataset family, found from a table.
+
+A preparer gets the dataset's settings at the scale (``Registry.data_settings``: family,
+source generate/download, generator sizes and seed), the output directory
+(results/{scale}/data/<dataset>, dens.paths) and the downloaded inputs at the paper scale, and
+writes every split of config/datasets.yaml plus provenance.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dens.errors import ConfigError, NotAvailableError
+
+Preparer = Callable[[Mapping[str, Any], Path, Sequence[Path]], None]
+
+
+def prepare_md17(settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path]) -> None:
+    """mini-MD17 generated with GFN2-xTB, or the paper's npz converted (dens.data.md17)."""
+    from dens.data import md17
+
+    if settings["source"] == "generate":
+        md17.generate_md17(
+            settings["molecule"],
+            out_dir,
+            n_train=settings["n_train"],
+            n_val=settings["n_val"],
+            n_test=settings["n_test"],
+            seed=settings["seed"],
+            stride=settings["stride"],
+            equilibration_steps=settings["equilibration_steps"],
+        )
+        return
+    npz = [Path(p) for p in inputs if str(p).endswith(".npz")]
+    if len(npz) != 1:
+        raise ConfigError(
+            f"dataset {settings['name']}: expected one MD17 .npz input, got {list(inputs)}"
+        )
+    md17.convert_md17_npz(npz[0], out_dir)
+
+
+PREPARERS: dict[str, Preparer] = {"md17": prepare_md17}
+"""Dataset family (config/datasets.yaml ``family``) -> its preparer."""
+
+PENDING_FAMILIES = {
+    "oc20": "OC20 data (mini-OC20 from EMT, the S2EF/IS2RE converters)",
+    "oc22": "OC22 data (mini-OC22 from EMT, the S2EF/IS2RE-Total converters)",
+}
+
+
+def prepare_dataset(
+    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path] = ()
+) -> None:
+    """Write the splits of one dataset (``settings`` from ``Registry.data_settings``)."""
+    family = settings["family"]
+    if family in PENDING_FAMILIES:
+        raise NotAvailableError(
+            f"dataset {settings['name']}: preparing {PENDING_FAMILIES[family]} "
+            f"({settings['source']}) is not implemented yet; it lands with the OC20/OC22 issue"
+        )
+    PREPARERS[family](settings, Path(out_dir), [Path(p) for p in inputs])

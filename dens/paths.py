@@ -1,0 +1,105 @@
+"""Where the pipeline reads and writes: the only place that turns (scale, experiment or dataset,
+split) into a path.
+
+Paths are relative to the pipeline directory (the Snakefile's directory, or the working
+directory of a job), as Snakemake wants them; join them to ``Registry.root`` to open a file.
+Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snakemake patterns.
+
+    results/{scale}/data/{dataset}/{split}.aselmdb       prepared splits (dens.data)
+    results/{scale}/data/{dataset}/provenance.json       how they were made; written last
+    results/{scale}/runs/{experiment}/                   one training run
+        checkpoints/best.pt, checkpoints/last.pt, log.csv
+        metrics.json, relax/metrics.json, simulate/metrics.json
+    results/{scale}/tables/{table}.csv|.tex               the paper's tables
+    results/{scale}/figures/{figure}.png                 the paper's figures
+    results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
+    results/downloads/                                   archives of the paper scale (any scale)
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dens.config import Registry
+
+RESULTS = PurePosixPath("results")
+DOWNLOADS = RESULTS / "downloads"
+METRICS_FILES = {
+    "evaluate": "metrics.json",
+    "relax": "relax/metrics.json",
+    "simulate": "simulate/metrics.json",
+}
+"""Metrics file of each stage that writes one, relative to the run directory."""
+
+
+def results_dir(scale: str) -> PurePosixPath:
+    return RESULTS / scale
+
+
+def data_dir(scale: str, dataset: str) -> PurePosixPath:
+    return results_dir(scale) / "data" / dataset
+
+
+def split_file(scale: str, dataset: str, split: str) -> PurePosixPath:
+    """One prepared split of a dataset (aselmdb)."""
+    return data_dir(scale, dataset) / f"{split}.aselmdb"
+
+
+def provenance_file(scale: str, dataset: str) -> PurePosixPath:
+    return data_dir(scale, dataset) / "provenance.json"
+
+
+def dataset_files(registry: Registry, dataset: str) -> list[PurePosixPath]:
+    """Every prepared split of ``dataset`` at the registry's scale, then its provenance record."""
+    scale = registry.scale_name
+    files = [split_file(scale, dataset, split) for split in registry.split_names(dataset)]
+    return files + [provenance_file(scale, dataset)]
+
+
+def experiment_split_files(registry: Registry, experiment: str, role: str) -> list[PurePosixPath]:
+    """The splits an experiment's dataset assigns to ``role`` (train, val, test, relax; see
+    config/datasets.yaml), as files at the registry's scale; [] if the dataset has no such role."""
+    dataset = registry.experiment(experiment)["dataset"]
+    return [
+        split_file(registry.scale_name, dataset, split) for split in registry.splits(dataset, role)
+    ]
+
+
+def run_dir(scale: str, experiment: str) -> PurePosixPath:
+    return results_dir(scale) / "runs" / experiment
+
+
+def checkpoint_file(scale: str, experiment: str, kind: str = "best") -> PurePosixPath:
+    return run_dir(scale, experiment) / "checkpoints" / f"{kind}.pt"
+
+
+def training_log(scale: str, experiment: str) -> PurePosixPath:
+    return run_dir(scale, experiment) / "log.csv"
+
+
+def metrics_file(scale: str, experiment: str, stage: str = "evaluate") -> PurePosixPath:
+    """metrics.json of a run's evaluation, relaxation or simulation."""
+    return run_dir(scale, experiment) / METRICS_FILES[stage]
+
+
+def tables_dir(scale: str) -> PurePosixPath:
+    return results_dir(scale) / "tables"
+
+
+def table_file(scale: str, table: str, ext: str) -> PurePosixPath:
+    return tables_dir(scale) / f"{table}.{ext}"
+
+
+def figure_file(scale: str, figure: str) -> PurePosixPath:
+    return results_dir(scale) / "figures" / f"{figure}.png"
+
+
+def job_log(scale: str, rule: str, name: str) -> PurePosixPath:
+    """Log of one job of ``rule`` (``name``: its wildcard, e.g. the experiment)."""
+    return results_dir(scale) / "logs" / rule / f"{name}.log"
+
+
+def job_benchmark(scale: str, rule: str, name: str) -> PurePosixPath:
+    return results_dir(scale) / "benchmarks" / rule / f"{name}.tsv"
