@@ -5,8 +5,8 @@ threads. Presets ``l2`` (paper Lmax=2 size) and ``shrunk`` (2 blocks, 32x0e+16x1
 without and with DeNS (force input on 25% of the atoms, noise prediction). Prints the median
 step time of each and the ratio DeNS / plain.
 
-Anchor (official Equiformer code, same kind of machine, DESIGN.md): 10-12 s per step at the
-paper size, 0.74 s for the shrunken configuration.
+Anchor (official Equiformer code run on the same kind of machine, benchmarks/README.md): 10-12 s
+per step at the paper size, 0.74 s for the shrunken configuration.
 
     python benchmarks/bench_equiformer_step.py [--steps 5] [--presets l2 shrunk]
 """
@@ -22,7 +22,8 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from torch_geometric.data import Batch, Data
 
-from dens.models.equiformer import Equiformer, equiformer_preset
+from dens.config import load_registry
+from dens.models.equiformer import Equiformer
 
 ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
 
@@ -104,7 +105,8 @@ def main() -> None:
     for preset in args.presets:
         times = {}
         for dens in (False, True):
-            model = Equiformer(**equiformer_preset(preset), dens=dens)
+            preset_kwargs = load_registry({"scale": "paper"}).preset("equiformer", preset)
+            model = Equiformer(**preset_kwargs, force_encoding=dens, noise_head=dens)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             times[dens], cpu = time_steps(model, batch, dens, args.steps)
             label = "dens " if dens else "plain"

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from dens import paths
 from dens.config import find_root, load_registry
 from dens.data.aselmdb import AseLmdbDataset
 from dens.evaluate import evaluate
-from dens.models import build_model
 from dens.train import train
 
 PAIR = ("equiformer-l2", "equiformer-l2-dens")
@@ -36,18 +36,20 @@ def run_once(
     resolved = registry.resolve(experiment)
     if epochs is not None:
         resolved["optim"]["epochs"] = epochs
-    data = registry.root / "results" / scale / "data" / resolved["dataset"]
+    (train_file,) = paths.experiment_split_files(registry, experiment, "train")
+    val_file = paths.experiment_split_files(registry, experiment, "val")[0]
+    test_files = paths.experiment_split_files(registry, experiment, "evaluate")
     run_dir = out / experiment / f"seed{seed}"
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         train(
             resolved,
-            AseLmdbDataset(data / "train.aselmdb"),
-            AseLmdbDataset(data / "val.aselmdb"),
+            AseLmdbDataset(registry.root / train_file),
+            AseLmdbDataset(registry.root / val_file),
             run_dir,
-            build_model,
         )
-        evaluate(run_dir, AseLmdbDataset(data / "test.aselmdb"), build_model)
+        splits = {f.stem: AseLmdbDataset(registry.root / f) for f in test_files}
+        evaluate(run_dir, splits)
     return json.loads(metrics_path.read_text())
 
 

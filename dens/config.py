@@ -251,6 +251,13 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     datasets_doc = read_yaml(config_dir / "datasets.yaml")
     validate(datasets_doc, "datasets", "config/datasets.yaml", root)
     datasets = datasets_doc["datasets"]
+    for name, info in datasets.items():
+        role = info.get("evaluate", "test")
+        if role not in info["splits"]:
+            raise ConfigError(
+                f"config/datasets.yaml: datasets.{name}.evaluate: {role!r}: the dataset has no "
+                f"{role} splits (roles: {', '.join(info['splits'])})"
+            )
 
     experiments: dict[str, dict[str, Any]] = {}
     files = [config_dir / "experiments.yaml"] + [Path(p) for p in options["extra_experiments"]]

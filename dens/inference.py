@@ -3,8 +3,8 @@
 Evaluation, the ASE calculator, relaxations, simulations and checkpoint import all go through
 this module. A run's checkpoint (dens.checkpoint) holds the resolved experiment, the inference
 weights (best.pt: the EMA weights of the best-validation epoch when EMA is on) and the label
-normalisation (dens.normalization). Predictions use no noise and no force input (DESIGN.md
-checklist item 7), and energies are de-normalised in float64.
+normalisation (dens.normalization). Predictions use no noise and no force input (DeNS is a
+training-time auxiliary task, paper Sec. 3.2), and energies are de-normalised in float64.
 """
 
 from __future__ import annotations

@@ -151,17 +151,27 @@ def build_rows(registry: Registry, name: str) -> tuple[list[str], list[list[str]
 
 
 def _settings_rows(registry: Registry, table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Configured value beside the paper's per hyper-parameter and column, and a last column
+    with where the configured paper-scale values come from (the experiments' ``value_sources``,
+    the column name written as <column>)."""
     header = ["hyper-parameter"]
     for column in table["columns"]:
         header += [f"{column['name']} ours ({registry.scale_name})", f"{column['name']} paper"]
+    header.append("source of the paper-scale value")
     resolved = [registry.resolve(column["experiment"]) for column in table["columns"]]
     body = []
     for row in table["rows"]:
         cells = [row["label"]]
-        for index, run in enumerate(resolved):
+        sources: list[str] = []
+        for index, (column, run) in enumerate(zip(table["columns"], resolved, strict=True)):
             theirs = row["paper"][index] if index < len(row["paper"]) else None
             cells += [format_value(_lookup(run, row["key"])), format_value(theirs)]
-        body.append(cells)
+            value_sources = registry.experiment(column["experiment"]).get("value_sources", {})
+            if row["key"] in value_sources:
+                source = value_sources[row["key"]].replace(column["name"], "<column>")
+                if source not in sources:
+                    sources.append(source)
+        body.append(cells + ["; ".join(sources) or MISSING])
     return header, body
 
 

@@ -44,3 +44,44 @@ def test_oc_data_preparation_says_what_is_missing(
     code = main(["data", "prepare", "oc22", "--scale", "smoke", "--out-dir", str(tmp_path)])
     assert code == 2 and "OC22" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_params_of_the_no_force_encoding_ablation_counts_no_encoding_weights(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Table 6: the ablation keeps the noise head (and the wider last block) but has no
+    force-encoding weights: 352 (L2: 224 weights + 128 bias in the official code) fewer
+    parameters with the bias, 224 without, than the DeNS model."""
+    counts = {}
+    for name in ("equiformer-l2", "equiformer-l2-dens", "equiformer-l2-dens-no-force-encoding"):
+        assert main(["params", f"md17-aspirin/{name}"]) == 0
+        counts[name] = int(capsys.readouterr().out.split("\t")[0])
+    encoding = counts["equiformer-l2-dens"] - counts["equiformer-l2-dens-no-force-encoding"]
+    assert encoding == 224  # SO3Linear (1, 1, 1) -> (128, 64, 32), no bias
+    assert counts["equiformer-l2-dens-no-force-encoding"] > counts["equiformer-l2"]
+
+
+def test_unknown_archive_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["data", "download", "oc20_s2ef_2m", "--out", str(tmp_path / "x.tar")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "unknown archive 'oc20_s2ef_2m'" in err and "config/archives.yaml" in err
+
+
+def test_pending_stage_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["relax", "oc22/eqv2-dens-127m", "--scale", "smoke", "--run-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "IS2RE relaxation" in err
+
+
+def test_python_dash_m_dens_is_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "dens", "params", "md17-aspirin/equiformer-l2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.startswith("3496001\t")

@@ -1,6 +1,6 @@
 """Download, verify and extract the paper-scale dataset archives (config/archives.yaml).
 
-Data flow (DESIGN.md): download -> verify (checksum) -> extract -> LMDB. This module covers the
+Data flow (README.md): download -> verify (checksum) -> extract -> LMDB. This module covers the
 first three steps and nothing else: it never executes, imports or unpickles anything it fetched.
 It is a library: the command line is ``dens data download NAME --out FILE`` and
 ``dens data extract NAME --archive-path FILE --out DIR`` (dens/cli.py), which Snakemake's data

@@ -1,0 +1,52 @@
+"""dens.paths: the only place that turns scale, experiment and split into a path."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path, PurePosixPath
+
+from dens import paths
+from dens.config import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_layout() -> None:
+    assert paths.split_file("mini", "md17-aspirin", "train") == PurePosixPath(
+        "results/mini/data/md17-aspirin/train.aselmdb"
+    )
+    assert paths.metrics_file("paper", "oc22/eqv2-127m", "relax") == PurePosixPath(
+        "results/paper/runs/oc22/eqv2-127m/relax/metrics.json"
+    )
+    assert str(paths.run_dir("smoke", "{experiment}")) == "results/smoke/runs/{experiment}"
+    assert paths.checkpoint_file("mini", "a/b").name == "best.pt"
+
+
+def test_split_roles_of_experiments() -> None:
+    registry = load_registry({"scale": "mini"})
+    md17 = "md17-aspirin/equiformer-l2"
+    assert [p.name for p in paths.experiment_split_files(registry, md17, "evaluate")] == [
+        "test.aselmdb"
+    ]
+    oc20 = "oc20-2m/eqv2-e12"
+    assert len(paths.experiment_split_files(registry, oc20, "evaluate")) == 4
+    files = paths.dataset_files(registry, "oc22")
+    assert files[-1].name == "provenance.json" and len(files) == 8
+
+
+def test_no_other_module_spells_out_results_paths() -> None:
+    """The package and the rules get paths from dens.paths: no "results" string literal in
+    dens/ outside it, no results/ path in a rule (comments aside)."""
+    offenders = []
+    for path in REPO.glob("dens/**/*.py"):
+        if path.name == "paths.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == "results":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    for path in REPO.glob("workflow/rules/*.smk"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if "results" in code or "/runs/" in code or "/data/" in code:
+                offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert offenders == []
