@@ -175,3 +175,17 @@ def test_dataset_split_roles() -> None:
     assert registry.splits("oc20-2m", "relax") == []
     assert registry.splits("oc22", "relax") == ["is2re_test_id", "is2re_test_ood"]
     assert registry.split_names("oc20-all-md")[-2:] == ["s2ef_test", "is2re_test"]
+
+
+def test_readme_experiment_example_is_a_valid_extra_experiment(tmp_path) -> None:
+    """The YAML block of README.md's "Add your own experiment" validates and resolves."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Add your own experiment") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```\n", 8)]
+    path = tmp_path / "my_experiments.yaml"
+    path.write_text(block)
+    registry = load_registry({"scale": "mini", "extra_experiments": [str(path)]})
+    resolved = registry.resolve("md17-aspirin/equiformer-l2-dens-sigma0.1")
+    assert resolved["dens"]["sigma"] == 0.1

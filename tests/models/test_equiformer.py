@@ -18,7 +18,6 @@ from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer import Equiformer
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
 from dens.models.equiformer.network import ForceEncoding
-from dens.models.graph import radius_graph
 
 SMALL_L2 = dict(
     irreps_node_embedding="8x0e+4x1e+2x2e",
@@ -239,18 +238,6 @@ def test_radial_basis_is_finite_and_vanishes_at_cutoff(basis_type: str) -> None:
     if basis_type != "gaussian":  # the Gaussian basis has no cutoff function (official)
         assert phi[-1].abs().max() < 1e-6
         assert phi[0].abs().max() > 1e-2
-
-
-def test_radius_graph_matches_brute_force() -> None:
-    batch = make_batch((7, 1, 9), box=6.0)
-    src, dst = radius_graph(batch.pos, batch.batch, batch.natoms, 5.0)
-    dist = torch.cdist(batch.pos, batch.pos)
-    same = batch.batch[:, None] == batch.batch[None, :]
-    expected = (dist < 5.0) & same & ~torch.eye(batch.num_nodes, dtype=torch.bool)
-    got = torch.zeros_like(expected)
-    got[dst, src] = True
-    assert torch.equal(got, expected)
-    assert src.shape[0] == int(expected.sum())
 
 
 def test_force_encoding_zero_rows_and_gradients() -> None:
