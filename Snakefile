@@ -1,7 +1,7 @@
 """DeNS reproduction pipeline (Liao, Smidt, Shuaibi, Das; TMLR 2024).
 
 Targets: all (default: all_tables), all_tables, table1 .. table10, figures, and one target per
-run: results/{scale}/runs/{experiment}/metrics.json. The scale comes from the profile or
+run: results/{scale}/runs/{experiment}/seed{seed}/metrics.json. The scale comes from the profile or
 `--config scale=NAME`; every path carries it. See README.md.
 """
 
@@ -24,6 +24,7 @@ SCALE = REGISTRY.scale_name
 
 wildcard_constraints:
     experiment=r"[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*",
+    seed=r"\d+",
     dataset=r"[a-z0-9][a-z0-9_.-]*",
     archive=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 

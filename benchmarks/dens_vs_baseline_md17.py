@@ -32,8 +32,8 @@ PAIR = ("equiformer-l2", "equiformer-l2-dens")
 def run_once(
     scale: str, experiment: str, seed: int, out: Path, epochs: int | None
 ) -> dict[str, float]:
-    registry = load_registry({"scale": scale, "seed": seed})
-    resolved = registry.resolve(experiment)
+    registry = load_registry({"scale": scale})
+    resolved = registry.resolve(experiment, seed)
     if epochs is not None:
         resolved["optim"]["epochs"] = epochs
     (train_file,) = paths.experiment_split_files(registry, experiment, "train")

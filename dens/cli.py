@@ -5,8 +5,8 @@
     dens data download NAME --out FILE                 download and verify one archive
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
-    dens train EXPERIMENT --scale S --train FILE --val FILE --run-dir DIR
-    dens evaluate EXPERIMENT --scale S --run-dir DIR SPLIT_FILE...
+    dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
+    dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens relax|simulate EXPERIMENT --scale S --run-dir DIR
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
@@ -29,8 +29,8 @@ from dens.errors import DensError, NotAvailableError
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
     options: dict[str, Any] = {"scale": scale or args.scale}
-    if getattr(args, "seed", None) is not None:
-        options["seed"] = args.seed
+    if getattr(args, "data_seed", None) is not None:
+        options["data_seed"] = args.data_seed
     if getattr(args, "extra_experiments", None):
         options["extra_experiments"] = args.extra_experiments
     return load_registry(options)
@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
     from dens.train import train
 
-    experiment = registry_from(args).resolve(args.experiment)
+    experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
     result = train(
         experiment,
@@ -159,7 +159,9 @@ def _add_config_options(parser: argparse.ArgumentParser, scale_default: str | No
         required=scale_default is None,
         help="paper, mini or smoke (config/scales/)",
     )
-    parser.add_argument("--seed", type=int, help="seed of the run (default: config/config.yaml)")
+    parser.add_argument(
+        "--data-seed", type=int, help="seed of generated data (default: the scale's)"
+    )
     parser.add_argument(
         "--extra-experiments", action="append", default=[], help="extra experiment file(s)"
     )
@@ -167,6 +169,9 @@ def _add_config_options(parser: argparse.ArgumentParser, scale_default: str | No
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed of the run (its directory: seed<S>)"
+    )
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

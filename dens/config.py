@@ -2,7 +2,7 @@
 
 Files (all under the repository's ``config/``, schemas under ``workflow/schemas/``):
 
-- ``config.yaml``: pipeline options (scale, seed, ...), overridable with ``--config``.
+- ``config.yaml``: pipeline options (scale, seeds, data_seed, ...), overridable with ``--config``.
 - ``experiments.yaml``: every training run of the paper at the published setting.
 - ``scales/<scale>.yaml``: what a scale overrides (data, model preset, epochs, batch size).
 - ``datasets.yaml``, ``models.yaml`` (size presets per model family), ``tables.yaml``.
@@ -135,10 +135,14 @@ class Registry:
     def data_settings(self, dataset: str) -> dict[str, Any]:
         """How this scale obtains ``dataset``: source (download/generate) and generator sizes."""
         info = self.dataset(dataset)
-        return {**info, "name": dataset, **self.scale["data"][info["family"]]}
+        settings = {**info, "name": dataset, **self.scale["data"][info["family"]]}
+        if self.options["data_seed"] is not None and "seed" in settings:
+            settings["seed"] = self.options["data_seed"]
+        return settings
 
-    def resolve(self, name: str, scale_name: str | None = None) -> dict[str, Any]:
-        """The experiment at this registry's scale: what a training job needs, as plain data.
+    def resolve(self, name: str, seed: int | None = None) -> dict[str, Any]:
+        """The experiment at this registry's scale and training ``seed`` (default: the first of
+        the configured seeds): what a training job needs, as plain data.
 
         Model hyper-parameters = the family's preset (the scale may map it to a smaller one) + the
         scale's and the experiment's overrides + the Table 5 switches + the two DeNS modules,
@@ -164,8 +168,8 @@ class Registry:
         }
         return {
             "name": name,
-            "scale": scale_name or self.scale_name,
-            "seed": self.options["seed"],
+            "scale": self.scale_name,
+            "seed": self.options["seeds"][0] if seed is None else int(seed),
             "dataset": experiment["dataset"],
             "dataset_family": family,
             "model": {
@@ -227,14 +231,18 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     root = find_root() if root is None else root
     config_dir = root / "config"
     defaults = read_yaml(config_dir / "config.yaml")
-    # --config passes strings: read them as YAML scalars ("true", "3", "[a.yaml]").
-    options = {
-        **defaults,
-        **{
-            key: yaml.safe_load(value) if isinstance(value, str) and key != "scale" else value
-            for key, value in options.items()
-        },
-    }
+    # --config passes strings, or lists of strings: read them as YAML ("true", "3", "[0, 1]").
+    def parsed(key: str, value: Any) -> Any:
+        if isinstance(value, list):
+            return [parsed(key, item) for item in value]
+        return yaml.safe_load(value) if isinstance(value, str) and key != "scale" else value
+
+    options = {**defaults, **{key: parsed(key, value) for key, value in options.items()}}
+    if "seed" in options:
+        raise ConfigError(
+            f"config: seed: {options['seed']!r}: the option is now seeds, a list of training seeds "
+            "(--config 'seeds=[0,1,2]'); the seed of generated data is data_seed"
+        )
     validate(options, "config", "config (config/config.yaml + --config)", root)
 
     scales = sorted(p.stem for p in (config_dir / "scales").glob("*.yaml"))

@@ -1,11 +1,12 @@
 """Evaluation of a trained run: energy and force MAE on held-out splits, written to metrics.json.
 
 The run is loaded through dens.inference: the best-validation weights (EMA weights when EMA is
-on) from run_dir/checkpoints/best.pt, no noise and no force input (DeNS is training only, paper Sec. 3.2),
-de-normalised with the training statistics stored in the checkpoint. The splits are the ones
-the dataset's ``evaluate`` role names (config/datasets.yaml): MD17's test split, OC20 S2EF-2M's
-four validation splits. With several splits the top-level MAEs are the mean over splits (each
-split weighted equally, as OC20 reports them) and ``splits`` holds each split's own.
+on) from run_dir/checkpoints/best.pt, no noise and no force input (DeNS is training only,
+paper Sec. 3.2), de-normalised with the training statistics stored in the checkpoint. The
+splits are the ones the dataset's ``evaluate`` role names (config/datasets.yaml): MD17's test
+split, OC20 S2EF-2M's four validation splits. With several splits the top-level MAEs are the
+mean over splits (each split weighted equally, as OC20 reports them) and ``splits`` holds each
+split's own.
 
 Metrics (the MD17/OC20 conventions, Section 4):
     energy MAE (meV)       mean over structures of |E_hat - E|, total energies

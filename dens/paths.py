@@ -7,7 +7,7 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
 
     results/{scale}/data/{dataset}/{split}.aselmdb       prepared splits (dens.data)
     results/{scale}/data/{dataset}/provenance.json       how they were made; written last
-    results/{scale}/runs/{experiment}/                   one training run
+    results/{scale}/runs/{experiment}/seed{seed}/        one training run (one seed)
         checkpoints/best.pt, checkpoints/last.pt, log.csv
         metrics.json, relax/metrics.json, simulate/metrics.json
     results/{scale}/tables/{table}.csv|.tex               the paper's tables
@@ -67,21 +67,26 @@ def experiment_split_files(registry: Registry, experiment: str, role: str) -> li
     ]
 
 
-def run_dir(scale: str, experiment: str) -> PurePosixPath:
-    return results_dir(scale) / "runs" / experiment
+def run_dir(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
+    """One training run: an experiment at a scale with one training seed."""
+    return results_dir(scale) / "runs" / experiment / f"seed{seed}"
 
 
-def checkpoint_file(scale: str, experiment: str, kind: str = "best") -> PurePosixPath:
-    return run_dir(scale, experiment) / "checkpoints" / f"{kind}.pt"
+def checkpoint_file(
+    scale: str, experiment: str, seed: int | str, kind: str = "best"
+) -> PurePosixPath:
+    return run_dir(scale, experiment, seed) / "checkpoints" / f"{kind}.pt"
 
 
-def training_log(scale: str, experiment: str) -> PurePosixPath:
-    return run_dir(scale, experiment) / "log.csv"
+def training_log(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
+    return run_dir(scale, experiment, seed) / "log.csv"
 
 
-def metrics_file(scale: str, experiment: str, stage: str = "evaluate") -> PurePosixPath:
+def metrics_file(
+    scale: str, experiment: str, seed: int | str, stage: str = "evaluate"
+) -> PurePosixPath:
     """metrics.json of a run's evaluation, relaxation or simulation."""
-    return run_dir(scale, experiment) / METRICS_FILES[stage]
+    return run_dir(scale, experiment, seed) / METRICS_FILES[stage]
 
 
 def tables_dir(scale: str) -> PurePosixPath:

@@ -27,19 +27,27 @@ class MetricsError(DensError, ValueError):
 
 
 def read_metric(registry: Registry, experiment: str, column: dict[str, Any]) -> Any:
-    """One metric of one run, from the metrics file its column's source names."""
-    path = registry.root / paths.metrics_file(
-        registry.scale_name, experiment, column.get("source", "evaluate")
-    )
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise MetricsError(f"{path}: metrics file missing (run the experiment first)") from error
-    except json.JSONDecodeError as error:
-        raise MetricsError(f"{path}: not valid JSON: {error}") from error
-    if column["metric"] not in metrics:
-        raise MetricsError(f"{path}: no metric {column['metric']!r} (has: {', '.join(metrics)})")
-    return metrics[column["metric"]]
+    """One metric of one experiment: the mean over the configured training seeds, each read
+    from the metrics file its column's source names."""
+    values = []
+    for seed in registry.options["seeds"]:
+        path = registry.root / paths.metrics_file(
+            registry.scale_name, experiment, seed, column.get("source", "evaluate")
+        )
+        try:
+            metrics = json.loads(path.read_text())
+        except FileNotFoundError as error:
+            raise MetricsError(
+                f"{path}: metrics file missing (run the experiment first)"
+            ) from error
+        except json.JSONDecodeError as error:
+            raise MetricsError(f"{path}: not valid JSON: {error}") from error
+        if column["metric"] not in metrics:
+            raise MetricsError(
+                f"{path}: no metric {column['metric']!r} (has: {', '.join(metrics)})"
+            )
+        values.append(metrics[column["metric"]])
+    return values[0] if len(values) == 1 else _mean(values)
 
 
 def format_value(value: Any, metric: str = "") -> str:

@@ -15,11 +15,14 @@ def test_layout() -> None:
     assert paths.split_file("mini", "md17-aspirin", "train") == PurePosixPath(
         "results/mini/data/md17-aspirin/train.aselmdb"
     )
-    assert paths.metrics_file("paper", "oc22/eqv2-127m", "relax") == PurePosixPath(
-        "results/paper/runs/oc22/eqv2-127m/relax/metrics.json"
+    assert paths.metrics_file("paper", "oc22/eqv2-127m", 2, "relax") == PurePosixPath(
+        "results/paper/runs/oc22/eqv2-127m/seed2/relax/metrics.json"
     )
-    assert str(paths.run_dir("smoke", "{experiment}")) == "results/smoke/runs/{experiment}"
-    assert paths.checkpoint_file("mini", "a/b").name == "best.pt"
+    assert (
+        str(paths.run_dir("smoke", "{experiment}", "{seed}"))
+        == "results/smoke/runs/{experiment}/seed{seed}"
+    )
+    assert paths.checkpoint_file("mini", "a/b", 0).name == "best.pt"
 
 
 def test_split_roles_of_experiments() -> None:

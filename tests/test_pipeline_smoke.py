@@ -65,15 +65,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_every_md17_run_wrote_metrics_and_logs(smoke_run: Path) -> None:
     runs = smoke_run / "results" / "smoke" / "runs"
-    metrics = sorted(runs.glob("md17-*/*/metrics.json"))
+    metrics = sorted(runs.glob("md17-*/*/seed0/metrics.json"))
     assert len(metrics) == 8 * 11
     for path in metrics:
         values = json.loads(path.read_text())
         assert values["scale"] == "smoke" and values["n_test"] > 0
         assert values["forces_mae_meV_per_A"] > 0 and values["num_parameters"] > 0
         experiment = values["experiment"]
-        assert (smoke_run / "results/smoke/logs/train" / f"{experiment}.log").is_file()
-        assert (runs / experiment / "log.csv").is_file()
+        assert (smoke_run / "results/smoke/logs/train" / f"{experiment}/seed0.log").is_file()
+        assert (runs / experiment / "seed0" / "log.csv").is_file()
 
 
 def test_tables_hold_the_measured_numbers(smoke_run: Path) -> None:
@@ -82,7 +82,8 @@ def test_tables_hold_the_measured_numbers(smoke_run: Path) -> None:
     for molecule in MOLECULES:
         metrics = json.loads(
             (
-                smoke_run / f"results/smoke/runs/md17-{molecule}/equiformer-l2-dens/metrics.json"
+                smoke_run
+                / f"results/smoke/runs/md17-{molecule}/equiformer-l2-dens/seed0/metrics.json"
             ).read_text()
         )
         cell = rows["Equiformer (Lmax=2) + DeNS"][f"{molecule} forces ours"]

@@ -13,7 +13,7 @@ from dens.tables import MetricsError, write_table
 
 
 def write_metrics(root: Path, experiment: str, **metrics: float) -> None:
-    path = root / "results" / "smoke" / "runs" / experiment / "metrics.json"
+    path = root / "results" / "smoke" / "runs" / experiment / "seed0" / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
 
@@ -60,7 +60,7 @@ def test_ablation_tables_show_check_marks(pipeline_copy: Path) -> None:
 def test_a_missing_metrics_file_or_metric_is_named(pipeline_copy: Path) -> None:
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     with pytest.raises(
-        MetricsError, match=r"md17-aspirin/equiformer-l2/metrics.json: metrics file"
+        MetricsError, match=r"md17-aspirin/equiformer-l2/seed0/metrics.json: metrics file"
     ):
         write_table(registry, "table5", pipeline_copy / "out")
     for experiment in registry.table_inputs("table5")["evaluate"]:

@@ -51,7 +51,9 @@ def test_cited_baselines_are_added_by_a_config_switch() -> None:
 
 
 def test_one_ablation_is_a_target_of_its_own() -> None:
-    target = "results/mini/runs/md17-aspirin/equiformer-l2-dens-no-force-encoding/metrics.json"
+    target = (
+        "results/mini/runs/md17-aspirin/equiformer-l2-dens-no-force-encoding/seed0/metrics.json"
+    )
     result = snakemake("--profile", "profiles/local", "--forceall", target)  # outputs may exist
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout) == {"prepare_md17": 1, "train": 1, "evaluate": 1, "total": 3}
@@ -62,10 +64,11 @@ def test_one_ablation_is_a_target_of_its_own() -> None:
     [
         (["--config", "scale=huge"], "unknown scale 'huge'"),
         (
-            ["results/mini/runs/md17-aspirin/equiformer-l9/metrics.json"],
+            ["results/mini/runs/md17-aspirin/equiformer-l9/seed0/metrics.json"],
             "md17-aspirin/equiformer-l9",
         ),
-        (["--config", "seed=-1"], "seed: -1"),
+        (["--config", "seeds=[-1]"], "seeds.0: -1"),
+        (["--config", "seed=1"], "the option is now seeds"),
     ],
 )
 def test_bad_input_stops_the_dag_with_a_named_error(args: list[str], message: str) -> None:

@@ -28,7 +28,7 @@ from .slurm_cluster import SlurmCluster
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = Path("profiles/slurm/config.yaml")
 RUN = "md17-ethanol/equiformer-l2-dens"
-TARGET = Path(f"results/smoke/runs/{RUN}/metrics.json")
+TARGET = Path(f"results/smoke/runs/{RUN}/seed0/metrics.json")
 DATA = Path("results/smoke/data/md17-ethanol/train.aselmdb")
 # Top-level entries of the working tree that are outputs or environments, never sources.
 NOT_COPIED = {".git", ".venv", ".snakemake", "results"}
@@ -205,7 +205,7 @@ def test_slurm_profile_trains_and_evaluates_a_smoke_run(
     metrics = json.loads((workdir / TARGET).read_text())
     assert metrics["experiment"] == RUN and metrics["scale"] == "smoke", metrics
     assert metrics["n_test"] > 0 and metrics["forces_mae_meV_per_A"] > 0, metrics
-    assert (workdir / f"results/smoke/runs/{RUN}/checkpoints/best.pt").is_file()
+    assert (workdir / f"results/smoke/runs/{RUN}/seed0/checkpoints/best.pt").is_file()
     data = workdir / DATA
     assert data.is_file() and data.stat().st_size > 0, f"{DATA} missing or empty\n{report}"
     db = ase.db.connect(data, type="aselmdb", readonly=True)

@@ -16,8 +16,8 @@ GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil
 ENV = "../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
 
 
-def run_dir(experiment):
-    return str(paths.run_dir(SCALE, experiment))
+def run_dir(experiment, seed):
+    return str(paths.run_dir(SCALE, experiment, seed))
 
 
 def split_files(role):
@@ -28,13 +28,17 @@ def split_files(role):
 
 
 def resolved_settings(wildcards):
-    """The experiment at this scale as canonical JSON: a change re-runs the job (params trigger)."""
-    return json.dumps(REGISTRY.resolve(wildcards.experiment), sort_keys=True)
+    """The experiment at this scale and seed as canonical JSON: a change re-runs the job (params
+    trigger)."""
+    return json.dumps(REGISTRY.resolve(wildcards.experiment, wildcards.seed), sort_keys=True)
 
 
 def cli_options():
-    """Options every `dens` job gets so it resolves the same configuration as the DAG."""
-    options = f"--scale {SCALE} --seed {REGISTRY.options['seed']}"
+    """Options every `dens` job gets so it resolves the same configuration as the DAG (a run's
+    training seed comes from its path: --seed {wildcards.seed})."""
+    options = f"--scale {SCALE}"
+    if REGISTRY.options["data_seed"] is not None:
+        options += f" --data-seed {REGISTRY.options['data_seed']}"
     for path in REGISTRY.options["extra_experiments"]:
         options += f" --extra-experiments {path}"
     return options
@@ -88,9 +92,10 @@ def dataset_threads(wildcards):
 # Tables (tables.smk).
 def table_metrics(wildcards):
     return [
-        str(paths.metrics_file(SCALE, experiment, source))
+        str(paths.metrics_file(SCALE, experiment, seed, source))
         for source, experiments in REGISTRY.table_inputs(wildcards.table).items()
         for experiment in experiments
+        for seed in REGISTRY.options["seeds"]
     ]
 
 
@@ -99,7 +104,8 @@ def table_settings(wildcards):
     table = REGISTRY.table(wildcards.table)
     if table["kind"] != "settings":
         return ""
-    return json.dumps([REGISTRY.resolve(c["experiment"]) for c in table["columns"]], sort_keys=True)
+    columns = [REGISTRY.resolve(column["experiment"]) for column in table["columns"]]
+    return json.dumps(columns, sort_keys=True)
 
 
 # Figures (figures.smk): each figure's structures come from its datasets' training splits.

@@ -6,17 +6,17 @@
 rule evaluate:
     input:
         splits=split_files("evaluate"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}")),
-        log_csv=str(paths.training_log(SCALE, "{experiment}")),
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+        log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
     output:
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "evaluate")),
+        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate")),
     params:
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment),
+        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
     log:
-        str(paths.job_log(SCALE, "evaluate", "{experiment}")),
+        str(paths.job_log(SCALE, "evaluate", "{experiment}/seed{seed}")),
     benchmark:
-        str(paths.job_benchmark(SCALE, "evaluate", "{experiment}"))
+        str(paths.job_benchmark(SCALE, "evaluate", "{experiment}/seed{seed}"))
     conda:
         ENV
     threads: 1
@@ -25,5 +25,5 @@ rule evaluate:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 12 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "python -m dens evaluate {wildcards.experiment:q} {params.options} --threads {threads} "
+        "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
         "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"

@@ -5,16 +5,16 @@
 rule simulate:
     input:
         splits=split_files("test"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}")),
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
     output:
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "simulate")),
+        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "simulate")),
     params:
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment),
+        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
     log:
-        str(paths.job_log(SCALE, "simulate", "{experiment}")),
+        str(paths.job_log(SCALE, "simulate", "{experiment}/seed{seed}")),
     benchmark:
-        str(paths.job_benchmark(SCALE, "simulate", "{experiment}"))
+        str(paths.job_benchmark(SCALE, "simulate", "{experiment}/seed{seed}"))
     conda:
         ENV
     threads: 1
@@ -23,5 +23,5 @@ rule simulate:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "python -m dens simulate {wildcards.experiment:q} {params.options} --threads {threads} "
+        "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
         "--run-dir {params.run_dir:q} > {log:q} 2>&1"

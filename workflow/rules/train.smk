@@ -8,16 +8,16 @@ rule train:
         train=split_files("train"),
         val=lambda wildcards: split_files("val")(wildcards)[:1],
     output:
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}")),
-        log_csv=str(paths.training_log(SCALE, "{experiment}")),
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+        log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
     params:
         settings=resolved_settings,
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment),
+        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
     log:
-        str(paths.job_log(SCALE, "train", "{experiment}")),
+        str(paths.job_log(SCALE, "train", "{experiment}/seed{seed}")),
     benchmark:
-        str(paths.job_benchmark(SCALE, "train", "{experiment}"))
+        str(paths.job_benchmark(SCALE, "train", "{experiment}/seed{seed}"))
     conda:
         ENV
     threads: 1 if not REGISTRY.scale["gpus"] else 8
@@ -29,5 +29,5 @@ rule train:
         gres=train_resource("gres"),
         runtime=train_resource("runtime"),
     shell:
-        "python -m dens train {wildcards.experiment:q} {params.options} --threads {threads} "
+        "python -m dens train {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
         "--train {input.train:q} --val {input.val:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"
