@@ -231,6 +231,7 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     root = find_root() if root is None else root
     config_dir = root / "config"
     defaults = read_yaml(config_dir / "config.yaml")
+
     # --config passes strings, or lists of strings: read them as YAML ("true", "3", "[0, 1]").
     def parsed(key: str, value: Any) -> Any:
         if isinstance(value, list):

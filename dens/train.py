@@ -41,9 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
+import hashlib
+import importlib.metadata
 import math
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -100,11 +105,19 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainingPreempted(SystemExit):
     """SIGTERM arrived: last.pt was saved and the process should exit with
-    PREEMPTED_EXIT_CODE (uncaught, this SystemExit does exactly that)."""
+    PREEMPTED_EXIT_CODE (uncaught, this SystemExit does exactly that). The log says where the
+    run stopped and that a rerun resumes there."""
 
-    def __init__(self, checkpoint: Path) -> None:
+    def __init__(self, checkpoint: Path, progress: Progress) -> None:
         super().__init__(PREEMPTED_EXIT_CODE)
         self.checkpoint = checkpoint
+        print(
+            f"stopped by SIGTERM after epoch {progress.epoch} + {progress.batch_in_epoch} "
+            f"batches (step {progress.step}); saved {checkpoint}; rerunning the job resumes "
+            "there",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -374,32 +387,87 @@ def build_trainee(
     return Trainee(model, ema, build_optimizer(model, optim), generator)
 
 
+def started_with(
+    experiment: Mapping[str, Any], train_set: Sequence[Data], val_set: Sequence[Data]
+) -> dict[str, Any]:
+    """What a run was started with, saved in last.pt: a run resumes only if this is unchanged.
+
+    The resolved experiment, the code version that matters (dens and the checkpoint format),
+    and per dataset its number of structures and, for files, their size and the SHA-256 of the
+    provenance.json written beside them (a regenerated dataset has a new one; a touched file
+    keeps it). The training seed is part of the experiment."""
+    return {
+        "experiment": dict(experiment),
+        "code": {"dens": _dens_version(), "checkpoint_format": FORMAT_VERSION},
+        "train_set": _dataset_fingerprint(train_set),
+        "val_set": _dataset_fingerprint(val_set),
+    }
+
+
+def _dens_version() -> str:
+    try:
+        return importlib.metadata.version("dens")
+    except importlib.metadata.PackageNotFoundError:
+        return "source"
+
+
+def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
+    fingerprint: dict[str, Any] = {"structures": len(dataset)}
+    path = getattr(dataset, "path", None)
+    if path is not None:
+        path = Path(path)
+        fingerprint["file"] = path.name
+        fingerprint["bytes"] = path.stat().st_size
+        provenance = path.with_name("provenance.json")
+        if provenance.is_file():
+            fingerprint["provenance_sha256"] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+    return fingerprint
+
+
+def move_aside(run_dir: Path, reason: str) -> Path:
+    """Move a run directory whose last.pt no longer matches aside (never delete a run):
+    <run>.previous-<UTC time>/, with the reason in <that>/MOVED_ASIDE.txt."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}")
+    run_dir.rename(target)
+    (target / "MOVED_ASIDE.txt").write_text(f"moved aside from {run_dir}: {reason}\n")
+    return target
+
+
 def start_or_resume(
-    last_path: Path,
-    experiment: Mapping[str, Any],
+    run_dir: Path,
+    start: Mapping[str, Any],
     train_set: Sequence[Data],
     trainee: Trainee,
     device: torch.device,
 ) -> Progress:
-    """Resume from last.pt when it exists (refused if the experiment or the training set size
-    differ), else fit the normaliser and start at step 0."""
-    if not last_path.is_file():
+    """Resume from run_dir/checkpoints/last.pt when it was started with the same ``start``
+    (``started_with``); otherwise move the old run aside (``move_aside``) and start afresh:
+    fit the normaliser, step 0. Says which in the log (stderr)."""
+    last_path = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last_path) if last_path.is_file() else None
+    if state is not None:
+        changed = _differences(state.get("started_with"), dict(start), "run")
+        if state["best"]["epoch"] > 0 and not (last_path.parent / BEST_EPOCH_FILE).is_file():
+            changed.append(f"{BEST_EPOCH_FILE} is missing")
+        if changed:
+            moved = move_aside(run_dir, "; ".join(changed))
+            print(
+                f"{last_path} was started with something else ({'; '.join(changed)}): "
+                f"moved the previous run to {moved} and starting afresh",
+                file=sys.stderr,
+            )
+            state = None
+    if state is None:
+        experiment = start["experiment"]
         reference = experiment["optim"].get("energy_reference", "mean")
         return Progress(fit_normalizer(train_set, reference, int(experiment["seed"])))
-    state = load_checkpoint(last_path)
-    changed = _differences(state["experiment"], experiment)
-    changed += _differences(state["train_size"], len(train_set), "training set size")
-    if changed:
-        raise ValueError(
-            f"{last_path} was trained with another experiment ({'; '.join(changed)}); "
-            "delete the run directory to start over"
-        )
     trainee.model.load_state_dict(state["model"])
     if trainee.ema is not None:
         trainee.ema.load_state_dict(state["ema"])
     trainee.optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"], trainee.generator, device)
-    return Progress(
+    progress = Progress(
         normalizer=Normalizer.from_dict(state["normalizer"]),
         epoch=state["epoch"],
         batch_in_epoch=state["batch_in_epoch"],
@@ -409,10 +477,16 @@ def start_or_resume(
         history=state["history"],
         timing=state["timing"],
     )
+    print(
+        f"resuming {last_path}: {progress.epoch} epochs and {progress.batch_in_epoch} batches "
+        "done, same experiment, data and code",
+        file=sys.stderr,
+    )
+    return progress
 
 
 def last_checkpoint(
-    experiment: Mapping[str, Any],
+    start: Mapping[str, Any],
     progress: Progress,
     trainee: Trainee,
     train_size: int,
@@ -422,7 +496,8 @@ def last_checkpoint(
     return {
         "format_version": FORMAT_VERSION,
         "kind": "last",
-        "experiment": dict(experiment),
+        "experiment": dict(start["experiment"]),
+        "started_with": dict(start),
         "epoch": progress.epoch,
         "batch_in_epoch": progress.batch_in_epoch,
         "step": progress.step,
@@ -584,6 +659,58 @@ def end_epoch(
     return True
 
 
+BEST_EPOCH_FILE = "best-epoch.pt"
+"""The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
+declares and Snakemake may delete before a rerun) is published from it."""
+
+
+def publish(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` (a hard link where possible), atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _reporter(
+    experiment: Mapping[str, Any], schedule: Schedule, enabled: bool
+) -> Callable[[Progress, Mapping[str, float] | None], None]:
+    """One line per epoch on stdout (the pipeline shows it in the Snakemake console): the run,
+    the epoch, the validation MAEs and an estimate of the time left from the mean epoch time."""
+    name = f"{experiment['name']} seed{experiment['seed']}"
+
+    def report(progress: Progress, val: Mapping[str, float] | None) -> None:
+        if not enabled:
+            return
+        if val is None:
+            done = "starting" if progress.epoch == progress.batch_in_epoch == 0 else "resuming"
+            line = f"{name}: {done} at epoch {progress.epoch + 1}/{schedule.epochs}"
+        else:
+            seconds = progress.timing["train_time_s"] / max(len(progress.history), 1)
+            left = seconds * (schedule.epochs - progress.epoch)
+            line = (
+                f"{name}: epoch {progress.epoch}/{schedule.epochs}, val force MAE "
+                f"{val['forces_mae_meV_per_A']:.4g} meV/Å, energy MAE "
+                f"{val['energy_mae_meV']:.4g} meV, {seconds:.1f} s/epoch, "
+                f"about {_duration(left)} left"
+            )
+        print(line, flush=True)
+
+    return report
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -599,29 +726,34 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``experiment`` (a resolved experiment dict) into run_dir; resume if last.pt exists.
+    """Train ``experiment`` (a resolved experiment dict) into run_dir, resuming from last.pt if it
+    was started with the same experiment, data and code (else the old run is moved aside).
 
     build_model: builds the network from the experiment dict (default: the model families of
         dens.models; its model.hyperparameters switch the force encoding and the noise head).
     train_set, val_set: indexable datasets of ``Data`` (dens.data.structures).
-    Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt. Raises NonFiniteLossError on
-    a NaN/inf loss and TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM.
+    progress: a progress bar (stderr) and one line per epoch with the time left (stdout).
+    Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt, every time it returns (a
+    finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
+    TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM.
     """
-    experiment = dict(experiment)
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
-    best_path = run_dir / "checkpoints" / "best.pt"
+    best_epoch_path = run_dir / "checkpoints" / BEST_EPOCH_FILE
     optim = experiment["optim"]
     schedule = Schedule.of(optim, len(train_set))
     device = torch.device(device)
     dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
     losses = loss_settings(optim)
+    start = started_with(experiment, train_set, val_set)
+    report = _reporter(experiment, schedule, progress)
 
     with _deterministic(device.type == "cpu"), _sigterm_flag() as sigterm:
         trainee = build_trainee(experiment, build_model, device)
-        state = start_or_resume(last_path, experiment, train_set, trainee, device)
+        state = start_or_resume(run_dir, start, train_set, trainee, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_log(run_dir / "log.csv", state.history)
+        report(state, None)
         while state.epoch < schedule.epochs:
             finished = train_epoch(
                 experiment,
@@ -638,30 +770,24 @@ def train(
             )
             if not finished:
                 save_checkpoint(
-                    last_checkpoint(experiment, state, trainee, len(train_set), device), last_path
+                    last_checkpoint(start, state, trainee, len(train_set), device), last_path
                 )
-                raise TrainingPreempted(last_path)
+                raise TrainingPreempted(last_path, state)
             val_start = time.perf_counter()
             val = mean_absolute_errors(
                 trainee.eval_model, val_set, state.normalizer, int(optim["eval_batch_size"]), device
             )
             state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
             if end_epoch(experiment, schedule, state, dens, val):
-                save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_path)
+                save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_epoch_path)
             write_log(run_dir / "log.csv", state.history)
-            if progress:
-                row = state.history[-1]
-                tqdm.write(
-                    f"{experiment['name']} epoch {state.epoch}/{schedule.epochs}: "
-                    f"loss {row['train_loss']:.4g}, val energy MAE {val['energy_mae_meV']:.4g} "
-                    f"meV, val force MAE {val['forces_mae_meV_per_A']:.4g} meV/Å "
-                    f"({row['epoch_time_s']:.1f} s)"
-                )
             save_checkpoint(
-                last_checkpoint(experiment, state, trainee, len(train_set), device), last_path
+                last_checkpoint(start, state, trainee, len(train_set), device), last_path
             )
-            if sigterm.is_set():
-                raise TrainingPreempted(last_path)
+            report(state, val)
+            if sigterm.is_set() and state.epoch < schedule.epochs:
+                raise TrainingPreempted(last_path, state)
+        publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
 
     return TrainResult(
         run_dir=run_dir,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.train import (
+    BEST_EPOCH_FILE,
     LOG_COLUMNS,
     PREEMPTED_EXIT_CODE,
     NonFiniteLossError,
@@ -257,7 +259,7 @@ def test_nan_label_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(data
             build_toy_model,
             progress=False,
         )
-    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / "best.pt"
+    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / BEST_EPOCH_FILE
     last_bytes, best_bytes = last.read_bytes(), best.read_bytes()
 
     poisoned = list(train_set)
@@ -276,24 +278,54 @@ def test_nan_label_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(data
     assert len(read_log(tmp_path)) == 2
 
 
-def test_resume_refuses_a_changed_experiment(straight_run, data, tmp_path):
-    run_dir = tmp_path / "run"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    last = (straight_run / "checkpoints" / "last.pt").read_bytes()
-    (run_dir / "checkpoints" / "last.pt").write_bytes(last)
+def copy_run(source: Path, run_dir: Path) -> Path:
+    shutil.copytree(source, run_dir)
+    return run_dir
+
+
+def test_a_changed_experiment_or_dataset_moves_the_old_run_aside(straight_run, data, tmp_path):
+    """A run resumes only if started with the same experiment, data and code; otherwise the old
+    run is moved aside (never deleted) and training starts afresh, saying so."""
+    run_dir = copy_run(straight_run, tmp_path / "seed0")
+    old_last = (run_dir / "checkpoints" / "last.pt").read_bytes()
     changed = toy_experiment(dens=True, epochs=4, lr=1e-3, energy_reference="linear")
-    with pytest.raises(ValueError, match=r"experiment\.optim\.lr: 0\.03 in last\.pt, 0\.001 now"):
-        train(changed, *data, run_dir, build_toy_model, progress=False)
+    result = train(changed, *data, run_dir, build_toy_model, progress=False)
+    assert result.epochs == 4 and len(read_log(run_dir)) == 4
+    (moved,) = tmp_path.glob("seed0.previous-*")
+    assert (moved / "checkpoints" / "last.pt").read_bytes() == old_last
+    reason = (moved / "MOVED_ASIDE.txt").read_text()
+    assert "run.experiment.optim.lr: 0.03 in last.pt, 0.001 now" in reason
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
     train_set, val_set = data
-    with pytest.raises(ValueError, match=r"training set size: 32 in last\.pt, 31 now"):
-        train(EXPERIMENT, train_set[:31], val_set, run_dir, build_toy_model, progress=False)
+    train(changed, train_set[:31], val_set, run_dir, build_toy_model, progress=False)
+    assert "run.train_set.structures: 32 in last.pt, 31 now" in "".join(
+        path.read_text() for path in tmp_path.glob("seed0.previous-*/MOVED_ASIDE.txt")
+    )
+
+
+def test_a_finished_run_asked_again_republishes_its_outputs(straight_run, data, tmp_path):
+    """Snakemake deletes a job's outputs before a rerun (--forcerun, a touched input, a rule
+    change): the finished run then writes best.pt and log.csv again without training."""
+    run_dir = copy_run(straight_run, tmp_path / "run")
+    best = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    log = (run_dir / "log.csv").read_bytes()
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    (run_dir / "log.csv").unlink()
+    result = train(EXPERIMENT, *data, run_dir, build_toy_model, progress=False)
+    assert result.epochs == 4
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best
+    assert (run_dir / "log.csv").read_bytes() == log
+    assert not list(tmp_path.glob("run.previous-*"))
 
 
 def test_without_dens_direct_forces_no_ema(data, tmp_path, capsys):
     experiment = toy_experiment(dens=False, epochs=3, lr=3e-2, ema_decay=None, grad_clip_norm=None)
     experiment["model"]["hyperparameters"]["gradient_forces"] = False
     result = train(experiment, *data, tmp_path, build_toy_model, progress=True)
-    assert "toy/pair epoch 3/3: loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "toy/pair seed0: starting at epoch 1/3" in out
+    assert "toy/pair seed0: epoch 3/3, val force MAE" in out and "left" in out
     rows = read_log(tmp_path)
     assert result.epochs == 3 and len(rows) == 3
     assert {float(r["lambda_dens"]) for r in rows} == {0.0}

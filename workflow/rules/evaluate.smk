@@ -25,5 +25,6 @@ rule evaluate:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 12 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
+        "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
+        "--threads {threads} "
         "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"

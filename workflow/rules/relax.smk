@@ -24,5 +24,6 @@ rule relax:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
+        "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
+        "--threads {threads} "
         "--run-dir {params.run_dir:q} > {log:q} 2>&1"

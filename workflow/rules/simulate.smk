@@ -23,5 +23,6 @@ rule simulate:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
     shell:
-        "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
+        "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
+        "--threads {threads} "
         "--run-dir {params.run_dir:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
-# Training: one job per experiment at the configured scale (dens.train), reading the dataset's
-# train split and its first val split. A job killed by Slurm (SIGTERM at the time limit or on
-# preemption) checkpoints and resumes when resubmitted.
+# Training: one job per experiment and training seed at the configured scale (dens.train),
+# reading the dataset's train split and its first val split. A job killed by Slurm (SIGTERM at the
+# time limit or on preemption) checkpoints and resumes when resubmitted; a rerun resumes only if
+# the run was started with the same experiment, data and code, else the old run is moved aside.
 
 
 rule train:
@@ -29,5 +30,7 @@ rule train:
         gres=train_resource("gres"),
         runtime=train_resource("runtime"),
     shell:
-        "python -m dens train {wildcards.experiment:q} {params.options} --seed {wildcards.seed} --threads {threads} "
-        "--train {input.train:q} --val {input.val:q} --run-dir {params.run_dir:q} > {log:q} 2>&1"
+        # The log gets everything; the console (stdout) one line per epoch with the time left.
+        ": > {log:q}; python -m dens train {wildcards.experiment:q} {params.options} "
+        "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
+        "--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
