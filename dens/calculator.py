@@ -4,30 +4,50 @@ The run is loaded through dens.inference (inference weights, normalisation; no n
 force input) and each structure becomes model input through dens.data.structures, the same
 conversion training data goes through (FixAtoms marks fixed atoms; periodic structures carry
 cell, pbc and tags).
+
+The calculator refuses structures the model cannot answer for, with
+dens.errors.UnsupportedStructureError naming what is wrong: elements absent from the run's
+training data (stored in the checkpoint's normaliser; checkpoints from before dens stored them
+skip this check) and atoms closer than ``min_distance`` (minimum-image distances for periodic
+structures).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
 
 from dens.data.structures import atoms_to_batch
+from dens.errors import UnsupportedStructureError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
+
+MIN_DISTANCE = 0.5
+"""Default closest distance (Å) between two atoms the calculator accepts."""
+
+
+def _symbols(numbers) -> str:
+    return ", ".join(chemical_symbols[int(z)] for z in numbers)
 
 
 class DeNSCalculator(Calculator):
     """ASE calculator of a trained run.
 
     Args:
-        checkpoint: a run directory (uses checkpoints/best.pt) or a checkpoint file.
+        checkpoint: a run directory (uses checkpoints/best.pt) or a checkpoint file; nothing
+            else is needed to build the calculator of a run.
         build_model: builds the network from the stored experiment (default: dens.models).
         device: torch device to run the model on.
         dtype: model and position precision; torch.float64 for finite-difference checks or
             tight relaxations.
+        min_distance: structures with two atoms closer than this (Å) are refused; 0 turns the
+            check off.
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
@@ -38,13 +58,43 @@ class DeNSCalculator(Calculator):
         build_model: BuildModel = build_registered_model,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        min_distance: float = MIN_DISTANCE,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if not min_distance >= 0.0:
+            raise ValueError(f"min_distance must be >= 0 Å, got {min_distance}")
         self.trained = load_trained_model(checkpoint, build_model, device, dtype)
         self.experiment = self.trained.experiment
+        self.elements = self.trained.normalizer.elements
         self.device = device
         self.dtype = dtype
+        self.min_distance = float(min_distance)
+
+    def check_structure(self, atoms: Atoms) -> None:
+        """Raise UnsupportedStructureError if the model cannot answer for `atoms`: an element
+        absent from its training data, or two atoms closer than `min_distance`."""
+        name = self.experiment.get("name", "this run")
+        if self.elements is not None:
+            unknown = sorted(set(np.unique(atoms.numbers).tolist()) - set(self.elements))
+            if unknown:
+                plural = "elements" if len(unknown) > 1 else "element"
+                raise UnsupportedStructureError(
+                    f"{atoms.get_chemical_formula()}: {plural} {_symbols(unknown)} not in the "
+                    f"training data of {name} (trained on {_symbols(self.elements)}); the model "
+                    "cannot answer for it"
+                )
+        if self.min_distance > 0.0 and len(atoms) > 1:
+            first, second, distance = neighbor_list("ijd", atoms, self.min_distance)
+            if distance.size:
+                closest = int(np.argmin(distance))
+                i, j = sorted((int(first[closest]), int(second[closest])))
+                symbols = atoms.get_chemical_symbols()
+                raise UnsupportedStructureError(
+                    f"{atoms.get_chemical_formula()}: atoms {i} ({symbols[i]}) and {j} "
+                    f"({symbols[j]}) are {distance[closest]:.3f} Å apart, closer than "
+                    f"min_distance {self.min_distance} Å (DeNSCalculator(min_distance=...))"
+                )
 
     def calculate(
         self,
@@ -53,6 +103,7 @@ class DeNSCalculator(Calculator):
         system_changes: list[str] = all_changes,
     ) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
+        self.check_structure(self.atoms)
         energy, forces = self.trained.predict(atoms_to_batch(self.atoms, self.dtype, self.device))
         self.results["energy"] = float(energy[0])
         self.results["free_energy"] = self.results["energy"]

@@ -34,18 +34,29 @@ of the epoch with the lowest validation force MAE:
     model            state_dict of those weights
     weights          "ema" or "model": which weights `model` holds
     val              {"energy_mae_meV": float, "forces_mae_meV_per_A": float}
+
+`load_checkpoint` checks the archive before torch reads it (the zip directory, every member
+inside the file, and each member's CRC-32): a truncated or corrupt file raises
+dens.errors.CheckpointError naming it and how to retrain the run, a missing one
+dens.errors.MissingDataError.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from dens import paths
+from dens.errors import CheckpointError, MissingDataError
 
 FORMAT_VERSION = 1
 
@@ -89,17 +100,98 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _pipeline_target(path: Path) -> PurePosixPath | None:
+    """checkpoints/best.pt of the run, relative to the pipeline directory, when `path` is a
+    checkpoint in the pipeline's layout (dens.paths.checkpoint_file), else None."""
+    parts = PurePosixPath(Path(path).as_posix()).parts
+    if len(parts) < 7 or not parts[-3].startswith("seed") or parts[-2] != "checkpoints":
+        return None
+    for start in range(len(parts) - 7, -1, -1):
+        if parts[start : start + 3 : 2] != (paths.RESULTS.name, "runs"):
+            continue
+        scale, experiment, seed = parts[start + 1], "/".join(parts[start + 3 : -3]), parts[-3][4:]
+        kind = PurePosixPath(parts[-1]).stem
+        if PurePosixPath(*parts[start:]) == paths.checkpoint_file(scale, experiment, seed, kind):
+            return paths.checkpoint_file(scale, experiment, seed)
+    return None
+
+
+def retrain_hint(path: Path) -> str:
+    """How to make a checkpoint again: retrain its run (its Snakemake target when it has one)."""
+    path = Path(path)
+    target = _pipeline_target(path)
+    if target is None:
+        return "retrain the run that wrote it (delete its run directory and rerun `dens train`)"
+    return (
+        f"retrain the run: delete {path.parent.parent}/ and rerun snakemake (`snakemake {target}`)"
+    )
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise CheckpointError naming `path` unless it is a complete torch archive: the zip
+    directory at its end, every member inside the file and matching its CRC-32 (members saved
+    with CRC-32 off, torch.serialization.set_crc32_options(False), store 0 and are not checked).
+    Reads the file once; runs nothing in it."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        if size == 0:
+            raise zipfile.BadZipFile("empty: 0 bytes")
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.header_offset + info.compress_size > size:
+                    raise zipfile.BadZipFile(
+                        f"member {info.filename} ends past the end of the file"
+                    )
+                if info.CRC == 0 and info.file_size:
+                    continue
+                with archive.open(info) as member:  # raises BadZipFile on a CRC mismatch
+                    while member.read(1 << 22):
+                        pass
+    except PermissionError:
+        raise  # not damage: `dens` prints it as is
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, OSError) as err:
+        reason = str(err) or type(err).__name__
+        if reason == "File is not a zip file":
+            reason = f"not a complete torch archive: no zip directory at its end; {size} bytes"
+        raise CheckpointError(f"{path} is damaged ({reason}); {retrain_hint(path)}") from err
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The line of torch's multi-line weights_only refusal that says what it refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").strip().split(". ")[0]
+    return lines[0] if lines else type(error).__name__
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU with `torch.load(weights_only=True)`."""
+    """Read a checkpoint onto the CPU with `torch.load(weights_only=True)`, after checking the
+    archive (`check_checkpoint`). A missing, damaged or foreign file raises a DataError naming it
+    (MissingDataError, CheckpointError)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingDataError(f"checkpoint not found: {path}")
+    check_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} is not a dens checkpoint: torch.load(weights_only=True) refused it "
+            f"({_unpickler_reason(err)}); a dens checkpoint holds only tensors and plain "
+            f"containers; {retrain_hint(path)}"
+        ) from err
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is damaged ({reason}); {retrain_hint(path)}") from err
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a dens checkpoint of format {FORMAT_VERSION} "
-            f"(format_version={version!r})"
+            f"(format_version={version!r}); {retrain_hint(path)}"
         )
     return state
 
@@ -112,10 +204,13 @@ def inference_weights(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint file itself, or a run directory -> its checkpoints/best.pt."""
+    """A checkpoint file itself, or a run directory -> its checkpoints/best.pt (also when the
+    directory does not exist: the missing file is named)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or (not path.exists() and path.suffix != ".pt"):
         path = path / "checkpoints" / "best.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (train the run first)")
+        target = _pipeline_target(path)
+        how = "train the run first" if target is None else f"train it with `snakemake {target}`"
+        raise MissingDataError(f"no checkpoint at {path} ({how})")
     return path

@@ -19,12 +19,13 @@ printed as one line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from dens.config import Registry, load_registry
-from dens.errors import DensError, NotAvailableError
+from dens.errors import ConfigError, DensError, DeviceError, MissingDataError, NotAvailableError
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -39,7 +40,61 @@ def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registr
 def _set_threads(threads: int) -> None:
     import torch
 
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: needs at least 1 thread")
     torch.set_num_threads(threads)
+
+
+def _resolve_device(name: str | None) -> str:
+    """--device: "cuda" where CUDA is available and "cpu" elsewhere when not given; a device this
+    machine does not have raises DeviceError."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise DeviceError(f"--device {name!r}: not a torch device (cpu, cuda or cuda:N)") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "a CPU-only build of torch" if torch.version.cuda is None else "no GPU visible"
+            raise DeviceError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}: {why}); use --device cpu or leave --device out"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceError(
+                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    elif device.type != "cpu":
+        raise DeviceError(f"--device {name}: dens runs on cpu or cuda")
+    return name
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Input files named on the command line exist (aselmdb splits are checked by
+    dens.data.aselmdb, with how to rebuild them); raise MissingDataError naming the first that
+    does not."""
+    if getattr(args, "data_command", None) == "extract" and not args.archive_path.is_file():
+        from dens.data.download import get_archive, load_catalog
+
+        get_archive(load_catalog(), args.archive)  # an unknown name first
+        raise MissingDataError(
+            f"archive not found: {args.archive_path}; download it first with "
+            f"`dens data download {args.archive} --out {args.archive_path}`"
+        )
+    if getattr(args, "data_command", None) == "prepare":
+        for path in args.inputs:
+            if not path.exists():
+                raise MissingDataError(f"input not found: {path}")
+    if args.command == "figure":
+        from dens.data.aselmdb import check_aselmdb
+
+        for path in args.structures:
+            check_aselmdb(Path(path))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -174,7 +229,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda where available)"
+    )
     _add_config_options(parser)
 
 
@@ -240,12 +297,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error a user can cause is printed as one line (exit status 2)."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "device"):
+            args.device = _resolve_device(args.device)
+        _check_inputs(args)
         args.func(args)
-    except DensError as error:
-        print(f"dens: error: {error}", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`dens experiments | head -1`): stop quietly, and point stdout at
+        # devnull so that Python's final flush does not fail again (Python docs, signal module).
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except KeyboardInterrupt:
+        print("dens: interrupted", file=sys.stderr)
+        return 130
+    except (DensError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        print(f"dens: error: {_one_line(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -269,6 +269,7 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
             )
 
     experiments: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}  # experiment -> the file that defines it
     files = [config_dir / "experiments.yaml"] + [Path(p) for p in options["extra_experiments"]]
     for path in files:
         source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
@@ -283,9 +284,13 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
                     f"{_unknown('dataset', experiment['dataset'], datasets)}"
                 )
             experiments[name] = experiment
+            sources[name] = source
 
     model_presets = read_yaml(config_dir / "models.yaml")
     validate(model_presets, "models", "config/models.yaml", root)
+    check_model_overrides(
+        model_presets, scale, str(scale_path.relative_to(root)), experiments, sources
+    )
 
     tables_doc = read_yaml(config_dir / "tables.yaml")
     validate(tables_doc, "tables", "config/tables.yaml", root)
@@ -316,6 +321,61 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
                         f"{_unknown('experiment', experiment, experiments)}"
                     )
     return registry
+
+
+SWITCHES = {
+    "attention": "model.attention",
+    "layer_norm": "model.layer_norm",
+    "force_encoding": "the dens entry (dens.force_encoding)",
+    "noise_head": "the dens entry (a noise head with every DeNS run)",
+}
+"""Constructor arguments every model family takes that experiments set by other keys."""
+
+
+def _override_error(where: str, key: str, family: str, known: Iterable[str]) -> ConfigError:
+    if key in SWITCHES:
+        return ConfigError(f"{where}: {key!r}: set by {SWITCHES[key]}, not by overrides")
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"{where}: {key!r}: not an argument of {family}{hint} (known: {', '.join(known)})"
+    )
+
+
+def check_model_overrides(
+    model_presets: dict[str, dict[str, dict[str, Any]]],
+    scale: dict[str, Any],
+    scale_source: str,
+    experiments: dict[str, dict[str, Any]],
+    sources: dict[str, str],
+) -> None:
+    """Refuse ``model.overrides`` of an experiment and ``models.<family>.overrides`` of a scale
+    that name no constructor argument of the model family: the keys of its preset, which lists
+    every argument but the switches experiments set otherwise (config/models.yaml). Runs when
+    the DAG is built, without importing the models; an unknown family or preset is left to
+    :meth:`Registry.resolve`, which names it."""
+    for family, settings in scale.get("models", {}).items():
+        presets = model_presets.get(family)
+        if not presets:
+            continue
+        known = set.intersection(*(set(preset) for preset in presets.values()))
+        for key in settings.get("overrides", {}):
+            if key not in known:
+                where = f"{scale_source}: models.{family}.overrides"
+                raise _override_error(where, key, family, known)
+    for name, experiment in experiments.items():
+        model = experiment["model"]
+        family = model["family"]
+        scale_model = scale.get("models", {}).get(family, {})
+        preset_name = scale_model.get("presets", {}).get(model["preset"], model["preset"])
+        preset = model_presets.get(family, {}).get(preset_name)
+        if preset is None:
+            continue
+        for key in model.get("overrides", {}):
+            if key not in preset:
+                where = f"{sources[name]}: experiments.{name}.model.overrides"
+                raise _override_error(where, key, family, preset)
 
 
 def row_experiments(row: dict[str, Any], table: dict[str, Any]) -> list[str]:

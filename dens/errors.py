@@ -19,3 +19,29 @@ class NotAvailableError(DensError):
 
 class ModelNotAvailableError(NotAvailableError):
     """The model family of an experiment is not implemented in this version of dens."""
+
+
+class DataError(DensError):
+    """A data file (a prepared aselmdb split, a checkpoint) is missing or damaged; the message
+    names the file and the command that rebuilds it."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file does not exist (also a FileNotFoundError)."""
+
+
+class InvalidDataError(DataError, ValueError):
+    """A data file can be read but its content is not what dens needs (also a ValueError)."""
+
+
+class CheckpointError(DataError, ValueError):
+    """A checkpoint file is damaged or is not a dens checkpoint (also a ValueError)."""
+
+
+class DeviceError(DensError):
+    """A torch device that this machine does not have (``--device cuda`` without CUDA)."""
+
+
+class UnsupportedStructureError(DensError, ValueError):
+    """A structure the trained model cannot answer for (an element absent from its training
+    data, atoms closer than the calculator's minimum distance); the message names them."""

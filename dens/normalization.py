@@ -10,7 +10,7 @@ float64 likewise.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,15 +34,28 @@ class Normalizer:
     (default; the official Equiformer MD17 code) uses ref = 0; "linear" fits ref by least
     squares of E on the element counts (for total energies across compositions, e.g. OC22).
     With a single composition (one MD17 molecule) both give the same normalised labels.
+
+    `elements` are the atomic numbers present in the training set, sorted (the ASE calculator
+    refuses structures with other elements: the model and, with "linear", `ref` know nothing of
+    them); None when unknown (a checkpoint written before dens stored them).
     """
 
     mean: float
     std: float
     element_references: Tensor  # float64 [119], eV per atom
+    elements: tuple[int, ...] | None = None
 
     @classmethod
-    def fit(cls, energies: Tensor, counts: Tensor, reference: EnergyReference) -> Normalizer:
-        """energies float [S] (eV), counts [S, 119] element counts per structure."""
+    def fit(
+        cls,
+        energies: Tensor,
+        counts: Tensor,
+        reference: EnergyReference,
+        elements: Iterable[int] | None = None,
+    ) -> Normalizer:
+        """energies float [S] (eV), counts [S, 119] element counts per structure. `elements`:
+        the atomic numbers of the whole training set when `counts` covers a subset of it
+        (default: those `counts` has)."""
         energies = energies.to(torch.float64)
         counts = counts.to(torch.float64)
         if energies.numel() < 2:
@@ -62,7 +75,14 @@ class Normalizer:
         std = float(residual.std())
         if not (math.isfinite(std) and std > 0.0):
             raise ValueError(f"training energies have std {std} after the {reference} reference")
-        return cls(mean=float(residual.mean()), std=std, element_references=refs)
+        if elements is None:
+            elements = torch.nonzero(counts.sum(dim=0) > 0).flatten().tolist()
+        return cls(
+            mean=float(residual.mean()),
+            std=std,
+            element_references=refs,
+            elements=tuple(sorted({int(z) for z in elements})),
+        )
 
     def _reference(self, atomic_numbers: Tensor, batch: Tensor, num_structures: int) -> Tensor:
         refs = self.element_references.to(atomic_numbers.device)[atomic_numbers]
@@ -90,12 +110,21 @@ class Normalizer:
         return forces * self.std
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "element_references": self.element_references}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "element_references": self.element_references,
+            "elements": None if self.elements is None else list(self.elements),
+        }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Normalizer:
+        """The inverse of `to_dict`; a dict without "elements" (an older checkpoint) gives
+        elements None (unknown)."""
+        elements = state.get("elements")
         return cls(
             mean=float(state["mean"]),
             std=float(state["std"]),
             element_references=state["element_references"].to(torch.float64),
+            elements=None if elements is None else tuple(int(z) for z in elements),
         )

@@ -1,5 +1,6 @@
 """Tests of dens.calculator: de-normalised model energy/forces through ASE, conservative forces
-(finite differences in float64), a short relaxation, and the batch built from ase.Atoms."""
+(finite differences in float64), a short relaxation, the batch built from ase.Atoms, and the
+structures it refuses (elements absent from training, atoms too close)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from torch_geometric.data import Batch
 from toy_model import build_toy_model, toy_experiment, train_toy_run
 
 from dens.calculator import DeNSCalculator
+from dens.checkpoint import FORMAT_VERSION, save_checkpoint
 from dens.data.structures import atoms_to_batch
+from dens.errors import CheckpointError, DensError, UnsupportedStructureError
+from dens.normalization import NUM_ELEMENTS, Normalizer
 
 EXPERIMENT = toy_experiment(dens=True, epochs=2, lr=3e-2, energy_reference="linear")
 
@@ -99,3 +103,133 @@ def test_atoms_to_batch_marks_fixed_atoms_and_periodic_fields():
         ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]]), torch.float64, "cpu"
     )
     assert molecule.pos.dtype == torch.float64 and "cell" not in molecule
+
+
+# -- structures the model cannot answer for ------------------------------------------------------
+def cluster(symbols: str, seed: int = 0) -> ase.Atoms:
+    """A rattled fcc fragment with the given symbols (atoms at least ~2.2 Å apart)."""
+    base = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    atoms = ase.Atoms(symbols, positions=base.positions[: len(ase.Atoms(symbols))])
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def test_training_elements_are_stored_in_the_checkpoint(run):
+    run_dir, _ = run
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["normalizer"]["elements"] == [29, 79]  # the toy data: Cu/Au clusters
+    assert DeNSCalculator(run_dir, build_toy_model).elements == (29, 79)
+
+
+@pytest.mark.parametrize(
+    ("symbols", "message"),
+    [
+        ("Cu5Ag", r"^AgCu5: element Ag not in the training data of toy/pair-dens"),
+        ("Cu4AgPt", r"elements Ag, Pt not in the training data of toy/pair-dens"),
+    ],
+)
+def test_elements_absent_from_training_are_refused(run, symbols, message):
+    run_dir, _ = run
+    atoms = cluster(symbols)
+    atoms.calc = DeNSCalculator(run_dir, build_toy_model)
+    with pytest.raises(UnsupportedStructureError, match=message) as error:
+        atoms.get_potential_energy()
+    assert "(trained on Cu, Au)" in str(error.value)
+    assert isinstance(error.value, DensError)
+
+
+def test_atoms_closer_than_min_distance_are_refused_and_the_pair_named(run):
+    run_dir, _ = run
+    atoms = cluster("Cu5Au")
+    atoms.positions[5] = atoms.positions[2] + [0.0, 0.3, 0.0]
+    atoms.calc = DeNSCalculator(run_dir, build_toy_model)
+    with pytest.raises(
+        UnsupportedStructureError,
+        match=r"atoms 2 \(Cu\) and 5 \(Au\) are 0\.300 Å apart, closer than min_distance 0\.5 Å",
+    ):
+        atoms.get_forces()
+    for min_distance in (0.25, 0.0):  # configurable; 0 turns the check off
+        atoms.calc = DeNSCalculator(run_dir, build_toy_model, min_distance=min_distance)
+        assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_periodic_structures_use_minimum_image_distances(run):
+    run_dir, _ = run
+    crystal = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True)
+    calc = DeNSCalculator(run_dir, build_toy_model)
+    calc.check_structure(crystal)  # nearest neighbours 2.55 Å apart
+    crystal.positions[1] = crystal.positions[0] + crystal.cell[0] - [0.2, 0.0, 0.0]
+    assert crystal.get_distance(0, 1) > 3.0  # far apart in the cell, 0.2 Å across its boundary
+    with pytest.raises(UnsupportedStructureError, match=r"atoms 0 \(Cu\) and 1 \(Cu\) are 0\.200"):
+        calc.check_structure(crystal)
+
+
+def test_checkpoint_without_training_elements_skips_the_element_check(run, tmp_path):
+    run_dir, _ = run
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    del best["normalizer"]["elements"]  # a checkpoint written before dens stored them
+    save_checkpoint(best, tmp_path / "checkpoints" / "best.pt")
+    calc = DeNSCalculator(tmp_path, build_toy_model)
+    assert calc.elements is None
+    atoms = cluster("Cu5Ag")
+    atoms.calc = calc
+    assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_damaged_checkpoint_is_named(run, tmp_path):
+    run_dir, _ = run
+    raw = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match=r"best\.pt is damaged"):
+        DeNSCalculator(tmp_path, build_toy_model)
+
+
+def test_normalizer_carries_the_training_elements():
+    counts = torch.zeros(3, NUM_ELEMENTS)
+    counts[:, 6], counts[:, 1], counts[:, 8] = 2, 6, 1
+    normalizer = Normalizer.fit(torch.tensor([-1.0, -2.0, -4.0]), counts, "linear")
+    assert normalizer.elements == (1, 6, 8)
+    state = normalizer.to_dict()
+    assert state["elements"] == [1, 6, 8]
+    assert Normalizer.from_dict(state).elements == (1, 6, 8)
+    del state["elements"]
+    assert Normalizer.from_dict(state).elements is None  # older checkpoints: unknown
+    # A subset's counts with the whole training set's elements (subsampled statistics).
+    subset = Normalizer.fit(torch.tensor([-1.0, -2.0]), counts[:2], "mean", elements=[8, 1, 6, 17])
+    assert subset.elements == (1, 6, 8, 17)
+
+
+def test_calculator_of_a_run_directory_needs_no_other_argument(tmp_path):
+    """An ethanol run of the registered Equiformer (smoke preset, untrained weights): built from
+    its directory alone; it answers for ethanol and refuses CH3Cl and Si2H6."""
+    from dens.config import load_registry
+    from dens.models import build_model
+
+    experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")
+    model = build_model(experiment)
+    ethanol = ase.build.molecule("CH3CH2OH")
+    counts = torch.zeros(2, NUM_ELEMENTS)
+    counts[:, 6], counts[:, 1], counts[:, 8] = 2, 6, 1
+    normalizer = Normalizer.fit(torch.tensor([-970.0, -971.0], dtype=torch.float64), counts, "mean")
+    best = {
+        "format_version": FORMAT_VERSION,
+        "kind": "best",
+        "experiment": experiment,
+        "epoch": 1,
+        "step": 1,
+        "normalizer": normalizer.to_dict(),
+        "num_parameters": 1,
+        "model": model.state_dict(),
+        "weights": "model",
+        "val": {"energy_mae_meV": 0.0, "forces_mae_meV_per_A": 0.0},
+    }
+    save_checkpoint(best, tmp_path / "checkpoints" / "best.pt")
+    calc = DeNSCalculator(tmp_path)
+    ethanol.calc = calc
+    assert np.isfinite(ethanol.get_potential_energy())
+    for formula, element in (("CH3Cl", "Cl"), ("Si2H6", "Si")):
+        molecule = ase.build.molecule(formula)
+        molecule.calc = calc
+        with pytest.raises(UnsupportedStructureError, match=f"element {element} not in the"):
+            molecule.get_potential_energy()

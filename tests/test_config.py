@@ -189,3 +189,65 @@ def test_readme_experiment_example_is_a_valid_extra_experiment(tmp_path) -> None
     registry = load_registry({"scale": "mini", "extra_experiments": [str(path)]})
     resolved = registry.resolve("md17-aspirin/equiformer-l2-dens-sigma0.1")
     assert resolved["dens"]["sigma"] == 0.1
+
+
+# -- model.overrides: constructor arguments of the family, checked when the DAG is built ----------
+SWITCHES = {"force_encoding", "noise_head", "attention", "layer_norm"}
+
+
+def test_equiformer_presets_list_every_constructor_argument_but_the_switches() -> None:
+    """What an override may change is what a preset lists: every argument of the constructor
+    except the switches experiments set by other keys (model.attention, dens ...)."""
+    import inspect
+
+    from dens.models.equiformer import Equiformer
+
+    arguments = set(inspect.signature(Equiformer).parameters) - SWITCHES
+    presets = yaml.safe_load((Path(__file__).parents[1] / "config" / "models.yaml").read_text())
+    for name, preset in presets["equiformer"].items():
+        assert set(preset) == arguments, name
+    assert SWITCHES <= set(inspect.signature(Equiformer).parameters)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"foo": 1},
+            r"^config/experiments\.yaml: experiments\.md17-aspirin/equiformer-l2\.model\."
+            r"overrides: 'foo': not an argument of equiformer \(known: alpha_drop, avg_degree",
+        ),
+        ({"weight_int": "uniform"}, r"'weight_int': .* did you mean 'weight_init'\?"),
+        ({"attention": False}, r"'attention': set by model\.attention, not by overrides"),
+        ({"force_encoding": True}, r"'force_encoding': set by the dens entry"),
+    ],
+)
+def test_unknown_model_override_is_refused_when_the_dag_is_built(
+    pipeline_copy: Path, overrides: dict, message: str
+) -> None:
+    _break(pipeline_copy, "md17-aspirin/equiformer-l2", "model", "overrides", overrides)
+    for scale in ("paper", "smoke"):
+        with pytest.raises(ConfigError, match=message):
+            load_registry({"scale": scale}, root=pipeline_copy)
+
+
+def test_known_model_overrides_resolve(pipeline_copy: Path) -> None:
+    overrides = {"weight_init": "uniform", "drop_path_rate": 0.05, "num_layers": 2}
+    _break(pipeline_copy, "md17-aspirin/equiformer-l2", "model", "overrides", overrides)
+    resolved = load_registry({"scale": "mini"}, root=pipeline_copy).resolve(
+        "md17-aspirin/equiformer-l2"
+    )
+    assert overrides.items() <= resolved["model"]["hyperparameters"].items()
+
+
+def test_unknown_scale_model_override_names_the_scale_file(pipeline_copy: Path) -> None:
+    path = pipeline_copy / "config" / "scales" / "mini.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["models"]["equiformer"]["overrides"] = {"layers": 2}
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(
+        ConfigError,
+        match=r"^config/scales/mini\.yaml: models\.equiformer\.overrides: 'layers': not an arg",
+    ):
+        load_registry({"scale": "mini"}, root=pipeline_copy)
+    load_registry({"scale": "smoke"}, root=pipeline_copy)  # other scales are unaffected

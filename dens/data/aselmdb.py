@@ -8,12 +8,18 @@ positions (Å), atomic numbers, cell and pbc, constraints (`FixAtoms` marks fixe
 as single-point results, the total energy (eV) and the forces (eV/Å). Row key-value pairs
 carry per-structure flags such as `md_split`; the row's `data["sid"]` is the system id that
 fairchem's AseDBDataset puts into `atoms.info`.
+
+`check_aselmdb` checks a file's integrity with plain file I/O before LMDB maps it into memory
+(reading a page beyond the end of a truncated file kills the process with SIGBUS): both LMDB
+meta pages must be intact and the file must hold every page the newer one counts. A damaged
+or missing file raises dens.errors.DataError naming it and how to rebuild it.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ase.db
@@ -24,16 +30,117 @@ from torch_geometric.data import Data
 from torch_geometric.data.collate import collate
 from torch_geometric.data.separate import separate
 
+from dens import paths
 from dens.data.structures import atoms_to_data
+from dens.errors import DataError, InvalidDataError, MissingDataError
 
 SUFFIX = ".aselmdb"
 
 
 def _check_suffix(path: Path) -> None:
     if path.suffix != SUFFIX:
-        raise ValueError(
+        raise InvalidDataError(
             f"aselmdb path must end in {SUFFIX!r} (ase.db picks the backend by it): {path}"
         )
+
+
+# -- integrity -----------------------------------------------------------------------------------
+# LMDB (lmdb.h / mdb.c, data version 1, 64-bit build): pages 0 and 1 are meta pages. Each starts
+# with a 16-byte page header (mp_pgno u64, mp_pad u16, mp_flags u16, lower u16, upper u16), then
+# MDB_meta: mm_magic u32, mm_version u32, mm_address u64, mm_mapsize u64, mm_dbs[2] (FREE_DBI,
+# MAIN_DBI; MDB_db = md_pad u32, md_flags u16, md_depth u16, md_branch_pages, md_leaf_pages,
+# md_overflow_pages, md_entries, md_root: u64 each = 48 bytes), mm_last_pg u64, mm_txnid u64.
+# FREE_DBI's md_pad holds the page size. LMDB uses the meta page with the larger txnid; the file
+# holds pages 0..mm_last_pg of that transaction.
+_PAGE_HEADER = struct.Struct("<QHHHH")
+_DB = "IHHQQQQQ"
+_META = struct.Struct("<IIQQ" + _DB + _DB + "QQ")
+_META_SIZE = _PAGE_HEADER.size + _META.size  # 152 bytes
+_META_MAGIC = 0xBEEFC0DE
+_DATA_VERSION = 1
+_P_META = 0x08
+
+
+def _read_meta(raw: bytes) -> tuple[int, int, int] | str:
+    """(page size, last page, txnid) of one meta page, or what is wrong with it."""
+    _pgno, _pad, flags, _lower, _upper = _PAGE_HEADER.unpack_from(raw)
+    fields = _META.unpack_from(raw, _PAGE_HEADER.size)
+    magic, version, page_size = fields[0], fields[1], fields[4]
+    last_page, txnid = fields[-2], fields[-1]
+    if magic != _META_MAGIC:
+        return "no LMDB meta page"
+    if version != _DATA_VERSION or not flags & _P_META:
+        return f"LMDB meta page of data version {version}, flags {flags:#x}"
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        return f"LMDB meta page with page size {page_size}"
+    return page_size, last_page, txnid
+
+
+def _relative_layout(path: Path) -> tuple[str, str, str] | None:
+    """(scale, dataset, split) when `path` is a prepared split in the pipeline's layout
+    (dens.paths.split_file), else None."""
+    parts = PurePosixPath(path.as_posix()).parts
+    if len(parts) < 5:
+        return None
+    scale, dataset, split = parts[-4], parts[-2], PurePosixPath(parts[-1]).stem
+    if PurePosixPath(*parts[-5:]) != paths.split_file(scale, dataset, split):
+        return None
+    return scale, dataset, split
+
+
+def rebuild_hint(path: Path) -> str:
+    """How to rebuild an aselmdb file: its dataset's Snakemake job when it is a prepared split."""
+    layout = _relative_layout(Path(path))
+    if layout is None:
+        return "rebuild it (delete it and rerun the job that wrote it, e.g. `dens data prepare`)"
+    scale, dataset, _ = layout
+    return (
+        f"rebuild it: delete {Path(path).parent}/ and rerun snakemake "
+        f"(or `snakemake --force {paths.provenance_file(scale, dataset)}`)"
+    )
+
+
+def check_aselmdb(path: Path) -> None:
+    """Raise DataError naming `path` unless it exists and is a complete LMDB file: both meta
+    pages intact and at least (last page + 1) * page size bytes, as the newer meta page counts.
+
+    Reads at most the two meta pages with plain file I/O, never mapping the file, so a truncated
+    file gives an error instead of SIGBUS when LMDB touches a page past its end."""
+    path = Path(path)
+    if not path.is_file():
+        layout = _relative_layout(path)
+        make = "" if layout is None else f"; make it with `snakemake {paths.split_file(*layout)}`"
+        raise MissingDataError(f"aselmdb file not found: {path}{make}")
+
+    def damaged(reason: str) -> DataError:
+        return DataError(f"{path} is damaged ({reason}); {rebuild_hint(path)}")
+
+    size = path.stat().st_size
+    if size == 0:
+        raise damaged("empty: 0 bytes")
+    with open(path, "rb") as handle:
+        first = handle.read(_META_SIZE)
+        magic = first[_PAGE_HEADER.size : _PAGE_HEADER.size + 4]
+        if len(magic) == 4 and magic != struct.pack("<I", _META_MAGIC):
+            raise damaged("not an LMDB file: no LMDB meta page at its start")
+        if len(first) < _META_SIZE:
+            raise damaged(
+                f"truncated or not an LMDB file: {size} bytes, less than one LMDB meta page"
+            )
+        meta = _read_meta(first)
+        if isinstance(meta, str):
+            raise damaged(f"page 0: {meta}")
+        page_size = meta[0]
+        if size < 2 * page_size:
+            raise damaged(f"truncated: {size} of at least {2 * page_size} bytes")
+        handle.seek(page_size)
+        second = _read_meta(handle.read(_META_SIZE))
+    if isinstance(second, str):
+        raise damaged(f"page 1: {second}")
+    _, last_page, _ = max(meta, second, key=lambda m: m[2])
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise damaged(f"truncated: {size} of {needed} bytes")
 
 
 def write_aselmdb(
@@ -85,7 +192,9 @@ def row_to_data(row: AtomsRow) -> Data:
     try:
         return atoms_to_data(atoms, torch.float32, labels=True)
     except ValueError as err:
-        raise ValueError(f"row {row.id}: {err}; training data needs energy and forces") from err
+        raise InvalidDataError(
+            f"row {row.id}: {err}; training data needs energy and forces"
+        ) from err
 
 
 class AseLmdbDataset(torch.utils.data.Dataset):
@@ -96,23 +205,29 @@ class AseLmdbDataset(torch.utils.data.Dataset):
     atoms. Measured on 2 cores: an MD17 training split (950 rows) reads in 0.2 s, 19k rows
     in 4 s. `dataset[i]` returns a copy, so callers may modify it in place. `metadata` holds
     the file's metadata dict (empty when none was written).
+
+    A missing or damaged file raises dens.errors.DataError naming it (see `check_aselmdb`).
     """
 
     def __init__(self, path: Path) -> None:
+        import lmdb
+
         path = Path(path)
         _check_suffix(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"aselmdb file not found: {path}")
+        check_aselmdb(path)
         self.path = path
-        db = ase.db.connect(path, readonly=True)
         try:
-            self.metadata: dict[str, Any] = dict(db.metadata)
+            db = ase.db.connect(path, readonly=True)
             try:
-                items = [row_to_data(row) for row in db.select()]
-            except ValueError as err:
-                raise ValueError(f"{path}: {err}") from err
-        finally:
-            db.close()
+                self.metadata: dict[str, Any] = dict(db.metadata)
+                try:
+                    items = [row_to_data(row) for row in db.select()]
+                except ValueError as err:
+                    raise InvalidDataError(f"{path}: {err}") from err
+            finally:
+                db.close()
+        except lmdb.Error as err:
+            raise DataError(f"{path} is damaged (LMDB: {err}); {rebuild_hint(path)}") from err
         self._length = len(items)
         if items:
             keys = set(items[0].keys())

@@ -51,6 +51,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from dens.config import ConfigError, find_root, read_yaml, validate
+from dens.errors import DensError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ _CHUNK = 1 << 20
 _TAR_FILTER: dict[str, str] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DensError, RuntimeError):
     """A URL could not be fetched (the message names the URL)."""
 
 
@@ -92,7 +93,7 @@ class ChecksumMismatchError(DownloadError):
         )
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(DensError, ValueError):
     """An archive member would be written outside the extraction directory."""
 
     def __init__(self, archive: Path, member: str, reason: str) -> None:
