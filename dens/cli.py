@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_options(p)
         p.set_defaults(func=cmd_pending)
 
-    p = commands.add_parser("table", help="write one paper table (CSV + LaTeX)")
+    p = commands.add_parser("table", help="write one paper table (CSV, Markdown, LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10")
     p.add_argument("--out-dir", required=True)
     _add_config_options(p)

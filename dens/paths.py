@@ -10,7 +10,7 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
     results/{scale}/runs/{experiment}/seed{seed}/        one training run (one seed)
         checkpoints/best.pt, checkpoints/last.pt, log.csv
         metrics.json, relax/metrics.json, simulate/metrics.json
-    results/{scale}/tables/{table}.csv|.tex               the paper's tables
+    results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
     results/{scale}/figures/{figure}.png                 the paper's figures
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
     results/downloads/                                   archives of the paper scale (any scale)

@@ -1,10 +1,44 @@
-"""The paper's tables as CSV and LaTeX, laid out like the paper, our numbers beside the paper's.
+"""The paper's tables: tidy CSV for analysis, Markdown and LaTeX for reading.
 
-Every measured cell comes from a metrics file a run wrote (``metrics.json``, ``relax/metrics.json``
-or ``simulate/metrics.json`` in the run's directory, dens.paths); paper numbers come only from
-``config/tables.yaml`` and sit in columns labelled ``paper``. Rows the paper cites from other work
-carry paper numbers only and say so. Settings tables (7, 8, 9) compare the configured
-hyper-parameters of this scale with the paper's.
+Every measured number comes from a metrics file a run wrote (``metrics.json``,
+``relax/metrics.json`` or ``simulate/metrics.json`` in ``results/{scale}/runs/<experiment>/
+seed<S>/``, dens.paths), one file per configured training seed (``seeds`` in config/config.yaml);
+a missing file or metric raises :class:`MetricsError` naming the file. Paper numbers come only from
+``config/tables.yaml`` and appear only as ``paper``. Rows the paper cites from other work carry
+paper numbers only (unless ``retrain_cited_baselines`` trains them). ``write_table`` writes three
+files per table into ``results/{scale}/tables/``:
+
+``<name>.csv``: tidy, one line per cell, numbers only (full precision, never display strings).
+  Result tables (kinds ``runs`` and ``molecules``) have the columns
+      row            the paper's row label (method or ablation index)
+      <flag columns> Tables 1b, 5, 6: one ``true``/``false`` column per check-mark column
+      molecule       MD17 tables: the molecule; empty for per-method cells (training time,
+                     parameters: the mean over the molecules per seed) and other tables
+      column         the metric column's name; unit its unit
+      ours           mean over the seeds (empty when not measured)
+      ours_std       sample standard deviation over the seeds (empty with one seed)
+      n_seeds        how many seeds ``ours`` averages (empty when not measured)
+      paper          the paper's number (``83M`` read as 83000000; empty when the paper has none)
+      status         ``measured`` (several seeds), ``single seed``, ``cited: paper only`` (not
+                     trained here) or ``no value`` (a metrics file holds null or text)
+      scale          the scale ``ours`` was measured at
+      experiment     the run ``ours`` comes from (a ``{molecule}`` template for per-method cells)
+      origin         the metrics files read (``seed{0,1}`` = seeds 0 and 1) or why none was
+  Settings tables (kind ``settings``: 7, 8, 9) have one line per (hyper-parameter, column):
+  ``row``, ``key`` (path in the resolved experiment), ``column``, ``experiment``, ``ours`` (the
+  value configured at this scale, numeric where numeric), ``paper``, ``source`` (where the
+  paper-scale value comes from: the experiment's ``value_sources``) and ``scale``.
+
+``<name>.md`` and ``<name>.tex`` (booktabs): for reading. Each method takes two lines, ``ours
+(<scale>)`` and ``paper`` under it (cited rows: one ``paper (cited)`` line); MD17 tables have the
+molecules as columns and one block per metric (energy, forces, ...) like the paper's Table 4, with
+the per-method columns (training time, parameters) in a second tabular; wide tables of runs are
+split into one tabular per column ``part`` (Tables 2, 3), as the paper groups them. Our numbers
+are shown at the paper's precision: a column's ``decimals`` in config/tables.yaml, else the most
+decimals the paper prints in that column, but at least two significant digits (small-scale
+training times); parameter counts in millions (``M``); paper numbers as the paper prints them.
+Several seeds show ``mean ± std``; single-seed cells carry a dagger (†); ``—`` = no number.
+Footnotes say what ``ours`` and ``paper`` are.
 """
 
 from __future__ import annotations
@@ -12,23 +46,46 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import statistics
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dens import paths
-from dens.config import Registry, row_experiments
+from dens.config import Registry
 from dens.errors import ConfigError, DensError
 
 MISSING = "—"
+SINGLE_SEED = "†"
+CHECK = "✓"
+PAPER = "Liao et al., TMLR 2024"
+RESULT_COLUMNS = [
+    "row",
+    "molecule",
+    "column",
+    "unit",
+    "ours",
+    "ours_std",
+    "n_seeds",
+    "paper",
+    "status",
+    "scale",
+    "experiment",
+    "origin",
+]
+SETTINGS_COLUMNS = ["row", "key", "column", "experiment", "ours", "paper", "source", "scale"]
 
 
 class MetricsError(DensError, ValueError):
     """A metrics file a table needs is missing or lacks a metric; the message names it."""
 
 
-def read_metric(registry: Registry, experiment: str, column: dict[str, Any]) -> Any:
-    """One metric of one experiment: the mean over the configured training seeds, each read
-    from the metrics file its column's source names."""
+# -- reading -----------------------------------------------------------------------------------
+def read_seeds(registry: Registry, experiment: str, column: dict[str, Any]) -> list[Any]:
+    """One metric of one experiment, one value per configured training seed, each read from the
+    metrics file its column's source names."""
     values = []
     for seed in registry.options["seeds"]:
         path = registry.root / paths.metrics_file(
@@ -47,35 +104,61 @@ def read_metric(registry: Registry, experiment: str, column: dict[str, Any]) -> 
                 f"{path}: no metric {column['metric']!r} (has: {', '.join(metrics)})"
             )
         values.append(metrics[column["metric"]])
-    return values[0] if len(values) == 1 else _mean(values)
+    return values
 
 
-def format_value(value: Any, metric: str = "") -> str:
-    """Render a cell: parameter counts in millions, MAEs with one or two decimals."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool) or isinstance(value, str):
-        return str(value)
-    if metric == "num_parameters" and isinstance(value, int | float):
-        return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if abs(value) >= 100:
-            return f"{value:.0f}"
-        if abs(value) >= 1:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _mean(values: list[Any]) -> Any:
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    if len(numbers) != len(values) or not numbers:
+    """The mean, exact for one value (an int stays an int); None if any value is not a number."""
+    if not values or not all(_is_number(v) for v in values):
         return None
-    return sum(numbers) / len(numbers)
+    return values[0] if len(values) == 1 else statistics.mean(values)
+
+
+@dataclass(frozen=True)
+class Ours:
+    """Our number of one cell: mean and sample standard deviation over the seeds."""
+
+    mean: Any
+    std: float | None
+    n_seeds: int
+    origin: str
+
+    @property
+    def status(self) -> str:
+        if self.mean is None:
+            return "no value"
+        return "single seed" if self.n_seeds == 1 else "measured"
+
+
+def measure(
+    registry: Registry, experiments: list[str], column: dict[str, Any], pattern: str
+) -> Ours:
+    """A metric over the seeds; with several experiments (a per-method cell of an MD17 table),
+    each seed's value is the mean over the experiments. ``pattern`` names the experiment(s) in
+    ``origin`` (an experiment, or a template with ``{molecule}``)."""
+    per_experiment = [read_seeds(registry, experiment, column) for experiment in experiments]
+    per_seed = [_mean(list(values)) for values in zip(*per_experiment, strict=True)]
+    seeds = registry.options["seeds"]
+    seed = str(seeds[0]) if len(seeds) == 1 else "{" + ",".join(map(str, seeds)) + "}"
+    origin = str(
+        paths.metrics_file(registry.scale_name, pattern, seed, column.get("source", "evaluate"))
+    )
+    mean = _mean(per_seed)
+    std = statistics.stdev(per_seed) if mean is not None and len(per_seed) > 1 else None
+    return Ours(mean, std, len(per_seed), origin)
+
+
+def paper_number(value: Any) -> Any:
+    """A paper number as a number: ``83M`` -> 83000000.0, ``1.5k`` -> 1500.0; text stays text."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9.]+)\s*([kM])\s*", value)
+        if match:
+            return float(match[1]) * {"k": 1e3, "M": 1e6}[match[2]]
+    return value
 
 
 def _lookup(resolved: dict[str, Any], key: str) -> Any:
@@ -87,150 +170,491 @@ def _lookup(resolved: dict[str, Any], key: str) -> Any:
     return value
 
 
-def _check(flag: bool) -> str:
-    return "yes" if flag else ""
+# -- formatting --------------------------------------------------------------------------------
+def _decimals_printed(value: Any) -> int:
+    """How many decimals the paper prints for a transcribed number (``20.46`` -> 2, ``83M`` ->
+    0)."""
+    text = str(value)
+    match = re.fullmatch(r"-?[0-9]*\.([0-9]+)[kM]?", text)
+    return len(match[1]) if match else 0
 
 
-def build_rows(registry: Registry, name: str) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, body rows and footnotes of one table, as strings."""
+def column_decimals(column: dict[str, Any], paper_values: list[Any]) -> int:
+    """Decimals of our numbers in a column: ``decimals`` if configured, else the paper's."""
+    if "decimals" in column:
+        return int(column["decimals"])
+    return max((_decimals_printed(v) for v in paper_values if v is not None), default=0)
+
+
+def _scaled(value: Any, metric: str) -> tuple[Any, str]:
+    """Parameter counts in millions, other metrics as they are: (value, suffix)."""
+    return (value / 1e6, "M") if metric == "num_parameters" else (value, "")
+
+
+def _digits(value: float, decimals: int) -> int:
+    """``decimals``, or more where needed for two significant digits."""
+    if value == 0 or not math.isfinite(value):
+        return decimals
+    return max(decimals, 1 - math.floor(math.log10(abs(value))))
+
+
+def format_number(value: Any, decimals: int, metric: str = "") -> str:
+    """A number at ``decimals`` decimals, at least two significant digits; parameter counts in
+    millions (``M``)."""
+    if value is None:
+        return MISSING
+    if not _is_number(value):
+        return str(value)
+    value, suffix = _scaled(value, metric)
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.{_digits(value, decimals)}f}{suffix}"
+
+
+def format_ours(ours: Ours | None, decimals: int, metric: str = "") -> str:
+    """``mean ± std`` over several seeds, ``mean†`` for one seed, ``—`` for none; the standard
+    deviation at the mean's decimals."""
+    if ours is None or ours.mean is None:
+        return MISSING
+    if ours.std is None:
+        return format_number(ours.mean, decimals, metric) + (
+            SINGLE_SEED if ours.n_seeds == 1 else ""
+        )
+    mean, suffix = _scaled(ours.mean, metric)
+    std, _ = _scaled(ours.std, metric)
+    digits = _digits(mean, decimals)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{suffix}"
+
+
+def format_plain(value: Any) -> str:
+    """A paper number or a configured setting as written (the paper's own precision)."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _heading(column: dict[str, Any]) -> str:
+    return f"{column['name']} ({column['unit']})" if column.get("unit") else column["name"]
+
+
+# -- layout ------------------------------------------------------------------------------------
+@dataclass
+class Part:
+    """One tabular: a header, then blocks (an optional title line and lines of cells)."""
+
+    header: list[str]
+    units: list[str]  # second header line (units); all empty = none
+    aligns: str  # one of l (text), c (check marks), r (numbers) per column
+    title: str | None = None  # a part of a table split as the paper does
+    blocks: list[tuple[str | None, list[list[list[str]]]]] = field(default_factory=list)
+    # a block: (title, methods), a method: its lines (ours, paper), a line: its cells
+
+
+def _part(
+    lead: list[str], flags: list[str], names: list[str], units: list[str], align: str = "r"
+) -> Part:
+    """A part with text columns ``lead`` (label), check-mark columns ``flags``, the ours/paper
+    column and value columns ``names`` (numbers: right-aligned)."""
+    return Part(
+        [*lead, *flags, "", *names],
+        [""] * (len(lead) + len(flags) + 1) + units,
+        "l" * len(lead) + "c" * len(flags) + "l" + align * len(names),
+    )
+
+
+@dataclass
+class Table:
+    """A built table: the CSV records and the display parts with their footnotes."""
+
+    fields: list[str]
+    records: list[dict[str, Any]]
+    caption: str
+    parts: list[Part]
+    notes: list[str]
+
+
+def _method_lines(
+    label: str,
+    flags: list[str],
+    scale: str,
+    measured: bool,
+    ours: list[str],
+    paper: list[str],
+) -> list[list[str]]:
+    """A method's display lines: ours and the paper's under it, or the paper's alone (cited);
+    [] when neither has a number."""
+    if all(cell == MISSING for cell in ours + paper):
+        return []
+    if not measured:
+        return [[label, *flags, "paper (cited)", *paper]]
+    return [[label, *flags, f"ours ({scale})", *ours], ["", *[""] * len(flags), "paper", *paper]]
+
+
+def build_table(registry: Registry, name: str) -> Table:
+    """Records and display of one table; every measured number read from metrics files."""
     table = registry.table(name)
-    kind = table["kind"]
-    notes: list[str] = []
-    if kind == "settings":
-        return _settings_rows(registry, table) + (notes,)
-    header = ["row"] + list(table.get("flag_columns", []))
-    if kind == "runs":
-        for column in table["columns"]:
-            unit = f" ({column['unit']})" if column["unit"] else ""
-            header += [f"{column['name']}{unit} ours", f"{column['name']}{unit} paper"]
-    else:
-        for molecule in table["molecules"]:
-            for column in table["columns"]:
-                header += [
-                    f"{molecule} {column['name']} ours",
-                    f"{molecule} {column['name']} paper",
-                ]
-        for column in table.get("summary_columns", []):
-            unit = f" ({column['unit']})" if column["unit"] else ""
-            header += [f"{column['name']}{unit} ours", f"{column['name']}{unit} paper"]
-    header.append("origin")
-    body: list[list[str]] = []
+    if table["kind"] == "settings":
+        return _settings_table(registry, table)
+    return _results_table(registry, table)
+
+
+def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
+    scale, kind = registry.scale_name, table["kind"]
+    flag_names = list(table.get("flag_columns", []))
+    columns, summary = table["columns"], table.get("summary_columns", [])
+    molecules = table.get("molecules", []) if kind == "molecules" else [""]
+    row_header = table.get("row_header", "method")
+
+    def paper_of(row: dict[str, Any], molecule: str, index: int) -> Any:
+        values = (row["paper"].get(molecule) or []) if kind == "molecules" else row["paper"]
+        return values[index] if index < len(values) else None
+
+    def summary_paper(row: dict[str, Any], index: int) -> Any:
+        values = row.get("paper_summary", [])
+        return values[index] if index < len(values) else None
+
+    decimals = {  # (is a summary column, index) -> decimals of our numbers
+        (False, i): column_decimals(
+            column, [paper_of(row, m, i) for row in table["rows"] for m in molecules]
+        )
+        for i, column in enumerate(columns)
+    } | {
+        (True, i): column_decimals(column, [summary_paper(row, i) for row in table["rows"]])
+        for i, column in enumerate(summary)
+    }
+
+    records: list[dict[str, Any]] = []
+    cited_rows = retrainable = single = 0
+    # display: per row, per (molecule, column index) our text and the paper's
+    display: list[tuple[dict[str, Any], bool, dict[tuple[str, int, bool], tuple[str, str]]]] = []
     for row in table["rows"]:
-        measured = registry.table_row_experiments(row, table)
-        cells = [row["label"]] + [_check(flag) for flag in row.get("flags", [])]
-        if kind == "runs":
-            for index, column in enumerate(table["columns"]):
-                ours = read_metric(registry, measured[0], column) if measured else None
-                paper = row["paper"][index] if index < len(row["paper"]) else None
-                cells += [format_value(ours, column["metric"]), format_value(paper)]
-        else:
-            for molecule in table["molecules"]:
-                experiment = row["experiment"].format(molecule=molecule) if measured else None
-                paper = row["paper"].get(molecule) or []
-                for index, column in enumerate(table["columns"]):
-                    ours = read_metric(registry, experiment, column) if experiment else None
-                    theirs = paper[index] if index < len(paper) else None
-                    cells += [format_value(ours, column["metric"]), format_value(theirs)]
-            for index, column in enumerate(table.get("summary_columns", [])):
-                ours = (
-                    _mean([read_metric(registry, e, column) for e in measured])
-                    if measured
-                    else None
+        measured = bool(registry.table_row_experiments(row, table))
+        flags = {flag: value for flag, value in zip(flag_names, row.get("flags", []), strict=False)}
+        if not measured:
+            cited_rows += 1
+            retrainable += "experiment" in row
+            origin = "cited: paper numbers only" + (
+                " (set retrain_cited_baselines to train it)" if "experiment" in row else ""
+            )
+        texts: dict[tuple[str, int, bool], tuple[str, str]] = {}
+        cells = [
+            (molecule, index, column, False, paper_of(row, molecule, index))
+            for molecule in molecules
+            for index, column in enumerate(columns)
+        ] + [
+            ("", index, column, True, summary_paper(row, index))
+            for index, column in enumerate(summary)
+        ]
+        for molecule, index, column, is_summary, paper in cells:
+            ours = None
+            experiment = ""
+            if measured:
+                experiment = row["experiment"]
+                if kind == "molecules" and not is_summary:
+                    experiment = experiment.format(molecule=molecule)
+                experiments = (
+                    registry.table_row_experiments(row, table) if is_summary else [experiment]
                 )
-                paper_summary = row.get("paper_summary", [])
-                theirs = paper_summary[index] if index < len(paper_summary) else None
-                cells += [format_value(ours, column["metric"]), format_value(theirs)]
-        if measured:
-            origin = f"measured ({registry.scale_name}): {row_experiments(row, table)[0]}"
-            if kind == "molecules":
-                origin = f"measured ({registry.scale_name}): {row['experiment']}"
-        elif row.get("experiment"):
-            origin = "cited: paper numbers only (set retrain_cited_baselines to train it)"
-        else:
-            origin = "cited: paper numbers only"
-        body.append(cells + [origin])
+                ours = measure(registry, experiments, column, experiment)
+                single += ours.n_seeds == 1 and ours.mean is not None
+            records.append(
+                {
+                    "row": row["label"],
+                    **{flag: "true" if value else "false" for flag, value in flags.items()},
+                    "molecule": molecule,
+                    "column": column["name"],
+                    "unit": column.get("unit", ""),
+                    "ours": ours.mean if ours else None,
+                    "ours_std": ours.std if ours else None,
+                    "n_seeds": ours.n_seeds if ours else None,
+                    "paper": paper_number(paper),
+                    "status": ours.status if ours else "cited: paper only",
+                    "scale": scale,
+                    "experiment": experiment,
+                    "origin": ours.origin if ours else origin,
+                }
+            )
+            texts[(molecule, index, is_summary)] = (
+                format_ours(ours, decimals[(is_summary, index)], column.get("metric", "")),
+                format_plain(paper),
+            )
+        display.append((row, measured, texts))
+
+    def lines(keys: list[tuple[str, int, bool]], with_flags: bool) -> list[list[list[str]]]:
+        methods = []
+        for row, measured, texts in display:
+            flags = [CHECK if f else "" for f in row.get("flags", [])] if with_flags else []
+            method = _method_lines(
+                row["label"],
+                flags,
+                scale,
+                measured,
+                [texts[key][0] for key in keys],
+                [texts[key][1] for key in keys],
+            )
+            if method:
+                methods.append(method)
+        return methods
+
+    parts = []
+    if kind == "runs":  # one tabular, or one per ``part`` of the columns (split like the paper)
+        groups: dict[str | None, list[int]] = {}
+        for index, column in enumerate(columns):
+            groups.setdefault(column.get("part"), []).append(index)
+        for title, indices in groups.items():
+            part = _part(
+                [row_header],
+                flag_names,
+                [columns[index]["name"] for index in indices],
+                [columns[index].get("unit", "") for index in indices],
+            )
+            part.title = title
+            part.blocks.append((None, lines([("", index, False) for index in indices], True)))
+            parts.append(part)
+    else:  # molecules as columns, one block per metric; per-method columns in a second tabular
+        part = _part(
+            [row_header],
+            flag_names,
+            [m.replace("_", " ") for m in molecules],
+            [""] * len(molecules),
+        )
+        for index, column in enumerate(columns):
+            keys = [(molecule, index, False) for molecule in molecules]
+            part.blocks.append((_heading(column), lines(keys, True)))
+        parts.append(part)
+        if summary:
+            per_method = _part(
+                [row_header],
+                [],
+                [column["name"] for column in summary],
+                [column.get("unit", "") for column in summary],
+            )
+            keys = [("", index, True) for index in range(len(summary))]
+            per_method.blocks.append((None, lines(keys, False)))
+            parts.append(per_method)
+
+    notes = []
     if "paper_note" in table:
         notes.append(f"Paper: {table['paper_note']}.")
+    seeds = registry.options["seeds"]
     notes.append(
-        f"'ours' = measured at scale {registry.scale_name} from the runs' metrics files; "
-        "'paper' = Liao et al., TMLR 2024."
+        f"'ours ({scale})' = measured at scale {scale} from the runs' metrics files "
+        f"(results/{scale}/runs/<experiment>/seed<S>/), "
+        + (
+            f"mean ± sample standard deviation over seeds {seeds}"
+            if len(seeds) > 1
+            else f"seed {seeds[0]}"
+        )
+        + f"; 'paper' = {PAPER}. Our numbers at the paper's precision; the CSV has full precision."
     )
-    return header, body, notes
+    if single:
+        notes.append(f"{SINGLE_SEED} single seed (seeds: {seeds}): no standard deviation.")
+    if cited_rows:
+        notes.append(
+            "'paper (cited)': rows the paper cites from other work, paper numbers only"
+            + (
+                ", not trained here (set retrain_cited_baselines to train them)"
+                if retrainable
+                else ""
+            )
+            + "."
+        )
+    notes.append(f"{MISSING} = no number.")
+    return Table(["row", *flag_names, *RESULT_COLUMNS[1:]], records, table["caption"], parts, notes)
 
 
-def _settings_rows(registry: Registry, table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Configured value beside the paper's per hyper-parameter and column, and a last column
-    with where the configured paper-scale values come from (the experiments' ``value_sources``,
-    the column name written as <column>)."""
-    header = ["hyper-parameter"]
-    for column in table["columns"]:
-        header += [f"{column['name']} ours ({registry.scale_name})", f"{column['name']} paper"]
-    header.append("source of the paper-scale value")
+def _settings_table(registry: Registry, table: dict[str, Any]) -> Table:
+    """Configured values at this scale beside the paper's, per hyper-parameter and column; where
+    the configured paper-scale values come from (the experiments' ``value_sources``) in the CSV
+    and, per hyper-parameter, in a footnote (the column name written as <column>)."""
+    scale = registry.scale_name
     resolved = [registry.resolve(column["experiment"]) for column in table["columns"]]
-    body = []
+    records: list[dict[str, Any]] = []
+    names = [column["name"] for column in table["columns"]]
+    part = _part([table.get("row_header", "hyper-parameter")], [], names, [""] * len(names), "c")
+    methods, sources_notes = [], []
     for row in table["rows"]:
-        cells = [row["label"]]
-        sources: list[str] = []
+        ours_texts, paper_texts, sources = [], [], []
         for index, (column, run) in enumerate(zip(table["columns"], resolved, strict=True)):
-            theirs = row["paper"][index] if index < len(row["paper"]) else None
-            cells += [format_value(_lookup(run, row["key"])), format_value(theirs)]
+            ours = _lookup(run, row["key"])
+            paper = row["paper"][index] if index < len(row["paper"]) else None
             value_sources = registry.experiment(column["experiment"]).get("value_sources", {})
-            if row["key"] in value_sources:
-                source = value_sources[row["key"]].replace(column["name"], "<column>")
-                if source not in sources:
-                    sources.append(source)
-        body.append(cells + ["; ".join(sources) or MISSING])
-    return header, body
+            source = value_sources.get(row["key"], "")
+            records.append(
+                {
+                    "row": row["label"],
+                    "key": row["key"],
+                    "column": column["name"],
+                    "experiment": column["experiment"],
+                    "ours": ours if _is_number(ours) or ours is None else format_plain(ours),
+                    "paper": paper_number(paper),
+                    "source": source,
+                    "scale": scale,
+                }
+            )
+            ours_texts.append(format_plain(ours))
+            paper_texts.append(format_plain(paper))
+            general = source.replace(column["name"], "<column>")
+            if source and general not in sources:
+                sources.append(general)
+        methods.append(_method_lines(row["label"], [], scale, True, ours_texts, paper_texts))
+        if sources:
+            sources_notes.append(f"{row['label']}: {'; '.join(sources)}")
+    part.blocks.append((None, methods))
+    notes = [
+        f"'ours ({scale})' = the value configured at scale {scale} (config/experiments.yaml "
+        f"resolved with config/scales/{scale}.yaml); 'paper' = {PAPER}. {MISSING} = none."
+    ]
+    if sources_notes:
+        notes.append("Sources of the paper-scale values (<column> = the column's name):")
+        notes += [f"{note}." for note in sources_notes]
+    return Table(SETTINGS_COLUMNS, records, table["caption"], [part], notes)
 
 
-def _latex_escape(text: str) -> str:
-    replacements = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "#": r"\#",
-        "_": r"\_",
-        "$": r"\$",
-        "{": r"\{",
-        "}": r"\}",
-        "Å": r"\AA{}",
-        "—": "--",
-    }
-    return "".join(replacements.get(char, char) for char in text)
+# -- writing -----------------------------------------------------------------------------------
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value
 
 
-def to_latex(caption: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
-    """A booktabs table; check marks for flag columns."""
+def to_csv(table: Table, path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=table.fields)
+        writer.writeheader()
+        for record in table.records:
+            writer.writerow({key: _csv_value(record.get(key)) for key in table.fields})
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+MD_ALIGN = {"l": ":--", "c": ":-:", "r": "--:"}
+
+
+def _md_line(cells: list[str]) -> str:
+    return "|" + "|".join(f" {_md_escape(cell)} " if cell else " " for cell in cells) + "|"
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub Markdown: each part a pipe table, block titles as bold lines, footnotes after."""
+    lines = [f"**{_md_escape(table.caption)}**", ""]
+    for part in table.parts:
+        header = [
+            f"{name} ({unit})" if unit else name
+            for name, unit in zip(part.header, part.units, strict=True)
+        ]
+        if part.title is not None:
+            lines += [f"*{_md_escape(part.title)}*", ""]
+        lines.append(_md_line(header))
+        lines.append("|" + "|".join(MD_ALIGN[align] for align in part.aligns) + "|")
+        for title, methods in part.blocks:
+            if title is not None:
+                lines.append(_md_line([f"***{title}***"] + [""] * (len(header) - 1)))
+            lines += [_md_line(cells) for method in methods for cells in method]
+        lines.append("")
+    lines += [_md_escape(note) + "  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "#": r"\#",
+    "_": r"\_",
+    "$": r"\$",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "Å": r"\AA{}",
+    "—": "---",
+    "±": r"$\pm$",
+    SINGLE_SEED: r"$^\dagger$",
+    CHECK: r"\checkmark",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX.get(char, char) for char in text)
+
+
+def _latex_heading(text: str, width: int = 14) -> str:
+    """A column heading; a long one over several lines (a nested tabular, plain LaTeX)."""
+    parts = textwrap.wrap(text, width=width, break_long_words=False) or [""]
+    if len(parts) == 1:
+        return latex_escape(text)
+    return r"\begin{tabular}[b]{@{}c@{}}" + r"\\".join(map(latex_escape, parts)) + r"\end{tabular}"
+
+
+def _latex_row(cells: list[str], width: int = 150) -> list[str]:
+    """One tabular row as source lines, broken after an ``&`` where it would exceed ``width``."""
+    lines = [cells[0]]
+    for cell in cells[1:]:
+        if len(lines[-1]) + len(cell) + 3 > width:
+            lines[-1] += " &"
+            lines.append("  " + cell)
+        else:
+            lines[-1] += " & " + cell
+    lines[-1] += r" \\"
+    return lines
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table (\\toprule, \\midrule, \\bottomrule; needs booktabs and amssymb)."""
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\scriptsize",
-        r"\caption{" + _latex_escape(caption) + "}",
-        r"\begin{tabular}{" + "l" * len(header) + "}",
-        r"\toprule",
-        " & ".join(_latex_escape(cell) for cell in header) + r" \\",
-        r"\midrule",
+        r"\caption{" + latex_escape(table.caption) + "}",
     ]
-    for cells in body:
-        rendered = [r"\checkmark" if cell == "yes" else _latex_escape(cell) for cell in cells]
-        lines.append(" & ".join(rendered) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [r"\par\smallskip " + _latex_escape(note) for note in notes]
+    for number, part in enumerate(table.parts):
+        width = len(part.header)
+        if number:
+            lines.append(r"\par\medskip")
+        if part.title is not None:
+            lines.append(r"\textit{" + latex_escape(part.title) + r"}\par\smallskip")
+        lines += [r"\begin{tabular}{" + part.aligns + "}", r"\toprule"]
+        lines += _latex_row([_latex_heading(cell) for cell in part.header])
+        if any(part.units):
+            lines += _latex_row([f"({latex_escape(unit)})" if unit else "" for unit in part.units])
+        for title, methods in part.blocks:
+            lines.append(r"\midrule")
+            if title is not None:
+                lines.append(
+                    rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(title)}}}}} \\"
+                )
+            for position, method in enumerate(methods):
+                if position and len(method) + len(methods[position - 1]) > 2:
+                    lines.append(r"\addlinespace[2pt]")
+                for cells in method:
+                    lines += _latex_row([latex_escape(cell) for cell in cells])
+        lines += [r"\bottomrule", r"\end{tabular}"]
+    for note in table.notes:
+        lines += textwrap.wrap(
+            r"\par\smallskip " + latex_escape(note),
+            width=100,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
 def write_table(registry: Registry, name: str, out_dir: Path) -> list[Path]:
-    """Write ``<name>.csv`` and ``<name>.tex``; every measured number read from metrics files."""
+    """Write ``<name>.csv``, ``<name>.md`` and ``<name>.tex``; every measured number read from
+    metrics files."""
     try:
-        header, body, notes = build_rows(registry, name)
+        table = build_table(registry, name)
     except KeyError as error:
         raise ConfigError(f"config/tables.yaml: tables.{name}: missing key {error}") from error
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, tex_path = out_dir / f"{name}.csv", out_dir / f"{name}.tex"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(body)
-    tex_path.write_text(to_latex(registry.table(name)["caption"], header, body, notes))
-    return [csv_path, tex_path]
+    csv_path, md_path, tex_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex"))
+    to_csv(table, csv_path)
+    md_path.write_text(to_markdown(table))
+    tex_path.write_text(to_latex(table))
+    return [csv_path, md_path, tex_path]

@@ -241,7 +241,9 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
 def fit_normalizer(train_set: Sequence[Data], reference: EnergyReference, seed: int) -> Normalizer:
     """Energy statistics (Normalizer.fit) of the training set, in one pass over it; above
     NORMALIZER_SAMPLES structures, of a random subset of that size seeded by `seed` (a pass
-    over the millions of OC20/OC22 frames would take about an hour at aselmdb read speed)."""
+    over the millions of OC20/OC22 frames would take about an hour at aselmdb read speed). The
+    elements recorded are the whole set's where the dataset knows them (``elements``, as
+    AseLmdbDataset does), so a rare element outside the subset is still known."""
     indices: Sequence[int] = range(len(train_set))
     if len(train_set) > NORMALIZER_SAMPLES:
         generator = torch.Generator().manual_seed(seed)
@@ -252,7 +254,10 @@ def fit_normalizer(train_set: Sequence[Data], reference: EnergyReference, seed: 
         energies.append(float(data.energy))
         counts.append(torch.bincount(data.atomic_numbers, minlength=NUM_ELEMENTS))
     return Normalizer.fit(
-        torch.tensor(energies, dtype=torch.float64), torch.stack(counts), reference
+        torch.tensor(energies, dtype=torch.float64),
+        torch.stack(counts),
+        reference,
+        getattr(train_set, "elements", None),
     )
 
 

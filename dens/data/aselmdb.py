@@ -229,6 +229,8 @@ class AseLmdbDataset(torch.utils.data.Dataset):
         except lmdb.Error as err:
             raise DataError(f"{path} is damaged (LMDB: {err}); {rebuild_hint(path)}") from err
         self._length = len(items)
+        self.elements: list[int] = sorted({int(z) for item in items for z in item.atomic_numbers})
+        """The atomic numbers present in the file."""
         if items:
             keys = set(items[0].keys())
             for index, item in enumerate(items):

@@ -101,6 +101,11 @@ class UnsafeArchiveError(DensError, ValueError):
         super().__init__(f"refusing to extract {archive}: member {member!r} {reason}")
 
 
+class DamagedArchiveError(DownloadError):
+    """An archive could not be read while extracting (truncated or corrupt); nothing was
+    extracted."""
+
+
 class UnverifiedDownloadWarning(UserWarning):
     """A file was used without a published checksum to verify it against."""
 
@@ -511,6 +516,14 @@ def extract(
         }
         (staging / EXTRACTED_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         staging.rename(dest_dir)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, FileNotFoundError | PermissionError | FileExistsError):
+            raise
+        raise DamagedArchiveError(
+            f"{archive} is damaged ({fmt}: {error}); delete it and download it again "
+            "(`dens data download NAME --out FILE` checks its checksum)"
+        ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -72,3 +72,13 @@ def test_labels_need_energy_and_forces() -> None:
     water.calc = SinglePointCalculator(water, energy=-1.0)
     with pytest.raises(ValueError, match="no forces label"):
         atoms_to_data(water, labels=True)
+
+
+def test_dataset_knows_its_elements(tmp_path) -> None:
+    molecules = []
+    for name in ("CH4", "H2O"):
+        atoms = ase.build.molecule(name)
+        atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((len(atoms), 3)))
+        molecules.append(atoms)
+    write_aselmdb(tmp_path / "two.aselmdb", molecules)
+    assert AseLmdbDataset(tmp_path / "two.aselmdb").elements == [1, 6, 8]

@@ -1,5 +1,6 @@
-# The paper's tables as CSV and LaTeX, built only from the metrics files runs wrote, with the
-# paper's numbers (config/tables.yaml) side by side (dens.tables).
+# The paper's tables, built only from the metrics files runs wrote (mean and standard deviation over
+# the configured seeds), with the paper's numbers (config/tables.yaml): a tidy CSV of numbers for
+# analysis, Markdown and LaTeX (booktabs) for reading (dens.tables).
 
 
 rule table:
@@ -7,6 +8,7 @@ rule table:
         table_metrics,
     output:
         csv=str(paths.table_file(SCALE, "{table}", "csv")),
+        md=str(paths.table_file(SCALE, "{table}", "md")),
         tex=str(paths.table_file(SCALE, "{table}", "tex")),
     wildcard_constraints:
         table="|".join(REGISTRY.tables),
@@ -29,7 +31,7 @@ rule table:
 
 TABLE_FILES = {
     f"table{number}": [
-        str(paths.table_file(SCALE, name, ext)) for name in names for ext in ("csv", "tex")
+        str(paths.table_file(SCALE, name, ext)) for name in names for ext in ("csv", "md", "tex")
     ]
     for number, names in {
         1: ["table1a", "table1b"],
