@@ -61,6 +61,15 @@ def test_touched_input_reruns_without_getting_stuck(pipeline: Path) -> None:
     outputs_complete(pipeline)
 
 
+def test_a_changed_rule_reruns_without_getting_stuck(pipeline: Path) -> None:
+    """Snakemake reruns a job whose shell command changed and deletes its outputs first."""
+    rule = pipeline / "workflow/rules/train.smk"
+    rule.write_text(rule.read_text().replace("--threads {threads}", "--threads 1"))
+    result = run(pipeline, TARGET, "--config", "scale=smoke")
+    assert "rule train" in result.stdout + result.stderr
+    outputs_complete(pipeline)
+
+
 def test_a_second_seed_leaves_the_first_alone(pipeline: Path) -> None:
     first = (pipeline / TARGET).read_bytes()
     seed1 = f"results/smoke/runs/{EXPERIMENT}/seed1/metrics.json"
