@@ -138,7 +138,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
     settings = registry_from(args).data_settings(args.dataset)
     _set_threads(args.threads)
-    prepare_dataset(settings, Path(args.out_dir), args.inputs)
+    prepare_dataset(settings, Path(args.out_dir), args.inputs, args.threads)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

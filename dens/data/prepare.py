@@ -1,9 +1,10 @@
 """Prepare a dataset's aselmdb splits: one preparer per dataset family, found from a table.
 
-A preparer gets the dataset's settings at the scale (``Registry.data_settings``: family,
-source generate/download, generator sizes and seed), the output directory
-(results/{scale}/data/<dataset>, dens.paths) and the downloaded inputs at the paper scale, and
-writes every split of config/datasets.yaml plus provenance.json.
+A preparer gets the dataset's settings at the scale (``Registry.data_settings``: name, family,
+splits by role, source generate/download, generator sizes and seed), the output directory
+(results/{scale}/data/<dataset>, dens.paths), the downloaded inputs at the paper scale and the
+number of processes it may use, and writes every split of config/datasets.yaml plus
+provenance.json (last: its presence marks the dataset complete).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 from dens.errors import ConfigError, NotAvailableError
 
-Preparer = Callable[[Mapping[str, Any], Path, Sequence[Path]], None]
+Preparer = Callable[[Mapping[str, Any], Path, Sequence[Path], int], None]
 
 
-def prepare_md17(settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path]) -> None:
+def prepare_md17(
+    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path], processes: int = 1
+) -> None:
     """mini-MD17 generated with GFN2-xTB, or the paper's npz converted (dens.data.md17)."""
     from dens.data import md17
 
@@ -51,13 +54,14 @@ PENDING_FAMILIES = {
 
 
 def prepare_dataset(
-    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path] = ()
+    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path] = (), processes: int = 1
 ) -> None:
-    """Write the splits of one dataset (``settings`` from ``Registry.data_settings``)."""
+    """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
+    ``processes`` worker processes."""
     family = settings["family"]
     if family in PENDING_FAMILIES:
         raise NotAvailableError(
             f"dataset {settings['name']}: preparing {PENDING_FAMILIES[family]} "
             f"({settings['source']}) is not implemented yet; it lands with the OC20/OC22 issue"
         )
-    PREPARERS[family](settings, Path(out_dir), [Path(p) for p in inputs])
+    PREPARERS[family](settings, Path(out_dir), [Path(p) for p in inputs], processes)
