@@ -41,12 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
-import hashlib
-import importlib.metadata
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -76,6 +72,7 @@ from dens.evaluate import mean_absolute_errors
 from dens.models import build_model as build_registered_model
 from dens.models import count_parameters
 from dens.normalization import NUM_ELEMENTS, EnergyReference, Normalizer
+from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
 
 BuildModel = Callable[[dict], nn.Module]
 
@@ -392,53 +389,6 @@ def build_trainee(
     return Trainee(model, ema, build_optimizer(model, optim), generator)
 
 
-def started_with(
-    experiment: Mapping[str, Any], train_set: Sequence[Data], val_set: Sequence[Data]
-) -> dict[str, Any]:
-    """What a run was started with, saved in last.pt: a run resumes only if this is unchanged.
-
-    The resolved experiment, the code version that matters (dens and the checkpoint format),
-    and per dataset its number of structures and, for files, their size and the SHA-256 of the
-    provenance.json written beside them (a regenerated dataset has a new one; a touched file
-    keeps it). The training seed is part of the experiment."""
-    return {
-        "experiment": dict(experiment),
-        "code": {"dens": _dens_version(), "checkpoint_format": FORMAT_VERSION},
-        "train_set": _dataset_fingerprint(train_set),
-        "val_set": _dataset_fingerprint(val_set),
-    }
-
-
-def _dens_version() -> str:
-    try:
-        return importlib.metadata.version("dens")
-    except importlib.metadata.PackageNotFoundError:
-        return "source"
-
-
-def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
-    fingerprint: dict[str, Any] = {"structures": len(dataset)}
-    path = getattr(dataset, "path", None)
-    if path is not None:
-        path = Path(path)
-        fingerprint["file"] = path.name
-        fingerprint["bytes"] = path.stat().st_size
-        provenance = path.with_name("provenance.json")
-        if provenance.is_file():
-            fingerprint["provenance_sha256"] = hashlib.sha256(provenance.read_bytes()).hexdigest()
-    return fingerprint
-
-
-def move_aside(run_dir: Path, reason: str) -> Path:
-    """Move a run directory whose last.pt no longer matches aside (never delete a run):
-    <run>.previous-<UTC time>/, with the reason in <that>/MOVED_ASIDE.txt."""
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}")
-    run_dir.rename(target)
-    (target / "MOVED_ASIDE.txt").write_text(f"moved aside from {run_dir}: {reason}\n")
-    return target
-
-
 def start_or_resume(
     run_dir: Path,
     start: Mapping[str, Any],
@@ -662,22 +612,6 @@ def end_epoch(
         "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
     }
     return True
-
-
-BEST_EPOCH_FILE = "best-epoch.pt"
-"""The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
-declares and Snakemake may delete before a rerun) is published from it."""
-
-
-def publish(source: Path, target: Path) -> None:
-    """Make ``target`` a copy of ``source`` (a hard link where possible), atomically."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
 
 
 def _reporter(

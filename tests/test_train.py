@@ -23,8 +23,8 @@ from torch_geometric.data import Data
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.runs import BEST_EPOCH_FILE
 from dens.train import (
-    BEST_EPOCH_FILE,
     LOG_COLUMNS,
     PREEMPTED_EXIT_CODE,
     NonFiniteLossError,

@@ -1,0 +1,86 @@
+"""A training run's directory: what the run was started with, and its outputs.
+
+A run (one experiment, scale and training seed: dens.paths.run_dir) resumes from
+checkpoints/last.pt only when it was started with the same experiment, data and code
+(``started_with``); otherwise the old run is moved aside, never deleted (``move_aside``). The
+best epoch's checkpoint is kept inside the run and checkpoints/best.pt, the file the pipeline
+declares (and Snakemake deletes before rerunning a job), is published from it (``publish``), so a
+finished run asked again writes its outputs again without training.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch_geometric.data import Data
+
+from dens.checkpoint import FORMAT_VERSION
+
+BEST_EPOCH_FILE = "best-epoch.pt"
+"""The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
+declares and Snakemake may delete before a rerun) is published from it."""
+
+
+def publish(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` (a hard link where possible), atomically."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def started_with(
+    experiment: Mapping[str, Any], train_set: Sequence[Data], val_set: Sequence[Data]
+) -> dict[str, Any]:
+    """What a run was started with, saved in last.pt: a run resumes only if this is unchanged.
+
+    The resolved experiment, the code version that matters (dens and the checkpoint format),
+    and per dataset its number of structures and, for files, their size and the SHA-256 of the
+    provenance.json written beside them (a regenerated dataset has a new one; a touched file
+    keeps it). The training seed is part of the experiment."""
+    return {
+        "experiment": dict(experiment),
+        "code": {"dens": _dens_version(), "checkpoint_format": FORMAT_VERSION},
+        "train_set": _dataset_fingerprint(train_set),
+        "val_set": _dataset_fingerprint(val_set),
+    }
+
+
+def _dens_version() -> str:
+    try:
+        return importlib.metadata.version("dens")
+    except importlib.metadata.PackageNotFoundError:
+        return "source"
+
+
+def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
+    fingerprint: dict[str, Any] = {"structures": len(dataset)}
+    path = getattr(dataset, "path", None)
+    if path is not None:
+        path = Path(path)
+        fingerprint["file"] = path.name
+        fingerprint["bytes"] = path.stat().st_size
+        provenance = path.with_name("provenance.json")
+        if provenance.is_file():
+            fingerprint["provenance_sha256"] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+    return fingerprint
+
+
+def move_aside(run_dir: Path, reason: str) -> Path:
+    """Move a run directory whose last.pt no longer matches aside (never delete a run):
+    <run>.previous-<UTC time>/, with the reason in <that>/MOVED_ASIDE.txt."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}")
+    run_dir.rename(target)
+    (target / "MOVED_ASIDE.txt").write_text(f"moved aside from {run_dir}: {reason}\n")
+    return target
