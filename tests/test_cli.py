@@ -38,12 +38,13 @@ def test_experiments_lists_every_run(capsys: pytest.CaptureFixture[str]) -> None
     assert len(capsys.readouterr().out.strip().splitlines()) == 104
 
 
-def test_oc_data_preparation_says_what_is_missing(
+def test_paper_scale_oc_preparation_without_archives_is_one_line(
     tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["data", "prepare", "oc22", "--scale", "smoke", "--out-dir", str(tmp_path)])
-    assert code == 2 and "OC22" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
+    code = main(["data", "prepare", "oc22", "--scale", "paper", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert not any(tmp_path.glob("*.aselmdb"))
 
 
 def test_params_of_the_no_force_encoding_ablation_counts_no_encoding_weights(

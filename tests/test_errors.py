@@ -79,9 +79,9 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ),
         ["unknown dataset 'md17-ethanoll'", "md17-ethanol"],
     ),
-    "dataset not available yet": (
-        lambda tmp: ["data", "prepare", "oc22", "--scale", "smoke", "--out-dir", str(tmp)],
-        ["OC22"],
+    "model family not available yet": (
+        lambda tmp: ["params", "oc22/eqv2-dens-127m"],
+        ["equiformer_v2", "not implemented yet"],
     ),
     "unknown archive": (
         lambda tmp: ["data", "download", "md17_ethanoll", "--out", str(tmp / "x.npz")],

@@ -18,7 +18,7 @@ or missing file raises dens.errors.DataError naming it and how to rebuild it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -144,15 +144,22 @@ def check_aselmdb(path: Path) -> None:
 
 
 def write_aselmdb(
-    path: Path, structures: Iterable[Atoms], metadata: Mapping[str, Any] | None = None
+    path: Path,
+    structures: Iterable[Atoms],
+    metadata: Mapping[str, Any] | None = None,
+    required_results: Sequence[str] = ("energy", "forces"),
 ) -> int:
     """Write `structures` as a new aselmdb file at `path` (an existing file is replaced).
 
-    Each `Atoms` must carry a calculator with results `energy` (eV) and `forces` (eV/Å),
-    e.g. an `ase.calculators.singlepoint.SinglePointCalculator`. Scalars in `atoms.info`
-    become the row's key-value pairs (`md_split`, `frame`, ...); `atoms.info["sid"]` is also
-    stored in the row data, where AseDBDataset looks for the system id. `metadata` (a
-    JSON-serialisable dict) is stored once per file (`ase.db.connect(path).metadata`).
+    Each `Atoms` must carry a calculator with the results named in `required_results`
+    (default: `energy` (eV) and `forces` (eV/Å)), e.g. an
+    `ase.calculators.singlepoint.SinglePointCalculator`; pass `("energy",)` to write rows
+    without forces, `()` for rows without labels. Scalars in `atoms.info` become the row's
+    key-value pairs (`md_split`, `frame`, ...); `atoms.info["sid"]` is also stored in the row
+    data, where AseDBDataset looks for the system id. `atoms.info["data"]`, a dict, is not a
+    key-value pair: it is added to the row data (e.g. IS2RE's `pos_relaxed` array; fairchem's
+    AseDBDataset copies the row data into `atoms.info`). `metadata` (a JSON-serialisable
+    dict) is stored once per file (`ase.db.connect(path).metadata`).
     All rows are written in one LMDB transaction; LMDB's `-lock` file beside `path` is
     removed afterwards. Returns the number of rows written.
     """
@@ -166,15 +173,16 @@ def write_aselmdb(
     with db:
         for atoms in structures:
             results = atoms.calc.results if atoms.calc is not None else {}
-            missing = [key for key in ("energy", "forces") if key not in results]
+            missing = [key for key in required_results if key not in results]
             if missing:
                 raise ValueError(
                     f"structure {n_rows} written to {path} has no {' and '.join(missing)} result; "
-                    "attach a SinglePointCalculator with energy and forces"
+                    f"attach a SinglePointCalculator with {' and '.join(required_results)}"
                 )
             info = dict(atoms.info)
-            data = {"sid": info["sid"]} if "sid" in info else None
-            db.write(atoms, key_value_pairs=info, data=data)
+            data = {"sid": info["sid"]} if "sid" in info else {}
+            data.update(info.pop("data", None) or {})
+            db.write(atoms, key_value_pairs=info, data=data or None)
             n_rows += 1
         if metadata:
             db.metadata = dict(metadata)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dens.errors import ConfigError, NotAvailableError
+from dens.errors import ConfigError
 
 Preparer = Callable[[Mapping[str, Any], Path, Sequence[Path], int], None]
 
@@ -44,13 +44,38 @@ def prepare_md17(
     md17.convert_md17_npz(npz[0], out_dir)
 
 
-PREPARERS: dict[str, Preparer] = {"md17": prepare_md17}
-"""Dataset family (config/datasets.yaml ``family``) -> its preparer."""
+def prepare_oc20(
+    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path], processes: int = 1
+) -> None:
+    """mini-OC20 generated with EMT (dens.data.catalysts), or the downloaded S2EF/IS2RE
+    archives converted (dens.data.oc_convert)."""
+    if settings["source"] == "generate":
+        from dens.data.catalysts import prepare_oc20_generated
 
-PENDING_FAMILIES = {
-    "oc20": "OC20 data (mini-OC20 from EMT, the S2EF/IS2RE converters)",
-    "oc22": "OC22 data (mini-OC22 from EMT, the S2EF/IS2RE-Total converters)",
-}
+        prepare_oc20_generated(settings, out_dir, processes)
+        return
+    from dens.data.oc_convert import prepare_oc_downloaded
+
+    prepare_oc_downloaded(settings, out_dir, inputs, processes)
+
+
+def prepare_oc22(
+    settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path], processes: int = 1
+) -> None:
+    """mini-OC22 generated with EMT (dens.data.catalysts), or the downloaded OC22 S2EF-Total and
+    IS2RE-Total LMDBs converted (dens.data.oc_convert)."""
+    if settings["source"] == "generate":
+        from dens.data.catalysts import prepare_oc22_generated
+
+        prepare_oc22_generated(settings, out_dir, processes)
+        return
+    from dens.data.oc_convert import prepare_oc_downloaded
+
+    prepare_oc_downloaded(settings, out_dir, inputs, processes)
+
+
+PREPARERS: dict[str, Preparer] = {"md17": prepare_md17, "oc20": prepare_oc20, "oc22": prepare_oc22}
+"""Dataset family (config/datasets.yaml ``family``) -> its preparer."""
 
 
 def prepare_dataset(
@@ -58,10 +83,4 @@ def prepare_dataset(
 ) -> None:
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
     ``processes`` worker processes."""
-    family = settings["family"]
-    if family in PENDING_FAMILIES:
-        raise NotAvailableError(
-            f"dataset {settings['name']}: preparing {PENDING_FAMILIES[family]} "
-            f"({settings['source']}) is not implemented yet; it lands with the OC20/OC22 issue"
-        )
-    PREPARERS[family](settings, Path(out_dir), [Path(p) for p in inputs], processes)
+    PREPARERS[settings["family"]](settings, Path(out_dir), [Path(p) for p in inputs], processes)

@@ -1,0 +1,448 @@
+"""Paper-scale OC20/OC22 preparers: the downloaded archives -> one aselmdb file per split.
+
+Entry point (dens.data.prepare registers it for the oc20 and oc22 families at source
+"download"): :func:`prepare_oc_downloaded`. ``inputs`` are the extracted archive directories
+``results/downloads/extracted/<archive name>`` (workflow/rules/common.smk ``dataset_inputs``);
+each is matched to its config/archives.yaml entry by directory name, and to the splits it
+provides by the entry's ``dataset[<dataset name>]``.
+
+Sources:
+
+- OC20 S2EF archives (``*.extxyz.xz`` + ``*.txt.xz``): dens.data.s2ef_extxyz. Energies are
+  referenced (total - the per-frame reference of the txt file); frames of an archive whose entry
+  has ``md_split: true`` carry ``md_split`` True.
+- LMDBs of pickled torch_geometric ``Data`` (OC20 S2EF test, OC20 IS2RE, OC22): read by
+  dens.data.legacy_lmdb's restricted unpickler, which never runs code from the file. Splits that
+  gather several release sub-splits (``s2ef_test``, ``is2re_test``) store the sub-split's name in
+  the row key ``subsplit``.
+
+Design: one shard per source file (one ``*.extxyz.xz`` or one ``*.lmdb``), converted by one of
+``processes`` worker processes into ``<out_dir>/.work/<split>/shard-NNNN.aselmdb``: written
+under a ``.partial`` name and renamed when complete, then recorded in ``shard-NNNN.json`` (the
+source file, its size and mtime, the row count). A rerun after a kill skips every recorded shard
+whose source is unchanged. When all shards of a split are done they are merged, in order, into
+``.work/<split>.aselmdb`` by one streaming pass that copies the compressed row records as they
+are (no decoding; ids renumbered 1..N), and the merged row count is checked against the
+published count (config/archives.yaml ``frames``). The split files move to
+``<out_dir>/<split>.aselmdb`` only when every split of the dataset is merged and checked, then
+provenance.json is written last and ``.work`` removed. Cost: the merge reads and writes each
+split once more, and until it finishes a split needs twice its size on disk (shards + merged).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from dens.config import ConfigError, find_root, read_yaml
+from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
+from dens.errors import DataError
+
+WORK = ".work"
+#: Rows copied per LMDB write transaction while merging.
+MERGE_COMMIT_ROWS = 50_000
+_MAP_SIZE = 2**41  # the address space LMDB may map (sparse), as ase_db_backends uses
+
+#: Archives of pickled-Data LMDBs: split -> [(release sub-split, directory path suffix)]; the
+#: directory whose path ends in the suffix holds that sub-split's *.lmdb files.
+LEGACY_SOURCES: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
+    "oc20_s2ef_test": {
+        "s2ef_test": [
+            (sub, ("s2ef", "all", sub))
+            for sub in ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
+        ]
+    },
+    "oc20_is2re_lmdbs": {
+        "is2re_test": [
+            (sub, ("is2re", "all", sub))
+            for sub in ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
+        ]
+    },
+    "oc22_s2ef_total_lmdbs": {
+        split: [(sub, ("s2ef-total", sub))]
+        for split, sub in (
+            ("train", "train"),
+            ("val_id", "val_id"),
+            ("val_ood", "val_ood"),
+            ("s2ef_test_id", "test_id"),
+            ("s2ef_test_ood", "test_ood"),
+        )
+    },
+    "oc22_is2re_total_lmdbs": {
+        "is2re_test_id": [("test_id", ("is2re-total", "test_id"))],
+        "is2re_test_ood": [("test_ood", ("is2re-total", "test_ood"))],
+    },
+}
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One source file -> one shard of a split."""
+
+    split: str
+    index: int
+    kind: str  # "extxyz" | "lmdb"
+    source: Path
+    archive: str
+    work_dir: Path
+    md_split: bool = False
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def shard(self) -> Path:
+        return self.work_dir / f"shard-{self.index:05d}.aselmdb"
+
+    @property
+    def record(self) -> Path:
+        return self.work_dir / f"shard-{self.index:05d}.json"
+
+
+@dataclass
+class SplitPlan:
+    name: str
+    tasks: list[ShardTask] = field(default_factory=list)
+    archives: list[str] = field(default_factory=list)
+    expected: int | None = 0  # None: no published count for some contributing archive
+
+
+# ------------------------------------------------------------------------------- planning ----
+
+
+def _split_names(splits: Mapping[str, Any]) -> list[str]:
+    names: list[str] = []
+    for value in splits.values():
+        for name in [value] if isinstance(value, str) else value:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _find_dir(root: Path, suffix: tuple[str, ...]) -> Path:
+    found = sorted(
+        path
+        for path in root.rglob(suffix[-1])
+        if path.is_dir() and path.parts[-len(suffix) :] == suffix and any(path.glob("*.lmdb"))
+    )
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
+        raise DataError(
+            f"{root}: expected one directory .../{'/'.join(suffix)}/ holding *.lmdb files, "
+            f"found {what}; is this the extracted archive?"
+        )
+    return found[0]
+
+
+def _source_id(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"source": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def plan_dataset(
+    settings: Mapping[str, Any],
+    out_dir: Path,
+    inputs: Sequence[Path],
+    catalog: Mapping[str, Archive],
+    frames: Mapping[str, Mapping[str, int]],
+) -> dict[str, SplitPlan]:
+    """Shard tasks and expected row counts of every split the dataset needs."""
+    dataset = settings["name"]
+    plans = {name: SplitPlan(name) for name in _split_names(settings["splits"])}
+    order = {name: index for index, name in enumerate(catalog)}  # rows in catalog order
+    for directory in sorted(map(Path, inputs), key=lambda p: (order.get(p.name, -1), p.name)):
+        archive = catalog.get(directory.name)
+        if archive is None:
+            raise ConfigError(
+                f"dataset {dataset}: input {directory} is no archive of {CATALOG} "
+                "(the directory name must be the archive name)"
+            )
+        splits = archive.dataset.get(dataset)
+        if splits is None:
+            raise ConfigError(f"{CATALOG}: archive {archive.name} provides no split of {dataset}")
+        if not is_extracted(directory):
+            raise DataError(f"{directory}: not a completely extracted archive (no marker)")
+        published = frames.get(archive.name, {})
+        for split in splits:
+            if split not in plans:
+                raise ConfigError(
+                    f"{CATALOG}: archive {archive.name} provides split {split!r}, which "
+                    f"config/datasets.yaml does not define for {dataset}"
+                )
+            plan = plans[split]
+            plan.archives.append(archive.name)
+            if split in published and plan.expected is not None:
+                plan.expected += published[split]
+            elif len(splits) == 1 and published and plan.expected is not None:
+                plan.expected += sum(published.values())  # sub-splits of the release
+            else:
+                plan.expected = None
+            work_dir = Path(out_dir) / WORK / split
+            if archive.name in LEGACY_SOURCES:
+                subs = LEGACY_SOURCES[archive.name][split]
+                for sub, suffix in subs:
+                    for lmdb_file in sorted(_find_dir(directory, suffix).glob("*.lmdb")):
+                        extra = (("subsplit", sub),) if len(subs) > 1 else ()
+                        plan.tasks.append(
+                            ShardTask(
+                                split, len(plan.tasks), "lmdb", lmdb_file, archive.name,
+                                work_dir, extra=extra,
+                            )
+                        )  # fmt: skip
+            else:
+                if len(splits) != 1:
+                    raise ConfigError(
+                        f"{CATALOG}: extxyz archive {archive.name} must provide one split of "
+                        f"{dataset}, not {list(splits)}"
+                    )
+                files = sorted(directory.rglob("*.extxyz.xz"))
+                if not files:
+                    raise DataError(f"{directory}: no *.extxyz.xz files (archive {archive.name})")
+                for xz in files:
+                    plan.tasks.append(
+                        ShardTask(
+                            split, len(plan.tasks), "extxyz", xz, archive.name, work_dir,
+                            md_split=archive.md_split,
+                        )
+                    )  # fmt: skip
+    missing = [name for name, plan in plans.items() if not plan.tasks]
+    if missing:
+        raise ConfigError(
+            f"dataset {dataset}: no input archive provides split(s) {', '.join(missing)} "
+            f"(inputs: {', '.join(str(p) for p in inputs) or 'none'}; see {CATALOG})"
+        )
+    return plans
+
+
+# -------------------------------------------------------------------------------- shards ----
+
+
+def _rows(task: ShardTask) -> Iterator[Any]:
+    if task.kind == "extxyz":
+        from dens.data.s2ef_extxyz import read_s2ef_frames
+
+        return read_s2ef_frames(task.source, md_split=task.md_split)
+    from dens.data.legacy_lmdb import read_legacy_rows
+
+    return read_legacy_rows(task.source, **dict(task.extra))
+
+
+def shard_done(task: ShardTask) -> int | None:
+    """Rows of a finished shard whose source is unchanged, else None."""
+    if not (task.record.is_file() and task.shard.is_file()):
+        return None
+    try:
+        record = json.loads(task.record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if {k: record.get(k) for k in ("source", "bytes", "mtime_ns")} != _source_id(task.source):
+        return None
+    return int(record["rows"])
+
+
+def convert_shard(task: ShardTask) -> tuple[str, int, int]:
+    """Convert one source file into its shard unless already done -> (split, index, rows)."""
+    from dens.data.legacy_lmdb import write_rows
+
+    done = shard_done(task)
+    if done is not None:
+        return task.split, task.index, done
+    task.work_dir.mkdir(parents=True, exist_ok=True)
+    task.record.unlink(missing_ok=True)
+    partial = task.shard.with_name(task.shard.stem + ".partial.aselmdb")
+    rows = write_rows(partial, _rows(task))
+    os.replace(partial, task.shard)
+    record = {**_source_id(task.source), "archive": task.archive, "rows": rows}
+    tmp = task.record.with_name(task.record.name + ".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, task.record)
+    return task.split, task.index, rows
+
+
+def run_shards(tasks: Sequence[ShardTask], processes: int, progress: bool = True) -> dict:
+    """Convert every task (``processes`` worker processes) -> {(split, index): rows}."""
+    counts: dict[tuple[str, int], int] = {}
+    bar = tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress)
+    rows = 0
+    try:
+        if processes <= 1 or len(tasks) <= 1:
+            results: Iterator[tuple[str, int, int]] = map(convert_shard, tasks)
+            for split, index, n in results:
+                counts[split, index] = n
+                rows += n
+                bar.update()
+                bar.set_postfix(rows=rows)
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(min(processes, len(tasks))) as pool:
+                for split, index, n in pool.imap_unordered(convert_shard, tasks):
+                    counts[split, index] = n
+                    rows += n
+                    bar.update()
+                    bar.set_postfix(rows=rows)
+    finally:
+        bar.close()
+    return counts
+
+
+# --------------------------------------------------------------------------------- merge ----
+
+
+def merge_shards(shards: Sequence[Path], out: Path, metadata: Mapping[str, Any]) -> int:
+    """Concatenate aselmdb shards into a new file ``out`` in one streaming pass: every row
+    record is copied as stored (zlib-compressed JSON, which holds no row id) under the next id;
+    ``nextid`` and ``metadata`` are written as ase_db_backends writes them. Returns the rows."""
+    import lmdb
+    from ase_db_backends.aselmdb import encode_key, encode_object
+
+    out = Path(out)
+    for stale in (out, out.with_name(out.name + "-lock")):
+        stale.unlink(missing_ok=True)
+    target = lmdb.open(str(out), subdir=False, map_size=_MAP_SIZE, meminit=False)
+    next_id = 1
+    try:
+        txn = target.begin(write=True)
+        pending = 0
+        for shard in shards:
+            source = lmdb.open(str(shard), subdir=False, readonly=True, lock=False)
+            try:
+                with source.begin() as read:
+                    ids = sorted(
+                        int(key) for key in read.cursor().iternext(values=False) if key.isdigit()
+                    )
+                    if read.get(b"deleted_ids") is not None:
+                        raise DataError(f"{shard}: shard has deleted rows; delete it and rerun")
+                    for row_id in ids:
+                        txn.put(encode_key(str(next_id)), read.get(encode_key(str(row_id))))
+                        next_id += 1
+                        pending += 1
+                        if pending >= MERGE_COMMIT_ROWS:
+                            txn.commit()
+                            txn, pending = target.begin(write=True), 0
+            finally:
+                source.close()
+        txn.put(encode_key("nextid"), encode_object(next_id, compress=True, json_encode=True))
+        txn.put(
+            encode_key("metadata"), encode_object(dict(metadata), compress=True, json_encode=True)
+        )
+        txn.commit()
+        target.sync(True)
+    finally:
+        target.close()
+        out.with_name(out.name + "-lock").unlink(missing_ok=True)
+    return next_id - 1
+
+
+def _published_frames(root: Path) -> dict[str, dict[str, int]]:
+    document = read_yaml(root / CATALOG)
+    return {name: dict(entry.get("frames") or {}) for name, entry in document["archives"].items()}
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dens")
+    except Exception:  # noqa: BLE001 (not installed: running from a checkout)
+        return "unknown"
+
+
+def prepare_oc_downloaded(
+    settings: Mapping[str, Any],
+    out_dir: Path,
+    inputs: Sequence[Path],
+    processes: int,
+    *,
+    catalog_root: Path | None = None,
+    progress: bool = True,
+) -> None:
+    """Write every split of an OC20/OC22 dataset from its extracted archives, then
+    provenance.json (module notes). ``catalog_root``: the repository whose config/archives.yaml
+    names the archives (default: this one)."""
+    start = time.perf_counter()
+    root = find_root() if catalog_root is None else Path(catalog_root)
+    catalog = load_catalog(root=root)
+    frames = _published_frames(root)
+    out_dir = Path(out_dir)
+    (out_dir / "provenance.json").unlink(missing_ok=True)
+    plans = plan_dataset(settings, out_dir, inputs, catalog, frames)
+    work = out_dir / WORK
+    merged: dict[str, Path] = {}
+    counts: dict[str, int] = {}
+    todo: list[ShardTask] = []
+    for plan in plans.values():
+        done = work / f"{plan.name}.json"
+        # merged in an earlier run: still in .work, or already moved (killed before provenance)
+        for target in (work / f"{plan.name}.aselmdb", out_dir / f"{plan.name}.aselmdb"):
+            if done.is_file() and target.is_file():
+                record = json.loads(done.read_text())
+                if record.get("sources") == [_source_id(t.source) for t in plan.tasks]:
+                    merged[plan.name], counts[plan.name] = target, record["rows"]
+                    break
+        if plan.name not in merged:
+            todo.extend(plan.tasks)
+    run_shards(todo, processes, progress)
+    for plan in plans.values():
+        if plan.name in merged:
+            continue
+        target = work / f"{plan.name}.aselmdb"
+        partial = work / f"{plan.name}.partial.aselmdb"
+        metadata = {
+            "dataset": settings["name"],
+            "split": plan.name,
+            "archives": plan.archives,
+        }
+        rows = merge_shards([t.shard for t in plan.tasks], partial, metadata)
+        if plan.expected is not None and rows != plan.expected:
+            raise DataError(
+                f"{settings['name']} split {plan.name}: converted {rows} frames but "
+                f"{CATALOG} publishes {plan.expected} for archive(s) {', '.join(plan.archives)}; "
+                "the extracted archives are incomplete or not the published ones"
+            )
+        os.replace(partial, target)
+        record = {"rows": rows, "sources": [_source_id(t.source) for t in plan.tasks]}
+        (work / f"{plan.name}.json").write_text(json.dumps(record) + "\n")
+        shutil.rmtree(work / plan.name, ignore_errors=True)
+        merged[plan.name], counts[plan.name] = target, rows
+    for name, path in merged.items():
+        if path != out_dir / f"{name}.aselmdb":
+            os.replace(path, out_dir / f"{name}.aselmdb")
+    provenance = {
+        "dataset": settings["name"],
+        "family": settings["family"],
+        "source": "download",
+        "archives": {
+            name: {
+                "url": catalog[name].url,
+                "checksum": (
+                    {"algorithm": catalog[name].algorithm, "digest": catalog[name].digest}
+                    if catalog[name].digest
+                    else None
+                ),
+                "splits": list(catalog[name].dataset[settings["name"]]),
+                "md_split": catalog[name].md_split,
+            }
+            for name in dict.fromkeys(a for plan in plans.values() for a in plan.archives)
+        },
+        "frames": counts,
+        "published_frames": {name: plan.expected for name, plan in plans.items()},
+        "energy": (
+            "S2EF extxyz: referenced (total - per-frame reference of the txt file), key-value "
+            "total_energy and reference_energy; LMDB: as stored (y_init / y)"
+        ),
+        "converter": "dens.data.oc_convert",
+        "dens_version": _version(),
+        "processes": processes,
+        "wall_time_s": time.perf_counter() - start,
+    }
+    tmp = out_dir / "provenance.json.tmp"
+    tmp.write_text(json.dumps(provenance, indent=2) + "\n")
+    os.replace(tmp, out_dir / "provenance.json")
+    shutil.rmtree(work, ignore_errors=True)
