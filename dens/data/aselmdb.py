@@ -237,7 +237,7 @@ class AseLmdbDataset(torch.utils.data.Dataset):
         except lmdb.Error as err:
             raise DataError(f"{path} is damaged (LMDB: {err}); {rebuild_hint(path)}") from err
         self._length = len(items)
-        self.elements: list[int] = sorted({int(z) for item in items for z in item.atomic_numbers})
+        self.elements: list[int] = []
         """The atomic numbers present in the file."""
         if items:
             keys = set(items[0].keys())
@@ -248,6 +248,7 @@ class AseLmdbDataset(torch.utils.data.Dataset):
                         f"the first row {sorted(keys)} (periodic and molecular rows mixed?)"
                     )
             self._data, self._slices, _ = collate(Data, items, increment=False, add_batch=False)
+            self.elements = torch.unique(self._data.atomic_numbers).tolist()
 
     def __len__(self) -> int:
         return self._length
