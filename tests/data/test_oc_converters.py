@@ -376,3 +376,69 @@ def test_extxyz_reader_streams_in_batches_across_frames(tmp_path: Path) -> None:
     extxyz.write_bytes(lzma.compress("".join(text[:-3]).encode()))
     with pytest.raises(DataError, match=r"x\.extxyz\.xz: line \d+: frame of \d+ atoms cut short"):
         list(read_s2ef_frames(extxyz))
+
+
+OC22_SUBDIRS = {  # our split name -> directory of the release (data/oc22/s2ef-total/<dir>)
+    "train": "train",
+    "val_id": "val_id",
+    "val_ood": "val_ood",
+    "s2ef_test_id": "test_id",
+    "s2ef_test_ood": "test_ood",
+}
+
+
+def test_oc22_release_downloads_verifies_extracts_and_converts(tmp_path: Path) -> None:
+    """An OC22 S2EF-Total archive laid out like the release
+    (s2ef_total_train_val_test_lmdbs/data/oc22/s2ef-total/<split>/*.lmdb): every split converts
+    with total energies (y, no referencing), forces, fixed atoms and sids, and the frame counts
+    are checked against the catalog."""
+    src = tmp_path / "src" / "s2ef_total_train_val_test_lmdbs"
+    records = {}
+    for index, (split, subdir) in enumerate(OC22_SUBDIRS.items()):
+        records[split] = legacy_records(slab_frames(2 + index % 2, seed=40 + index), "s2ef")
+        write_legacy_lmdb(src / f"data/oc22/s2ef-total/{subdir}/data.0000.lmdb", records[split])
+    data = tar_dir(src, "w:gz")
+    settings = {
+        "name": "oc22",
+        "family": "oc22",
+        "splits": {
+            "train": "train",
+            "val": ["val_id", "val_ood"],
+            "test": ["s2ef_test_id", "s2ef_test_ood"],
+        },
+        "source": "download",
+    }
+    root = tmp_path / "repo"
+    counts = {split: len(items) for split, items in records.items()}
+    with serve() as served:
+        served.files["s2ef_total_train_val_test_lmdbs.tar.gz"] = data
+        url = served.url("s2ef_total_train_val_test_lmdbs.tar.gz")
+        entry = catalog_entry(
+            url, "tar.gz", data, {"oc22": list(OC22_SUBDIRS)}, frames=counts, frames_source="t"
+        )
+        write_catalog(root, {"oc22_s2ef_total_lmdbs": entry})
+        archive = load_catalog(root=root)["oc22_s2ef_total_lmdbs"]
+        extracted = fetch(archive, tmp_path / "downloads", tmp_path / "extracted", progress=False)
+    out = tmp_path / "out"
+    prepare_oc_downloaded(
+        settings, out, [extracted], processes=2, catalog_root=root, progress=False
+    )
+    for split, expected in records.items():
+        rows = _rows(out / f"{split}.aselmdb")
+        assert len(rows) == len(expected)
+        for row, record in zip(rows, expected, strict=True):
+            assert row.energy == pytest.approx(record["y"], abs=1e-7)
+            np.testing.assert_allclose(row.forces, record["force"].numpy(), atol=1e-6)
+            np.testing.assert_allclose(row.positions, record["pos"].numpy(), atol=1e-6)
+            fixed = np.flatnonzero(record["fixed"].numpy())
+            assert list(row.toatoms().constraints[0].index) == list(fixed)
+            assert row.sid == record["sid"]
+
+    bad = dict(counts, val_ood=counts["val_ood"] + 1)
+    write_catalog(root, {"oc22_s2ef_total_lmdbs": dict(entry, frames=bad)})
+    converted, published = counts["val_ood"], bad["val_ood"]
+    message = rf"split val_ood: converted {converted} frames but .* publishes {published}"
+    with pytest.raises(DataError, match=message):
+        prepare_oc_downloaded(
+            settings, tmp_path / "out2", [extracted], processes=1, catalog_root=root, progress=False
+        )
