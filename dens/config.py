@@ -87,6 +87,18 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def scaled_optim(optim: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's optimisation with a scale's overrides for its dataset family: values
+    replace the experiment's, except ``epochs_fraction`` f, which trains max(1, round(f * epochs))
+    of the experiment's own epochs (runs that differ in length keep their order at a small scale).
+    """
+    scaled = {**optim, **override}
+    fraction = scaled.pop("epochs_fraction", None)
+    if fraction is not None:
+        scaled["epochs"] = max(1, round(float(fraction) * int(optim["epochs"])))
+    return scaled
+
+
 @dataclass(frozen=True)
 class Registry:
     """The validated configuration of one pipeline invocation (one scale)."""
@@ -177,7 +189,7 @@ class Registry:
                 "preset": preset,
                 "hyperparameters": hyperparameters,
             },
-            "optim": {**experiment["optim"], **self.scale["optim"].get(family, {})},
+            "optim": scaled_optim(experiment["optim"], self.scale["optim"].get(family, {})),
             "dens": copy.deepcopy(experiment["dens"]),
             "resources": dict(experiment["resources"]),
         }

@@ -88,6 +88,25 @@ def test_scale_overrides_epochs_batch_and_model_but_not_names() -> None:
     assert l3["model"]["hyperparameters"]["lmax_sh"] == 3
 
 
+def test_epochs_fraction_keeps_the_order_of_run_lengths() -> None:
+    from dens.config import scaled_optim
+
+    for epochs, expected in ((12, 2), (20, 3), (30, 5), (2, 1), (1, 1)):
+        optim = {"epochs": epochs, "lr": 1e-3}
+        scaled = scaled_optim(optim, {"epochs_fraction": 1 / 6, "batch_size": 4})
+        assert scaled == {"epochs": expected, "lr": 1e-3, "batch_size": 4}
+    assert scaled_optim({"epochs": 12}, {"epochs": 3}) == {"epochs": 3}
+
+
+def test_epochs_and_epochs_fraction_together_are_refused(pipeline_copy: Path) -> None:
+    path = pipeline_copy / "config" / "scales" / "mini.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["optim"]["oc20"].update(epochs=2, epochs_fraction=0.5)
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match=r"scales/mini\.yaml.*optim"):
+        load_registry({"scale": "mini"}, root=pipeline_copy)
+
+
 def test_unknown_scale_is_refused_with_its_name() -> None:
     with pytest.raises(ConfigError, match="unknown scale 'huge'"):
         load_registry({"scale": "huge"})
