@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from ase import Atoms
+from ase.build import add_adsorbate, bulk, fcc111
+from fairchem.core.graph.radius_graph_pbc import radius_graph_pbc
+from torch import Tensor
 from torch_geometric.data import Batch, Data
 
+from dens.data.structures import atoms_to_data
 from dens.errors import NotAvailableError
-from dens.models.graph import molecular_graph, radius_graph
+from dens.models.graph import molecular_graph, periodic_graph, periodic_neighbors, radius_graph
 
 
 def random_batch(sizes: tuple[int, ...], box: float = 6.0, seed: int = 0) -> Batch:
@@ -48,3 +54,139 @@ def test_periodic_batches_are_refused_by_name() -> None:
     batch.pbc = torch.tensor([[True, True, False]])
     with pytest.raises(NotAvailableError, match="periodic"):
         molecular_graph(batch, batch.pos, 5.0)
+
+
+# Periodic graphs, checked against fairchem-core's own radius_graph_pbc.
+
+
+def slab_with_adsorbate() -> Atoms:
+    """Cu(111) 3x3x4 with O in an fcc hollow, 8 Å vacuum, pbc (T, T, F), rattled."""
+    slab = fcc111("Cu", (3, 3, 4), vacuum=8.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    slab.rattle(0.05, seed=1)
+    return slab
+
+
+def small_bulk() -> Atoms:
+    """Rock-salt primitive cell (2 atoms, plane spacing ~3.3 Å): cutoff 12 needs 4 images
+    each way."""
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+def triclinic() -> Atoms:
+    """A skewed triclinic cell with random atoms, some outside the cell."""
+    rng = np.random.default_rng(3)
+    cell = np.array([[4.3, 0.0, 0.0], [2.6, 3.9, 0.0], [-1.7, 1.3, 4.6]])
+    frac = rng.uniform(-0.2, 1.2, (7, 3))
+    return Atoms("C7", scaled_positions=frac, cell=cell, pbc=True)
+
+
+STRUCTURES = {"slab": slab_with_adsorbate, "bulk": small_bulk, "triclinic": triclinic}
+
+
+def as_batch(*structures: Atoms) -> Batch:
+    return Batch.from_data_list([atoms_to_data(a, torch.float64) for a in structures])
+
+
+def fairchem_edges(batch: Batch, cutoff: float, max_neighbors: int) -> tuple[Tensor, ...]:
+    """src, dst, offset (long [E, 3]) from fairchem-core's radius_graph_pbc, strict limit."""
+    edge_index, offset, _ = radius_graph_pbc(batch.clone(), cutoff, max_neighbors, True)
+    return edge_index[0], edge_index[1], offset.round().long()
+
+
+def edge_set(src: Tensor, dst: Tensor, offset: Tensor) -> set[tuple[int, ...]]:
+    return {(s, d, *o) for s, d, o in zip(src.tolist(), dst.tolist(), offset.tolist(), strict=True)}
+
+
+def distances_by_destination(batch: Batch, src: Tensor, dst: Tensor, offset: Tensor) -> Tensor:
+    """[E, 2]: (dst, |edge vector|) sorted by dst, then distance."""
+    shift = torch.bmm(offset.double().unsqueeze(1), batch.cell[batch.batch[src]]).squeeze(1)
+    dist = (batch.pos[src] + shift - batch.pos[dst]).norm(dim=-1)
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(dst[order], stable=True)]
+    return torch.stack([dst[order].double(), dist[order]], dim=-1)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_periodic_edges_match_fairchem_untruncated(name: str) -> None:
+    batch = as_batch(STRUCTURES[name]())
+    ours = periodic_neighbors(batch, batch.pos, 12.0, 10**6)
+    theirs = fairchem_edges(batch, 12.0, 10**6)
+    assert len(ours[0]) > 100 * batch.num_nodes
+    assert edge_set(*ours) == edge_set(*theirs)
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_periodic_edges_match_fairchem_truncated(name: str) -> None:
+    batch = as_batch(STRUCTURES[name]())
+    ours = periodic_neighbors(batch, batch.pos, 12.0, 20)
+    assert torch.equal(torch.bincount(ours[1]), torch.full((batch.num_nodes,), 20))
+    expected = distances_by_destination(batch, *fairchem_edges(batch, 12.0, 20))
+    torch.testing.assert_close(distances_by_destination(batch, *ours), expected)
+
+
+def test_slab_has_no_images_along_its_vacuum() -> None:
+    batch = as_batch(slab_with_adsorbate())
+    _, _, offset = periodic_neighbors(batch, batch.pos, 12.0, 10**6)
+    assert (offset[:, 2] == 0).all() and (offset[:, :2] != 0).any()
+
+
+def test_a_batch_is_the_union_of_its_structures() -> None:
+    structures = [f() for f in STRUCTURES.values()]
+    batch = as_batch(*structures)
+    start = 0
+    expected = []
+    for atoms in structures:
+        one = as_batch(atoms)
+        src, dst, offset = periodic_neighbors(one, one.pos, 12.0, 20)
+        expected.append(edge_set(src + start, dst + start, offset))
+        start += len(atoms)
+    assert edge_set(*periodic_neighbors(batch, batch.pos, 12.0, 20)) == set().union(*expected)
+
+
+def canonical_order(src: Tensor, dst: Tensor, vec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The edges sorted by (dst, src, edge vector to 1e-6 Å)."""
+    keys = list(zip(dst.tolist(), src.tolist(), vec.round(decimals=6).tolist(), strict=True))
+    order = torch.tensor(sorted(range(len(keys)), key=keys.__getitem__))
+    return src[order], dst[order], vec[order]
+
+
+def test_translating_an_atom_by_a_lattice_vector_keeps_the_edge_vectors() -> None:
+    batch = as_batch(triclinic())
+    moved = batch.pos.clone()
+    moved[2] += 7 * batch.cell[0, 0] - 9 * batch.cell[0, 2]  # far beyond the images
+    before = periodic_graph(batch, batch.pos, 12.0, 20)
+    after = periodic_graph(batch, moved, 12.0, 20)
+    assert len(before[0]) == len(after[0])
+    for x, y in zip(canonical_order(*before), canonical_order(*after), strict=True):
+        torch.testing.assert_close(x, y)
+
+
+def test_ties_keep_the_lexicographically_first_offsets() -> None:
+    """Simple cubic, one atom: six neighbours at exactly the cell length; four are kept."""
+    atoms = Atoms("H", positions=[[0.0, 0.0, 0.0]], cell=2.0 * np.eye(3), pbc=True)
+    batch = as_batch(atoms)
+    _, _, offset = periodic_neighbors(batch, batch.pos, 2.5, 4)
+    expected = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 1]]
+    assert offset.tolist() == expected
+
+
+def test_edge_vectors_are_differentiable_in_the_positions() -> None:
+    batch = as_batch(slab_with_adsorbate())
+    pos = batch.pos.clone().requires_grad_(True)
+    src, dst, vec = periodic_graph(batch, pos, 6.0, 20)
+    vec.sum().backward()
+    net = torch.bincount(src, minlength=batch.num_nodes) - torch.bincount(
+        dst, minlength=batch.num_nodes
+    )
+    torch.testing.assert_close(pos.grad, net.double()[:, None].expand(-1, 3))
+
+
+def test_molecules_without_pbc_give_the_radius_graph() -> None:
+    batch = random_batch((7, 1, 9))
+    src, dst, vec = periodic_graph(batch, batch.pos, 5.0, 10**6)
+    expected_src, expected_dst = radius_graph(batch.pos, batch.batch, batch.natoms, 5.0)
+    assert torch.equal(src, expected_src) and torch.equal(dst, expected_dst)
+    torch.testing.assert_close(vec, batch.pos[src] - batch.pos[dst])
