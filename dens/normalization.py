@@ -38,12 +38,22 @@ class Normalizer:
     `elements` are the atomic numbers present in the training set, sorted (the ASE calculator
     refuses structures with other elements: the model and, with "linear", `ref` know nothing of
     them); None when unknown (a checkpoint written before dens stored them).
+
+    `force_std`: a force scale of its own, f' = f / force_std, for checkpoints imported from
+    fairchem 1.x whose configs normalise forces apart from energies (the official OC22 config:
+    energy std 25.1 eV, force std 0.148 eV/Å); None (what dens trains with) = `std`.
     """
 
     mean: float
     std: float
     element_references: Tensor  # float64 [119], eV per atom
     elements: tuple[int, ...] | None = None
+    force_std: float | None = None
+
+    @property
+    def force_scale(self) -> float:
+        """The std forces are divided by: `force_std`, or the energy `std`."""
+        return self.std if self.force_std is None else self.force_std
 
     @classmethod
     def fit(
@@ -103,11 +113,11 @@ class Normalizer:
 
     def normalize_forces(self, forces: Tensor) -> Tensor:
         """f [N,3] (eV/Å) -> f' [N,3]."""
-        return forces / self.std
+        return forces / self.force_scale
 
     def denormalize_forces(self, forces: Tensor) -> Tensor:
         """f' [N,3] -> f [N,3] (eV/Å)."""
-        return forces * self.std
+        return forces * self.force_scale
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,16 +125,18 @@ class Normalizer:
             "std": self.std,
             "element_references": self.element_references,
             "elements": None if self.elements is None else list(self.elements),
+            "force_std": self.force_std,
         }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Normalizer:
-        """The inverse of `to_dict`; a dict without "elements" (an older checkpoint) gives
-        elements None (unknown)."""
+        """The inverse of `to_dict`; a dict without "elements" or "force_std" (an older
+        checkpoint) gives None (unknown; forces scaled by `std`)."""
         elements = state.get("elements")
         return cls(
             mean=float(state["mean"]),
             std=float(state["std"]),
             element_references=state["element_references"].to(torch.float64),
             elements=None if elements is None else tuple(int(z) for z in elements),
+            force_std=None if state.get("force_std") is None else float(state["force_std"]),
         )

@@ -22,3 +22,22 @@ def test_large_total_energies_keep_sub_meV_differences() -> None:
         back = normalizer.denormalize_energy(normalized.float(), atomic_numbers, batch)
         assert back.dtype == torch.float64
         assert abs(float(back - energy)) < 1e-5
+
+
+def test_force_std_of_its_own_scales_forces_only_and_round_trips() -> None:
+    refs = torch.zeros(119, dtype=torch.float64)
+    shared = Normalizer(mean=1.0, std=2.0, element_references=refs)
+    apart = Normalizer(mean=1.0, std=2.0, element_references=refs, force_std=0.5)
+    forces = torch.tensor([[1.0, -2.0, 0.5]])
+    assert torch.equal(shared.normalize_forces(forces), forces / 2.0)
+    assert torch.equal(apart.normalize_forces(forces), forces / 0.5)
+    assert torch.equal(apart.denormalize_forces(apart.normalize_forces(forces)), forces)
+    z, batch = torch.tensor([1, 8]), torch.tensor([0, 0])
+    energy = torch.tensor([5.0], dtype=torch.float64)
+    assert torch.equal(
+        apart.normalize_energy(energy, z, batch), shared.normalize_energy(energy, z, batch)
+    )
+    for normalizer in (shared, apart):
+        assert Normalizer.from_dict(normalizer.to_dict()).force_scale == normalizer.force_scale
+    old = {key: value for key, value in apart.to_dict().items() if key != "force_std"}
+    assert Normalizer.from_dict(old).force_scale == 2.0  # checkpoints before force_std
