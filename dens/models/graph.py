@@ -17,7 +17,10 @@ atoms outside it (the offsets are then expressed for the positions as given). No
 directions get no images, and a batch without ``pbc`` is treated as molecules. Then each
 destination keeps at most ``max_neighbors`` nearest sources, strictly (fairchem's
 ``enforce_max_neighbors_strictly=True``): equal distances keep the earlier candidate in the
-order (src index, offset in lexicographic order).
+order (src index, offset in lexicographic order). With ``degeneracy_tolerance`` t (Å^2) the
+limit is fairchem's ``enforce_max_neighbors_strictly=False`` instead (the official OC22
+EquiformerV2 config): a destination with more than K candidates keeps every source whose
+squared distance is at most that of its (K+1)-th nearest plus t, so at least K+1 of them.
 """
 
 from __future__ import annotations
@@ -118,23 +121,37 @@ def image_distance_sq(r: Tensor, shifts: Tensor, pair_graph: Tensor) -> Tensor:
     return d2
 
 
-def nearest_per_destination(dst: Tensor, d2: Tensor, max_neighbors: int) -> Tensor:
-    """bool [E]: the ``max_neighbors`` smallest d2 [E] of each destination dst [E]; equal
-    distances keep the earlier edge (two stable sorts: by distance, then by destination)."""
+def nearest_per_destination(
+    dst: Tensor, d2: Tensor, max_neighbors: int, degeneracy_tolerance: float | None = None
+) -> Tensor:
+    """bool [E]: the ``max_neighbors`` (K) smallest d2 [E] of each destination dst [E]; equal
+    distances keep the earlier edge (two stable sorts: by distance, then by destination).
+    With ``degeneracy_tolerance`` t, destinations with more than K edges keep as well every
+    d2 <= (their (K+1)-th smallest d2) + t."""
     order = torch.sort(d2, stable=True).indices
     order = order.index_select(0, torch.sort(dst.index_select(0, order), stable=True).indices)
-    sorted_dst = dst.index_select(0, order)
+    sorted_dst, sorted_d2 = dst.index_select(0, order), d2.index_select(0, order)
     counts = torch.bincount(sorted_dst)
     first = torch.cumsum(counts, 0) - counts  # first sorted position of each destination
     rank = torch.arange(dst.shape[0], device=dst.device) - first.index_select(0, sorted_dst)
+    kept = rank < max_neighbors
+    if degeneracy_tolerance is not None:
+        crowded = counts > max_neighbors
+        bound = torch.full(counts.shape, -torch.inf, dtype=d2.dtype, device=d2.device)
+        bound[crowded] = sorted_d2[first[crowded] + max_neighbors] + degeneracy_tolerance
+        kept |= sorted_d2 <= bound.index_select(0, sorted_dst)
     keep = torch.zeros_like(dst, dtype=torch.bool)
-    keep[order[rank < max_neighbors]] = True
+    keep[order[kept]] = True
     return keep
 
 
 @torch.no_grad()
 def periodic_neighbors(
-    data: Batch, pos: Tensor, cutoff: float, max_neighbors: int
+    data: Batch,
+    pos: Tensor,
+    cutoff: float,
+    max_neighbors: int,
+    degeneracy_tolerance: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The edges of ``periodic_graph`` (selection rules in the module notes), without vectors.
 
@@ -161,21 +178,26 @@ def periodic_neighbors(
     offset = (
         images.index_select(0, image) - counts.index_select(0, src) + counts.index_select(0, dst)
     )
-    keep = nearest_per_destination(dst, d2[pair, image], max_neighbors)
+    keep = nearest_per_destination(dst, d2[pair, image], max_neighbors, degeneracy_tolerance)
     return src[keep], dst[keep], offset[keep].round().long()
 
 
 def periodic_graph(
-    data: Batch, pos: Tensor, cutoff: float, max_neighbors: int
+    data: Batch,
+    pos: Tensor,
+    cutoff: float,
+    max_neighbors: int,
+    degeneracy_tolerance: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The graph of a batch of periodic (or molecular) structures at positions ``pos``.
 
     data: Batch with natoms [B], batch [N], and cell [B, 3, 3], pbc [B, 3] if periodic;
-    pos: [N, 3] (the batch's own or noisy ones). Returns edge_src, edge_dst: long [E] and
-    edge_vec = pos[src] + offset @ cell - pos[dst]: [E, 3], differentiable w.r.t. pos (and
-    cell); the selection itself is not.
+    pos: [N, 3] (the batch's own or noisy ones); degeneracy_tolerance: None for at most
+    ``max_neighbors`` per destination, strictly, else see the module notes. Returns
+    edge_src, edge_dst: long [E] and edge_vec = pos[src] + offset @ cell - pos[dst]: [E, 3],
+    differentiable w.r.t. pos (and cell); the selection itself is not.
     """
-    src, dst, offset = periodic_neighbors(data, pos, cutoff, max_neighbors)
+    src, dst, offset = periodic_neighbors(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
     cell, _ = lattice(data, pos.dtype)
     shift = torch.bmm(offset.to(pos.dtype).unsqueeze(1), cell.index_select(0, data.batch[src]))
     edge_vec = pos.index_select(0, src) + shift.squeeze(1) - pos.index_select(0, dst)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -90,9 +92,11 @@ def as_batch(*structures: Atoms) -> Batch:
     return Batch.from_data_list([atoms_to_data(a, torch.float64) for a in structures])
 
 
-def fairchem_edges(batch: Batch, cutoff: float, max_neighbors: int) -> tuple[Tensor, ...]:
-    """src, dst, offset (long [E, 3]) from fairchem-core's radius_graph_pbc, strict limit."""
-    edge_index, offset, _ = radius_graph_pbc(batch.clone(), cutoff, max_neighbors, True)
+def fairchem_edges(
+    batch: Batch, cutoff: float, max_neighbors: int, strictly: bool = True
+) -> tuple[Tensor, ...]:
+    """src, dst, offset (long [E, 3]) from fairchem-core's radius_graph_pbc."""
+    edge_index, offset, _ = radius_graph_pbc(batch.clone(), cutoff, max_neighbors, strictly)
     return edge_index[0], edge_index[1], offset.round().long()
 
 
@@ -125,6 +129,21 @@ def test_periodic_edges_match_fairchem_truncated(name: str) -> None:
     assert torch.equal(torch.bincount(ours[1]), torch.full((batch.num_nodes,), 20))
     expected = distances_by_destination(batch, *fairchem_edges(batch, 12.0, 20))
     torch.testing.assert_close(distances_by_destination(batch, *ours), expected)
+
+
+def symmetric_slab() -> Atoms:
+    """Cu(111) 2x2x3, not rattled: whole shells of equidistant neighbours."""
+    return fcc111("Cu", (2, 2, 3), vacuum=8.0)
+
+
+@pytest.mark.parametrize("make", [symmetric_slab, small_bulk], ids=["symmetric", "bulk"])
+def test_degeneracy_tolerance_matches_fairchem_non_strict(make: Callable[[], Atoms]) -> None:
+    """fairchem's enforce_max_neighbors_strictly=False: whole shells of near-equal distance
+    (within 0.01 Å^2 of the 21st nearest) are kept, the same edges exactly."""
+    batch = as_batch(make())
+    ours = periodic_neighbors(batch, batch.pos, 12.0, 20, degeneracy_tolerance=0.01)
+    assert (torch.bincount(ours[1]) > 20).all()
+    assert edge_set(*ours) == edge_set(*fairchem_edges(batch, 12.0, 20, strictly=False))
 
 
 def test_slab_has_no_images_along_its_vacuum() -> None:
