@@ -7,6 +7,7 @@
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
+    dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax|simulate EXPERIMENT --scale S --run-dir DIR
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
@@ -175,6 +176,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_submission(args: argparse.Namespace) -> None:
+    from dens.submission import challenge_for, write_submission
+
+    experiment = registry_from(args).resolve(args.experiment)
+    challenge = challenge_for(experiment["dataset_family"])
+    _set_threads(args.threads)
+    files = {Path(path).stem: Path(path) for path in args.splits}
+    metrics = write_submission(Path(args.run_dir), files, challenge, device=args.device)
+    counts = ", ".join(f"{split} {n}" for split, n in metrics["num_structures"].items())
+    scored = (
+        f"; {metrics['metrics_source']}: energy MAE {metrics['energy_mae_meV']:.2f} meV, force "
+        f"MAE {metrics['forces_mae_meV_per_A']:.2f} meV/Å"
+        if metrics["metrics_source"]
+        else "; no labels: upload it to the evaluation server"
+    )
+    print(f"{args.experiment}: {challenge.name} submission ({counts}){scored}")
+
+
 PENDING_STAGES = {
     "relax": "IS2RE relaxation (dens.relax) is not implemented yet (issue: OC20/OC22)",
     "simulate": "MD17 simulation (dens.simulate) is not implemented yet (issue: MD17 simulations)",
@@ -276,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.add_argument("splits", nargs="+", type=Path, help="split files (aselmdb)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "submission", help="write the S2EF test submission file for the evaluation server"
+    )
+    _add_job_options(p)
+    p.add_argument("splits", nargs="+", type=Path, help="test split files (aselmdb)")
+    p.set_defaults(func=cmd_submission)
 
     for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")

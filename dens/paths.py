@@ -10,6 +10,8 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
     results/{scale}/runs/{experiment}/seed{seed}/        one training run (one seed)
         checkpoints/best.pt, checkpoints/last.pt, log.csv
         metrics.json, relax/metrics.json, simulate/metrics.json
+        test/submission.npz, test/metrics.json    S2EF test predictions for the evaluation server
+        test/server_results.json                  the server's results, dropped in by the user
     results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
     results/{scale}/figures/{figure}.png                 the paper's figures
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
@@ -30,8 +32,13 @@ METRICS_FILES = {
     "evaluate": "metrics.json",
     "relax": "relax/metrics.json",
     "simulate": "simulate/metrics.json",
+    "test": "test/metrics.json",
 }
 """Metrics file of each stage that writes one, relative to the run directory."""
+SUBMISSION_FILE = "test/submission.npz"
+"""S2EF test predictions in the evaluation server's format (dens.submission), in a run directory."""
+SERVER_RESULTS_FILE = "test/server_results.json"
+"""The evaluation server's S2EF test results (dens.submission), in a run directory."""
 
 
 def results_dir(scale: str) -> PurePosixPath:
@@ -87,6 +94,16 @@ def metrics_file(
 ) -> PurePosixPath:
     """metrics.json of a run's evaluation, relaxation or simulation."""
     return run_dir(scale, experiment, seed) / METRICS_FILES[stage]
+
+
+def submission_file(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
+    """The file a run's S2EF test predictions are uploaded to the evaluation server in."""
+    return run_dir(scale, experiment, seed) / SUBMISSION_FILE
+
+
+def server_results_file(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
+    """Where the user puts the evaluation server's results of a run's submission file."""
+    return run_dir(scale, experiment, seed) / SERVER_RESULTS_FILE
 
 
 def tables_dir(scale: str) -> PurePosixPath:

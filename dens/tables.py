@@ -1,12 +1,19 @@
 """The paper's tables: tidy CSV for analysis, Markdown and LaTeX for reading.
 
 Every measured number comes from a metrics file a run wrote (``metrics.json``,
-``relax/metrics.json`` or ``simulate/metrics.json`` in ``results/{scale}/runs/<experiment>/
-seed<S>/``, dens.paths), one file per configured training seed (``seeds`` in config/config.yaml);
-a missing file or metric raises :class:`MetricsError` naming the file. Paper numbers come only from
-``config/tables.yaml`` and appear only as ``paper``. Rows the paper cites from other work carry
-paper numbers only (unless ``retrain_cited_baselines`` trains them). ``write_table`` writes three
-files per table into ``results/{scale}/tables/``:
+``test/metrics.json``, ``relax/metrics.json`` or ``simulate/metrics.json`` in
+``results/{scale}/runs/<experiment>/seed<S>/``, dens.paths), one file per configured training seed
+(``seeds`` in config/config.yaml); a missing file, split or metric raises :class:`MetricsError`
+naming the file. S2EF test columns (source ``test``) read the evaluation server's results,
+``test/server_results.json``, which the user drops in (dens.submission), where present, else the
+submission job's ``test/metrics.json``: scores from local labels where the test split has them
+(generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
+yet (dens.models.PENDING_FAMILIES) or whose metrics stage is not (dens.cli.PENDING_STAGES: IS2RE
+relaxations, MD17 simulations) say ``not run`` and why; :func:`table_inputs`, the table job's
+inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and appear only as
+``paper``. Rows the paper cites from other work carry paper numbers only (unless
+``retrain_cited_baselines`` trains them). ``write_table`` writes three files per table into
+``results/{scale}/tables/``:
 
 ``<name>.csv``: tidy, one line per cell, numbers only (full precision, never display strings).
   Result tables (kinds ``runs`` and ``molecules``) have the columns
@@ -14,16 +21,18 @@ files per table into ``results/{scale}/tables/``:
       <flag columns> Tables 1b, 5, 6: one ``true``/``false`` column per check-mark column
       molecule       MD17 tables: the molecule; empty for per-method cells (training time,
                      parameters: the mean over the molecules per seed) and other tables
-      column         the metric column's name; unit its unit
+      column         the metric column's name; unit its unit (``without_gpu``'s where used)
       ours           mean over the seeds (empty when not measured)
       ours_std       sample standard deviation over the seeds (empty with one seed)
       n_seeds        how many seeds ``ours`` averages (empty when not measured)
       paper          the paper's number (``83M`` read as 83000000; empty when the paper has none)
       status         ``measured`` (several seeds), ``single seed``, ``cited: paper only`` (not
-                     trained here) or ``no value`` (a metrics file holds null or text)
+                     trained here), ``not run: <why>``, ``awaiting server`` or ``no value`` (a
+                     metrics file holds null or text)
       scale          the scale ``ours`` was measured at
       experiment     the run ``ours`` comes from (a ``{molecule}`` template for per-method cells)
-      origin         the metrics files read (``seed{0,1}`` = seeds 0 and 1) or why none was
+      origin         the metrics files read (``seed{0,1}`` = seeds 0 and 1; S2EF test cells
+                     add ``(local labels)`` or ``(evaluation server)``) or why none was
   Settings tables (kind ``settings``: 7, 8, 9) have one line per (hyper-parameter, column):
   ``row``, ``key`` (path in the resolved experiment), ``column``, ``experiment``, ``ours`` (the
   value configured at this scale, numeric where numeric), ``paper``, ``source`` (where the
@@ -37,8 +46,10 @@ split into one tabular per column ``part`` (Tables 2, 3), as the paper groups th
 are shown at the paper's precision: a column's ``decimals`` in config/tables.yaml, else the most
 decimals the paper prints in that column, but at least two significant digits (small-scale
 training times); parameter counts in millions (``M``); paper numbers as the paper prints them.
-Several seeds show ``mean ± std``; single-seed cells carry a dagger (†); ``—`` = no number.
-Footnotes say what ``ours`` and ``paper`` are.
+Several seeds show ``mean ± std``; single-seed cells carry a dagger (†); ``‡`` marks a number in
+the column's ``without_gpu`` unit (a run trained without a GPU: CPU device-hours instead of
+GPU-hours); ``—`` = no number. Footnotes say what ``ours`` and ``paper`` are, why cells are
+``not run`` and where test numbers come from.
 """
 
 from __future__ import annotations
@@ -50,16 +61,25 @@ import re
 import statistics
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dens import paths
+from dens.cli import PENDING_STAGES
 from dens.config import Registry
 from dens.errors import ConfigError, DensError
+from dens.models import PENDING_FAMILIES
 
 MISSING = "—"
 SINGLE_SEED = "†"
+WITHOUT_GPU = "‡"
 CHECK = "✓"
+NOT_RUN = "not run"
+AWAITING = "awaiting server"
+SERVER_SOURCE = "evaluation server"
+LOCAL_SOURCE = "local labels"
+GPU_MARKER = "train_gpu_hours"
+"""The metric dens.evaluate writes only for runs trained on GPUs."""
 PAPER = "Liao et al., TMLR 2024"
 RESULT_COLUMNS = [
     "row",
@@ -83,28 +103,104 @@ class MetricsError(DensError, ValueError):
 
 
 # -- reading -----------------------------------------------------------------------------------
-def read_seeds(registry: Registry, experiment: str, column: dict[str, Any]) -> list[Any]:
-    """One metric of one experiment, one value per configured training seed, each read from the
-    metrics file its column's source names."""
-    values = []
-    for seed in registry.options["seeds"]:
-        path = registry.root / paths.metrics_file(
-            registry.scale_name, experiment, seed, column.get("source", "evaluate")
-        )
-        try:
-            metrics = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise MetricsError(
-                f"{path}: metrics file missing (run the experiment first)"
-            ) from error
-        except json.JSONDecodeError as error:
-            raise MetricsError(f"{path}: not valid JSON: {error}") from error
-        if column["metric"] not in metrics:
-            raise MetricsError(
-                f"{path}: no metric {column['metric']!r} (has: {', '.join(metrics)})"
-            )
-        values.append(metrics[column["metric"]])
-    return values
+def not_run_reason(registry: Registry, experiment: str, source: str) -> str | None:
+    """Why a run's metrics file of ``source`` cannot exist yet, or None: its model family is not
+    implemented (dens.models.PENDING_FAMILIES) or the stage that writes the file is not
+    (dens.cli.PENDING_STAGES: the commands `dens relax` and `dens simulate` refuse)."""
+    family = registry.experiment(experiment)["model"]["family"]
+    if family in PENDING_FAMILIES:
+        return PENDING_FAMILIES[family]
+    return PENDING_STAGES.get(source)
+
+
+def _sources(table: dict[str, Any]) -> list[str]:
+    columns = table["columns"] + table.get("summary_columns", [])
+    return sorted({column.get("source", "evaluate") for column in columns})
+
+
+def table_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
+    """The files a table's job reads: per configured seed, the metrics file of each source of
+    each row that can be measured (not cited, :func:`not_run_reason` None) and the evaluation
+    server's results files that are present (the table reruns when one is added)."""
+    table = registry.table(name)
+    if table["kind"] == "settings":
+        return []
+    scale, files = registry.scale_name, []
+    for row in table["rows"]:
+        for experiment in registry.table_row_experiments(row, table):
+            for source in _sources(table):
+                if not_run_reason(registry, experiment, source) is not None:
+                    continue
+                for seed in registry.options["seeds"]:
+                    files.append(paths.metrics_file(scale, experiment, seed, source))
+                    server = paths.server_results_file(scale, experiment, seed)
+                    if source == "test" and (registry.root / server).is_file():
+                        files.append(server)
+    return list(dict.fromkeys(files))
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A metrics file; MetricsError naming it when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise MetricsError(f"{path}: metrics file missing (run the experiment first)") from error
+    except json.JSONDecodeError as error:
+        raise MetricsError(f"{path}: not valid JSON: {error}") from error
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One seed's value of a cell and where it came from."""
+
+    value: Any
+    from_server: bool = False  # S2EF test columns: the server's results, not local labels
+    unit: str | None = None  # the unit when not the column's (a run trained without a GPU)
+    awaiting: bool = False  # S2EF test columns: no labels here and no server results yet
+
+
+def _test_metrics(registry: Registry, experiment: str, seed: int) -> tuple[dict[str, Any], bool]:
+    """A run's S2EF test metrics and whether they come from the server: the server's results
+    file where present, else test/metrics.json (dens.submission)."""
+    from dens.submission import challenge_for, read_server_results
+
+    scale = registry.scale_name
+    server = registry.root / paths.server_results_file(scale, experiment, seed)
+    if server.is_file():
+        family = registry.dataset(registry.experiment(experiment)["dataset"])["family"]
+        return read_server_results(server, challenge_for(family), registry.root), True
+    return read_metrics(registry.root / paths.metrics_file(scale, experiment, seed, "test")), False
+
+
+def read_seed(registry: Registry, experiment: str, seed: int, column: dict[str, Any]) -> Reading:
+    """One metric of one run (one training seed) from the metrics file its column's source names;
+    ``split`` reads the metric of one split (``splits`` in the file); ``without_gpu`` reads
+    another metric or unit for a run trained without a GPU (its metrics have no
+    :data:`GPU_MARKER`). A missing file, split or metric raises MetricsError naming the file."""
+    source = column.get("source", "evaluate")
+    path = registry.root / paths.metrics_file(registry.scale_name, experiment, seed, source)
+    from_server = False
+    if source == "test":
+        metrics, from_server = _test_metrics(registry, experiment, seed)
+        if metrics.get("metrics_source") is None:
+            return Reading(None, awaiting=True)
+        if from_server:
+            path = registry.root / paths.server_results_file(registry.scale_name, experiment, seed)
+    else:
+        metrics = read_metrics(path)
+    metric, unit = column["metric"], None
+    fallback = column.get("without_gpu")
+    if fallback is not None and GPU_MARKER not in metrics:
+        metric, unit = fallback.get("metric", metric), fallback["unit"]
+    values = metrics
+    if "split" in column:
+        values = metrics.get("splits", {}).get(column["split"])
+        if values is None:
+            known = ", ".join(metrics.get("splits", {})) or "none"
+            raise MetricsError(f"{path}: no split {column['split']!r} (splits: {known})")
+    if metric not in values:
+        raise MetricsError(f"{path}: no metric {metric!r} (has: {', '.join(values)})")
+    return Reading(values[metric], from_server, unit)
 
 
 def _is_number(value: Any) -> bool:
@@ -120,18 +216,29 @@ def _mean(values: list[Any]) -> Any:
 
 @dataclass(frozen=True)
 class Ours:
-    """Our number of one cell: mean and sample standard deviation over the seeds."""
+    """Our number of one cell: mean and sample standard deviation over the seeds, or why there is
+    none (``state``: :data:`NOT_RUN` with the reason, or :data:`AWAITING`)."""
 
     mean: Any
     std: float | None
     n_seeds: int
     origin: str
+    unit: str | None = None  # when not the column's: a run trained without a GPU
+    state: str = ""
+    reason: str = ""
+    sources: tuple[str, ...] = ()  # S2EF test columns: local labels and/or the server
 
     @property
     def status(self) -> str:
+        if self.state:
+            return f"{self.state}: {self.reason}" if self.reason else self.state
         if self.mean is None:
             return "no value"
         return "single seed" if self.n_seeds == 1 else "measured"
+
+
+def _seeds_pattern(seeds: list[int]) -> str:
+    return str(seeds[0]) if len(seeds) == 1 else "{" + ",".join(map(str, seeds)) + "}"
 
 
 def measure(
@@ -140,24 +247,91 @@ def measure(
     """A metric over the seeds; with several experiments (a per-method cell of an MD17 table),
     each seed's value is the mean over the experiments. ``pattern`` names the experiment(s) in
     ``origin`` (an experiment, or a template with ``{molecule}``)."""
-    per_experiment = [read_seeds(registry, experiment, column) for experiment in experiments]
-    per_seed = [_mean(list(values)) for values in zip(*per_experiment, strict=True)]
+    scale, source = registry.scale_name, column.get("source", "evaluate")
     seeds = registry.options["seeds"]
-    seed = str(seeds[0]) if len(seeds) == 1 else "{" + ",".join(map(str, seeds)) + "}"
-    origin = str(
-        paths.metrics_file(registry.scale_name, pattern, seed, column.get("source", "evaluate"))
-    )
+    seed = _seeds_pattern(seeds)
+    for experiment in experiments:
+        reason = not_run_reason(registry, experiment, source)
+        if reason is not None:
+            return Ours(None, None, 0, f"{NOT_RUN}: {reason}", state=NOT_RUN, reason=reason)
+    readings = [[read_seed(registry, e, s, column) for s in seeds] for e in experiments]
+    flat = [reading for per_experiment in readings for reading in per_experiment]
+    if any(reading.awaiting for reading in flat):
+        server = paths.server_results_file(scale, pattern, seed)
+        return Ours(None, None, 0, f"{server} (not there yet)", state=AWAITING)
+    units = {reading.unit for reading in flat}
+    if len(units) > 1:
+        raise MetricsError(
+            f"{paths.run_dir(scale, pattern, seed)}: {column['metric']}: some runs were trained "
+            "with a GPU and some without; the column cannot average them"
+        )
+    origins, sources = [], []
+    if not all(reading.from_server for reading in flat):
+        local = paths.metrics_file(scale, pattern, seed, source)
+        origins.append(f"{local} ({LOCAL_SOURCE})" if source == "test" else str(local))
+        sources += [LOCAL_SOURCE] if source == "test" else []
+    if any(reading.from_server for reading in flat):
+        origins.append(f"{paths.server_results_file(scale, pattern, seed)} ({SERVER_SOURCE})")
+        sources.append(SERVER_SOURCE)
+    per_seed = [_mean([r.value for r in per_seed]) for per_seed in zip(*readings, strict=True)]
     mean = _mean(per_seed)
     std = statistics.stdev(per_seed) if mean is not None and len(per_seed) > 1 else None
-    return Ours(mean, std, len(per_seed), origin)
+    origin = " + ".join(origins)
+    return Ours(mean, std, len(per_seed), origin, unit=units.pop(), sources=tuple(sources))
+
+
+@dataclass
+class Outcomes:
+    """What a table's cells found besides numbers, for its footnotes."""
+
+    not_run: dict[str, None] = field(default_factory=dict)  # the reasons, in order
+    awaiting: bool = False
+    test_sources: set[str] = field(default_factory=set)
+    without_gpu: dict[str, str] = field(default_factory=dict)  # column name -> unit shown
+
+    def add(self, ours: Ours, column: dict[str, Any]) -> None:
+        if ours.state == NOT_RUN:
+            self.not_run[ours.reason] = None
+        self.awaiting |= ours.state == AWAITING
+        self.test_sources.update(ours.sources)
+        if ours.unit:
+            self.without_gpu[column["name"]] = ours.unit
+
+    def notes(self, scale: str) -> list[str]:
+        notes = []
+        if self.without_gpu:
+            shown = "; ".join(f"{name} in {unit}" for name, unit in self.without_gpu.items())
+            notes.append(f"{WITHOUT_GPU} trained without a GPU: {shown}.")
+        if LOCAL_SOURCE in self.test_sources:
+            notes.append(
+                f"S2EF test columns from {LOCAL_SOURCE}: the generated test splits of scale "
+                f"{scale} carry labels, scored like the evaluation server scores the submission "
+                "file's predictions (test/metrics.json)."
+            )
+        if SERVER_SOURCE in self.test_sources:
+            notes.append(
+                f"S2EF test columns from the {SERVER_SOURCE}'s results (test/server_results.json)."
+            )
+        if self.awaiting:
+            submission = paths.submission_file(scale, "<experiment>", "<S>")
+            server = paths.server_results_file(scale, "<experiment>", "<S>")
+            notes.append(
+                f"{AWAITING}: the test labels are not public; upload {submission} to the "
+                f"{SERVER_SOURCE} and write its results to {server} (format: dens.submission), "
+                "then rerun the table."
+            )
+        if self.not_run:
+            notes.append(f"{NOT_RUN}: no metrics can exist yet: {'; '.join(self.not_run)}.")
+        return notes
 
 
 def paper_number(value: Any) -> Any:
-    """A paper number as a number: ``83M`` -> 83000000.0, ``1.5k`` -> 1500.0; text stays text."""
+    """A paper number as a number: ``83M`` -> 83000000.0, ``1.5k`` -> 1500.0, ``'30.70'`` (quoted
+    to keep the paper's trailing zero) -> 30.7; text stays text."""
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9.]+)\s*([kM])\s*", value)
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kM]?)\s*", value)
         if match:
-            return float(match[1]) * {"k": 1e3, "M": 1e6}[match[2]]
+            return float(match[1]) * {"": 1.0, "k": 1e3, "M": 1e6}[match[2]]
     return value
 
 
@@ -212,18 +386,21 @@ def format_number(value: Any, decimals: int, metric: str = "") -> str:
 
 
 def format_ours(ours: Ours | None, decimals: int, metric: str = "") -> str:
-    """``mean ± std`` over several seeds, ``mean†`` for one seed, ``—`` for none; the standard
-    deviation at the mean's decimals."""
+    """``mean ± std`` over several seeds, ``mean†`` for one seed, ``—`` for none, ``not run`` or
+    ``awaiting server`` where there can be none yet; the standard deviation at the mean's
+    decimals; ``‡`` marks a number in another unit (a run trained without a GPU)."""
+    if ours is not None and ours.state:
+        return ours.state
     if ours is None or ours.mean is None:
         return MISSING
+    marker = WITHOUT_GPU if ours.unit else ""
     if ours.std is None:
-        return format_number(ours.mean, decimals, metric) + (
-            SINGLE_SEED if ours.n_seeds == 1 else ""
-        )
+        single = SINGLE_SEED if ours.n_seeds == 1 else ""
+        return format_number(ours.mean, decimals, metric) + single + marker
     mean, suffix = _scaled(ours.mean, metric)
     std, _ = _scaled(ours.std, metric)
     digits = _digits(mean, decimals)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}{suffix}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{suffix}{marker}"
 
 
 def format_plain(value: Any) -> str:
@@ -327,6 +504,7 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
 
     records: list[dict[str, Any]] = []
     cited_rows = retrainable = single = 0
+    outcomes = Outcomes()
     # display: per row, per (molecule, column index) our text and the paper's
     display: list[tuple[dict[str, Any], bool, dict[tuple[str, int, bool], tuple[str, str]]]] = []
     for row in table["rows"]:
@@ -359,16 +537,17 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
                 )
                 ours = measure(registry, experiments, column, experiment)
                 single += ours.n_seeds == 1 and ours.mean is not None
+                outcomes.add(ours, column)
             records.append(
                 {
                     "row": row["label"],
                     **{flag: "true" if value else "false" for flag, value in flags.items()},
                     "molecule": molecule,
                     "column": column["name"],
-                    "unit": column.get("unit", ""),
+                    "unit": (ours and ours.unit) or column.get("unit", ""),
                     "ours": ours.mean if ours else None,
                     "ours_std": ours.std if ours else None,
-                    "n_seeds": ours.n_seeds if ours else None,
+                    "n_seeds": ours.n_seeds if ours and not ours.state else None,
                     "paper": paper_number(paper),
                     "status": ours.status if ours else "cited: paper only",
                     "scale": scale,
@@ -461,6 +640,7 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
             )
             + "."
         )
+    notes += outcomes.notes(scale)
     notes.append(f"{MISSING} = no number.")
     return Table(["row", *flag_names, *RESULT_COLUMNS[1:]], records, table["caption"], parts, notes)
 
@@ -575,6 +755,7 @@ LATEX = {
     "—": "---",
     "±": r"$\pm$",
     SINGLE_SEED: r"$^\dagger$",
+    WITHOUT_GPU: r"$^\ddagger$",
     CHECK: r"\checkmark",
 }
 

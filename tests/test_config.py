@@ -153,6 +153,7 @@ def test_cited_baselines_are_trained_only_on_request() -> None:
     assert default.table_inputs("table2") == {
         "evaluate": ["oc20-all-md/eqv2-dens-160m"],
         "relax": ["oc20-all-md/eqv2-dens-160m"],
+        "test": ["oc20-all-md/eqv2-dens-160m"],
     }
     retrain = load_registry({"scale": "paper", "retrain_cited_baselines": True})
     assert set(retrain.table_inputs("table2")["evaluate"]) == {

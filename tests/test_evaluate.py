@@ -11,7 +11,7 @@ import torch
 from torch_geometric.data import Batch
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment, train_toy_run
 
-from dens.evaluate import evaluate, mean_absolute_errors
+from dens.evaluate import ErrorSums, evaluate, mean_absolute_errors
 from dens.normalization import Normalizer
 
 EXPERIMENT = toy_experiment(dens=True, epochs=3, lr=3e-2)
@@ -60,6 +60,8 @@ def test_metrics_json_from_best_ema_weights(run):
     zero = 1000 * float(torch.cat([d.forces for d in test_set]).double().abs().mean())
     assert metrics["zero_forces_mae_meV_per_A"] == pytest.approx(zero, rel=1e-9)
     assert metrics["forces_mae_meV_per_A"] < metrics["zero_forces_mae_meV_per_A"]
+    assert 0 < metrics["splits"]["test"]["forces_cos"] <= 1
+    assert 0 <= metrics["splits"]["test"]["efwt"] <= 1
     assert metrics["n_test"] == len(test_set) == 12
     assert metrics["n_test_free_atoms"] == sum(int(d.natoms) for d in test_set)
     assert metrics["weights"] == "ema" and metrics["best_epoch"] == best["epoch"]
@@ -105,3 +107,39 @@ def test_fixed_atoms_carry_no_force_error(run):
 def test_evaluate_needs_a_trained_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="best.pt"):
         evaluate(tmp_path, {"test": make_emt_dataset(2, seed=0)}, build_toy_model)
+
+
+def test_error_sums_agree_with_the_oc20_evaluator():
+    """Force cosine and EFwT as fairchem's evaluator computes them (energy and forces within
+    0.02 eV and 0.03 eV/Å), over batches added one at a time."""
+    evaluator = pytest.importorskip("fairchem.core.modules.evaluator")
+    generator = torch.Generator().manual_seed(0)
+    natoms = torch.tensor([3, 1, 4, 2, 5])
+    label_energy = torch.randn(5, generator=generator, dtype=torch.float64)
+    energy = label_energy + torch.tensor([0.001, 0.05, -0.01, 0.019, 0.0], dtype=torch.float64)
+    label_forces = torch.randn(int(natoms.sum()), 3, generator=generator)
+    forces = label_forces + 0.02 * torch.randn(label_forces.shape, generator=generator)
+    forces[:3] = label_forces[:3] + 0.001  # structure 0 within both thresholds
+    structure = torch.repeat_interleave(torch.arange(5), natoms)
+    sums = ErrorSums()
+    for part in (slice(0, 2), slice(2, 5)):  # two batches, structure indices from 0 in each
+        atoms = (structure >= part.start) & (structure < part.stop)
+        sums.add(
+            energy[part],
+            label_energy[part],
+            forces[atoms],
+            label_forces[atoms],
+            structure[atoms] - part.start,
+        )
+    result = sums.result()
+    prediction = {"energy": energy, "forces": forces}
+    target = {"energy": label_energy, "forces": label_forces, "natoms": natoms}
+    efwt = evaluator.energy_forces_within_threshold(prediction, target)
+    cosine = evaluator.cosine_similarity(prediction, target, "forces")
+    forces_mae = evaluator.mae(prediction, target, "forces")
+    energy_mae = evaluator.mae(prediction, target, "energy")
+    assert result["efwt"] == pytest.approx(efwt["metric"]) and efwt["total"] >= 1
+    assert result["forces_cos"] == pytest.approx(cosine["metric"], rel=1e-6)
+    assert result["forces_mae_meV_per_A"] == pytest.approx(1000 * forces_mae["metric"], rel=1e-6)
+    assert result["energy_mae_meV"] == pytest.approx(1000 * energy_mae["metric"])
+    assert (result["num_structures"], result["num_free_atoms"]) == (5, 15)

@@ -6,12 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from dens import paths
+from dens.cli import PENDING_STAGES
 from dens.config import MOLECULES, load_registry
-from dens.tables import MetricsError, write_table
+from dens.models import PENDING_FAMILIES
+from dens.submission import ServerResultsError
+from dens.tables import MetricsError, table_inputs, write_table
 
 
 def write_metrics(root: Path, experiment: str, seed: int = 0, **metrics: float) -> None:
@@ -176,3 +182,213 @@ def test_settings_table_shows_configured_values_of_the_scale(pipeline_copy: Path
     assert md[ours + 1] == "| | paper | " + " | ".join(["0.05"] * 6) + " | 0.025 | 0.05 |"
     assert "target@<column>.sh" in md_path.read_text()
     assert tex_path.read_text().startswith(r"\begin{table}")
+
+
+# -- OC20/OC22 tables: test columns, "not run", "awaiting server", device-hours -------------------
+RUN_160M = "oc20-all-md/eqv2-dens-160m"
+OC22_RUNS = ("oc22/eqv2-122m", "oc22/eqv2-dens-127m")
+
+
+@pytest.fixture
+def eqv2_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EquiformerV2 trainable and eSCN not, whatever dens.models says today."""
+    monkeypatch.delitem(PENDING_FAMILIES, "equiformer_v2", raising=False)
+    monkeypatch.setitem(PENDING_FAMILIES, "escn", "eSCN is not implemented yet (test)")
+
+
+def write_json(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def run_file(root: Path, experiment: str, name: str) -> Path:
+    return root / "results" / "smoke" / "runs" / experiment / "seed0" / name
+
+
+def server_results(challenge: str, splits: dict[str, float]) -> dict:
+    """A server results file: energy MAE (eV) per split, force MAE 0.0125 eV/Å."""
+    return {
+        "challenge": challenge,
+        "units": {"energy": "eV", "forces": "eV/Å"},
+        "splits": {s: {"energy_mae": e, "forces_mae": 0.0125} for s, e in splits.items()},
+    }
+
+
+def table2(root: Path) -> tuple[dict[str, dict[str, str]], str, str]:
+    registry = load_registry({"scale": "smoke"}, root=root)
+    csv_path, md_path, tex_path = write_table(registry, "table2", root / "out")
+    rows = {
+        r["column"]: r for r in read_rows(csv_path) if r["row"].startswith("EquiformerV2 + DeNS")
+    }
+    return rows, md_path.read_text(), tex_path.read_text()
+
+
+def test_table2_test_columns_from_local_labels_then_the_server(
+    pipeline_copy: Path, eqv2_implemented: None
+) -> None:
+    write_metrics(
+        pipeline_copy,
+        RUN_160M,
+        energy_mae_meV=301.6,
+        forces_mae_meV_per_A=41.3,
+        train_samples_per_s_per_device=12.5,
+        train_device_hours=0.5,
+    )
+    local = {
+        "metrics_source": "local labels",
+        "energy_mae_meV": 250.4,
+        "forces_mae_meV_per_A": 30.3,
+    }
+    write_json(run_file(pipeline_copy, RUN_160M, "test/metrics.json"), local)
+    rows, md, tex = table2(pipeline_copy)
+    assert float(rows["S2EF val energy"]["ours"]) == 301.6
+    assert float(rows["S2EF test energy"]["ours"]) == 250.4
+    assert float(rows["S2EF test forces"]["paper"]) == 13.3
+    assert rows["S2EF test energy"]["origin"] == (
+        f"results/smoke/runs/{RUN_160M}/seed0/test/metrics.json (local labels)"
+    )
+    relax = rows["IS2RE test energy"]
+    assert relax["ours"] == "" and relax["n_seeds"] == ""
+    assert relax["status"] == f"not run: {PENDING_STAGES['relax']}"
+    assert rows["throughput"]["unit"] == "samples/s per CPU device"  # no train_gpu_hours
+    assert float(rows["throughput"]["ours"]) == 12.5
+    assert "| ours (smoke) | 12.5†‡ | 302† | 41.3† |" in md
+    assert "| ours (smoke) | 250† | 30.3† | not run |" in md
+    assert "‡ trained without a GPU: throughput in samples/s per CPU device." in md
+    assert "S2EF test columns from local labels" in md
+    assert f"not run: no metrics can exist yet: {PENDING_STAGES['relax']}." in md
+    assert "| GemNet-OC-L-E | paper (cited) | 7.5 | 239 | 22.1 |" in md
+    assert r"12.5$^\dagger$$^\ddagger$" in tex and r"& not run \\" in tex
+    assert r"GemNet-OC-L-E & paper (cited) & 7.5 & 239 & 22.1 \\" in tex
+
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    server = run_file(pipeline_copy, RUN_160M, "test/server_results.json")
+    assert paths.server_results_file("smoke", RUN_160M, 0) not in table_inputs(registry, "table2")
+    write_json(
+        server,
+        server_results(
+            "oc20_s2ef", {"id": 0.2, "ood_ads": 0.21, "ood_cat": 0.22, "ood_both": 0.23}
+        ),
+    )
+    assert paths.server_results_file("smoke", RUN_160M, 0) in table_inputs(registry, "table2")
+    rows, md, _ = table2(pipeline_copy)
+    assert float(rows["S2EF test energy"]["ours"]) == pytest.approx(215.0)
+    assert float(rows["S2EF test forces"]["ours"]) == pytest.approx(12.5)
+    assert rows["S2EF test energy"]["origin"].endswith(
+        "test/server_results.json (evaluation server)"
+    )
+    assert "S2EF test columns from the evaluation server's results" in md
+
+
+def test_table2_awaits_the_server_without_labels(
+    pipeline_copy: Path, eqv2_implemented: None
+) -> None:
+    write_metrics(
+        pipeline_copy,
+        RUN_160M,
+        energy_mae_meV=1.0,
+        forces_mae_meV_per_A=2.0,
+        train_samples_per_s_per_device=3.0,
+        train_gpu_hours=4.0,
+    )
+    write_json(run_file(pipeline_copy, RUN_160M, "test/metrics.json"), {"metrics_source": None})
+    rows, md, tex = table2(pipeline_copy)
+    for column in ("S2EF test energy", "S2EF test forces"):
+        assert rows[column]["status"] == "awaiting server" and rows[column]["ours"] == ""
+    assert rows["throughput"]["unit"] == "samples/GPU/s"  # trained on a GPU
+    assert "| ours (smoke) | awaiting server | awaiting server | not run |" in md
+    assert "‡" not in md
+    assert (
+        "write its results to results/smoke/runs/<experiment>/seed<S>/test/server_results.json"
+        in md
+    )
+    assert r"awaiting server & awaiting server & not run \\" in tex
+    server = run_file(pipeline_copy, RUN_160M, "test/server_results.json")
+    write_json(server, server_results("oc20_s2ef", {"id": 0.2}))
+    with pytest.raises(ServerResultsError, match=r"server_results.json: splits: missing ood_ads"):
+        table2(pipeline_copy)
+
+
+def test_table3_reads_id_and_ood_splits(pipeline_copy: Path, eqv2_implemented: None) -> None:
+    for index, experiment in enumerate(OC22_RUNS):
+        splits = {
+            "val_id": {"energy_mae_meV": 400.0 + index, "forces_mae_meV_per_A": 20.0},
+            "val_ood": {"energy_mae_meV": 600.0 + index, "forces_mae_meV_per_A": 30.0},
+        }
+        write_metrics(pipeline_copy, experiment, num_parameters=1_250_000, splits=splits)
+        test = {
+            "metrics_source": "local labels",
+            "splits": {
+                "id": {"energy_mae_meV": 250.0 + index, "forces_mae_meV_per_A": 21.0},
+                "ood": {"energy_mae_meV": 650.0 + index, "forces_mae_meV_per_A": 33.0},
+            },
+        }
+        write_json(run_file(pipeline_copy, experiment, "test/metrics.json"), test)
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    csv_path, md_path, _ = write_table(registry, "table3", pipeline_copy / "out")
+    rows = {
+        (r["row"][:20], r["column"]): r for r in read_rows(csv_path) if r["row"].startswith("Equi")
+    }
+    dens = "EquiformerV2 + DeNS "
+    assert float(rows[(dens, "val energy OOD")]["ours"]) == 601.0
+    assert float(rows[(dens, "test energy ID")]["ours"]) == 251.0
+    assert float(rows[(dens, "test forces OOD")]["ours"]) == 33.0
+    assert float(rows[(dens, "test forces OOD")]["paper"]) == 29.31
+    assert float(rows[(dens, "parameters")]["paper"]) == 127e6
+    md = md_path.read_text()
+    assert "| ours (smoke) | 1.2M† | 401.0† | 601.0† | 20.00† | 30.00† |" in md
+    assert "| | paper | 122M | 433 | 629 | 22.88 | 30.70 |" in md  # the paper's trailing zero
+    assert "| eSCN | paper (cited) | 350 | 789 | 23.8 | 35.7 |" in md
+    write_json(run_file(pipeline_copy, OC22_RUNS[1], "test/metrics.json"), {"metrics_source": "x"})
+    with pytest.raises(
+        MetricsError, match=r"eqv2-dens-127m/seed0/test/metrics.json: no split 'id'"
+    ):
+        write_table(registry, "table3", pipeline_copy / "out")
+
+
+def test_pending_model_families_say_not_run(pipeline_copy: Path, monkeypatch) -> None:
+    monkeypatch.setitem(PENDING_FAMILIES, "equiformer_v2", "EquiformerV2 is not here (test)")
+    monkeypatch.setitem(PENDING_FAMILIES, "escn", "eSCN is not here (test)")
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    assert table_inputs(registry, "table1a") == [] and table_inputs(registry, "table3") == []
+    csv_path, md_path, tex_path = write_table(registry, "table1a", pipeline_copy / "out")
+    rows = read_rows(csv_path)
+    assert len(rows) == 8 * 4 and all(row["ours"] == "" for row in rows)
+    escn = [row for row in rows if row["row"].startswith("eSCN")]
+    assert {row["status"] for row in escn} == {"not run: eSCN is not here (test)"}
+    md = md_path.read_text()
+    assert (
+        "| eSCN + DeNS (20 epochs) | ours (smoke) | not run | not run | not run | not run |" in md
+    )
+    assert "| | paper | 19.14 | 268 | 52M | 1829 |" in md
+    assert "EquiformerV2 is not here (test); eSCN is not here (test)." in md
+    assert r"ours (smoke) & not run & not run & not run & not run \\" in tex_path.read_text()
+
+
+def test_training_time_in_gpu_hours_or_cpu_device_hours(
+    pipeline_copy: Path, eqv2_implemented: None
+) -> None:
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    for index, experiment in enumerate(table_inputs(registry, "table1a")):
+        name = str(experiment).split("/runs/")[1].rsplit("/seed", 1)[0]
+        hours = {"train_gpu_hours": 10.0} if index == 0 else {"train_device_hours": 0.25}
+        write_metrics(
+            pipeline_copy, name, energy_mae_meV=1.0, forces_mae_meV_per_A=2.0,
+            num_parameters=10, **hours,
+        )  # fmt: skip
+    csv_path, md_path, _ = write_table(registry, "table1a", pipeline_copy / "out")
+    time = {r["row"]: r for r in read_rows(csv_path) if r["column"] == "training time"}
+    assert time["EquiformerV2 (12 epochs)"]["unit"] == "GPU-hours"
+    assert float(time["EquiformerV2 (12 epochs)"]["ours"]) == 10.0
+    assert time["EquiformerV2 + DeNS (12 epochs)"]["unit"] == "CPU device-hours"
+    assert float(time["EquiformerV2 + DeNS (12 epochs)"]["ours"]) == 0.25
+    assert time["eSCN (20 epochs)"]["status"].startswith("not run")
+    md = md_path.read_text()
+    assert "| 10† |" in md and "| 0.25†‡ |" in md
+    assert "‡ trained without a GPU: training time in CPU device-hours." in md
+
+
+def test_tables_module_imports_no_torch() -> None:
+    """The Snakefile imports dens.tables (table_inputs) to build the DAG: no torch import there."""
+    code = "import sys, dens.tables; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

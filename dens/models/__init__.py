@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from dens.errors import ModelNotAvailableError
+
+if TYPE_CHECKING:  # torch is imported with a family's module: the DAG reads PENDING_FAMILIES
+    from torch import nn
 
 FAMILIES = {
     "equiformer": "dens.models.equiformer:Equiformer",

@@ -11,6 +11,7 @@ import math
 from dens import paths
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
 from dens.figures import FIGURES
+from dens.tables import table_inputs
 
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
 ENV = "../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
@@ -91,12 +92,9 @@ def dataset_threads(wildcards):
 
 # Tables (tables.smk).
 def table_metrics(wildcards):
-    return [
-        str(paths.metrics_file(SCALE, experiment, seed, source))
-        for source, experiments in REGISTRY.table_inputs(wildcards.table).items()
-        for experiment in experiments
-        for seed in REGISTRY.options["seeds"]
-    ]
+    """Metrics files of the cells that can be measured (not those of model families or stages
+    not implemented yet: they say "not run"), and the evaluation server's files put in so far."""
+    return [str(path) for path in table_inputs(REGISTRY, wildcards.table)]
 
 
 def table_settings(wildcards):

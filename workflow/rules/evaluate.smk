@@ -1,6 +1,10 @@
 # Evaluation: MAEs of the best-validation (EMA) weights on the splits the dataset's `evaluate`
-# role names (MD17: test; OC20 S2EF-2M: the four val splits), written to
-# results/{scale}/runs/{experiment}/metrics.json (dens.evaluate).
+# role names (MD17: test; OC20 and OC22: the val splits), written to
+# results/{scale}/runs/{experiment}/seed{seed}/metrics.json (dens.evaluate). For OC20/OC22 runs the
+# `submission` rule predicts the S2EF test splits and writes test/submission.npz, the file the
+# evaluation server takes, and test/metrics.json, scored locally where the test rows have labels
+# (the generated data of scales mini and smoke); the server's results go into
+# test/server_results.json by hand (format: dens.submission) and fill the tables' test columns.
 
 
 rule evaluate:
@@ -27,4 +31,31 @@ rule evaluate:
     shell:
         "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} "
+        "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
+
+
+rule submission:
+    input:
+        splits=split_files("test"),
+        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+    output:
+        submission=str(paths.submission_file(SCALE, "{experiment}", "{seed}")),
+        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "test")),
+    params:
+        options=cli_options(),
+        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
+    log:
+        str(paths.job_log(SCALE, "submission", "{experiment}/seed{seed}")),
+    benchmark:
+        str(paths.job_benchmark(SCALE, "submission", "{experiment}/seed{seed}"))
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards: 32000 if REGISTRY.scale["gpus"] else 4000,
+        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
+        runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
+    shell:
+        "python -m dens submission {wildcards.experiment:q} {params.options} "
+        "--seed {wildcards.seed} --threads {threads} "
         "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
