@@ -5,9 +5,10 @@ All families share one interface: ``forward(data, force_input=None, predict_nois
 constructor takes the preset's keyword arguments plus the switches ``force_encoding`` and
 ``noise_head`` (DeNS) and ``attention`` / ``layer_norm`` (Table 5).
 
-Layout: one package per family (``equiformer/``; ``equiformer_v2/`` and ``escn/`` land with the
-OC20 issues and will share their SO(2) convolution, Wigner-D and edge-rotation code in one
-module beside them), shared blocks in ``common/``, graph construction in ``graph.py``.
+Layout: one package per family (``equiformer/``, ``equiformer_v2/``; ``escn/`` lands with its
+OC20 issue), the SO(2) mathematics that EquiformerV2 and eSCN share (Wigner-D, edge frames,
+sphere grids, SO(2) convolution) in ``so2/``, shared blocks in ``common/``, graph construction
+in ``graph.py``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ if TYPE_CHECKING:  # torch is imported with a family's module: the DAG reads PEN
 
 FAMILIES = {
     "equiformer": "dens.models.equiformer:Equiformer",
+    "equiformer_v2": "dens.models.equiformer_v2:EquiformerV2",
 }
 """Model family (config/experiments.yaml ``model.family``) -> "module:class"."""
 
 PENDING_FAMILIES = {
-    "equiformer_v2": "EquiformerV2 (OC20/OC22 experiments) is not implemented yet",
     "escn": "eSCN (OC20 experiments) is not implemented yet",
 }
 

@@ -1,0 +1,12 @@
+"""EquiformerV2 (Liao et al., ICLR 2024) for OC20/OC22, with the DeNS force encoding and noise head.
+
+network.py: the network and its transformer block; graph_attention.py: SO(2) equivariant graph
+attention; feed_forward.py: grid-MLP feed-forward network; edge_degree_embedding.py;
+layer_norm.py; so3_linear.py; activation.py; drop.py; gaussian_smearing.py; edge_graph.py;
+import_fairchem.py: load a fairchem 1.x EquiformerV2 / EquiformerV2-DeNS checkpoint. The SO(2),
+Wigner-D, edge-frame and sphere-grid mathematics live in ``dens.models.so2``.
+"""
+
+from dens.models.equiformer_v2.network import EquiformerV2
+
+__all__ = ["EquiformerV2"]
