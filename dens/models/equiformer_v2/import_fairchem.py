@@ -1,0 +1,334 @@
+"""Load a fairchem 1.x EquiformerV2 or EquiformerV2-DeNS checkpoint as ``EquiformerV2``.
+
+A checkpoint is what fairchem 1.x ``BaseTrainer.save`` writes: a dict with ``state_dict`` (keys
+prefixed "module." by DistributedDataParallel, possibly twice), ``config`` (``config["model"]``
+names the model and its arguments), ``normalizers`` and, when trained with EMA, ``ema``
+(``shadow_params``: the averaged parameters, in the model's parameter order). It is read with
+``torch.load(weights_only=True)``: tensors and plain containers only, no code from the file runs.
+
+Models understood (fairchem commit 31c0963 and the official DeNS code):
+
+- ``equiformer_v2`` / ``equiformer_v2_dens`` (one module: ``energy_block``, ``force_block`` and,
+  for DeNS, ``force_embedding``, ``denoising_pos_block``), whose parameter names are ours;
+- ``hydra`` with backbone ``equiformer_v2_backbone`` or ``equiformer_v2_dens_backbone`` and
+  heads ``equiformerV2_scalar_head`` / ``eqV2_DeNS_scalar_head`` (energy) and
+  ``equiformerV2_vector_head`` / ``eqV2_DeNS_vector_head`` (forces, DeNS noise), mapped by
+  ``KEY_TABLE``.
+
+Only the official architecture settings map (``REQUIRED``: layer_norm_sh, grid-MLP feed-forward,
+separable S2 activation, ...); anything else, an unknown or missing parameter or a shape that
+differs is refused with the offending names. Constant buffers of the reference (Wigner/grid
+tables, index maps) are recomputed by our constructor, except the distance basis centres, which
+are compared. A DeNS backbone trained without force encoding (``use_force_encoding: False``)
+still adds its encoder's l = 0 bias to every atom; it is folded into the atom embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+
+# reference config key -> our constructor argument (same meaning)
+SAME_ARGUMENTS = (
+    "num_layers",
+    "sphere_channels",
+    "attn_hidden_channels",
+    "num_heads",
+    "attn_alpha_channels",
+    "attn_value_channels",
+    "ffn_hidden_channels",
+    "edge_channels",
+    "grid_resolution",
+    "max_neighbors",
+    "max_num_elements",
+    "alpha_drop",
+    "drop_path_rate",
+    "proj_drop",
+    "weight_init",
+    "enforce_max_neighbors_strictly",
+)
+# settings the reference allows but only these values map onto our model
+REQUIRED = {
+    "use_pbc": True,
+    "norm_type": "layer_norm_sh",
+    "use_grid_mlp": True,
+    "use_sep_s2_act": True,
+    "use_gate_act": False,
+    "use_s2_act_attn": False,
+    "use_attn_renorm": True,
+    "use_m_share_rad": False,
+    "use_atom_edge_embedding": True,
+    "share_atom_edge_embedding": False,
+    "distance_function": "gaussian",
+    "use_noise_schedule_sigma_encoding": False,
+    "use_energy_lin_ref": False,
+    "load_energy_lin_ref": False,
+}
+REFERENCE_DISTANCE_BASIS = 600  # fairchem 1.x ignores num_distance_basis and uses 600 Gaussians
+# last key components of the reference's constant buffers (recomputed by our constructor)
+REFERENCE_BUFFERS = {
+    "offset",
+    "to_grid_mat",
+    "from_grid_mat",
+    "l_harmonic",
+    "m_harmonic",
+    "m_complex",
+    "res_size",
+    "to_m",
+    "m_size",
+    "expand_index",
+    "balance_degree_weight",
+}
+# hydra head module -> {block name in the head: our module}
+KEY_TABLE = {
+    "equiformerV2_scalar_head": {"energy_block": "energy_block"},
+    "eqV2_DeNS_scalar_head": {"scalar_block": "energy_block"},
+    "equiformerV2_vector_head": {"force_block": "force_block"},
+    "eqV2_DeNS_vector_head": {
+        "vector_block": "force_block",
+        "denoising_pos_block": "denoising_pos_block",
+    },
+}
+BACKBONES = {"equiformer_v2_backbone", "equiformer_v2_dens_backbone"}
+MONOLITHIC = {"equiformer_v2", "equiformer_v2_dens"}
+
+
+class CheckpointImportError(ValueError):
+    """The checkpoint is not one this importer can map exactly; the message names why."""
+
+
+def load_fairchem_checkpoint(
+    path: str | Path, dtype: torch.dtype = torch.float32, use_ema: bool = True
+) -> tuple[EquiformerV2, dict[str, Any]]:
+    """The model of a fairchem 1.x checkpoint (eval mode, ``dtype``) and ``info``: ``config``
+    (the checkpoint's), ``normalizers`` ({"energy": {"mean", "std"}, "forces": {...},
+    "denoising_pos_target": {...} if present}, floats), ``ema`` (whether EMA weights were
+    loaded), ``hyperparameters`` (our constructor's arguments) and ``unused_heads_settings``."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointImportError(f"{path}: not a fairchem checkpoint (no 'state_dict')")
+    config = checkpoint.get("config") or {}
+    if "model" not in config:
+        raise CheckpointImportError(f"{path}: the checkpoint has no config['model']")
+    arguments, heads = model_arguments(config["model"])
+    state = strip_prefix(checkpoint["state_dict"])
+    if use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"):
+        state = with_ema(state, checkpoint["ema"]["shadow_params"])
+        ema = True
+    else:
+        ema = False
+    mapped = map_keys(state, heads)
+    fold_unused_force_encoding(mapped, arguments)
+    model = EquiformerV2(**arguments)
+    load_exactly(model, mapped)
+    model = model.to(dtype).eval()
+    info = {
+        "config": config,
+        "normalizers": normalizers(checkpoint, config),
+        "ema": ema,
+        "hyperparameters": arguments,
+    }
+    return model, info
+
+
+def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our constructor's arguments from config['model'], and the hydra heads {name: module}."""
+    name = model_config.get("name") or model_config.get("model")
+    if name == "hydra":
+        backbone = dict(model_config.get("backbone") or {})
+        kind = backbone.pop("model", None)
+        if kind not in BACKBONES:
+            raise CheckpointImportError(f"hydra backbone {kind!r}: only {sorted(BACKBONES)} map")
+        heads = {
+            head: spec.get("module") for head, spec in (model_config.get("heads") or {}).items()
+        }
+        unknown = {head: module for head, module in heads.items() if module not in KEY_TABLE}
+        if unknown:
+            raise CheckpointImportError(f"hydra heads {unknown}: only {sorted(KEY_TABLE)} map")
+        for head, spec in model_config["heads"].items():
+            if spec.get("reduce", "sum") != "sum":
+                raise CheckpointImportError(f"head {head!r}: reduce {spec['reduce']!r} (only sum)")
+        settings, dens = backbone, kind == "equiformer_v2_dens_backbone"
+    elif name in MONOLITHIC:
+        settings, heads, dens = dict(model_config), {}, name == "equiformer_v2_dens"
+    else:
+        raise CheckpointImportError(
+            f"model {name!r}: only {sorted(MONOLITHIC)} or hydra with {sorted(BACKBONES)} map"
+        )
+    settings.setdefault("use_pbc", True)
+    if settings.get("grid_resolution") is None:
+        raise CheckpointImportError(
+            "grid_resolution None (fairchem's non-square grid) does not map"
+        )
+    defaults = {  # fairchem 1.x constructor defaults for the keys checked
+        "norm_type": "rms_norm_sh",
+        "use_grid_mlp": False,
+        "use_sep_s2_act": True,
+        "use_gate_act": False,
+        "use_s2_act_attn": False,
+        "use_attn_renorm": True,
+        "use_m_share_rad": False,
+        "use_atom_edge_embedding": True,
+        "share_atom_edge_embedding": False,
+        "distance_function": "gaussian",
+        "use_noise_schedule_sigma_encoding": False,
+        "use_energy_lin_ref": False,
+        "load_energy_lin_ref": False,
+    }
+    wrong = {
+        key: settings.get(key, defaults.get(key))
+        for key, value in REQUIRED.items()
+        if settings.get(key, defaults.get(key)) != value
+    }
+    if wrong:
+        raise CheckpointImportError(
+            f"settings our EquiformerV2 does not have: {wrong} (maps only {REQUIRED})"
+        )
+    lmax_list, mmax_list = settings.get("lmax_list", [6]), settings.get("mmax_list", [2])
+    if len(lmax_list) != 1 or len(mmax_list) != 1:
+        raise CheckpointImportError(f"several resolutions (lmax_list {lmax_list}) do not map")
+    fairchem_defaults = {
+        "num_layers": 12,
+        "sphere_channels": 128,
+        "attn_hidden_channels": 128,
+        "num_heads": 8,
+        "attn_alpha_channels": 32,
+        "attn_value_channels": 16,
+        "ffn_hidden_channels": 512,
+        "edge_channels": 128,
+        "max_neighbors": 500,
+        "max_num_elements": 90,
+        "alpha_drop": 0.1,
+        "drop_path_rate": 0.05,
+        "proj_drop": 0.0,
+        "weight_init": "normal",
+        "enforce_max_neighbors_strictly": True,
+    }
+    arguments = {key: settings.get(key, fairchem_defaults.get(key)) for key in SAME_ARGUMENTS}
+    arguments.update(
+        lmax=int(lmax_list[0]),
+        mmax=int(mmax_list[0]),
+        cutoff=float(settings.get("max_radius", 5.0)),
+        num_distance_basis=REFERENCE_DISTANCE_BASIS,
+        avg_num_nodes=float(settings.get("avg_num_nodes") or AVG_NUM_NODES),
+        avg_degree=float(settings.get("avg_degree") or AVG_DEGREE),
+        force_encoding=dens and bool(settings.get("use_force_encoding", True)),
+        noise_head=dens,
+    )
+    return arguments, heads
+
+
+def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the "module." prefixes of (nested) DistributedDataParallel wrappers."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        out[key] = value
+    return out
+
+
+def is_reference_buffer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in REFERENCE_BUFFERS
+
+
+def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
+    """Replace the parameters by the EMA's, matched in parameter order (the state_dict order
+    without buffers)."""
+    names = [key for key in state if not is_reference_buffer(key)]
+    if len(names) != len(shadow) or any(
+        state[n].shape != s.shape for n, s in zip(names, shadow, strict=False)
+    ):
+        raise CheckpointImportError(
+            f"EMA has {len(shadow)} tensors for {len(names)} parameters, or shapes differ; "
+            "load with use_ema=False"
+        )
+    return {**state, **dict(zip(names, shadow, strict=True))}
+
+
+def map_keys(state: Mapping[str, Tensor], heads: Mapping[str, str]) -> dict[str, Tensor]:
+    """Reference parameter names -> ours; reference buffers are left out, except the distance
+    basis centres (kept under their name to be compared)."""
+    mapped = {}
+    for key, value in state.items():
+        if (
+            is_reference_buffer(key)
+            and key != "distance_expansion.offset"
+            and not key.endswith("backbone.distance_expansion.offset")
+        ):
+            continue
+        mapped[rename(key, heads)] = value
+    return mapped
+
+
+def rename(key: str, heads: Mapping[str, str]) -> str:
+    if key.startswith("backbone."):
+        return key[len("backbone.") :]
+    if key.startswith("output_heads."):
+        _, head, block, rest = key.split(".", 3)
+        ours = KEY_TABLE.get(heads.get(head, ""), {}).get(block)
+        return f"{ours}.{rest}" if ours else key
+    return key
+
+
+def fold_unused_force_encoding(state: dict[str, Tensor], arguments: Mapping[str, Any]) -> None:
+    """A DeNS backbone without force encoding still adds force_embedding's bias at l = 0."""
+    if arguments["noise_head"] and not arguments["force_encoding"]:
+        bias = state.pop("force_embedding.bias", None)
+        if bias is not None and "sphere_embedding.weight" in state:
+            state["sphere_embedding.weight"] = state["sphere_embedding.weight"] + bias
+        state.pop("force_embedding.weight", None)
+
+
+def load_exactly(model: EquiformerV2, state: dict[str, Tensor]) -> None:
+    """Load every parameter; refuse extra, missing or differently shaped ones by name."""
+    offset = state.pop("distance_expansion.offset", None)
+    if offset is not None and not torch.allclose(
+        offset.float(), model.distance_expansion.offset, atol=1e-6
+    ):
+        raise CheckpointImportError("distance_expansion.offset differs from ours (cutoff?)")
+    ours = model.state_dict()
+    extra = sorted(set(state) - set(ours))
+    missing = sorted(set(ours) - set(state))
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"
+        for k in set(state) & set(ours)
+        if state[k].shape != ours[k].shape
+    )
+    if extra or missing or shapes:
+        raise CheckpointImportError(
+            "the checkpoint does not map onto EquiformerV2: "
+            + "; ".join(
+                f"{what}: {', '.join(names)}"
+                for what, names in (
+                    ("unmatched checkpoint keys", extra),
+                    ("missing keys", missing),
+                    ("shape mismatches", shapes),
+                )
+                if names
+            )
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:
+    """{"energy": {"mean", "std"}, "forces": {...}, ...} as floats, from the checkpoint's
+    normalizers (fairchem 1.x: mean / rmsd; older: target / grad_target) or else the config."""
+    out: dict[str, dict] = {}
+    saved = checkpoint.get("normalizers") or {}
+    aliases = {"target": "energy", "grad_target": "forces"}
+    for key, value in saved.items():
+        if isinstance(value, Mapping) and "mean" in value:
+            std = value.get("rmsd", value.get("std"))
+            out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
+    transforms = ((config.get("dataset") or {}).get("train") or {}).get("transforms") or {}
+    for key, value in (transforms.get("normalizer") or {}).items():
+        if key not in out and isinstance(value, Mapping) and "mean" in value:
+            out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}
+    return out
