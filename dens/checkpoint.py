@@ -19,8 +19,12 @@ Layout of run_dir/checkpoints/last.pt (written by dens.train after every epoch a
     ema              state_dict of the EMA weights, or None without EMA
     optimizer        AdamW state_dict
     normalizer       dens.normalization.Normalizer.to_dict()
-    rng              {"dens": dens corruption generator state, "torch": CPU RNG state,
-                      "cuda": [per-device CUDA RNG states] (empty on CPU)}  (uint8 tensors)
+    rng              one dict per training process, in rank order (dens.distributed):
+                     {"dens": its DeNS corruption generator state, "torch": CPU RNG state,
+                      "cuda": [its CUDA RNG state] (empty on CPU)}  (uint8 tensors); a run
+                     resumes with as many processes (a single dict: written before data
+                     parallelism, one process)
+    grad_scaler      GradScaler state_dict of mixed precision ({} without; absent before it)
     epoch_sums       running sums of the unfinished epoch's loss terms (see dens.train)
     best             {"epoch": int, "val_forces_mae_meV_per_A": float} (epoch 0 = none yet)
     history          list of the log.csv rows (dicts), one per completed epoch

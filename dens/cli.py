@@ -6,6 +6,7 @@
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
+                                  (one process per GPU: torchrun or srun, see dens.distributed)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax|simulate EXPERIMENT --scale S --run-dir DIR
@@ -144,6 +145,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
+    from dens.distributed import World
     from dens.train import train
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
@@ -154,7 +156,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         AseLmdbDataset(args.val),
         Path(args.run_dir),
         device=args.device,
+        mixed_precision=args.mixed_precision,
     )
+    if not World.from_environment().is_main:  # one summary, not one per training process
+        return
     print(
         f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
         f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
@@ -289,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.add_argument("--train", required=True, type=Path, help="training split (aselmdb)")
     p.add_argument("--val", required=True, type=Path, help="validation split (aselmdb)")
+    p.add_argument(
+        "--mixed-precision",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="score a trained run on held-out splits")

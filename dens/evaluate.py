@@ -155,6 +155,48 @@ def _training_log(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def training_cost(log: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """What training took, from the rows of log.csv (dens.train.LOG_COLUMNS):
+
+    train_time_s, train_hours          wall time: the sum of the epoch times (with validation)
+    train_samples_per_s                structures per second of optimiser steps, all devices
+    train_samples_per_s_per_device     the same per device (the paper's samples per GPU-second)
+    train_devices, train_device,       how many devices of which kind ("cuda" or "cpu") and
+      train_device_name                model trained it; train_mixed_precision
+    train_device_hours                 wall hours x devices
+    train_gpu_hours                    the same, only when every epoch trained on GPUs
+
+    Every epoch has the same number of samples, so a run's rate is the harmonic mean of its
+    epochs'. Rows written before the device columns existed count as one device of unknown
+    kind (no GPU-hours)."""
+    seconds = [float(row["epoch_time_s"]) for row in log]
+    devices = [int(row.get("world_size") or 1) for row in log]
+    rates = [float(row["train_samples_per_s"]) for row in log]
+    kinds = sorted({row.get("device") or "unknown" for row in log})
+    names = sorted({row.get("device_name") or "unknown" for row in log})
+    mixed = {row.get("mixed_precision") == "True" for row in log}
+    cost = {
+        "train_time_s": sum(seconds),
+        "train_hours": sum(seconds) / 3600.0,
+        "train_samples_per_s": _harmonic_mean(rates),
+        "train_samples_per_s_per_device": _harmonic_mean(
+            [rate / count for rate, count in zip(rates, devices, strict=True)]
+        ),
+        "train_devices": max(devices, default=0),
+        "train_device": "+".join(kinds),
+        "train_device_name": "+".join(names),
+        "train_mixed_precision": mixed == {True},
+        "train_device_hours": sum(s * d for s, d in zip(seconds, devices, strict=True)) / 3600.0,
+    }
+    if kinds == ["cuda"]:
+        cost["train_gpu_hours"] = cost["train_device_hours"]
+    return cost
+
+
+def _harmonic_mean(values: Sequence[float]) -> float:
+    return len(values) / sum(1.0 / value for value in values) if values else math.nan
+
+
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _VERSIONED:
@@ -187,8 +229,8 @@ def evaluate(
 
     batch_size: defaults to the experiment's optim.eval_batch_size.
     metrics_path: defaults to run_dir/metrics.json.
-    Training wall time (sum of epoch times) and training throughput (samples per second of
-    optimiser steps, over the whole run) come from run_dir/log.csv.
+    Training wall time, throughput and device-hours come from run_dir/log.csv
+    (``training_cost``).
     """
     if not splits:
         raise ValueError("evaluate needs at least one split")
@@ -202,10 +244,6 @@ def evaluate(
         for name, dataset in splits.items()
     }
     log = _training_log(run_dir)
-    epoch_times = [float(row["epoch_time_s"]) for row in log]
-    # Every epoch has the same number of samples, so the run's rate is the harmonic mean.
-    rates = [float(row["train_samples_per_s"]) for row in log]
-    samples_per_s = len(rates) / sum(1.0 / r for r in rates) if rates else math.nan
     metrics = {
         "experiment": experiment["name"],
         "scale": experiment["scale"],
@@ -221,9 +259,7 @@ def evaluate(
         "best_epoch": checkpoint["epoch"],
         "val_forces_mae_meV_per_A": checkpoint["val"]["forces_mae_meV_per_A"],
         "epochs_trained": len(log),
-        "train_time_s": sum(epoch_times),
-        "train_hours": sum(epoch_times) / 3600.0,
-        "train_samples_per_s": samples_per_s,
+        **training_cost(log),
         "num_parameters": checkpoint["num_parameters"],
         "device": str(device),
         "versions": _versions(),

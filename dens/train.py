@@ -35,6 +35,27 @@ Determinism: the model is built after torch.manual_seed(seed); the data order, t
 corruption (a torch.Generator seeded with `seed`, saved in checkpoints) and the data-loader
 worker seeds depend only on the seed; on CPU torch.use_deterministic_algorithms(True) is
 switched on for the duration of the run.
+
+Data parallelism (dens.distributed; torchrun on one node, srun across nodes): optim.batch_size
+is the global batch and each of the P processes takes an equal contiguous share of every batch
+of the seeded order; DistributedDataParallel averages the gradients over processes. With the
+per-structure normalisation of Algorithm 2 (loss = sum_j L_j / B) the mean over processes of
+sum_{j in share} L_j / (B / P) is exactly the loss of the global batch, so the gradient is the
+single-process gradient of the same batch (tests/test_distributed.py); optim.loss_reduction
+"atom" (a mean over each share's atoms) is refused with several processes. The DeNS generator of
+process r is seeded from (seed, r) (``corruption_seed``; rank 0 uses the single-process seed), so
+the draws are independent per process and reproducible; last.pt keeps every process's RNG
+states and is resumed by as many processes. The logged loss terms are averaged over processes,
+as are the NaN/inf check and a SIGTERM (any process's), so all processes stop at the same step.
+Validation is split over the processes and the error sums are added up. Rank 0 alone writes
+checkpoints, log.csv and the console lines; the others wait for last.pt before stopping.
+
+Mixed precision (``mixed_precision``, ``dens train --[no-]mixed-precision``): float16 autocast of
+the forward pass and the loss with a GradScaler (the loss is scaled for backward and the
+gradients unscaled before clipping; a step with inf/nan gradients is skipped), as the official
+OC20/OC22 code's ``--amp`` (fairchem 1.x). On by default on CUDA, refused on CPU; validation
+and evaluation run in float32. The official MD17 code trains in float32: pass
+``--no-mixed-precision`` to reproduce it on a GPU.
 """
 
 from __future__ import annotations
@@ -43,6 +64,7 @@ import contextlib
 import csv
 import math
 import os
+import platform
 import signal
 import sys
 import threading
@@ -68,6 +90,8 @@ from dens.denoising import (
     force_encoding_input,
     original_task_loss,
 )
+from dens.distributed import Shard, World, process_group
+from dens.errors import ConfigError
 from dens.evaluate import mean_absolute_errors
 from dens.models import build_model as build_registered_model
 from dens.models import count_parameters
@@ -92,7 +116,15 @@ LOG_COLUMNS = (
     "val_forces_mae_meV_per_A",
     "train_samples_per_s",
     "epoch_time_s",
+    "world_size",
+    "device",
+    "device_name",
+    "mixed_precision",
 )
+"""log.csv, one row per epoch: train_samples_per_s counts the structures of the global batches per
+second of optimiser steps (all processes together); epoch_time_s is the wall time of the epoch
+with its validation; world_size, device ("cuda" or "cpu") and device_name (the GPU model, or the
+CPU architecture) say what trained it: throughput per device and device-hours (dens.evaluate)."""
 _LOSS_TERMS = ("total", "energy", "forces", "dens")
 
 
@@ -105,9 +137,11 @@ class TrainingPreempted(SystemExit):
     PREEMPTED_EXIT_CODE (uncaught, this SystemExit does exactly that). The log says where the
     run stopped and that a rerun resumes there."""
 
-    def __init__(self, checkpoint: Path, progress: Progress) -> None:
+    def __init__(self, checkpoint: Path, progress: Progress, announce: bool = True) -> None:
         super().__init__(PREEMPTED_EXIT_CODE)
         self.checkpoint = checkpoint
+        if not announce:  # processes other than rank 0 stop silently
+            return
         print(
             f"stopped by SIGTERM after epoch {progress.epoch} + {progress.batch_in_epoch} "
             f"batches (step {progress.step}); saved {checkpoint}; rerunning the job resumes "
@@ -329,10 +363,16 @@ class Schedule:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, optim: Mapping[str, Any], train_size: int) -> Schedule:
+    def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
+        """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
         if optim.get("lr_schedule", "cosine") != "cosine":
             raise ValueError(f"optim.lr_schedule must be 'cosine', got {optim['lr_schedule']!r}")
         batch_size = int(optim["batch_size"])
+        if batch_size % processes:
+            raise ConfigError(
+                f"optim.batch_size {batch_size} is the global batch, split equally over the "
+                f"{processes} training processes: it must be a multiple of {processes}"
+            )
         if train_size < batch_size:
             raise ValueError(
                 f"training set of {train_size} structures is smaller than batch_size {batch_size}"
@@ -360,23 +400,50 @@ class Progress:
 
 @dataclass
 class Trainee:
-    """What a run optimises: the model, its EMA copy (None without EMA), AdamW and the DeNS
-    corruption generator."""
+    """What a run optimises: the model, its EMA copy (None without EMA), AdamW, the gradient
+    scaler of mixed precision (a pass-through when off), the DeNS corruption generator of this
+    process, and ``network``: what the training forward pass calls (the model, inside
+    DistributedDataParallel with several processes)."""
 
     model: nn.Module
     ema: nn.Module | None
     optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
     generator: torch.Generator
+    network: nn.Module
 
     @property
     def eval_model(self) -> nn.Module:
         return self.model if self.ema is None else self.ema
 
+    def __enter__(self) -> Trainee:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Drop DistributedDataParallel while the process group still exists: a gloo group
+        destroyed first hangs the process when the wrapper is freed afterwards."""
+        self.network = self.model
+
+
+def corruption_seed(seed: int, rank: int) -> int:
+    """Seed of the DeNS generator of process ``rank``: (seed, rank) packed into 64 bits, so every
+    process draws its own corruption, rank 0 with ``seed`` as a single process does."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed {seed}: training seeds are integers in [0, 2**32)")
+    return seed + (rank << 32)
+
 
 def build_trainee(
-    experiment: Mapping[str, Any], build_model: BuildModel, device: torch.device
+    experiment: Mapping[str, Any],
+    build_model: BuildModel,
+    device: torch.device,
+    world: World | None = None,
+    mixed_precision: bool = False,
 ) -> Trainee:
-    """The model built after torch.manual_seed(seed), its EMA copy, AdamW and the generator."""
+    """The model built after torch.manual_seed(seed) (the same on every process), its EMA copy,
+    AdamW, the gradient scaler, the generator seeded from (seed, rank), and the network that
+    averages gradients over processes (``World.wrap``)."""
+    world = world or World()
     seed = int(experiment["seed"])
     optim = experiment["optim"]
     torch.manual_seed(seed)
@@ -385,8 +452,23 @@ def build_trainee(
     if optim.get("ema_decay") is not None:
         ema = build_model(experiment).to(device).requires_grad_(False)
         ema.load_state_dict(model.state_dict())
-    generator = torch.Generator(device).manual_seed(seed)
-    return Trainee(model, ema, build_optimizer(model, optim), generator)
+    generator = torch.Generator(device).manual_seed(corruption_seed(seed, world.rank))
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
+    optimizer = build_optimizer(model, optim)
+    return Trainee(model, ema, optimizer, scaler, generator, world.wrap(model, device))
+
+
+def use_mixed_precision(requested: bool | None, device: torch.device) -> bool:
+    """The mixed-precision switch: None = on for CUDA, off on CPU; True on CPU is refused (CPU
+    autocast is not what the paper's GPUs ran, and float16 kernels on CPU are slow)."""
+    if requested is None:
+        return device.type == "cuda"
+    if requested and device.type != "cuda":
+        raise ConfigError(
+            f"mixed precision (float16 autocast + GradScaler) runs on CUDA only, not on {device}; "
+            "leave it off on CPU"
+        )
+    return requested
 
 
 def start_or_resume(
@@ -395,33 +477,38 @@ def start_or_resume(
     train_set: Sequence[Data],
     trainee: Trainee,
     device: torch.device,
+    world: World,
 ) -> Progress:
     """Resume from run_dir/checkpoints/last.pt when it was started with the same ``start``
     (``started_with``); otherwise move the old run aside (``move_aside``) and start afresh:
-    fit the normaliser, step 0. Says which in the log (stderr)."""
+    fit the normaliser, step 0. Says which in the log (stderr). Rank 0 decides, moves and fits;
+    the other processes follow (they read last.pt themselves, each restoring its own RNG states)."""
     last_path = run_dir / "checkpoints" / "last.pt"
-    state = load_checkpoint(last_path) if last_path.is_file() else None
-    if state is not None:
-        changed = _differences(state.get("started_with"), dict(start), "run")
-        if state["best"]["epoch"] > 0 and not (last_path.parent / BEST_EPOCH_FILE).is_file():
-            changed.append(f"{BEST_EPOCH_FILE} is missing")
-        if changed:
-            moved = move_aside(run_dir, "; ".join(changed))
-            print(
-                f"{last_path} was started with something else ({'; '.join(changed)}): "
-                f"moved the previous run to {moved} and starting afresh",
-                file=sys.stderr,
-            )
-            state = None
-    if state is None:
+    state = _last_state(run_dir, start) if world.is_main else None
+    if not world.from_main(state is not None):
         experiment = start["experiment"]
         reference = experiment["optim"].get("energy_reference", "mean")
-        return Progress(fit_normalizer(train_set, reference, int(experiment["seed"])))
+        normalizer = None
+        if world.is_main:
+            normalizer = fit_normalizer(train_set, reference, int(experiment["seed"]))
+        return Progress(world.from_main(normalizer))
+    if state is None:
+        state = load_checkpoint(last_path)
+    # One RNG dict per process (a dict: a checkpoint written before data parallelism).
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if len(rng) != world.size:
+        raise ConfigError(
+            f"{last_path} was written by {len(rng)} training process(es) and is resumed by "
+            f"{world.size}: resume it with {len(rng)} (its DeNS draws are per process), or move "
+            "the run directory away to start afresh"
+        )
     trainee.model.load_state_dict(state["model"])
     if trainee.ema is not None:
         trainee.ema.load_state_dict(state["ema"])
     trainee.optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"], trainee.generator, device)
+    if state.get("grad_scaler"):  # {} when saved without mixed precision
+        trainee.scaler.load_state_dict(state["grad_scaler"])
+    _set_rng_state(rng[world.rank], trainee.generator, device)
     progress = Progress(
         normalizer=Normalizer.from_dict(state["normalizer"]),
         epoch=state["epoch"],
@@ -432,12 +519,34 @@ def start_or_resume(
         history=state["history"],
         timing=state["timing"],
     )
+    if world.is_main:
+        print(
+            f"resuming {last_path}: {progress.epoch} epochs and {progress.batch_in_epoch} "
+            "batches done, same experiment, data and code",
+            file=sys.stderr,
+        )
+    return progress
+
+
+def _last_state(run_dir: Path, start: Mapping[str, Any]) -> dict[str, Any] | None:
+    """last.pt if the run was started with ``start``; else None, after moving an old run
+    aside."""
+    last_path = run_dir / "checkpoints" / "last.pt"
+    if not last_path.is_file():
+        return None
+    state = load_checkpoint(last_path)
+    changed = _differences(state.get("started_with"), dict(start), "run")
+    if state["best"]["epoch"] > 0 and not (last_path.parent / BEST_EPOCH_FILE).is_file():
+        changed.append(f"{BEST_EPOCH_FILE} is missing")
+    if not changed:
+        return state
+    moved = move_aside(run_dir, "; ".join(changed))
     print(
-        f"resuming {last_path}: {progress.epoch} epochs and {progress.batch_in_epoch} batches "
-        "done, same experiment, data and code",
+        f"{last_path} was started with something else ({'; '.join(changed)}): "
+        f"moved the previous run to {moved} and starting afresh",
         file=sys.stderr,
     )
-    return progress
+    return None
 
 
 def last_checkpoint(
@@ -446,8 +555,10 @@ def last_checkpoint(
     trainee: Trainee,
     train_size: int,
     device: torch.device,
+    world: World,
 ) -> dict[str, Any]:
-    """The state of last.pt (layout: dens.checkpoint)."""
+    """The state of last.pt (layout: dens.checkpoint); every process takes part (each one's RNG
+    states are gathered)."""
     return {
         "format_version": FORMAT_VERSION,
         "kind": "last",
@@ -461,13 +572,30 @@ def last_checkpoint(
         "ema": None if trainee.ema is None else trainee.ema.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
         "normalizer": progress.normalizer.to_dict(),
-        "rng": _rng_state(trainee.generator, device),
+        "rng": world.gather(_rng_state(trainee.generator, device)),
+        "grad_scaler": trainee.scaler.state_dict(),
         "epoch_sums": progress.epoch_sums,
         "best": progress.best,
         "history": progress.history,
         "timing": progress.timing,
         "num_parameters": count_parameters(trainee.model),
     }
+
+
+def save_last(
+    path: Path,
+    start: Mapping[str, Any],
+    progress: Progress,
+    trainee: Trainee,
+    train_size: int,
+    device: torch.device,
+    world: World,
+) -> None:
+    """Rank 0 writes last.pt; no process goes on (or stops) before the file is complete."""
+    state = last_checkpoint(start, progress, trainee, train_size, device, world)
+    if world.is_main:
+        save_checkpoint(state, path)
+    world.barrier()
 
 
 def best_checkpoint(
@@ -488,6 +616,43 @@ def best_checkpoint(
     }
 
 
+def forward_loss(
+    trainee: Trainee,
+    batch: Batch,
+    loss: Callable[[nn.Module, Batch], dict[str, Tensor]],
+    world: World,
+    stop: bool,
+) -> tuple[Tensor, dict[str, float], bool]:
+    """The loss of this process's share of a global batch (``loss(trainee.network, batch)``,
+    under float16 autocast with mixed precision), with its terms averaged over processes (the
+    global batch's loss with per-structure normalisation) and whether any process asked to
+    ``stop``, in one collective: (the tensor to back-propagate, the terms, stop)."""
+    device = batch.pos.device
+    with torch.autocast(device.type, dtype=torch.float16, enabled=trainee.scaler.is_enabled()):
+        terms = loss(trainee.network, batch)
+    # float64 holds float32 and float16 values exactly: one process logs what it did before.
+    stacked = [terms[term].detach().double() for term in _LOSS_TERMS]
+    flag = torch.tensor(float(stop), dtype=torch.float64, device=device)
+    totals = world.sum(torch.stack([*stacked, flag])).tolist()  # one sync
+    values = {term: totals[k] / world.size for k, term in enumerate(_LOSS_TERMS)}
+    return terms["total"], values, totals[-1] > 0
+
+
+def update(trainee: Trainee, loss: Tensor, optim: Mapping[str, Any]) -> None:
+    """Backward (DistributedDataParallel averages the gradients over processes), gradient
+    clipping, AdamW, EMA. With mixed precision the loss is scaled for backward and the gradients
+    unscaled before clipping; GradScaler skips a step whose gradients are not finite."""
+    trainee.optimizer.zero_grad(set_to_none=True)
+    trainee.scaler.scale(loss).backward()
+    trainee.scaler.unscale_(trainee.optimizer)
+    if optim.get("grad_clip_norm") is not None:
+        nn.utils.clip_grad_norm_(trainee.model.parameters(), float(optim["grad_clip_norm"]))
+    trainee.scaler.step(trainee.optimizer)
+    trainee.scaler.update()
+    if trainee.ema is not None:
+        update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
+
+
 def train_epoch(
     experiment: Mapping[str, Any],
     train_set: Sequence[Data],
@@ -498,15 +663,18 @@ def train_epoch(
     dens: DeNSSettings | None,
     sigterm: threading.Event,
     *,
+    world: World,
     device: torch.device,
     num_workers: int,
     show_progress: bool,
 ) -> bool:
     """Optimise the rest of epoch ``progress.epoch`` (from ``progress.batch_in_epoch``);
-    return False if SIGTERM stopped it before its last batch. Updates ``progress`` in place.
+    return False if SIGTERM (on any process) stopped it before its last batch. Updates
+    ``progress`` in place.
 
-    Per step: lr (warm-up + cosine, per step), the loss (lambda_DeNS of this epoch), a stop on
-    a non-finite loss, backward, gradient clipping, AdamW, EMA."""
+    Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
+    batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
+    AdamW, EMA."""
     optim, seed, epoch = experiment["optim"], int(experiment["seed"]), progress.epoch
     if progress.batch_in_epoch == 0:
         progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
@@ -514,11 +682,10 @@ def train_epoch(
     sums = progress.epoch_sums
     epoch_start = time.perf_counter() - sums["time_s"]
     coefficient = 0.0 if dens is None else dens_coefficient(dens, epoch, schedule.epochs)
+    batches = epoch_batches(len(train_set), schedule.batch_size, seed, epoch)
     loader = DataLoader(
         train_set,
-        batch_sampler=epoch_batches(len(train_set), schedule.batch_size, seed, epoch)[
-            progress.batch_in_epoch :
-        ],
+        batch_sampler=[world.share(b) for b in batches[progress.batch_in_epoch :]],
         collate_fn=Batch.from_data_list,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
@@ -532,42 +699,59 @@ def train_epoch(
         disable=not show_progress,
         leave=False,
     )
+
+    def loss(network: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        return loss_terms(
+            network, batch, progress.normalizer, losses, dens, trainee.generator, coefficient
+        )
+
     for batch in bar:
         step_start = time.perf_counter()
         batch = batch.to(device)
         lr = learning_rate(progress.step, optim, schedule.steps_per_epoch)
         for group in trainee.optimizer.param_groups:
             group["lr"] = lr
-        terms = loss_terms(
-            trainee.model, batch, progress.normalizer, losses, dens, trainee.generator, coefficient
-        )
-        stacked = torch.stack([terms[term].detach() for term in _LOSS_TERMS])
-        values = dict(zip(_LOSS_TERMS, stacked.tolist(), strict=True))  # one sync
+        total, values, stop = forward_loss(trainee, batch, loss, world, sigterm.is_set())
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
                 f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
                 f"{epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, global "
                 f"step {progress.step}; last.pt keeps the last good state"
             )
-        trainee.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        if optim.get("grad_clip_norm") is not None:
-            nn.utils.clip_grad_norm_(trainee.model.parameters(), float(optim["grad_clip_norm"]))
-        trainee.optimizer.step()
-        if trainee.ema is not None:
-            update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
+        update(trainee, total, optim)
         progress.step += 1
         progress.batch_in_epoch += 1
         for term in _LOSS_TERMS:
             sums[term] += values[term]
-        sums["samples"] += int(batch.natoms.numel())
+        sums["samples"] += int(batch.natoms.numel()) * world.size
         sums["step_time_s"] += time.perf_counter() - step_start
         sums["time_s"] = time.perf_counter() - epoch_start
         bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
-        if sigterm.is_set() and progress.batch_in_epoch < schedule.steps_per_epoch:
+        if stop and progress.batch_in_epoch < schedule.steps_per_epoch:
             return False
     bar.close()
     return True
+
+
+def validate(
+    model: nn.Module,
+    val_set: Sequence[Data],
+    normalizer: Normalizer,
+    batch_size: int,
+    device: torch.device,
+    world: World,
+) -> dict[str, float]:
+    """Validation energy and force MAE (dens.evaluate.mean_absolute_errors) of the whole
+    ``val_set``: each process scores its contiguous ``Shard`` (eval_batch_size structures per
+    forward pass) and the error sums are added up over processes."""
+    if world.size == 1:
+        return mean_absolute_errors(model, val_set, normalizer, batch_size, device)
+    part = mean_absolute_errors(model, Shard(val_set, world), normalizer, batch_size, device)
+    structures, free = part["num_structures"], part["num_free_atoms"]
+    energy, forces = part["energy_mae_meV"] * structures, part["forces_mae_meV_per_A"] * free
+    sums = torch.tensor([energy, forces, structures, free], dtype=torch.float64, device=device)
+    energy, forces, structures, free = world.sum(sums).tolist()
+    return {"energy_mae_meV": energy / structures, "forces_mae_meV_per_A": forces / max(free, 1)}
 
 
 def end_epoch(
@@ -576,9 +760,11 @@ def end_epoch(
     progress: Progress,
     dens: DeNSSettings | None,
     val: Mapping[str, float],
+    hardware: Mapping[str, Any],
 ) -> bool:
-    """Close the epoch: its log.csv row; return True if it is the best so far (lowest
-    validation force MAE)."""
+    """Close the epoch: its log.csv row (``hardware``: its world_size, device, device_name and
+    mixed_precision columns); return True if it is the best so far (lowest validation force
+    MAE)."""
     sums, steps = progress.epoch_sums, schedule.steps_per_epoch
     epoch_time = sums["time_s"]
     progress.timing["train_time_s"] += epoch_time
@@ -600,6 +786,7 @@ def end_epoch(
             "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
             "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
             "epoch_time_s": epoch_time,
+            **hardware,
         }
     )
     progress.epoch += 1
@@ -664,6 +851,7 @@ def train(
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     progress: bool = True,
+    mixed_precision: bool | None = None,
 ) -> TrainResult:
     """Train ``experiment`` (a resolved experiment dict) into run_dir, resuming from last.pt if it
     was started with the same experiment, data and code (else the old run is moved aside).
@@ -671,7 +859,10 @@ def train(
     build_model: builds the network from the experiment dict (default: the model families of
         dens.models; its model.hyperparameters switch the force encoding and the noise head).
     train_set, val_set: indexable datasets of ``Data`` (dens.data.structures).
+    device: "cuda" is the GPU of this process's local rank when several processes train.
     progress: a progress bar (stderr) and one line per epoch with the time left (stdout).
+    mixed_precision: float16 autocast + GradScaler; None = on for CUDA, off on CPU.
+    Under torchrun or srun the processes train together (dens.distributed; module notes).
     Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt, every time it returns (a
     finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
     TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM.
@@ -680,18 +871,32 @@ def train(
     last_path = run_dir / "checkpoints" / "last.pt"
     best_epoch_path = run_dir / "checkpoints" / BEST_EPOCH_FILE
     optim = experiment["optim"]
-    schedule = Schedule.of(optim, len(train_set))
-    device = torch.device(device)
+    world = World.from_environment()
+    schedule = Schedule.of(optim, len(train_set), world.size)
+    device = world.device(torch.device(device))
+    amp = use_mixed_precision(mixed_precision, device)
     dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
     losses = loss_settings(optim)
+    _check_splittable(losses, val_set, world)
     start = started_with(experiment, train_set, val_set)
-    report = _reporter(experiment, schedule, progress)
+    report = _reporter(experiment, schedule, progress and world.is_main)
+    hardware = {
+        "world_size": world.size,
+        "device": device.type,
+        "device_name": _device_name(device),
+        "mixed_precision": amp,
+    }
 
-    with _deterministic(device.type == "cpu"), _sigterm_flag() as sigterm:
-        trainee = build_trainee(experiment, build_model, device)
-        state = start_or_resume(run_dir, start, train_set, trainee, device)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_log(run_dir / "log.csv", state.history)
+    with (
+        process_group(world, device),
+        _deterministic(device.type == "cpu"),
+        _sigterm_flag() as sigterm,
+        build_trainee(experiment, build_model, device, world, amp) as trainee,
+    ):
+        state = start_or_resume(run_dir, start, train_set, trainee, device, world)
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_log(run_dir / "log.csv", state.history)
         report(state, None)
         while state.epoch < schedule.epochs:
             finished = train_epoch(
@@ -703,30 +908,35 @@ def train(
                 losses,
                 dens,
                 sigterm,
+                world=world,
                 device=device,
                 num_workers=num_workers,
-                show_progress=progress,
+                show_progress=progress and world.is_main,
             )
             if not finished:
-                save_checkpoint(
-                    last_checkpoint(start, state, trainee, len(train_set), device), last_path
-                )
-                raise TrainingPreempted(last_path, state)
+                save_last(last_path, start, state, trainee, len(train_set), device, world)
+                raise TrainingPreempted(last_path, state, announce=world.is_main)
             val_start = time.perf_counter()
-            val = mean_absolute_errors(
-                trainee.eval_model, val_set, state.normalizer, int(optim["eval_batch_size"]), device
+            val = validate(
+                trainee.eval_model,
+                val_set,
+                state.normalizer,
+                int(optim["eval_batch_size"]),
+                device,
+                world,
             )
             state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
-            if end_epoch(experiment, schedule, state, dens, val):
+            best = end_epoch(experiment, schedule, state, dens, val, hardware)
+            if world.is_main and best:
                 save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_epoch_path)
-            write_log(run_dir / "log.csv", state.history)
-            save_checkpoint(
-                last_checkpoint(start, state, trainee, len(train_set), device), last_path
-            )
+            if world.is_main:
+                write_log(run_dir / "log.csv", state.history)
+            save_last(last_path, start, state, trainee, len(train_set), device, world)
             report(state, val)
-            if sigterm.is_set() and state.epoch < schedule.epochs:
-                raise TrainingPreempted(last_path, state)
-        publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
+            if _anyone(sigterm.is_set(), world, device) and state.epoch < schedule.epochs:
+                raise TrainingPreempted(last_path, state, announce=world.is_main)
+        if world.is_main:
+            publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
 
     return TrainResult(
         run_dir=run_dir,
@@ -736,3 +946,30 @@ def train(
         best_val_forces_mae_meV_per_A=state.best["val_forces_mae_meV_per_A"],
         train_time_s=state.timing["train_time_s"],
     )
+
+
+def _check_splittable(losses: LossSettings, val_set: Sequence[Data], world: World) -> None:
+    """Several processes need the per-structure loss (their mean is then the global batch's
+    loss) and at least one validation structure each."""
+    if world.size == 1:
+        return
+    if losses.reduction != "structure":
+        raise ConfigError(
+            f"optim.loss_reduction {losses.reduction!r} averages over the atoms of each "
+            f"process's share, which is not the loss of the global batch; train with one "
+            "process or with loss_reduction 'structure' (Algorithm 2)"
+        )
+    if len(val_set) < world.size:
+        raise ConfigError(
+            f"{len(val_set)} validation structures cannot be split over {world.size} processes"
+        )
+
+
+def _anyone(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every process if ``flag`` is True on any."""
+    return world.sum(torch.tensor([float(flag)], device=device)).item() > 0
+
+
+def _device_name(device: torch.device) -> str:
+    """The GPU model on CUDA, the CPU architecture on CPU (log.csv's device_name)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()

@@ -11,7 +11,7 @@ import torch
 from torch_geometric.data import Batch
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment, train_toy_run
 
-from dens.evaluate import ErrorSums, evaluate, mean_absolute_errors
+from dens.evaluate import ErrorSums, evaluate, mean_absolute_errors, training_cost
 from dens.normalization import Normalizer
 
 EXPERIMENT = toy_experiment(dens=True, epochs=3, lr=3e-2)
@@ -143,3 +143,32 @@ def test_error_sums_agree_with_the_oc20_evaluator():
     assert result["forces_mae_meV_per_A"] == pytest.approx(1000 * forces_mae["metric"], rel=1e-6)
     assert result["energy_mae_meV"] == pytest.approx(1000 * energy_mae["metric"])
     assert (result["num_structures"], result["num_free_atoms"]) == (5, 15)
+
+
+def test_throughput_and_device_hours_from_the_training_log(run):
+    """log.csv -> metrics: wall hours x devices, GPU-hours only for GPU runs, rates per device."""
+    run_dir, _ = run
+    with open(run_dir / "log.csv", newline="") as handle:
+        cpu = training_cost(list(csv.DictReader(handle)))
+    assert (cpu["train_device"], cpu["train_devices"], cpu["train_mixed_precision"]) == (
+        "cpu",
+        1,
+        False,
+    )
+    assert "train_gpu_hours" not in cpu
+    assert cpu["train_device_hours"] == pytest.approx(cpu["train_hours"])
+    assert cpu["train_samples_per_s_per_device"] == pytest.approx(cpu["train_samples_per_s"])
+
+    epoch = {"train_samples_per_s": "64", "world_size": "16", "device": "cuda"}
+    epoch |= {"device_name": "Tesla V100-SXM2-32GB", "mixed_precision": "True"}
+    gpu = training_cost([{**epoch, "epoch_time_s": "3600"}, {**epoch, "epoch_time_s": "1800"}])
+    assert gpu["train_gpu_hours"] == gpu["train_device_hours"] == pytest.approx(16 * 1.5)
+    assert (gpu["train_samples_per_s"], gpu["train_samples_per_s_per_device"]) == (64, 4)
+    assert (gpu["train_device_name"], gpu["train_mixed_precision"]) == (
+        "Tesla V100-SXM2-32GB",
+        True,
+    )
+
+    before_devices = training_cost([{"epoch_time_s": "7200", "train_samples_per_s": "5"}])
+    assert before_devices["train_device"] == "unknown" and "train_gpu_hours" not in before_devices
+    assert before_devices["train_device_hours"] == 2.0

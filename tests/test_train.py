@@ -23,6 +23,7 @@ from torch_geometric.data import Data
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.errors import ConfigError
 from dens.runs import BEST_EPOCH_FILE
 from dens.train import (
     LOG_COLUMNS,
@@ -162,10 +163,13 @@ def test_learns_and_writes_log_and_weights_only_checkpoints(straight_run, data):
     best_epoch = min(range(4), key=lambda k: val_forces[k]) + 1
     assert best["epoch"] == last["best"]["epoch"] == best_epoch
     assert best["val"]["forces_mae_meV_per_A"] == val_forces[best_epoch - 1]
-    assert last["normalizer"]["std"] > 0 and last["rng"]["dens"].dtype == torch.uint8
+    assert last["normalizer"]["std"] > 0 and last["rng"][0]["dens"].dtype == torch.uint8
 
 
-def test_resume_after_crash_matches_uninterrupted_run(straight_run, data, tmp_path):
+@pytest.mark.parametrize("written_before_data_parallelism", [False, True])
+def test_resume_after_crash_matches_uninterrupted_run(
+    straight_run, data, tmp_path, written_before_data_parallelism
+):
     train_set, val_set = data
     # Fail on the 3rd batch of epoch 3: last.pt then holds the end of epoch 2.
     at = NORMALIZER_READS + 2 * N_TRAIN + 2 * 4 + 1
@@ -181,10 +185,37 @@ def test_resume_after_crash_matches_uninterrupted_run(straight_run, data, tmp_pa
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"]) == (2, 0)
     assert len(read_log(tmp_path)) == 2
+    if written_before_data_parallelism:  # one RNG dict, no gradient scaler, shorter log rows
+        state["rng"] = state["rng"][0]
+        del state["grad_scaler"]
+        for row in state["history"]:
+            for column in ("world_size", "device", "device_name", "mixed_precision"):
+                del row[column]
+        save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
 
     result = train(EXPERIMENT, train_set, val_set, tmp_path, build_toy_model, progress=False)
     assert (result.epochs, result.steps) == (4, 32)
+    if written_before_data_parallelism:  # the two old rows keep their empty device columns
+        rows = read_log(tmp_path)
+        assert [row["world_size"] for row in rows] == ["", "", "1", "1"]
+        resumed = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+        straight = load_checkpoint(straight_run / "checkpoints" / "last.pt")
+        for key in ("model", "ema", "optimizer", "rng"):
+            assert_identical(resumed[key], straight[key], key)
+        return
     assert_same_run(straight_run, tmp_path)
+
+
+def test_a_run_resumes_only_with_as_many_processes(straight_run, data, tmp_path):
+    """Each process draws its own DeNS corruption (last.pt keeps every process's RNG states):
+    a run written by two processes is not resumed by one."""
+    run_dir = copy_run(straight_run, tmp_path / "run")
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["rng"] = state["rng"] * 2
+    save_checkpoint(state, last)
+    with pytest.raises(ConfigError, match="written by 2 training process.*resumed by 1"):
+        train(EXPERIMENT, *data, run_dir, build_toy_model, progress=False)
 
 
 def test_sigterm_saves_mid_epoch_and_resume_matches_uninterrupted_run(straight_run, data, tmp_path):

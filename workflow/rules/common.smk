@@ -49,7 +49,14 @@ def gpu_resources(experiment, hours_factor=1.0):
     """Slurm resources of a GPU job sized like the paper's run (none at CPU scales)."""
     resources = REGISTRY.experiment(experiment)["resources"]
     if not REGISTRY.scale["gpus"]:
-        return {"nodes": 1, "tasks": 1, "tasks_per_gpu": 1, "gres": "", "runtime": 60 * 24}
+        return {
+            "nodes": 1,
+            "tasks": 1,
+            "tasks_per_gpu": 1,
+            "gres": "",
+            "runtime": 60 * 24,
+            "mpi": None,
+        }
     gpus = resources["gpus"]
     return {
         "nodes": math.ceil(gpus / GPUS_PER_NODE),
@@ -57,11 +64,27 @@ def gpu_resources(experiment, hours_factor=1.0):
         "tasks_per_gpu": 1,  # one training process per GPU
         "gres": f"gpu:{min(gpus, GPUS_PER_NODE)}",
         "runtime": math.ceil(60 * resources["runtime_hours"] * hours_factor),
+        # Set (multi-GPU): the Slurm executor runs the job's shell in the allocation instead of
+        # wrapping it in a one-task srun, and the shell starts the processes (train_launcher).
+        # None drops the resource.
+        "mpi": "srun" if gpus > 1 else None,
     }
 
 
 def train_resource(name, hours_factor=1.0):
     return lambda wildcards: gpu_resources(wildcards.experiment, hours_factor)[name]
+
+
+def train_launcher(wildcards, resources, threads):
+    """What starts `python -m dens train`: for a multi-GPU job, srun with one task per GPU across
+    the job's nodes, placed as the allocation says (--ntasks-per-gpu=1, which srun inherits and
+    which rules out --ntasks-per-node); dens.distributed reads the step's SLURM_PROCID,
+    SLURM_STEP_NUM_TASKS, SLURM_LOCALID and SLURM_STEP_NODELIST, and the other tasks stop when
+    one fails. Else nothing: one plain process (on Slurm the executor runs it in a one-task
+    step)."""
+    if resources.tasks == 1:
+        return ""
+    return f"srun --ntasks={resources.tasks} --cpus-per-task={threads} --kill-on-bad-exit=1 "
 
 
 # Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.

@@ -2,6 +2,9 @@
 # reading the dataset's train split and its first val split. A job killed by Slurm (SIGTERM at the
 # time limit or on preemption) checkpoints and resumes when resubmitted; a rerun resumes only if
 # the run was started with the same experiment, data and code, else the old run is moved aside.
+# A multi-GPU run (resources.gpus > 1 in config/experiments.yaml, GPU scales) starts one process
+# per GPU with srun across its nodes (train_launcher), so it needs the Slurm profile; by hand on
+# one node: torchrun --standalone --nproc-per-node N -m dens train ... (dens.distributed).
 
 
 rule train:
@@ -15,6 +18,7 @@ rule train:
         settings=resolved_settings,
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
+        launch=train_launcher,
     log:
         str(paths.job_log(SCALE, "train", "{experiment}/seed{seed}")),
     benchmark:
@@ -29,8 +33,13 @@ rule train:
         tasks_per_gpu=train_resource("tasks_per_gpu"),
         gres=train_resource("gres"),
         runtime=train_resource("runtime"),
+        mpi=train_resource("mpi"),
+        # --cpus-per-task for the job and for its srun (not Slurm's --cpus-per-gpu, which srun
+        # would inherit and refuse beside --cpus-per-task).
+        cpus_per_task=lambda wildcards, threads: threads,
     shell:
-        # The log gets everything; the console (stdout) one line per epoch with the time left.
-        ": > {log:q}; python -m dens train {wildcards.experiment:q} {params.options} "
+        # The log gets everything; the console (stdout) one line per epoch with the time left
+        # (rank 0's alone when several processes train).
+        ": > {log:q}; {params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
         "--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
