@@ -167,19 +167,28 @@ class TrainResult:
 
 def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> float:
     """LR of optimiser step `step` (0-based), per step: f(step + 1) with t = steps completed,
+    W = round(warmup_epochs * steps_per_epoch), T = epochs * steps_per_epoch, s =
+    ``warmup_start_factor`` (default 0):
 
-        f(t) = lr * t / W                                            for t <= W (warm-up)
-        f(t) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi (t - W) / (T - W)))  for t > W,
+        f(t) = lr * (s + (1 - s) t / W)                               for t <= W (warm-up)
+        f(t) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi * p))          for t > W,
 
-    W = round(warmup_epochs * steps_per_epoch), T = epochs * steps_per_epoch: the warm-up
-    reaches lr at its last step, then the cosine decays to exactly min_lr at the last step."""
+    with p = (t - W) / (T - W) for ``lr_schedule: cosine`` (the cosine starts after the warm-up
+    and reaches min_lr at the last step; timm, the official MD17 code) or p = t / T for
+    ``cosine_total`` (the cosine runs over all steps and the warm-up replaces its start: fairchem
+    1.x ``CosineLRLambda``, the official OC20/OC22 configs with warmup_factor 0.2 and
+    lr_min_factor 0.01)."""
     lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
     warmup = round(float(optim["warmup_epochs"]) * steps_per_epoch)
     total = int(optim["epochs"]) * steps_per_epoch
     done = step + 1
     if done <= warmup:
-        return lr * done / warmup
-    progress = (done - warmup) / max(total - warmup, 1)
+        start = float(optim.get("warmup_start_factor", 0.0))
+        return lr * (start + (1.0 - start) * done / warmup)
+    if optim.get("lr_schedule", "cosine") == "cosine_total":
+        progress = min(done / total, 1.0)
+    else:
+        progress = (done - warmup) / max(total - warmup, 1)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -365,8 +374,11 @@ class Schedule:
     @classmethod
     def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
         """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
-        if optim.get("lr_schedule", "cosine") != "cosine":
-            raise ValueError(f"optim.lr_schedule must be 'cosine', got {optim['lr_schedule']!r}")
+        if optim.get("lr_schedule", "cosine") not in ("cosine", "cosine_total"):
+            raise ValueError(
+                "optim.lr_schedule must be 'cosine' or 'cosine_total', "
+                f"got {optim['lr_schedule']!r}"
+            )
         batch_size = int(optim["batch_size"])
         if batch_size % processes:
             raise ConfigError(

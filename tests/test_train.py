@@ -399,6 +399,28 @@ def test_learning_rate_warmup_then_cosine():
     assert learning_rate(0, fractional, steps_per_epoch=100) == pytest.approx(1e-4)
 
 
+def test_learning_rate_cosine_total_as_fairchem_cosine_lr_lambda():
+    """The official OC20/OC22 schedule (fairchem 1.x CosineLRLambda): warm-up from 0.2 lr, then
+    a cosine over all steps down to lr_min_factor 0.01."""
+    optim = {
+        "lr": 2e-4,
+        "min_lr": 2e-6,
+        "warmup_epochs": 0.1,
+        "warmup_start_factor": 0.2,
+        "lr_schedule": "cosine_total",
+        "epochs": 12,
+    }
+    lrs = [learning_rate(s, optim, steps_per_epoch=100) for s in range(1200)]
+    warmup = 10
+    for t in range(1, 1201):  # fairchem's lambda at t steps done, times lr_initial
+        if t <= warmup:
+            factor = 0.2 * (1 - t / warmup) + t / warmup
+        else:
+            factor = 0.01 + 0.5 * (1 - 0.01) * (1 + math.cos(math.pi * t / 1200))
+        assert lrs[t - 1] == pytest.approx(2e-4 * factor)
+    assert lrs[-1] == pytest.approx(2e-6)
+
+
 def test_epoch_batches_are_seeded_permutations_without_the_last_partial_batch():
     batches = epoch_batches(10, 3, seed=0, epoch=0)
     assert [len(b) for b in batches] == [3, 3, 3]
