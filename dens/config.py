@@ -89,13 +89,19 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def scaled_optim(optim: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """An experiment's optimisation with a scale's overrides for its dataset family: values
-    replace the experiment's, except ``epochs_fraction`` f, which trains max(1, round(f * epochs))
-    of the experiment's own epochs (runs that differ in length keep their order at a small scale).
+    replace the experiment's, except two relative ones that keep the differences between runs at
+    a small scale: ``epochs_fraction`` f trains max(1, round(f * epochs)) of the experiment's own
+    epochs, and ``lr_factor`` k multiplies its lr and min_lr (a tiny model trained for a few
+    hundred steps needs a larger step than the paper's, but runs at 2e-4 and 4e-4 stay apart).
     """
     scaled = {**optim, **override}
     fraction = scaled.pop("epochs_fraction", None)
     if fraction is not None:
         scaled["epochs"] = max(1, round(float(fraction) * int(optim["epochs"])))
+    factor = scaled.pop("lr_factor", None)
+    if factor is not None:
+        scaled["lr"] = float(optim["lr"]) * float(factor)
+        scaled["min_lr"] = float(optim["min_lr"]) * float(factor)
     return scaled
 
 

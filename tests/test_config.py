@@ -96,6 +96,8 @@ def test_epochs_fraction_keeps_the_order_of_run_lengths() -> None:
         scaled = scaled_optim(optim, {"epochs_fraction": 1 / 6, "batch_size": 4})
         assert scaled == {"epochs": expected, "lr": 1e-3, "batch_size": 4}
     assert scaled_optim({"epochs": 12}, {"epochs": 3}) == {"epochs": 3}
+    scaled = scaled_optim({"epochs": 2, "lr": 4e-4, "min_lr": 4e-6}, {"lr_factor": 10})
+    assert scaled == {"epochs": 2, "lr": pytest.approx(4e-3), "min_lr": pytest.approx(4e-5)}
 
 
 def test_epochs_and_epochs_fraction_together_are_refused(pipeline_copy: Path) -> None:
