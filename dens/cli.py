@@ -181,6 +181,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_import_checkpoint(args: argparse.Namespace) -> None:
+    from dens.checkpoint_import import import_checkpoint
+
+    state = import_checkpoint(
+        args.checkpoint, args.run_dir, registry_from(args), args.experiment, args.seed
+    )
+    print(
+        f"{args.checkpoint} -> {args.run_dir}/checkpoints/best.pt: {state['num_parameters']} "
+        f"parameters ({state['weights']} weights), labelled {args.experiment}"
+    )
+
+
 def cmd_submission(args: argparse.Namespace) -> None:
     from dens.submission import challenge_for, write_submission
 
@@ -313,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.add_argument("splits", nargs="+", type=Path, help="test split files (aselmdb)")
     p.set_defaults(func=cmd_submission)
+
+    p = commands.add_parser(
+        "import-checkpoint",
+        help="a fairchem 1.x checkpoint as a dens run (evaluate it, use it in ASE)",
+    )
+    p.add_argument("checkpoint", type=Path, help="the fairchem 1.x checkpoint file (.pt)")
+    _add_job_options(p)
+    p.set_defaults(func=cmd_import_checkpoint)
 
     for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")

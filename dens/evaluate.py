@@ -230,7 +230,8 @@ def evaluate(
     batch_size: defaults to the experiment's optim.eval_batch_size.
     metrics_path: defaults to run_dir/metrics.json.
     Training wall time, throughput and device-hours come from run_dir/log.csv
-    (``training_cost``).
+    (``training_cost``); a run imported from a fairchem checkpoint (dens.checkpoint_import) has
+    none, and its metrics say where it came from (``imported_from``) instead.
     """
     if not splits:
         raise ValueError("evaluate needs at least one split")
@@ -243,7 +244,8 @@ def evaluate(
         name: mean_absolute_errors(trained.model, dataset, trained.normalizer, batch_size, device)
         for name, dataset in splits.items()
     }
-    log = _training_log(run_dir)
+    imported = checkpoint.get("imported_from")  # dens.checkpoint_import: no training here
+    log = [] if imported else _training_log(run_dir)
     metrics = {
         "experiment": experiment["name"],
         "scale": experiment["scale"],
@@ -257,9 +259,9 @@ def evaluate(
         "checkpoint": "best.pt",
         "weights": checkpoint["weights"],
         "best_epoch": checkpoint["epoch"],
-        "val_forces_mae_meV_per_A": checkpoint["val"]["forces_mae_meV_per_A"],
+        "val_forces_mae_meV_per_A": (checkpoint["val"] or {}).get("forces_mae_meV_per_A"),
         "epochs_trained": len(log),
-        **training_cost(log),
+        **(training_cost(log) if log else {"imported_from": imported}),
         "num_parameters": checkpoint["num_parameters"],
         "device": str(device),
         "versions": _versions(),

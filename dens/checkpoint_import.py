@@ -1,0 +1,115 @@
+"""Import a published fairchem 1.x checkpoint as a dens run: ``dens import-checkpoint``.
+
+The checkpoints of the DeNS paper and of EquiformerV2 (OC20 S2EF-2M / All+MD, OC22, the
+EquiformerV2-{31M,86M,153M}-DeNS models) are fairchem 1.x trainer checkpoints: a state_dict, the
+training config and the label normalisers. This module maps one onto our model family (the
+family's importer: ``IMPORTERS``) and writes ``run_dir/checkpoints/best.pt`` in dens's own layout
+(dens.checkpoint), so that everything that reads a trained run reads the imported one: ``dens
+evaluate``, the ASE calculator (dens.calculator), relaxations and simulations.
+
+The run is labelled with a registered experiment (``--experiment``, resolved at ``--scale``): it
+supplies the dataset, the evaluation batch size and the name in the metrics; the model's
+hyper-parameters and weights come from the checkpoint (its family must be the experiment's).
+best.pt records where it came from (``imported_from``: file, sha256, the reference's model
+config) and holds no training history: evaluation reports no training cost for it. The file is
+read with ``torch.load(weights_only=True)``: nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dens.checkpoint import FORMAT_VERSION, save_checkpoint
+from dens.config import Registry
+from dens.errors import ModelNotAvailableError
+from dens.models import count_parameters
+from dens.normalization import NUM_ELEMENTS, Normalizer
+
+IMPORTERS = {
+    "equiformer_v2": "dens.models.equiformer_v2.import_fairchem:load_fairchem_checkpoint",
+}
+"""Model family -> "module:function" returning (model, info) for a fairchem 1.x checkpoint."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def importer(family: str) -> Any:
+    """The checkpoint importer of a model family."""
+    if family not in IMPORTERS:
+        raise ModelNotAvailableError(
+            f"no fairchem checkpoint importer for model family {family!r}; "
+            f"importers exist for {sorted(IMPORTERS)}"
+        )
+    module, name = IMPORTERS[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def imported_normalizer(normalizers: Mapping[str, Mapping[str, float]]) -> Normalizer:
+    """Our Normalizer from the reference's: E' = (E - mean) / std and f' = f / force std (the
+    reference normalises forces with their own std; mean 0). Without normalisers the reference
+    trained on raw labels: mean 0, std 1."""
+    energy = normalizers.get("energy", {"mean": 0.0, "std": 1.0})
+    forces = normalizers.get("forces", {"mean": 0.0, "std": energy["std"]})
+    if float(forces.get("mean", 0.0)) != 0.0:
+        raise ValueError(f"force normaliser with a non-zero mean {forces['mean']} cannot be mapped")
+    return Normalizer(
+        mean=float(energy["mean"]),
+        std=float(energy["std"]),
+        element_references=torch.zeros(NUM_ELEMENTS, dtype=torch.float64),
+        elements=None,
+        force_std=float(forces["std"]),
+    )
+
+
+def import_checkpoint(
+    source: Path, run_dir: Path, registry: Registry, experiment_name: str, seed: int = 0
+) -> dict[str, Any]:
+    """Map the fairchem 1.x checkpoint ``source`` onto our model and write
+    ``run_dir/checkpoints/best.pt``; returns best.pt's state.
+
+    Raises dens.models.equiformer_v2.import_fairchem.CheckpointImportError (named keys or
+    settings) when the checkpoint cannot be mapped exactly, ModelNotAvailableError when the
+    experiment's family has no importer."""
+    source = Path(source)
+    experiment = registry.resolve(experiment_name, seed)
+    family = experiment["model"]["family"]
+    model, info = importer(family)(source)
+    switches = {
+        key: experiment["model"]["hyperparameters"][key] for key in ("attention", "layer_norm")
+    }
+    hyperparameters = {**info["hyperparameters"], **switches}
+    experiment["model"] = {"family": family, "preset": None, "hyperparameters": hyperparameters}
+    imported_from = {
+        "file": source.name,
+        "sha256": sha256(source),
+        "reference": "fairchem 1.x",
+        "model_config": info["config"]["model"],
+        "ema_weights": bool(info["ema"]),
+    }
+    state = {
+        "format_version": FORMAT_VERSION,
+        "kind": "best",
+        "experiment": experiment,
+        "epoch": 0,
+        "step": 0,
+        "model": model.state_dict(),
+        "weights": "ema" if info["ema"] else "model",
+        "normalizer": imported_normalizer(info["normalizers"]).to_dict(),
+        "val": None,
+        "num_parameters": count_parameters(model),
+        "imported_from": imported_from,
+    }
+    save_checkpoint(state, Path(run_dir) / "checkpoints" / "best.pt")
+    return state

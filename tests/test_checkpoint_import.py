@@ -1,0 +1,97 @@
+"""`dens import-checkpoint`: a fairchem 1.x checkpoint becomes a run that `dens evaluate` and the
+ASE calculator read like a trained one (dens.checkpoint_import), on the committed reference
+fixture (tests/fixtures/equiformer_v2/README.md): labels written from the reference's own
+outputs, so our evaluation of the imported run must find (almost) no error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from dens.calculator import DeNSCalculator
+from dens.checkpoint import load_checkpoint
+from dens.data.aselmdb import write_aselmdb
+
+FIXTURE = Path(__file__).parent / "fixtures" / "equiformer_v2"
+REPO = Path(__file__).parents[1]
+
+
+def dens_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dens", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def labelled_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The fixture's structures with the reference's de-normalised float64 outputs as labels."""
+    reference = torch.load(FIXTURE / "reference_outputs.pt", weights_only=True)
+    mean, std = reference["meta"]["energy_normalizer"]
+    outputs = reference["l4m2"]["equiformer_v2"]["float64"]
+    energies = outputs["energy"] * std + mean
+    forces = outputs["forces"] * std
+    structures = ase.io.read(FIXTURE / "structures.extxyz", ":")
+    batch = reference["structures"]["batch"]
+    for index, atoms in enumerate(structures):
+        atoms.calc = SinglePointCalculator(
+            atoms,
+            energy=float(energies[index]),
+            forces=forces[batch == index].numpy(),
+        )
+    path = tmp_path_factory.mktemp("split") / "val_id.aselmdb"
+    write_aselmdb(path, structures)
+    return path, structures
+
+
+def test_imported_run_evaluates_and_drives_ase_like_a_trained_one(
+    tmp_path: Path, labelled_split: tuple[Path, list]
+) -> None:
+    split, structures = labelled_split
+    run_dir = tmp_path / "run"
+    checkpoint = FIXTURE / "checkpoint_l4m2_equiformer_v2.pt"
+    done = dens_cli(
+        "import-checkpoint", str(checkpoint), "oc20-2m/eqv2-e12", "--run-dir", str(run_dir),
+        "--scale", "mini",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "82970 parameters" in done.stdout
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["imported_from"]["file"] == checkpoint.name
+    assert best["experiment"]["model"]["hyperparameters"]["lmax"] == 4
+
+    done = dens_cli(
+        "evaluate", "oc20-2m/eqv2-e12", str(split), "--run-dir", str(run_dir), "--scale", "mini",
+        "--device", "cpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["energy_mae_meV"] < 0.1  # 1e-4 eV
+    assert metrics["forces_mae_meV_per_A"] < 0.1  # 1e-4 eV/Å
+    assert metrics["imported_from"]["sha256"] == best["imported_from"]["sha256"]
+    assert "train_time_s" not in metrics and metrics["epochs_trained"] == 0
+
+    expected_energy = structures[2].get_potential_energy()
+    expected_forces = structures[2].get_forces(apply_constraint=False)
+    atoms = structures[2].copy()
+    atoms.calc = DeNSCalculator(run_dir)
+    assert atoms.get_potential_energy() == pytest.approx(expected_energy, abs=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(apply_constraint=False), expected_forces, atol=1e-4)
+
+
+def test_a_checkpoint_of_another_family_is_refused_by_name(tmp_path: Path) -> None:
+    checkpoint = FIXTURE / "checkpoint_l4m2_equiformer_v2.pt"
+    done = dens_cli(
+        "import-checkpoint", str(checkpoint), "md17-ethanol/equiformer-l2", "--run-dir",
+        str(tmp_path / "run"), "--scale", "mini",
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "no fairchem checkpoint importer for model family 'equiformer'" in done.stderr
+    assert not (tmp_path / "run").exists()
