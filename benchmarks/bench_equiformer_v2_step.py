@@ -1,0 +1,261 @@
+"""Time one EquiformerV2 training step, fairchem 1.x reference vs ours, without and with DeNS.
+
+A step is forward + backward of the training loss, after ``zero_grad`` (no optimizer update):
+energy MAE + force L2MAE (coefficients 2 and 100, the official OC20 DeNS config), and with DeNS
+the denoising forward of the DeNS trainer (fairchem 1.x ``dens_trainer.py``): force input on the
+corrupted atoms (``corrupt_ratio=0.5``), noise head there, loss 2·E + 100·F on the others +
+10·noise L2MAE. Models at 2 blocks, L6, M2 and the paper's channel sizes (OC20 S2EF-2M config with
+``num_layers=2``), in train mode (dropout and drop path on). Batch: two 37-atom Cu(111) 3x3x4 + O
+slabs (74 atoms, 1480 edges: cutoff 12 Å, 20 neighbours), float32, 2 threads by default. Reports
+the min and median of several rounds after one warm-up step.
+
+Runs in the fairchem 1.x reference venv (tests/fixtures/equiformer_v2/make_reference_venv.sh with
+DENS_REPO set, so that ``dens`` is importable beside fairchem 1.x); the reference side needs it,
+ours (``dens.models.equiformer_v2.EquiformerV2``) is timed on the same inputs when importable::
+
+    DENS_REPO=$PWD bash tests/fixtures/equiformer_v2/make_reference_venv.sh /tmp/refv2
+    /tmp/refv2/bin/python benchmarks/bench_equiformer_v2_step.py [--rounds 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import ase
+import numpy as np
+import torch
+from ase.build import add_adsorbate, fcc111
+from torch_geometric.data import Batch, Data
+
+# OC20 S2EF-2M (fairchem 1.x configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml)
+# with 2 blocks instead of 12.
+REFERENCE_ATTRIBUTES = {
+    "use_pbc": True,
+    "regress_forces": True,
+    "otf_graph": True,
+    "max_neighbors": 20,
+    "max_radius": 12.0,
+    "max_num_elements": 90,
+    "num_layers": 2,
+    "sphere_channels": 128,
+    "attn_hidden_channels": 64,
+    "num_heads": 8,
+    "attn_alpha_channels": 64,
+    "attn_value_channels": 16,
+    "ffn_hidden_channels": 128,
+    "norm_type": "layer_norm_sh",
+    "lmax_list": [6],
+    "mmax_list": [2],
+    "grid_resolution": 18,
+    "num_sphere_samples": 128,
+    "edge_channels": 128,
+    "use_atom_edge_embedding": True,
+    "distance_function": "gaussian",
+    "num_distance_basis": 512,
+    "attn_activation": "silu",
+    "use_s2_act_attn": False,
+    "ffn_activation": "silu",
+    "use_gate_act": False,
+    "use_grid_mlp": True,
+    "alpha_drop": 0.1,
+    "drop_path_rate": 0.05,
+    "proj_drop": 0.0,
+    "weight_init": "uniform",
+}
+ENERGY_COEF, FORCE_COEF, DENOISING_COEF = 2.0, 100.0, 10.0
+CORRUPT_RATIO, NOISE_STD = 0.5, 0.1
+
+Step = Callable[[], None]
+
+
+def slab_batch(seed: int = 0) -> Batch:
+    """Two Cu(111) 3x3x4 + O (fcc hollow) slabs, 10 Å vacuum, periodic, subsurface fixed,
+    differently rattled (0.05 Å), with random energy [B] and force [N, 3] labels."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for index in range(2):
+        slab = fcc111("Cu", size=(3, 3, 4), vacuum=10.0)
+        fixed = slab.get_tags() > 2
+        add_adsorbate(slab, ase.Atoms("O"), 1.2, "fcc")
+        fixed = np.append(fixed, False)
+        slab.pbc = True
+        slab.rattle(stdev=0.05, seed=seed + index)
+        n = len(slab)
+        data.append(
+            Data(
+                pos=torch.tensor(slab.positions, dtype=torch.float32),
+                cell=torch.tensor(slab.cell[:], dtype=torch.float32).view(1, 3, 3),
+                pbc=torch.ones(1, 3, dtype=torch.bool),
+                atomic_numbers=torch.tensor(slab.numbers),
+                natoms=torch.tensor([n]),
+                fixed=torch.tensor(fixed, dtype=torch.float32),
+                energy=torch.tensor([rng.normal()], dtype=torch.float32),
+                forces=torch.tensor(rng.normal(size=(n, 3)), dtype=torch.float32),
+            )
+        )
+    return Batch.from_data_list(data)
+
+
+def dens_inputs(batch: Batch, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corruption mask [N] (bool, ratio 0.5) and normalised noise target [N, 3] (zero where
+    uncorrupted), as the fairchem 1.x DeNS trainer draws them."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch.num_nodes, generator=gen) < CORRUPT_RATIO
+    noise = torch.randn(batch.num_nodes, 3, generator=gen) * mask.unsqueeze(-1)
+    return mask, noise
+
+
+def l2mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred - target).norm(dim=-1).mean()
+
+
+def loss_of(out: dict, batch: Batch, mask: torch.Tensor | None, noise: torch.Tensor | None):
+    free = batch.fixed == 0
+    loss = ENERGY_COEF * (out["energy"] - batch.energy).abs().mean()
+    if mask is None:
+        return loss + FORCE_COEF * l2mae(out["forces"][free], batch.forces[free])
+    s2ef = free & ~mask
+    denoise = free & mask
+    loss = loss + FORCE_COEF * l2mae(out["forces"][s2ef], batch.forces[s2ef])
+    noise_pred = out["noise"] if "noise" in out else out["forces"]
+    return loss + DENOISING_COEF * l2mae(noise_pred[denoise], noise[denoise])
+
+
+def reference_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple]:
+    """(step function, trainable parameters) of the fairchem 1.x models."""
+    import fairchem.core.models.equiformer_v2.equiformer_v2_dens  # noqa: F401  (registers)
+    from fairchem.core.models.base import HydraModel
+    from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2
+
+    plain = EquiformerV2(**REFERENCE_ATTRIBUTES).train()
+    dens = HydraModel(
+        backbone={
+            "model": "equiformer_v2_dens_backbone",
+            **REFERENCE_ATTRIBUTES,
+            "use_force_encoding": True,
+            "use_noise_schedule_sigma_encoding": False,
+        },
+        heads={
+            "energy": {"module": "eqV2_DeNS_scalar_head", "use_denoising": True},
+            "forces": {"module": "eqV2_DeNS_vector_head"},
+        },
+        otf_graph=True,
+        pass_through_head_outputs=True,
+    ).train()
+    corrupted = batch.clone()
+    corrupted.denoising_pos_forward = True
+    corrupted.noise_mask = mask
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        loss_of(plain(batch), batch, None, None).backward()
+
+    def dens_step() -> None:
+        dens.zero_grad(set_to_none=True)
+        loss_of(dens(corrupted), corrupted, mask, noise).backward()
+
+    return {"plain": (plain_step, n_params(plain)), "dens": (dens_step, n_params(dens))}
+
+
+def ours_kwargs(cls: type) -> tuple[dict, list[str]]:
+    """Our constructor's arguments from the reference attributes (lmax_list/mmax_list ->
+    lmax/mmax, max_radius -> cutoff, same names otherwise; num_distance_basis dropped: the
+    reference ignores it and always expands distances in 600 Gaussians); reference attributes
+    it does not take are returned apart."""
+    renamed = dict(REFERENCE_ATTRIBUTES)
+    del renamed["num_distance_basis"]
+    renamed["lmax"] = renamed.pop("lmax_list")[0]
+    renamed["mmax"] = renamed.pop("mmax_list")[0]
+    renamed["cutoff"] = renamed.pop("max_radius")
+    accepted = inspect.signature(cls.__init__).parameters
+    return (
+        {k: v for k, v in renamed.items() if k in accepted},
+        sorted(k for k in renamed if k not in accepted),
+    )
+
+
+def our_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple] | str:
+    """Step functions of dens.models.equiformer_v2.EquiformerV2, or why they cannot run."""
+    try:
+        cls = importlib.import_module("dens.models.equiformer_v2").EquiformerV2
+    except (ImportError, AttributeError) as error:
+        return f"dens.models.equiformer_v2.EquiformerV2 is not importable here ({error})"
+    kwargs, dropped = ours_kwargs(cls)
+    if dropped:
+        print(f"ours: reference attributes not taken by the constructor: {', '.join(dropped)}")
+    plain = cls(**kwargs).train()
+    dens = cls(**kwargs, force_encoding=True, noise_head=True).train()
+    force_input = batch.forces * mask.unsqueeze(-1)
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        loss_of(plain(batch), batch, None, None).backward()
+
+    def dens_step() -> None:
+        dens.zero_grad(set_to_none=True)
+        out = dens(batch, force_input=force_input, predict_noise=True)
+        loss_of(out, batch, mask, noise).backward()
+
+    return {"plain": (plain_step, n_params(plain)), "dens": (dens_step, n_params(dens))}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def time_step(step: Step, rounds: int) -> tuple[float, float]:
+    """(min, median) wall seconds of ``rounds`` steps after one warm-up step."""
+    torch.manual_seed(0)
+    step()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-ours", action="store_true", help="time the reference only")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    batch = slab_batch()
+    mask, noise = dens_inputs(batch)
+    print(
+        f"batch: {batch.num_graphs} x Cu(111)+O, {batch.num_nodes} atoms, {int(mask.sum())} "
+        f"corrupted; float32, {args.threads} threads, {args.rounds} rounds after 1 warm-up"
+    )
+    sides = {"reference": reference_steps(batch.clone(), mask, noise)}
+    ours = "skipped (--skip-ours)" if args.skip_ours else our_steps(batch, mask, noise)
+    if isinstance(ours, str):
+        print(f"NOTE: ours not timed: {ours}")
+    else:
+        sides["ours"] = ours
+    medians = {}
+    print(f"{'model':<16} {'params':>12} {'min s':>8} {'median s':>9}")
+    for side, steps in sides.items():
+        for kind, (step, params) in steps.items():
+            low, mid = time_step(step, args.rounds)
+            medians[side, kind] = mid
+            print(f"{side + ' ' + kind:<16} {params:>12,d} {low:>8.3f} {mid:>9.3f}", flush=True)
+    for side in sides:
+        ratio = medians[side, "dens"] / medians[side, "plain"]
+        print(f"{side} DeNS/plain (median): {ratio:.2f}")
+    if "ours" in sides:
+        for kind in ("plain", "dens"):
+            ratio = medians["ours", kind] / medians["reference", kind]
+            print(f"ours/reference {kind} (median): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
