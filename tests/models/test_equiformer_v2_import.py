@@ -5,18 +5,20 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import ase.io
 import pytest
 import torch
 from ase.build import add_adsorbate, fcc111
 from torch_geometric.data import Batch
 
 from dens.data.structures import atoms_to_data
-from dens.models.equiformer_v2 import EquiformerV2
+from dens.models.equiformer_v2 import EquiformerV2, network
 from dens.models.equiformer_v2.import_fairchem import (
     CheckpointImportError,
     load_fairchem_checkpoint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 SMALL = dict(
     num_layers=1,
     lmax=2,
@@ -193,3 +195,114 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_unrun(tmp_path: Path) ->
     with pytest.raises(pickle.UnpicklingError):
         load_fairchem_checkpoint(path)
     assert not marker.exists()
+
+
+# -- parity with fairchem 1.x (tests/fixtures/equiformer_v2, see its README) ----------------------
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "equiformer_v2"
+CHECKPOINTS = [
+    ("l4m2", "equiformer_v2"),
+    ("l4m2", "equiformer_v2_dens"),
+    ("l6m3", "equiformer_v2_dens"),
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return torch.load(FIXTURE / "reference_outputs.pt", weights_only=True)
+
+
+def fixture_batch(dtype: torch.dtype) -> Batch:
+    structures = ase.io.read(FIXTURE / "structures.extxyz", index=":")
+    return Batch.from_data_list([atoms_to_data(atoms, dtype) for atoms in structures])
+
+
+def use_reference_frames(monkeypatch: pytest.MonkeyPatch, reference: dict, dtype_name: str) -> None:
+    """Make the model rotate each edge with the frame the reference drew (same roll), found
+    by (target, edge vector) since our graph lists the same edges in another order."""
+    graph = reference["graph"]
+    frames = graph["edge_rot_mat"][dtype_name]
+    key = {
+        (int(dst), *torch.round(vec * 1e5).long().tolist()): e
+        for e, (dst, vec) in enumerate(
+            zip(graph["edge_index"][1], graph["edge_distance_vec"], strict=True)
+        )
+    }
+    seen: dict = {}
+
+    def periodic_graph(*args, **kwargs):
+        src, dst, vec = network.periodic_graph.__wrapped__(*args, **kwargs)
+        seen["dst"] = dst
+        return src, dst, vec
+
+    def edge_frame(vec: torch.Tensor) -> torch.Tensor:
+        rows = [
+            key[(int(d), *torch.round(v.double() * 1e5).long().tolist())]
+            for d, v in zip(seen["dst"], vec, strict=True)
+        ]
+        return frames[rows].to(vec.dtype)
+
+    periodic_graph.__wrapped__ = network.periodic_graph
+    monkeypatch.setattr(network, "periodic_graph", periodic_graph)
+    monkeypatch.setattr(network, "edge_frame", edge_frame)
+
+
+def runs(reference: dict, dtype: torch.dtype):
+    """(name, force input, reference outputs key) of the DeNS forwards in the fixture."""
+    forces = reference["dens_inputs"]["forces"].to(dtype)
+    mask = reference["dens_inputs"]["noise_mask"]
+    return [("plain", None), ("denoise_masked", forces * mask[:, None]), ("denoise_all", forces)]
+
+
+@pytest.mark.parametrize(("config", "kind"), CHECKPOINTS)
+@pytest.mark.parametrize(
+    ("dtype", "frames", "atol"),
+    [
+        (torch.float32, "ours", 1e-4),  # our graph and edge frames
+        (torch.float64, "ours", 3e-8),  # the roll changes the S2 grids' aliasing (README: ~1e-8)
+        (torch.float64, "reference", 1e-12),  # the reference's frames: round-off
+    ],
+)
+def test_fixture_outputs_are_reproduced(
+    reference: dict,
+    monkeypatch: pytest.MonkeyPatch,
+    config: str,
+    kind: str,
+    dtype: torch.dtype,
+    frames: str,
+    atol: float,
+) -> None:
+    dtype_name = str(dtype).removeprefix("torch.")
+    if frames == "reference":
+        use_reference_frames(monkeypatch, reference, dtype_name)
+    model, info = load_fairchem_checkpoint(FIXTURE / f"checkpoint_{config}_{kind}.pt", dtype=dtype)
+    assert info["normalizers"]["energy"] == pytest.approx(
+        {"mean": -0.7554450631141663, "std": 2.887317180633545}
+    )
+    data = fixture_batch(dtype)
+    expected = reference[config][kind][dtype_name]
+    with torch.no_grad():
+        if kind == "equiformer_v2":
+            assert not info["hyperparameters"]["noise_head"] and info["ema"]
+            out = model(data)
+            torch.testing.assert_close(out["energy"], expected["energy"], atol=atol, rtol=0)
+            torch.testing.assert_close(out["forces"], expected["forces"], atol=atol, rtol=0)
+            return
+        for run, force_input in runs(reference, dtype):
+            out = model(data, force_input, predict_noise=True)
+            want = expected[run]
+            torch.testing.assert_close(out["energy"], want["energy"], atol=atol, rtol=0)
+            torch.testing.assert_close(out["forces"], want["force_head"], atol=atol, rtol=0)
+            torch.testing.assert_close(out["noise"], want["noise_head"], atol=atol, rtol=0)
+
+
+def test_fixture_checkpoint_keys_all_map(tmp_path: Path) -> None:
+    """An extra or a missing parameter in a real reference checkpoint is named."""
+    checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2_dens.pt", weights_only=True)
+    state = checkpoint["state_dict"]
+    state["module.output_heads.forces.vector_block.gate.weight"] = torch.zeros(2)
+    del state["module.backbone.blocks.1.norm_2.affine_weight"]
+    torch.save(checkpoint, tmp_path / "c.pt")
+    with pytest.raises(CheckpointImportError) as error:
+        load_fairchem_checkpoint(tmp_path / "c.pt")
+    assert "output_heads.forces.vector_block.gate.weight" in str(error.value)
+    assert "missing keys: blocks.1.norm_2.affine_weight" in str(error.value)

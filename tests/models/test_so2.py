@@ -19,6 +19,7 @@ from dens.models.so2 import (
     truncation_rescale,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 F64 = torch.float64
 
 

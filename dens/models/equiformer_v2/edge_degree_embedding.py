@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dens.models.equiformer_v2.edge_graph import EdgeGraph
+from dens.models.equiformer_v2.edge_graph import EdgeGraph, sum_to_nodes
 from dens.models.so2.so2_convolution import RadialFunction
 
 
@@ -51,5 +51,4 @@ class EdgeDegreeEmbedding(nn.Module):
         m0 = self.rad_func(edge_scalars).view(-1, self.lmax + 1, self.sphere_channels)
         # the m = 0 coefficients are the first lmax + 1 kept ones (m-primary)
         lab = torch.bmm(graph.from_frame[:, :, : self.lmax + 1], m0)
-        out = lab.new_zeros(graph.num_nodes, *lab.shape[1:]).index_add_(0, graph.dst, lab)
-        return out / self.avg_degree
+        return sum_to_nodes(lab, graph.dst, graph.num_nodes) / self.avg_degree

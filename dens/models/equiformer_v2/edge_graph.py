@@ -1,10 +1,13 @@
 """What every message-passing module of EquiformerV2 reads about the edges, computed once per
-forward pass from the (possibly noisy) positions."""
+forward pass from the (possibly noisy) positions, and the two maps between node and edge
+arrays (gather, sum), written as flat index_add so that their gradients stay cheap on CPU
+(autograd's own index_select backward goes through a per-element scatter)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -22,3 +25,29 @@ class EdgeGraph:
     to_frame: Tensor
     from_frame: Tensor
     num_nodes: int
+
+
+def sum_to_nodes(x: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    """x: [E, ...], index: [E] -> [num_nodes, ...], row i the sum of the x[e] with index[e] = i."""
+    out = x.new_zeros(num_nodes, *x.shape[1:])
+    return out.view(num_nodes, -1).index_add_(0, index, x.reshape(x.shape[0], -1)).view(out.shape)
+
+
+class GatherNodes(torch.autograd.Function):
+    """x: [N, ...], index: [E] -> x[index]; the gradient is ``sum_to_nodes``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_nodes = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return sum_to_nodes(grad, index, ctx.num_nodes), None
+
+
+def gather_nodes(x: Tensor, index: Tensor) -> Tensor:
+    """x[index] along dim 0 with a flat index_add gradient."""
+    return GatherNodes.apply(x, index)

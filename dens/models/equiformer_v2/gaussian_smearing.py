@@ -9,14 +9,13 @@ from torch import Tensor, nn
 
 
 class GaussianSmearing(nn.Module):
-    """dist: [E] -> [E, num_basis]. Centres are computed in float32 as the reference's default
-    dtype, so a float64 copy holds the same values."""
+    """dist: [E] -> [E, num_basis]. Centres are kept in float64 and cast to ``dist``'s dtype."""
 
     def __init__(self, cutoff: float, num_basis: int, width: float = 2.0) -> None:
         super().__init__()
-        offset = torch.linspace(0.0, cutoff, num_basis, dtype=torch.float32, device="cpu")
+        offset = torch.linspace(0.0, cutoff, num_basis, dtype=torch.float64, device="cpu")
         self.coeff = -0.5 / (width * (offset[1] - offset[0])).item() ** 2
         self.register_buffer("offset", offset, persistent=False)
 
     def forward(self, dist: Tensor) -> Tensor:
-        return torch.exp(self.coeff * (dist.unsqueeze(-1) - self.offset).pow(2))
+        return torch.exp(self.coeff * (dist.unsqueeze(-1) - self.offset.to(dist.dtype)).pow(2))

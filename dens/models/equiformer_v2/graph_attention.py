@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import softmax
 
 from dens.models.equiformer_v2.activation import SeparableS2Activation, SmoothLeakyReLU
-from dens.models.equiformer_v2.edge_graph import EdgeGraph
+from dens.models.equiformer_v2.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
 from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.so2.so2_convolution import SO2Convolution
 from dens.models.so2.sphere_grid import SphereGrid
@@ -88,15 +88,22 @@ class SO2GraphAttention(nn.Module):
             ),
             dim=1,
         )
-        message = torch.cat((x.index_select(0, src), x.index_select(0, dst)), dim=2)
-        message = torch.bmm(graph.to_frame, message)  # [E, K, 2C]
+        # rotate into the edge frame (kept orders only): [E, K, 2C]
+        message = torch.cat(
+            (
+                torch.bmm(graph.to_frame, gather_nodes(x, src)),
+                torch.bmm(graph.to_frame, gather_nodes(x, dst)),
+            ),
+            dim=2,
+        )
         message, extra = self.so2_conv_1(message, edge_scalars)
         num_alpha = self.num_heads * self.alpha_channels
-        message = self.s2_act(extra[:, num_alpha:], message)
+        alpha_features, gates = extra.split([num_alpha, extra.shape[1] - num_alpha], dim=1)
+        message = self.s2_act(gates, message)
         message, _ = self.so2_conv_2(message)
 
         logits = self.alpha_act(
-            self.alpha_norm(extra[:, :num_alpha].view(-1, self.num_heads, self.alpha_channels))
+            self.alpha_norm(alpha_features.reshape(-1, self.num_heads, self.alpha_channels))
         )
         alpha = softmax(
             torch.einsum("ehc,hc->eh", logits, self.alpha_dot), dst, num_nodes=graph.num_nodes
@@ -107,5 +114,4 @@ class SO2GraphAttention(nn.Module):
         message = message.view(num_edges, num_kept, self.num_heads, self.value_channels)
         message = (message * alpha.view(num_edges, 1, self.num_heads, 1)).flatten(2)
         message = torch.bmm(graph.from_frame, message)  # [E, (L+1)^2, heads * values]
-        out = message.new_zeros(graph.num_nodes, *message.shape[1:]).index_add_(0, dst, message)
-        return self.proj(out)
+        return self.proj(sum_to_nodes(message, dst, graph.num_nodes))

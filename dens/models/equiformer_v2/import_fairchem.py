@@ -123,10 +123,10 @@ def load_fairchem_checkpoint(
         ema = True
     else:
         ema = False
-    mapped = map_keys(state, heads)
+    mapped, origin = map_keys(state, heads)
     fold_unused_force_encoding(mapped, arguments)
     model = EquiformerV2(**arguments)
-    load_exactly(model, mapped)
+    load_exactly(model, mapped, origin)
     model = model.to(dtype).eval()
     info = {
         "config": config,
@@ -252,19 +252,17 @@ def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor
     return {**state, **dict(zip(names, shadow, strict=True))}
 
 
-def map_keys(state: Mapping[str, Tensor], heads: Mapping[str, str]) -> dict[str, Tensor]:
-    """Reference parameter names -> ours; reference buffers are left out, except the distance
-    basis centres (kept under their name to be compared)."""
-    mapped = {}
+def map_keys(
+    state: Mapping[str, Tensor], heads: Mapping[str, str]
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Reference parameter names -> ours, and ours -> the checkpoint's (for messages); reference
+    buffers are left out, except the distance basis centres (kept to be compared)."""
+    mapped, origin = {}, {}
     for key, value in state.items():
-        if (
-            is_reference_buffer(key)
-            and key != "distance_expansion.offset"
-            and not key.endswith("backbone.distance_expansion.offset")
-        ):
-            continue
-        mapped[rename(key, heads)] = value
-    return mapped
+        ours = rename(key, heads)
+        if ours == "distance_expansion.offset" or not is_reference_buffer(key):
+            mapped[ours], origin[ours] = value, key
+    return mapped, origin
 
 
 def rename(key: str, heads: Mapping[str, str]) -> str:
@@ -286,15 +284,16 @@ def fold_unused_force_encoding(state: dict[str, Tensor], arguments: Mapping[str,
         state.pop("force_embedding.weight", None)
 
 
-def load_exactly(model: EquiformerV2, state: dict[str, Tensor]) -> None:
-    """Load every parameter; refuse extra, missing or differently shaped ones by name."""
+def load_exactly(model: EquiformerV2, state: dict[str, Tensor], origin: Mapping[str, str]) -> None:
+    """Load every parameter; refuse extra, missing or differently shaped ones by name (the
+    checkpoint's names for its keys, ours for missing ones)."""
     offset = state.pop("distance_expansion.offset", None)
     if offset is not None and not torch.allclose(
-        offset.float(), model.distance_expansion.offset, atol=1e-6
+        offset.double(), model.distance_expansion.offset.double(), atol=1e-5
     ):
         raise CheckpointImportError("distance_expansion.offset differs from ours (cutoff?)")
     ours = model.state_dict()
-    extra = sorted(set(state) - set(ours))
+    extra = sorted(origin.get(k, k) for k in set(state) - set(ours))
     missing = sorted(set(ours) - set(state))
     shapes = sorted(
         f"{k}: {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"

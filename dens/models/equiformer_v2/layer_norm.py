@@ -28,15 +28,16 @@ class EquivariantLayerNormSH(nn.Module):
         self.norm_l0 = nn.LayerNorm(num_channels, eps=eps)
         self.affine_weight = nn.Parameter(torch.ones(lmax, num_channels))
         degree = degree_order(lmax)[0][1:]
-        # float32 like the reference's buffer, so a float64 copy holds the same rounded weights
-        balance = (1.0 / (2 * degree + 1).to(torch.float32)) / lmax
+        balance = 1.0 / ((2 * degree + 1).to(torch.float64) * lmax)  # cast when used
         self.register_buffer("balance", balance, persistent=False)
         self.register_buffer("expand_index", degree - 1, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x0 = self.norm_l0(x[:, :1])
         rest = x[:, 1:]
-        mean_sq = torch.einsum("nic,i->n", rest.pow(2), self.balance) / self.num_channels
+        mean_sq = (
+            torch.einsum("nic,i->n", rest.pow(2), self.balance.to(x.dtype)) / self.num_channels
+        )
         scale = (mean_sq + self.eps).pow(-0.5).view(-1, 1, 1)
         weight = self.affine_weight.index_select(0, self.expand_index)  # [(L+1)^2 - 1, C]
         return torch.cat((x0, rest * (scale * weight)), dim=1)

@@ -188,9 +188,7 @@ class EquiformerV2(nn.Module):
 
         self.distance_expansion = GaussianSmearing(cutoff, num_distance_basis)
         self.wigner = EdgeWigner(lmax, mmax)
-        self.register_buffer(
-            "truncation_rescale", truncation_rescale(lmax, mmax).to(torch.float32), persistent=False
-        )
+        self.register_buffer("truncation_rescale", truncation_rescale(lmax, mmax), persistent=False)
         node_grid = SphereGrid(lmax, lmax, grid_resolution)
         edge_grid = SphereGrid(lmax, mmax, grid_resolution, order_major=True)
         edge_widths = [num_distance_basis, edge_channels, edge_channels]

@@ -94,20 +94,28 @@ class SO2Convolution(nn.Module):
     def forward(
         self, x: Tensor, edge_scalars: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
+        # split, not slices: one gradient concatenation instead of a zero tensor per slice
         num_edges = x.shape[0]
-        radial = self.rad_func(edge_scalars) if self.rad_func is not None else None
         n0 = self.sizes[0]
-        x0 = x[:, :n0].reshape(num_edges, -1)
-        if radial is not None:
-            x0 = x0 * radial[:, : x0.shape[1]]
+        x_orders = x.split([n0] + [2 * n for n in self.sizes[1:]], dim=1)
+        radial = [None] * len(self.sizes)
+        if self.rad_func is not None:
+            radial = self.rad_func(edge_scalars).split(
+                [n * self.in_channels for n in self.sizes], 1
+            )
+        x0 = x_orders[0].reshape(num_edges, -1)
+        if radial[0] is not None:
+            x0 = x0 * radial[0]
         y0 = self.fc_m0(x0)
-        extra = y0[:, : self.extra_m0_channels] if self.extra_m0_channels else None
-        out = [y0[:, self.extra_m0_channels :].reshape(num_edges, n0, self.out_channels)]
-        offset, offset_rad = n0, x0.shape[1]
-        for n, conv in zip(self.sizes[1:], self.so2_m_conv, strict=True):
-            xm = x[:, offset : offset + 2 * n].reshape(num_edges, 2, n * self.in_channels)
-            if radial is not None:
-                xm = xm * radial[:, offset_rad : offset_rad + n * self.in_channels].unsqueeze(1)
+        extra = None
+        if self.extra_m0_channels:
+            extra, y0 = y0.split([self.extra_m0_channels, y0.shape[1] - self.extra_m0_channels], 1)
+        out = [y0.reshape(num_edges, n0, self.out_channels)]
+        for n, conv, xm, rad in zip(
+            self.sizes[1:], self.so2_m_conv, x_orders[1:], radial[1:], strict=True
+        ):
+            xm = xm.reshape(num_edges, 2, n * self.in_channels)
+            if rad is not None:
+                xm = xm * rad.unsqueeze(1)
             out.append(conv(xm).reshape(num_edges, 2 * n, self.out_channels))
-            offset, offset_rad = offset + 2 * n, offset_rad + n * self.in_channels
         return torch.cat(out, dim=1), extra

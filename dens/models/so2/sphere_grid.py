@@ -5,8 +5,8 @@ The S2 activation of EquiformerV2 (Liao et al., ICLR 2024, Sec. 3.2; eSCN, Passa
 non-linearity and projects back with e3nn's quadrature (``o3.ToS2Grid`` / ``o3.FromS2Grid``,
 "component" normalisation). As fairchem 1.x ``SO3_Grid`` (equiformer_v2/so3.py), when only the
 orders |m| <= mmax < lmax are kept the degrees l > mmax are scaled by sqrt((2l + 1)/(2 mmax + 1))
-on both matrices, and the matrices are built in float32 (the reference's default dtype; a module
-cast to float64 then holds the same rounded values).
+on both matrices. The matrices are kept in float64 and cast to the features' dtype when used, so
+a float64 model samples exactly and a float32 one as the reference does (to rounding).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import functools
 import torch
 from e3nn import o3
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dens.models.so2.coefficients import degree_order, order_major_index
 
@@ -24,19 +25,23 @@ from dens.models.so2.coefficients import degree_order, order_major_index
 def grid_matrices(
     lmax: int, mmax: int, resolution: int, order_major: bool
 ) -> tuple[Tensor, Tensor]:
-    """The sampling matrix [P, K] and the projection matrix [K, P] of ``SphereGrid`` (float32,
+    """The sampling matrix [P, K] and the projection matrix [K, P] of ``SphereGrid`` (float64,
     CPU; cached: e3nn derives its Legendre polynomials symbolically, ~0.2 s per call)."""
     res = (resolution, resolution)
-    to_grid = o3.ToS2Grid(lmax, res, normalization="component", dtype=torch.float32, device="cpu")
-    from_grid = o3.FromS2Grid(
-        res, lmax, normalization="component", dtype=torch.float32, device="cpu"
-    )
+    # e3nn builds parts of the grid (quadrature weights, Legendre tables) in the default dtype
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        to_grid = o3.ToS2Grid(lmax, res, normalization="component", device="cpu")
+        from_grid = o3.FromS2Grid(res, lmax, normalization="component", device="cpu")
+    finally:
+        torch.set_default_dtype(default)
     # [beta, alpha, coefficient]
     to_mat = torch.einsum("mbi,am->bai", to_grid.shb, to_grid.sha)
     from_mat = torch.einsum("am,mbi->bai", from_grid.sha, from_grid.shb)
     degree, order = degree_order(lmax)
     if mmax < lmax:
-        scale = torch.sqrt((2 * degree + 1) / (2 * mmax + 1)).to(torch.float32)
+        scale = torch.sqrt((2 * degree + 1).to(torch.float64) / (2 * mmax + 1))
         scale = torch.where(degree > mmax, scale, torch.ones_like(scale))
         to_mat, from_mat = to_mat * scale, from_mat * scale
     keep = (
@@ -65,12 +70,55 @@ class SphereGrid(nn.Module):
     def sample(self, x: Tensor) -> Tensor:
         """[M, K, C] -> [P, M, C] (points first: one matrix product for all M features)."""
         m, k, c = x.shape
-        return (self.to_grid @ x.transpose(0, 1).reshape(k, m * c)).view(-1, m, c)
+        to_grid = self.to_grid.to(x.dtype)
+        return (to_grid @ x.transpose(0, 1).reshape(k, m * c)).view(-1, m, c)
 
     def project(self, grid: Tensor, skip: int = 0) -> Tensor:
         """[P, M, C] -> [M, K - skip, C]: coefficients from index ``skip`` on."""
         p, m, c = grid.shape
-        return (self.from_grid[skip:] @ grid.reshape(p, m * c)).view(-1, m, c).transpose(0, 1)
+        from_grid = self.from_grid[skip:].to(grid.dtype)
+        return (from_grid @ grid.reshape(p, m * c)).view(-1, m, c).transpose(0, 1)
+
+    def silu(self, x: Tensor, skip: int = 0) -> Tensor:
+        """project(SiLU(sample(x)), skip): [M, K, C] -> [M, K - skip, C], the S2 activation.
+
+        Computed in blocks of columns small enough for the cache, and the grid values are
+        recomputed in the backward pass instead of stored: the [P, M, C] grid never exists
+        (memory traffic, not arithmetic, bounds this step). First derivatives only."""
+        m, k, c = x.shape
+        columns = x.transpose(0, 1).reshape(k, m * c)
+        out = GridSiLU.apply(columns, self.to_grid.to(x.dtype), self.from_grid[skip:].to(x.dtype))
+        return out.view(-1, m, c).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return f"lmax={self.lmax}, mmax={self.mmax}, resolution={self.resolution}"
+
+
+class GridSiLU(torch.autograd.Function):
+    """x: [K, n] -> from_grid @ SiLU(to_grid @ x): [K', n], in column blocks of ~2^18 grid
+    values; the backward pass recomputes each block's grid values."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, to_grid: Tensor, from_grid: Tensor) -> Tensor:
+        ctx.save_for_backward(x, to_grid, from_grid)
+        out = x.new_empty(from_grid.shape[0], x.shape[1])
+        for block in _blocks(x.shape[1], to_grid.shape[0]):
+            out[:, block] = from_grid @ F.silu(to_grid @ x[:, block])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+        x, to_grid, from_grid = ctx.saved_tensors
+        grad_x = torch.empty_like(x)
+        from_grid_t, to_grid_t = from_grid.T, to_grid.T
+        for block in _blocks(x.shape[1], to_grid.shape[0]):
+            grid = to_grid @ x[:, block]
+            sigmoid = torch.sigmoid(grid)
+            slope = sigmoid * (1 + grid * (1 - sigmoid))  # d SiLU / d grid
+            grad_x[:, block] = to_grid_t @ ((from_grid_t @ grad_out[:, block]) * slope)
+        return grad_x, None, None
+
+
+def _blocks(columns: int, points: int) -> list[slice]:
+    size = max(1, 2**18 // points)
+    return [slice(start, min(start + size, columns)) for start in range(0, columns, size)]

@@ -51,8 +51,9 @@ def swap_matrix(lmax: int) -> Tensor:
 class EdgeWigner(nn.Module):
     """Kept rows of the Wigner-D matrices of rotations: R [E, 3, 3] -> W [E, K, (lmax + 1)^2].
 
-    Buffers (float64 until the module is cast): ``beta_basis`` [2 lmax + 1, K, (lmax + 1)^2], the
-    rows of C_0..C_lmax, S_1..S_lmax; order tables for the element-wise Y(alpha), Y(gamma).
+    Buffers (float64, cast to the rotations' dtype when used): ``beta_basis``
+    [2 lmax + 1, K, (lmax + 1)^2], the rows of C_0..C_lmax, S_1..S_lmax; order tables for the
+    element-wise Y(alpha), Y(gamma).
     """
 
     def __init__(self, lmax: int, mmax: int) -> None:
@@ -85,18 +86,18 @@ class EdgeWigner(nn.Module):
 
     def forward(self, rotation: Tensor) -> Tensor:
         alpha, beta, gamma = o3.matrix_to_angles(rotation)
-        dtype = self.beta_basis.dtype
-        alpha, beta, gamma = alpha.to(dtype), beta.to(dtype), gamma.to(dtype)
-        mu_beta = beta.unsqueeze(-1) * self.frequencies
+        dtype = rotation.dtype
+        mu_beta = beta.unsqueeze(-1) * self.frequencies.to(dtype)
         trig = torch.cat((torch.cos(mu_beta), torch.sin(mu_beta[:, 1:])), dim=-1)  # [E, 2L+1]
-        w = (trig @ self.beta_basis.flatten(1)).view(-1, *self.beta_basis.shape[1:])
+        basis = self.beta_basis.to(dtype)
+        w = (trig @ basis.flatten(1)).view(-1, *basis.shape[1:])
         # right factor Y(gamma): column j <- cos(m_j g) col_j + sin(m_j g) col_flip(j)
-        m_gamma = gamma.unsqueeze(-1) * self.column_order
+        m_gamma = gamma.unsqueeze(-1) * self.column_order.to(dtype)
         w = w * torch.cos(m_gamma).unsqueeze(1) + w[:, :, self.column_flip] * torch.sin(
             m_gamma
         ).unsqueeze(1)
         # left factor Y(alpha): row i <- cos(m_i a) row_i - sin(m_i a) row_flip(i)
-        m_alpha = alpha.unsqueeze(-1) * self.row_order
+        m_alpha = alpha.unsqueeze(-1) * self.row_order.to(dtype)
         return w * torch.cos(m_alpha).unsqueeze(-1) - w[:, self.row_flip, :] * torch.sin(
             m_alpha
         ).unsqueeze(-1)
