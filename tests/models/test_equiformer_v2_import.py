@@ -143,6 +143,21 @@ def test_ema_weights_replace_the_parameters(tmp_path: Path) -> None:
     )
 
 
+def test_per_element_energy_references_are_returned_not_loaded(tmp_path: Path) -> None:
+    """fairchem's OC22 EquiformerV2 holds frozen E_ref / E_std per element (load_energy_lin_ref),
+    which the EMA does not track."""
+    model = dens_model()
+    checkpoint = fairchem_checkpoint(model, "equiformer_v2_dens")
+    params = [k for k in checkpoint["state_dict"] if not k.endswith(("offset", "expand_index"))]
+    checkpoint["ema"] = {"shadow_params": [checkpoint["state_dict"][k] for k in params]}
+    checkpoint["state_dict"]["module.energy_lin_ref"] = torch.arange(90.0)
+    checkpoint["config"]["model"].update(load_energy_lin_ref=True, use_energy_lin_ref=True)
+    torch.save(checkpoint, tmp_path / "oc22.pt")
+    _, info = load_fairchem_checkpoint(tmp_path / "oc22.pt")
+    assert info["ema"] and info["use_energy_lin_ref"]
+    assert torch.equal(info["energy_lin_ref"], torch.arange(90.0))
+
+
 def test_unmatched_missing_and_misshapen_keys_are_named(tmp_path: Path) -> None:
     model = dens_model()
     checkpoint = fairchem_checkpoint(model, "equiformer_v2_dens")

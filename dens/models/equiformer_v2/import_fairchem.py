@@ -20,7 +20,9 @@ separable S2 activation, ...); anything else, an unknown or missing parameter or
 differs is refused with the offending names. Constant buffers of the reference (Wigner/grid
 tables, index maps) are recomputed by our constructor, except the distance basis centres, which
 are compared. A DeNS backbone trained without force encoding (``use_force_encoding: False``)
-still adds its encoder's l = 0 bias to every atom; it is folded into the atom embedding.
+still adds its encoder's l = 0 bias to every atom; it is folded into the atom embedding. The
+frozen per-element energy references of ``load_energy_lin_ref`` models (fairchem's OC22
+EquiformerV2) are returned in ``info``, not added by the model.
 """
 
 from __future__ import annotations
@@ -67,8 +69,6 @@ REQUIRED = {
     "share_atom_edge_embedding": False,
     "distance_function": "gaussian",
     "use_noise_schedule_sigma_encoding": False,
-    "use_energy_lin_ref": False,
-    "load_energy_lin_ref": False,
 }
 REFERENCE_DISTANCE_BASIS = 600  # fairchem 1.x ignores num_distance_basis and uses 600 Gaussians
 # last key components of the reference's constant buffers (recomputed by our constructor)
@@ -109,7 +109,10 @@ def load_fairchem_checkpoint(
     """The model of a fairchem 1.x checkpoint (eval mode, ``dtype``) and ``info``: ``config``
     (the checkpoint's), ``normalizers`` ({"energy": {"mean", "std"}, "forces": {...},
     "denoising_pos_target": {...} if present}, floats), ``ema`` (whether EMA weights were
-    loaded), ``hyperparameters`` (our constructor's arguments) and ``unused_heads_settings``."""
+    loaded), ``hyperparameters`` (our constructor's arguments), ``energy_lin_ref`` ([elements]
+    per-element references E_ref / E_std of ``load_energy_lin_ref`` models such as fairchem's OC22
+    EquiformerV2, or None) and ``use_energy_lin_ref``: the reference adds sum_i energy_lin_ref[Z_i]
+    to its normalised energy at prediction when set; our model never does, the caller may."""
     checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointImportError(f"{path}: not a fairchem checkpoint (no 'state_dict')")
@@ -124,6 +127,7 @@ def load_fairchem_checkpoint(
     else:
         ema = False
     mapped, origin = map_keys(state, heads)
+    energy_lin_ref = mapped.pop("energy_lin_ref", None)
     fold_unused_force_encoding(mapped, arguments)
     model = EquiformerV2(**arguments)
     load_exactly(model, mapped, origin)
@@ -133,8 +137,17 @@ def load_fairchem_checkpoint(
         "normalizers": normalizers(checkpoint, config),
         "ema": ema,
         "hyperparameters": arguments,
+        "energy_lin_ref": energy_lin_ref,
+        "use_energy_lin_ref": bool(model_settings(config["model"]).get("use_energy_lin_ref")),
     }
     return model, info
+
+
+def model_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone's (hydra) or the model's own constructor settings of config['model']."""
+    if (model_config.get("name") or model_config.get("model")) == "hydra":
+        return dict(model_config.get("backbone") or {})
+    return dict(model_config)
 
 
 def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -178,8 +191,6 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
         "share_atom_edge_embedding": False,
         "distance_function": "gaussian",
         "use_noise_schedule_sigma_encoding": False,
-        "use_energy_lin_ref": False,
-        "load_energy_lin_ref": False,
     }
     wrong = {
         key: settings.get(key, defaults.get(key))
@@ -240,8 +251,12 @@ def is_reference_buffer(key: str) -> bool:
 
 def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
     """Replace the parameters by the EMA's, matched in parameter order (the state_dict order
-    without buffers)."""
-    names = [key for key in state if not is_reference_buffer(key)]
+    without buffers and the frozen ``energy_lin_ref``, which the EMA does not track)."""
+    names = [
+        key
+        for key in state
+        if not is_reference_buffer(key) and key.rsplit(".", 1)[-1] != "energy_lin_ref"
+    ]
     if len(names) != len(shadow) or any(
         state[n].shape != s.shape for n, s in zip(names, shadow, strict=False)
     ):

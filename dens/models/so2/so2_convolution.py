@@ -18,6 +18,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dens.models.so2.coefficients import num_kept, order_sizes
 
@@ -50,9 +51,11 @@ class SO2OrderConvolution(nn.Module):
             self.fc.weight.mul_(1 / math.sqrt(2))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.fc(x)
-        y_r, y_i = y[..., : self.out_features], y[..., self.out_features :]
-        return torch.stack((y_r[:, 0] - y_i[:, 1], y_r[:, 1] + y_i[:, 0]), dim=1)
+        # [x_+, x_-] -> [W_r x_+ - W_i x_-, W_i x_+ + W_r x_-] as one product with the real
+        # 2 x 2 block form of the complex weight W_r + i W_i (fc.weight = [W_r; W_i])
+        w_r, w_i = self.fc.weight.chunk(2, dim=0)
+        block = torch.cat((torch.cat((w_r, -w_i), 1), torch.cat((w_i, w_r), 1)), 0)
+        return F.linear(x.reshape(x.shape[0], -1), block).view(x.shape[0], 2, self.out_features)
 
 
 class SO2Convolution(nn.Module):
