@@ -102,6 +102,33 @@ def test_rotations_leave_energy_invariant_and_rotate_forces_and_noise(
     assert float(out["forces"].abs().max()) > 1e-4  # not trivially zero
 
 
+@pytest.mark.parametrize(
+    ("lmax", "mmax", "resolution", "rel"),
+    [
+        (4, 2, 36, 1e-8),  # the 31M preset's degrees, a fine grid
+        (6, 2, 36, 3e-6),  # 83M / 122M
+        (6, 3, 36, 5e-6),  # 153M
+        (6, 2, 18, 5e-3),  # the presets' own 18 x 18 grid: equivariant to ~5e-4 only
+    ],
+)
+def test_preset_degrees_are_equivariant_up_to_the_grid(
+    lmax: int, mmax: int, resolution: int, rel: float
+) -> None:
+    """Every preset family's (lmax, mmax), float64, DeNS modules on: the error shrinks with the
+    grid (EquiformerV2 is exactly equivariant only in the limit of a fine grid)."""
+    net = model(torch.float64, True, True, lmax=lmax, mmax=mmax, grid_resolution=resolution)
+    data = slabs(torch.float64)
+    torch.manual_seed(2)
+    forces = torch.randn(data.pos.shape[0], 3, dtype=torch.float64)
+    rotation = o3.rand_matrix(dtype=torch.float64)
+    rotated = data.clone()
+    rotated.pos, rotated.cell = data.pos @ rotation.T, data.cell @ rotation.T
+    out, out_rot = run(net, data, forces), run(net, rotated, forces @ rotation.T)
+    assert_close(out_rot["energy"], out["energy"], rel)
+    assert_close(out_rot["forces"], out["forces"] @ rotation.T, rel)
+    assert_close(out_rot["noise"], out["noise"] @ rotation.T, rel)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_translation_and_lattice_images_change_nothing(dtype: torch.dtype) -> None:
     net = model(dtype, True, True)
