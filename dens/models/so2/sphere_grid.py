@@ -113,9 +113,8 @@ class GridSiLU(torch.autograd.Function):
         from_grid_t, to_grid_t = from_grid.T, to_grid.T
         for block in _blocks(x.shape[1], to_grid.shape[0]):
             grid = to_grid @ x[:, block]
-            sigmoid = torch.sigmoid(grid)
-            slope = sigmoid * (1 + grid * (1 - sigmoid))  # d SiLU / d grid
-            grad_x[:, block] = to_grid_t @ ((from_grid_t @ grad_out[:, block]) * slope)
+            grad_grid = torch.ops.aten.silu_backward(from_grid_t @ grad_out[:, block], grid)
+            grad_x[:, block] = to_grid_t @ grad_grid
         return grad_x, None, None
 
 
