@@ -220,19 +220,6 @@ class Registry:
             return []
         return row_experiments(row, table)
 
-    def table_inputs(self, name: str) -> dict[str, list[str]]:
-        """Experiments whose metrics a table reads, per metrics source (evaluate/relax/simulate)."""
-        table = self.table(name)
-        if table["kind"] == "settings":
-            return {}
-        sources = {column.get("source", "evaluate") for column in table["columns"]}
-        experiments: list[str] = []
-        for row in table["rows"]:
-            for experiment in self.table_row_experiments(row, table):
-                if experiment not in experiments:
-                    experiments.append(experiment)
-        return {source: experiments for source in sorted(sources)}
-
 
 def find_root(start: Path | None = None) -> Path:
     """The pipeline directory: the working directory if it holds ``config/experiments.yaml``
