@@ -56,18 +56,27 @@ def importer(family: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def imported_normalizer(normalizers: Mapping[str, Mapping[str, float]]) -> Normalizer:
+def imported_normalizer(
+    normalizers: Mapping[str, Mapping[str, float]], energy_lin_ref: torch.Tensor | None = None
+) -> Normalizer:
     """Our Normalizer from the reference's: E' = (E - mean) / std and f' = f / force std (the
     reference normalises forces with their own std; mean 0). Without normalisers the reference
-    trained on raw labels: mean 0, std 1."""
+    trained on raw labels: mean 0, std 1. ``energy_lin_ref`` [elements]: the per-element
+    references, in normalised units, that a ``use_energy_lin_ref`` model (fairchem's OC22
+    EquiformerV2) adds to its energy; here they become element references of std * lin_ref[Z]
+    eV per atom, so E = E' * std + sum_i ref[Z_i] + mean as the reference predicts."""
     energy = normalizers.get("energy", {"mean": 0.0, "std": 1.0})
     forces = normalizers.get("forces", {"mean": 0.0, "std": energy["std"]})
     if float(forces.get("mean", 0.0)) != 0.0:
         raise ValueError(f"force normaliser with a non-zero mean {forces['mean']} cannot be mapped")
+    references = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
+    if energy_lin_ref is not None:
+        values = energy_lin_ref.to(torch.float64).flatten() * float(energy["std"])
+        references[: values.numel()] = values
     return Normalizer(
         mean=float(energy["mean"]),
         std=float(energy["std"]),
-        element_references=torch.zeros(NUM_ELEMENTS, dtype=torch.float64),
+        element_references=references,
         elements=None,
         force_std=float(forces["std"]),
     )
@@ -86,6 +95,7 @@ def import_checkpoint(
     experiment = registry.resolve(experiment_name, seed)
     family = experiment["model"]["family"]
     model, info = importer(family)(source)
+    lin_ref = info.get("energy_lin_ref") if info.get("use_energy_lin_ref") else None
     switches = {
         key: experiment["model"]["hyperparameters"][key] for key in ("attention", "layer_norm")
     }
@@ -106,7 +116,7 @@ def import_checkpoint(
         "step": 0,
         "model": model.state_dict(),
         "weights": "ema" if info["ema"] else "model",
-        "normalizer": imported_normalizer(info["normalizers"]).to_dict(),
+        "normalizer": imported_normalizer(info["normalizers"], lin_ref).to_dict(),
         "val": None,
         "num_parameters": count_parameters(model),
         "imported_from": imported_from,

@@ -95,3 +95,18 @@ def test_a_checkpoint_of_another_family_is_refused_by_name(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "no fairchem checkpoint importer for model family 'equiformer'" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_energy_lin_ref_of_an_oc22_model_becomes_element_references() -> None:
+    """fairchem's OC22 EquiformerV2 adds sum_i lin_ref[Z_i] (normalised units) to its energy."""
+    from dens.checkpoint_import import imported_normalizer
+
+    lin_ref = torch.zeros(90)
+    lin_ref[8], lin_ref[22] = -0.25, -0.5  # O, Ti
+    normalizers = {"energy": {"mean": 0.0, "std": 25.0}, "forces": {"mean": 0.0, "std": 0.15}}
+    normalizer = imported_normalizer(normalizers, lin_ref)
+    z, batch = torch.tensor([8, 8, 22]), torch.zeros(3, dtype=torch.long)
+    model_energy = torch.tensor([0.1], dtype=torch.float64)
+    expected = (0.1 + 2 * -0.25 - 0.5) * 25.0
+    assert float(normalizer.denormalize_energy(model_energy, z, batch)) == pytest.approx(expected)
+    assert normalizer.force_scale == 0.15

@@ -11,6 +11,7 @@ PAPER_PARAMETERS = {  # Table 4 of the paper
     "md17-aspirin/equiformer-l2-dens": 4.00e6,
     "md17-ethanol/equiformer-l3": 5.50e6,
     "md17-ethanol/equiformer-l3-dens": 6.35e6,
+    "oc20-2m/eqv2-dens-e12": 89e6,  # Table 1(a)
 }
 
 
@@ -24,8 +25,8 @@ def test_params_matches_the_paper_within_3_percent(
 
 
 def test_params_of_a_family_still_to_come_names_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["params", "oc20-2m/eqv2-dens-e12"]) == 2
-    assert "equiformer_v2" in capsys.readouterr().err
+    assert main(["params", "oc20-2m/escn-dens-e20"]) == 2
+    assert "escn" in capsys.readouterr().err
 
 
 def test_unknown_experiment_is_named(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,8 +80,8 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["unknown dataset 'md17-ethanoll'", "md17-ethanol"],
     ),
     "model family not available yet": (
-        lambda tmp: ["params", "oc22/eqv2-dens-127m"],
-        ["equiformer_v2", "not implemented yet"],
+        lambda tmp: ["params", "oc20-2m/escn-e20"],
+        ["escn", "not implemented yet"],
     ),
     "unknown archive": (
         lambda tmp: ["data", "download", "md17_ethanoll", "--out", str(tmp / "x.npz")],

@@ -1,4 +1,5 @@
-"""The smoke scale of the pipeline end to end: data -> training -> evaluation -> tables.
+"""The smoke scale of the pipeline end to end: data -> training -> evaluation -> tables, for the
+MD17 half and the OC20/OC22 half (EquiformerV2).
 
 Runs `snakemake --profile profiles/local --config scale=smoke` on a copy of the repository (so the
 working tree's results/ is untouched) for every target whose stages exist, then opens the outputs.
@@ -15,7 +16,18 @@ from pipeline_copy import copy_repository, snakemake
 
 from dens.config import MOLECULES
 
-TARGETS = ["table4", "table5", "table6", "table7", "table8", "table9", "figure5"]
+TARGETS = [
+    "table1",
+    "table2",
+    "table3",
+    "table4",
+    "table5",
+    "table6",
+    "table7",
+    "table8",
+    "table9",
+    "figure5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +95,45 @@ def test_tables_hold_the_measured_numbers(smoke_run: Path) -> None:
             for key in ("ours", "ours_std", "paper"):
                 if row.get(key) and name not in ("table7", "table8"):  # 7, 8: text settings too
                     float(row[key])
+
+
+OC_RUNS = [
+    "oc20-2m/eqv2-e12",
+    "oc20-2m/eqv2-dens-e12",
+    "oc20-2m/eqv2-e20",
+    "oc20-2m/eqv2-dens-e20",
+    "oc20-2m/eqv2-e30",
+    "oc20-2m/eqv2-dens-e30",
+    "oc20-2m/eqv2-dens-e12-no-force-encoding",
+    "oc20-2m/eqv2-dens-e12-no-energy-loss",
+    "oc20-2m/eqv2-dens-e12-all-atoms",
+    "oc20-all-md/eqv2-dens-160m",
+    "oc22/eqv2-122m",
+    "oc22/eqv2-dens-127m",
+]
+
+
+def test_oc_runs_fill_tables_1_to_3(smoke_run: Path) -> None:
+    runs = smoke_run / "results" / "smoke" / "runs"
+    trained = {"/".join(path.parts[-4:-2]) for path in runs.glob("oc2*/*/seed0/metrics.json")}
+    assert trained == set(OC_RUNS)
+    metrics = json.loads((runs / "oc20-2m/eqv2-dens-e12/seed0/metrics.json").read_text())
+    assert set(metrics["splits"]) == {"val_id", "val_ood_ads", "val_ood_cat", "val_ood_both"}
+    tables = smoke_run / "results" / "smoke" / "tables"
+    rows = read_csv(tables / "table1a.csv")
+    forces = {row["row"]: row for row in rows if row["column"] == "forces"}
+    assert float(forces["EquiformerV2 + DeNS (12 epochs)"]["ours"]) == pytest.approx(
+        metrics["forces_mae_meV_per_A"]
+    )
+    assert (
+        forces["eSCN (20 epochs)"]["ours"] == ""
+        and "not run" in forces["eSCN (20 epochs)"]["status"]
+    )
+    for path in ("oc20-all-md/eqv2-dens-160m", "oc22/eqv2-dens-127m"):
+        submission = runs / path / "seed0" / "test" / "submission.npz"
+        assert submission.stat().st_size > 0
+    for name in ("table1b", "table2", "table3"):
+        assert (tables / f"{name}.tex").read_text().startswith(r"\begin{table}")
 
 
 def test_figure_and_a_second_run_has_nothing_to_do(smoke_run: Path) -> None:
