@@ -31,6 +31,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def experiments_of(registry, table: str) -> list[str]:
+    """The experiments whose metrics a table job reads, in row order (dens.tables.table_inputs:
+    results/{scale}/runs/{experiment}/seed{S}/...)."""
+    return list(dict.fromkeys("/".join(path.parts[3:5]) for path in table_inputs(registry, table)))
+
+
 def cells(rows: list[dict[str, str]], row: str, column: str) -> dict[str, dict[str, str]]:
     """One table row's cells of one column, by molecule."""
     return {r["molecule"]: r for r in rows if r["row"] == row and r["column"] == column}
@@ -39,7 +45,7 @@ def cells(rows: list[dict[str, str]], row: str, column: str) -> dict[str, dict[s
 def fill_table4(root: Path, seeds: list[int]) -> dict[tuple[str, int], dict[str, float]]:
     registry = load_registry({"scale": "smoke", "seeds": seeds}, root=root)
     written = {}
-    for index, experiment in enumerate(registry.table_inputs("table4")["evaluate"]):
+    for index, experiment in enumerate(experiments_of(registry, "table4")):
         for seed in seeds:
             metrics = {
                 "energy_mae_meV": 10.0 + index + seed / 3,
@@ -135,7 +141,7 @@ def test_table4_reads_well(pipeline_copy: Path) -> None:
 
 def test_ablation_tables_show_check_marks(pipeline_copy: Path) -> None:
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
-    for experiment in registry.table_inputs("table6")["evaluate"]:
+    for experiment in experiments_of(registry, "table6"):
         write_metrics(pipeline_copy, experiment, energy_mae_meV=1.0, forces_mae_meV_per_A=2.0)
     csv_path, md_path, tex_path = write_table(registry, "table6", pipeline_copy / "out")
     rows = [row for row in read_rows(csv_path) if row["molecule"] == "aspirin"]
@@ -152,7 +158,7 @@ def test_a_missing_metrics_file_or_metric_is_named(pipeline_copy: Path) -> None:
         MetricsError, match=r"md17-aspirin/equiformer-l2/seed0/metrics.json: metrics file"
     ):
         write_table(registry, "table5", pipeline_copy / "out")
-    for experiment in registry.table_inputs("table5")["evaluate"]:
+    for experiment in experiments_of(registry, "table5"):
         write_metrics(pipeline_copy, experiment, energy_mae_meV=1.0)
     with pytest.raises(MetricsError, match="no metric 'forces_mae_meV_per_A'"):
         write_table(registry, "table5", pipeline_copy / "out")
