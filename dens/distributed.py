@@ -105,7 +105,7 @@ class World:
         return values
 
     def from_main(self, value: T) -> T:
-        """Rank 0's ``value`` on every process (others pass a placeholder)."""
+        """Rank 0's ``value`` on every process; what the other ranks pass is ignored."""
         if self.size == 1:
             return value
         box = [value]
