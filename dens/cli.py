@@ -12,6 +12,8 @@
     dens relax|simulate EXPERIMENT --scale S --run-dir DIR
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
+    dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
+    dens report --scale S --out FILE.html               every table, figure and curve
 
 Each command parses its arguments and calls the library; the pipeline's rules hand jobs their
 input files (dens.paths). Errors a user can cause are the library's own (dens.errors) and are
@@ -242,6 +244,19 @@ def cmd_figure(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_curves(args: argparse.Namespace) -> None:
+    from dens.curves import draw_curves
+
+    for path in draw_curves(registry_from(args), args.table, Path(args.out)):
+        print(path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dens.report import write_report
+
+    print(write_report(registry_from(args), Path(args.out)))
+
+
 # -- parser --------------------------------------------------------------------------------------
 def _add_config_options(parser: argparse.ArgumentParser, scale_default: str | None = None) -> None:
     parser.add_argument(
@@ -351,6 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures", nargs="+", help="one training split (aselmdb) per figure row")
     _add_config_options(p)
     p.set_defaults(func=cmd_figure)
+
+    p = commands.add_parser("curves", help="learning curves of one table's runs (PNG and PDF)")
+    p.add_argument("table", help="a results table: table1a ... table6, table10")
+    p.add_argument("--out", required=True, help="the .png file (the .pdf goes beside it)")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_curves)
+
+    p = commands.add_parser("report", help="the HTML report: every table, figure and curve")
+    p.add_argument("--out", required=True, help="the .html file")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

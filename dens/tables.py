@@ -55,6 +55,7 @@ GPU-hours); ``—`` = no number. Footnotes say what ``ours`` and ``paper`` are, 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import re
@@ -736,6 +737,38 @@ def to_markdown(table: Table) -> str:
         lines.append("")
     lines += [_md_escape(note) + "  " for note in table.notes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML fragment (for the report): the caption, each part a <table> with its units under
+    the column names, block titles as full-width rows, the footnotes after."""
+    esc = html.escape
+    out = [f"<p class='caption'>{esc(table.caption)}</p>"]
+    for part in table.parts:
+        if part.title is not None:
+            out.append(f"<p class='part'><em>{esc(part.title)}</em></p>")
+        out.append("<table>")
+        header = "".join(f"<th>{esc(name)}</th>" for name in part.header)
+        out.append(f"<thead><tr>{header}</tr>")
+        if any(part.units):
+            units = "".join(f"<th class='unit'>{esc(unit)}</th>" for unit in part.units)
+            out.append(f"<tr>{units}</tr>")
+        out.append("</thead><tbody>")
+        for title, methods in part.blocks:
+            if title is not None:
+                width = len(part.header)
+                out.append(f"<tr><td class='block' colspan='{width}'>{esc(title)}</td></tr>")
+            for method in methods:
+                for number, cells in enumerate(method):
+                    style = " class='paper'" if number else ""
+                    row = "".join(
+                        f"<td class='{align}'>{esc(cell)}</td>"
+                        for cell, align in zip(cells, part.aligns, strict=True)
+                    )
+                    out.append(f"<tr{style}>{row}</tr>")
+        out.append("</tbody></table>")
+    out += [f"<p class='note'>{esc(note)}</p>" for note in table.notes]
+    return "\n".join(out) + "\n"
 
 
 LATEX = {

@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def pipeline_copy(tmp_path: Path) -> Path:
-    """A copy of config/ and workflow/schemas/ that a test may edit; returns its root."""
+    """A copy of config/, workflow/schemas/ and workflow/report/ that a test may edit; returns
+    its root."""
     shutil.copytree(REPO / "config", tmp_path / "config")
-    shutil.copytree(REPO / "workflow" / "schemas", tmp_path / "workflow" / "schemas")
+    for part in ("schemas", "report"):
+        shutil.copytree(REPO / "workflow" / part, tmp_path / "workflow" / part)
     return tmp_path
 
 
