@@ -6,7 +6,8 @@
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
-                                  (one process per GPU: torchrun or srun, see dens.distributed)
+                                  (one process per GPU: torchrun or srun, see dens.distributed;
+                                  --continue-before-time-limit S: across Slurm jobs, dens.slurm)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax|simulate EXPERIMENT --scale S --run-dir DIR
@@ -146,26 +147,57 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import time
+
+    from dens import slurm
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
-    from dens.train import train
+    from dens.train import TIME_LIMIT, TrainingPreempted, train
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
-    result = train(
-        experiment,
-        AseLmdbDataset(args.train),
-        AseLmdbDataset(args.val),
-        Path(args.run_dir),
-        device=args.device,
-        mixed_precision=args.mixed_precision,
-    )
-    if not World.from_environment().is_main:  # one summary, not one per training process
+    main = World.from_environment().is_main
+    stop_at = job = None
+    if args.continue_before_time_limit is not None:
+        job = slurm.job_id()
+        end = slurm.job_end_time(job)
+        stop_at = end - args.continue_before_time_limit
+        if main:
+            print(
+                f"Slurm job {job}, start {slurm.restart_count() + 1}: ends at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; training stops "
+                f"{args.continue_before_time_limit:.0f} s before, saves last.pt and requeues the "
+                "job, which resumes there",
+                file=sys.stderr,
+                flush=True,
+            )
+    try:
+        result = train(
+            experiment,
+            AseLmdbDataset(args.train),
+            AseLmdbDataset(args.val),
+            Path(args.run_dir),
+            device=args.device,
+            mixed_precision=args.mixed_precision,
+            stop_at=stop_at,
+        )
+    except TrainingPreempted as stopped:
+        if job is not None and stopped.reason == TIME_LIMIT and main:
+            print(f"requeueing Slurm job {job} to continue the run", file=sys.stderr, flush=True)
+            slurm.requeue(job)
+            time.sleep(SLURM_REQUEUE_WAIT_S)  # Slurm ends the job meanwhile
+        raise
+    if not main:  # one summary, not one per training process
         return
     print(
         f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
         f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
     )
+
+
+SLURM_REQUEUE_WAIT_S = 300
+"""After ``scontrol requeue`` the process waits to be ended by Slurm (SIGTERM, then SIGKILL after
+KillWait), so that the job's last words are Slurm's, not a failed command's."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -326,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
+    )
+    p.add_argument(
+        "--continue-before-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="in a Slurm job: stop this long before the job's time limit, save last.pt and "
+        "requeue the job, which resumes there (dens.slurm)",
     )
     p.set_defaults(func=cmd_train)
 
