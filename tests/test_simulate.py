@@ -5,6 +5,7 @@ splits, errors that name the bad input, and `dens simulate` on an Equiformer run
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -337,3 +338,38 @@ def test_dens_simulate_runs_an_equiformer_run(tmp_path, splits, capsys, one_torc
     other = ["simulate", "oc20-2m/eqv2-e12", "--scale", "smoke", "--run-dir", str(run)]
     assert main(other + files) == 2
     assert "simulations are of MD17 molecules" in capsys.readouterr().err
+
+
+# -- Table 10 --------------------------------------------------------------------------------------
+def test_table10_reads_the_simulations_metrics_beside_the_papers(pipeline_copy):
+    from dens import paths
+    from dens.config import load_registry
+    from dens.tables import table_inputs, write_table
+
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    inputs = table_inputs(registry, "table10")
+    assert sum(path.parent.name == "simulate" for path in inputs) == 8  # 4 molecules x 2 rows
+    for index, path in enumerate(inputs):
+        values = (
+            {"stability_ps": 0.005 + index / 1000, "hr_mae": 0.25 + index / 100}
+            if path.parent.name == "simulate"
+            else {"energy_mae_meV": 1.0, "forces_mae_meV_per_A": 2.0}
+        )
+        (pipeline_copy / path).parent.mkdir(parents=True, exist_ok=True)
+        (pipeline_copy / path).write_text(json.dumps(values))
+    csv_path, md_path, _ = write_table(registry, "table10", pipeline_copy / "out")
+    rows = list(csv.DictReader(csv_path.open()))
+    ethanol = {
+        row["column"]: row
+        for row in rows
+        if row["row"] == "Equiformer (Lmax=2) + DeNS" and row["molecule"] == "ethanol"
+    }
+    simulated = pipeline_copy / paths.metrics_file(
+        "smoke", "md17-ethanol/equiformer-l2-dens", 0, "simulate"
+    )
+    expected = json.loads(simulated.read_text())
+    assert float(ethanol["stability"]["ours"]) == expected["stability_ps"]
+    assert float(ethanol["h(r)"]["ours"]) == expected["hr_mae"]
+    assert ethanol["stability"]["paper"] == "300" and ethanol["h(r)"]["paper"] == "0.09"
+    assert ethanol["stability"]["status"] == "single seed"
+    assert "Ours (smoke): 1 simulation(s) per run, each at most 0.01 ps" in md_path.read_text()
