@@ -13,9 +13,10 @@ metrics of ``observable.ipynb``). What we do, and where it comes from:
                  first chain element has Q = 3 N kT tdamp^2, so tchain = 1 and tdamp = 20 * 0.5 fs
                  give the same equations of motion, integrated by a time-reversible Trotter
                  splitting (Martyna-Tuckerman-Klein) rather than MDsim's explicit update.
-                 (``ase.md.npt.NPT`` is Nose-Hoover too, but its NVT mode is documented as a
-                 legacy integrator with known energy drift; Berendsen, Bussi, Langevin and
-                 Andersen are not Nose-Hoover.)
+                 (``ase.md.npt.NPT``, in NVT mode with pfactor=None, is Nose-Hoover too, but
+                 ASE 3.29 deprecates it as an alias of ``MelchionnaNPT``, a barostat integrator
+                 written for a cell; Berendsen, Bussi, Langevin and Andersen are not
+                 Nose-Hoover.)
     time step    0.5 fs; 300 ps (600,000 steps) at the paper scale, shorter at small scales
                  (``simulation.md17`` in config/scales/<scale>.yaml)
     start        test configurations drawn at random (seeded by the run's training seed, so the
@@ -99,17 +100,19 @@ class SimulationSettings:
 
     def __post_init__(self) -> None:
         checks = {
-            "length_ps": self.length_ps > 0,
-            "initial_configurations": self.initial_configurations >= 1,
-            "frame_every": self.frame_every >= 1,
-            "timestep_fs": self.timestep_fs > 0,
-            "temperature_K": self.temperature_K > 0,
-            "thermostat_time_fs": self.thermostat_time_fs > 0,
-            "bond_deviation_A": self.bond_deviation_A > 0,
+            "length_ps": (self.length_ps > 0, "> 0"),
+            "initial_configurations": (self.initial_configurations >= 1, ">= 1"),
+            "frame_every": (self.frame_every >= 1, ">= 1 step"),
+            "timestep_fs": (self.timestep_fs > 0, "> 0"),
+            "temperature_K": (self.temperature_K > 0, "> 0"),
+            "thermostat_time_fs": (self.thermostat_time_fs > 0, "> 0"),
+            "bond_deviation_A": (self.bond_deviation_A > 0, "> 0"),
         }
-        for key, ok in checks.items():
+        for key, (ok, requirement) in checks.items():
             if not ok:
-                raise ConfigError(f"simulation setting {key}: {getattr(self, key)!r} is invalid")
+                raise ConfigError(
+                    f"simulation setting {key}: {getattr(self, key)!r}, must be {requirement}"
+                )
         if self.steps < 1:
             raise ConfigError(
                 f"simulation setting length_ps: {self.length_ps} ps is less than one "
