@@ -10,7 +10,8 @@
                                   --continue-before-time-limit S: across Slurm jobs, dens.slurm)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
-    dens relax|simulate EXPERIMENT --scale S --run-dir DIR
+    dens relax EXPERIMENT --scale S --run-dir DIR
+    dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
@@ -245,9 +246,30 @@ def cmd_submission(args: argparse.Namespace) -> None:
     print(f"{args.experiment}: {challenge.name} submission ({counts}){scored}")
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from dens.simulate import SimulationSettings, simulate_run
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment, args.seed)
+    if experiment["dataset_family"] != "md17":
+        raise ConfigError(
+            f"dens simulate {args.experiment}: simulations are of MD17 molecules (Table 10); "
+            f"its dataset {experiment['dataset']} is of family {experiment['dataset_family']}"
+        )
+    settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
+    _set_threads(args.threads)
+    metrics = simulate_run(
+        args.run_dir, args.initial, args.reference, settings, args.seed, args.device
+    )
+    print(
+        f"{args.experiment}: stability {metrics['stability_ps']:g} ps of {settings.length_ps:g} "
+        f"({metrics['stable_simulations']}/{settings.initial_configurations} simulations "
+        f"stable), h(r) MAE {metrics['hr_mae']:.4f}"
+    )
+
+
 PENDING_STAGES = {
     "relax": "IS2RE relaxation (dens.relax) is not implemented yet (issue: OC20/OC22)",
-    "simulate": "MD17 simulation (dens.simulate) is not implemented yet (issue: MD17 simulations)",
 }
 
 
@@ -387,6 +409,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="the fairchem 1.x checkpoint file (.pt)")
     _add_job_options(p)
     p.set_defaults(func=cmd_import_checkpoint)
+
+    p = commands.add_parser(
+        "simulate", help="MD simulations of a trained MD17 run: stability and h(r) (Table 10)"
+    )
+    _add_job_options(p)
+    p.add_argument(
+        "--initial",
+        action="append",
+        required=True,
+        type=Path,
+        help="split the initial configurations are drawn from (aselmdb; the test split)",
+    )
+    p.add_argument(
+        "reference",
+        nargs="+",
+        type=Path,
+        help="reference data for bond lengths and h(r) (aselmdb; every split of the dataset)",
+    )
+    p.set_defaults(func=cmd_simulate)
 
     for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")

@@ -9,7 +9,7 @@ naming the file. S2EF test columns (source ``test``) read the evaluation server'
 submission job's ``test/metrics.json``: scores from local labels where the test split has them
 (generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
 yet (dens.models.PENDING_FAMILIES) or whose metrics stage is not (dens.cli.PENDING_STAGES: IS2RE
-relaxations, MD17 simulations) say ``not run`` and why; :func:`table_inputs`, the table job's
+relaxations) say ``not run`` and why; :func:`table_inputs`, the table job's
 inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and appear only as
 ``paper``. Rows the paper cites from other work carry paper numbers only (unless
 ``retrain_cited_baselines`` trains them). ``write_table`` writes three files per table into
@@ -618,6 +618,13 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
     notes = []
     if "paper_note" in table:
         notes.append(f"Paper: {table['paper_note']}.")
+    if "simulate" in _sources(table):
+        simulation = registry.scale["simulation"]["md17"]
+        notes.append(
+            f"Ours ({scale}): {simulation['initial_configurations']} simulation(s) per run, each "
+            f"at most {simulation['length_ps']:g} ps (the cap of stability), means over them "
+            f"(config/scales/{scale}.yaml simulation.md17; dens.simulate)."
+        )
     seeds = registry.options["seeds"]
     notes.append(
         f"'ours ({scale})' = measured at scale {scale} from the runs' metrics files "
