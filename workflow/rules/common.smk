@@ -77,7 +77,8 @@ def train_resource(name, hours_factor=1.0):
 
 
 def job_minutes(minutes):
-    """A job's time limit: ``minutes``, capped at the configured max_job_hours."""
+    """A job's time limit: ``minutes``, capped at the configured max_job_hours (a cluster refuses
+    longer jobs; training and simulation jobs continue in requeued jobs, dens.slurm)."""
     hours = REGISTRY.options["max_job_hours"]
     return minutes if hours is None else min(minutes, max(1, math.floor(60 * hours)))
 
@@ -97,19 +98,22 @@ def continuation_option(wildcards, resources):
 
 
 def time_plan(wildcards):
-    """The dry run's line per training job: its time limit and how many continuations the
-    paper's wall time (config/experiments.yaml resources) implies at that limit."""
+    """The dry run's line per training job: its time limit and, at GPU scales, how many
+    continuations the paper's wall time (config/experiments.yaml resources) implies at that
+    limit."""
     hours = REGISTRY.options["max_job_hours"]
     needed = gpu_resources(wildcards.experiment)["runtime"]
     asked = job_minutes(needed)
     plan = f"asks {asked} min per job"
-    if hours is not None:
-        continuations = max(0, math.ceil(needed / asked) - 1)
-        plan += (
-            f"; the run is planned for {needed} min (paper wall time at GPU scales): "
-            f"{continuations} continuation(s) at max_job_hours={hours}"
-        )
-    return plan
+    if hours is None:
+        return plan
+    if not REGISTRY.scale["gpus"]:
+        return plan + f" (max_job_hours={hours}), continuing in requeued jobs until done"
+    continuations = max(0, math.ceil(needed / asked) - 1)
+    return plan + (
+        f"; the paper's wall time, {needed} min, means {continuations} continuation(s) at "
+        f"max_job_hours={hours}"
+    )
 
 
 def train_launcher(wildcards, resources, threads):

@@ -19,7 +19,7 @@ rule figure:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=job_minutes(10),
     shell:
         "python -m dens figure {wildcards.figure} {params.options} --out {output:q} {input:q} "
         "> {log:q} 2>&1"
