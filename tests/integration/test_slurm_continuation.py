@@ -85,7 +85,9 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
     dry = subprocess.run(
         [*command[:1], "-n", *command[1:]], cwd=workdir, env=env, capture_output=True, text=True
     )
-    assert "asks 1 min per job (max_job_hours=0.017)" in dry.stdout + dry.stderr, dry.stdout[-3000:] + dry.stderr
+    assert "asks 1 min per job (max_job_hours=0.017)" in dry.stdout + dry.stderr, (
+        dry.stdout[-3000:] + dry.stderr
+    )
 
     run = subprocess.run(
         command, cwd=workdir, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
