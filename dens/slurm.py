@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,9 +48,17 @@ def job_id(environ: Mapping[str, str] = os.environ) -> str:
     return job
 
 
-def restart_count(environ: Mapping[str, str] = os.environ) -> int:
-    """How often this job was requeued (Slurm's SLURM_RESTART_COUNT; 0 in its first run)."""
-    return int(environ.get("SLURM_RESTART_COUNT", "0"))
+def restart_count(job: str) -> int:
+    """How often the job was requeued (``Restarts`` of ``scontrol show job``; Slurm's
+    SLURM_RESTART_COUNT is not seen inside job steps: Snakemake's Slurm executor drops the
+    SLURM_* variables of the job for its steps)."""
+    result = subprocess.run(
+        ["scontrol", "--oneliner", "show", "job", job], capture_output=True, text=True, timeout=60
+    )
+    found = re.search(r"\bRestarts=(\d+)", result.stdout)
+    if found is None:
+        raise ConfigError(f"Slurm job {job}: scontrol shows no Restarts count: {result.stderr}")
+    return int(found.group(1))
 
 
 def job_end_time(job: str) -> float:
@@ -93,7 +102,7 @@ def continuation(margin_s: float | None, announce: bool = True) -> Iterator[floa
     end = job_end_time(job)
     if announce:
         print(
-            f"Slurm job {job}, start {restart_count() + 1}: ends at "
+            f"Slurm job {job}, start {restart_count(job) + 1}: ends at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; the work stops "
             f"{margin_s:.0f} s before, saves its state and requeues the job, which resumes there",
             file=sys.stderr,

@@ -97,6 +97,14 @@ def continuation_option(wildcards, resources):
     return f"--continue-before-time-limit {continuation_margin_s(resources.runtime)} "
 
 
+UNLESS_REQUEUED = (
+    '{ [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" | grep "Restarts=[1-9]" '
+    ">/dev/null; } || "
+)
+"""Shell prefix of a command run only in a job's first start (not in a requeued continuation):
+Slurm's SLURM_RESTART_COUNT does not reach the job step, scontrol's Restarts does."""
+
+
 def time_plan(wildcards):
     """The dry run's line per training job: its time limit and, at GPU scales, how many
     continuations the paper's wall time (config/experiments.yaml resources) implies at that

@@ -19,6 +19,7 @@ rule simulate:
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         settings=lambda wildcards: json.dumps(REGISTRY.scale["simulation"], sort_keys=True),
         continuation=continuation_option,
+        unless_requeued=UNLESS_REQUEUED,
     log:
         str(paths.job_log(SCALE, "simulate", "{experiment}/seed{seed}")),
     benchmark:
@@ -31,7 +32,7 @@ rule simulate:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
-        '[ "${{SLURM_RESTART_COUNT:-0}}" != 0 ] || : > {log:q}; '
+        "{params.unless_requeued}: > {log:q}; "
         "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} --run-dir {params.run_dir:q} --initial {input.test:q} "
         "{params.continuation}{input.train:q} {input.val:q} {input.test:q} "

@@ -23,6 +23,7 @@ rule train:
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         launch=train_launcher,
         continuation=continuation_option,
+        unless_requeued=UNLESS_REQUEUED,
         time_plan=time_plan,
     message:
         "train {wildcards.experiment} seed {wildcards.seed}: {params.time_plan}"
@@ -47,7 +48,7 @@ rule train:
     shell:
         # The log gets everything; the console (stdout) one line per epoch with the time left
         # (rank 0's alone when several processes train).
-        '[ "${{SLURM_RESTART_COUNT:-0}}" != 0 ] || : > {log:q}; '
+        "{params.unless_requeued}: > {log:q}; "
         "{params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
         "{params.continuation}--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
