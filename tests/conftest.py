@@ -1,5 +1,6 @@
 """Shared fixtures (a private copy of the pipeline's configuration to break on purpose) and the
-order of the tests under pytest-xdist (`make test` runs them on every core, at most 4)."""
+order of the tests under pytest-xdist (`make test` runs them on every core, at most 4, a whole
+file per worker: the tests that use the Slurm cluster share tests/integration/test_slurm.py)."""
 
 from __future__ import annotations
 
@@ -37,4 +38,6 @@ them at once while the others share out the rest."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first. `make test` hands out whole files (`--dist loadfile`), so a module
+    fixture such as the smoke pipeline run is built once, on one worker."""
     items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)
