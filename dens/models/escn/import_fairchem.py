@@ -27,7 +27,7 @@ from dens.models.equiformer_v2.import_fairchem import (
     normalizers,
     strip_prefix,
 )
-from dens.models.escn.network import DISTANCE_RESOLUTION, ESCN
+from dens.models.escn.network import ESCN
 
 MODELS = {"escn", "escn_dens"}
 # reference config key -> our constructor argument, with fairchem 1.x eSCN's defaults
@@ -38,6 +38,7 @@ ARGUMENTS = {
     "edge_channels": ("edge_channels", 128),
     "num_sphere_samples": ("num_sphere_samples", 128),
     "resolution": ("grid_resolution", None),
+    "distance_resolution": ("distance_resolution", 0.02),
     "basis_width_scalar": ("basis_width", 1.0),
     "cutoff": ("cutoff", 8.0),
     "max_neighbors": ("max_neighbors", 40),
@@ -49,7 +50,6 @@ REQUIRED = {
     "use_pbc_single": (False, False),
     "regress_forces": (True, True),
     "distance_function": ("gaussian", "gaussian"),
-    "distance_resolution": (DISTANCE_RESOLUTION, DISTANCE_RESOLUTION),
 }
 # constants saved in a reference state_dict: last key component -> compared or skipped
 COMPARED = {"offset", "sphere_points", "0"}  # "0": sphharm_weights.0
@@ -121,6 +121,7 @@ def model_arguments(model_config: Mapping[str, Any]) -> dict[str, Any]:
         lmax=int(lmax_list[0]),
         mmax=int(mmax_list[0]),
         cutoff=float(arguments["cutoff"]),
+        distance_resolution=float(arguments["distance_resolution"]),
         basis_width=float(arguments["basis_width"]),
         force_encoding=dens and bool(settings.get("use_force_encoding", True)),
         noise_head=dens,

@@ -56,7 +56,6 @@ from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
 
 ENERGY_SCALE = 0.001  # fairchem 1.x eSCN: "scale energy to help balance numerical precision"
-DISTANCE_RESOLUTION = 0.02  # Å between Gaussian centres (fairchem default distance_resolution)
 
 
 def grid_shape(lmax: int, mmax: int, resolution: int | None) -> tuple[int, int]:
@@ -135,8 +134,9 @@ class ESCN(nn.Module):
     bottlenecks; edge_channels: width of the invariant edge features; num_sphere_samples: points
     of the output heads; grid_resolution: None for fairchem's grids (2 (lmax + 1) in beta, 2 mmax
     + 1 resp. 2 lmax + 3 in alpha), else a square grid of that many points per angle;
-    basis_width: width of the Gaussians in units of their spacing (0.02 Å, centres on [0,
-    cutoff]); cutoff (Å), max_neighbors: the graph (at most max_neighbors incoming edges per
+    distance_resolution: spacing of the Gaussian centres on [0, cutoff] (Å; fairchem's default
+    0.02 gives cutoff / 0.02 Gaussians); basis_width: their width in units of the spacing;
+    cutoff (Å), max_neighbors: the graph (at most max_neighbors incoming edges per
     atom); max_num_elements: size of the atom-type tables; force_encoding, noise_head: the DeNS
     modules, separate switches; attention, layer_norm: the DeNS Table 5 switches, which eSCN has
     no modules for (only True, the value every OC20 experiment names, is accepted).
@@ -154,6 +154,7 @@ class ESCN(nn.Module):
         edge_channels: int = 128,
         num_sphere_samples: int = 128,
         grid_resolution: int | None = None,
+        distance_resolution: float = 0.02,
         basis_width: float = 2.0,
         cutoff: float = 12.0,
         max_neighbors: int = 20,
@@ -182,7 +183,12 @@ class ESCN(nn.Module):
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
         self.max_num_elements = max_num_elements
 
-        num_distance_basis = int(cutoff / DISTANCE_RESOLUTION)
+        num_distance_basis = int(cutoff / distance_resolution)
+        if num_distance_basis < 2:
+            raise ValueError(
+                f"need at least 2 Gaussians: cutoff {cutoff} / distance_resolution "
+                f"{distance_resolution} < 2"
+            )
         self.distance_expansion = GaussianSmearing(cutoff, num_distance_basis, basis_width)
         self.wigner = EdgeWigner(lmax, mmax)
         edge_grid = SphereGrid(
