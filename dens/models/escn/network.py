@@ -89,13 +89,10 @@ class MessageBlock(nn.Module):
     def forward(self, x: Tensor, graph: dict[str, Tensor]) -> Tensor:
         src, dst, z = graph["src"], graph["dst"], graph["atomic_numbers"]
         x_edge = self.edge_block(graph["distance_basis"], z[src], z[dst])
-        channels = x.shape[-1]
-        # source and target features rotated into the edge frame with one batched product
-        pair = torch.cat((gather_nodes(x, src), gather_nodes(x, dst)), dim=-1)
-        pair = torch.bmm(graph["to_frame"], pair)
-        message = self.so2_block_source(pair[..., :channels], x_edge) + self.so2_block_target(
-            pair[..., channels:], x_edge
-        )
+        to_frame = graph["to_frame"]
+        message = self.so2_block_source(
+            torch.bmm(to_frame, gather_nodes(x, src)), x_edge
+        ) + self.so2_block_target(torch.bmm(to_frame, gather_nodes(x, dst)), x_edge)
         message = torch.bmm(graph["from_frame"], self.edge_grid.silu(message))
         return sum_to_nodes(message, dst, x.shape[0])
 

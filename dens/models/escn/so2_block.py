@@ -39,8 +39,8 @@ class SO2OrderBlock(nn.Module):
         gate = F.silu(self.fc1_dist(x_edge)).unsqueeze(1)  # [E, 1, 2H]: (g_r, g_i)
         # fc1_r and fc1_i in one product: [E, 2, 2H] = (R-hidden, I-hidden) of x_+m and x_-m
         hidden = F.linear(x, torch.cat((self.fc1_r.weight, self.fc1_i.weight), 0)) * gate
-        real = self.fc2_r(hidden[..., : self.hidden_channels])
-        imag = self.fc2_i(hidden[..., self.hidden_channels :])
+        hidden_r, hidden_i = hidden.split(self.hidden_channels, dim=-1)  # views: no zero-filled
+        real, imag = self.fc2_r(hidden_r), self.fc2_i(hidden_i)  # slice gradients
         return torch.stack((real[:, 0] - imag[:, 1], real[:, 1] + imag[:, 0]), dim=1)
 
 
