@@ -27,9 +27,9 @@ Force encoding (``force_encoding=True``): f -> SO3Linear(|f| Y(f/|f|) / sqrt(3))
 
 The edge frame's roll about the edge is deterministic here (``dens.models.so2.edge_frame``),
 random in the reference; eSCN's coarse edge grid (5 points in the roll angle at mmax = 2) makes
-the outputs depend on the roll at the 1e-3 relative level, and the fixed sphere points of the
-heads make them equivariant only up to quadrature error (tests/models/test_escn.py measures
-both).
+the outputs depend on the roll at the 1e-2 relative level (tests/fixtures/escn/README.md), and
+the fixed sphere points of the heads make them equivariant only up to quadrature error
+(tests/models/test_escn.py measures both).
 """
 
 from __future__ import annotations
