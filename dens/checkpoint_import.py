@@ -1,11 +1,12 @@
 """Import a published fairchem 1.x checkpoint as a dens run: ``dens import-checkpoint``.
 
-The checkpoints of the DeNS paper and of EquiformerV2 (OC20 S2EF-2M / All+MD, OC22, the
-EquiformerV2-{31M,86M,153M}-DeNS models) are fairchem 1.x trainer checkpoints: a state_dict, the
-training config and the label normalisers. This module maps one onto our model family (the
-family's importer: ``IMPORTERS``) and writes ``run_dir/checkpoints/best.pt`` in dens's own layout
-(dens.checkpoint), so that everything that reads a trained run reads the imported one: ``dens
-evaluate``, the ASE calculator (dens.calculator), relaxations and simulations.
+The checkpoints of the DeNS paper, of EquiformerV2 (OC20 S2EF-2M / All+MD, OC22, the
+EquiformerV2-{31M,86M,153M}-DeNS models) and of eSCN are fairchem 1.x trainer checkpoints: a
+state_dict, the training config and the label normalisers. This module maps one onto our model
+family (the family's importer: ``IMPORTERS``) and writes ``run_dir/checkpoints/best.pt`` in
+dens's own layout (dens.checkpoint), so that everything that reads a trained run reads the
+imported one: ``dens evaluate``, the ASE calculator (dens.calculator), relaxations and
+simulations.
 
 The run is labelled with a registered experiment (``--experiment``, resolved at ``--scale``): it
 supplies the dataset, the evaluation batch size and the name in the metrics; the model's
@@ -33,6 +34,7 @@ from dens.normalization import NUM_ELEMENTS, Normalizer
 
 IMPORTERS = {
     "equiformer_v2": "dens.models.equiformer_v2.import_fairchem:load_fairchem_checkpoint",
+    "escn": "dens.models.escn.import_fairchem:load_fairchem_checkpoint",
 }
 """Model family -> "module:function" returning (model, info) for a fairchem 1.x checkpoint."""
 

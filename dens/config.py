@@ -96,11 +96,16 @@ def scaled_optim(optim: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     a small scale: ``epochs_fraction`` f trains max(1, round(f * epochs)) of the experiment's own
     epochs, and ``lr_factor`` k multiplies its lr and min_lr (a tiny model trained for a few
     hundred steps needs a larger step than the paper's, but runs at 2e-4 and 4e-4 stay apart).
+    A multistep schedule's ``decay_epochs`` shrink with the epochs (unless the scale sets them),
+    so that the lr decays at the same fractions of training as in the paper run.
     """
     scaled = {**optim, **override}
     fraction = scaled.pop("epochs_fraction", None)
     if fraction is not None:
         scaled["epochs"] = max(1, round(float(fraction) * int(optim["epochs"])))
+    if "decay_epochs" in optim and "decay_epochs" not in override:
+        ratio = int(scaled["epochs"]) / int(optim["epochs"])
+        scaled["decay_epochs"] = [float(d) * ratio for d in optim["decay_epochs"]]
     factor = scaled.pop("lr_factor", None)
     if factor is not None:
         scaled["lr"] = float(optim["lr"]) * float(factor)

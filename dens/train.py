@@ -187,7 +187,10 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
     and reaches min_lr at the last step; timm, the official MD17 code) or p = t / T for
     ``cosine_total`` (the cosine runs over all steps and the warm-up replaces its start: fairchem
     1.x ``CosineLRLambda``, the official OC20/OC22 configs with warmup_factor 0.2 and
-    lr_min_factor 0.01)."""
+    lr_min_factor 0.01). ``multistep`` (fairchem 1.x ``multistep_lr_lambda``, the official eSCN
+    and DeNS eSCN configs; min_lr unused) after the warm-up is
+
+        f(t) = lr * decay_rate^k,   k = |{d in decay_epochs: int(d * steps_per_epoch) <= t}|."""
     lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
     warmup = round(float(optim["warmup_epochs"]) * steps_per_epoch)
     total = int(optim["epochs"]) * steps_per_epoch
@@ -195,6 +198,9 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
     if done <= warmup:
         start = float(optim.get("warmup_start_factor", 0.0))
         return lr * (start + (1.0 - start) * done / warmup)
+    if optim.get("lr_schedule", "cosine") == "multistep":
+        passed = sum(int(d * steps_per_epoch) <= done for d in optim["decay_epochs"])
+        return lr * float(optim["decay_rate"]) ** passed
     if optim.get("lr_schedule", "cosine") == "cosine_total":
         progress = min(done / total, 1.0)
     else:
@@ -204,7 +210,8 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
 
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
     """AdamW with weight decay only on parameters of >= 2 dims that are not biases and that the
-    model does not list in `no_weight_decay()`."""
+    model does not list in `no_weight_decay()`; ``amsgrad`` (default false) as the official
+    eSCN configs set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``)."""
     if optim["optimizer"] != "adamw":
         raise ValueError(f"optim.optimizer must be 'adamw', got {optim['optimizer']!r}")
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -218,7 +225,7 @@ def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.A
         {"params": decay, "weight_decay": float(optim["weight_decay"])},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=float(optim["lr"]))
+    return torch.optim.AdamW(groups, lr=float(optim["lr"]), amsgrad=bool(optim.get("amsgrad")))
 
 
 @torch.no_grad()
@@ -403,11 +410,14 @@ class Schedule:
     @classmethod
     def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
         """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
-        if optim.get("lr_schedule", "cosine") not in ("cosine", "cosine_total"):
+        schedule = optim.get("lr_schedule", "cosine")
+        if schedule not in ("cosine", "cosine_total", "multistep"):
             raise ValueError(
-                "optim.lr_schedule must be 'cosine' or 'cosine_total', "
+                "optim.lr_schedule must be 'cosine', 'cosine_total' or 'multistep', "
                 f"got {optim['lr_schedule']!r}"
             )
+        if schedule == "multistep" and ("decay_epochs" not in optim or "decay_rate" not in optim):
+            raise ConfigError("optim.lr_schedule 'multistep' needs decay_epochs and decay_rate")
         batch_size = int(optim["batch_size"])
         if batch_size % processes:
             raise ConfigError(

@@ -100,6 +100,17 @@ def test_epochs_fraction_keeps_the_order_of_run_lengths() -> None:
     assert scaled == {"epochs": 2, "lr": pytest.approx(4e-3), "min_lr": pytest.approx(4e-5)}
 
 
+def test_multistep_milestones_shrink_with_the_epochs() -> None:
+    """eSCN's lr decays at 11.7, 15 and 18.3 of 20 epochs: at 1 epoch, at the same fractions."""
+    from dens.config import scaled_optim
+
+    optim = {"epochs": 20, "decay_epochs": [11.7, 15, 18.3], "lr_schedule": "multistep"}
+    scaled = scaled_optim(optim, {"epochs": 1})
+    assert scaled["decay_epochs"] == pytest.approx([0.585, 0.75, 0.915])
+    assert scaled_optim(optim, {"epochs": 1, "decay_epochs": [0.5]})["decay_epochs"] == [0.5]
+    assert scaled_optim(optim, {})["decay_epochs"] == pytest.approx([11.7, 15, 18.3])
+
+
 def test_epochs_and_epochs_fraction_together_are_refused(pipeline_copy: Path) -> None:
     path = pipeline_copy / "config" / "scales" / "mini.yaml"
     document = yaml.safe_load(path.read_text())

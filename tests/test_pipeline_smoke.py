@@ -87,6 +87,8 @@ OC_RUNS = [
     "oc20-2m/eqv2-dens-e12-no-force-encoding",
     "oc20-2m/eqv2-dens-e12-no-energy-loss",
     "oc20-2m/eqv2-dens-e12-all-atoms",
+    "oc20-2m/escn-e20",
+    "oc20-2m/escn-dens-e20",
     "oc20-all-md/eqv2-dens-160m",
     "oc22/eqv2-122m",
     "oc22/eqv2-dens-127m",
@@ -105,10 +107,8 @@ def test_oc_runs_fill_tables_1_to_3(smoke_run: Path) -> None:
     assert float(forces["EquiformerV2 + DeNS (12 epochs)"]["ours"]) == pytest.approx(
         metrics["forces_mae_meV_per_A"]
     )
-    assert (
-        forces["eSCN (20 epochs)"]["ours"] == ""
-        and "not run" in forces["eSCN (20 epochs)"]["status"]
-    )
+    escn = json.loads((runs / "oc20-2m/escn-e20/seed0/metrics.json").read_text())
+    assert float(forces["eSCN (20 epochs)"]["ours"]) == pytest.approx(escn["forces_mae_meV_per_A"])
     for path in ("oc20-all-md/eqv2-dens-160m", "oc22/eqv2-dens-127m"):
         submission = runs / path / "seed0" / "test" / "submission.npz"
         assert submission.stat().st_size > 0

@@ -31,6 +31,7 @@ from dens.train import (
     PREEMPTED_EXIT_CODE,
     TIME_LIMIT,
     NonFiniteLossError,
+    Schedule,
     TrainingPreempted,
     build_optimizer,
     epoch_batches,
@@ -436,6 +437,41 @@ def test_learning_rate_cosine_total_as_fairchem_cosine_lr_lambda():
             factor = 0.01 + 0.5 * (1 - 0.01) * (1 + math.cos(math.pi * t / 1200))
         assert lrs[t - 1] == pytest.approx(2e-4 * factor)
     assert lrs[-1] == pytest.approx(2e-6)
+
+
+def test_learning_rate_multistep_as_fairchem_multistep_lr_lambda():
+    """The official eSCN / DeNS eSCN schedule (fairchem 1.x multistep_lr_lambda with epochs
+    times iterations per epoch): warm-up from 0.2 lr, then x0.3 at 11.7, 15 and 18.3 epochs."""
+    optim = {
+        "lr": 8e-4,
+        "min_lr": 0.0,
+        "warmup_epochs": 0.01,
+        "warmup_start_factor": 0.2,
+        "lr_schedule": "multistep",
+        "decay_epochs": [11.7, 15, 18.3],
+        "decay_rate": 0.3,
+        "epochs": 20,
+    }
+    lrs = [learning_rate(s, optim, steps_per_epoch=100) for s in range(2000)]
+    milestones = [1170, 1500, 1830]
+    for t in range(1, 2001):
+        if t <= 1:
+            factor = 0.2 * (1 - t) + t
+        else:
+            factor = 0.3 ** sum(m <= t for m in milestones)
+        assert lrs[t - 1] == pytest.approx(8e-4 * factor)
+    assert lrs[1168] == pytest.approx(8e-4) and lrs[1169] == pytest.approx(8e-4 * 0.3)
+    assert lrs[-1] == pytest.approx(8e-4 * 0.3**3)
+    with pytest.raises(ConfigError, match="needs decay_epochs and decay_rate"):
+        incomplete = {k: v for k, v in optim.items() if k != "decay_rate"}
+        Schedule.of({**incomplete, "batch_size": 4}, train_size=8)
+
+
+def test_amsgrad_is_an_optimizer_option():
+    model = torch.nn.Linear(3, 2)
+    optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01}
+    assert not build_optimizer(model, optim).param_groups[0]["amsgrad"]
+    assert build_optimizer(model, {**optim, "amsgrad": True}).param_groups[0]["amsgrad"]
 
 
 def test_epoch_batches_are_seeded_permutations_without_the_last_partial_batch():

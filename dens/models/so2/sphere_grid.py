@@ -7,6 +7,10 @@ non-linearity and projects back with e3nn's quadrature (``o3.ToS2Grid`` / ``o3.F
 orders |m| <= mmax < lmax are kept the degrees l > mmax are scaled by sqrt((2l + 1)/(2 mmax + 1))
 on both matrices. The matrices are kept in float64 and cast to the features' dtype when used, so
 a float64 model samples exactly and a float32 one as the reference does (to rounding).
+
+eSCN's grids (fairchem 1.x escn/so3.py ``SO3_Grid``) differ in three settings, which are
+arguments here: a (beta, alpha) grid of 2 (lmax + 1) x (2 mmax + 1) points (2 (lmax + 1) + 1
+in alpha when mmax = lmax), e3nn's "integral" normalisation, and no rescaling of l > mmax.
 """
 
 from __future__ import annotations
@@ -23,24 +27,29 @@ from dens.models.so2.coefficients import degree_order, order_major_index
 
 @functools.lru_cache(maxsize=16)
 def grid_matrices(
-    lmax: int, mmax: int, resolution: int, order_major: bool
+    lmax: int,
+    mmax: int,
+    resolution: tuple[int, int],
+    order_major: bool,
+    normalization: str = "component",
+    rescale: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The sampling matrix [P, K] and the projection matrix [K, P] of ``SphereGrid`` (float64,
-    CPU; cached: e3nn derives its Legendre polynomials symbolically, ~0.2 s per call)."""
-    res = (resolution, resolution)
+    CPU; cached: e3nn derives its Legendre polynomials symbolically, ~0.2 s per call).
+    resolution: points in (beta, alpha)."""
     # e3nn builds parts of the grid (quadrature weights, Legendre tables) in the default dtype
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        to_grid = o3.ToS2Grid(lmax, res, normalization="component", device="cpu")
-        from_grid = o3.FromS2Grid(res, lmax, normalization="component", device="cpu")
+        to_grid = o3.ToS2Grid(lmax, resolution, normalization=normalization, device="cpu")
+        from_grid = o3.FromS2Grid(resolution, lmax, normalization=normalization, device="cpu")
     finally:
         torch.set_default_dtype(default)
     # [beta, alpha, coefficient]
     to_mat = torch.einsum("mbi,am->bai", to_grid.shb, to_grid.sha)
     from_mat = torch.einsum("am,mbi->bai", from_grid.sha, from_grid.shb)
     degree, order = degree_order(lmax)
-    if mmax < lmax:
+    if rescale and mmax < lmax:
         scale = torch.sqrt((2 * degree + 1).to(torch.float64) / (2 * mmax + 1))
         scale = torch.where(degree > mmax, scale, torch.ones_like(scale))
         to_mat, from_mat = to_mat * scale, from_mat * scale
@@ -51,19 +60,33 @@ def grid_matrices(
 
 
 class SphereGrid(nn.Module):
-    """x: [M, K, C] coefficients of M features -> grid [P, M, C] (P = resolution^2 points) and
-    back.
+    """x: [M, K, C] coefficients of M features -> grid [P, M, C] (P = points in beta times points
+    in alpha) and back.
 
-    lmax, mmax: degrees and orders kept; resolution: points in beta and in alpha; order_major:
-    the K = |{(l, m): |m| <= mmax}| coefficients are m-primary (edge-frame features,
-    ``coefficients.order_major_index``) instead of l-primary (node features, mmax = lmax).
+    lmax, mmax: degrees and orders kept; resolution: points in beta and in alpha, one number for
+    a square grid; order_major: the K = |{(l, m): |m| <= mmax}| coefficients are m-primary
+    (edge-frame features, ``coefficients.order_major_index``) instead of l-primary (node
+    features, mmax = lmax); normalization: e3nn's "component" (EquiformerV2) or "integral"
+    (eSCN); rescale: scale degrees l > mmax (EquiformerV2) or not (eSCN).
     Buffers ``to_grid`` [P, K] and ``from_grid`` [K, P].
     """
 
-    def __init__(self, lmax: int, mmax: int, resolution: int, order_major: bool = False) -> None:
+    def __init__(
+        self,
+        lmax: int,
+        mmax: int,
+        resolution: int | tuple[int, int],
+        order_major: bool = False,
+        normalization: str = "component",
+        rescale: bool = True,
+    ) -> None:
         super().__init__()
-        self.lmax, self.mmax, self.resolution = lmax, mmax, resolution
-        to_grid, from_grid = grid_matrices(lmax, mmax, resolution, order_major)
+        if isinstance(resolution, int):
+            resolution = (resolution, resolution)
+        self.lmax, self.mmax, self.resolution = lmax, mmax, tuple(resolution)
+        to_grid, from_grid = grid_matrices(
+            lmax, mmax, self.resolution, order_major, normalization, rescale
+        )
         self.register_buffer("to_grid", to_grid.clone(), persistent=False)
         self.register_buffer("from_grid", from_grid.clone(), persistent=False)
 

@@ -1,0 +1,151 @@
+"""Time one eSCN training step, fairchem 1.x reference vs ours, without and with DeNS.
+
+A step is forward + backward of the training loss after ``zero_grad`` (no optimizer update), as in
+``bench_equiformer_v2_step.py``, whose batch, DeNS inputs, loss and timer this script reuses: two
+37-atom Cu(111) 3x3x4 + O slabs (74 atoms, 1480 edges: cutoff 12 Å, 20 neighbours), float32; loss
+2·E + 100·F (L2MAE), and with DeNS the DeNS trainer's denoising forward (force input on the
+corrupted atoms, ratio 0.5, noise predicted there, + 10·noise L2MAE). Models: the official OC20
+S2EF-2M config eSCN-L6-M2-Lay12 with 2 layers instead of 12 (L6, M2, 128 sphere channels, 256
+hidden, 128 edge channels, 128 sphere points). Reference: fairchem 1.x ``escn.eSCN`` (commit
+31c0963) and the DeNS repository's eSCN-DeNS rebuilt on it (tests/fixtures/escn/reference_escn.py);
+ours: ``dens.models.escn.ESCN``. After one warm-up step each, the four steps run round-robin
+(reference plain, ours plain, reference DeNS, ours DeNS) for several rounds, so that a shared
+machine's changing load hits all four alike; reports the min and median of each.
+
+Runs in the fairchem 1.x reference venv (tests/fixtures/equiformer_v2/make_reference_venv.sh) with
+this checkout on the path::
+
+    PYTHONPATH=$PWD /tmp/refv2/bin/python benchmarks/bench_escn_step.py [--rounds 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bench_equiformer_v2_step import dens_inputs, loss_of, n_params, slab_batch
+from torch_geometric.data import Batch
+
+REPO = Path(__file__).resolve().parents[1]
+# fairchem 1.x configs/oc20/s2ef/2M/escn/eSCN-L6-M2-Lay12.yml with 2 layers instead of 12
+REFERENCE_ATTRIBUTES = {
+    "use_pbc": True,
+    "regress_forces": True,
+    "otf_graph": True,
+    "max_neighbors": 20,
+    "cutoff": 12.0,
+    "max_num_elements": 90,
+    "num_layers": 2,
+    "lmax_list": [6],
+    "mmax_list": [2],
+    "sphere_channels": 128,
+    "hidden_channels": 256,
+    "edge_channels": 128,
+    "num_sphere_samples": 128,
+    "distance_function": "gaussian",
+    "basis_width_scalar": 2.0,
+}
+OURS = {  # the same model in our constructor's names
+    "num_layers": 2,
+    "lmax": 6,
+    "mmax": 2,
+    "sphere_channels": 128,
+    "hidden_channels": 256,
+    "edge_channels": 128,
+    "num_sphere_samples": 128,
+    "basis_width": 2.0,
+    "cutoff": 12.0,
+    "max_neighbors": 20,
+}
+
+
+def reference_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple]:
+    """(step function, trainable parameters) of the reference models."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures" / "escn"))
+    from reference_escn import build
+
+    plain = build("escn", REFERENCE_ATTRIBUTES).train()
+    dens = build("escn_dens", dict(REFERENCE_ATTRIBUTES, use_force_encoding=True)).train()
+    corrupted = batch.clone()
+    corrupted.denoising_pos_forward = True
+    corrupted.noise_mask = mask
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        loss_of(plain(batch), batch, None, None).backward()
+
+    def dens_step() -> None:
+        dens.zero_grad(set_to_none=True)
+        loss_of(dens(corrupted), corrupted, mask, noise).backward()
+
+    return {"plain": (plain_step, n_params(plain)), "dens": (dens_step, n_params(dens))}
+
+
+def our_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple]:
+    """(step function, trainable parameters) of dens.models.escn.ESCN."""
+    from dens.models.escn import ESCN
+
+    plain = ESCN(**OURS).train()
+    dens = ESCN(**OURS, force_encoding=True, noise_head=True).train()
+    force_input = batch.forces * mask.unsqueeze(-1)
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        loss_of(plain(batch), batch, None, None).backward()
+
+    def dens_step() -> None:
+        dens.zero_grad(set_to_none=True)
+        out = dens(batch, force_input=force_input, predict_noise=True)
+        loss_of(out, batch, mask, noise).backward()
+
+    return {"plain": (plain_step, n_params(plain)), "dens": (dens_step, n_params(dens))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    batch = slab_batch()
+    mask, noise = dens_inputs(batch)
+    print(
+        f"batch: {batch.num_graphs} x Cu(111)+O, {batch.num_nodes} atoms, {int(mask.sum())} "
+        f"corrupted; float32, {args.threads} threads, {args.rounds} rounds after 1 warm-up"
+    )
+    sides = {
+        "reference": reference_steps(batch.clone(), mask, noise),
+        "ours": our_steps(batch, mask, noise),
+    }
+    steps = {(side, kind): sides[side][kind] for kind in ("plain", "dens") for side in sides}
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    torch.manual_seed(0)
+    for step, _ in steps.values():
+        step()  # warm-up
+    for _ in range(args.rounds):
+        for key, (step, _) in steps.items():
+            start = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - start)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    print(f"{'model':<16} {'params':>12} {'min s':>8} {'median s':>9}")
+    for (side, kind), (_, params) in steps.items():
+        low, mid = min(times[side, kind]), medians[side, kind]
+        print(f"{side + ' ' + kind:<16} {params:>12,d} {low:>8.3f} {mid:>9.3f}")
+    for side in sides:
+        ratio = medians[side, "dens"] / medians[side, "plain"]
+        print(f"{side} DeNS/plain (median): {ratio:.3f}")
+    for kind in ("plain", "dens"):
+        ratio = medians["ours", kind] / medians["reference", kind]
+        best = min(times["ours", kind]) / min(times["reference", kind])
+        print(f"ours/reference {kind}: {ratio:.2f} (medians), {best:.2f} (minima)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Load a fairchem 1.x eSCN or a DeNS eSCN checkpoint as ``ESCN``.
+
+A checkpoint is what fairchem 1.x ``BaseTrainer.save`` writes (``state_dict`` with "module."
+prefixes, ``config``, ``normalizers``, optional ``ema``), read with
+``torch.load(weights_only=True)``. Models understood: ``escn`` (fairchem 1.x escn/escn.py at
+commit 31c0963, the official OC20 configs) and ``escn_dens`` (atomicarchitects/DeNS
+model/escn/escn_denoising.py: eSCN plus ``force_embedding`` and ``denoising_pos_block``). Their
+parameter names are ours. The reference's constant tensors are recomputed by our constructor
+and compared where they are saved: the Gaussian centres (``distance_expansion.offset``, once per
+layer too), the sphere points and their spherical harmonics (frozen ``nn.Parameter`` s).
+Settings without a counterpart (several resolutions, another distance function) and unknown,
+missing or misshapen parameters are refused by name. A DeNS model trained without force encoding
+still adds its encoder's l = 0 bias to every atom; it is folded into the atom embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dens.models.equiformer_v2.import_fairchem import (
+    CheckpointImportError,
+    normalizers,
+    strip_prefix,
+)
+from dens.models.escn.network import ESCN
+
+MODELS = {"escn", "escn_dens"}
+# reference config key -> our constructor argument, with fairchem 1.x eSCN's defaults
+ARGUMENTS = {
+    "num_layers": ("num_layers", 8),
+    "sphere_channels": ("sphere_channels", 128),
+    "hidden_channels": ("hidden_channels", 256),
+    "edge_channels": ("edge_channels", 128),
+    "num_sphere_samples": ("num_sphere_samples", 128),
+    "resolution": ("grid_resolution", None),
+    "distance_resolution": ("distance_resolution", 0.02),
+    "basis_width_scalar": ("basis_width", 1.0),
+    "cutoff": ("cutoff", 8.0),
+    "max_neighbors": ("max_neighbors", 40),
+    "max_num_elements": ("max_num_elements", 90),
+}
+# settings the reference allows but only these values map onto our model (with its defaults)
+REQUIRED = {
+    "use_pbc": (True, True),
+    "use_pbc_single": (False, False),
+    "regress_forces": (True, True),
+    "distance_function": ("gaussian", "gaussian"),
+}
+# constants saved in a reference state_dict: last key component -> compared or skipped
+COMPARED = {"offset", "sphere_points", "0"}  # "0": sphharm_weights.0
+SKIPPED = {"expand_index"}  # SO3_LinearV2's index table
+
+
+class _Constants:
+    """Reference constants found in the state_dict, to compare with ours."""
+
+    def __init__(self) -> None:
+        self.offsets: list[tuple[str, Tensor]] = []
+        self.sphere_points: Tensor | None = None
+        self.harmonics: Tensor | None = None
+
+
+def load_fairchem_checkpoint(
+    path: str | Path, dtype: torch.dtype = torch.float32, use_ema: bool = True
+) -> tuple[ESCN, dict[str, Any]]:
+    """The model of a fairchem 1.x eSCN / DeNS eSCN checkpoint (eval mode, ``dtype``) and
+    ``info``: ``config``, ``normalizers`` ({"energy": {"mean", "std"}, "forces": ..., as floats}),
+    ``ema`` (whether EMA weights were loaded), ``hyperparameters`` (our constructor's
+    arguments). Raises CheckpointImportError naming what does not map."""
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointImportError(f"{path}: not a fairchem checkpoint (no 'state_dict')")
+    config = checkpoint.get("config") or {}
+    if "model" not in config:
+        raise CheckpointImportError(f"{path}: the checkpoint has no config['model']")
+    arguments = model_arguments(config["model"])
+    state, constants = split_constants(strip_prefix(checkpoint["state_dict"]))
+    ema = bool(use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"))
+    if ema:
+        state = with_ema(state, checkpoint["ema"]["shadow_params"])
+    fold_unused_force_encoding(state, arguments)
+    model = ESCN(**arguments)
+    compare_constants(model, constants)
+    load_exactly(model, state)
+    info = {
+        "config": config,
+        "normalizers": normalizers(checkpoint, config),
+        "ema": ema,
+        "hyperparameters": arguments,
+    }
+    return model.to(dtype).eval(), info
+
+
+def model_arguments(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our constructor's arguments from config['model'] (``escn`` or ``escn_dens``)."""
+    settings = dict(model_config)
+    name = settings.pop("name", None) or settings.pop("model", None)
+    if name not in MODELS:
+        raise CheckpointImportError(f"model {name!r}: only {sorted(MODELS)} map onto eSCN")
+    wrong = {
+        key: settings.get(key, default)
+        for key, (value, default) in REQUIRED.items()
+        if settings.get(key, default) != value
+    }
+    if wrong:
+        raise CheckpointImportError(
+            f"settings our eSCN does not have: {wrong} "
+            f"(maps only { {k: v for k, (v, _) in REQUIRED.items()} })"
+        )
+    lmax_list, mmax_list = settings.get("lmax_list", [6]), settings.get("mmax_list", [2])
+    if len(lmax_list) != 1 or len(mmax_list) != 1:
+        raise CheckpointImportError(f"several resolutions (lmax_list {lmax_list}) do not map")
+    arguments = {ours: settings.get(key, default) for key, (ours, default) in ARGUMENTS.items()}
+    dens = name == "escn_dens"
+    arguments.update(
+        lmax=int(lmax_list[0]),
+        mmax=int(mmax_list[0]),
+        cutoff=float(arguments["cutoff"]),
+        distance_resolution=float(arguments["distance_resolution"]),
+        basis_width=float(arguments["basis_width"]),
+        force_encoding=dens and bool(settings.get("use_force_encoding", True)),
+        noise_head=dens,
+    )
+    return arguments
+
+
+def split_constants(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], _Constants]:
+    """Parameters (reference names = ours) and the reference's saved constants."""
+    params, constants = {}, _Constants()
+    for key, value in state.items():
+        if key == "sphere_points":
+            constants.sphere_points = value
+        elif key == "sphharm_weights.0":
+            constants.harmonics = value
+        elif key.endswith("distance_expansion.offset"):
+            constants.offsets.append((key, value))
+        elif key.rsplit(".", 1)[-1] not in SKIPPED:
+            params[key] = value
+    return params, constants
+
+
+def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
+    """The EMA's averages in place of the parameters, matched in parameter order (fairchem's
+    EMA tracks the trainable parameters: the state_dict's parameters, constants left out)."""
+    names = list(state)
+    if len(names) != len(shadow) or any(
+        state[n].shape != s.shape for n, s in zip(names, shadow, strict=False)
+    ):
+        raise CheckpointImportError(
+            f"EMA has {len(shadow)} tensors for {len(names)} parameters, or shapes differ; "
+            "load with use_ema=False"
+        )
+    return dict(zip(names, shadow, strict=True))
+
+
+def fold_unused_force_encoding(state: dict[str, Tensor], arguments: Mapping[str, Any]) -> None:
+    """A DeNS eSCN without force encoding still adds force_embedding's bias at l = 0."""
+    if arguments["noise_head"] and not arguments["force_encoding"]:
+        bias = state.pop("force_embedding.bias", None)
+        if bias is not None and "sphere_embedding.weight" in state:
+            state["sphere_embedding.weight"] = state["sphere_embedding.weight"] + bias
+        state.pop("force_embedding.weight", None)
+
+
+def compare_constants(model: ESCN, constants: _Constants) -> None:
+    """The saved Gaussian centres, sphere points and their harmonics must be ours: they fix the
+    cutoff, the basis and the output heads. Ours are computed in float64; the reference
+    computes them in the default dtype, and its float32 sphere points (angles 2 pi i / golden
+    ratio in float32) are off by up to ~3e-5, hence the tolerance."""
+    checks = [(key, value, model.distance_expansion.offset) for key, value in constants.offsets]
+    if constants.sphere_points is not None:
+        checks.append(("sphere_points", constants.sphere_points, model.sampler.points))
+    if constants.harmonics is not None:
+        checks.append(("sphharm_weights.0", constants.harmonics, model.sampler.harmonics))
+    for key, theirs, ours in checks:
+        if theirs.shape != ours.shape or not torch.allclose(
+            theirs.double(), ours.double(), rtol=1e-4, atol=1e-4
+        ):
+            raise CheckpointImportError(
+                f"{key} differs from ours (cutoff, basis or sphere points?)"
+            )
+
+
+def load_exactly(model: ESCN, state: dict[str, Tensor]) -> None:
+    """Load every parameter; refuse extra, missing or differently shaped ones by name."""
+    ours = model.state_dict()
+    extra = sorted(set(state) - set(ours))
+    missing = sorted(set(ours) - set(state))
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"
+        for k in set(state) & set(ours)
+        if state[k].shape != ours[k].shape
+    )
+    if extra or missing or shapes:
+        raise CheckpointImportError(
+            "the checkpoint does not map onto eSCN: "
+            + "; ".join(
+                f"{what}: {', '.join(names)}"
+                for what, names in (
+                    ("unmatched checkpoint keys", extra),
+                    ("missing keys", missing),
+                    ("shape mismatches", shapes),
+                )
+                if names
+            )
+        )
+    model.load_state_dict(state, strict=True)
