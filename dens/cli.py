@@ -9,7 +9,8 @@
                                   (one process per GPU: torchrun or srun, see dens.distributed)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
-    dens relax|simulate EXPERIMENT --scale S --run-dir DIR
+    dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
+    dens simulate EXPERIMENT --scale S --run-dir DIR
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
 
@@ -211,8 +212,39 @@ def cmd_submission(args: argparse.Namespace) -> None:
     print(f"{args.experiment}: {challenge.name} submission ({counts}){scored}")
 
 
+def cmd_relax(args: argparse.Namespace) -> None:
+    from dens.relaxation.is2re import relax_run
+    from dens.relaxation.lbfgs import LBFGSSettings
+    from dens.submission import challenge_for
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment)
+    challenge = challenge_for(experiment["dataset_family"], "is2re")
+    relax = registry.scale["relax"]
+    _set_threads(args.threads)
+    metrics = relax_run(
+        Path(args.run_dir),
+        {Path(path).stem: Path(path) for path in args.splits},
+        challenge,
+        LBFGSSettings(max_steps=relax["max_steps"], fmax=relax["fmax"]),
+        relax["batch_size"],
+        relax["max_systems"],
+        device=args.device,
+    )
+    counts = ", ".join(f"{split} {n}" for split, n in metrics["num_systems"].items())
+    scored = (
+        f"; {metrics['metrics_source']}: relaxed-energy MAE {metrics['energy_mae_meV']:.1f} meV"
+        if metrics["metrics_source"]
+        else "; no labels: upload relax/submission.npz to the evaluation server"
+    )
+    print(
+        f"{args.experiment}: {challenge.name} relaxations ({counts}), "
+        f"{100 * metrics['converged_fraction']:.0f}% converged, mean "
+        f"{metrics['mean_steps']:.0f} steps{scored}"
+    )
+
+
 PENDING_STAGES = {
-    "relax": "IS2RE relaxation (dens.relax) is not implemented yet (issue: OC20/OC22)",
     "simulate": "MD17 simulation (dens.simulate) is not implemented yet (issue: MD17 simulations)",
 }
 
@@ -333,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="the fairchem 1.x checkpoint file (.pt)")
     _add_job_options(p)
     p.set_defaults(func=cmd_import_checkpoint)
+
+    p = commands.add_parser(
+        "relax", help="IS2RE: relax the initial structures of the relax splits with a run"
+    )
+    _add_job_options(p)
+    p.add_argument("splits", nargs="+", type=Path, help="relax split files (aselmdb)")
+    p.set_defaults(func=cmd_relax)
 
     for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")

@@ -30,10 +30,18 @@ Predict = Callable[[Batch], tuple[Tensor, Tensor]]
 @dataclass(frozen=True)
 class System:
     """One structure to relax: ``key`` names it in the results; ``data`` is its model input
-    (dens.data.structures.atoms_to_data: pos, atomic_numbers, natoms, fixed, cell, pbc, tags)."""
+    (dens.data.structures.atoms_to_data: pos, atomic_numbers, natoms, fixed, cell, pbc, tags, in
+    the model's dtype); ``positions`` [n, 3] the starting positions in float64 (default:
+    ``data.pos``), which the optimiser updates."""
 
     key: str
     data: Data
+    positions: Tensor | None = None
+
+    def start(self) -> Tensor:
+        """The starting positions [n, 3], float64."""
+        pos = self.data.pos if self.positions is None else self.positions
+        return pos.to(torch.float64)
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def relax_systems(
                 entering.append(system)
         if entering:
             optimizer.add(
-                [s.data.pos.to(torch.float64) for s in entering],
+                [s.start() for s in entering],
                 [s.data.fixed for s in entering],
             )
             active += entering
