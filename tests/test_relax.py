@@ -330,7 +330,8 @@ def test_relax_refuses_bad_input_naming_it(run_dir: Path, tmp_path: Path) -> Non
             build_toy_model,
             progress=False,
         )
-    with pytest.raises(InvalidDataError, match=r"is2re_test_id.aselmdb: no system of OC20 IS2RE split\(s\) ood_ads, ood_cat"):
+    missing = r"is2re_test_id.aselmdb: no system of OC20 IS2RE split\(s\) ood_ads, ood_cat"
+    with pytest.raises(InvalidDataError, match=missing):
         is2re.relax_run(
             run_dir,
             {"is2re_test_id": labelled},
