@@ -21,7 +21,7 @@ from toy_model import build_toy_model, toy_experiment
 from dens.calculator import DeNSCalculator
 from dens.data.aselmdb import write_aselmdb
 from dens.data.structures import atoms_to_data
-from dens.errors import InvalidDataError, UnsupportedStructureError
+from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
 from dens.relaxation import is2re
 from dens.relaxation.driver import System, relax_systems
@@ -302,20 +302,15 @@ def test_relax_refuses_bad_input_naming_it(run_dir: Path, tmp_path: Path) -> Non
             build_toy_model,
             progress=False,
         )
-    atoms = slab(0, adsorbate="N")
-    atoms.info = {"sid": 5}
+    atoms = slab(0, adsorbate="N")  # N: absent from the run's training data
+    atoms.info = {"sid": 5, "y_relaxed": 0.0}
     write_aselmdb(path, [atoms], required_results=())
-    with pytest.raises(UnsupportedStructureError, match=r"row 1 \(sid 5\): element\(s\) N not"):
-        is2re.relax_run(
-            run_dir,
-            {"is2re_test_id": path},
-            OC22,
-            SETTINGS,
-            2,
-            None,
-            build_toy_model,
-            progress=False,
-        )
+    ood = relax_file(tmp_path / "is2re_test_ood.aselmdb", 1)
+    files = {"is2re_test_id": path, "is2re_test_ood": ood}
+    metrics = is2re.relax_run(
+        run_dir, files, OC22, LBFGSSettings(max_steps=2), 2, None, build_toy_model, progress=False
+    )
+    assert metrics["systems_with_unseen_elements"] == {"id": 1, "ood": 0}
     mixed = tmp_path / "is2re_test_ood.aselmdb"
     relax_file(mixed, 2, labels=False)
     labelled = relax_file(tmp_path / "is2re_test_id.aselmdb", 2)

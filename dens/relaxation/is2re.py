@@ -53,7 +53,7 @@ import torch
 from tqdm import tqdm
 
 from dens import paths
-from dens.errors import DataError, InvalidDataError, UnsupportedStructureError
+from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
 from dens.relaxation.driver import Predict, Relaxed, System, relax_systems
@@ -78,13 +78,15 @@ RELAXED_FILE = "relax/relaxed.aselmdb"
 @dataclass(frozen=True)
 class InitialStructure:
     """One row of a relax split: the system to relax, its challenge split, sid (as the row has
-    it; the server's id is ``str(sid)``) and relaxed-energy label (None when the row has none)."""
+    it; the server's id is ``str(sid)``), relaxed-energy label (None when the row has none) and
+    the elements the run's training data lacks (symbols; relaxed all the same)."""
 
     system: System
     split: str
     sid: int | str
     label: float | None
     source_split: str
+    unseen: tuple[str, ...] = ()
 
 
 def read_initial_structures(
@@ -94,8 +96,9 @@ def read_initial_structures(
     elements: tuple[int, ...] | None = None,
 ) -> list[InitialStructure]:
     """The first ``limit`` (default all) rows of one relax split file (aselmdb). Every row needs
-    a ``sid``; ``elements``: the atomic numbers the model was trained on (others are refused,
-    naming the row, as the ASE calculator refuses them)."""
+    a ``sid``; ``elements``: the atomic numbers the model was trained on (a row with others is
+    relaxed all the same, as S2EF evaluation scores such rows, and says which in ``unseen``:
+    mini-OC20's ood_cat / ood_both systems hold out whole metals)."""
     import ase.db
     import lmdb
     from ase.data import chemical_symbols
@@ -115,14 +118,7 @@ def read_initial_structures(
                 if "sid" not in keys:
                     raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")
                 atoms = row.toatoms()
-                if elements is not None:
-                    unknown = sorted(set(atoms.numbers.tolist()) - set(elements))
-                    if unknown:
-                        names = ", ".join(chemical_symbols[z] for z in unknown)
-                        raise UnsupportedStructureError(
-                            f"{where} (sid {keys['sid']}): element(s) {names} not in the run's "
-                            "training data; the model cannot relax it"
-                        )
+                unknown = set(atoms.numbers.tolist()) - set(elements or atoms.numbers.tolist())
                 try:
                     data = atoms_to_data(atoms, torch.float32)
                 except ValueError as error:
@@ -140,6 +136,7 @@ def read_initial_structures(
                         sid,
                         None if label is None else float(label),
                         path.stem,
+                        tuple(chemical_symbols[z] for z in sorted(unknown)),
                     )
                 )
         finally:
@@ -336,6 +333,17 @@ def relax_run(
             f"{', '.join(map(str, files.values()))}: no system of {challenge.name} split(s) "
             f"{', '.join(missing)}; the server needs all of {', '.join(challenge.splits)}"
         )
+    unseen = {
+        split: sum(bool(s.unseen) for s in structures if s.split == split)
+        for split in challenge.splits
+    }
+    if any(unseen.values()):
+        symbols = sorted({symbol for s in structures for symbol in s.unseen})
+        print(
+            f"warning: {sum(unseen.values())} system(s) contain element(s) "
+            f"{', '.join(symbols)} absent from the run's training data; relaxed all the same",
+            file=sys.stderr,
+        )
     keys = [s.system.key for s in structures]
     if len(set(keys)) != len(keys):
         raise InvalidDataError(f"{', '.join(map(str, files.values()))}: duplicate sids in a split")
@@ -385,6 +393,7 @@ def relax_run(
         "submission": paths.RELAX_SUBMISSION_FILE,
         "split_files": {name: str(path) for name, path in files.items()},
         "num_systems": {split: len(p.ids) for split, p in predictions.items()},
+        "systems_with_unseen_elements": unseen,
         "metrics_source": LOCAL_LABELS if all(labelled) else None,
         **(is2re_metrics(records, challenge) if all(labelled) else {}),
         "converged_fraction": float(np.mean([r["converged"] for r in records])),
