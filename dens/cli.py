@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("figure", help="draw one of the paper's figures 3-5")
     p.add_argument("figure", help="figure3, figure4 or figure5")
-    p.add_argument("--out", required=True)
-    p.add_argument("structures", nargs="+", help="one training split (aselmdb) per figure row")
+    p.add_argument("--out", required=True, help="the PNG file (the PDF goes beside it)")
+    p.add_argument("structures", nargs="+", help="each dataset's training split (aselmdb)")
     _add_config_options(p)
     p.set_defaults(func=cmd_figure)
     return parser

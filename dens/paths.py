@@ -15,7 +15,7 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
         relax/submission.npz, relax/server_results.json     the same for IS2RE (dens.relaxation)
         relax/systems.jsonl, relax/relaxed.aselmdb          relaxed systems (dens.relaxation)
     results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
-    results/{scale}/figures/{figure}.png                 the paper's figures
+    results/{scale}/figures/{figure}.png|.pdf            the paper's figures
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
     results/downloads/                                   archives of the paper scale (any scale)
 """
