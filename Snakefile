@@ -1,6 +1,7 @@
 """DeNS reproduction pipeline (Liao, Smidt, Shuaibi, Das; TMLR 2024).
 
-Targets: all (default: all_tables), all_tables, table1 .. table10, figures, and one target per
+Targets: all (default: the report, hence every table, figure and learning curve), all_tables,
+table1 .. table10, figures, all_curves, report, and one target per
 run: results/{scale}/runs/{experiment}/seed{seed}/metrics.json. The scale comes from the profile or
 `--config scale=NAME`; every path carries it. See README.md.
 """
@@ -37,9 +38,10 @@ include: "workflow/rules/relax.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.all_tables.input,
+        rules.report.output,

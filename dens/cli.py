@@ -6,13 +6,16 @@
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
-                                  (one process per GPU: torchrun or srun, see dens.distributed)
+                                  (one process per GPU: torchrun or srun, see dens.distributed;
+                                  --continue-before-time-limit S: across Slurm jobs, dens.slurm)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
-    dens simulate EXPERIMENT --scale S --run-dir DIR
+    dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
+    dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
+    dens report --scale S --out FILE.html               every table, figure and curve
 
 Each command parses its arguments and calls the library; the pipeline's rules hand jobs their
 input files (dens.paths). Errors a user can cause are the library's own (dens.errors) and are
@@ -145,26 +148,57 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import time
+
+    from dens import slurm
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
-    from dens.train import train
+    from dens.train import TIME_LIMIT, TrainingPreempted, train
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
-    result = train(
-        experiment,
-        AseLmdbDataset(args.train),
-        AseLmdbDataset(args.val),
-        Path(args.run_dir),
-        device=args.device,
-        mixed_precision=args.mixed_precision,
-    )
-    if not World.from_environment().is_main:  # one summary, not one per training process
+    main = World.from_environment().is_main
+    stop_at = job = None
+    if args.continue_before_time_limit is not None:
+        job = slurm.job_id()
+        end = slurm.job_end_time(job)
+        stop_at = end - args.continue_before_time_limit
+        if main:
+            print(
+                f"Slurm job {job}, start {slurm.restart_count() + 1}: ends at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; training stops "
+                f"{args.continue_before_time_limit:.0f} s before, saves last.pt and requeues the "
+                "job, which resumes there",
+                file=sys.stderr,
+                flush=True,
+            )
+    try:
+        result = train(
+            experiment,
+            AseLmdbDataset(args.train),
+            AseLmdbDataset(args.val),
+            Path(args.run_dir),
+            device=args.device,
+            mixed_precision=args.mixed_precision,
+            stop_at=stop_at,
+        )
+    except TrainingPreempted as stopped:
+        if job is not None and stopped.reason == TIME_LIMIT and main:
+            print(f"requeueing Slurm job {job} to continue the run", file=sys.stderr, flush=True)
+            slurm.requeue(job)
+            time.sleep(SLURM_REQUEUE_WAIT_S)  # Slurm ends the job meanwhile
+        raise
+    if not main:  # one summary, not one per training process
         return
     print(
         f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
         f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
     )
+
+
+SLURM_REQUEUE_WAIT_S = 300
+"""After ``scontrol requeue`` the process waits to be ended by Slurm (SIGTERM, then SIGKILL after
+KillWait), so that the job's last words are Slurm's, not a failed command's."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -244,9 +278,29 @@ def cmd_relax(args: argparse.Namespace) -> None:
     )
 
 
-PENDING_STAGES = {
-    "simulate": "MD17 simulation (dens.simulate) is not implemented yet (issue: MD17 simulations)",
-}
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from dens.simulate import SimulationSettings, simulate_run
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment, args.seed)
+    if experiment["dataset_family"] != "md17":
+        raise ConfigError(
+            f"dens simulate {args.experiment}: simulations are of MD17 molecules (Table 10); "
+            f"its dataset {experiment['dataset']} is of family {experiment['dataset_family']}"
+        )
+    settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
+    _set_threads(args.threads)
+    metrics = simulate_run(
+        args.run_dir, args.initial, args.reference, settings, args.seed, args.device
+    )
+    print(
+        f"{args.experiment}: stability {metrics['stability_ps']:g} ps of {settings.length_ps:g} "
+        f"({metrics['stable_simulations']}/{settings.initial_configurations} simulations "
+        f"stable), h(r) MAE {metrics['hr_mae']:.4f}"
+    )
+
+
+PENDING_STAGES: dict[str, str] = {}
 
 
 def cmd_pending(args: argparse.Namespace) -> None:
@@ -272,6 +326,19 @@ def cmd_figure(args: argparse.Namespace) -> None:
     draw_figure(
         args.figure, [Path(p) for p in args.structures], Path(args.out), registry.scale_name
     )
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from dens.curves import draw_curves
+
+    for path in draw_curves(registry_from(args), args.table, Path(args.out)):
+        print(path)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from dens.report import write_report
+
+    print(write_report(registry_from(args), Path(args.out)))
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -344,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
     )
+    p.add_argument(
+        "--continue-before-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="in a Slurm job: stop this long before the job's time limit, save last.pt and "
+        "requeue the job, which resumes there (dens.slurm)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="score a trained run on held-out splits")
@@ -373,6 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("splits", nargs="+", type=Path, help="relax split files (aselmdb)")
     p.set_defaults(func=cmd_relax)
 
+    p = commands.add_parser(
+        "simulate", help="MD simulations of a trained MD17 run: stability and h(r) (Table 10)"
+    )
+    _add_job_options(p)
+    p.add_argument(
+        "--initial",
+        action="append",
+        required=True,
+        type=Path,
+        help="split the initial configurations are drawn from (aselmdb; the test split)",
+    )
+    p.add_argument(
+        "reference",
+        nargs="+",
+        type=Path,
+        help="reference data for bond lengths and h(r) (aselmdb; every split of the dataset)",
+    )
+    p.set_defaults(func=cmd_simulate)
+
     for stage in PENDING_STAGES:
         p = commands.add_parser(stage, help=f"{stage} one experiment")
         _add_job_options(p)
@@ -390,6 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("structures", nargs="+", help="each dataset's training split (aselmdb)")
     _add_config_options(p)
     p.set_defaults(func=cmd_figure)
+
+    p = commands.add_parser("curves", help="learning curves of one table's runs (PNG and PDF)")
+    p.add_argument("table", help="a results table: table1a ... table6, table10")
+    p.add_argument("--out", required=True, help="the .png file (the .pdf goes beside it)")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_curves)
+
+    p = commands.add_parser("report", help="the HTML report: every table, figure and curve")
+    p.add_argument("--out", required=True, help="the .html file")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -40,10 +40,13 @@ MOLECULES = (
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing or malformed file raises :class:`ConfigError` naming it."""
+    """Parse a YAML file; a missing or malformed file raises :class:`ConfigError` naming it.
+
+    Safe loading through libyaml (``CSafeLoader``) where PyYAML has it: every job reads the
+    370 kB of config/experiments.yaml, which takes ~7 times longer in pure Python."""
     try:
         with open(path) as handle:
-            return yaml.safe_load(handle)
+            return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError as error:
         raise ConfigError(f"{path}: file not found") from error
     except yaml.YAMLError as error:

@@ -134,6 +134,16 @@ def figure_file(scale: str, figure: str, ext: str = "png") -> PurePosixPath:
     return results_dir(scale) / "figures" / f"{figure}.{ext}"
 
 
+def curves_file(scale: str, table: str, ext: str) -> PurePosixPath:
+    """Learning curves of a table's runs (dens.curves), ``ext`` png or pdf."""
+    return results_dir(scale) / "figures" / "curves" / f"{table}.{ext}"
+
+
+def report_file(scale: str) -> PurePosixPath:
+    """The HTML report of a scale: every table, figure and learning curve (dens.report)."""
+    return results_dir(scale) / "report.html"
+
+
 def job_log(scale: str, rule: str, name: str) -> PurePosixPath:
     """Log of one job of ``rule`` (``name``: its wildcard, e.g. the experiment)."""
     return results_dir(scale) / "logs" / rule / f"{name}.log"

@@ -9,7 +9,7 @@ naming the file. S2EF test columns (source ``test``) read the evaluation server'
 submission job's ``test/metrics.json``: scores from local labels where the test split has them
 (generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
 yet (dens.models.PENDING_FAMILIES) or whose metrics stage is not (dens.cli.PENDING_STAGES: IS2RE
-relaxations, MD17 simulations) say ``not run`` and why; :func:`table_inputs`, the table job's
+relaxations) say ``not run`` and why; :func:`table_inputs`, the table job's
 inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and appear only as
 ``paper``. Rows the paper cites from other work carry paper numbers only (unless
 ``retrain_cited_baselines`` trains them). ``write_table`` writes three files per table into
@@ -55,6 +55,7 @@ GPU-hours); ``—`` = no number. Footnotes say what ``ours`` and ``paper`` are, 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import re
@@ -634,6 +635,13 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
     notes = []
     if "paper_note" in table:
         notes.append(f"Paper: {table['paper_note']}.")
+    if "simulate" in _sources(table):
+        simulation = registry.scale["simulation"]["md17"]
+        notes.append(
+            f"Ours ({scale}): {simulation['initial_configurations']} simulation(s) per run, each "
+            f"at most {simulation['length_ps']:g} ps (the cap of stability), means over them "
+            f"(config/scales/{scale}.yaml simulation.md17; dens.simulate)."
+        )
     seeds = registry.options["seeds"]
     notes.append(
         f"'ours ({scale})' = measured at scale {scale} from the runs' metrics files "
@@ -753,6 +761,38 @@ def to_markdown(table: Table) -> str:
         lines.append("")
     lines += [_md_escape(note) + "  " for note in table.notes]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML fragment (for the report): the caption, each part a <table> with its units under
+    the column names, block titles as full-width rows, the footnotes after."""
+    esc = html.escape
+    out = [f"<p class='caption'>{esc(table.caption)}</p>"]
+    for part in table.parts:
+        if part.title is not None:
+            out.append(f"<p class='part'><em>{esc(part.title)}</em></p>")
+        out.append("<table>")
+        header = "".join(f"<th>{esc(name)}</th>" for name in part.header)
+        out.append(f"<thead><tr>{header}</tr>")
+        if any(part.units):
+            units = "".join(f"<th class='unit'>{esc(unit)}</th>" for unit in part.units)
+            out.append(f"<tr>{units}</tr>")
+        out.append("</thead><tbody>")
+        for title, methods in part.blocks:
+            if title is not None:
+                width = len(part.header)
+                out.append(f"<tr><td class='block' colspan='{width}'>{esc(title)}</td></tr>")
+            for method in methods:
+                for number, cells in enumerate(method):
+                    style = " class='paper'" if number else ""
+                    row = "".join(
+                        f"<td class='{align}'>{esc(cell)}</td>"
+                        for cell, align in zip(cells, part.aligns, strict=True)
+                    )
+                    out.append(f"<tr{style}>{row}</tr>")
+        out.append("</tbody></table>")
+    out += [f"<p class='note'>{esc(note)}</p>" for note in table.notes]
+    return "\n".join(out) + "\n"
 
 
 LATEX = {

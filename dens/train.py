@@ -10,7 +10,7 @@ One explicit loop, read top to bottom in `train`:
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
-            on SIGTERM: save last.pt (mid-epoch) and exit with PREEMPTED_EXIT_CODE
+            on SIGTERM or at stop_at: save last.pt (mid-epoch), exit with PREEMPTED_EXIT_CODE
         validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
         MAE; last.pt
 
@@ -132,18 +132,26 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; last.pt still holds the last good state."""
 
 
-class TrainingPreempted(SystemExit):
-    """SIGTERM arrived: last.pt was saved and the process should exit with
-    PREEMPTED_EXIT_CODE (uncaught, this SystemExit does exactly that). The log says where the
-    run stopped and that a rerun resumes there."""
+SIGTERM = "SIGTERM"
+TIME_LIMIT = "the job's time limit"
 
-    def __init__(self, checkpoint: Path, progress: Progress, announce: bool = True) -> None:
+
+class TrainingPreempted(SystemExit):
+    """SIGTERM arrived, or the time given by ``stop_at`` (the job's time limit) came: last.pt was
+    saved and the process should exit with PREEMPTED_EXIT_CODE (uncaught, this SystemExit does
+    exactly that). ``reason`` is SIGTERM or TIME_LIMIT. The log says where the run stopped and
+    that a rerun resumes there."""
+
+    def __init__(
+        self, checkpoint: Path, progress: Progress, reason: str, announce: bool = True
+    ) -> None:
         super().__init__(PREEMPTED_EXIT_CODE)
         self.checkpoint = checkpoint
+        self.reason = reason
         if not announce:  # processes other than rank 0 stop silently
             return
         print(
-            f"stopped by SIGTERM after epoch {progress.epoch} + {progress.batch_in_epoch} "
+            f"stopped by {reason} after epoch {progress.epoch} + {progress.batch_in_epoch} "
             f"batches (step {progress.step}); saved {checkpoint}; rerunning the job resumes "
             "there",
             file=sys.stderr,
@@ -310,18 +318,37 @@ def write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+class StopFlag(threading.Event):
+    """Set by SIGTERM or at the ``stop_at`` time; ``reason`` says which came first."""
+
+    reason = SIGTERM
+
+    def stop(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
 @contextlib.contextmanager
-def _sigterm_flag() -> Iterator[threading.Event]:
-    """An event set by SIGTERM while the block runs (the handler is restored afterwards)."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+def _stop_flag(stop_at: float | None) -> Iterator[StopFlag]:
+    """A flag set by SIGTERM, or by a timer at the wall-clock time ``stop_at`` (time.time()),
+    while the block runs (the handler is restored and the timer cancelled afterwards)."""
+    flag = StopFlag()
+    timer = None
+    if stop_at is not None:
+        timer = threading.Timer(max(0.0, stop_at - time.time()), flag.stop, (TIME_LIMIT,))
+        timer.daemon = True
+        timer.start()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.stop(SIGTERM))
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if timer is not None:
+            timer.cancel()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -673,7 +700,7 @@ def train_epoch(
     trainee: Trainee,
     losses: LossSettings,
     dens: DeNSSettings | None,
-    sigterm: threading.Event,
+    stop_flag: StopFlag,
     *,
     world: World,
     device: torch.device,
@@ -681,7 +708,7 @@ def train_epoch(
     show_progress: bool,
 ) -> bool:
     """Optimise the rest of epoch ``progress.epoch`` (from ``progress.batch_in_epoch``);
-    return False if SIGTERM (on any process) stopped it before its last batch. Updates
+    return False if SIGTERM or stop_at (on any process) stopped it before its last batch. Updates
     ``progress`` in place.
 
     Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
@@ -723,7 +750,7 @@ def train_epoch(
         lr = learning_rate(progress.step, optim, schedule.steps_per_epoch)
         for group in trainee.optimizer.param_groups:
             group["lr"] = lr
-        total, values, stop = forward_loss(trainee, batch, loss, world, sigterm.is_set())
+        total, values, stop = forward_loss(trainee, batch, loss, world, stop_flag.is_set())
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
                 f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
@@ -864,6 +891,7 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
     mixed_precision: bool | None = None,
+    stop_at: float | None = None,
 ) -> TrainResult:
     """Train ``experiment`` (a resolved experiment dict) into run_dir, resuming from last.pt if it
     was started with the same experiment, data and code (else the old run is moved aside).
@@ -874,10 +902,13 @@ def train(
     device: "cuda" is the GPU of this process's local rank when several processes train.
     progress: a progress bar (stderr) and one line per epoch with the time left (stdout).
     mixed_precision: float16 autocast + GradScaler; None = on for CUDA, off on CPU.
+    stop_at: a wall-clock time (time.time()) at which to stop as on SIGTERM, with last.pt saved
+        (a Slurm job ends itself this way before its time limit and continues in a requeued job:
+        dens.slurm).
     Under torchrun or srun the processes train together (dens.distributed; module notes).
     Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt, every time it returns (a
     finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
-    TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM.
+    TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM or at ``stop_at``.
     """
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
@@ -902,7 +933,7 @@ def train(
     with (
         process_group(world, device),
         _deterministic(device.type == "cpu"),
-        _sigterm_flag() as sigterm,
+        _stop_flag(stop_at) as stop,
         build_trainee(experiment, build_model, device, world, amp) as trainee,
     ):
         state = start_or_resume(run_dir, start, train_set, trainee, device, world)
@@ -919,7 +950,7 @@ def train(
                 trainee,
                 losses,
                 dens,
-                sigterm,
+                stop,
                 world=world,
                 device=device,
                 num_workers=num_workers,
@@ -927,7 +958,7 @@ def train(
             )
             if not finished:
                 save_last(last_path, start, state, trainee, len(train_set), device, world)
-                raise TrainingPreempted(last_path, state, announce=world.is_main)
+                raise TrainingPreempted(last_path, state, stop.reason, announce=world.is_main)
             val_start = time.perf_counter()
             val = validate(
                 trainee.eval_model,
@@ -945,8 +976,8 @@ def train(
                 write_log(run_dir / "log.csv", state.history)
             save_last(last_path, start, state, trainee, len(train_set), device, world)
             report(state, val)
-            if _anyone(sigterm.is_set(), world, device) and state.epoch < schedule.epochs:
-                raise TrainingPreempted(last_path, state, announce=world.is_main)
+            if _anyone(stop.is_set(), world, device) and state.epoch < schedule.epochs:
+                raise TrainingPreempted(last_path, state, stop.reason, announce=world.is_main)
         if world.is_main:
             publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private copy of the pipeline's configuration to break on purpose."""
+"""Shared fixtures (a private copy of the pipeline's configuration to break on purpose) and the
+order of the tests under pytest-xdist (`make test` runs them on every core, at most 4)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def pipeline_copy(tmp_path: Path) -> Path:
-    """A copy of config/ and workflow/schemas/ that a test may edit; returns its root."""
+    """A copy of config/, workflow/schemas/ and workflow/report/ that a test may edit; returns
+    its root."""
     shutil.copytree(REPO / "config", tmp_path / "config")
-    shutil.copytree(REPO / "workflow" / "schemas", tmp_path / "workflow" / "schemas")
+    for part in ("schemas", "report"):
+        shutil.copytree(REPO / "workflow" / part, tmp_path / "workflow" / part)
     return tmp_path
 
 
@@ -26,3 +29,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+LONGEST_FIRST = ("test_pipeline_smoke.py",)
+"""Test files that run for minutes (the smoke pipeline): collected first, so that a worker starts
+them at once while the others share out the rest."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)

@@ -1,8 +1,8 @@
-"""The smoke scale of the pipeline end to end: data -> training -> evaluation -> tables, for the
-MD17 half and the OC20/OC22 half (EquiformerV2).
+"""The smoke scale of the pipeline end to end: data -> training -> evaluation -> tables, figures,
+learning curves and the HTML report, for the MD17 half and the OC20/OC22 half.
 
-Runs `snakemake --profile profiles/local --config scale=smoke` on a copy of the repository (so the
-working tree's results/ is untouched) for every target whose stages exist, then opens the outputs.
+Runs the default target, `snakemake --profile profiles/local --config scale=smoke`, on a copy of
+the repository (so the working tree's results/ is untouched), then opens the outputs.
 """
 
 from __future__ import annotations
@@ -14,36 +14,16 @@ from pathlib import Path
 import pytest
 from pipeline_copy import copy_repository, snakemake
 
-from dens.config import MOLECULES
-
-TARGETS = [
-    "table1",
-    "table2",
-    "table3",
-    "table4",
-    "table5",
-    "table6",
-    "table7",
-    "table8",
-    "table9",
-    "figure5",
-]
+from dens.config import MOLECULES, load_registry
+from dens.curves import curve_tables
+from dens.figures import FIGURES
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default target (the report: every table, figure and learning curve) at scale smoke."""
     root = copy_repository(tmp_path_factory.mktemp("pipeline"))
-    result = snakemake(
-        root,
-        "--profile",
-        "profiles/local",
-        *[
-            target if target.startswith("table") else f"results/smoke/figures/{target}.png"
-            for target in TARGETS
-        ],
-        "--config",
-        "scale=smoke",
-    )
+    result = snakemake(root, "--profile", "profiles/local", "--config", "scale=smoke")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return root
 
@@ -136,9 +116,21 @@ def test_oc_runs_fill_tables_1_to_3(smoke_run: Path) -> None:
         assert (tables / f"{name}.tex").read_text().startswith(r"\begin{table}")
 
 
-def test_figure_and_a_second_run_has_nothing_to_do(smoke_run: Path) -> None:
-    assert (smoke_run / "results/smoke/figures/figure5.png").stat().st_size > 10_000
-    result = snakemake(
-        smoke_run, "-n", "--profile", "profiles/local", "table4", "--config", "scale=smoke"
-    )
+def test_report_gathers_every_table_figure_and_curve(smoke_run: Path) -> None:
+    registry = load_registry({"scale": "smoke"}, root=smoke_run)
+    results = smoke_run / "results" / "smoke"
+    for name in FIGURES:
+        assert (results / "figures" / f"{name}.png").stat().st_size > 10_000
+    for name in curve_tables(registry):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / "curves" / f"{name}.{ext}").stat().st_size > 5_000
+    report = (results / "report.html").read_text()
+    for name in registry.tables:
+        assert f"<h2 id='{name}'>" in report
+    assert report.count("data:image/png;base64,") == len(FIGURES) + len(curve_tables(registry))
+    assert "ours (smoke)" in report and "scale smoke" in report
+
+
+def test_a_second_run_has_nothing_to_do(smoke_run: Path) -> None:
+    result = snakemake(smoke_run, "-n", "--profile", "profiles/local", "--config", "scale=smoke")
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr

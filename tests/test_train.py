@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from dens.runs import BEST_EPOCH_FILE
 from dens.train import (
     LOG_COLUMNS,
     PREEMPTED_EXIT_CODE,
+    TIME_LIMIT,
     NonFiniteLossError,
     TrainingPreempted,
     build_optimizer,
@@ -236,6 +238,21 @@ def test_sigterm_saves_mid_epoch_and_resume_matches_uninterrupted_run(straight_r
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
     assert len(read_log(tmp_path)) == 1
+
+    train(EXPERIMENT, train_set, val_set, tmp_path, build_toy_model, progress=False)
+    assert_same_run(straight_run, tmp_path)
+
+
+def test_stop_at_a_time_saves_and_resume_matches_uninterrupted_run(straight_run, data, tmp_path):
+    """``stop_at`` (how a Slurm job ends itself before its time limit) stops like SIGTERM: the
+    first step finishes, last.pt is saved, and the resumed run equals the uninterrupted one."""
+    train_set, val_set = data
+    with pytest.raises(TrainingPreempted) as stopped:
+        train(EXPERIMENT, *data, tmp_path, build_toy_model, progress=False, stop_at=time.time())
+    assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.reason == TIME_LIMIT
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 1, 1)
 
     train(EXPERIMENT, train_set, val_set, tmp_path, build_toy_model, progress=False)
     assert_same_run(straight_run, tmp_path)

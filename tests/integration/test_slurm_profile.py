@@ -25,6 +25,9 @@ import yaml
 
 from .slurm_cluster import SlurmCluster
 
+# One worker holds the session's Slurm cluster: every test that uses it runs there (xdist).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = Path("profiles/slurm/config.yaml")
 RUN = "md17-ethanol/equiformer-l2-dens"

@@ -16,7 +16,8 @@ from dens.checkpoint import load_checkpoint
 
 from .slurm_cluster import SlurmCluster
 
-pytestmark = pytest.mark.integration
+# One worker holds the session's Slurm cluster: every test that uses it runs there (xdist).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("slurm")]
 
 TESTS = Path(__file__).resolve().parents[1]
 WORKER = f"""

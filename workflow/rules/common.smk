@@ -9,6 +9,7 @@ import json
 import math
 
 from dens import paths
+from dens.curves import curve_inputs, curve_tables
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
 from dens.figures import FIGURES
 from dens.tables import table_inputs

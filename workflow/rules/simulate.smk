@@ -1,16 +1,21 @@
-# MD simulations of MD17 molecules with trained models (Table 10), starting from test
-# configurations: stability and h(r) MAE (dens.simulate; no noise and no force input).
+# MD simulations of MD17 molecules with trained models (Table 10): Nose-Hoover NVT at 500 K from
+# test configurations; stability and h(r) MAE against the reference data, every split of the
+# dataset (dens.simulate; no noise and no force input). Length and number of simulations per
+# run: simulation.md17 in config/scales/<scale>.yaml. A killed job resumes its trajectories.
 
 
 rule simulate:
     input:
-        splits=split_files("test"),
+        train=split_files("train"),
+        val=split_files("val"),
+        test=split_files("test"),
         checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
     output:
         metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "simulate")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
+        settings=lambda wildcards: json.dumps(REGISTRY.scale["simulation"], sort_keys=True),
     log:
         str(paths.job_log(SCALE, "simulate", "{experiment}/seed{seed}")),
     benchmark:
@@ -24,5 +29,6 @@ rule simulate:
         runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
     shell:
         "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
-        "--threads {threads} "
-        "--run-dir {params.run_dir:q} > {log:q} 2>&1"
+        "--threads {threads} --run-dir {params.run_dir:q} --initial {input.test:q} "
+        "{input.train:q} {input.val:q} {input.test:q} "
+        "> {log:q} 2>&1"

@@ -1,0 +1,123 @@
+"""Learning curves: validation force and energy MAE against epoch, one figure per results table.
+
+For every row of a table that is trained at this scale (not cited, its model family and stage
+implemented: :func:`dens.tables.not_run_reason`), each configured seed's training log
+(``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
+``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
+(EMA weights where EMA is on). The figure has one column per metric and one row per dataset
+(the molecule of an MD17 table); a line per experiment (table row), solid without DeNS and dashed
+with it,
+the mean over seeds with their standard deviation as a band when there are several. A run that
+trains one epoch (the mini and smoke scales) is one marker per table row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dens import paths
+from dens.config import Registry
+from dens.errors import ConfigError
+from dens.tables import not_run_reason
+
+METRICS = {
+    "val_forces_mae_meV_per_A": "validation force MAE (meV/Å)",
+    "val_energy_mae_meV": "validation energy MAE (meV)",
+}
+
+
+def curve_tables(registry: Registry) -> list[str]:
+    """Tables with trained rows (every kind but ``settings``), in configuration order."""
+    return [name for name, table in registry.tables.items() if table["kind"] != "settings"]
+
+
+def curve_runs(registry: Registry, name: str) -> list[tuple[str, str, int]]:
+    """(row label, experiment, seed) of every run a table's curves read."""
+    table = registry.table(name)
+    if table["kind"] == "settings":
+        raise ConfigError(f"{name}: a settings table has no training runs, hence no curves")
+    runs = []
+    for row in table["rows"]:
+        for experiment in registry.table_row_experiments(row, table):
+            if not_run_reason(registry, experiment, "evaluate") is not None:
+                continue
+            runs += [(row["label"], experiment, seed) for seed in registry.options["seeds"]]
+    return runs
+
+
+def curve_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
+    """The training logs a table's curves read."""
+    scale = registry.scale_name
+    return [paths.training_log(scale, e, seed) for _, e, seed in curve_runs(registry, name)]
+
+
+def read_curves(registry: Registry, name: str, root: Path = Path(".")) -> Any:
+    """A long pandas DataFrame: row (the table's label), dataset, experiment (its name within the
+    dataset), DeNS, seed, epoch, metric, value (one line per logged epoch and metric). A missing
+    log or column raises ConfigError naming the file."""
+    import pandas as pd
+
+    frames = []
+    for label, experiment, seed in curve_runs(registry, name):
+        path = root / paths.training_log(registry.scale_name, experiment, seed)
+        if not path.is_file():
+            raise ConfigError(f"{path}: training log of {experiment} seed {seed} not found")
+        log = pd.read_csv(path)
+        missing = sorted(set(METRICS) - set(log.columns))
+        if missing:
+            raise ConfigError(f"{path}: no column(s) {', '.join(missing)}")
+        frame = log.melt(id_vars=["epoch"], value_vars=list(METRICS), var_name="metric")
+        frame["metric"] = frame["metric"].map(METRICS)
+        frame["row"] = label
+        frame["dataset"], frame["experiment"] = experiment.split("/", 1)
+        frame["DeNS"] = "with DeNS" if registry.experiment(experiment)["dens"] else "without DeNS"
+        frame["seed"] = seed
+        frames.append(frame)
+    if not frames:
+        raise ConfigError(f"{name}: no row of this table is trained at scale {registry.scale_name}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def draw_curves(registry: Registry, name: str, out: Path, root: Path = Path(".")) -> list[Path]:
+    """Draw a table's learning curves to ``out`` (.png) and the same name with .pdf."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
+
+    data = read_curves(registry, name, root)
+    several_seeds = data["seed"].nunique() > 1
+    grid = sns.relplot(
+        data=data,
+        kind="line",
+        x="epoch",
+        y="value",
+        hue="experiment",
+        style="DeNS",
+        style_order=["without DeNS", "with DeNS"],
+        row="dataset",
+        col="metric",
+        markers=True,
+        errorbar="sd" if several_seeds else None,
+        facet_kws={"sharey": False, "sharex": True},
+        height=2.6,
+        aspect=1.5,
+    )
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_axis_labels("epoch", "")
+    for axis in grid.axes.flat:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    seeds = ", ".join(str(s) for s in sorted(data["seed"].unique()))
+    band = "mean ± sd over seeds" if several_seeds else "one seed"
+    grid.figure.suptitle(
+        f"{name}: validation MAE against epoch, scale {registry.scale_name} "
+        f"(seeds {seeds}; {band})",
+        y=1.02,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [out, out.with_suffix(".pdf")]
+    for path in written:
+        grid.figure.savefig(path, bbox_inches="tight", dpi=120)
+    return written

@@ -1,0 +1,72 @@
+"""Runs longer than a Slurm job may last continue across jobs on their own.
+
+A cluster caps a job's wall time (often at 24-72 h) while the paper's runs take up to ~150 h of
+their 16-32 GPUs. The Slurm profile's ``max_job_hours`` caps every training job's time limit;
+such a job trains until ``margin`` seconds before its end time (read from ``squeue``), saves
+last.pt (:func:`dens.train.train`'s ``stop_at``, the same path as on SIGTERM) and requeues itself
+(``scontrol requeue``): Slurm ends it and starts the same job again, with the same job id, after
+its requeue delay (slurm.conf's ``AuthInfo=cred_expire``, 120 s by default); the training resumes
+from last.pt, bit for bit as after any stop, until its epochs are done. Snakemake's Slurm
+executor sees one job that is pending or running all along, so nothing else changes.
+
+Why this mechanism: with snakemake-executor-plugin-slurm 2.8 a job that ends with TIMEOUT is a
+failed job (its outputs are deleted and the workflow stops), while a requeued job keeps its
+state PENDING/RUNNING, which the executor simply keeps waiting on. The job measures its own
+remaining time rather than waiting for Slurm's ``--signal``, which Slurm may send up to a
+minute early or late.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from collections.abc import Mapping
+
+from dens.errors import ConfigError
+
+SQUEUE_FORMAT = "%e"  # the job's end time: start + time limit
+
+
+def job_id(environ: Mapping[str, str] = os.environ) -> str:
+    """The Slurm job this process runs in; ConfigError outside Slurm."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        raise ConfigError(
+            "continuing across Slurm jobs needs a Slurm job (SLURM_JOB_ID is not set); "
+            "outside Slurm, train without --continue-before-time-limit"
+        )
+    return job
+
+
+def restart_count(environ: Mapping[str, str] = os.environ) -> int:
+    """How often this job was requeued (Slurm's SLURM_RESTART_COUNT; 0 in its first run)."""
+    return int(environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def job_end_time(job: str) -> float:
+    """The job's end time (seconds since the epoch) as Slurm's controller has it."""
+    result = subprocess.run(
+        ["squeue", "--noheader", "--jobs", job, "--format", SQUEUE_FORMAT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    text = result.stdout.strip()
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(
+            f"Slurm job {job}: no end time from squeue ({text or result.stderr.strip()!r}); "
+            "continuing across jobs needs a job with a time limit"
+        ) from None
+
+
+def requeue(job: str) -> None:
+    """Ask Slurm to end this job and queue it again (it needs ``--requeue``, which the Slurm
+    profile's ``slurm-requeue: true`` passes)."""
+    result = subprocess.run(
+        ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"scontrol requeue {job} failed: {result.stderr.strip()}")
