@@ -199,7 +199,7 @@ class BatchedLBFGS:
         started = self.steps > 0
         s_new = (r - self.previous_positions) * started[self.batch, None]
         y_new = -(f - self.previous_forces) * started[self.batch, None]
-        rho_new = torch.where(started, 1.0 / self._dot(y_new, s_new), torch.zeros_like(r[:b, 0]))
+        rho_new = torch.where(started, 1.0 / self._dot(y_new, s_new), r.new_zeros(b))
         self.s[self.head] = s_new
         self.y[self.head] = y_new
         self.rho[self.head] = rho_new
