@@ -217,7 +217,7 @@ class BatchedLBFGS:
             valid = j < self.count
             a[j] = torch.where(valid, self.rho[slot] * self._dot(self.s[slot], q), 0.0)
             q = q - a[j][self.batch, None] * self.y[slot]
-        z = q / settings.alpha
+        z = q * (1.0 / settings.alpha)  # H0 q, H0 = I / alpha as ASE builds it
         for j in reversed(range(depth)):
             slot = slots[j]
             valid = j < self.count
