@@ -16,7 +16,9 @@ Outputs in ``<run>/relax/`` (dens.paths):
     part-way resumes from it: finished systems are not relaxed again. ``state.json`` beside it
     records what the lines were computed with (checkpoint digest, L-BFGS settings, the split
     files' sizes and times, the systems per split); when any of it differs the lines are
-    discarded and every system is relaxed afresh.
+    discarded and every system is relaxed afresh. A rerun with everything unchanged (Snakemake's
+    ``--forcerun relax``) only rewrites the outputs; delete ``systems.jsonl`` to relax again,
+    e.g. after changing dens.relaxation itself.
 ``relaxed.aselmdb``
     The relaxed structures in row order, one row per system (positions, the predicted energy and
     forces; key-value pairs ``sid``, ``split``, ``steps``, ``converged``, ``max_force``,
