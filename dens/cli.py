@@ -148,31 +148,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import time
-
     from dens import slurm
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
-    from dens.train import TIME_LIMIT, TrainingPreempted, train
+    from dens.train import train
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
     main = World.from_environment().is_main
-    stop_at = job = None
-    if args.continue_before_time_limit is not None:
-        job = slurm.job_id()
-        end = slurm.job_end_time(job)
-        stop_at = end - args.continue_before_time_limit
-        if main:
-            print(
-                f"Slurm job {job}, start {slurm.restart_count() + 1}: ends at "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; training stops "
-                f"{args.continue_before_time_limit:.0f} s before, saves last.pt and requeues the "
-                "job, which resumes there",
-                file=sys.stderr,
-                flush=True,
-            )
-    try:
+    with slurm.continuation(args.continue_before_time_limit, announce=main) as stop_at:
         result = train(
             experiment,
             AseLmdbDataset(args.train),
@@ -182,23 +166,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             mixed_precision=args.mixed_precision,
             stop_at=stop_at,
         )
-    except TrainingPreempted as stopped:
-        if job is not None and stopped.reason == TIME_LIMIT and main:
-            print(f"requeueing Slurm job {job} to continue the run", file=sys.stderr, flush=True)
-            slurm.requeue(job)
-            time.sleep(SLURM_REQUEUE_WAIT_S)  # Slurm ends the job meanwhile
-        raise
     if not main:  # one summary, not one per training process
         return
     print(
         f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
         f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
     )
-
-
-SLURM_REQUEUE_WAIT_S = 300
-"""After ``scontrol requeue`` the process waits to be ended by Slurm (SIGTERM, then SIGKILL after
-KillWait), so that the job's last words are Slurm's, not a failed command's."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -279,6 +252,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
+    from dens import slurm
     from dens.simulate import SimulationSettings, simulate_run
 
     registry = registry_from(args)
@@ -290,9 +264,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         )
     settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
     _set_threads(args.threads)
-    metrics = simulate_run(
-        args.run_dir, args.initial, args.reference, settings, args.seed, args.device
-    )
+    with slurm.continuation(args.continue_before_time_limit) as stop_at:
+        metrics = simulate_run(
+            args.run_dir, args.initial, args.reference, settings, args.seed, args.device, stop_at
+        )
     print(
         f"{args.experiment}: stability {metrics['stability_ps']:g} ps of {settings.length_ps:g} "
         f"({metrics['stable_simulations']}/{settings.initial_configurations} simulations "
@@ -370,6 +345,16 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     _add_config_options(parser)
 
 
+def _add_continuation_option(parser: argparse.ArgumentParser, state: str) -> None:
+    parser.add_argument(
+        "--continue-before-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help=f"in a Slurm job: stop this long before the job's time limit, save {state} and "
+        "requeue the job, which resumes there (dens.slurm)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dens", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -411,13 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
     )
-    p.add_argument(
-        "--continue-before-time-limit",
-        type=float,
-        metavar="SECONDS",
-        help="in a Slurm job: stop this long before the job's time limit, save last.pt and "
-        "requeue the job, which resumes there (dens.slurm)",
-    )
+    _add_continuation_option(p, "last.pt")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="score a trained run on held-out splits")
@@ -464,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="reference data for bond lengths and h(r) (aselmdb; every split of the dataset)",
     )
+    _add_continuation_option(p, "the simulation state")
     p.set_defaults(func=cmd_simulate)
 
     for stage in PENDING_STAGES:

@@ -107,8 +107,11 @@ def draw_curves(registry: Registry, name: str, out: Path, root: Path = Path(".")
     )
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
     grid.set_axis_labels("epoch", "")
+    last_epoch = int(data["epoch"].max())
     for axis in grid.axes.flat:
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlim(0.5, last_epoch + 0.5)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        axis.ticklabel_format(axis="y", useOffset=False)
     seeds = ", ".join(str(s) for s in sorted(data["seed"].unique()))
     band = "mean ± sd over seeds" if several_seeds else "one seed"
     grid.figure.suptitle(

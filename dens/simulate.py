@@ -53,6 +53,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +71,7 @@ from tqdm import tqdm
 
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
+from dens.slurm import TIME_LIMIT
 
 TIMESTEP_FS = 0.5
 """MD time step (Fu et al.; MDsim configs/simulate/*.yml ``timestep: 0.5``)."""
@@ -83,6 +86,23 @@ BOND_DEVIATION_A = 0.5
 HR_RANGE_A = (1e-6, 10.0)
 HR_BINS = 500
 """h(r): 500 bins on [1e-6, 10] Å (MDsim observable.ipynb, MD17)."""
+STOPPED_EXIT_CODE = os.EX_TEMPFAIL  # 75, as dens.train's: rerunning the job continues
+
+
+class SimulationStopped(SystemExit):
+    """The ``stop_at`` time came: the state was saved and rerunning continues the trajectory
+    (exit status 75, as a stopped training's; ``reason`` is dens.slurm.TIME_LIMIT)."""
+
+    reason = TIME_LIMIT
+
+    def __init__(self, label: str, step: int) -> None:
+        super().__init__(STOPPED_EXIT_CODE)
+        print(
+            f"{label}: stopped by {TIME_LIMIT} at step {step}; the state is saved and rerunning "
+            "the job continues the trajectory there",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -297,6 +317,7 @@ def run_simulation(
     seed: int | Sequence[int],
     initial_index: int = 0,
     label: str = "simulation",
+    stop_at: float | None = None,
 ) -> SimulationResult:
     """Simulate a molecule from ``positions`` [N, 3] (Å) with atomic numbers ``numbers`` [N],
     or continue the simulation saved in ``out_dir``, until it collapses or lasts
@@ -305,6 +326,8 @@ def run_simulation(
     reference_frames [F, N, 3] (Å): the reference data, whose mean bond lengths the stability
     criterion compares against. h_reference [HR_BINS]: its h(r) (``distance_histogram``).
     seed: seeds the initial velocities (numpy default_rng).
+    stop_at: a wall-clock time (time.time()) at which to save the state and raise
+        SimulationStopped (a Slurm job ends itself before its time limit: dens.slurm).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path, trajectory_path = out_dir / STATE_FILE, out_dir / TRAJECTORY_FILE
@@ -351,6 +374,17 @@ def run_simulation(
         save_frame()
     with tqdm(total=settings.steps, initial=step, desc=label, unit="step", mininterval=5.0) as bar:
         while stable and step < settings.steps:
+            if stop_at is not None and time.time() >= stop_at:
+                _save_state(
+                    state_path,
+                    dynamics,
+                    step=step,
+                    frames=frames,
+                    stable=stable,
+                    initial_energy=initial_energy,
+                    drift=drift,
+                )
+                raise SimulationStopped(label, step)
             dynamics.step()
             step += 1
             bar.update(1)
@@ -445,6 +479,7 @@ def simulate(
     seed: int,
     model: Mapping[str, Any],
     label: str = "simulation",
+    stop_at: float | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) ``settings.initial_configurations`` simulations and write
     ``out_dir/metrics.json``; returns the metrics.
@@ -454,6 +489,7 @@ def simulate(
     seed: the run's training seed; seeds the choice of initial configurations and velocities.
     model: what identifies the force field (a checkpoint's SHA-256): a simulation directory
         started with another model, settings or data is moved aside and started afresh.
+    stop_at: see :func:`run_simulation` (SimulationStopped; the next call continues).
 
     metrics.json: stability_ps and hr_mae (means over the simulations), simulated_ps and steps
     (totals), stable_simulations, the settings, and one entry per simulation.
@@ -498,6 +534,7 @@ def simulate(
             seed=[seed, k],
             initial_index=index,
             label=f"{label} {k + 1}/{len(indices)} (initial row {index})",
+            stop_at=stop_at,
         )
         print(
             f"{label} {k + 1}/{len(indices)}: initial row {index}, "
@@ -536,6 +573,7 @@ def simulate_run(
     settings: SimulationSettings,
     seed: int,
     device: str = "cpu",
+    stop_at: float | None = None,
 ) -> dict[str, Any]:
     """Simulate with a trained run (its checkpoints/best.pt through dens.calculator, the shared
     inference path) into ``<run_dir>/simulate/`` (see :func:`simulate`).
@@ -557,4 +595,5 @@ def simulate_run(
         seed,
         {"checkpoint_sha256": _sha256(checkpoint)},
         label=name,
+        stop_at=stop_at,
     )

@@ -18,14 +18,23 @@ minute early or late.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import re
 import subprocess
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Iterator, Mapping
 
 from dens.errors import ConfigError
 
 SQUEUE_FORMAT = "%e"  # the job's end time: start + time limit
+TIME_LIMIT = "the job's time limit"
+"""The ``reason`` of a stop at ``stop_at`` (dens.train.TrainingPreempted, dens.simulate)."""
+REQUEUE_WAIT_S = 300
+"""After ``scontrol requeue`` the process waits to be ended by Slurm (SIGTERM, then SIGKILL after
+KillWait), so that the job's last words are Slurm's, not a failed command's."""
 
 
 def job_id(environ: Mapping[str, str] = os.environ) -> str:
@@ -39,9 +48,17 @@ def job_id(environ: Mapping[str, str] = os.environ) -> str:
     return job
 
 
-def restart_count(environ: Mapping[str, str] = os.environ) -> int:
-    """How often this job was requeued (Slurm's SLURM_RESTART_COUNT; 0 in its first run)."""
-    return int(environ.get("SLURM_RESTART_COUNT", "0"))
+def restart_count(job: str) -> int:
+    """How often the job was requeued (``Restarts`` of ``scontrol show job``; Slurm's
+    SLURM_RESTART_COUNT is not seen inside job steps: Snakemake's Slurm executor drops the
+    SLURM_* variables of the job for its steps)."""
+    result = subprocess.run(
+        ["scontrol", "--oneliner", "show", "job", job], capture_output=True, text=True, timeout=60
+    )
+    found = re.search(r"\bRestarts=(\d+)", result.stdout)
+    if found is None:
+        raise ConfigError(f"Slurm job {job}: scontrol shows no Restarts count: {result.stderr}")
+    return int(found.group(1))
 
 
 def job_end_time(job: str) -> float:
@@ -70,3 +87,32 @@ def requeue(job: str) -> None:
     )
     if result.returncode != 0:
         raise ConfigError(f"scontrol requeue {job} failed: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def continuation(margin_s: float | None, announce: bool = True) -> Iterator[float | None]:
+    """Yields the time (time.time()) at which the work inside should stop, ``margin_s`` seconds
+    before this Slurm job's end, or None when ``margin_s`` is None (no continuation). A stop at
+    that time (a SystemExit whose ``reason`` is TIME_LIMIT) requeues the job, from the process
+    that ``announce``s (rank 0 of a multi-process training), and waits for Slurm to end it."""
+    if margin_s is None:
+        yield None
+        return
+    job = job_id()
+    end = job_end_time(job)
+    if announce:
+        print(
+            f"Slurm job {job}, start {restart_count(job) + 1}: ends at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; the work stops "
+            f"{margin_s:.0f} s before, saves its state and requeues the job, which resumes there",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        yield end - margin_s
+    except SystemExit as stopped:
+        if getattr(stopped, "reason", None) == TIME_LIMIT and announce:
+            print(f"requeueing Slurm job {job} to continue", file=sys.stderr, flush=True)
+            requeue(job)
+            time.sleep(REQUEUE_WAIT_S)
+        raise

@@ -97,6 +97,7 @@ from dens.models import build_model as build_registered_model
 from dens.models import count_parameters
 from dens.normalization import NUM_ELEMENTS, EnergyReference, Normalizer
 from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
+from dens.slurm import TIME_LIMIT
 
 BuildModel = Callable[[dict], nn.Module]
 
@@ -133,7 +134,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 SIGTERM = "SIGTERM"
-TIME_LIMIT = "the job's time limit"
 
 
 class TrainingPreempted(SystemExit):

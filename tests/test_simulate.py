@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import ase.build
 import numpy as np
@@ -26,6 +27,7 @@ from dens.simulate import (
     HR_BINS,
     HR_RANGE_A,
     SimulationSettings,
+    SimulationStopped,
     bond_lengths,
     bonded_pairs,
     distance_histogram,
@@ -34,6 +36,7 @@ from dens.simulate import (
     run_simulation,
     simulate,
 )
+from dens.slurm import TIME_LIMIT
 
 ETHANOL = ase.build.molecule("CH3CH2OH")  # C C O H(O) H... : 9 atoms, 8 bonds
 
@@ -218,6 +221,34 @@ def test_a_killed_simulation_resumes_the_same_trajectory(tmp_path, monkeypatch, 
         Trajectory(tmp_path / "killed" / "trajectory.traj") as b,
     ):
         assert len(a) == len(b) == 11
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.positions, y.positions)
+            assert np.array_equal(x.get_momenta(), y.get_momenta())
+
+
+def test_a_simulation_stopped_at_its_time_limit_continues_the_same_trajectory(
+    tmp_path, monkeypatch
+):
+    """stop_at (a Slurm job ending itself before its limit, dens.slurm) saves the state mid-way
+    between frames and exits with status 75; the next call continues bit for bit."""
+    frames, h = reference_of(ETHANOL.positions)
+    args = (ETHANOL.numbers, ETHANOL.positions, frames, h, settings(0.05))
+    whole = run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "whole", seed=3)
+    checks = iter(range(10_000))  # the clock passes stop_at at the 48th check (before step 48)
+    clock = SimpleNamespace(time=lambda: 2.0 if next(checks) >= 47 else 0.0)
+    monkeypatch.setattr(simulate_module, "time", clock)
+    with pytest.raises(SimulationStopped) as stopped:
+        run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "cut", seed=3, stop_at=1.0)
+    assert stopped.value.code == 75 and stopped.value.reason == TIME_LIMIT
+    with np.load(tmp_path / "cut" / "state.npz") as state:
+        assert (int(state["step"]), int(state["frames"])) == (47, 5)
+    monkeypatch.undo()
+    resumed = run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "cut", seed=3)
+    assert resumed == whole
+    with (
+        Trajectory(tmp_path / "whole" / "trajectory.traj") as a,
+        Trajectory(tmp_path / "cut" / "trajectory.traj") as b,
+    ):
         for x, y in zip(a, b, strict=True):
             assert np.array_equal(x.positions, y.positions)
             assert np.array_equal(x.get_momenta(), y.get_momenta())

@@ -17,7 +17,8 @@ Slurm installation:
 Configuration follows the measured recipe in /work/shared/DESIGN.md: munge authentication,
 proctrack/linuxproc, task/none, select/cons_tres with CR_Core_Memory, no accounting,
 MinJobAge=600 (so `squeue` still reports finished jobs to Snakemake's Slurm executor),
-ReturnToService=2, one node described by `slurmd -C`, one default partition.
+ReturnToService=2, one node described by `slurmd -C`, one default partition, and a partition
+with a 1-minute time limit where a requeued job waits 20 s (AuthInfo=cred_expire) instead of 120.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN_DIR = Path("/run/munge")
 PARTITION = "dens"
+SHORT_PARTITION = "dens-1min"  # a 1-minute limit: runs continue across requeued jobs there
+REQUEUE_DELAY_S = 20  # AuthInfo=cred_expire: a requeued job waits this long (default 120 s)
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
 REQUIRED_PROGRAMS = (
     "sbatch",
@@ -67,12 +70,15 @@ class SlurmCluster:
     """A usable Slurm cluster.
 
     partition: the partition tests submit to.
+    short_partition: a partition with a time limit of 1 minute, or None (a cluster not started
+        here).
     started_here: True when this process started the daemons (and owns the logs).
     log_files: daemon log files written by the daemons started here (empty otherwise).
     """
 
     partition: str
     started_here: bool
+    short_partition: str | None = None
     log_files: dict[str, Path] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -195,6 +201,7 @@ def slurm_conf_text(host: str, node_line: str, state_dir: Path) -> str:
             "ClusterName=denstest",
             f"SlurmctldHost={host}(127.0.0.1)",
             "AuthType=auth/munge",
+            f"AuthInfo=cred_expire={REQUEUE_DELAY_S}",
             "CredType=cred/munge",
             "SlurmUser=root",
             "ProctrackType=proctrack/linuxproc",
@@ -218,6 +225,7 @@ def slurm_conf_text(host: str, node_line: str, state_dir: Path) -> str:
             f"SlurmdLogFile={state_dir / 'slurmd.log'}",
             f"NodeName={host} NodeAddr=127.0.0.1 {' '.join(node_fields)} State=UNKNOWN",
             f"PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+            f"PartitionName={SHORT_PARTITION} Nodes={host} MaxTime=1 State=UP",
             "",
         ]
     )
@@ -349,7 +357,12 @@ def slurm_cluster(ready_timeout: float = 90.0) -> Iterator[SlurmCluster]:
         stack.enter_context(_daemon("slurmctld", slurmctld, state_dir / "slurmctld.out", logs))
         slurmd = [_which("slurmd") or "slurmd", "-D", "-N", host]
         stack.enter_context(_daemon("slurmd", slurmd, state_dir / "slurmd.out", logs))
-        cluster = SlurmCluster(partition=PARTITION, started_here=True, log_files=logs)
+        cluster = SlurmCluster(
+            partition=PARTITION,
+            started_here=True,
+            short_partition=SHORT_PARTITION,
+            log_files=logs,
+        )
         if not _wait_until(lambda: _node_state(host) == "idle", timeout=ready_timeout):
             raise SlurmStartError(
                 f"node {host} is {_node_state(host)!r}, not idle, {ready_timeout:.0f} s after "
@@ -359,4 +372,5 @@ def slurm_cluster(ready_timeout: float = 90.0) -> Iterator[SlurmCluster]:
             yield cluster
         finally:
             scancel = _which("scancel") or "scancel"
-            _run([scancel, f"--partition={PARTITION}"])
+            for partition in (PARTITION, SHORT_PARTITION):
+                _run([scancel, f"--partition={partition}"])

@@ -76,6 +76,54 @@ def train_resource(name, hours_factor=1.0):
     return lambda wildcards: gpu_resources(wildcards.experiment, hours_factor)[name]
 
 
+def job_minutes(minutes):
+    """A job's time limit: ``minutes``, capped at the configured max_job_hours (a cluster refuses
+    longer jobs; training and simulation jobs continue in requeued jobs, dens.slurm)."""
+    hours = REGISTRY.options["max_job_hours"]
+    return minutes if hours is None else min(minutes, max(1, math.floor(60 * hours)))
+
+
+def continuation_margin_s(minutes):
+    """How long before its time limit a job stops to requeue itself: a quarter of the limit, at
+    most 10 minutes (saving a checkpoint takes seconds; the margin also covers the last step)."""
+    return min(600, 15 * minutes)
+
+
+def continuation_option(wildcards, resources):
+    """`dens train` option that ends the job before its limit and requeues it (dens.slurm), when a
+    limit is configured; nothing otherwise."""
+    if REGISTRY.options["max_job_hours"] is None:
+        return ""
+    return f"--continue-before-time-limit {continuation_margin_s(resources.runtime)} "
+
+
+UNLESS_REQUEUED = (
+    '{ [ -n "${SLURM_JOB_ID:-}" ] && scontrol show job "$SLURM_JOB_ID" | grep "Restarts=[1-9]" '
+    ">/dev/null; } || "
+)
+"""Shell prefix of a command run only in a job's first start (not in a requeued continuation):
+Slurm's SLURM_RESTART_COUNT does not reach the job step, scontrol's Restarts does."""
+
+
+def time_plan(wildcards):
+    """The dry run's line per training job: its time limit and, at GPU scales, how many
+    continuations the paper's wall time (config/experiments.yaml resources) implies at that
+    limit."""
+    hours = REGISTRY.options["max_job_hours"]
+    needed = gpu_resources(wildcards.experiment)["runtime"]
+    asked = job_minutes(needed)
+    plan = f"asks {asked} min per job"
+    if hours is None:
+        return plan
+    if not REGISTRY.scale["gpus"]:
+        return plan + f" (max_job_hours={hours}), continuing in requeued jobs until done"
+    continuations = max(0, math.ceil(needed / asked) - 1)
+    return plan + (
+        f"; the paper's wall time, {needed} min, means {continuations} continuation(s) at "
+        f"max_job_hours={hours}"
+    )
+
+
 def train_launcher(wildcards, resources, threads):
     """What starts `python -m dens train`: for a multi-GPU job, srun with one task per GPU across
     the job's nodes, placed as the allocation says (--ntasks-per-gpu=1, which srun inherits and

@@ -18,7 +18,7 @@ rule download_archive:
     retries: 2
     resources:
         mem_mb=2000,
-        runtime=60 * 24,
+        runtime=job_minutes(60 * 24),
     shell:
         "python -m dens data download {wildcards.archive} --out {output:q} > {log:q} 2>&1"
 
@@ -37,7 +37,7 @@ rule extract_archive:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60 * 12,
+        runtime=job_minutes(60 * 12),
     shell:
         "python -m dens data extract {wildcards.archive} --archive-path {input:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -78,7 +78,7 @@ for _splits, _names in _LAYOUTS.items():
         threads: dataset_threads
         resources:
             mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
-            runtime=lambda wildcards: 120 if not REGISTRY.scale["gpus"] else 60 * 48,
+            runtime=lambda wildcards: job_minutes(120 if not REGISTRY.scale["gpus"] else 60 * 48),
         shell:
             "python -m dens data prepare {wildcards.dataset} {params.options} --threads {threads} "
             "--out-dir {params.out_dir:q} {input:q} > {log:q} 2>&1"

@@ -27,7 +27,7 @@ rule evaluate:
     resources:
         mem_mb=8000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: 60 * 12 if REGISTRY.scale["gpus"] else 60,
+        runtime=lambda wildcards: job_minutes(60 * 12 if REGISTRY.scale["gpus"] else 60),
     shell:
         "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} "
@@ -54,7 +54,7 @@ rule submission:
     resources:
         mem_mb=lambda wildcards: 32000 if REGISTRY.scale["gpus"] else 4000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
+        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
         "python -m dens submission {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} "

@@ -20,7 +20,7 @@ rule figure:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=job_minutes(10),
     shell:
         "python -m dens figure {wildcards.figure} {params.options} --out {output.png:q} {input:q} "
         "> {log:q} 2>&1"

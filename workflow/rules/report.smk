@@ -20,7 +20,7 @@ rule curves:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=job_minutes(10),
     shell:
         "python -m dens curves {wildcards.table} {params.options} --out {output.png:q} "
         "> {log:q} 2>&1"
@@ -48,6 +48,6 @@ rule report:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=job_minutes(10),
     shell:
         "python -m dens report {params.options} --out {output:q} > {log:q} 2>&1"

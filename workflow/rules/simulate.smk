@@ -1,7 +1,9 @@
 # MD simulations of MD17 molecules with trained models (Table 10): Nose-Hoover NVT at 500 K from
 # test configurations; stability and h(r) MAE against the reference data, every split of the
 # dataset (dens.simulate; no noise and no force input). Length and number of simulations per
-# run: simulation.md17 in config/scales/<scale>.yaml. A killed job resumes its trajectories.
+# run: simulation.md17 in config/scales/<scale>.yaml. A killed job resumes its trajectories; with
+# max_job_hours set (the Slurm profile) a job stops before its limit and requeues itself
+# (dens.slurm), and its log keeps every start.
 
 
 rule simulate:
@@ -16,6 +18,8 @@ rule simulate:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         settings=lambda wildcards: json.dumps(REGISTRY.scale["simulation"], sort_keys=True),
+        continuation=continuation_option,
+        unless_requeued=UNLESS_REQUEUED,
     log:
         str(paths.job_log(SCALE, "simulate", "{experiment}/seed{seed}")),
     benchmark:
@@ -26,9 +30,10 @@ rule simulate:
     resources:
         mem_mb=8000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
+        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
+        "{params.unless_requeued}: > {log:q}; "
         "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} --run-dir {params.run_dir:q} --initial {input.test:q} "
-        "{input.train:q} {input.val:q} {input.test:q} "
-        "> {log:q} 2>&1"
+        "{params.continuation}{input.train:q} {input.val:q} {input.test:q} "
+        ">> {log:q} 2>&1"

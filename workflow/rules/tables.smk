@@ -23,7 +23,7 @@ rule table:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=job_minutes(10),
     shell:
         "python -m dens table {wildcards.table} {params.options} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"

@@ -5,6 +5,9 @@
 # A multi-GPU run (resources.gpus > 1 in config/experiments.yaml, GPU scales) starts one process
 # per GPU with srun across its nodes (train_launcher), so it needs the Slurm profile; by hand on
 # one node: torchrun --standalone --nproc-per-node N -m dens train ... (dens.distributed).
+# With max_job_hours set (the Slurm profile), a job asks for at most that; a longer run stops before
+# the limit, saves last.pt and requeues its job, which resumes there (dens.slurm); the log keeps
+# every start of the job (it is emptied only at the first).
 
 
 rule train:
@@ -19,6 +22,11 @@ rule train:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         launch=train_launcher,
+        continuation=continuation_option,
+        unless_requeued=UNLESS_REQUEUED,
+        time_plan=time_plan,
+    message:
+        "train {wildcards.experiment} seed {wildcards.seed}: {params.time_plan}"
     log:
         str(paths.job_log(SCALE, "train", "{experiment}/seed{seed}")),
     benchmark:
@@ -32,7 +40,7 @@ rule train:
         tasks=train_resource("tasks"),
         tasks_per_gpu=train_resource("tasks_per_gpu"),
         gres=train_resource("gres"),
-        runtime=train_resource("runtime"),
+        runtime=lambda wildcards: job_minutes(train_resource("runtime")(wildcards)),
         mpi=train_resource("mpi"),
         # --cpus-per-task for the job and for its srun (not Slurm's --cpus-per-gpu, which srun
         # would inherit and refuse beside --cpus-per-task).
@@ -40,6 +48,7 @@ rule train:
     shell:
         # The log gets everything; the console (stdout) one line per epoch with the time left
         # (rank 0's alone when several processes train).
-        ": > {log:q}; {params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
+        "{params.unless_requeued}: > {log:q}; "
+        "{params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
-        "--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
+        "{params.continuation}--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
