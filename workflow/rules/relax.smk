@@ -1,8 +1,9 @@
 # Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
 # with a trained run's model (no noise, no force input), a batch of systems at a time with the
 # batched L-BFGS (config/scales/*.yaml `relax`), and score the relaxed energies or write the
-# evaluation server's file (dens.relaxation.is2re). A killed job resumes: the systems it finished
-# (relax/systems.jsonl) are not relaxed again.
+# evaluation server's file (dens.relaxation.is2re). A killed job (Slurm's time limit, capped at
+# max_job_hours) resumes when run again: the systems it finished (relax/systems.jsonl) are not
+# relaxed again.
 
 
 rule relax:
@@ -26,7 +27,7 @@ rule relax:
     resources:
         mem_mb=16000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
+        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
         "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} "
