@@ -156,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
     main = World.from_environment().is_main
-    with slurm.continuation(args.continue_before_time_limit, announce=main) as stop_at:
+    history = Path(args.run_dir) / slurm.HISTORY_FILE
+    with slurm.continuation(args.continue_before_time_limit, history, main) as stop_at:
         result = train(
             experiment,
             AseLmdbDataset(args.train),
@@ -264,7 +265,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         )
     settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
     _set_threads(args.threads)
-    with slurm.continuation(args.continue_before_time_limit) as stop_at:
+    history = Path(args.run_dir) / "simulate" / slurm.HISTORY_FILE
+    with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
         metrics = simulate_run(
             args.run_dir, args.initial, args.reference, settings, args.seed, args.device, stop_at
         )

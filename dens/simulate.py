@@ -97,9 +97,10 @@ class SimulationStopped(SystemExit):
 
     def __init__(self, label: str, step: int) -> None:
         super().__init__(STOPPED_EXIT_CODE)
+        self.where = f"by {TIME_LIMIT} at step {step} of {label}"
         print(
-            f"{label}: stopped by {TIME_LIMIT} at step {step}; the state is saved and rerunning "
-            "the job continues the trajectory there",
+            f"stopped {self.where}; the state is saved and rerunning the job continues the "
+            "trajectory there",
             file=sys.stderr,
             flush=True,
         )

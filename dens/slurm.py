@@ -26,12 +26,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from dens.errors import ConfigError
 
 SQUEUE_FORMAT = "%e"  # the job's end time: start + time limit
 TIME_LIMIT = "the job's time limit"
 """The ``reason`` of a stop at ``stop_at`` (dens.train.TrainingPreempted, dens.simulate)."""
+HISTORY_FILE = "slurm_starts.log"
+"""Per run (training) or per simulation directory: one line per start and stop of its job."""
 REQUEUE_WAIT_S = 300
 """After ``scontrol requeue`` the process waits to be ended by Slurm (SIGTERM, then SIGKILL after
 KillWait), so that the job's last words are Slurm's, not a failed command's."""
@@ -90,29 +93,46 @@ def requeue(job: str) -> None:
 
 
 @contextlib.contextmanager
-def continuation(margin_s: float | None, announce: bool = True) -> Iterator[float | None]:
+def continuation(
+    margin_s: float | None, history: Path, announce: bool = True
+) -> Iterator[float | None]:
     """Yields the time (time.time()) at which the work inside should stop, ``margin_s`` seconds
     before this Slurm job's end, or None when ``margin_s`` is None (no continuation). A stop at
     that time (a SystemExit whose ``reason`` is TIME_LIMIT) requeues the job, from the process
-    that ``announce``s (rank 0 of a multi-process training), and waits for Slurm to end it."""
+    that ``announce``s (rank 0 of a multi-process training), and waits for Slurm to end it.
+
+    ``history`` (in the run's directory) gets a line per start and per stop of the job, and each
+    start prints the earlier ones first: Snakemake empties a job's log when the requeued job
+    starts again, the history keeps where each start began and stopped."""
     if margin_s is None:
         yield None
         return
     job = job_id()
     end = job_end_time(job)
+    start = restart_count(job) + 1
     if announce:
-        print(
-            f"Slurm job {job}, start {restart_count(job) + 1}: ends at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; the work stops "
-            f"{margin_s:.0f} s before, saves its state and requeues the job, which resumes there",
-            file=sys.stderr,
-            flush=True,
+        if history.is_file():
+            print(f"earlier starts ({history}):\n{history.read_text()}", file=sys.stderr)
+        _record(
+            history,
+            f"Slurm job {job}, start {start}: began {time.strftime('%Y-%m-%d %H:%M:%S')}, ends "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(end))}; stops {margin_s:.0f} s "
+            "before, saves its state and requeues the job, which resumes there",
         )
     try:
         yield end - margin_s
     except SystemExit as stopped:
         if getattr(stopped, "reason", None) == TIME_LIMIT and announce:
-            print(f"requeueing Slurm job {job} to continue", file=sys.stderr, flush=True)
+            where = getattr(stopped, "where", "")
+            _record(history, f"Slurm job {job}, start {start}: stopped {where}; requeued")
             requeue(job)
             time.sleep(REQUEUE_WAIT_S)
         raise
+
+
+def _record(history: Path, line: str) -> None:
+    """Print ``line`` to stderr (the job's log) and append it to ``history``."""
+    print(line, file=sys.stderr, flush=True)
+    history.parent.mkdir(parents=True, exist_ok=True)
+    with open(history, "a") as handle:
+        handle.write(line + "\n")

@@ -148,12 +148,14 @@ class TrainingPreempted(SystemExit):
         super().__init__(PREEMPTED_EXIT_CODE)
         self.checkpoint = checkpoint
         self.reason = reason
+        self.where = (
+            f"by {reason} after epoch {progress.epoch} + {progress.batch_in_epoch} batches "
+            f"(step {progress.step})"
+        )
         if not announce:  # processes other than rank 0 stop silently
             return
         print(
-            f"stopped by {reason} after epoch {progress.epoch} + {progress.batch_in_epoch} "
-            f"batches (step {progress.step}); saved {checkpoint}; rerunning the job resumes "
-            "there",
+            f"stopped {self.where}; saved {checkpoint}; rerunning the job resumes there",
             file=sys.stderr,
             flush=True,
         )

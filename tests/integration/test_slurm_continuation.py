@@ -27,7 +27,8 @@ MAX_JOB_HOURS = "0.017"  # one minute, the partition's limit
 CHECKPOINT = Path(f"results/{SCALE}/runs/{RUN}/seed0/checkpoints/best.pt")
 JOB_LOG = Path(f"results/{SCALE}/logs/train/{RUN}/seed0.log")
 TIMING = {"train_samples_per_s", "epoch_time_s"}  # log.csv columns that differ between runs
-STARTS = re.compile(r"Slurm job (\d+), start (\d+):")
+STARTS = re.compile(r"Slurm job (\d+), start (\d+): began")
+STOPS = re.compile(r"stopped by the job's time limit after epoch (\d+) \+ (\d+) batches")
 TIMEOUT_S = 1200
 
 
@@ -96,13 +97,19 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
     job_log = (workdir / JOB_LOG).read_text() if (workdir / JOB_LOG).is_file() else ""
     assert run.returncode == 0, report + job_log[-6000:] + slurm.log_tail()
 
-    starts = STARTS.findall(job_log)
-    assert len(starts) >= 2, f"the run finished in one job: {starts}\n{job_log[-3000:]}"
+    history = (workdir / CHECKPOINT.parents[1] / "slurm_starts.log").read_text()
+    starts = STARTS.findall(history)
+    assert len(starts) >= 2, f"the run finished in one job: {history}\n{job_log[-3000:]}"
     assert len({job for job, _ in starts}) == 1, starts  # one Slurm job, requeued
     assert [int(start) for _, start in starts] == list(range(1, len(starts) + 1))
-    assert job_log.count("stopped by the job's time limit after epoch") == len(starts) - 1
-    assert job_log.count("requeueing Slurm job") == len(starts) - 1
-    assert job_log.count("resuming ") >= len(starts) - 1
+    stops = re.findall(
+        r"stopped by the job's time limit after epoch (\d+) \+ (\d+) batches", history
+    )
+    assert len(stops) == len(starts) - 1, history
+    # the last job's log shows the earlier starts and stops, and where it resumed
+    assert all(line in job_log for line in history.splitlines()[:-1]), job_log[-3000:]
+    epoch, batches = stops[-1]
+    assert f"{epoch} epochs and {batches} batches done, same experiment" in job_log
 
     reference = tmp_path / "uninterrupted"
     data = workdir / "results" / SCALE / "data" / "md17-ethanol"
