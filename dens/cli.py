@@ -10,7 +10,7 @@
                                   --continue-before-time-limit S: across Slurm jobs, dens.slurm)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
-    dens relax EXPERIMENT --scale S --run-dir DIR
+    dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
     dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
     dens table NAME --scale S --out-dir DIR
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
@@ -220,6 +220,38 @@ def cmd_submission(args: argparse.Namespace) -> None:
     print(f"{args.experiment}: {challenge.name} submission ({counts}){scored}")
 
 
+def cmd_relax(args: argparse.Namespace) -> None:
+    from dens.relaxation.is2re import relax_run
+    from dens.relaxation.lbfgs import LBFGSSettings
+    from dens.submission import challenge_for
+
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment)
+    challenge = challenge_for(experiment["dataset_family"], "is2re")
+    relax = registry.scale["relax"]
+    _set_threads(args.threads)
+    metrics = relax_run(
+        Path(args.run_dir),
+        {Path(path).stem: Path(path) for path in args.splits},
+        challenge,
+        LBFGSSettings(max_steps=relax["max_steps"], fmax=relax["fmax"]),
+        relax["batch_size"],
+        relax["max_systems"],
+        device=args.device,
+    )
+    counts = ", ".join(f"{split} {n}" for split, n in metrics["num_systems"].items())
+    scored = (
+        f"; {metrics['metrics_source']}: relaxed-energy MAE {metrics['energy_mae_meV']:.1f} meV"
+        if metrics["metrics_source"]
+        else "; no labels: upload relax/submission.npz to the evaluation server"
+    )
+    print(
+        f"{args.experiment}: {challenge.name} relaxations ({counts}), "
+        f"{100 * metrics['converged_fraction']:.0f}% converged, mean "
+        f"{metrics['mean_steps']:.0f} steps{scored}"
+    )
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from dens import slurm
     from dens.simulate import SimulationSettings, simulate_run
@@ -245,9 +277,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     )
 
 
-PENDING_STAGES = {
-    "relax": "IS2RE relaxation (dens.relax) is not implemented yet (issue: OC20/OC22)",
-}
+PENDING_STAGES: dict[str, str] = {}
 
 
 def cmd_pending(args: argparse.Namespace) -> None:
@@ -392,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_checkpoint)
 
     p = commands.add_parser(
+        "relax", help="IS2RE: relax the initial structures of the relax splits with a run"
+    )
+    _add_job_options(p)
+    p.add_argument("splits", nargs="+", type=Path, help="relax split files (aselmdb)")
+    p.set_defaults(func=cmd_relax)
+
+    p = commands.add_parser(
         "simulate", help="MD simulations of a trained MD17 run: stability and h(r) (Table 10)"
     )
     _add_job_options(p)
@@ -424,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("figure", help="draw one of the paper's figures 3-5")
     p.add_argument("figure", help="figure3, figure4 or figure5")
-    p.add_argument("--out", required=True)
-    p.add_argument("structures", nargs="+", help="one training split (aselmdb) per figure row")
+    p.add_argument("--out", required=True, help="the PNG file (the PDF goes beside it)")
+    p.add_argument("structures", nargs="+", help="each dataset's training split (aselmdb)")
     _add_config_options(p)
     p.set_defaults(func=cmd_figure)
 

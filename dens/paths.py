@@ -12,8 +12,10 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
         metrics.json, relax/metrics.json, simulate/metrics.json
         test/submission.npz, test/metrics.json    S2EF test predictions for the evaluation server
         test/server_results.json                  the server's results, dropped in by the user
+        relax/submission.npz, relax/server_results.json     the same for IS2RE (dens.relaxation)
+        relax/systems.jsonl, relax/relaxed.aselmdb          relaxed systems (dens.relaxation)
     results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
-    results/{scale}/figures/{figure}.png                 the paper's figures
+    results/{scale}/figures/{figure}.png|.pdf            the paper's figures
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
     results/downloads/                                   archives of the paper scale (any scale)
 """
@@ -39,6 +41,14 @@ SUBMISSION_FILE = "test/submission.npz"
 """S2EF test predictions in the evaluation server's format (dens.submission), in a run directory."""
 SERVER_RESULTS_FILE = "test/server_results.json"
 """The evaluation server's S2EF test results (dens.submission), in a run directory."""
+RELAX_SUBMISSION_FILE = "relax/submission.npz"
+"""IS2RE relaxed energies in the evaluation server's format (dens.submission), in a run dir."""
+RELAX_SERVER_RESULTS_FILE = "relax/server_results.json"
+"""The evaluation server's IS2RE results (dens.submission), in a run directory."""
+SUBMISSION_FILES = {"test": SUBMISSION_FILE, "relax": RELAX_SUBMISSION_FILE}
+"""Evaluation-server file of each stage that writes one (S2EF test, IS2RE)."""
+SERVER_RESULTS_FILES = {"test": SERVER_RESULTS_FILE, "relax": RELAX_SERVER_RESULTS_FILE}
+"""Server results file of each stage whose metrics an evaluation server can give."""
 
 
 def results_dir(scale: str) -> PurePosixPath:
@@ -96,14 +106,20 @@ def metrics_file(
     return run_dir(scale, experiment, seed) / METRICS_FILES[stage]
 
 
-def submission_file(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    """The file a run's S2EF test predictions are uploaded to the evaluation server in."""
-    return run_dir(scale, experiment, seed) / SUBMISSION_FILE
+def submission_file(
+    scale: str, experiment: str, seed: int | str, stage: str = "test"
+) -> PurePosixPath:
+    """The file a run's predictions are uploaded to the evaluation server in (stage "test": S2EF
+    test, "relax": IS2RE)."""
+    return run_dir(scale, experiment, seed) / SUBMISSION_FILES[stage]
 
 
-def server_results_file(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    """Where the user puts the evaluation server's results of a run's submission file."""
-    return run_dir(scale, experiment, seed) / SERVER_RESULTS_FILE
+def server_results_file(
+    scale: str, experiment: str, seed: int | str, stage: str = "test"
+) -> PurePosixPath:
+    """Where the user puts the evaluation server's results of a run's submission file (stage
+    "test": S2EF, "relax": IS2RE)."""
+    return run_dir(scale, experiment, seed) / SERVER_RESULTS_FILES[stage]
 
 
 def tables_dir(scale: str) -> PurePosixPath:
@@ -114,8 +130,8 @@ def table_file(scale: str, table: str, ext: str) -> PurePosixPath:
     return tables_dir(scale) / f"{table}.{ext}"
 
 
-def figure_file(scale: str, figure: str) -> PurePosixPath:
-    return results_dir(scale) / "figures" / f"{figure}.png"
+def figure_file(scale: str, figure: str, ext: str = "png") -> PurePosixPath:
+    return results_dir(scale) / "figures" / f"{figure}.{ext}"
 
 
 def curves_file(scale: str, table: str, ext: str) -> PurePosixPath:

@@ -1,4 +1,4 @@
-"""S2EF test splits: the evaluation server's submission file, test metrics, the server's results.
+"""Test splits: the evaluation server's submission file, test metrics, the server's results.
 
 The labels of the OC20 S2EF and OC22 S2EF-Total test splits are not public; the paper's test
 columns (Tables 2 and 3) come from the EvalAI evaluation server. :func:`write_submission`
@@ -44,6 +44,19 @@ submission, validated against workflow/schemas/server_results.schema.yaml::
                 "ood_ads": {...}, "ood_cat": {...}, "ood_both": {...}}}
 
 Every split of the challenge must be there; the tables (dens.tables) prefer it to local labels.
+
+IS2RE (:data:`IS2RE_CHALLENGES`, Tables 2 and 3: relaxed energies from dens.relaxation.is2re)
+works the same way with its own files in the run directory: ``relax/submission.npz``
+(dens.paths.RELAX_SUBMISSION_FILE) holds ``<split>_ids`` (the systems' sids as str, sorted) and
+``<split>_energy`` (float64, eV: the relaxed energy, OC20 adsorption / OC22 total), the layout of
+fairchem's ``make_submission_file.py --is2re-relaxations``; a relax split's rows are assigned to
+challenge splits like test rows (file prefix ``is2re_test_``). The server's IS2RE results go to
+``relax/server_results.json`` (dens.paths.RELAX_SERVER_RESULTS_FILE)::
+
+    {"challenge": "oc20_is2re",                 # or "oc22_is2re_total"
+     "units": {"energy": "eV"},
+     "splits": {"id": {"energy_mae": 0.309, "ewt": 0.093},   # ewt (within 0.02 eV) optional
+                "ood_ads": {...}, "ood_cat": {...}, "ood_both": {...}}}
 """
 
 from __future__ import annotations
@@ -69,8 +82,10 @@ from dens.models import build_model as build_registered_model
 
 LOCAL_LABELS = "local labels"
 SERVER = "evaluation server"
-METRICS = ("energy_mae_meV", "forces_mae_meV_per_A", "forces_cos", "efwt")
-"""Test metrics per split and as the mean over splits (units: meV, meV/Å, 1, fraction)."""
+METRICS = ("energy_mae_meV", "forces_mae_meV_per_A", "forces_cos", "efwt", "ewt")
+"""Test metrics per split and as the mean over splits (units: meV, meV/Å, 1, fraction,
+fraction); ``ewt`` (IS2RE: energy within 0.02 eV) only for IS2RE challenges, the others but
+``energy_mae_meV`` only for S2EF ones."""
 
 
 class ServerResultsError(DensError, ValueError):
@@ -80,12 +95,15 @@ class ServerResultsError(DensError, ValueError):
 
 @dataclass(frozen=True)
 class Challenge:
-    """One S2EF task of an evaluation server."""
+    """One task of an evaluation server: S2EF (energy and forces per frame) or IS2RE (relaxed
+    energy per system, ``forces`` False)."""
 
     key: str  # the ``challenge`` of a server results file
     name: str
     splits: tuple[str, ...]  # the server's splits: the key prefixes of the submission file
-    dtype: type[np.floating]  # precision of energy and forces in the file
+    dtype: type[np.floating]  # precision of energy (and forces) in the file
+    forces: bool = True  # the file holds forces (S2EF) or energies only (IS2RE)
+    file_prefix: str = "s2ef_test_"  # a split file named <file_prefix><split> holds that split
 
 
 CHALLENGES = {
@@ -96,15 +114,34 @@ CHALLENGES = {
 }
 """Challenge of each dataset family whose test labels only the evaluation server has."""
 
+IS2RE_CHALLENGES = {
+    "oc20": Challenge(
+        "oc20_is2re", "OC20 IS2RE", CHALLENGES["oc20"].splits, np.float64, False, "is2re_test_"
+    ),
+    "oc22": Challenge(
+        "oc22_is2re_total",
+        "OC22 IS2RE-Total",
+        CHALLENGES["oc22"].splits,
+        np.float64,
+        False,
+        "is2re_test_",
+    ),
+}
+"""IS2RE challenge of each dataset family (relaxed energies, dens.relaxation.is2re). Energies are
+float64: fairchem's make_submission_file.py (``write_is2re_relaxations``) stores the energies of
+the trajectories' last frames as they are."""
 
-def challenge_for(family: str) -> Challenge:
-    """The evaluation-server challenge of a dataset family (config/datasets.yaml ``family``)."""
-    if family not in CHALLENGES:
+
+def challenge_for(family: str, task: str = "s2ef") -> Challenge:
+    """The evaluation-server challenge of a dataset family (config/datasets.yaml ``family``) for
+    ``task`` "s2ef" (:data:`CHALLENGES`) or "is2re" (:data:`IS2RE_CHALLENGES`)."""
+    challenges = {"s2ef": CHALLENGES, "is2re": IS2RE_CHALLENGES}[task]
+    if family not in challenges:
         raise ConfigError(
-            f"dataset family {family!r} has no evaluation-server challenge; the S2EF test "
-            f"submission is for {', '.join(CHALLENGES)}"
+            f"dataset family {family!r} has no evaluation-server challenge; the {task.upper()} "
+            f"test submission is for {', '.join(challenges)}"
         )
-    return CHALLENGES[family]
+    return challenges[family]
 
 
 # -- reading test rows -----------------------------------------------------------------------------
@@ -122,12 +159,13 @@ class TestStructure:
 def challenge_split(
     file_split: str, keys: Mapping[str, Any], challenge: Challenge, where: str
 ) -> str:
-    """The challenge split of a test row (module notes): ``subsplit``, the file's split name or
-    ``category``; InvalidDataError naming ``where`` if none is a split of the challenge."""
+    """The challenge split of a test row (module notes): ``subsplit``, the file's split name
+    (without the challenge's ``file_prefix``) or ``category``; InvalidDataError naming ``where``
+    if none is a split of the challenge."""
     if "subsplit" in keys:
         split = str(keys["subsplit"]).removeprefix("test_")
-    elif file_split.removeprefix("s2ef_test_") in challenge.splits:
-        split = file_split.removeprefix("s2ef_test_")
+    elif file_split.removeprefix(challenge.file_prefix) in challenge.splits:
+        split = file_split.removeprefix(challenge.file_prefix)
     else:
         split = str(keys.get("category", ""))
     if split not in challenge.splits:
@@ -240,8 +278,9 @@ def predict_test(
 def submission_arrays(
     predictions: Mapping[str, SplitPredictions], challenge: Challenge
 ) -> dict[str, np.ndarray]:
-    """The submission file's arrays (module notes); every split of the challenge must have
-    structures and unique ids."""
+    """The submission file's arrays (module notes; an IS2RE challenge: ``<split>_ids`` (sids)
+    and ``<split>_energy`` only); every split of the challenge must have structures and unique
+    ids."""
     arrays: dict[str, np.ndarray] = {}
     for split in challenge.splits:
         split_predictions = predictions.get(split)
@@ -253,12 +292,14 @@ def submission_arrays(
         ids = np.array(split_predictions.ids)
         order = np.argsort(ids, kind="stable")
         if len(np.unique(ids)) != len(ids):
-            raise InvalidDataError(f"{challenge.name} split {split!r}: duplicate sid_fid ids")
-        forces = [split_predictions.forces[i] for i in order]
+            raise InvalidDataError(f"{challenge.name} split {split!r}: duplicate ids")
         arrays[f"{split}_ids"] = ids[order]
         arrays[f"{split}_energy"] = np.asarray(split_predictions.energy)[order].astype(
             challenge.dtype
         )
+        if not challenge.forces:
+            continue
+        forces = [split_predictions.forces[i] for i in order]
         arrays[f"{split}_forces"] = np.concatenate(forces).reshape(-1, 3).astype(challenge.dtype)
         arrays[f"{split}_chunk_idx"] = np.cumsum([len(f) for f in forces], dtype=np.int64)[:-1]
     return arrays
@@ -363,10 +404,10 @@ def _refuse_constant(name: str) -> None:
 def read_server_results(
     path: Path, challenge: Challenge, root: Path | None = None
 ) -> dict[str, Any]:
-    """The server's results of a submission (module notes) as test metrics in meV and meV/Å, per
-    split and as the mean over the splits, with ``metrics_source: "evaluation server"``.
-    ServerResultsError names the file and the key of any problem. root: where workflow/schemas/
-    is (default: dens.config.find_root())."""
+    """The server's results of a submission (module notes; S2EF or IS2RE) as test metrics in meV
+    and meV/Å, per split and as the mean over the splits, with ``metrics_source: "evaluation
+    server"``. ServerResultsError names the file and the key of any problem. root: where
+    workflow/schemas/ is (default: dens.config.find_root())."""
     path = Path(path)
     try:
         document = json.loads(path.read_text(), parse_constant=_refuse_constant)
@@ -391,15 +432,14 @@ def read_server_results(
             + f" ({challenge.name} has {', '.join(challenge.splits)})"
         )
     energy_scale = ENERGY_UNITS[document["units"]["energy"]]
-    force_scale = FORCE_UNITS[document["units"]["forces"]]
     per_split = {}
     for split in challenge.splits:
         values = splits[split]
-        converted = {
-            "energy_mae_meV": energy_scale * values["energy_mae"],
-            "forces_mae_meV_per_A": force_scale * values["forces_mae"],
-        }
-        converted |= {key: values[key] for key in ("forces_cos", "efwt") if key in values}
+        converted = {"energy_mae_meV": energy_scale * values["energy_mae"]}
+        if challenge.forces:
+            force_scale = FORCE_UNITS[document["units"]["forces"]]
+            converted["forces_mae_meV_per_A"] = force_scale * values["forces_mae"]
+        converted |= {key: values[key] for key in ("forces_cos", "efwt", "ewt") if key in values}
         per_split[split] = converted
     return {
         "challenge": challenge.key,

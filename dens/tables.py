@@ -134,8 +134,10 @@ def table_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
                     continue
                 for seed in registry.options["seeds"]:
                     files.append(paths.metrics_file(scale, experiment, seed, source))
-                    server = paths.server_results_file(scale, experiment, seed)
-                    if source == "test" and (registry.root / server).is_file():
+                    if source not in paths.SERVER_RESULTS_FILES:
+                        continue
+                    server = paths.server_results_file(scale, experiment, seed, source)
+                    if (registry.root / server).is_file():
                         files.append(server)
     return list(dict.fromkeys(files))
 
@@ -160,17 +162,25 @@ class Reading:
     awaiting: bool = False  # S2EF test columns: no labels here and no server results yet
 
 
-def _test_metrics(registry: Registry, experiment: str, seed: int) -> tuple[dict[str, Any], bool]:
-    """A run's S2EF test metrics and whether they come from the server: the server's results
-    file where present, else test/metrics.json (dens.submission)."""
+SERVER_TASKS = {"test": "s2ef", "relax": "is2re"}
+"""The evaluation-server task of each source whose metrics a server can give."""
+
+
+def _server_or_local_metrics(
+    registry: Registry, experiment: str, seed: int, source: str
+) -> tuple[dict[str, Any], bool]:
+    """A run's S2EF test (source "test") or IS2RE (source "relax") metrics and whether they come
+    from the server: the server's results file where present, else the job's metrics file
+    (dens.submission)."""
     from dens.submission import challenge_for, read_server_results
 
     scale = registry.scale_name
-    server = registry.root / paths.server_results_file(scale, experiment, seed)
+    server = registry.root / paths.server_results_file(scale, experiment, seed, source)
     if server.is_file():
         family = registry.dataset(registry.experiment(experiment)["dataset"])["family"]
-        return read_server_results(server, challenge_for(family), registry.root), True
-    return read_metrics(registry.root / paths.metrics_file(scale, experiment, seed, "test")), False
+        challenge = challenge_for(family, SERVER_TASKS[source])
+        return read_server_results(server, challenge, registry.root), True
+    return read_metrics(registry.root / paths.metrics_file(scale, experiment, seed, source)), False
 
 
 def read_seed(registry: Registry, experiment: str, seed: int, column: dict[str, Any]) -> Reading:
@@ -181,12 +191,13 @@ def read_seed(registry: Registry, experiment: str, seed: int, column: dict[str, 
     source = column.get("source", "evaluate")
     path = registry.root / paths.metrics_file(registry.scale_name, experiment, seed, source)
     from_server = False
-    if source == "test":
-        metrics, from_server = _test_metrics(registry, experiment, seed)
+    if source in SERVER_TASKS:
+        metrics, from_server = _server_or_local_metrics(registry, experiment, seed, source)
         if metrics.get("metrics_source") is None:
             return Reading(None, awaiting=True)
         if from_server:
-            path = registry.root / paths.server_results_file(registry.scale_name, experiment, seed)
+            server = paths.server_results_file(registry.scale_name, experiment, seed, source)
+            path = registry.root / server
     else:
         metrics = read_metrics(path)
     metric, unit = column["metric"], None
@@ -258,8 +269,8 @@ def measure(
     readings = [[read_seed(registry, e, s, column) for s in seeds] for e in experiments]
     flat = [reading for per_experiment in readings for reading in per_experiment]
     if any(reading.awaiting for reading in flat):
-        server = paths.server_results_file(scale, pattern, seed)
-        return Ours(None, None, 0, f"{server} (not there yet)", state=AWAITING)
+        server = paths.server_results_file(scale, pattern, seed, source)
+        return Ours(None, None, 0, f"{server} (not there yet)", state=AWAITING, sources=(source,))
     units = {reading.unit for reading in flat}
     if len(units) > 1:
         raise MetricsError(
@@ -269,11 +280,12 @@ def measure(
     origins, sources = [], []
     if not all(reading.from_server for reading in flat):
         local = paths.metrics_file(scale, pattern, seed, source)
-        origins.append(f"{local} ({LOCAL_SOURCE})" if source == "test" else str(local))
-        sources += [LOCAL_SOURCE] if source == "test" else []
+        origins.append(f"{local} ({LOCAL_SOURCE})" if source in SERVER_TASKS else str(local))
+        sources += [f"{source}:{LOCAL_SOURCE}"] if source in SERVER_TASKS else []
     if any(reading.from_server for reading in flat):
-        origins.append(f"{paths.server_results_file(scale, pattern, seed)} ({SERVER_SOURCE})")
-        sources.append(SERVER_SOURCE)
+        server = paths.server_results_file(scale, pattern, seed, source)
+        origins.append(f"{server} ({SERVER_SOURCE})")
+        sources.append(f"{source}:{SERVER_SOURCE}")
     per_seed = [_mean([r.value for r in per_seed]) for per_seed in zip(*readings, strict=True)]
     mean = _mean(per_seed)
     std = statistics.stdev(per_seed) if mean is not None and len(per_seed) > 1 else None
@@ -286,15 +298,17 @@ class Outcomes:
     """What a table's cells found besides numbers, for its footnotes."""
 
     not_run: dict[str, None] = field(default_factory=dict)  # the reasons, in order
-    awaiting: bool = False
-    test_sources: set[str] = field(default_factory=set)
+    awaiting: set[str] = field(default_factory=set)  # sources (test, relax) awaiting the server
+    server_sources: set[str] = field(default_factory=set)  # "<source>:<local labels|server>"
     without_gpu: dict[str, str] = field(default_factory=dict)  # column name -> unit shown
 
     def add(self, ours: Ours, column: dict[str, Any]) -> None:
         if ours.state == NOT_RUN:
             self.not_run[ours.reason] = None
-        self.awaiting |= ours.state == AWAITING
-        self.test_sources.update(ours.sources)
+        if ours.state == AWAITING:
+            self.awaiting.update(ours.sources)
+        else:
+            self.server_sources.update(ours.sources)
         if ours.unit:
             self.without_gpu[column["name"]] = ours.unit
 
@@ -303,24 +317,27 @@ class Outcomes:
         if self.without_gpu:
             shown = "; ".join(f"{name} in {unit}" for name, unit in self.without_gpu.items())
             notes.append(f"{WITHOUT_GPU} trained without a GPU: {shown}.")
-        if LOCAL_SOURCE in self.test_sources:
-            notes.append(
-                f"S2EF test columns from {LOCAL_SOURCE}: the generated test splits of scale "
-                f"{scale} carry labels, scored like the evaluation server scores the submission "
-                "file's predictions (test/metrics.json)."
-            )
-        if SERVER_SOURCE in self.test_sources:
-            notes.append(
-                f"S2EF test columns from the {SERVER_SOURCE}'s results (test/server_results.json)."
-            )
-        if self.awaiting:
-            submission = paths.submission_file(scale, "<experiment>", "<S>")
-            server = paths.server_results_file(scale, "<experiment>", "<S>")
-            notes.append(
-                f"{AWAITING}: the test labels are not public; upload {submission} to the "
-                f"{SERVER_SOURCE} and write its results to {server} (format: dens.submission), "
-                "then rerun the table."
-            )
+        for source, what in (("test", "S2EF test"), ("relax", "IS2RE")):
+            directory = paths.METRICS_FILES[source].split("/")[0]
+            if f"{source}:{LOCAL_SOURCE}" in self.server_sources:
+                notes.append(
+                    f"{what} columns from {LOCAL_SOURCE}: the generated {what} splits of scale "
+                    f"{scale} carry labels, scored like the evaluation server scores the "
+                    f"submission file's predictions ({paths.METRICS_FILES[source]})."
+                )
+            if f"{source}:{SERVER_SOURCE}" in self.server_sources:
+                notes.append(
+                    f"{what} columns from the {SERVER_SOURCE}'s results "
+                    f"({directory}/server_results.json)."
+                )
+            if source in self.awaiting:
+                submission = paths.submission_file(scale, "<experiment>", "<S>", source)
+                server = paths.server_results_file(scale, "<experiment>", "<S>", source)
+                notes.append(
+                    f"{AWAITING}: the {what} test labels are not public; upload {submission} to "
+                    f"the {SERVER_SOURCE} and write its results to {server} (format: "
+                    "dens.submission), then rerun the table."
+                )
         if self.not_run:
             notes.append(f"{NOT_RUN}: no metrics can exist yet: {'; '.join(self.not_run)}.")
         return notes

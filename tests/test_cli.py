@@ -77,10 +77,12 @@ def test_unknown_archive_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str
     assert "unknown archive 'oc20_s2ef_2m'" in err and "config/archives.yaml" in err
 
 
-def test_pending_stage_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["relax", "oc22/eqv2-dens-127m", "--scale", "smoke", "--run-dir", str(tmp_path)])
+def test_relax_without_a_checkpoint_is_one_line(tmp_path, capsys) -> None:
+    split = str(tmp_path / "is2re_test_id.aselmdb")
+    arguments = ["--scale", "smoke", "--run-dir", str(tmp_path), "--device", "cpu", split]
+    code = main(["relax", "oc22/eqv2-dens-127m", *arguments])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "IS2RE relaxation" in err
+    assert code == 2 and err.count("\n") == 1 and "checkpoint" in err
 
 
 def test_python_dash_m_dens_is_the_same_command() -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from dens import paths
-from dens.cli import PENDING_STAGES
 from dens.config import MOLECULES, load_registry
 from dens.models import PENDING_FAMILIES
 from dens.submission import ServerResultsError
@@ -246,6 +245,8 @@ def test_table2_test_columns_from_local_labels_then_the_server(
         "forces_mae_meV_per_A": 30.3,
     }
     write_json(run_file(pipeline_copy, RUN_160M, "test/metrics.json"), local)
+    relaxed = {"metrics_source": "local labels", "energy_mae_meV": 350.2}
+    write_json(run_file(pipeline_copy, RUN_160M, "relax/metrics.json"), relaxed)
     rows, md, tex = table2(pipeline_copy)
     assert float(rows["S2EF val energy"]["ours"]) == 301.6
     assert float(rows["S2EF test energy"]["ours"]) == 250.4
@@ -254,17 +255,17 @@ def test_table2_test_columns_from_local_labels_then_the_server(
         f"results/smoke/runs/{RUN_160M}/seed0/test/metrics.json (local labels)"
     )
     relax = rows["IS2RE test energy"]
-    assert relax["ours"] == "" and relax["n_seeds"] == ""
-    assert relax["status"] == f"not run: {PENDING_STAGES['relax']}"
+    assert float(relax["ours"]) == 350.2 and relax["n_seeds"] == "1"
+    assert float(relax["paper"]) == 293
     assert rows["throughput"]["unit"] == "samples/s per CPU device"  # no train_gpu_hours
     assert float(rows["throughput"]["ours"]) == 12.5
     assert "| ours (smoke) | 12.5†‡ | 302† | 41.3† |" in md
-    assert "| ours (smoke) | 250† | 30.3† | not run |" in md
+    assert "| ours (smoke) | 250† | 30.3† | 350† |" in md
     assert "‡ trained without a GPU: throughput in samples/s per CPU device." in md
     assert "S2EF test columns from local labels" in md
-    assert f"not run: no metrics can exist yet: {PENDING_STAGES['relax']}." in md
+    assert "IS2RE columns from local labels" in md
     assert "| GemNet-OC-L-E | paper (cited) | 7.5 | 239 | 22.1 |" in md
-    assert r"12.5$^\dagger$$^\ddagger$" in tex and r"& not run \\" in tex
+    assert r"12.5$^\dagger$$^\ddagger$" in tex and r"& 350$^\dagger$ \\" in tex
     assert r"GemNet-OC-L-E & paper (cited) & 7.5 & 239 & 22.1 \\" in tex
 
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
@@ -298,17 +299,36 @@ def test_table2_awaits_the_server_without_labels(
         train_gpu_hours=4.0,
     )
     write_json(run_file(pipeline_copy, RUN_160M, "test/metrics.json"), {"metrics_source": None})
+    write_json(run_file(pipeline_copy, RUN_160M, "relax/metrics.json"), {"metrics_source": None})
     rows, md, tex = table2(pipeline_copy)
-    for column in ("S2EF test energy", "S2EF test forces"):
+    for column in ("S2EF test energy", "S2EF test forces", "IS2RE test energy"):
         assert rows[column]["status"] == "awaiting server" and rows[column]["ours"] == ""
     assert rows["throughput"]["unit"] == "samples/GPU/s"  # trained on a GPU
-    assert "| ours (smoke) | awaiting server | awaiting server | not run |" in md
+    assert "| ours (smoke) | awaiting server | awaiting server | awaiting server |" in md
     assert "‡" not in md
     assert (
         "write its results to results/smoke/runs/<experiment>/seed<S>/test/server_results.json"
         in md
     )
-    assert r"awaiting server & awaiting server & not run \\" in tex
+    assert "relax/submission.npz to the evaluation server" in md
+    assert r"awaiting server & awaiting server & awaiting server \\" in tex
+    relax_server = run_file(pipeline_copy, RUN_160M, "relax/server_results.json")
+    splits = {"id": 0.3, "ood_ads": 0.31, "ood_cat": 0.32, "ood_both": 0.33}
+    write_json(
+        relax_server,
+        {
+            "challenge": "oc20_is2re",
+            "units": {"energy": "eV"},
+            "splits": {s: {"energy_mae": e} for s, e in splits.items()},
+        },
+    )
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    assert paths.server_results_file("smoke", RUN_160M, 0, "relax") in table_inputs(
+        registry, "table2"
+    )
+    rows, md, _ = table2(pipeline_copy)
+    assert float(rows["IS2RE test energy"]["ours"]) == pytest.approx(315.0)
+    assert "IS2RE columns from the evaluation server's results" in md
     server = run_file(pipeline_copy, RUN_160M, "test/server_results.json")
     write_json(server, server_results("oc20_s2ef", {"id": 0.2}))
     with pytest.raises(ServerResultsError, match=r"server_results.json: splits: missing ood_ads"):
@@ -330,6 +350,11 @@ def test_table3_reads_id_and_ood_splits(pipeline_copy: Path, eqv2_implemented: N
             },
         }
         write_json(run_file(pipeline_copy, experiment, "test/metrics.json"), test)
+        relaxed = {
+            "metrics_source": "local labels",
+            "splits": {"id": {"energy_mae_meV": 1000.0 + index}, "ood": {"energy_mae_meV": 1500.0}},
+        }
+        write_json(run_file(pipeline_copy, experiment, "relax/metrics.json"), relaxed)
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     csv_path, md_path, _ = write_table(registry, "table3", pipeline_copy / "out")
     rows = {
@@ -341,6 +366,8 @@ def test_table3_reads_id_and_ood_splits(pipeline_copy: Path, eqv2_implemented: N
     assert float(rows[(dens, "test forces OOD")]["ours"]) == 33.0
     assert float(rows[(dens, "test forces OOD")]["paper"]) == 29.31
     assert float(rows[(dens, "parameters")]["paper"]) == 127e6
+    assert float(rows[(dens, "IS2RE test energy ID")]["ours"]) == 1001.0
+    assert float(rows[(dens, "IS2RE test energy OOD")]["paper"]) == 1282
     md = md_path.read_text()
     assert "| ours (smoke) | 1.2M† | 401.0† | 601.0† | 20.00† | 30.00† |" in md
     assert "| | paper | 122M | 433 | 629 | 22.88 | 30.70 |" in md  # the paper's trailing zero

@@ -1,13 +1,14 @@
 # Figures 3-5 (App. G): structures of OC20, OC22 and MD17 with Gaussian noise of several scales
-# added to all atoms, drawn over the original positions (dens.figures), from each dataset's
-# training split.
+# added to all atoms, drawn over the original positions (lighter), one structure per row, from each
+# dataset's training split; PNG and PDF (dens.figures).
 
 
 rule figure:
     input:
         figure_structures,
     output:
-        str(paths.figure_file(SCALE, "{figure}")),
+        png=str(paths.figure_file(SCALE, "{figure}")),
+        pdf=str(paths.figure_file(SCALE, "{figure}", "pdf")),
     wildcard_constraints:
         figure="|".join(FIGURES),
     params:
@@ -21,10 +22,10 @@ rule figure:
         mem_mb=2000,
         runtime=job_minutes(10),
     shell:
-        "python -m dens figure {wildcards.figure} {params.options} --out {output:q} {input:q} "
+        "python -m dens figure {wildcards.figure} {params.options} --out {output.png:q} {input:q} "
         "> {log:q} 2>&1"
 
 
 rule figures:
     input:
-        [str(paths.figure_file(SCALE, name)) for name in FIGURES],
+        [str(paths.figure_file(SCALE, name, ext)) for name in FIGURES for ext in ("png", "pdf")],

@@ -1,6 +1,9 @@
 # Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
-# with a trained run's model (no noise, no force input) and score the relaxed energies
-# (dens.relax).
+# with a trained run's model (no noise, no force input), a batch of systems at a time with the
+# batched L-BFGS (config/scales/*.yaml `relax`), and score the relaxed energies or write the
+# evaluation server's file (dens.relaxation.is2re). A killed job (Slurm's time limit, capped at
+# max_job_hours) resumes when run again: the systems it finished (relax/systems.jsonl) are not
+# relaxed again.
 
 
 rule relax:
@@ -9,9 +12,11 @@ rule relax:
         checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
     output:
         metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "relax")),
+        submission=str(paths.submission_file(SCALE, "{experiment}", "{seed}", "relax")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
+        relax=json.dumps(REGISTRY.scale["relax"], sort_keys=True),
     log:
         str(paths.job_log(SCALE, "relax", "{experiment}/seed{seed}")),
     benchmark:
@@ -22,8 +27,8 @@ rule relax:
     resources:
         mem_mb=16000,
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: 60 * 24 if REGISTRY.scale["gpus"] else 60,
+        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
         "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} "
-        "--run-dir {params.run_dir:q} > {log:q} 2>&1"
+        "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"

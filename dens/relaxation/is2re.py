@@ -1,0 +1,415 @@
+"""The relax job of a trained run: IS2RE by relaxation (paper Sec. 4.1.2 and 4.2, Tables 2, 3).
+
+The initial structures of the dataset's relax splits (config/datasets.yaml role ``relax``: OC20
+``is2re_test``, OC22 ``is2re_test_id`` / ``is2re_test_ood``) are relaxed with the run's best
+weights (dens.inference: no noise, no force input) by the batched L-BFGS of
+dens.relaxation.driver, and the energy the model predicts for the relaxed structure is the IS2RE
+prediction, as fairchem 1.x's ``OCPTrainer.run_relaxations`` does.
+
+Outputs in ``<run>/relax/`` (dens.paths):
+
+``systems.jsonl``
+    One JSON line per finished system, appended (and flushed to disk) as each one leaves the
+    batch: ``key`` (``<split file>/<sid>``), ``split`` (the challenge split), ``sid``,
+    ``energy`` (eV), ``label`` (``y_relaxed`` where the row has it, else null), ``steps``,
+    ``converged``, ``max_force`` (eV/Å, free atoms), ``positions`` (Å, float64). A job killed
+    part-way resumes from it: finished systems are not relaxed again. ``state.json`` beside it
+    records what the lines were computed with (checkpoint digest, L-BFGS settings, the split
+    files' sizes and times, the systems per split); when any of it differs the lines are
+    discarded and every system is relaxed afresh. A rerun with everything unchanged (Snakemake's
+    ``--forcerun relax``) only rewrites the outputs; delete ``systems.jsonl`` to relax again,
+    e.g. after changing dens.relaxation itself.
+``relaxed.aselmdb``
+    The relaxed structures in row order, one row per system (positions, the predicted energy and
+    forces; key-value pairs ``sid``, ``split``, ``steps``, ``converged``, ``max_force``,
+    ``y_relaxed`` where known, ``source_split``): readable by ``ase db`` and fairchem's
+    AseDBDataset.
+``submission.npz``
+    The evaluation server's IS2RE file (dens.submission, ``IS2RE_CHALLENGES``).
+``metrics.json`` (written last)
+    Where every row has a relaxed-energy label (generated data; OC22 IS2RE-Total where the
+    release has them): ``energy_mae_meV`` and ``ewt`` (the fraction within 0.02 eV, OC20's
+    ``energy_within_threshold``) per challenge split under ``splits`` and as the mean over the
+    splits (each weighted equally, as the servers average), with ``metrics_source: "local
+    labels"``; else ``metrics_source: null`` and the server's results come back through
+    ``relax/server_results.json``. Always: systems per split, converged fraction, mean and
+    maximum steps, the settings, wall time and systems per second of this invocation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dens import paths
+from dens.errors import DataError, InvalidDataError
+from dens.inference import BuildModel, load_trained_model
+from dens.models import build_model as build_registered_model
+from dens.relaxation.driver import Predict, Relaxed, System, relax_systems
+from dens.relaxation.lbfgs import LBFGSSettings
+from dens.submission import (
+    LOCAL_LABELS,
+    Challenge,
+    SplitPredictions,
+    challenge_split,
+    save_npz,
+    split_means,
+    submission_arrays,
+)
+
+EWT_THRESHOLD_EV = 0.02
+"""OC20's IS2RE energy-within-threshold: |predicted - DFT relaxed energy| < 0.02 eV."""
+SYSTEMS_FILE = "relax/systems.jsonl"
+STATE_FILE = "relax/state.json"
+RELAXED_FILE = "relax/relaxed.aselmdb"
+
+
+@dataclass(frozen=True)
+class InitialStructure:
+    """One row of a relax split: the system to relax, its challenge split, sid (as the row has
+    it; the server's id is ``str(sid)``), relaxed-energy label (None when the row has none) and
+    the elements the run's training data lacks (symbols; relaxed all the same)."""
+
+    system: System
+    split: str
+    sid: int | str
+    label: float | None
+    source_split: str
+    unseen: tuple[str, ...] = ()
+
+
+def read_initial_structures(
+    path: Path,
+    challenge: Challenge,
+    limit: int | None = None,
+    elements: tuple[int, ...] | None = None,
+) -> list[InitialStructure]:
+    """The first ``limit`` (default all) rows of one relax split file (aselmdb). Every row needs
+    a ``sid``; ``elements``: the atomic numbers the model was trained on (a row with others is
+    relaxed all the same, as S2EF evaluation scores such rows, and says which in ``unseen``:
+    mini-OC20's ood_cat / ood_both systems hold out whole metals)."""
+    import ase.db
+    import lmdb
+    from ase.data import chemical_symbols
+
+    from dens.data.aselmdb import check_aselmdb, rebuild_hint
+    from dens.data.structures import atoms_to_data
+
+    path = Path(path)
+    check_aselmdb(path)
+    out: list[InitialStructure] = []
+    try:
+        db = ase.db.connect(path, readonly=True)
+        try:
+            for row in db.select(limit=limit):
+                where = f"{path}: row {row.id}"
+                keys = row.key_value_pairs
+                if "sid" not in keys:
+                    raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")
+                atoms = row.toatoms()
+                unknown = set(atoms.numbers.tolist()) - set(elements or atoms.numbers.tolist())
+                try:
+                    data = atoms_to_data(atoms, torch.float32)
+                except ValueError as error:
+                    raise InvalidDataError(f"{where}: {error}") from error
+                sid = keys["sid"]
+                label = keys.get("y_relaxed")
+                out.append(
+                    InitialStructure(
+                        System(
+                            f"{path.stem}/{sid}",
+                            data,
+                            torch.tensor(atoms.positions, dtype=torch.float64),
+                        ),
+                        challenge_split(path.stem, keys, challenge, where),
+                        sid,
+                        None if label is None else float(label),
+                        path.stem,
+                        tuple(chemical_symbols[z] for z in sorted(unknown)),
+                    )
+                )
+        finally:
+            db.close()
+    except lmdb.Error as error:
+        raise DataError(f"{path} is damaged (LMDB: {error}); {rebuild_hint(path)}") from error
+    if not out:
+        raise InvalidDataError(f"{path}: no rows to relax")
+    return out
+
+
+# -- resuming ------------------------------------------------------------------------------------
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file (the checkpoint the results were computed with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_finished(path: Path) -> dict[str, dict[str, Any]]:
+    """The systems a previous invocation finished (``systems.jsonl``), by key; a last line cut
+    short by a kill is ignored."""
+    finished: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return finished
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                break  # written when the job was killed
+            raise InvalidDataError(f"{path}: line {number} is not JSON ({error})") from error
+        finished[record["key"]] = record
+    return finished
+
+
+def _record(result: Relaxed, structure: InitialStructure) -> dict[str, Any]:
+    return {
+        "key": result.key,
+        "split": structure.split,
+        "sid": str(structure.sid),
+        "energy": result.energy,
+        "label": structure.label,
+        "steps": result.steps,
+        "converged": result.converged,
+        "max_force": result.max_force,
+        "positions": result.positions.tolist(),
+        "forces": result.forces.tolist(),
+    }
+
+
+def _write_json(path: Path, document: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def relax_structures(
+    structures: list[InitialStructure],
+    predict: Predict,
+    settings: LBFGSSettings,
+    batch_size: int,
+    systems_file: Path,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """Relax the ``structures`` not yet in ``systems_file`` and append each finished one to it
+    (flushed and synced); yield the new records. A tqdm bar on stderr counts all systems."""
+    finished = read_finished(systems_file)
+    if systems_file.is_file():  # cut off a line the killed job left unfinished
+        content = systems_file.read_bytes()
+        if not content.endswith(b"\n"):
+            with open(systems_file, "r+b") as handle:
+                handle.truncate(content.rfind(b"\n") + 1)
+    pending = [s for s in structures if s.system.key not in finished]
+    by_key = {s.system.key: s for s in pending}
+    with (
+        open(systems_file, "a") as out,
+        tqdm(
+            total=len(structures),
+            initial=len(structures) - len(pending),
+            desc="relaxed systems",
+            unit="system",
+            file=sys.stderr,
+            disable=not progress,
+        ) as bar,
+    ):
+        systems = (s.system for s in pending)
+        for result in relax_systems(systems, predict, settings, batch_size, device):
+            record = _record(result, by_key[result.key])
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update()
+            yield record
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def write_relaxed(path: Path, structures: list[InitialStructure], records: Mapping) -> int:
+    """The relaxed structures (module notes) as an aselmdb file."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.constraints import FixAtoms
+
+    from dens.data.aselmdb import write_aselmdb
+
+    rows = []
+    for structure in structures:
+        record = records[structure.system.key]
+        data = structure.system.data
+        atoms = Atoms(
+            numbers=data.atomic_numbers.numpy(),
+            positions=np.asarray(record["positions"]),
+            cell=data.cell[0].double().numpy() if "cell" in data else None,
+            pbc=data.pbc[0].numpy() if "pbc" in data else False,
+            tags=data.tags.numpy() if "tags" in data else None,
+        )
+        if data.fixed.any():
+            atoms.set_constraint(FixAtoms(mask=data.fixed.numpy()))
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=record["energy"], forces=np.asarray(record["forces"])
+        )
+        atoms.info = {
+            "sid": structure.sid,
+            "split": structure.split,
+            "source_split": structure.source_split,
+            "steps": record["steps"],
+            "converged": record["converged"],
+            "max_force": record["max_force"],
+        }
+        if structure.label is not None:
+            atoms.info["y_relaxed"] = structure.label
+        rows.append(atoms)
+    return write_aselmdb(path, rows, {"content": "IS2RE relaxed structures (dens.relaxation)"})
+
+
+def is2re_metrics(records: list[dict[str, Any]], challenge: Challenge) -> dict[str, Any]:
+    """Per challenge split, the relaxed-energy MAE (meV) and EwT of labelled records, and their
+    mean over the splits."""
+    per_split = {}
+    for split in challenge.splits:
+        errors = np.array(
+            [r["energy"] - r["label"] for r in records if r["split"] == split], dtype=np.float64
+        )
+        per_split[split] = {
+            "energy_mae_meV": float(1000.0 * np.abs(errors).mean()),
+            "ewt": float((np.abs(errors) < EWT_THRESHOLD_EV).mean()),
+        }
+    return {**split_means(per_split), "splits": per_split}
+
+
+def relax_run(
+    run_dir: Path,
+    files: Mapping[str, Path],
+    challenge: Challenge,
+    settings: LBFGSSettings,
+    batch_size: int,
+    max_systems: int | None = None,
+    build_model: BuildModel = build_registered_model,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Relax the first ``max_systems`` (default all) rows of each relax split file ``files``
+    ({split name: aselmdb}) with ``run_dir``'s best checkpoint, ``batch_size`` systems at a
+    time; write the outputs of the module notes (resuming from ``systems.jsonl``) and return the
+    metrics."""
+    from dens.checkpoint import find_checkpoint
+
+    if not files:
+        raise ValueError("relax_run needs at least one relax split file")
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    checkpoint = find_checkpoint(run_dir)
+    trained = load_trained_model(checkpoint, build_model, device)
+    structures = [
+        structure
+        for path in files.values()
+        for structure in read_initial_structures(
+            path, challenge, max_systems, trained.normalizer.elements
+        )
+    ]
+    labelled = [s.label is not None for s in structures]
+    if any(labelled) and not all(labelled):
+        raise InvalidDataError(
+            f"{', '.join(map(str, files.values()))}: some rows have y_relaxed and some not"
+        )
+    missing = [split for split in challenge.splits if split not in {s.split for s in structures}]
+    if missing:
+        raise InvalidDataError(
+            f"{', '.join(map(str, files.values()))}: no system of {challenge.name} split(s) "
+            f"{', '.join(missing)}; the server needs all of {', '.join(challenge.splits)}"
+        )
+    unseen = {
+        split: sum(bool(s.unseen) for s in structures if s.split == split)
+        for split in challenge.splits
+    }
+    if any(unseen.values()):
+        symbols = sorted({symbol for s in structures for symbol in s.unseen})
+        print(
+            f"warning: {sum(unseen.values())} system(s) contain element(s) "
+            f"{', '.join(symbols)} absent from the run's training data; relaxed all the same",
+            file=sys.stderr,
+        )
+    keys = [s.system.key for s in structures]
+    if len(set(keys)) != len(keys):
+        raise InvalidDataError(f"{', '.join(map(str, files.values()))}: duplicate sids in a split")
+
+    (run_dir / "relax").mkdir(parents=True, exist_ok=True)
+    systems_file, state_file = run_dir / SYSTEMS_FILE, run_dir / STATE_FILE
+    state = {
+        "checkpoint_sha256": file_digest(checkpoint),
+        "settings": dataclasses.asdict(settings),
+        "max_systems": max_systems,
+        "split_files": {
+            name: {"size": Path(p).stat().st_size, "mtime_ns": Path(p).stat().st_mtime_ns}
+            for name, p in files.items()
+        },
+    }
+    previous = json.loads(state_file.read_text()) if state_file.is_file() else None
+    if previous != state:
+        if systems_file.exists():
+            print(f"{systems_file}: computed with other settings; relaxing afresh", file=sys.stderr)
+        systems_file.unlink(missing_ok=True)
+        _write_json(state_file, state)
+    resumed = len(read_finished(systems_file))
+    new = list(
+        relax_structures(
+            structures, trained.predict, settings, batch_size, systems_file, device, progress
+        )
+    )
+    wall = time.perf_counter() - start
+    finished = read_finished(systems_file)
+    records = [finished[key] for key in keys]
+
+    write_relaxed(run_dir / RELAXED_FILE, structures, finished)
+    predictions = {split: SplitPredictions() for split in challenge.splits}
+    for record in records:
+        predictions[record["split"]].ids.append(record["sid"])
+        predictions[record["split"]].energy.append(record["energy"])
+    save_npz(run_dir / paths.RELAX_SUBMISSION_FILE, submission_arrays(predictions, challenge))
+
+    steps = np.array([r["steps"] for r in records])
+    experiment = trained.experiment
+    metrics = {
+        "experiment": experiment["name"],
+        "scale": experiment["scale"],
+        "seed": experiment["seed"],
+        "dataset": experiment["dataset"],
+        "challenge": challenge.key,
+        "submission": paths.RELAX_SUBMISSION_FILE,
+        "split_files": {name: str(path) for name, path in files.items()},
+        "num_systems": {split: len(p.ids) for split, p in predictions.items()},
+        "systems_with_unseen_elements": unseen,
+        "metrics_source": LOCAL_LABELS if all(labelled) else None,
+        **(is2re_metrics(records, challenge) if all(labelled) else {}),
+        "converged_fraction": float(np.mean([r["converged"] for r in records])),
+        "mean_steps": float(steps.mean()),
+        "max_steps_taken": int(steps.max()),
+        "optimizer": {"name": "batched L-BFGS (dens.relaxation)", **state["settings"]},
+        "batch_size": batch_size,
+        "max_systems_per_split": max_systems,
+        "systems_relaxed_now": len(new),
+        "systems_resumed": resumed,
+        "relax_wall_s": wall,
+        "systems_per_s": len(new) / wall if new else None,
+        "device": str(device),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    _write_json(run_dir / paths.METRICS_FILES["relax"], metrics)
+    return metrics
