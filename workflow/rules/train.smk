@@ -26,7 +26,8 @@ rule train:
         unless_requeued=UNLESS_REQUEUED,
         time_plan=time_plan,
     message:
-        "train {wildcards.experiment} seed {wildcards.seed}: {params.time_plan}"
+        "train {wildcards.experiment} seed {wildcards.seed}: nodes={resources.nodes} "
+        "gres={resources.gres} tasks={resources.tasks}; {params.time_plan}"
     log:
         str(paths.job_log(SCALE, "train", "{experiment}/seed{seed}")),
     benchmark:
