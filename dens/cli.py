@@ -221,6 +221,7 @@ def cmd_submission(args: argparse.Namespace) -> None:
 
 
 def cmd_relax(args: argparse.Namespace) -> None:
+    from dens import slurm
     from dens.relaxation.is2re import relax_run
     from dens.relaxation.lbfgs import LBFGSSettings
     from dens.submission import challenge_for
@@ -230,15 +231,18 @@ def cmd_relax(args: argparse.Namespace) -> None:
     challenge = challenge_for(experiment["dataset_family"], "is2re")
     relax = registry.scale["relax"]
     _set_threads(args.threads)
-    metrics = relax_run(
-        Path(args.run_dir),
-        {Path(path).stem: Path(path) for path in args.splits},
-        challenge,
-        LBFGSSettings(max_steps=relax["max_steps"], fmax=relax["fmax"]),
-        relax["batch_size"],
-        relax["max_systems"],
-        device=args.device,
-    )
+    history = Path(args.run_dir) / "relax" / slurm.HISTORY_FILE
+    with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
+        metrics = relax_run(
+            Path(args.run_dir),
+            {Path(path).stem: Path(path) for path in args.splits},
+            challenge,
+            LBFGSSettings(max_steps=relax["max_steps"], fmax=relax["fmax"]),
+            relax["batch_size"],
+            relax["max_systems"],
+            device=args.device,
+            stop_at=stop_at,
+        )
     counts = ", ".join(f"{split} {n}" for split, n in metrics["num_systems"].items())
     scored = (
         f"; {metrics['metrics_source']}: relaxed-energy MAE {metrics['energy_mae_meV']:.1f} meV"
@@ -426,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_options(p)
     p.add_argument("splits", nargs="+", type=Path, help="relax split files (aselmdb)")
+    _add_continuation_option(p, "the finished systems")
     p.set_defaults(func=cmd_relax)
 
     p = commands.add_parser(

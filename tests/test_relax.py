@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import ase
 import ase.build
@@ -23,9 +24,10 @@ from dens.data.aselmdb import write_aselmdb
 from dens.data.structures import atoms_to_data
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
-from dens.relaxation import is2re
-from dens.relaxation.driver import System, relax_systems
+from dens.relaxation import driver, is2re
+from dens.relaxation.driver import RelaxationStopped, System, relax_systems
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings
+from dens.slurm import TIME_LIMIT
 from dens.submission import IS2RE_CHALLENGES, ServerResultsError, read_server_results
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,6 +154,25 @@ def test_systems_leave_when_done_and_new_ones_enter() -> None:
         assert alone.steps == result.steps
     assert calls[0] == [2, 3]  # the first two systems start together
     assert len(calls) < sum(r.steps + 1 for r in together.values())  # batched
+
+
+def test_a_relaxation_stopped_at_its_time_limit_keeps_what_finished(monkeypatch) -> None:
+    """stop_at (a Slurm job ending itself before its limit, dens.slurm) raises RelaxationStopped
+    (exit status 75) before the next model call; what finished before it was yielded."""
+    systems = [toy_system(key, z, n=3) for key, z in (("stiff", 8), ("far", 2))]
+    settings = LBFGSSettings(max_steps=40, fmax=1e-3, maxstep=0.2)
+    (alone,) = relax_systems(systems[:1], harmonic, settings, batch_size=1)
+    assert alone.converged and alone.steps < 30
+    rounds = alone.steps + 1  # model calls until "stiff" leaves; then "far" enters
+    checks = iter(range(10_000))  # the clock passes stop_at 2 rounds later
+    clock = SimpleNamespace(time=lambda: 2.0 * (next(checks) >= rounds + 2))
+    monkeypatch.setattr(driver, "time", clock)
+    finished = []
+    with pytest.raises(RelaxationStopped) as stopped:
+        for result in relax_systems(systems, harmonic, settings, batch_size=1, stop_at=1.0):
+            finished.append(result.key)
+    assert stopped.value.code == 75 and stopped.value.reason == TIME_LIMIT
+    assert finished == ["stiff"]  # "far" needs 40 steps
 
 
 def test_optimiser_keeps_fixed_atoms_and_refuses_bad_input() -> None:

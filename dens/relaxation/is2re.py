@@ -207,9 +207,11 @@ def relax_structures(
     systems_file: Path,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    stop_at: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Relax the ``structures`` not yet in ``systems_file`` and append each finished one to it
-    (flushed and synced); yield the new records. A tqdm bar on stderr counts all systems."""
+    (flushed and synced); yield the new records. A tqdm bar on stderr counts all systems.
+    stop_at: see dens.relaxation.driver.relax_systems (RelaxationStopped)."""
     finished = read_finished(systems_file)
     if systems_file.is_file():  # cut off a line the killed job left unfinished
         content = systems_file.read_bytes()
@@ -230,7 +232,7 @@ def relax_structures(
         ) as bar,
     ):
         systems = (s.system for s in pending)
-        for result in relax_systems(systems, predict, settings, batch_size, device):
+        for result in relax_systems(systems, predict, settings, batch_size, device, stop_at):
             record = _record(result, by_key[result.key])
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -304,11 +306,12 @@ def relax_run(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    stop_at: float | None = None,
 ) -> dict[str, Any]:
     """Relax the first ``max_systems`` (default all) rows of each relax split file ``files``
     ({split name: aselmdb}) with ``run_dir``'s best checkpoint, ``batch_size`` systems at a
     time; write the outputs of the module notes (resuming from ``systems.jsonl``) and return the
-    metrics."""
+    metrics. stop_at: stop then (RelaxationStopped) and continue in the next call."""
     from dens.checkpoint import find_checkpoint
 
     if not files:
@@ -370,7 +373,14 @@ def relax_run(
     resumed = len(read_finished(systems_file))
     new = list(
         relax_structures(
-            structures, trained.predict, settings, batch_size, systems_file, device, progress
+            structures,
+            trained.predict,
+            settings,
+            batch_size,
+            systems_file,
+            device,
+            progress,
+            stop_at,
         )
     )
     wall = time.perf_counter() - start

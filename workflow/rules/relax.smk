@@ -1,9 +1,10 @@
 # Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
 # with a trained run's model (no noise, no force input), a batch of systems at a time with the
 # batched L-BFGS (config/scales/*.yaml `relax`), and score the relaxed energies or write the
-# evaluation server's file (dens.relaxation.is2re). A killed job (Slurm's time limit, capped at
-# max_job_hours) resumes when run again: the systems it finished (relax/systems.jsonl) are not
-# relaxed again.
+# evaluation server's file (dens.relaxation.is2re). A killed job resumes when run again: the
+# systems it finished (relax/systems.jsonl) are not relaxed again. With max_job_hours set (the
+# Slurm profile) a job stops before its limit and requeues itself (dens.slurm); its log keeps
+# every start.
 
 
 rule relax:
@@ -17,6 +18,8 @@ rule relax:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         relax=json.dumps(REGISTRY.scale["relax"], sort_keys=True),
+        continuation=continuation_option,
+        unless_requeued=UNLESS_REQUEUED,
     log:
         str(paths.job_log(SCALE, "relax", "{experiment}/seed{seed}")),
     benchmark:
@@ -29,6 +32,7 @@ rule relax:
         gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
         runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
     shell:
+        "{params.unless_requeued}: > {log:q}; "
         "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
-        "--threads {threads} "
-        "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
+        "--threads {threads} {params.continuation}"
+        "--run-dir {params.run_dir:q} {input.splits:q} >> {log:q} 2>&1"
