@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dens.config import Registry, load_registry
-from dens.errors import ConfigError, DensError, DeviceError, MissingDataError, NotAvailableError
+from dens.errors import ConfigError, DensError, DeviceError, MissingDataError
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -281,18 +281,6 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     )
 
 
-PENDING_STAGES: dict[str, str] = {}
-
-
-def cmd_pending(args: argparse.Namespace) -> None:
-    """Stages whose implementation lands with a later issue stop here, naming what is missing."""
-    registry_from(args).resolve(args.experiment)
-    raise NotAvailableError(
-        f"dens {args.command} {args.experiment}: {PENDING_STAGES[args.command]}; "
-        "nothing was written"
-    )
-
-
 def cmd_table(args: argparse.Namespace) -> None:
     from dens.tables import write_table
 
@@ -452,11 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_continuation_option(p, "the simulation state")
     p.set_defaults(func=cmd_simulate)
-
-    for stage in PENDING_STAGES:
-        p = commands.add_parser(stage, help=f"{stage} one experiment")
-        _add_job_options(p)
-        p.set_defaults(func=cmd_pending)
 
     p = commands.add_parser("table", help="write one paper table (CSV, Markdown, LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10")

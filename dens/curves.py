@@ -40,7 +40,7 @@ def curve_runs(registry: Registry, name: str) -> list[tuple[str, str, int]]:
     runs = []
     for row in table["rows"]:
         for experiment in registry.table_row_experiments(row, table):
-            if not_run_reason(registry, experiment, "evaluate") is not None:
+            if not_run_reason(registry, experiment) is not None:
                 continue
             runs += [(row["label"], experiment, seed) for seed in registry.options["seeds"]]
     return runs

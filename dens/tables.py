@@ -8,10 +8,9 @@ naming the file. S2EF test columns (source ``test``) read the evaluation server'
 ``test/server_results.json``, which the user drops in (dens.submission), where present, else the
 submission job's ``test/metrics.json``: scores from local labels where the test split has them
 (generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
-yet (dens.models.PENDING_FAMILIES) or whose metrics stage is not (dens.cli.PENDING_STAGES: IS2RE
-relaxations) say ``not run`` and why; :func:`table_inputs`, the table job's
-inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and appear only as
-``paper``. Rows the paper cites from other work carry paper numbers only (unless
+yet (dens.models.PENDING_FAMILIES, empty today) say ``not run`` and why; :func:`table_inputs`,
+the table job's inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and
+appear only as ``paper``. Rows the paper cites from other work carry paper numbers only (unless
 ``retrain_cited_baselines`` trains them). ``write_table`` writes three files per table into
 ``results/{scale}/tables/``:
 
@@ -66,7 +65,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dens import paths
-from dens.cli import PENDING_STAGES
 from dens.config import Registry
 from dens.errors import ConfigError, DensError
 from dens.models import PENDING_FAMILIES
@@ -104,14 +102,10 @@ class MetricsError(DensError, ValueError):
 
 
 # -- reading -----------------------------------------------------------------------------------
-def not_run_reason(registry: Registry, experiment: str, source: str) -> str | None:
-    """Why a run's metrics file of ``source`` cannot exist yet, or None: its model family is not
-    implemented (dens.models.PENDING_FAMILIES) or the stage that writes the file is not
-    (dens.cli.PENDING_STAGES: the commands `dens relax` and `dens simulate` refuse)."""
-    family = registry.experiment(experiment)["model"]["family"]
-    if family in PENDING_FAMILIES:
-        return PENDING_FAMILIES[family]
-    return PENDING_STAGES.get(source)
+def not_run_reason(registry: Registry, experiment: str) -> str | None:
+    """Why a run cannot be trained yet (its model family is in dens.models.PENDING_FAMILIES), or
+    None."""
+    return PENDING_FAMILIES.get(registry.experiment(experiment)["model"]["family"])
 
 
 def _sources(table: dict[str, Any]) -> list[str]:
@@ -130,7 +124,7 @@ def table_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
     for row in table["rows"]:
         for experiment in registry.table_row_experiments(row, table):
             for source in _sources(table):
-                if not_run_reason(registry, experiment, source) is not None:
+                if not_run_reason(registry, experiment) is not None:
                     continue
                 for seed in registry.options["seeds"]:
                     files.append(paths.metrics_file(scale, experiment, seed, source))
@@ -263,7 +257,7 @@ def measure(
     seeds = registry.options["seeds"]
     seed = _seeds_pattern(seeds)
     for experiment in experiments:
-        reason = not_run_reason(registry, experiment, source)
+        reason = not_run_reason(registry, experiment)
         if reason is not None:
             return Ours(None, None, 0, f"{NOT_RUN}: {reason}", state=NOT_RUN, reason=reason)
     readings = [[read_seed(registry, e, s, column) for s in seeds] for e in experiments]

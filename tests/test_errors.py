@@ -79,10 +79,6 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ),
         ["unknown dataset 'md17-ethanoll'", "md17-ethanol"],
     ),
-    "model family not available yet": (
-        lambda tmp: ["params", "oc20-2m/escn-e20"],
-        ["escn", "not implemented yet"],
-    ),
     "unknown archive": (
         lambda tmp: ["data", "download", "md17_ethanoll", "--out", str(tmp / "x.npz")],
         ["unknown archive 'md17_ethanoll'", "config/archives.yaml"],
@@ -170,10 +166,6 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
             + [str(extra_experiments(tmp / "mine.yaml", {"noise_head": True}))]
         ),
         ["model.overrides: 'noise_head': set by the dens entry"],
-    ),
-    "stage not implemented yet": (
-        lambda tmp: ["relax", "oc22/eqv2-dens-127m", "--scale", "smoke", "--run-dir", str(tmp)],
-        ["IS2RE relaxation", "not implemented yet"],
     ),
 }
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dens.cli import PENDING_STAGES
 from dens.config import load_registry
 from dens.models import PENDING_FAMILIES
 
@@ -48,9 +47,9 @@ def test_paper_scale_dry_run_plans_every_job() -> None:
     assert counts["train"] == counts["evaluate"] == len(runs)
     with_test = [r for r in runs if registry.experiment(r)["dataset"] in ("oc20-all-md", "oc22")]
     assert counts.get("submission", 0) == len(with_test)  # All+MD DeNS run, both OC22 runs
-    assert counts.get("relax", 0) == (0 if "relax" in PENDING_STAGES else len(with_test))
+    assert counts["relax"] == len(with_test)
     # Table 10: 4 molecules x {Lmax=2, Lmax=2 + DeNS}
-    assert counts.get("simulate", 0) == (0 if "simulate" in PENDING_STAGES else 8)
+    assert counts["simulate"] == 8
     assert counts["table"] == 11  # table1a, table1b, table2 ... table10
     assert counts["prepare_md17"] == 8
     assert counts["download_archive"] == (19 if oc else 8)  # 11 OC20/OC22 archives + 8 MD17 npz
@@ -117,7 +116,7 @@ def test_oc_tables_need_no_run_that_cannot_exist_yet() -> None:
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
     assert counts["table"] == 4
-    assert counts.get("relax", 0) == (0 if "relax" in PENDING_STAGES else 3)
+    assert counts["relax"] == 3
     eqv2 = "equiformer_v2" not in PENDING_FAMILIES
     escn = 2 if "escn" not in PENDING_FAMILIES else 0  # Table 1(a)'s eSCN rows
     assert ("escn" in result.stdout) == bool(escn)
