@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dens.errors import CheckpointError
 from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
 # reference config key -> our constructor argument (same meaning)
@@ -99,8 +100,9 @@ BACKBONES = {"equiformer_v2_backbone", "equiformer_v2_dens_backbone"}
 MONOLITHIC = {"equiformer_v2", "equiformer_v2_dens"}
 
 
-class CheckpointImportError(ValueError):
-    """The checkpoint is not one this importer can map exactly; the message names why."""
+class CheckpointImportError(CheckpointError):
+    """The checkpoint is not one this importer can map exactly; the message names why (a
+    ValueError, and one line from the ``dens`` command)."""
 
 
 def load_fairchem_checkpoint(
