@@ -34,6 +34,7 @@ from dens.models.common.equivariant_dropout import EquivariantDropout, GraphDrop
 from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.common.gate_activation import Gate, ScaledSiLU
 from dens.models.common.initialization import draw_base_seed, part_init
+from dens.models.common.inputs import check_inputs
 from dens.models.common.radial_basis import RadialMLP, radial_basis
 from dens.models.common.so3_features import Channels, add_features, parse_irreps, scatter_sum
 from dens.models.common.so3_linear import SO3Linear, init_weight_
@@ -331,35 +332,15 @@ class Equiformer(nn.Module):
             )
 
     def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
-        for key in ("pos", "atomic_numbers", "batch", "natoms"):
-            if getattr(data, key, None) is None:
-                raise ValueError(f"Equiformer: the batch has no {key!r}")
-        n = data.pos.shape[0]
-        if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
-            raise ValueError(f"Equiformer: pos must be float [N, 3], got {tuple(data.pos.shape)}")
-        z = data.atomic_numbers
-        if z.shape != (n,) or z.dtype != torch.long:
-            raise ValueError("Equiformer: atomic_numbers must be long [N]")
-        if n and (int(z.min()) < 0 or int(z.max()) >= self.max_atomic_number):
-            raise ValueError(
-                f"Equiformer: atomic_numbers must lie in [0, {self.max_atomic_number}), "
-                f"got {int(z.min())}..{int(z.max())}"
-            )
-        counts = torch.bincount(data.batch, minlength=data.natoms.shape[0])
-        if counts.shape != data.natoms.shape or not torch.equal(counts, data.natoms):
-            raise ValueError("Equiformer: batch and natoms disagree")
-        if force_input is not None:
-            if self.force_encoding is None:
-                raise ValueError(
-                    "Equiformer: force_input given but the model has no force encoding"
-                )
-            if force_input.shape != (n, 3):
-                raise ValueError(
-                    f"Equiformer: force_input must be [N, 3] = [{n}, 3], "
-                    f"got {tuple(force_input.shape)}"
-                )
-        if predict_noise and self.noise_head is None:
-            raise ValueError("Equiformer: predict_noise needs a model built with noise_head=True")
+        check_inputs(
+            "Equiformer",
+            data,
+            self.max_atomic_number,
+            force_input,
+            self.force_encoding is not None,
+            predict_noise,
+            self.noise_head is not None,
+        )
 
     def forward(
         self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False

@@ -29,11 +29,11 @@ import math
 from collections.abc import Callable
 
 import torch
-from e3nn import o3
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from dens.models.common.initialization import draw_base_seed, part_init
+from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.drop import ChannelDropout, GraphDropPath
 from dens.models.equiformer_v2.edge_degree_embedding import EdgeDegreeEmbedding
 from dens.models.equiformer_v2.edge_graph import EdgeGraph
@@ -260,40 +260,19 @@ class EquiformerV2(nn.Module):
         )
 
     def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
-        for key in ("pos", "atomic_numbers", "batch", "natoms"):
-            if getattr(data, key, None) is None:
-                raise ValueError(f"EquiformerV2: the batch has no {key!r}")
-        n = data.pos.shape[0]
-        if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
-            raise ValueError(f"EquiformerV2: pos must be float [N, 3], got {tuple(data.pos.shape)}")
-        z = data.atomic_numbers
-        if z.shape != (n,) or z.dtype != torch.long:
-            raise ValueError("EquiformerV2: atomic_numbers must be long [N]")
-        if n and (int(z.min()) < 0 or int(z.max()) >= self.max_num_elements):
-            raise ValueError(
-                f"EquiformerV2: atomic_numbers must lie in [0, {self.max_num_elements}), "
-                f"got {int(z.min())}..{int(z.max())}"
-            )
-        if force_input is not None:
-            if self.force_embedding is None:
-                raise ValueError(
-                    "EquiformerV2: force_input given but the model has no force encoding"
-                )
-            if force_input.shape != (n, 3):
-                raise ValueError(
-                    f"EquiformerV2: force_input must be [N, 3] = [{n}, 3], "
-                    f"got {tuple(force_input.shape)}"
-                )
-        if predict_noise and self.denoising_pos_block is None:
-            raise ValueError("EquiformerV2: predict_noise needs a model built with noise_head=True")
+        check_inputs(
+            "EquiformerV2",
+            data,
+            self.max_num_elements,
+            force_input,
+            self.force_embedding is not None,
+            predict_noise,
+            self.denoising_pos_block is not None,
+        )
 
     def encode_forces(self, forces: Tensor) -> Tensor:
         """DeNS force encoding (Eq. 5): [N, 3] -> [N, (lmax + 1)^2, C]; zero rows give the bias."""
-        sh = o3.spherical_harmonics(
-            list(range(self.lmax + 1)), forces, normalize=True, normalization="component"
-        )
-        norm = forces.norm(dim=-1, keepdim=True) / math.sqrt(3.0)
-        return self.force_embedding((sh * norm).unsqueeze(-1))
+        return self.force_embedding(force_spherical_harmonics(forces, self.lmax))
 
     def edge_graph(self, data: Batch, pos: Tensor) -> EdgeGraph:
         """Graph of the structures at ``pos`` with distance basis and edge-frame rotations (the

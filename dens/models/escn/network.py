@@ -34,16 +34,15 @@ the fixed sphere points of the heads make them equivariant only up to quadrature
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
-from e3nn import o3
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch_geometric.data import Batch
 
 from dens.models.common.initialization import draw_base_seed, part_init
+from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.edge_graph import gather_nodes, sum_to_nodes
 from dens.models.equiformer_v2.gaussian_smearing import GaussianSmearing
 from dens.models.equiformer_v2.so3_linear import SO3Linear
@@ -244,37 +243,19 @@ class ESCN(nn.Module):
         )
 
     def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
-        for key in ("pos", "atomic_numbers", "batch", "natoms"):
-            if getattr(data, key, None) is None:
-                raise ValueError(f"eSCN: the batch has no {key!r}")
-        n = data.pos.shape[0]
-        if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
-            raise ValueError(f"eSCN: pos must be float [N, 3], got {tuple(data.pos.shape)}")
-        z = data.atomic_numbers
-        if z.shape != (n,) or z.dtype != torch.long:
-            raise ValueError("eSCN: atomic_numbers must be long [N]")
-        if n and (int(z.min()) < 0 or int(z.max()) >= self.max_num_elements):
-            raise ValueError(
-                f"eSCN: atomic_numbers must lie in [0, {self.max_num_elements}), "
-                f"got {int(z.min())}..{int(z.max())}"
-            )
-        if force_input is not None:
-            if self.force_embedding is None:
-                raise ValueError("eSCN: force_input given but the model has no force encoding")
-            if force_input.shape != (n, 3):
-                raise ValueError(
-                    f"eSCN: force_input must be [N, 3] = [{n}, 3], got {tuple(force_input.shape)}"
-                )
-        if predict_noise and self.denoising_pos_block is None:
-            raise ValueError("eSCN: predict_noise needs a model built with noise_head=True")
+        check_inputs(
+            "eSCN",
+            data,
+            self.max_num_elements,
+            force_input,
+            self.force_embedding is not None,
+            predict_noise,
+            self.denoising_pos_block is not None,
+        )
 
     def encode_forces(self, forces: Tensor) -> Tensor:
         """DeNS force encoding (Eq. 5): [N, 3] -> [N, (lmax + 1)^2, C]; zero rows give the bias."""
-        sh = o3.spherical_harmonics(
-            list(range(self.lmax + 1)), forces, normalize=True, normalization="component"
-        )
-        norm = forces.norm(dim=-1, keepdim=True) / math.sqrt(3.0)
-        return self.force_embedding((sh * norm).unsqueeze(-1))
+        return self.force_embedding(force_spherical_harmonics(forces, self.lmax))
 
     def edge_graph(self, data: Batch, pos: Tensor) -> dict[str, Tensor]:
         """src, dst [E]; atomic_numbers [N]; distance_basis [E, B]; to_frame [E, K, (L+1)^2]

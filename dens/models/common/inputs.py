@@ -1,0 +1,62 @@
+"""What every model family checks of its inputs, and the DeNS force-encoding input (Eq. 5) the
+SO(2)-based families share."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import Tensor
+from torch_geometric.data import Batch
+
+
+def check_inputs(
+    model: str,
+    data: Batch,
+    max_atomic_number: int,
+    force_input: Tensor | None,
+    force_encoding: bool,
+    predict_noise: bool,
+    noise_head: bool,
+) -> None:
+    """ValueError naming ``model`` and what is wrong with a batch (pos float [N, 3],
+    atomic_numbers long [N] in [0, max_atomic_number), batch [N] agreeing with natoms [B]) or with
+    the DeNS inputs (force_input [N, 3] needs a force encoding, predict_noise a noise head)."""
+    for key in ("pos", "atomic_numbers", "batch", "natoms"):
+        if getattr(data, key, None) is None:
+            raise ValueError(f"{model}: the batch has no {key!r}")
+    n = data.pos.shape[0]
+    if data.pos.shape != (n, 3) or not data.pos.is_floating_point():
+        raise ValueError(f"{model}: pos must be float [N, 3], got {tuple(data.pos.shape)}")
+    z = data.atomic_numbers
+    if z.shape != (n,) or z.dtype != torch.long:
+        raise ValueError(f"{model}: atomic_numbers must be long [N]")
+    if n and (int(z.min()) < 0 or int(z.max()) >= max_atomic_number):
+        raise ValueError(
+            f"{model}: atomic_numbers must lie in [0, {max_atomic_number}), "
+            f"got {int(z.min())}..{int(z.max())}"
+        )
+    counts = torch.bincount(data.batch, minlength=data.natoms.shape[0])
+    if counts.shape != data.natoms.shape or not torch.equal(counts, data.natoms):
+        raise ValueError(f"{model}: batch and natoms disagree")
+    if force_input is not None:
+        if not force_encoding:
+            raise ValueError(f"{model}: force_input given but the model has no force encoding")
+        if force_input.shape != (n, 3):
+            raise ValueError(
+                f"{model}: force_input must be [N, 3] = [{n}, 3], got {tuple(force_input.shape)}"
+            )
+    if predict_noise and not noise_head:
+        raise ValueError(f"{model}: predict_noise needs a model built with noise_head=True")
+
+
+def force_spherical_harmonics(forces: Tensor, lmax: int) -> Tensor:
+    """||f|| Y^(L)(f / ||f||) for L = 0..lmax (Eq. 5; component normalisation, divided by
+    sqrt(3) as the official EquiformerV2-DeNS code): [N, 3] -> [N, (lmax + 1)^2, 1]; zero rows
+    stay zero."""
+    sh = o3.spherical_harmonics(
+        list(range(lmax + 1)), forces, normalize=True, normalization="component"
+    )
+    norm = forces.norm(dim=-1, keepdim=True) / math.sqrt(3.0)
+    return (sh * norm).unsqueeze(-1)
