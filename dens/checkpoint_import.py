@@ -90,7 +90,7 @@ def import_checkpoint(
     """Map the fairchem 1.x checkpoint ``source`` onto our model and write
     ``run_dir/checkpoints/best.pt``; returns best.pt's state.
 
-    Raises dens.models.equiformer_v2.import_fairchem.CheckpointImportError (named keys or
+    Raises dens.models.common.fairchem_import.CheckpointImportError (named keys or
     settings) when the checkpoint cannot be mapped exactly, ModelNotAvailableError when the
     experiment's family has no importer."""
     source = Path(source)

@@ -34,7 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.errors import CheckpointError
+from dens.models.common.fairchem_import import (
+    CheckpointImportError,
+    ema_parameters,
+    fold_unused_force_encoding,
+    load_exactly,
+)
 from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
 # reference config key -> our constructor argument (same meaning)
@@ -100,11 +105,6 @@ BACKBONES = {"equiformer_v2_backbone", "equiformer_v2_dens_backbone"}
 MONOLITHIC = {"equiformer_v2", "equiformer_v2_dens"}
 
 
-class CheckpointImportError(CheckpointError):
-    """The checkpoint is not one this importer can map exactly; the message names why (a
-    ValueError, and one line from the ``dens`` command)."""
-
-
 def load_fairchem_checkpoint(
     path: str | Path, dtype: torch.dtype = torch.float32, use_ema: bool = True
 ) -> tuple[EquiformerV2, dict[str, Any]]:
@@ -132,7 +132,7 @@ def load_fairchem_checkpoint(
     energy_lin_ref = mapped.pop("energy_lin_ref", None)
     fold_unused_force_encoding(mapped, arguments)
     model = EquiformerV2(**arguments)
-    load_exactly(model, mapped, origin)
+    load_exactly_with_offset(model, mapped, origin)
     model = model.to(dtype).eval()
     info = {
         "config": config,
@@ -259,14 +259,7 @@ def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor
         for key in state
         if not is_reference_buffer(key) and key.rsplit(".", 1)[-1] != "energy_lin_ref"
     ]
-    if len(names) != len(shadow) or any(
-        state[n].shape != s.shape for n, s in zip(names, shadow, strict=False)
-    ):
-        raise CheckpointImportError(
-            f"EMA has {len(shadow)} tensors for {len(names)} parameters, or shapes differ; "
-            "load with use_ema=False"
-        )
-    return {**state, **dict(zip(names, shadow, strict=True))}
+    return ema_parameters(state, names, shadow)
 
 
 def map_keys(
@@ -292,16 +285,9 @@ def rename(key: str, heads: Mapping[str, str]) -> str:
     return key
 
 
-def fold_unused_force_encoding(state: dict[str, Tensor], arguments: Mapping[str, Any]) -> None:
-    """A DeNS backbone without force encoding still adds force_embedding's bias at l = 0."""
-    if arguments["noise_head"] and not arguments["force_encoding"]:
-        bias = state.pop("force_embedding.bias", None)
-        if bias is not None and "sphere_embedding.weight" in state:
-            state["sphere_embedding.weight"] = state["sphere_embedding.weight"] + bias
-        state.pop("force_embedding.weight", None)
-
-
-def load_exactly(model: EquiformerV2, state: dict[str, Tensor], origin: Mapping[str, str]) -> None:
+def load_exactly_with_offset(
+    model: EquiformerV2, state: dict[str, Tensor], origin: Mapping[str, str]
+) -> None:
     """Load every parameter; refuse extra, missing or differently shaped ones by name (the
     checkpoint's names for its keys, ours for missing ones)."""
     offset = state.pop("distance_expansion.offset", None)
@@ -309,28 +295,7 @@ def load_exactly(model: EquiformerV2, state: dict[str, Tensor], origin: Mapping[
         offset.double(), model.distance_expansion.offset.double(), atol=1e-5
     ):
         raise CheckpointImportError("distance_expansion.offset differs from ours (cutoff?)")
-    ours = model.state_dict()
-    extra = sorted(origin.get(k, k) for k in set(state) - set(ours))
-    missing = sorted(set(ours) - set(state))
-    shapes = sorted(
-        f"{k}: {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"
-        for k in set(state) & set(ours)
-        if state[k].shape != ours[k].shape
-    )
-    if extra or missing or shapes:
-        raise CheckpointImportError(
-            "the checkpoint does not map onto EquiformerV2: "
-            + "; ".join(
-                f"{what}: {', '.join(names)}"
-                for what, names in (
-                    ("unmatched checkpoint keys", extra),
-                    ("missing keys", missing),
-                    ("shape mismatches", shapes),
-                )
-                if names
-            )
-        )
-    model.load_state_dict(state, strict=True)
+    load_exactly(model, state, "EquiformerV2", origin)
 
 
 def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:

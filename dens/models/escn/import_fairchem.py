@@ -22,11 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.equiformer_v2.import_fairchem import (
+from dens.models.common.fairchem_import import (
     CheckpointImportError,
-    normalizers,
-    strip_prefix,
+    ema_parameters,
+    fold_unused_force_encoding,
+    load_exactly,
 )
+from dens.models.equiformer_v2.import_fairchem import normalizers, strip_prefix
 from dens.models.escn.network import ESCN
 
 MODELS = {"escn", "escn_dens"}
@@ -86,7 +88,7 @@ def load_fairchem_checkpoint(
     fold_unused_force_encoding(state, arguments)
     model = ESCN(**arguments)
     compare_constants(model, constants)
-    load_exactly(model, state)
+    load_exactly(model, state, "eSCN")
     info = {
         "config": config,
         "normalizers": normalizers(checkpoint, config),
@@ -147,24 +149,7 @@ def split_constants(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], _Co
 def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
     """The EMA's averages in place of the parameters, matched in parameter order (fairchem's
     EMA tracks the trainable parameters: the state_dict's parameters, constants left out)."""
-    names = list(state)
-    if len(names) != len(shadow) or any(
-        state[n].shape != s.shape for n, s in zip(names, shadow, strict=False)
-    ):
-        raise CheckpointImportError(
-            f"EMA has {len(shadow)} tensors for {len(names)} parameters, or shapes differ; "
-            "load with use_ema=False"
-        )
-    return dict(zip(names, shadow, strict=True))
-
-
-def fold_unused_force_encoding(state: dict[str, Tensor], arguments: Mapping[str, Any]) -> None:
-    """A DeNS eSCN without force encoding still adds force_embedding's bias at l = 0."""
-    if arguments["noise_head"] and not arguments["force_encoding"]:
-        bias = state.pop("force_embedding.bias", None)
-        if bias is not None and "sphere_embedding.weight" in state:
-            state["sphere_embedding.weight"] = state["sphere_embedding.weight"] + bias
-        state.pop("force_embedding.weight", None)
+    return ema_parameters(state, list(state), shadow)
 
 
 def compare_constants(model: ESCN, constants: _Constants) -> None:
@@ -184,29 +169,3 @@ def compare_constants(model: ESCN, constants: _Constants) -> None:
             raise CheckpointImportError(
                 f"{key} differs from ours (cutoff, basis or sphere points?)"
             )
-
-
-def load_exactly(model: ESCN, state: dict[str, Tensor]) -> None:
-    """Load every parameter; refuse extra, missing or differently shaped ones by name."""
-    ours = model.state_dict()
-    extra = sorted(set(state) - set(ours))
-    missing = sorted(set(ours) - set(state))
-    shapes = sorted(
-        f"{k}: {tuple(state[k].shape)} vs {tuple(ours[k].shape)}"
-        for k in set(state) & set(ours)
-        if state[k].shape != ours[k].shape
-    )
-    if extra or missing or shapes:
-        raise CheckpointImportError(
-            "the checkpoint does not map onto eSCN: "
-            + "; ".join(
-                f"{what}: {', '.join(names)}"
-                for what, names in (
-                    ("unmatched checkpoint keys", extra),
-                    ("missing keys", missing),
-                    ("shape mismatches", shapes),
-                )
-                if names
-            )
-        )
-    model.load_state_dict(state, strict=True)
