@@ -339,6 +339,7 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
     assert run.returncode == 0, report + job_log[-6000:] + slurm.log_tail()
 
     history = (workdir / CHECKPOINT.parents[1] / "slurm_starts.log").read_text()
+    print(history)  # the job's starts and stops (pytest -s shows them)
     starts = STARTS.findall(history)
     assert len(starts) >= 2, f"the run finished in one job: {history}\n{job_log[-3000:]}"
     assert len({job for job, _ in starts}) == 1, starts  # one Slurm job, requeued
