@@ -361,6 +361,9 @@ def run_simulation(
             trajectory.write(atoms)
         frames += 1
         drift = max(drift, abs(dynamics.get_conserved_energy() - initial_energy))
+        save_state()
+
+    def save_state() -> None:
         _save_state(
             state_path,
             dynamics,
@@ -376,15 +379,7 @@ def run_simulation(
     with tqdm(total=settings.steps, initial=step, desc=label, unit="step", mininterval=5.0) as bar:
         while stable and step < settings.steps:
             if stop_at is not None and time.time() >= stop_at:
-                _save_state(
-                    state_path,
-                    dynamics,
-                    step=step,
-                    frames=frames,
-                    stable=stable,
-                    initial_energy=initial_energy,
-                    drift=drift,
-                )
+                save_state()
                 raise SimulationStopped(label, step)
             dynamics.step()
             step += 1
