@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from bench_equiformer_v2_step import dens_inputs, loss_of, n_params, slab_batch
+from bench_equiformer_v2_step import dens_inputs, loss_of, n_params, slab_batch, time_steps
 from torch_geometric.data import Batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,26 +122,18 @@ def main() -> None:
         "ours": our_steps(batch, mask, noise),
     }
     steps = {(side, kind): sides[side][kind] for kind in ("plain", "dens") for side in sides}
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    torch.manual_seed(0)
-    for step, _ in steps.values():
-        step()  # warm-up
-    for _ in range(args.rounds):
-        for key, (step, _) in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
-    medians = {key: statistics.median(values) for key, values in times.items()}
+    timings = time_steps({key: step for key, (step, _) in steps.items()}, args.rounds)
+    medians = {key: mid for key, (_, mid) in timings.items()}
     print(f"{'model':<16} {'params':>12} {'min s':>8} {'median s':>9}")
     for (side, kind), (_, params) in steps.items():
-        low, mid = min(times[side, kind]), medians[side, kind]
+        low, mid = timings[side, kind]
         print(f"{side + ' ' + kind:<16} {params:>12,d} {low:>8.3f} {mid:>9.3f}")
     for side in sides:
         ratio = medians[side, "dens"] / medians[side, "plain"]
         print(f"{side} DeNS/plain (median): {ratio:.3f}")
     for kind in ("plain", "dens"):
         ratio = medians["ours", kind] / medians["reference", kind]
-        best = min(times["ours", kind]) / min(times["reference", kind])
+        best = timings["ours", kind][0] / timings["reference", kind][0]
         print(f"ours/reference {kind}: {ratio:.2f} (medians), {best:.2f} (minima)")
 
 
