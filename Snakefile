@@ -21,6 +21,7 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
 SCALE = REGISTRY.scale_name
+EVALUATE_IN_TRAIN_JOB = REGISTRY.scale["evaluate_in_train_job"]
 
 
 wildcard_constraints:

@@ -1,22 +1,42 @@
-"""The scientific check at a small scale: Equiformer (Lmax=2) with vs without DeNS on mini-MD17.
+"""DeNS versus baseline on mini-MD17 as a paired experiment (Equiformer, Lmax=2).
 
-Same data, same epochs, same model size (the scale's preset); several seeds; test-split force and
-energy MAE, mean and standard deviation per molecule. Reports what it measures, whatever the sign.
+Three variants per molecule and seed, trained on the same data for the same epochs:
 
-    snakemake --profile profiles/local results/mini/data/md17-aspirin/provenance.json \\
-        results/mini/data/md17-ethanol/provenance.json        # the data, once
-    python benchmarks/dens_vs_baseline_md17.py --molecules aspirin ethanol --seeds 0 1 2
+    baseline   md17-<molecule>/equiformer-l2            no DeNS modules, Eq. 1 only
+    dens       md17-<molecule>/equiformer-l2-dens       the paper's MD17 DeNS settings (Table 9)
+    dens-p0    the dens model with p_DeNS = 0           DeNS modules, never a DeNS structure
 
-Runs land in benchmarks/results/dens_vs_baseline/<scale>/<experiment>/seed<S>/ (resumed if
-present); the summary is printed and written as summary.json beside them.
+Pairing: with one seed the three start from the same initial values of every parameter they
+share and see the batches in the same order (dens.train: the model is built after
+torch.manual_seed(seed), the order is seeded by (seed, epoch), the DeNS draws come from their own
+generator); `check_pairing` verifies the first before anything trains. So per seed
+`dens - baseline` isolates the DeNS objective plus its modules, `dens-p0 - baseline` the modules
+alone and `dens - dens-p0` the objective alone.
+
+    snakemake --profile profiles/local results/mini/data/md17-ethanol/provenance.json
+    python benchmarks/dens_vs_baseline_md17.py --molecules ethanol --seeds 0 1 2 3 4 \\
+        --epochs 30 --workers 2
+
+Runs land in benchmarks/results/dens_vs_baseline/<scale>-<epochs>-epochs/<variant>/<molecule>/
+seed<S>/ (a run that finished is reused, a killed one resumes from its last.pt). Written beside
+them: summary.json (per variant and seed: the validation force MAE per epoch from log.csv, the
+test MAEs of the best checkpoint from metrics.json; per pair: the paired differences) and
+curves.png/.pdf (validation force MAE against epoch, mean and range over seeds, and the paired
+differences). The script reports what it measures, whatever the sign; nothing is tuned here.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import statistics
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,72 +44,257 @@ from dens import paths
 from dens.config import find_root, load_registry
 from dens.data.aselmdb import AseLmdbDataset
 from dens.evaluate import evaluate
+from dens.models import build_model
 from dens.train import train
 
-PAIR = ("equiformer-l2", "equiformer-l2-dens")
+VARIANTS = ("baseline", "dens", "dens-p0")
+PAIRS = (("dens", "baseline"), ("dens-p0", "baseline"), ("dens", "dens-p0"))
+EXPERIMENT = {
+    "baseline": "equiformer-l2",
+    "dens": "equiformer-l2-dens",
+    "dens-p0": "equiformer-l2-dens",
+}
 
 
-def run_once(
-    scale: str, experiment: str, seed: int, out: Path, epochs: int | None
-) -> dict[str, float]:
+def resolve(scale: str, molecule: str, variant: str, seed: int, epochs: int) -> dict[str, Any]:
+    """The experiment of one run: the registry's, with `epochs` and (dens-p0) p_DeNS = 0."""
     registry = load_registry({"scale": scale})
-    resolved = registry.resolve(experiment, seed)
-    if epochs is not None:
-        resolved["optim"]["epochs"] = epochs
-    (train_file,) = paths.experiment_split_files(registry, experiment, "train")
-    val_file = paths.experiment_split_files(registry, experiment, "val")[0]
-    test_files = paths.experiment_split_files(registry, experiment, "evaluate")
-    run_dir = out / experiment / f"seed{seed}"
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
+    resolved = registry.resolve(f"md17-{molecule}/{EXPERIMENT[variant]}", seed)
+    resolved["optim"]["epochs"] = epochs
+    if variant == "dens-p0":
+        resolved["dens"]["p"] = 0.0
+        resolved["name"] += "-p0"
+    return resolved
+
+
+def check_pairing(scale: str, molecule: str, seed: int, epochs: int) -> int:
+    """Build each variant as dens.train does (torch.manual_seed(seed), then the model) and check
+    that every parameter they share (same name and shape) starts equal and that the optimiser
+    settings agree; return how many parameter entries the baseline shares with every variant."""
+    built = {}
+    for variant in VARIANTS:
+        experiment = resolve(scale, molecule, variant, seed, epochs)
+        torch.manual_seed(seed)
+        built[variant] = (experiment, dict(build_model(experiment).named_parameters()))
+    base_experiment, base = built["baseline"]
+    shared = math.inf
+    for variant, (experiment, params) in built.items():
+        if experiment["optim"] != base_experiment["optim"]:
+            raise SystemExit(f"{variant}: optim differs from the baseline's; not a paired run")
+        keys = [k for k in base if k in params and params[k].shape == base[k].shape]
+        unequal = [k for k in keys if not torch.equal(params[k], base[k])]
+        if unequal:
+            raise SystemExit(
+                f"{molecule} seed {seed}: {variant} does not start from the baseline's initial "
+                f"values of the parameters they share: {unequal[:5]}"
+            )
+        shared = min(shared, sum(base[k].numel() for k in keys))
+    return int(shared)
+
+
+def run_once(scale: str, molecule: str, variant: str, seed: int, epochs: int, out: Path) -> Path:
+    """Train and evaluate one run (1 thread) unless its metrics.json exists; its directory."""
+    torch.set_num_threads(1)
+    experiment = resolve(scale, molecule, variant, seed, epochs)
+    registry = load_registry({"scale": scale})
+    name = f"md17-{molecule}/{EXPERIMENT[variant]}"
+    (train_file,) = paths.experiment_split_files(registry, name, "train")
+    val_file = paths.experiment_split_files(registry, name, "val")[0]
+    test_files = paths.experiment_split_files(registry, name, "evaluate")
+    run_dir = out / variant / molecule / f"seed{seed}"
+    if not (run_dir / "metrics.json").is_file():
         train(
-            resolved,
+            experiment,
             AseLmdbDataset(registry.root / train_file),
             AseLmdbDataset(registry.root / val_file),
             run_dir,
+            progress=False,
         )
-        splits = {f.stem: AseLmdbDataset(registry.root / f) for f in test_files}
-        evaluate(run_dir, splits)
-    return json.loads(metrics_path.read_text())
+        evaluate(run_dir, {f.stem: AseLmdbDataset(registry.root / f) for f in test_files})
+        print(f"done: {variant} {molecule} seed {seed}", flush=True)
+    return run_dir
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    with (run_dir / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        "val_forces_mae_meV_per_A": [float(r["val_forces_mae_meV_per_A"]) for r in rows],
+        "val_energy_mae_meV": [float(r["val_energy_mae_meV"]) for r in rows],
+        "test_forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"],
+        "test_energy_mae_meV": metrics["energy_mae_meV"],
+        "zero_forces_mae_meV_per_A": metrics["zero_forces_mae_meV_per_A"],
+        "best_epoch": metrics["best_epoch"],
+        "train_time_s": metrics.get("train_time_s"),
+    }
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Paired differences a - b over seeds: mean, sample std, t = mean / (std / sqrt(n)), how many
+    seeds have a < b."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    std = statistics.stdev(d) if len(d) > 1 else 0.0
+    mean = statistics.mean(d)
+    t = mean / (std / math.sqrt(len(d))) if std > 0 else math.copysign(math.inf, mean)
+    return {"differences": d, "mean": mean, "std": std, "t": t, "a_lower": sum(x < 0 for x in d)}
+
+
+def crossings(mean_difference: Sequence[float]) -> list[int]:
+    """1-based epochs at which the mean paired difference changes sign from the epoch before."""
+    return [
+        epoch + 1
+        for epoch in range(1, len(mean_difference))
+        if (mean_difference[epoch] < 0) != (mean_difference[epoch - 1] < 0)
+    ]
+
+
+def summarise(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int]) -> dict[str, Any]:
+    pairs = {}
+    for a, b in PAIRS:
+        curves = [
+            paired(
+                [runs[a][s]["val_forces_mae_meV_per_A"][e] for s in seeds],
+                [runs[b][s]["val_forces_mae_meV_per_A"][e] for s in seeds],
+            )
+            for e in range(len(runs[a][seeds[0]]["val_forces_mae_meV_per_A"]))
+        ]
+        mean_curve = [c["mean"] for c in curves]
+        pairs[f"{a} - {b}"] = {
+            "test_forces": paired(
+                [runs[a][s]["test_forces_mae_meV_per_A"] for s in seeds],
+                [runs[b][s]["test_forces_mae_meV_per_A"] for s in seeds],
+            ),
+            "test_energy": paired(
+                [runs[a][s]["test_energy_mae_meV"] for s in seeds],
+                [runs[b][s]["test_energy_mae_meV"] for s in seeds],
+            ),
+            "val_forces_per_epoch_mean": mean_curve,
+            "val_forces_per_epoch_std": [c["std"] for c in curves],
+            "val_forces_sign_changes_at_epochs": crossings(mean_curve),
+        }
+    return pairs
+
+
+def plot(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int], title: str, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_curve, ax_diff) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"baseline": "tab:gray", "dens": "tab:blue", "dens-p0": "tab:orange"}
+    for variant in VARIANTS:
+        curves = torch.tensor([runs[variant][s]["val_forces_mae_meV_per_A"] for s in seeds])
+        epochs = range(1, curves.shape[1] + 1)
+        ax_curve.plot(epochs, curves.mean(0), color=colors[variant], label=variant)
+        ax_curve.fill_between(
+            epochs, curves.min(0).values, curves.max(0).values, color=colors[variant], alpha=0.2
+        )
+    ax_curve.set(
+        xlabel="epoch",
+        ylabel="validation force MAE (meV/Å)",
+        yscale="log",
+        title=f"{title}: mean and range over {len(seeds)} seeds",
+    )
+    ax_curve.legend()
+    for a, b in PAIRS[:2]:
+        d = torch.tensor(
+            [
+                [
+                    x - y
+                    for x, y in zip(
+                        runs[a][s]["val_forces_mae_meV_per_A"],
+                        runs[b][s]["val_forces_mae_meV_per_A"],
+                        strict=True,
+                    )
+                ]
+                for s in seeds
+            ]
+        )
+        epochs = range(1, d.shape[1] + 1)
+        for row in d:
+            ax_diff.plot(epochs, row, color=colors[a], alpha=0.25, linewidth=0.8)
+        ax_diff.plot(epochs, d.mean(0), color=colors[a], label=f"{a} − {b} (mean; thin: seeds)")
+    ax_diff.axhline(0.0, color="black", linewidth=0.8)
+    ax_diff.set(
+        xlabel="epoch",
+        ylabel="paired difference (meV/Å)",
+        title="validation force MAE, paired by seed (< 0: better than baseline)",
+    )
+    ax_diff.legend()
+    fig.tight_layout()
+    for suffix in (".png", ".pdf"):
+        fig.savefig(out.with_suffix(suffix), dpi=150)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="mini")
-    parser.add_argument("--molecules", nargs="+", default=["aspirin", "ethanol"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--epochs", type=int, help="override the scale's epochs (both models)")
+    parser.add_argument("--molecules", nargs="+", default=["ethanol"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    label = args.scale if args.epochs is None else f"{args.scale}-{args.epochs}-epochs"
-    out = find_root() / "benchmarks" / "results" / "dens_vs_baseline" / label
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"{label}, seeds {args.seeds}: test MAE, mean ± std over seeds")
-    print("| molecule | model | forces (meV/Å) | energy (meV) | zero-force baseline |")
-    print("|---|---|---|---|---|")
+    out = (
+        find_root()
+        / "benchmarks"
+        / "results"
+        / "dens_vs_baseline"
+        / f"{args.scale}-{args.epochs}-epochs"
+    )
+    shared = {m: check_pairing(args.scale, m, args.seeds[0], args.epochs) for m in args.molecules}
+    jobs = [(m, v, s) for m in args.molecules for s in args.seeds for v in VARIANTS]
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        futures = {job: pool.submit(run_once, args.scale, *job, args.epochs, out) for job in jobs}
+        for future in futures.values():
+            future.result()
+    summary: dict[str, Any] = {"scale": args.scale, "epochs": args.epochs, "seeds": args.seeds}
     for molecule in args.molecules:
-        for name in PAIR:
-            experiment = f"md17-{molecule}/{name}"
-            runs = [run_once(args.scale, experiment, seed, out, args.epochs) for seed in args.seeds]
-            forces = [r["forces_mae_meV_per_A"] for r in runs]
-            energy = [r["energy_mae_meV"] for r in runs]
-            row = {
-                "forces_mean": statistics.mean(forces),
-                "forces_std": statistics.stdev(forces) if len(forces) > 1 else 0.0,
-                "energy_mean": statistics.mean(energy),
-                "energy_std": statistics.stdev(energy) if len(energy) > 1 else 0.0,
-                "zero_forces": runs[0]["zero_forces_mae_meV_per_A"],
-                "forces_per_seed": forces,
-            }
-            summary.setdefault(molecule, {})[name] = row
+        runs = {
+            v: {s: read_run(out / v / molecule / f"seed{s}") for s in args.seeds} for v in VARIANTS
+        }
+        pairs = summarise(runs, args.seeds)
+        summary[molecule] = {
+            "shared_initial_parameters": shared[molecule],
+            "runs": runs,
+            "pairs": pairs,
+        }
+        plot(
+            runs,
+            args.seeds,
+            f"mini-MD17 {molecule}, {args.epochs} epochs",
+            out / f"curves-{molecule}",
+        )
+        print(
+            f"\n{molecule}, {args.epochs} epochs, seeds {args.seeds} "
+            f"({shared[molecule]:,} shared initial parameter entries, equal)"
+        )
+        print("| variant | test force MAE (meV/Å), per seed | mean ± std | test energy MAE (meV) |")
+        print("|---|---|---|---|")
+        for v in VARIANTS:
+            f = [runs[v][s]["test_forces_mae_meV_per_A"] for s in args.seeds]
+            e = [runs[v][s]["test_energy_mae_meV"] for s in args.seeds]
             print(
-                f"| {molecule} | {name} | {row['forces_mean']:.1f} ± {row['forces_std']:.1f} | "
-                f"{row['energy_mean']:.1f} ± {row['energy_std']:.1f} | {row['zero_forces']:.1f} |"
+                f"| {v} | {' '.join(f'{x:.1f}' for x in f)} | "
+                f"{statistics.mean(f):.1f} ± {statistics.stdev(f):.1f} | "
+                f"{statistics.mean(e):.1f} ± {statistics.stdev(e):.1f} |"
             )
-        base, dens = (summary[molecule][name]["forces_mean"] for name in PAIR)
-        print(f"|   | DeNS / baseline force MAE | {dens / base:.3f} | | |")
+        print(
+            "\n| pair | test force diff, mean ± std (t; seeds where first is lower) | "
+            "last-epoch val force diff | val sign changes at epochs |"
+        )
+        print("|---|---|---|---|")
+        for name, p in pairs.items():
+            t = p["test_forces"]
+            print(
+                f"| {name} | {t['mean']:+.1f} ± {t['std']:.1f} (t={t['t']:+.2f}; "
+                f"{t['a_lower']}/{len(args.seeds)}) | {p['val_forces_per_epoch_mean'][-1]:+.1f} "
+                f"| {p['val_forces_sign_changes_at_epochs'] or 'none'} |"
+            )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nwritten: {out}/summary.json, curves-<molecule>.png/.pdf")
 
 
 if __name__ == "__main__":

@@ -155,9 +155,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
     _set_threads(args.threads)
-    main = World.from_environment().is_main
+    world = World.from_environment()
+    if args.evaluate and world.size > 1:
+        raise ConfigError(
+            f"dens train --evaluate: {world.size} training processes; evaluate a run trained by "
+            "several processes with `dens evaluate` (one process) after training"
+        )
+    evaluation_splits = _open_splits(args.evaluate)  # a bad path fails before training
     history = Path(args.run_dir) / slurm.HISTORY_FILE
-    with slurm.continuation(args.continue_before_time_limit, history, main) as stop_at:
+    with slurm.continuation(args.continue_before_time_limit, history, world.is_main) as stop_at:
         result = train(
             experiment,
             AseLmdbDataset(args.train),
@@ -167,24 +173,36 @@ def cmd_train(args: argparse.Namespace) -> None:
             mixed_precision=args.mixed_precision,
             stop_at=stop_at,
         )
-    if not main:  # one summary, not one per training process
+    if not world.is_main:  # one summary, not one per training process
         return
     print(
         f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
         f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
     )
+    if evaluation_splits:
+        _evaluate(args.experiment, Path(args.run_dir), evaluation_splits, args.device)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dens.data.aselmdb import AseLmdbDataset
-    from dens.evaluate import evaluate
-
     registry_from(args).resolve(args.experiment)
     _set_threads(args.threads)
-    splits = {Path(path).stem: AseLmdbDataset(path) for path in args.splits}
-    metrics = evaluate(Path(args.run_dir), splits, device=args.device)
+    _evaluate(args.experiment, Path(args.run_dir), _open_splits(args.splits), args.device)
+
+
+def _open_splits(split_paths: list[Path]) -> dict[str, Any]:
+    """{file stem: dataset} of aselmdb split files (a missing or damaged file raises DataError)."""
+    from dens.data.aselmdb import AseLmdbDataset
+
+    return {Path(path).stem: AseLmdbDataset(path) for path in split_paths}
+
+
+def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: str) -> None:
+    """metrics.json of run_dir's best checkpoint on the splits, and a one-line summary."""
+    from dens.evaluate import evaluate
+
+    metrics = evaluate(run_dir, splits, device=device)
     print(
-        f"{args.experiment} on {metrics['split']}: energy MAE {metrics['energy_mae_meV']:.2f} "
+        f"{experiment} on {metrics['split']}: energy MAE {metrics['energy_mae_meV']:.2f} "
         f"meV, force MAE {metrics['forces_mae_meV_per_A']:.2f} meV/Å (zero forces: "
         f"{metrics['zero_forces_mae_meV_per_A']:.2f})"
     )
@@ -389,6 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
+    )
+    p.add_argument(
+        "--evaluate",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="SPLIT",
+        help="after training, score the best checkpoint on these split files (aselmdb) into "
+        "metrics.json in the same process, as `dens evaluate` would (one training process only)",
     )
     _add_continuation_option(p, "last.pt")
     p.set_defaults(func=cmd_train)

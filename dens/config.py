@@ -269,6 +269,12 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     scale_path = config_dir / "scales" / f"{scale_name}.yaml"
     scale = read_yaml(scale_path)
     validate(scale, "scale", str(scale_path.relative_to(root)), root)
+    if scale["gpus"] and scale["evaluate_in_train_job"]:
+        raise ConfigError(
+            f"{scale_path.relative_to(root)}: evaluate_in_train_job: true with gpus: true: a "
+            "multi-GPU training job cannot score its run in its training processes; set "
+            "evaluate_in_train_job: false (an evaluate job of its own per run)"
+        )
 
     datasets_doc = read_yaml(config_dir / "datasets.yaml")
     validate(datasets_doc, "datasets", "config/datasets.yaml", root)

@@ -106,6 +106,16 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ),
         ["aselmdb file not found", "train.aselmdb", "snakemake results/smoke/data/md17-ethanol/"],
     ),
+    "missing split to score after training": (
+        lambda tmp: (
+            ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
+            + ["--run-dir", str(tmp / "run"), "--device", "cpu"]
+            + ["--train", str(write_split(tmp / "train.aselmdb"))]
+            + ["--val", str(write_split(tmp / "val.aselmdb"))]
+            + ["--evaluate", str(tmp / "test.aselmdb")]
+        ),
+        ["aselmdb file not found", "test.aselmdb"],
+    ),
     "missing test split": (
         lambda tmp: EVALUATE + ["--run-dir", str(tmp), "--device", "cpu", str(tmp / "t.aselmdb")],
         ["aselmdb file not found", "t.aselmdb"],

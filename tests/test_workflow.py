@@ -79,7 +79,13 @@ def test_one_ablation_is_a_target_of_its_own() -> None:
     )
     result = snakemake("--profile", "profiles/local", "--forceall", target)  # outputs may exist
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout) == {"prepare_md17": 1, "train": 1, "evaluate": 1, "total": 3}
+    # mini: the training job scores its run too (evaluate_in_train_job)
+    assert job_counts(result.stdout) == {"prepare_md17": 1, "train": 1, "total": 2}
+    assert "--evaluate results/mini/data/md17-aspirin/test.aselmdb" in result.stdout
+    paper = snakemake("--profile", "profiles/slurm", "--forceall", target.replace("mini", "paper"))
+    assert paper.returncode == 0, paper.stderr
+    counts = job_counts(paper.stdout)
+    assert counts["train"] == counts["evaluate"] == 1 and "--evaluate" not in paper.stdout
 
 
 @pytest.mark.parametrize(

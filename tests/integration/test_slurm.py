@@ -142,10 +142,15 @@ def test_slurm_profile_trains_and_evaluates_a_smoke_run(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
     """`snakemake --profile profiles/slurm` prepares smoke MD17 ethanol data, trains Equiformer
-    with DeNS and evaluates it, each step an sbatch job."""
+    with DeNS and evaluates it, each step an sbatch job (the scale's evaluate_in_train_job is
+    switched off in the copy, so the evaluate rule, the paper scale's way, runs too)."""
     workdir = tmp_path / "repo"
     workdir.mkdir()
     copy_working_tree(workdir)
+    smoke = workdir / "config" / "scales" / "smoke.yaml"
+    text = smoke.read_text()
+    assert "\nevaluate_in_train_job: true\n" in text, f"{smoke} no longer scores runs in training"
+    smoke.write_text(text.replace("evaluate_in_train_job: true", "evaluate_in_train_job: false"))
     profile = workdir / PROFILE
     assert profile.is_file(), f"{PROFILE} is missing from the working tree"
     settings = yaml.safe_load(profile.read_text())

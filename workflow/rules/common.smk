@@ -7,6 +7,7 @@
 # written out in each shell directive rather than held in a variable, which lint would flag.
 import json
 import math
+import shlex
 
 from dens import paths
 from dens.curves import curve_inputs, curve_tables
@@ -33,6 +34,23 @@ def resolved_settings(wildcards):
     """The experiment at this scale and seed as canonical JSON: a change re-runs the job (params
     trigger)."""
     return json.dumps(REGISTRY.resolve(wildcards.experiment, wildcards.seed), sort_keys=True)
+
+
+def oc_first(wildcards):
+    """Priority of a dataset's or an experiment's job: 1 for OC20/OC22, whose runs take minutes
+    where MD17's take seconds at the CPU scales, so they start first and the end of the run is
+    short jobs (longest first), 0 otherwise."""
+    dataset = getattr(wildcards, "dataset", None)
+    if dataset is None:
+        dataset = REGISTRY.experiment(wildcards.experiment)["dataset"]
+    return int(REGISTRY.datasets[dataset]["family"] != "md17")
+
+
+def evaluate_option(wildcards, input):
+    """`dens train --evaluate SPLIT...` where the training job also scores the run."""
+    if not EVALUATE_IN_TRAIN_JOB:
+        return ""
+    return "--evaluate " + " ".join(shlex.quote(path) for path in input.evaluate) + " "
 
 
 def cli_options():

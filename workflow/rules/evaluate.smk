@@ -1,37 +1,40 @@
 # Evaluation: MAEs of the best-validation (EMA) weights on the splits the dataset's `evaluate`
 # role names (MD17: test; OC20 and OC22: the val splits), written to
-# results/{scale}/runs/{experiment}/seed{seed}/metrics.json (dens.evaluate). For OC20/OC22 runs the
+# results/{scale}/runs/{experiment}/seed{seed}/metrics.json (dens.evaluate), by a job of its own,
+# or by the training job where the scale sets evaluate_in_train_job. For OC20/OC22 runs the
 # `submission` rule predicts the S2EF test splits and writes test/submission.npz, the file the
 # evaluation server takes, and test/metrics.json, scored locally where the test rows have labels
 # (the generated data of scales mini and smoke); the server's results go into
 # test/server_results.json by hand (format: dens.submission) and fill the tables' test columns.
 
 
-rule evaluate:
-    input:
-        splits=split_files("evaluate"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
-        log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
-    output:
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate")),
-    params:
-        options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
-    log:
-        str(paths.job_log(SCALE, "evaluate", "{experiment}/seed{seed}")),
-    benchmark:
-        str(paths.job_benchmark(SCALE, "evaluate", "{experiment}/seed{seed}"))
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=8000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 12 if REGISTRY.scale["gpus"] else 60),
-    shell:
-        "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
-        "--threads {threads} "
-        "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
+if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.smk)
+
+    rule evaluate:
+        input:
+            splits=split_files("evaluate"),
+            checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+            log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
+        output:
+            metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate")),
+        params:
+            options=cli_options(),
+            run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
+        log:
+            str(paths.job_log(SCALE, "evaluate", "{experiment}/seed{seed}")),
+        benchmark:
+            str(paths.job_benchmark(SCALE, "evaluate", "{experiment}/seed{seed}"))
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=8000,
+            gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
+            runtime=lambda wildcards: job_minutes(60 * 12 if REGISTRY.scale["gpus"] else 60),
+        shell:
+            "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
+            "--threads {threads} "
+            "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
 
 
 rule submission:

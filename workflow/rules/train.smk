@@ -8,15 +8,25 @@
 # With max_job_hours set (the Slurm profile), a job asks for at most that; a longer run stops before
 # the limit, saves last.pt and requeues its job, which resumes there (dens.slurm); the log keeps
 # every start of the job (it is emptied only at the first).
+# Where the scale sets evaluate_in_train_job (mini, smoke), the job also scores the run's best
+# checkpoint on the dataset's `evaluate` splits into metrics.json (dens train --evaluate), which
+# saves a process start per run; elsewhere the evaluate rule (evaluate.smk) does it in a job of
+# its own.
 
 
 rule train:
     input:
         train=split_files("train"),
         val=lambda wildcards: split_files("val")(wildcards)[:1],
+        **({"evaluate": split_files("evaluate")} if EVALUATE_IN_TRAIN_JOB else {}),
     output:
         checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
         log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
+        **(
+            {"metrics": str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate"))}
+            if EVALUATE_IN_TRAIN_JOB
+            else {}
+        ),
     params:
         settings=resolved_settings,
         options=cli_options(),
@@ -25,6 +35,7 @@ rule train:
         continuation=continuation_option,
         unless_requeued=UNLESS_REQUEUED,
         time_plan=time_plan,
+        evaluate=evaluate_option,
     message:
         "train {wildcards.experiment} seed {wildcards.seed}: nodes={resources.nodes} "
         "gres={resources.gres} tasks={resources.tasks}; {params.time_plan}"
@@ -35,6 +46,7 @@ rule train:
     conda:
         ENV
     threads: 1 if not REGISTRY.scale["gpus"] else 8
+    priority: oc_first
     resources:
         mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
         nodes=train_resource("nodes"),
@@ -52,4 +64,4 @@ rule train:
         "{params.unless_requeued}: > {log:q}; "
         "{params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
-        "{params.continuation}--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
+        "{params.continuation}{params.evaluate}--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
