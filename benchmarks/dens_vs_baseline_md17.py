@@ -177,25 +177,32 @@ def summarise(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int]) 
 
 
 def plot(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int], title: str, out: Path):
+    """Left: validation force MAE per epoch, mean (line) and range (band) over seeds. Right: the
+    paired differences to the baseline, per seed (thin) and their mean. The baseline is drawn
+    dashed on top, so a variant that coincides with it stays visible."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_curve, ax_diff) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {"baseline": "tab:gray", "dens": "tab:blue", "dens-p0": "tab:orange"}
-    for variant in VARIANTS:
+    fig, (ax_curve, ax_diff) = plt.subplots(1, 2, figsize=(12, 4.6))
+    style = {
+        "dens-p0": {"color": "tab:orange", "linewidth": 3.0},
+        "dens": {"color": "tab:blue"},
+        "baseline": {"color": "black", "linestyle": "--"},
+    }
+    for variant, line in style.items():
         curves = torch.tensor([runs[variant][s]["val_forces_mae_meV_per_A"] for s in seeds])
         epochs = range(1, curves.shape[1] + 1)
-        ax_curve.plot(epochs, curves.mean(0), color=colors[variant], label=variant)
+        ax_curve.plot(epochs, curves.mean(0), label=variant, **line)
         ax_curve.fill_between(
-            epochs, curves.min(0).values, curves.max(0).values, color=colors[variant], alpha=0.2
+            epochs, curves.min(0).values, curves.max(0).values, color=line["color"], alpha=0.15
         )
     ax_curve.set(
         xlabel="epoch",
         ylabel="validation force MAE (meV/Å)",
         yscale="log",
-        title=f"{title}: mean and range over {len(seeds)} seeds",
+        title=f"mean and range over {len(seeds)} seeds",
     )
     ax_curve.legend()
     for a, b in PAIRS[:2]:
@@ -214,15 +221,16 @@ def plot(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int], title
         )
         epochs = range(1, d.shape[1] + 1)
         for row in d:
-            ax_diff.plot(epochs, row, color=colors[a], alpha=0.25, linewidth=0.8)
-        ax_diff.plot(epochs, d.mean(0), color=colors[a], label=f"{a} − {b} (mean; thin: seeds)")
+            ax_diff.plot(epochs, row, color=style[a]["color"], alpha=0.3, linewidth=0.8)
+        ax_diff.plot(epochs, d.mean(0), label=f"{a} − {b} (mean; thin: seeds)", **style[a])
     ax_diff.axhline(0.0, color="black", linewidth=0.8)
     ax_diff.set(
         xlabel="epoch",
         ylabel="paired difference (meV/Å)",
-        title="validation force MAE, paired by seed (< 0: better than baseline)",
+        title="paired by seed (< 0: lower MAE than the baseline)",
     )
     ax_diff.legend()
+    fig.suptitle(f"{title}: validation force MAE")
     fig.tight_layout()
     for suffix in (".png", ".pdf"):
         fig.savefig(out.with_suffix(suffix), dpi=150)
