@@ -161,13 +161,18 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"dens train --evaluate: {world.size} training processes; evaluate a run trained by "
             "several processes with `dens evaluate` (one process) after training"
         )
-    evaluation_splits = _open_splits(args.evaluate)  # a bad path fails before training
+    train_set, val_set = AseLmdbDataset(args.train), AseLmdbDataset(args.val)
+    # A bad path fails before training; the validation split, if scored too, is read once.
+    evaluation_splits = {
+        Path(path).stem: val_set if Path(path) == Path(args.val) else AseLmdbDataset(path)
+        for path in args.evaluate
+    }
     history = Path(args.run_dir) / slurm.HISTORY_FILE
     with slurm.continuation(args.continue_before_time_limit, history, world.is_main) as stop_at:
         result = train(
             experiment,
-            AseLmdbDataset(args.train),
-            AseLmdbDataset(args.val),
+            train_set,
+            val_set,
             Path(args.run_dir),
             device=args.device,
             mixed_precision=args.mixed_precision,

@@ -36,14 +36,35 @@ def resolved_settings(wildcards):
     return json.dumps(REGISTRY.resolve(wildcards.experiment, wildcards.seed), sort_keys=True)
 
 
-def oc_first(wildcards):
-    """Priority of a dataset's or an experiment's job: 1 for OC20/OC22, whose runs take minutes
-    where MD17's take seconds at the CPU scales, so they start first and the end of the run is
-    short jobs (longest first), 0 otherwise."""
+# MD17 molecules, most atoms first (aspirin 21 ... malonaldehyde 9): the order of their jobs' cost.
+MD17_LARGEST_FIRST = (
+    "aspirin",
+    "naphthalene",
+    "salicylic_acid",
+    "toluene",
+    "benzene",
+    "uracil",
+    "ethanol",
+    "malonaldehyde",
+)
+
+
+def longest_first(wildcards):
+    """Priority of a dataset's or an experiment's job, higher for the longer ones, so that on few
+    cores the long jobs start first and the end of the run is short jobs: OC20/OC22 (minutes per
+    run at the CPU scales) above every MD17 job; MD17 by molecule size, and of one molecule the
+    Lmax=3 model above the others. Other datasets: 0."""
     dataset = getattr(wildcards, "dataset", None)
+    lmax3 = False
     if dataset is None:
-        dataset = REGISTRY.experiment(wildcards.experiment)["dataset"]
-    return int(REGISTRY.datasets[dataset]["family"] != "md17")
+        experiment = REGISTRY.experiment(wildcards.experiment)
+        dataset, lmax3 = experiment["dataset"], experiment["model"].get("preset") == "l3"
+    info = REGISTRY.datasets[dataset]
+    if info["family"] in ("oc20", "oc22"):
+        return 2 * len(MD17_LARGEST_FIRST) + 2
+    if info.get("molecule") not in MD17_LARGEST_FIRST:
+        return 0
+    return 2 * (len(MD17_LARGEST_FIRST) - MD17_LARGEST_FIRST.index(info["molecule"])) + lmax3
 
 
 def evaluate_option(wildcards, input):

@@ -76,7 +76,7 @@ for _splits, _names in _LAYOUTS.items():
         conda:
             ENV
         threads: dataset_threads
-        priority: oc_first
+        priority: longest_first
         resources:
             mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
             runtime=lambda wildcards: job_minutes(120 if not REGISTRY.scale["gpus"] else 60 * 48),

@@ -46,7 +46,7 @@ rule train:
     conda:
         ENV
     threads: 1 if not REGISTRY.scale["gpus"] else 8
-    priority: oc_first
+    priority: longest_first
     resources:
         mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
         nodes=train_resource("nodes"),
