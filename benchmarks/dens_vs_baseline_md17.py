@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from dens import paths
-from dens.config import find_root, load_registry
+from dens.config import Registry, find_root, load_registry
 from dens.data.aselmdb import AseLmdbDataset
 from dens.evaluate import evaluate
 from dens.models import build_model
@@ -56,9 +56,10 @@ EXPERIMENT = {
 }
 
 
-def resolve(scale: str, molecule: str, variant: str, seed: int, epochs: int) -> dict[str, Any]:
+def resolve(
+    registry: Registry, molecule: str, variant: str, seed: int, epochs: int
+) -> dict[str, Any]:
     """The experiment of one run: the registry's, with `epochs` and (dens-p0) p_DeNS = 0."""
-    registry = load_registry({"scale": scale})
     resolved = registry.resolve(f"md17-{molecule}/{EXPERIMENT[variant]}", seed)
     resolved["optim"]["epochs"] = epochs
     if variant == "dens-p0":
@@ -71,9 +72,10 @@ def check_pairing(scale: str, molecule: str, seed: int, epochs: int) -> int:
     """Build each variant as dens.train does (torch.manual_seed(seed), then the model) and check
     that every parameter they share (same name and shape) starts equal and that the optimiser
     settings agree; return how many parameter entries the baseline shares with every variant."""
+    registry = load_registry({"scale": scale})
     built = {}
     for variant in VARIANTS:
-        experiment = resolve(scale, molecule, variant, seed, epochs)
+        experiment = resolve(registry, molecule, variant, seed, epochs)
         torch.manual_seed(seed)
         built[variant] = (experiment, dict(build_model(experiment).named_parameters()))
     base_experiment, base = built["baseline"]
@@ -95,8 +97,8 @@ def check_pairing(scale: str, molecule: str, seed: int, epochs: int) -> int:
 def run_once(scale: str, molecule: str, variant: str, seed: int, epochs: int, out: Path) -> Path:
     """Train and evaluate one run (1 thread) unless its metrics.json exists; its directory."""
     torch.set_num_threads(1)
-    experiment = resolve(scale, molecule, variant, seed, epochs)
     registry = load_registry({"scale": scale})
+    experiment = resolve(registry, molecule, variant, seed, epochs)
     name = f"md17-{molecule}/{EXPERIMENT[variant]}"
     (train_file,) = paths.experiment_split_files(registry, name, "train")
     val_file = paths.experiment_split_files(registry, name, "val")[0]
@@ -131,12 +133,12 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Paired differences a - b over seeds: mean, sample std, t = mean / (std / sqrt(n)), how many
-    seeds have a < b."""
+    """Paired differences a - b over seeds: mean, sample std, t = mean / (std / sqrt(n)) (None
+    when every difference is equal), how many seeds have a < b."""
     d = [x - y for x, y in zip(a, b, strict=True)]
     std = statistics.stdev(d) if len(d) > 1 else 0.0
     mean = statistics.mean(d)
-    t = mean / (std / math.sqrt(len(d))) if std > 0 else math.copysign(math.inf, mean)
+    t = mean / (std / math.sqrt(len(d))) if std > 0 else None
     return {"differences": d, "mean": mean, "std": std, "t": t, "a_lower": sum(x < 0 for x in d)}
 
 
@@ -297,11 +299,12 @@ def main() -> None:
         for name, p in pairs.items():
             t = p["test_forces"]
             print(
-                f"| {name} | {t['mean']:+.1f} ± {t['std']:.1f} (t={t['t']:+.2f}; "
+                f"| {name} | {t['mean']:+.1f} ± {t['std']:.1f} "
+                f"(t={'-' if t['t'] is None else format(t['t'], '+.2f')}; "
                 f"{t['a_lower']}/{len(args.seeds)}) | {p['val_forces_per_epoch_mean'][-1]:+.1f} "
                 f"| {p['val_forces_sign_changes_at_epochs'] or 'none'} |"
             )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     print(f"\nwritten: {out}/summary.json, curves-<molecule>.png/.pdf")
 
 

@@ -163,10 +163,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         )
     train_set, val_set = AseLmdbDataset(args.train), AseLmdbDataset(args.val)
     # A bad path fails before training; the validation split, if scored too, is read once.
-    evaluation_splits = {
-        Path(path).stem: val_set if Path(path) == Path(args.val) else AseLmdbDataset(path)
-        for path in args.evaluate
-    }
+    evaluation_splits = _open_splits(args.evaluate, opened={Path(args.val): val_set})
     history = Path(args.run_dir) / slurm.HISTORY_FILE
     with slurm.continuation(args.continue_before_time_limit, history, world.is_main) as stop_at:
         result = train(
@@ -194,11 +191,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _evaluate(args.experiment, Path(args.run_dir), _open_splits(args.splits), args.device)
 
 
-def _open_splits(split_paths: list[Path]) -> dict[str, Any]:
-    """{file stem: dataset} of aselmdb split files (a missing or damaged file raises DataError)."""
+def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None) -> dict[str, Any]:
+    """{file stem: dataset} of aselmdb split files (a missing or damaged file raises DataError);
+    files in ``opened`` ({path: dataset}) are not read again."""
     from dens.data.aselmdb import AseLmdbDataset
 
-    return {Path(path).stem: AseLmdbDataset(path) for path in split_paths}
+    opened = opened or {}
+    return {
+        Path(p).stem: opened[Path(p)] if Path(p) in opened else AseLmdbDataset(p)
+        for p in split_paths
+    }
 
 
 def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: str) -> None:
