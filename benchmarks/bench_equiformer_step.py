@@ -20,9 +20,9 @@ import time
 import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from torch_geometric.data import Batch, Data
 
 from dens.config import load_registry
+from dens.data.batch import Batch, Data
 from dens.models.equiformer import Equiformer
 
 ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"

@@ -37,7 +37,8 @@ import ase
 import numpy as np
 import torch
 from ase.build import add_adsorbate, fcc111
-from torch_geometric.data import Batch, Data
+
+from dens.data.batch import Batch, Data
 
 # OC20 S2EF-2M (fairchem 1.x configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml)
 # with 2 blocks instead of 12.

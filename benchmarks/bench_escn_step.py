@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 from bench_equiformer_v2_step import dens_inputs, loss_of, n_params, slab_batch, time_steps
-from torch_geometric.data import Batch
+
+from dens.data.batch import Batch
 
 REPO = Path(__file__).resolve().parents[1]
 # fairchem 1.x configs/oc20/s2ef/2M/escn/eSCN-L6-M2-Lay12.yml with 2 layers instead of 12

@@ -57,7 +57,8 @@ from typing import Any, Literal, get_args
 import torch
 from ase import units
 from torch import Tensor
-from torch_geometric.data import Batch
+
+from dens.data.batch import Batch
 
 CoefficientDecay = Literal["constant", "linear"]
 ForceEncodingUnits = Literal["normalized", "eV/Å", "kcal/mol/Å"]

@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
 
+from dens.data.batch import Batch, Data
 from dens.inference import BuildModel, load_trained_model, predict
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
 from dens.checkpoint import find_checkpoint, inference_weights, load_checkpoint
+from dens.data.batch import Batch
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer
 

@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch_geometric.data import Data
-
 from dens.checkpoint import FORMAT_VERSION
+from dens.data.batch import Data
 
 BEST_EPOCH_FILE = "best-epoch.pt"
 """The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline

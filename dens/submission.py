@@ -71,10 +71,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch, Data
 
 from dens import paths
 from dens.config import find_root, validate
+from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, DataError, DensError, InvalidDataError
 from dens.evaluate import ErrorSums
 from dens.inference import BuildModel, TrainedModel, load_trained_model

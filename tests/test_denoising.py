@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from torch_geometric.data import Batch, Data
 
+from dens.data.batch import Batch, Data
 from dens.denoising import (
     Corruption,
     DeNSSettings,

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch_geometric.data import Batch, Data
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 import dens.train
 from dens import distributed
 from dens.checkpoint import load_checkpoint
+from dens.data.batch import Batch, Data
 from dens.denoising import Corruption, DeNSSettings, corrupt
 from dens.distributed import World, first_host, process_group
 from dens.errors import ConfigError

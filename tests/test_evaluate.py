@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from torch_geometric.data import Batch
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment, train_toy_run
 
+from dens.data.batch import Batch
 from dens.evaluate import ErrorSums, evaluate, mean_absolute_errors, training_cost
 from dens.normalization import Normalizer
 

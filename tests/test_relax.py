@@ -16,11 +16,11 @@ import torch
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.optimize import LBFGS
-from torch_geometric.data import Batch
 from toy_model import build_toy_model, toy_experiment
 
 from dens.calculator import DeNSCalculator
 from dens.data.aselmdb import write_aselmdb
+from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model

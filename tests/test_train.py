@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Data
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.data.batch import Data
 from dens.errors import ConfigError
 from dens.runs import BEST_EPOCH_FILE
 from dens.train import (

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from ase.calculators.emt import EMT
 from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
 
+from dens.data.batch import Batch, Data
 from dens.data.structures import atoms_to_data
 
 

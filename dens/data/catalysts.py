@@ -81,12 +81,13 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 from ase.build import add_adsorbate, fcc100, fcc110, fcc111
-from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import LBFGS
+
+from dens.data.calculators import EMTCalculator
 
 FMAX_EV_PER_A = 0.05
 MAX_STEP_A = 0.2
@@ -267,7 +268,7 @@ def _gas_energies() -> dict[str, float]:
     energies = {}
     for name, spec in GAS_MOLECULES.items():
         molecule = _molecule(spec)
-        molecule.calc = EMT()
+        molecule.calc = EMTCalculator()
         _, converged, _ = _relax(molecule, GAS_FMAX_EV_PER_A, 500)
         if not converged:
             raise RuntimeError(f"EMT relaxation of gas-phase {name} did not converge")
@@ -289,7 +290,7 @@ def gas_references() -> tuple[dict[str, float], dict[str, float]]:
 def _clean_slab_task(task: tuple[str, str, str, int, int, int]) -> tuple[str, float, bool]:
     family_name, metal, facet, cell, layers, steps = task
     slab = _slab(FAMILIES[family_name], metal, facet, cell, layers)
-    slab.calc = EMT()
+    slab.calc = EMTCalculator()
     _, converged, _ = _relax(slab, FMAX_EV_PER_A, steps)
     return f"{metal}-{facet}", float(slab.get_potential_energy()), converged
 
@@ -361,7 +362,7 @@ def _system_task(task: dict[str, Any]) -> dict[str, Any]:
     atoms, description = _build_system(
         family, task["category"], task["surface_cell"], task["layers"], rng
     )
-    atoms.calc = EMT()
+    atoms.calc = EMTCalculator()
     frames, converged, steps = _relax(atoms, FMAX_EV_PER_A, task["relax_steps"])
     md_frames: list[tuple] = []
     if task["md_steps"] > 0:
@@ -369,7 +370,7 @@ def _system_task(task: dict[str, Any]) -> dict[str, Any]:
             [task["seed"], _code(task["family"]), _code(task["split"]), task["index"], 1]
         )
         md_atoms = atoms.copy()
-        md_atoms.calc = EMT()
+        md_atoms.calc = EMTCalculator()
         thermalize_momenta(md_atoms, temperature_K=MD_TEMPERATURE_K, rng=md_rng)
         dynamics = Langevin(
             md_atoms,
@@ -606,7 +607,7 @@ def generate_catalysts(
         "name": settings["name"],
         "family": family_name,
         "method": "EMT",
-        "calculator": "ase.calculators.emt.EMT",
+        "calculator": "ase.calculators.emt.EMT (dens.data.calculators.EMTCalculator)",
         "splits": counts,
         "sizes": sizes,
         "seed": sizes["seed"],

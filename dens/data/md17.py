@@ -42,10 +42,10 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from ase.optimize import BFGS
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from tblite.ase import TBLite
 from tqdm import tqdm
 
 from dens.data.aselmdb import write_aselmdb
+from dens.data.calculators import GFN2xTBCalculator
 
 MD17_SMILES: dict[str, str] = {
     "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
@@ -238,7 +238,7 @@ def generate_md17(
     forces = np.empty((n_frames, len(atoms), 3))
     temperatures = np.empty(n_frames)
     with _openmp_threads(1) as openmp_threads:
-        atoms.calc = TBLite(method="GFN2-xTB", accuracy=TBLITE_ACCURACY, verbosity=0)
+        atoms.calc = GFN2xTBCalculator(method="GFN2-xTB", accuracy=TBLITE_ACCURACY, verbosity=0)
         optimizer = BFGS(atoms, logfile=None)
         if not optimizer.run(fmax=RELAX_FMAX_EV_PER_A, steps=RELAX_MAX_STEPS):
             raise RuntimeError(f"GFN2-xTB pre-relaxation of {molecule} did not converge")
@@ -279,7 +279,7 @@ def generate_md17(
         "smiles": MD17_SMILES[molecule],
         "n_atoms": len(atoms),
         "method": "GFN2-xTB",
-        "calculator": "tblite.ase.TBLite",
+        "calculator": "tblite.ase.TBLite (dens.data.calculators.GFN2xTBCalculator)",
         "tblite_accuracy": TBLITE_ACCURACY,
         "embedding": {"tool": "RDKit EmbedMolecule (ETKDG)", "random_seed": EMBEDDING_SEED},
         "pre_relaxation": {

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.constraints import FixAtoms, FixCom
-from torch_geometric.data import Batch, Data
+
+from dens.data.batch import Batch, Data
 
 
 def fixed_mask(atoms: Atoms) -> np.ndarray:

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.errors import NotAvailableError
 
 

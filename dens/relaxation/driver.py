@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch, Data
 
+from dens.data.batch import Batch, Data
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings
 from dens.slurm import TIME_LIMIT
 

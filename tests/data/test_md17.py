@@ -14,9 +14,9 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms, FixCartesian
-from torch_geometric.data import Batch
 
 from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
+from dens.data.batch import Batch
 from dens.data.md17 import (
     KCAL_PER_MOL_IN_EV,
     MD17_MOLECULES,

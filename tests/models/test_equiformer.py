@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from e3nn import o3
-from torch_geometric.data import Batch, Data
 
 from dens.config import load_registry
+from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, NotAvailableError
 from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.common.radial_basis import radial_basis

@@ -11,8 +11,8 @@ import torch
 import yaml
 from ase.build import add_adsorbate, fcc100, fcc111
 from e3nn import o3
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
 from dens.models import build_model, count_parameters, model_class
 from dens.models.equiformer_v2 import EquiformerV2

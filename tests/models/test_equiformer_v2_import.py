@@ -9,8 +9,8 @@ import ase.io
 import pytest
 import torch
 from ase.build import add_adsorbate, fcc111
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
 from dens.models.equiformer_v2 import EquiformerV2, network
 from dens.models.equiformer_v2.import_fairchem import (

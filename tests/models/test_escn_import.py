@@ -8,8 +8,8 @@ from pathlib import Path
 import ase.io
 import pytest
 import torch
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
 from dens.models.escn import network
 from dens.models.escn.import_fairchem import CheckpointImportError, load_fairchem_checkpoint

@@ -11,8 +11,8 @@ from ase import Atoms
 from ase.build import add_adsorbate, bulk, fcc111
 from fairchem.core.graph.radius_graph_pbc import radius_graph_pbc
 from torch import Tensor
-from torch_geometric.data import Batch, Data
 
+from dens.data.batch import Batch, Data
 from dens.data.structures import atoms_to_data
 from dens.errors import NotAvailableError
 from dens.models.graph import molecular_graph, periodic_graph, periodic_neighbors, radius_graph

@@ -8,7 +8,8 @@ import math
 import torch
 from e3nn import o3
 from torch import Tensor
-from torch_geometric.data import Batch
+
+from dens.data.batch import Batch
 
 
 def check_inputs(

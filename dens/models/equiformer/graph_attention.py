@@ -24,21 +24,10 @@ from torch import Tensor, nn
 from dens.models.common.equivariant_dropout import EquivariantDropout
 from dens.models.common.gate_activation import Gate, second_moment_scale, smooth_leaky_relu
 from dens.models.common.radial_basis import RadialMLP
+from dens.models.common.segment_softmax import segment_softmax
 from dens.models.common.so3_features import Channels, scatter_sum
 from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
-
-
-def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
-    """Softmax of logits [E, H] over the edges that share ``index`` [E] (target node)."""
-    with torch.no_grad():
-        shift = logits.new_full((num_segments, logits.shape[1]), float("-inf"))
-        shift = shift.scatter_reduce(
-            0, index.unsqueeze(1).expand_as(logits), logits, reduce="amax", include_self=True
-        )
-    ex = torch.exp(logits - shift.index_select(0, index))
-    denom = logits.new_zeros(num_segments, logits.shape[1]).index_add(0, index, ex)
-    return ex / denom.index_select(0, index)
 
 
 class GraphAttention(nn.Module):

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from e3nn import o3
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.models.common.equivariant_dropout import EquivariantDropout, GraphDropPath
 from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.common.gate_activation import Gate, ScaledSiLU

@@ -17,8 +17,8 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import softmax
 
+from dens.models.common.segment_softmax import segment_softmax
 from dens.models.equiformer_v2.activation import SeparableS2Activation, SmoothLeakyReLU
 from dens.models.equiformer_v2.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
 from dens.models.equiformer_v2.so3_linear import SO3Linear
@@ -105,8 +105,8 @@ class SO2GraphAttention(nn.Module):
         logits = self.alpha_act(
             self.alpha_norm(alpha_features.reshape(-1, self.num_heads, self.alpha_channels))
         )
-        alpha = softmax(
-            torch.einsum("ehc,hc->eh", logits, self.alpha_dot), dst, num_nodes=graph.num_nodes
+        alpha = segment_softmax(
+            torch.einsum("ehc,hc->eh", logits, self.alpha_dot), dst, graph.num_nodes
         )
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)

@@ -30,8 +30,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.drop import ChannelDropout, GraphDropPath

@@ -39,8 +39,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch_geometric.data import Batch
 
+from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.edge_graph import gather_nodes, sum_to_nodes
