@@ -44,7 +44,7 @@ from dens.inference import BuildModel, load_trained_model, predict
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer
 
-_VERSIONED = ("dens", "torch", "e3nn", "torch-geometric", "ase", "numpy", "fairchem-core")
+_VERSIONED = ("dens", "torch", "e3nn", "ase", "numpy", "fairchem-core")
 
 
 EFWT_ENERGY_EV = 0.02

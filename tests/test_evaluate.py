@@ -79,7 +79,7 @@ def test_metrics_json_from_best_ema_weights(run):
     assert metrics["train_time_s"] == pytest.approx(sum(float(r["epoch_time_s"]) for r in rows))
     assert metrics["train_samples_per_s"] > 0
     assert metrics["versions"]["torch"] == torch.__version__
-    assert {"python", "ase", "torch-geometric"} <= set(metrics["versions"])
+    assert {"python", "ase", "e3nn"} <= set(metrics["versions"])
     assert datetime.datetime.fromisoformat(metrics["date"]).tzinfo is not None
 
 

@@ -18,19 +18,21 @@ or missing file raises dens.errors.DataError naming it and how to rebuild it.
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ase.db
+import numpy as np
 import torch
-from ase import Atoms
-from ase.db.row import AtomsRow
 
 from dens import paths
 from dens.data.batch import Batch, Data
-from dens.data.structures import atoms_to_data
+from dens.data.structures import fixed_indices, structure_data
 from dens.errors import DataError, InvalidDataError, MissingDataError
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 SUFFIX = ".aselmdb"
 
@@ -166,6 +168,8 @@ def write_aselmdb(
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in (path, path.with_name(path.name + "-lock")):
         stale.unlink(missing_ok=True)
+    import ase.db
+
     db = ase.db.connect(path)
     n_rows = 0
     with db:
@@ -189,18 +193,66 @@ def write_aselmdb(
     return n_rows
 
 
-def row_to_data(row: AtomsRow) -> Data:
-    """One database row as model input with labels (dens.data.structures.atoms_to_data):
-    float32 positions and forces, float64 energy, ``md_split`` from the row key (False when
-    absent)."""
-    atoms = row.toatoms()
-    atoms.info["md_split"] = bool(row.key_value_pairs.get("md_split", False))
+def read_rows(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metadata, rows) of an aselmdb file, rows as the dicts ase.db stores (numbers,
+    positions, cell, pbc, tags, constraints, energy, forces, key_value_pairs, data, ...).
+
+    Read with lmdb directly, as ase_db_backends.aselmdb stores them: under the keys "1" ...
+    "nextid - 1" minus "deleted_ids", each value a zlib-compressed JSON document in
+    ase.io.jsonio's encoding. This skips building an AtomsRow and Atoms per row and importing
+    ase.db's dependencies (ase.constraints imports scipy): 0.5 s less per training process on
+    mini-MD17 (measured), with the same values (tests/data/test_aselmdb.py)."""
+    import lmdb
+    from ase.io.jsonio import decode
+
+    def value(txn: Any, key: str) -> Any:
+        raw = txn.get(key.encode("ascii"))
+        return None if raw is None else decode(zlib.decompress(raw).decode("utf-8"))
+
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False)
     try:
-        return atoms_to_data(atoms, torch.float32, labels=True)
-    except ValueError as err:
+        with env.begin() as txn:
+            metadata = value(txn, "metadata") or {}
+            deleted = set(value(txn, "deleted_ids") or ())
+            ids = [i for i in range(1, value(txn, "nextid") or 1) if i not in deleted]
+            rows = []
+            for row_id in ids:
+                row = value(txn, str(row_id))
+                if row is None:
+                    raise DataError(f"{path}: row {row_id} is missing; {rebuild_hint(path)}")
+                rows.append(row | {"id": row_id})
+    finally:
+        env.close()
+    return metadata, rows
+
+
+def row_to_data(row: Mapping[str, Any], path: Path | str = "") -> Data:
+    """One stored row (`read_rows`) as model input with labels (dens.data.structures):
+    float32 positions and forces, float64 energy, ``md_split`` from the row key (False when
+    absent). A row without energy or forces, or with a constraint other than FixAtoms/FixCom,
+    raises InvalidDataError naming ``path`` and the row."""
+    where = f"{path}: row {row['id']}"
+    missing = [key for key in ("energy", "forces") if row.get(key) is None]
+    if missing:
         raise InvalidDataError(
-            f"row {row.id}: {err}; training data needs energy and forces"
-        ) from err
+            f"{where} has no {' and '.join(missing)} label; training data needs energy and forces"
+        )
+    numbers = np.asarray(row["numbers"])
+    try:
+        fixed = fixed_indices(row.get("constraints", ()), len(numbers), f"row {row['id']}")
+    except ValueError as err:
+        raise InvalidDataError(f"{path}: {err}") from err
+    return structure_data(
+        np.asarray(row["positions"]),
+        numbers,
+        fixed,
+        md_split=bool(row.get("key_value_pairs", {}).get("md_split", False)),
+        cell=np.asarray(row.get("cell", np.zeros((3, 3)))),
+        pbc=np.asarray(row.get("pbc", np.zeros(3, dtype=bool))),
+        tags=row.get("tags"),
+        energy=float(row["energy"]),
+        forces=np.asarray(row["forces"]),
+    )
 
 
 class AseLmdbDataset(torch.utils.data.Dataset):
@@ -223,17 +275,11 @@ class AseLmdbDataset(torch.utils.data.Dataset):
         check_aselmdb(path)
         self.path = path
         try:
-            db = ase.db.connect(path, readonly=True)
-            try:
-                self.metadata: dict[str, Any] = dict(db.metadata)
-                try:
-                    items = [row_to_data(row) for row in db.select()]
-                except ValueError as err:
-                    raise InvalidDataError(f"{path}: {err}") from err
-            finally:
-                db.close()
+            metadata, rows = read_rows(path)
         except lmdb.Error as err:
             raise DataError(f"{path} is damaged (LMDB: {err}); {rebuild_hint(path)}") from err
+        self.metadata: dict[str, Any] = dict(metadata)
+        items = [row_to_data(row, path) for row in rows]
         self._length = len(items)
         self.elements: list[int] = []
         """The atomic numbers present in the file."""

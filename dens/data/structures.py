@@ -23,52 +23,96 @@ any other constraint is refused, since it would be unclear which atoms it fixes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
-from ase import Atoms
-from ase.constraints import FixAtoms, FixCom
 
 from dens.data.batch import Batch, Data
 
+if TYPE_CHECKING:  # ase.atoms is imported by whoever makes Atoms; ase.constraints costs 0.25 s
+    from ase import Atoms
 
-def fixed_mask(atoms: Atoms) -> np.ndarray:
-    """bool [N]: True for atoms held by a FixAtoms constraint."""
-    fixed = np.zeros(len(atoms), dtype=bool)
-    for constraint in atoms.constraints:
-        if isinstance(constraint, FixAtoms):
-            fixed[constraint.index] = True
-        elif not isinstance(constraint, FixCom):
+
+def fixed_indices(constraints: Iterable[Any], n_atoms: int, where: str) -> np.ndarray:
+    """bool [N]: True for atoms held by a FixAtoms constraint. ``constraints``: ASE constraint
+    objects or their dicts (``{"name": "FixAtoms", "kwargs": {"indices": [...]}}``, as ase.db
+    stores them); FixCom is ignored, any other constraint refused (ValueError naming ``where``)."""
+    fixed = np.zeros(n_atoms, dtype=bool)
+    for constraint in constraints:
+        if isinstance(constraint, dict):
+            name, indices = constraint.get("name"), constraint.get("kwargs", {}).get("indices")
+        else:
             name = type(constraint).__name__
+            indices = constraint.index if name == "FixAtoms" else None
+        if name == "FixAtoms":
+            fixed[np.asarray(indices, dtype=int)] = True
+        elif name != "FixCom":
             raise ValueError(
-                f"unsupported constraint {name} on {atoms.get_chemical_formula()} "
+                f"unsupported constraint {name} on {where} "
                 "(only FixAtoms marks fixed atoms; FixCom is ignored)"
             )
     return fixed
 
 
+def structure_data(
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    fixed: np.ndarray,
+    *,
+    md_split: bool = False,
+    cell: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
+    tags: np.ndarray | None = None,
+    energy: float | None = None,
+    forces: np.ndarray | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Data:
+    """One structure as model input (fields in the module notes) from its arrays: positions
+    [N, 3] (Å), numbers [N], fixed [N] bool; cell [3, 3], pbc [3] and tags [N] (zeros when None)
+    are kept when some direction is periodic; energy (eV) and forces [N, 3] (eV/Å) when given."""
+    n = len(numbers)
+    fields = {
+        "pos": torch.tensor(np.asarray(positions), dtype=dtype),
+        "atomic_numbers": torch.tensor(np.asarray(numbers), dtype=torch.long),
+        "natoms": torch.tensor([n], dtype=torch.long),
+        "fixed": torch.from_numpy(np.asarray(fixed, dtype=bool)),
+        "md_split": torch.tensor([bool(md_split)]),
+    }
+    if pbc is not None and np.any(pbc):
+        tags = np.zeros(n, dtype=np.int64) if tags is None else np.asarray(tags)
+        fields["cell"] = torch.tensor(np.asarray(cell), dtype=dtype).view(1, 3, 3)
+        fields["pbc"] = torch.tensor(np.asarray(pbc), dtype=torch.bool).view(1, 3)
+        fields["tags"] = torch.tensor(tags, dtype=torch.long)
+    if energy is not None:
+        fields["energy"] = torch.tensor([float(energy)], dtype=torch.float64)
+    if forces is not None:
+        fields["forces"] = torch.tensor(np.asarray(forces), dtype=torch.float32)
+    return Data(**fields)
+
+
 def atoms_to_data(atoms: Atoms, dtype: torch.dtype = torch.float32, labels: bool = False) -> Data:
     """One structure as model input (fields in the module notes); ``labels`` adds energy and
     forces, which ``atoms.calc`` must hold (e.g. a SinglePointCalculator)."""
-    n = len(atoms)
-    fields = {
-        "pos": torch.tensor(atoms.positions, dtype=dtype),
-        "atomic_numbers": torch.tensor(atoms.numbers, dtype=torch.long),
-        "natoms": torch.tensor([n], dtype=torch.long),
-        "fixed": torch.from_numpy(fixed_mask(atoms)),
-        "md_split": torch.tensor([bool(atoms.info.get("md_split", False))]),
-    }
-    if atoms.pbc.any():
-        fields["cell"] = torch.tensor(np.asarray(atoms.cell), dtype=dtype).view(1, 3, 3)
-        fields["pbc"] = torch.tensor(atoms.pbc, dtype=torch.bool).view(1, 3)
-        fields["tags"] = torch.tensor(atoms.get_tags(), dtype=torch.long)
+    labelled: dict[str, Any] = {}
     if labels:
         results = atoms.calc.results if atoms.calc is not None else {}
         missing = [key for key in ("energy", "forces") if key not in results]
         if missing:
             raise ValueError(f"{atoms.get_chemical_formula()} has no {' and '.join(missing)} label")
-        fields["energy"] = torch.tensor([float(results["energy"])], dtype=torch.float64)
-        fields["forces"] = torch.tensor(np.asarray(results["forces"]), dtype=torch.float32)
-    return Data(**fields)
+        labelled = {"energy": results["energy"], "forces": results["forces"]}
+    return structure_data(
+        atoms.positions,
+        atoms.numbers,
+        fixed_indices(atoms.constraints, len(atoms), atoms.get_chemical_formula()),
+        md_split=bool(atoms.info.get("md_split", False)),
+        cell=np.asarray(atoms.cell),
+        pbc=atoms.pbc,
+        tags=atoms.get_tags(),
+        dtype=dtype,
+        **labelled,
+    )
 
 
 def atoms_to_batch(

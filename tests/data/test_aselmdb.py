@@ -12,6 +12,7 @@ from pathlib import Path
 import ase
 import numpy as np
 import pytest
+import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from dens.data.aselmdb import AseLmdbDataset, check_aselmdb, write_aselmdb
@@ -172,3 +173,50 @@ def test_truncated_split_through_dens_evaluate_is_one_line(tmp_path: Path, origi
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"dens: error: {path} is damaged (truncated: 12288 of ")
     assert "rerun snakemake" in lines[0]
+
+
+def test_rows_read_directly_equal_ase_db_rows(tmp_path: Path) -> None:
+    """AseLmdbDataset reads rows with lmdb directly (dens.data.aselmdb.read_rows): the same
+    structures, in the same order, as ase.db's select() through atoms_to_data, also for a
+    periodic slab with fixed atoms and tags and after a row was deleted."""
+    import ase.db
+    from ase.build import add_adsorbate, fcc111
+    from ase.constraints import FixAtoms
+
+    from dens.data.structures import atoms_to_data
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    add_adsorbate(slab, "O", 1.5)
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    rng = np.random.default_rng(3)
+    slabs = []
+    for k in range(4):
+        atoms = slab.copy()
+        atoms.rattle(0.05, seed=k)
+        atoms.info = {"md_split": k % 2 == 0}
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(k) - 3.5, forces=rng.normal(size=(len(atoms), 3))
+        )
+        slabs.append(atoms)
+    for name, items in (("molecules", list(structures(5))), ("slabs", slabs)):
+        path = tmp_path / f"{name}.aselmdb"
+        write_aselmdb(path, items, metadata={"name": name})
+        with ase.db.connect(path) as db:
+            db.delete([2])
+        path.with_name(path.name + "-lock").unlink(missing_ok=True)
+        dataset = AseLmdbDataset(path)
+        db = ase.db.connect(path, readonly=True)
+        expected = []
+        for row in db.select():
+            atoms = row.toatoms()
+            atoms.info["md_split"] = bool(row.key_value_pairs.get("md_split", False))
+            expected.append(atoms_to_data(atoms, labels=True))
+        assert dataset.metadata == {"name": name}
+        assert len(dataset) == len(expected) == len(items) - 1
+        for ours, theirs in zip((dataset[i] for i in range(len(dataset))), expected, strict=True):
+            assert ours.keys() == theirs.keys()
+            for key in ours.keys():
+                assert torch.equal(getattr(ours, key), getattr(theirs, key)), (name, key)
+    assert dataset[0].fixed.tolist()[:5] == [True, True, True, True, False]
+    assert dataset[0].md_split.tolist() == [True]
+    assert dataset[0].tags.tolist() == slab.get_tags().tolist()
