@@ -258,11 +258,11 @@ def row_to_data(row: Mapping[str, Any], path: Path | str = "") -> Data:
 class AseLmdbDataset(torch.utils.data.Dataset):
     """All rows of one aselmdb file as `Data` objects (see `row_to_data`), in row order.
 
-    The rows are read into memory once, at construction, and kept as one `Batch` (one tensor
-    per field, as torch_geometric's InMemoryDataset stores them), about 0.7 kB per row of 21
-    atoms. Measured on 2 cores: an MD17 training split (950 rows) reads in 0.2 s, 19k rows
-    in 4 s. `dataset[i]` returns a copy, so callers may modify it in place. `metadata` holds
-    the file's metadata dict (empty when none was written).
+    The rows are read into memory once, at construction (`read_rows`), and kept as one
+    `Batch` (one tensor per field), about 0.7 kB per row of 21 atoms. Measured on 2 cores: an
+    MD17 training split (950 rows) reads in 0.2 s, 19k rows in 4 s. `dataset[i]` returns a
+    copy, so callers may modify it in place. `metadata` holds the file's metadata dict (empty
+    when none was written).
 
     A missing or damaged file raises dens.errors.DataError naming it (see `check_aselmdb`).
     """

@@ -1,4 +1,4 @@
-"""ASE ``Atoms`` -> the model input every dens model reads (a torch_geometric ``Data``).
+"""ASE ``Atoms`` -> the model input every dens model reads (a ``Data``, dens.data.batch).
 
 The one conversion that training data (dens.data.aselmdb), the ASE calculator, relaxations and
 simulations share, so that fixed atoms, tags and flags mean the same everywhere:

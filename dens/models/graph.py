@@ -35,8 +35,8 @@ from dens.errors import NotAvailableError
 def structure_pairs(batch: Tensor, natoms: Tensor) -> tuple[Tensor, Tensor]:
     """Every ordered pair (src, dst) of atoms of one structure, self pairs included.
 
-    batch: [N] structure index, contiguous as in a PyG Batch; natoms: [B]. Returns src, dst:
-    [P], P = sum_b natoms_b^2, ordered by dst, then src.
+    batch: [N] structure index, contiguous as in a dens.data.batch.Batch; natoms: [B]. Returns
+    src, dst: [P], P = sum_b natoms_b^2, ordered by dst, then src.
     """
     device = batch.device
     start = torch.cumsum(natoms, 0) - natoms  # [B] first atom of each structure
@@ -54,7 +54,7 @@ def radius_graph(
 ) -> tuple[Tensor, Tensor]:
     """All ordered pairs (src, dst), src != dst, of one structure closer than ``cutoff``.
 
-    pos: [N, 3] (not differentiated); batch: [N] structure index, contiguous as in a PyG
+    pos: [N, 3] (not differentiated); batch: [N] structure index, contiguous as in a
     Batch; natoms: [B]. Returns edge_src, edge_dst: [E]. Cost O(sum_b natoms_b^2).
     """
     src, dst = structure_pairs(batch, natoms)

@@ -16,7 +16,7 @@ States are float64 (fairchem casts forces and positions to float64 "otherwise th
 prone to overflow"); the model sees float32 positions.
 
 Storage: atoms of the systems in the batch are packed ([N, 3], system index ``batch`` [N]) as
-torch_geometric batches them; the history is a ring buffer ``[memory, N, 3]`` shared by the batch
+in a dens.data.batch.Batch; the history is a ring buffer ``[memory, N, 3]`` shared by the batch
 with one write position, and per system the number of valid entries (the newest ``count[b]``
 slots). Systems leave (:meth:`BatchedLBFGS.remove`) and enter (:meth:`BatchedLBFGS.add`) between
 steps; the packed tensors are compacted or extended along the atom axis, and a new system starts

@@ -1,0 +1,182 @@
+"""Training steps on one CUDA GPU: float32 vs float16 mixed precision, with and without DeNS.
+
+Each case is a real training step of the training engine (dens.train: forward_loss + update, i.e.
+the loss of Eq. 1 / Eq. 6 with the DeNS corruption, backward, AdamW, EMA, and with mixed precision
+float16 autocast + GradScaler) on batches of a prepared mini split, at the mini presets and at the
+2-block L6 M2 EquiformerV2 of benchmarks/bench_equiformer_v2_step.py. Per case: the median and
+min step time over ``--steps`` steps after ``--warmup`` steps, structures per second, the peak
+GPU memory, and whether every loss was finite and GradScaler skipped no step (with mixed
+precision). Where the DeNS variant of a case exists, the summary gives the DeNS / plain step time
+ratio measured in the same run. Writes one JSON file::
+
+    python benchmarks/gpu_train_step.py --data results/mini/data --out gpu_train_step.json
+
+(--data holds md17-ethanol/train.aselmdb and oc20-2m/train.aselmdb, e.g. from
+``snakemake --profile profiles/local results/mini/data/{md17-ethanol,oc20-2m}/provenance.json``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dens import train as engine
+from dens.config import load_registry
+from dens.data.aselmdb import AseLmdbDataset
+from dens.data.batch import Batch
+from dens.denoising import DeNSSettings
+from dens.distributed import World
+from dens.models import build_model, count_parameters
+
+# (case, experiment at the mini scale, dataset, model overrides)
+CASES = [
+    ("equiformer-mini", "md17-ethanol/equiformer-l2", "md17-ethanol", {}),
+    ("equiformer-mini+dens", "md17-ethanol/equiformer-l2-dens", "md17-ethanol", {}),
+    ("eqv2-mini", "oc20-2m/eqv2-e12", "oc20-2m", {}),
+    ("eqv2-mini+dens", "oc20-2m/eqv2-dens-e12", "oc20-2m", {}),
+]
+# EquiformerV2 at 2 blocks, L6, M2 and the paper's OC20 S2EF-2M sizes (the eqv2-83m preset with 2
+# of its 12 blocks, as bench_equiformer_v2_step.py), trained with the mini optimisation settings
+EQV2_2_BLOCKS = {"preset_of_scale": "paper", "num_layers": 2}
+CASES += [
+    ("eqv2-2-blocks-L6", "oc20-2m/eqv2-e12", "oc20-2m", EQV2_2_BLOCKS),
+    ("eqv2-2-blocks-L6+dens", "oc20-2m/eqv2-dens-e12", "oc20-2m", EQV2_2_BLOCKS),
+]
+
+
+def experiment_of(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The mini experiment ``name``; with "preset_of_scale" in ``overrides``, its model is that
+    scale's (switches included), with the other overrides applied."""
+    experiment = dict(load_registry({"scale": "mini"}).resolve(name), seed=0)
+    overrides = dict(overrides)
+    scale = overrides.pop("preset_of_scale", None)
+    if scale is not None:
+        experiment["model"] = load_registry({"scale": scale}).resolve(name)["model"]
+    if overrides:
+        model = dict(experiment["model"])
+        model["hyperparameters"] = {**model["hyperparameters"], **overrides}
+        experiment["model"] = model
+    return experiment
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_case(
+    experiment: dict[str, Any],
+    dataset: AseLmdbDataset,
+    amp: bool,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Step times of the engine's training step on ``device`` (module notes)."""
+    cuda = device.type == "cuda"
+    optim = experiment["optim"]
+    trainee = engine.build_trainee(experiment, build_model, device, World(), amp)
+    normalizer = engine.fit_normalizer(dataset, optim.get("energy_reference", "mean"), 0)
+    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
+    losses = engine.loss_settings(optim)
+    batches = engine.epoch_batches(len(dataset), int(optim["batch_size"]), 0, 0)
+    batches = (batches * math.ceil((steps + warmup) / len(batches)))[: steps + warmup]
+
+    def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return engine.loss_terms(network, batch, normalizer, losses, dens, trainee.generator, 1.0)
+
+    trainee.model.train()
+    times, finite, skipped, structures, atoms = [], True, 0, 0, 0
+    for k, indices in enumerate(batches):
+        batch = Batch.from_data_list([dataset[i] for i in indices]).to(device)
+        if k == warmup and cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        synchronize(device)
+        start = time.perf_counter()
+        total, values, _ = engine.forward_loss(trainee, batch, loss, World(), False)
+        scale = trainee.scaler.get_scale() if amp else 1.0
+        engine.update(trainee, total, optim)
+        synchronize(device)
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+            structures += len(indices)
+            atoms += batch.num_nodes
+            finite &= all(math.isfinite(v) for v in values.values())
+            skipped += int(amp and trainee.scaler.get_scale() < scale)
+    median = statistics.median(times)
+    return {
+        "mixed_precision": amp,
+        "parameters": count_parameters(trainee.model),
+        "batch_size": int(optim["batch_size"]),
+        "atoms_per_batch": atoms / len(times),
+        "median_ms": 1e3 * median,
+        "min_ms": 1e3 * min(times),
+        "structures_per_s": structures / sum(times),
+        "peak_memory_MiB": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "all_losses_finite": finite,
+        "grad_scaler_skipped_steps": skipped,
+        "last_loss": values["total"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("results/mini/data"))
+    parser.add_argument("--out", type=Path, default=Path("gpu_train_step.json"))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu to try the script out")
+    parser.add_argument("--cases", nargs="*", help="only these cases (default: all)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here (--device cpu tries the script out)")
+    datasets: dict[str, AseLmdbDataset] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for case, name, dataset, overrides in CASES:
+        if args.cases and case not in args.cases:
+            continue
+        if dataset not in datasets:
+            datasets[dataset] = AseLmdbDataset(args.data / dataset / "train.aselmdb")
+        experiment = experiment_of(name, overrides)
+        for amp in (False, True) if device.type == "cuda" else (False,):
+            key = f"{case} {'fp16-amp' if amp else 'fp32'}"
+            results[key] = time_case(
+                experiment, datasets[dataset], amp, args.steps, args.warmup, device
+            )
+            print(key, json.dumps(results[key]), flush=True)
+    ratios = {}
+    for key, value in results.items():
+        case, precision = key.split(" ")
+        plain = results.get(f"{case.removesuffix('+dens')} {precision}")
+        if case.endswith("+dens") and plain is not None:
+            ratios[f"{case} {precision} / plain"] = value["median_ms"] / plain["median_ms"]
+    for key, value in results.items():
+        if key.endswith("fp16-amp"):
+            fp32 = results[key.replace("fp16-amp", "fp32")]
+            ratios[f"{key} / fp32"] = value["median_ms"] / fp32["median_ms"]
+    summary = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "cases": results,
+        "ratios": ratios,
+    }
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    for key, ratio in ratios.items():
+        print(f"{key}: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
