@@ -413,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="float16 autocast + gradient scaling (default: on with CUDA, off on CPU)",
+        help="float16 autocast + gradient scaling (default: the experiment's "
+        "optim.mixed_precision with CUDA: on for OC20/OC22, off for MD17; off on CPU)",
     )
     p.add_argument(
         "--evaluate",

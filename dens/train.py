@@ -53,12 +53,13 @@ as are the NaN/inf check and a SIGTERM (any process's), so all processes stop at
 Validation is split over the processes and the error sums are added up. Rank 0 alone writes
 checkpoints, log.csv and the console lines; the others wait for last.pt before stopping.
 
-Mixed precision (``mixed_precision``, ``dens train --[no-]mixed-precision``): float16 autocast of
-the forward pass and the loss with a GradScaler (the loss is scaled for backward and the
-gradients unscaled before clipping; a step with inf/nan gradients is skipped), as the official
-OC20/OC22 code's ``--amp`` (fairchem 1.x). On by default on CUDA, refused on CPU; validation
-and evaluation run in float32. The official MD17 code trains in float32: pass
-``--no-mixed-precision`` to reproduce it on a GPU.
+Mixed precision (``optim.mixed_precision``, ``dens train --[no-]mixed-precision``): float16
+autocast of the forward pass and the loss with a GradScaler (the loss is scaled for backward and
+the gradients unscaled before clipping; a step with inf/nan gradients is skipped), as the
+official OC20/OC22 code's ``--amp`` (fairchem 1.x). On CUDA the experiment's
+``optim.mixed_precision`` decides (default true); the MD17 experiments set it false, since the
+official MD17 code trains in float32. The command-line switch overrides it; asking for it on
+CPU is refused. Validation and evaluation run in float32.
 """
 
 from __future__ import annotations
@@ -504,11 +505,12 @@ def build_trainee(
     return Trainee(model, ema, optimizer, scaler, generator, world.wrap(model, device))
 
 
-def use_mixed_precision(requested: bool | None, device: torch.device) -> bool:
-    """The mixed-precision switch: None = on for CUDA, off on CPU; True on CPU is refused (CPU
-    autocast is not what the paper's GPUs ran, and float16 kernels on CPU are slow)."""
+def use_mixed_precision(requested: bool | None, device: torch.device, recipe: bool = True) -> bool:
+    """The mixed-precision switch: None = the experiment's ``recipe`` (optim.mixed_precision) on
+    CUDA, off on CPU; True on CPU is refused (CPU autocast is not what the paper's GPUs ran, and
+    float16 kernels on CPU are slow)."""
     if requested is None:
-        return device.type == "cuda"
+        return recipe and device.type == "cuda"
     if requested and device.type != "cuda":
         raise ConfigError(
             f"mixed precision (float16 autocast + GradScaler) runs on CUDA only, not on {device}; "
@@ -908,7 +910,8 @@ def train(
     train_set, val_set: indexable datasets of ``Data`` (dens.data.structures).
     device: "cuda" is the GPU of this process's local rank when several processes train.
     progress: a progress bar (stderr) and one line per epoch with the time left (stdout).
-    mixed_precision: float16 autocast + GradScaler; None = on for CUDA, off on CPU.
+    mixed_precision: float16 autocast + GradScaler; None = optim.mixed_precision (default true)
+        on CUDA, off on CPU.
     stop_at: a wall-clock time (time.time()) at which to stop as on SIGTERM, with last.pt saved
         (a Slurm job ends itself this way before its time limit and continues in a requeued job:
         dens.slurm).
@@ -924,7 +927,7 @@ def train(
     world = World.from_environment()
     schedule = Schedule.of(optim, len(train_set), world.size)
     device = world.device(torch.device(device))
-    amp = use_mixed_precision(mixed_precision, device)
+    amp = use_mixed_precision(mixed_precision, device, bool(optim.get("mixed_precision", True)))
     dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
     losses = loss_settings(optim)
     _check_splittable(losses, val_set, world)

@@ -348,6 +348,9 @@ def test_mixed_precision_switch_and_autocast_only_when_on():
     assert use_mixed_precision(None, cpu) is False
     assert use_mixed_precision(None, cuda) is True
     assert use_mixed_precision(False, cuda) is False
+    assert use_mixed_precision(None, cuda, recipe=False) is False  # MD17: float32 as official
+    assert use_mixed_precision(True, cuda, recipe=False) is True
+    assert use_mixed_precision(None, cpu, recipe=True) is False
     with pytest.raises(ConfigError, match="CUDA only"):
         use_mixed_precision(True, cpu)
 
