@@ -37,10 +37,6 @@ class Data:
         """The field names, in the order they were set."""
         return list(self.__dict__)
 
-    def fields(self) -> dict[str, Tensor]:
-        """The fields as a new dict {name: tensor}."""
-        return dict(self.__dict__)
-
     def __contains__(self, name: str) -> bool:
         return name in self.__dict__
 
