@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # ase.atoms is imported by whoever makes Atoms; ase.constrain
     from ase import Atoms
 
 
-def fixed_indices(constraints: Iterable[Any], n_atoms: int, where: str) -> np.ndarray:
+def fixed_mask(constraints: Iterable[Any], n_atoms: int, where: str) -> np.ndarray:
     """bool [N]: True for atoms held by a FixAtoms constraint. ``constraints``: ASE constraint
     objects or their dicts (``{"name": "FixAtoms", "kwargs": {"indices": [...]}}``, as ase.db
     stores them); FixCom is ignored, any other constraint refused (ValueError naming ``where``)."""
@@ -105,7 +105,7 @@ def atoms_to_data(atoms: Atoms, dtype: torch.dtype = torch.float32, labels: bool
     return structure_data(
         atoms.positions,
         atoms.numbers,
-        fixed_indices(atoms.constraints, len(atoms), atoms.get_chemical_formula()),
+        fixed_mask(atoms.constraints, len(atoms), atoms.get_chemical_formula()),
         md_split=bool(atoms.info.get("md_split", False)),
         cell=np.asarray(atoms.cell),
         pbc=atoms.pbc,
