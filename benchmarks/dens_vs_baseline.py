@@ -1,28 +1,30 @@
-"""DeNS versus baseline on mini-MD17 as a paired experiment (Equiformer, Lmax=2).
+"""DeNS versus baseline as a paired experiment: one baseline experiment and its DeNS twin.
 
-Three variants per molecule and seed, trained on the same data for the same epochs:
+Three variants per seed, trained on the same data for the same epochs:
 
-    baseline   md17-<molecule>/equiformer-l2            no DeNS modules, Eq. 1 only
-    dens       md17-<molecule>/equiformer-l2-dens       the paper's MD17 DeNS settings (Table 9)
-    dens-p0    the dens model with p_DeNS = 0           DeNS modules, never a DeNS structure
+    baseline   --baseline EXPERIMENT (e.g. md17-ethanol/equiformer-l2, oc20-2m/eqv2-e12)
+    dens       --dens EXPERIMENT     (e.g. md17-ethanol/equiformer-l2-dens, oc20-2m/eqv2-dens-e12)
+    dens-p0    the dens experiment with p_DeNS = 0: DeNS modules, never a DeNS structure
 
 Pairing: with one seed the three start from the same initial values of every parameter they
 share and see the batches in the same order (dens.train: the model is built after
 torch.manual_seed(seed), the order is seeded by (seed, epoch), the DeNS draws come from their own
-generator); `check_pairing` verifies the first before anything trains. So per seed
-`dens - baseline` isolates the DeNS objective plus its modules, `dens-p0 - baseline` the modules
-alone and `dens - dens-p0` the objective alone.
+generator); `check_pairing` verifies the first, and that the optimiser settings agree, before
+anything trains. So per seed `dens - baseline` isolates the DeNS objective plus its modules,
+`dens-p0 - baseline` the modules alone and `dens - dens-p0` the objective alone.
 
     snakemake --profile profiles/local results/mini/data/md17-ethanol/provenance.json
-    python benchmarks/dens_vs_baseline_md17.py --molecules ethanol --seeds 0 1 2 3 4 \\
-        --epochs 30 --workers 2
+    python benchmarks/dens_vs_baseline.py --baseline md17-ethanol/equiformer-l2 \\
+        --dens md17-ethanol/equiformer-l2-dens --seeds 0 1 2 3 4 --epochs 40 --workers 2
 
-Runs land in benchmarks/results/dens_vs_baseline/<scale>-<epochs>-epochs/<variant>/<molecule>/
-seed<S>/ (a run that finished is reused, a killed one resumes from its last.pt). Written beside
-them: summary.json (per variant and seed: the validation force MAE per epoch from log.csv, the
-test MAEs of the best checkpoint from metrics.json; per pair: the paired differences) and
-curves.png/.pdf (validation force MAE against epoch, mean and range over seeds, and the paired
-differences). The script reports what it measures, whatever the sign; nothing is tuned here.
+Runs land in benchmarks/results/dens_vs_baseline/<scale>-<epochs>-epochs/<dens experiment>/
+<variant>/seed<S>/ (a run that finished is reused, a killed one resumes from its last.pt). Each
+run is scored on the experiment's evaluation splits (the mean over them, as metrics.json's
+top-level MAEs; per split in summary.json). Written beside them: summary.json (per variant and
+seed: the validation force MAE per epoch from log.csv, the MAEs of the best checkpoint from
+metrics.json; per pair: the paired differences) and curves.png/.pdf (validation force MAE
+against epoch, mean and range over seeds, and the paired differences). The script reports what
+it measures, whatever the sign; nothing is tuned here.
 """
 
 from __future__ import annotations
@@ -49,18 +51,23 @@ from dens.train import train
 
 VARIANTS = ("baseline", "dens", "dens-p0")
 PAIRS = (("dens", "baseline"), ("dens-p0", "baseline"), ("dens", "dens-p0"))
-EXPERIMENT = {
-    "baseline": "equiformer-l2",
-    "dens": "equiformer-l2-dens",
-    "dens-p0": "equiformer-l2-dens",
-}
+
+
+def experiment_names(baseline: str, dens: str) -> dict[str, str]:
+    """The registry experiment each variant trains."""
+    return {"baseline": baseline, "dens": dens, "dens-p0": dens}
 
 
 def resolve(
-    registry: Registry, molecule: str, variant: str, seed: int, epochs: int
+    registry: Registry, names: dict[str, str], variant: str, seed: int, epochs: int
 ) -> dict[str, Any]:
     """The experiment of one run: the registry's, with `epochs` and (dens-p0) p_DeNS = 0."""
-    resolved = registry.resolve(f"md17-{molecule}/{EXPERIMENT[variant]}", seed)
+    resolved = registry.resolve(names[variant], seed)
+    if (resolved["dens"] is None) != (variant == "baseline"):
+        raise SystemExit(
+            f"{names[variant]}: the {variant} variant needs an experiment "
+            f"{'without' if variant == 'baseline' else 'with'} DeNS"
+        )
     resolved["optim"]["epochs"] = epochs
     if variant == "dens-p0":
         resolved["dens"]["p"] = 0.0
@@ -68,14 +75,14 @@ def resolve(
     return resolved
 
 
-def check_pairing(scale: str, molecule: str, seed: int, epochs: int) -> int:
+def check_pairing(scale: str, names: dict[str, str], seed: int, epochs: int) -> int:
     """Build each variant as dens.train does (torch.manual_seed(seed), then the model) and check
     that every parameter they share (same name and shape) starts equal and that the optimiser
     settings agree; return how many parameter entries the baseline shares with every variant."""
     registry = load_registry({"scale": scale})
     built = {}
     for variant in VARIANTS:
-        experiment = resolve(registry, molecule, variant, seed, epochs)
+        experiment = resolve(registry, names, variant, seed, epochs)
         torch.manual_seed(seed)
         built[variant] = (experiment, dict(build_model(experiment).named_parameters()))
     base_experiment, base = built["baseline"]
@@ -83,27 +90,31 @@ def check_pairing(scale: str, molecule: str, seed: int, epochs: int) -> int:
     for variant, (experiment, params) in built.items():
         if experiment["optim"] != base_experiment["optim"]:
             raise SystemExit(f"{variant}: optim differs from the baseline's; not a paired run")
+        if experiment["dataset"] != base_experiment["dataset"]:
+            raise SystemExit(f"{variant}: dataset differs from the baseline's; not a paired run")
         keys = [k for k in base if k in params and params[k].shape == base[k].shape]
         unequal = [k for k in keys if not torch.equal(params[k], base[k])]
         if unequal:
             raise SystemExit(
-                f"{molecule} seed {seed}: {variant} does not start from the baseline's initial "
+                f"seed {seed}: {variant} does not start from the baseline's initial "
                 f"values of the parameters they share: {unequal[:5]}"
             )
         shared = min(shared, sum(base[k].numel() for k in keys))
     return int(shared)
 
 
-def run_once(scale: str, molecule: str, variant: str, seed: int, epochs: int, out: Path) -> Path:
+def run_once(
+    scale: str, names: dict[str, str], variant: str, seed: int, epochs: int, out: Path
+) -> Path:
     """Train and evaluate one run (1 thread) unless its metrics.json exists; its directory."""
     torch.set_num_threads(1)
     registry = load_registry({"scale": scale})
-    experiment = resolve(registry, molecule, variant, seed, epochs)
-    name = f"md17-{molecule}/{EXPERIMENT[variant]}"
+    experiment = resolve(registry, names, variant, seed, epochs)
+    name = names[variant]
     (train_file,) = paths.experiment_split_files(registry, name, "train")
     val_file = paths.experiment_split_files(registry, name, "val")[0]
     test_files = paths.experiment_split_files(registry, name, "evaluate")
-    run_dir = out / variant / molecule / f"seed{seed}"
+    run_dir = out / variant / f"seed{seed}"
     if not (run_dir / "metrics.json").is_file():
         train(
             experiment,
@@ -113,7 +124,7 @@ def run_once(scale: str, molecule: str, variant: str, seed: int, epochs: int, ou
             progress=False,
         )
         evaluate(run_dir, {f.stem: AseLmdbDataset(registry.root / f) for f in test_files})
-        print(f"done: {variant} {molecule} seed {seed}", flush=True)
+        print(f"done: {variant} seed {seed}", flush=True)
     return run_dir
 
 
@@ -126,6 +137,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "val_energy_mae_meV": [float(r["val_energy_mae_meV"]) for r in rows],
         "test_forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"],
         "test_energy_mae_meV": metrics["energy_mae_meV"],
+        "test_forces_mae_meV_per_A_per_split": {
+            split: values["forces_mae_meV_per_A"] for split, values in metrics["splits"].items()
+        },
         "zero_forces_mae_meV_per_A": metrics["zero_forces_mae_meV_per_A"],
         "best_epoch": metrics["best_epoch"],
         "train_time_s": metrics.get("train_time_s"),
@@ -242,70 +256,73 @@ def plot(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int], title
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="mini")
-    parser.add_argument("--molecules", nargs="+", default=["ethanol"])
+    parser.add_argument("--baseline", default="md17-ethanol/equiformer-l2")
+    parser.add_argument("--dens", default="md17-ethanol/equiformer-l2-dens")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
     args = parser.parse_args()
+    names = experiment_names(args.baseline, args.dens)
     out = (
         find_root()
         / "benchmarks"
         / "results"
         / "dens_vs_baseline"
         / f"{args.scale}-{args.epochs}-epochs"
+        / args.dens.replace("/", "--")
     )
-    shared = {m: check_pairing(args.scale, m, args.seeds[0], args.epochs) for m in args.molecules}
-    jobs = [(m, v, s) for m in args.molecules for s in args.seeds for v in VARIANTS]
+    shared = check_pairing(args.scale, names, args.seeds[0], args.epochs)
+    jobs = [(v, s) for s in args.seeds for v in VARIANTS]
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {job: pool.submit(run_once, args.scale, *job, args.epochs, out) for job in jobs}
-        for future in futures.values():
+        futures = [pool.submit(run_once, args.scale, names, *job, args.epochs, out) for job in jobs]
+        for future in futures:
             future.result()
-    summary: dict[str, Any] = {"scale": args.scale, "epochs": args.epochs, "seeds": args.seeds}
-    for molecule in args.molecules:
-        runs = {
-            v: {s: read_run(out / v / molecule / f"seed{s}") for s in args.seeds} for v in VARIANTS
-        }
-        pairs = summarise(runs, args.seeds)
-        summary[molecule] = {
-            "shared_initial_parameters": shared[molecule],
-            "runs": runs,
-            "pairs": pairs,
-        }
-        plot(
-            runs,
-            args.seeds,
-            f"mini-MD17 {molecule}, {args.epochs} epochs",
-            out / f"curves-{molecule}",
-        )
+    runs = {v: {s: read_run(out / v / f"seed{s}") for s in args.seeds} for v in VARIANTS}
+    pairs = summarise(runs, args.seeds)
+    summary: dict[str, Any] = {
+        "scale": args.scale,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "experiments": names,
+        "shared_initial_parameters": shared,
+        "runs": runs,
+        "pairs": pairs,
+    }
+    plot(
+        runs,
+        args.seeds,
+        f"{args.scale}: {args.dens} vs {args.baseline}, {args.epochs} epochs",
+        out / "curves",
+    )
+    print(
+        f"\n{args.dens} vs {args.baseline}, {args.epochs} epochs, seeds {args.seeds} "
+        f"({shared:,} shared initial parameter entries, equal)"
+    )
+    print("| variant | test force MAE (meV/Å), per seed | mean ± std | test energy MAE (meV) |")
+    print("|---|---|---|---|")
+    for v in VARIANTS:
+        f = [runs[v][s]["test_forces_mae_meV_per_A"] for s in args.seeds]
+        e = [runs[v][s]["test_energy_mae_meV"] for s in args.seeds]
         print(
-            f"\n{molecule}, {args.epochs} epochs, seeds {args.seeds} "
-            f"({shared[molecule]:,} shared initial parameter entries, equal)"
+            f"| {v} | {' '.join(f'{x:.1f}' for x in f)} | "
+            f"{statistics.mean(f):.1f} ± {statistics.stdev(f):.1f} | "
+            f"{statistics.mean(e):.1f} ± {statistics.stdev(e):.1f} |"
         )
-        print("| variant | test force MAE (meV/Å), per seed | mean ± std | test energy MAE (meV) |")
-        print("|---|---|---|---|")
-        for v in VARIANTS:
-            f = [runs[v][s]["test_forces_mae_meV_per_A"] for s in args.seeds]
-            e = [runs[v][s]["test_energy_mae_meV"] for s in args.seeds]
-            print(
-                f"| {v} | {' '.join(f'{x:.1f}' for x in f)} | "
-                f"{statistics.mean(f):.1f} ± {statistics.stdev(f):.1f} | "
-                f"{statistics.mean(e):.1f} ± {statistics.stdev(e):.1f} |"
-            )
+    print(
+        "\n| pair | test force diff, mean ± std (t; seeds where first is lower) | "
+        "last-epoch val force diff | val sign changes at epochs |"
+    )
+    print("|---|---|---|---|")
+    for name, p in pairs.items():
+        t = p["test_forces"]
         print(
-            "\n| pair | test force diff, mean ± std (t; seeds where first is lower) | "
-            "last-epoch val force diff | val sign changes at epochs |"
+            f"| {name} | {t['mean']:+.1f} ± {t['std']:.1f} "
+            f"(t={'-' if t['t'] is None else format(t['t'], '+.2f')}; "
+            f"{t['a_lower']}/{len(args.seeds)}) | {p['val_forces_per_epoch_mean'][-1]:+.1f} "
+            f"| {p['val_forces_sign_changes_at_epochs'] or 'none'} |"
         )
-        print("|---|---|---|---|")
-        for name, p in pairs.items():
-            t = p["test_forces"]
-            print(
-                f"| {name} | {t['mean']:+.1f} ± {t['std']:.1f} "
-                f"(t={'-' if t['t'] is None else format(t['t'], '+.2f')}; "
-                f"{t['a_lower']}/{len(args.seeds)}) | {p['val_forces_per_epoch_mean'][-1]:+.1f} "
-                f"| {p['val_forces_sign_changes_at_epochs'] or 'none'} |"
-            )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    print(f"\nwritten: {out}/summary.json, curves-<molecule>.png/.pdf")
+    print(f"\nwritten: {out}/summary.json, curves.png/.pdf")
 
 
 if __name__ == "__main__":
