@@ -4,8 +4,9 @@ Model-agnostic part of "Generalizing Denoising to Non-Equilibrium Structures Imp
 Equivariant Force Fields" (Liao, Smidt, Shuaibi, Das; TMLR 2024). The training engine glues
 it to a model::
 
-    forces = force_encoding_input(batch.forces, energy_std, dens_settings.force_encoding_units)
-    corruption = corrupt(batch, dens_settings, generator, forces=forces)
+    forces = force_encoding_input(batch.forces, force_std, dens_settings.force_encoding_units)
+    corruption = corrupt(batch, dens_settings, generator, forces=forces,
+                         batch_generator=decision_generator)   # the latter for decision "batch"
     inputs = batch.clone()
     inputs.pos = corruption.pos
     prediction = model(inputs, corruption.force_input, predict_noise=True)
@@ -20,16 +21,29 @@ and f' = f / sigma_F (Eq. 1); the noise head predicts eps / sigma (Eq. 3-4).
 Decisions (each checked against the official code, atomicarchitects/DeNS for OC20/OC22 and
 atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
 
-- Which structures: one Bernoulli(p_DeNS) draw per structure inside one mixed batch
-  (Algorithm 2 line 7; App. D.1, as the MD17 code does; the OC20 code flips one coin per GPU
-  batch). Structures with ``md_split`` True are never DeNS structures.
+- Which structures (``DeNSSettings.decision``): "structure" (default) = one Bernoulli(p_DeNS)
+  draw per structure inside one mixed batch (Algorithm 2 line 7; App. D.1, as the MD17 code
+  does: atomicarchitects/equiformer ``main_md17_dens.py``); structures with ``md_split`` True
+  are never DeNS structures. "batch" = the official OC20/OC22 trainer (atomicarchitects/DeNS
+  e98b747 ``trainers/denoising_forces_trainer.py``:369, ``np.random.rand() < prob`` once per
+  batch, numpy seeded alike on every rank by the base trainer's ``set_seed``): one draw from
+  ``batch_generator`` (seeded alike on every process) makes every structure of the global batch
+  a DeNS structure or none; the atoms of MD-split structures are still never corrupted
+  (``add_gaussian_noise_to_position``, lines 67-75), and the corruption mask is drawn over all
+  atoms, so a fixed atom it selects gets its force encoded (``equiformer_v2_denoising.py``:337-339
+  masks the encoding by ``noise_mask`` only) but no noise (lines 83-84 move free atoms only) and
+  no loss (``_compute_loss`` keeps free atoms, lines 491 and 215). Without partial corruption
+  every atom of a non-MD structure of a DeNS batch, fixed ones too, has its force encoded.
 - Which atoms: each free atom of a DeNS structure is corrupted independently with probability
   r_DeNS (Algorithm 2 lines 10-11). Fixed atoms are never corrupted. A DeNS structure whose
   draws corrupt no atom is kept as it is, as in both official codes (neither forces a
   corruption): it has no noise and no force input, and its loss is exactly Eq. 1 (Algorithm 2
   lines 24-27 with all m_i = 0; the no-energy-loss ablation only drops the energy term of
   structures that have a corrupted atom, since the ablation is about predicting the energy of
-  the original structure from a corrupted one).
+  the original structure from a corrupted one). With decision "batch" the ablation drops the
+  energy term of every structure of a DeNS batch, as the official model zeroes the whole
+  batch's energy (``equiformer_v2_denoising.py``:432-434; its logged term keeps the constant
+  lambda_E |E'|, which has no gradient; ours is 0).
 - Loss normalisation, ``reduction="structure"`` (default, Algorithm 2): per structure j,
   L_DeNS and L_F are sums over its atoms divided by |S_j|, the number of its free atoms (the
   atoms that carry a loss; fixed atoms are excluded as in the OC20 ``train_on_free_atoms``
@@ -40,7 +54,15 @@ atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
   MD17 code instead: energy mean over structures, force term mean over all uncorrupted free
   atoms of the batch, denoising term mean over all corrupted atoms of the batch. The two differ
   in the effective weight of the denoising term by about p_DeNS * r_DeNS (1/16 with the MD17
-  values of Table 9).
+  values of Table 9). ``reduction="free_atoms"`` is the official OC20/OC22 trainer's
+  (``_compute_loss``, lines 488-627): energy lambda_E |E' - E_hat| averaged over the B
+  structures; forces and noise share ONE mean over the free atoms of the whole batch,
+      L_F + L_DeNS = (lambda_F sum_{free i, m_i = 0} err_F + lambda_DeNS sum_{m_i = 1} err_eps)
+                     / n_free
+  (a DeNS batch with partial corruption: ``compute_atomwise_denoising_pos_and_force_hybrid_loss``,
+  line 204; otherwise fairchem's ``DDPLoss`` mean, ocpmodels/modules/loss.py at ocp 5d0f59e, with
+  n_free counted over the global batch: ``free_atoms_per_process`` below). Uncorrupted atoms of
+  MD-split structures carry the force term, as any uncorrupted free atom.
 - Per-atom error (``ErrorMetric``): "l2mae" = ||x - y||_2, "mse" = ||x - y||_2^2 (Eq. 1, 4, 6
   as written), "mae" = mean_k |x_k - y_k|. The official MD17 code (``main_md17.py`` and
   ``main_md17_dens.py``, ``criterion = L2MAELoss()``) uses "l2mae" for the energy, the forces
@@ -63,7 +85,8 @@ from dens.data.batch import Batch
 CoefficientDecay = Literal["constant", "linear"]
 ForceEncodingUnits = Literal["normalized", "eV/Å", "kcal/mol/Å"]
 ErrorMetric = Literal["l2mae", "mse", "mae"]
-Reduction = Literal["structure", "atom"]
+Reduction = Literal["structure", "atom", "free_atoms"]
+Decision = Literal["structure", "batch"]
 
 
 def _check_real(name: str, value: object) -> float:
@@ -97,9 +120,11 @@ class DeNSSettings:
     coefficient_decay: "constant", or "linear" decay of lambda_DeNS towards 0 over training
         (MD17, App. D.2); see ``dens_coefficient``.
     force_encoding_units: units of the forces the force encoding receives (Eq. 5), see
-        ``force_encoding_input``: "normalized" (f / sigma_E, Algorithm 2 line 19), "eV/Å" (raw
+        ``force_encoding_input``: "normalized" (f / sigma_F, Algorithm 2 line 19), "eV/Å" (raw
         labels) or "kcal/mol/Å" (the raw units of the MD17 dataset, which the official MD17
         code encodes; the paper's MD17 numbers come from it).
+    decision: "structure" (Algorithm 2, the MD17 code) or "batch" (the official OC20/OC22
+        trainer): which structures optimise DeNS, see the module notes.
     """
 
     p: float
@@ -111,6 +136,7 @@ class DeNSSettings:
     partial_corruption: bool = True
     coefficient_decay: CoefficientDecay = "constant"
     force_encoding_units: ForceEncodingUnits = "normalized"
+    decision: Decision = "structure"
 
     @classmethod
     def from_config(cls, dens: Mapping[str, Any]) -> "DeNSSettings":
@@ -144,6 +170,7 @@ class DeNSSettings:
         _check_choice(
             "force_encoding_units", self.force_encoding_units, get_args(ForceEncodingUnits)
         )
+        _check_choice("decision", self.decision, get_args(Decision))
 
 
 @dataclass(frozen=True)
@@ -155,7 +182,8 @@ class LossSettings:
         "mse" (Eq. 1 as written) or "mae".
     noise_metric: per-atom error of the noise prediction in L_DeNS; "mse" is Eq. 4 as written,
         both official codes use "l2mae".
-    reduction: "structure" (Algorithm 2) or "atom" (official MD17 code); see the module notes.
+    reduction: "structure" (Algorithm 2), "atom" (official MD17 code) or "free_atoms" (official
+        OC20/OC22 trainer); see the module notes.
     """
 
     energy_coefficient: float
@@ -178,12 +206,16 @@ class LossSettings:
 class Corruption:
     """One draw of DeNS corruption for a batch (Algorithm 2 lines 5-22).
 
-    dens_structures: bool [B], structures that optimise DeNS (Eq. 6); the others Eq. 1.
-    corrupted: bool [N], m_i: atoms with noise, encoded forces and a denoising target.
+    Built by ``corrupt``, or directly (e.g. with draws injected from another code).
+
+    dens_structures: bool [B], structures that optimise DeNS (Eq. 6); the others Eq. 1. With
+        decision "batch": all B or none (MD-split ones included: their atoms stay uncorrupted).
+    corrupted: bool [N], m_i: free atoms with noise and a denoising target (never fixed ones).
     noise: float [N, 3], eps_i ~ N(0, sigma^2 I) in Å on corrupted atoms, exactly 0 elsewhere.
     pos: float [N, 3], model input positions pos + noise (Eq. 2).
-    force_input: float [N, 3], forces to encode on corrupted atoms and zero rows elsewhere
-        (Algorithm 2 line 19), or None without force encoding (ablation).
+    force_input: float [N, 3], forces to encode on corrupted atoms (with decision "batch" also
+        on the fixed atoms the mask selects) and zero rows elsewhere (Algorithm 2 line 19), or
+        None without force encoding (ablation).
     sigma: the noise standard deviation in Å.
     """
 
@@ -216,6 +248,7 @@ def corrupt(
     settings: DeNSSettings,
     generator: torch.Generator,
     forces: Tensor | None = None,
+    batch_generator: torch.Generator | None = None,
 ) -> Corruption:
     """Sample which structures and atoms DeNS corrupts, the noise and the force input.
 
@@ -223,9 +256,13 @@ def corrupt(
         ``md_split`` bool [B]; it is not modified.
     forces: force labels to encode, [N, 3], in the units ``settings.force_encoding_units``
         names (``force_encoding_input``); required when ``settings.force_encoding`` is True.
-    generator: source of all random draws; the draws happen on the generator's device (B
-        uniforms, N uniforms, then N x 3 normals, whatever the settings, so two settings
-        with one seed pick the same DeNS structures), then move to ``data.pos.device``.
+    generator: source of this process's draws; they happen on the generator's device (B
+        uniforms, N uniforms, then N x 3 normals, whatever the settings, so two settings with
+        one seed draw the same numbers), then move to ``data.pos.device``.
+    batch_generator: with ``settings.decision == "batch"`` (required then, unused otherwise),
+        one uniform from it, drawn first, decides for the whole batch (the B structure uniforms
+        of ``generator`` are drawn and unused); seeded alike on every process, it makes every
+        process take the same decision for its share of the global batch.
     """
     _require(data, ("pos", "batch", "natoms", "fixed", "md_split"))
     pos: Tensor = data.pos
@@ -238,7 +275,14 @@ def corrupt(
         if forces is None:
             raise ValueError("corrupt needs forces=[N, 3] labels when force_encoding is True")
         _check_shape("forces", forces, (num_atoms, 3))
+    by_batch = settings.decision == "batch"
+    if by_batch and batch_generator is None:
+        raise ValueError('corrupt needs batch_generator with decision "batch"')
 
+    batch_draw = None
+    if by_batch:
+        assert batch_generator is not None
+        batch_draw = torch.rand((), generator=batch_generator, device=batch_generator.device)
     gen_device = generator.device
     structure_draw = torch.rand(num_structures, generator=generator, device=gen_device)
     atom_draw = torch.rand(num_atoms, generator=generator, device=gen_device)
@@ -248,20 +292,23 @@ def corrupt(
     normal = normal.to(pos.device)
 
     md_split = data.md_split.to(pos.device, torch.bool)
-    dens_structures = (structure_draw < settings.p) & ~md_split
-    candidates = dens_structures[data.batch] & ~data.fixed.to(pos.device, torch.bool)
-    if settings.partial_corruption:
-        corrupted = candidates & (atom_draw < settings.corruption_ratio)
+    free = ~data.fixed.to(pos.device, torch.bool)
+    if batch_draw is not None:
+        dens_structures = (batch_draw.to(pos.device) < settings.p).expand(num_structures)
+        selected = (dens_structures & ~md_split)[data.batch]
     else:
-        corrupted = candidates
-    mask = corrupted.unsqueeze(-1)
-    noise = torch.where(mask, normal * settings.sigma, torch.zeros_like(normal))
+        dens_structures = (structure_draw < settings.p) & ~md_split
+        selected = dens_structures[data.batch] & free
+    if settings.partial_corruption:
+        selected = selected & (atom_draw < settings.corruption_ratio)
+    corrupted = selected & free
+    noise = torch.where(corrupted.unsqueeze(-1), normal * settings.sigma, torch.zeros_like(normal))
     force_input = None
     if settings.force_encoding:
         assert forces is not None
-        force_input = torch.where(mask, forces, torch.zeros_like(forces))
+        force_input = torch.where(selected.unsqueeze(-1), forces, torch.zeros_like(forces))
     return Corruption(
-        dens_structures=dens_structures,
+        dens_structures=dens_structures.clone(),
         corrupted=corrupted,
         noise=noise,
         pos=pos + noise,
@@ -291,11 +338,12 @@ KCAL_PER_MOL_PER_EV = units.mol / units.kcal
 """1 eV = 23.0605 kcal/mol (ASE's CODATA values)."""
 
 
-def force_encoding_input(forces: Tensor, energy_std: float, units: ForceEncodingUnits) -> Tensor:
+def force_encoding_input(forces: Tensor, force_std: float, units: ForceEncodingUnits) -> Tensor:
     """Force labels f [N, 3] in eV/Å -> the forces the encoding receives (Eq. 5), in ``units``:
-    f / energy_std ("normalized", the engine's f'), f ("eV/Å") or f in kcal/mol/Å."""
+    f / force_std ("normalized", the engine's f' = f / sigma_F, ``Normalizer.force_scale``), f
+    ("eV/Å") or f in kcal/mol/Å."""
     if units == "normalized":
-        return forces / energy_std
+        return forces / force_std
     if units == "eV/Å":
         return forces
     if units == "kcal/mol/Å":
@@ -329,9 +377,14 @@ def _mixed_loss(
     energy_target: Tensor,
     force_target: Tensor,
     loss: LossSettings,
-    energy_loss: bool,
+    energy_dropped: Tensor | None,
+    hybrid: bool,
     coefficient: float,
+    free_atoms_per_process: float | None,
 ) -> dict[str, Tensor]:
+    """energy_dropped: bool [B], structures whose energy term is dropped (None: none).
+    hybrid: a DeNS batch with partial corruption, whose free-atom mean (reduction "free_atoms")
+    is this process's own, as the official hybrid loss's local torch.mean."""
     _require(data, ("batch", "natoms", "fixed"))
     coefficient = _check_real("coefficient", coefficient)
     if not (coefficient >= 0.0 and math.isfinite(coefficient)):
@@ -362,11 +415,10 @@ def _mixed_loss(
     zero = energy_pred.new_zeros(())
 
     energy_error = (energy_pred - energy_target).abs()
-    if energy_loss:
+    if energy_dropped is None:
         energy_kept = energy_error
     else:
-        has_corrupted = _per_structure_sum(corrupted.to(energy_error.dtype), batch, num_structures)
-        energy_kept = torch.where(has_corrupted > 0, torch.zeros_like(energy_error), energy_error)
+        energy_kept = torch.where(energy_dropped, torch.zeros_like(energy_error), energy_error)
     energy = loss.energy_coefficient * energy_kept.sum() / num_structures
 
     force_atoms = free & ~corrupted
@@ -397,12 +449,18 @@ def _mixed_loss(
         else:
             noise_per_structure = _per_structure_sum(noise_error, batch, num_structures)
             dens_term = coefficient * (noise_per_structure / free_count).sum() / num_structures
-    else:
+    elif loss.reduction == "atom":
         forces = loss.force_coefficient * force_error.sum() / max(int(force_atoms.sum()), 1)
         if noise_error is None:
             dens_term = zero
         else:
             dens_term = coefficient * noise_error.sum() / num_corrupted
+    else:
+        count = max(int(free.sum()), 1)
+        if not hybrid and free_atoms_per_process is not None:
+            count = free_atoms_per_process
+        forces = loss.force_coefficient * force_error.sum() / count
+        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / count
 
     return {
         "total": energy + forces + dens_term,
@@ -421,6 +479,7 @@ def dens_loss(
     loss: LossSettings,
     dens: DeNSSettings,
     coefficient: float,
+    free_atoms_per_process: float | None = None,
 ) -> dict[str, Tensor]:
     """Training loss of a mixed batch: Eq. 1 for original-task structures, Eq. 6 for DeNS ones.
 
@@ -429,19 +488,38 @@ def dens_loss(
     data: the batch (``batch`` [N], ``natoms`` [B], ``fixed`` [N]).
     corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure).
     energy_target: E' [B] (normalised, of the ORIGINAL structures). force_target: f' [N, 3].
-    dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped).
+    dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped), ``decision`` and
+        ``partial_corruption`` (which reduction "free_atoms" applies, module notes).
     coefficient: lambda_DeNS for this epoch (``dens_coefficient``).
+    free_atoms_per_process: reduction "free_atoms" with several processes: the mean number of
+        free atoms per process in the global batch, the denominator of fairchem's DDPLoss mean
+        (the free atoms of the global batch / world size), used except for a hybrid batch (a
+        DeNS batch with partial corruption: each process's own free-atom mean, as the official
+        hybrid loss); None = this batch's own count (one process).
 
     Per structure j with free-atom count |S_j| and corruption mask m (Algorithm 2):
         L_j = [kept] lambda_E |E'_j - E_hat_j|
               + lambda_F / |S_j| sum_{free i in j} (1 - m_i) err_F(f_hat_i, f'_i)
               + lambda_DeNS / |S_j| sum_{i in j} m_i err_eps(eps_hat_i, eps_i / sigma),
-    and the loss is sum_j L_j / B (``reduction="atom"``: see the module notes). The energy term
-    is dropped for structures with a corrupted atom when ``dens.energy_loss`` is False.
+    and the loss is sum_j L_j / B (``reduction="atom"`` and ``"free_atoms"``: see the module
+    notes). When ``dens.energy_loss`` is False the energy term is dropped for structures with a
+    corrupted atom (decision "structure") or for every structure of a DeNS batch ("batch").
 
     Returns 0-dim tensors ``"energy"``, ``"forces"``, ``"dens"`` (each term's weighted share,
     already divided by B) and ``"total"`` = their sum, the tensor to back-propagate.
     """
+    dropped = None
+    hybrid = False
+    if corruption is not None:
+        _check_shape(
+            "corruption.dens_structures", corruption.dens_structures, (data.natoms.numel(),)
+        )
+        hybrid = dens.partial_corruption and bool(corruption.dens_structures.any())
+        if not dens.energy_loss and dens.decision == "batch":
+            dropped = corruption.dens_structures
+        elif not dens.energy_loss:
+            corrupted = corruption.corrupted.to(torch.float64)
+            dropped = _per_structure_sum(corrupted, data.batch, data.natoms.numel()) > 0
     return _mixed_loss(
         prediction,
         data,
@@ -449,8 +527,10 @@ def dens_loss(
         energy_target,
         force_target,
         loss,
-        dens.energy_loss,
+        dropped,
+        hybrid,
         coefficient,
+        free_atoms_per_process,
     )
 
 
@@ -460,9 +540,22 @@ def original_task_loss(
     energy_target: Tensor,
     force_target: Tensor,
     loss: LossSettings,
+    free_atoms_per_process: float | None = None,
 ) -> dict[str, Tensor]:
     """Eq. 1 for every structure of the batch: ``dens_loss`` without corruption.
 
-    Shapes and the returned terms are those of ``dens_loss``; ``"dens"`` is 0.
+    Shapes, ``free_atoms_per_process`` and the returned terms are those of ``dens_loss``;
+    ``"dens"`` is 0.
     """
-    return _mixed_loss(prediction, data, None, energy_target, force_target, loss, True, 0.0)
+    return _mixed_loss(
+        prediction,
+        data,
+        None,
+        energy_target,
+        force_target,
+        loss,
+        None,
+        False,
+        0.0,
+        free_atoms_per_process,
+    )

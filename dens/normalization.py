@@ -1,10 +1,10 @@
 """Label normalisation (the units of Eq. 1), fitted on the training set in float64.
 
 Energies are read in float64 (dens.data.structures) and the reference (the training mean, plus
-per-element references with "linear") is subtracted in float64 before anything becomes
-float32: at paper-scale MD17 totals (about -17,600 eV) the float32 spacing is 2 meV, so a
-float32 label would lose 1-2 meV before training starts. Predictions are de-normalised in
-float64 likewise.
+per-element references with "linear" or from a published file) is subtracted in float64 before
+anything becomes float32: at paper-scale MD17 totals (about -17,600 eV) the float32 spacing is
+2 meV, so a float32 label would lose 1-2 meV before training starts. Predictions are
+de-normalised in float64 likewise.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,9 +41,10 @@ class Normalizer:
     refuses structures with other elements: the model and, with "linear", `ref` know nothing of
     them); None when unknown (a checkpoint written before dens stored them).
 
-    `force_std`: a force scale of its own, f' = f / force_std, for checkpoints imported from
-    fairchem 1.x whose configs normalise forces apart from energies (the official OC22 config:
-    energy std 25.1 eV, force std 0.148 eV/Å); None (what dens trains with) = `std`.
+    `force_std`: a force scale of its own, f' = f / force_std, as the official OC20/OC22 configs
+    normalise forces apart from energies (OC22: energy std 25.1 eV, force std 0.148 eV/Å; given
+    to training by optim.normalizer, dens.train.training_normalizer) and checkpoints imported
+    from fairchem 1.x; None (a fitted normaliser) = `std`.
     """
 
     mean: float
@@ -60,12 +63,14 @@ class Normalizer:
         cls,
         energies: Tensor,
         counts: Tensor,
-        reference: EnergyReference,
+        reference: EnergyReference | Tensor,
         elements: Iterable[int] | None = None,
     ) -> Normalizer:
-        """energies float [S] (eV), counts [S, 119] element counts per structure. `elements`:
-        the atomic numbers of the whole training set when `counts` covers a subset of it
-        (default: those `counts` has)."""
+        """energies float [S] (eV), counts [S, 119] element counts per structure. `reference`:
+        "mean", "linear" (fitted here), or given element references [119] in eV per atom (a
+        published linear reference, `load_element_references`) whose residuals give mean and
+        std. `elements`: the atomic numbers of the whole training set when `counts` covers a
+        subset of it (default: those `counts` has)."""
         energies = energies.to(torch.float64)
         counts = counts.to(torch.float64)
         if energies.numel() < 2:
@@ -75,7 +80,15 @@ class Normalizer:
         bad = torch.nonzero(~torch.isfinite(energies)).flatten()
         if bad.numel():
             raise ValueError(f"non-finite energy label in training structure(s) {bad.tolist()}")
-        if reference == "mean":
+        name = "given" if isinstance(reference, Tensor) else reference
+        if isinstance(reference, Tensor):
+            if tuple(reference.shape) != (NUM_ELEMENTS,):
+                raise ValueError(
+                    f"element references must have shape [{NUM_ELEMENTS}], "
+                    f"got {list(reference.shape)}"
+                )
+            refs = reference.to(torch.float64)
+        elif reference == "mean":
             refs = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
         elif reference == "linear":
             refs = torch.linalg.lstsq(counts, energies[:, None], driver="gelsd").solution[:, 0]
@@ -84,7 +97,7 @@ class Normalizer:
         residual = energies - counts @ refs
         std = float(residual.std())
         if not (math.isfinite(std) and std > 0.0):
-            raise ValueError(f"training energies have std {std} after the {reference} reference")
+            raise ValueError(f"training energies have std {std} after the {name} reference")
         if elements is None:
             elements = torch.nonzero(counts.sum(dim=0) > 0).flatten().tolist()
         return cls(
@@ -140,3 +153,23 @@ class Normalizer:
             elements=None if elements is None else tuple(int(z) for z in elements),
             force_std=None if state.get("force_std") is None else float(state["force_std"]),
         )
+
+
+def load_element_references(path: Path) -> Tensor:
+    """Per-element energy references [119] float64 (eV per atom) from a published linear
+    reference: an .npz whose ``coeff`` [K] is indexed by atomic number (fairchem's
+    ``configs/oc22/linref/oc22_linfit_coeffs.npz``, K = 100, which the official OC22 config's
+    ``lin_ref`` names; elements >= K get 0). Read with allow_pickle=False. As fairchem's
+    OC22LmdbDataset (ocp 5d0f59e ``ocpmodels/datasets/oc22_lmdb_dataset.py``:115-119, 197-199)
+    the target is then E - sum_i coeff[Z_i], normalised afterwards."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "coeff" not in archive.files:
+            raise ValueError(f"{path}: no 'coeff' array (has {archive.files})")
+        coeff = torch.from_numpy(np.asarray(archive["coeff"], dtype=np.float64))
+    if coeff.ndim != 1 or not 0 < coeff.numel() <= NUM_ELEMENTS:
+        raise ValueError(f"{path}: 'coeff' must be 1-d with at most {NUM_ELEMENTS} entries")
+    if not bool(torch.isfinite(coeff).all()):
+        raise ValueError(f"{path}: 'coeff' has non-finite entries")
+    refs = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
+    refs[: coeff.numel()] = coeff
+    return refs

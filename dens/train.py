@@ -14,15 +14,20 @@ One explicit loop, read top to bottom in `train`:
         validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
         MAE; last.pt
 
-Labels are normalised with training statistics (`dens.normalization.Normalizer`, in float64):
-E' = (E - mean) / std per structure (optionally after per-element references), f' = f / std
-with the same std. With DeNS the corrupted atoms' forces are encoded in the units the
-experiment's ``dens.force_encoding_units`` names (Algorithm 2's normalised f', or the raw
-kcal/mol/Å of the official MD17 code) and the noise head predicts eps / sigma; without DeNS
-the model gets no force input and no noise is predicted.
+Labels are normalised (`dens.normalization.Normalizer`, in float64, ``training_normalizer``):
+E' = (E - mean) / std per structure (optionally after per-element references, fitted or from a
+published file: optim.energy_reference_file), f' = f / force std; mean, std and force std are
+fitted on the training set (force std = energy std) or given by optim.normalizer, as the official
+OC20/OC22 configs give them. With DeNS the corrupted atoms' forces are encoded in the units the
+experiment's ``dens.force_encoding_units`` names (Algorithm 2's normalised f', the raw eV/Å of
+the official OC20/OC22 trainer, or the raw kcal/mol/Å of the official MD17 code) and the noise
+head predicts eps / sigma; without DeNS the model gets no force input and no noise is predicted.
+A batch's loss is ``batch_loss`` given its DeNS draw (``draw_corruption``, or a Corruption built
+from injected draws); ``loss_terms`` chains the two.
 
-AdamW: no weight decay on 1-d parameters (biases, norm scales), on `*.bias`, and on names the
-model lists in an optional `no_weight_decay()` (as timm does for the official Equiformer code).
+AdamW (``weight_decay_exempt``): as the official code of each family: a model with
+``no_weight_decay()`` (EquiformerV2, eSCN) is the fairchem trainer's case, exactly the listed
+names are exempt; any other (the MD17 Equiformer) timm's, 1-d parameters and `*.bias`.
 EMA: after every step, ema <- decay * ema + (1 - decay) * weights (floating-point entries of
 the state dict; other buffers are copied).
 
@@ -32,7 +37,8 @@ the result is bit-identical to an uninterrupted run. The experiment must be the 
 Checkpoint layout: see dens.checkpoint.
 
 Determinism: the model is built after torch.manual_seed(seed); the data order, the DeNS
-corruption (a torch.Generator seeded with `seed`, saved in checkpoints) and the data-loader
+corruption (a torch.Generator seeded with `seed`, and for dens.decision "batch" a decision
+generator seeded from `seed`, ``decision_seed``; both saved in checkpoints) and the data-loader
 worker seeds depend only on the seed. The CPU kernels the models use (matmul, index_add,
 index_select, scatter_reduce amax) are deterministic for a given number of threads, so a
 resumed CPU run equals an uninterrupted one (tests/test_checkpoint.py, tests/test_reruns.py).
@@ -45,12 +51,23 @@ is the global batch and each of the P processes takes an equal contiguous share 
 of the seeded order; DistributedDataParallel averages the gradients over processes. With the
 per-structure normalisation of Algorithm 2 (loss = sum_j L_j / B) the mean over processes of
 sum_{j in share} L_j / (B / P) is exactly the loss of the global batch, so the gradient is the
-single-process gradient of the same batch (tests/test_distributed.py); optim.loss_reduction
-"atom" (a mean over each share's atoms) is refused with several processes. The DeNS generator of
-process r is seeded from (seed, r) (``corruption_seed``; rank 0 uses the single-process seed), so
-the draws are independent per process and reproducible; last.pt keeps every process's RNG
-states and is resumed by as many processes. The logged loss terms are averaged over processes,
-as are the NaN/inf check and a SIGTERM (any process's), so all processes stop at the same step.
+single-process gradient of the same batch (tests/test_distributed.py). optim.loss_reduction
+"free_atoms" does what the official OC20/OC22 trainer does under DDP: the energy term and the
+plain force (or corrupt-all noise) term are fairchem DDPLoss means (ocp 5d0f59e
+``ocpmodels/modules/loss.py``: a process's error sum times P over the all-reduced count), i.e.
+means over the structures and the free atoms of the GLOBAL batch (``free_atoms_per_process``,
+one all-reduce per step), but a DeNS batch with partial corruption takes each process's own
+free-atom mean (the official hybrid loss is a local torch.mean, DeNS
+``denoising_forces_trainer.py``:216), so its gradient is the mean over processes of each share's
+gradient, not the global batch's: as in the official code, and tested so. "atom" (a mean over
+each share's atoms) is refused with several processes. The DeNS generator of process r is seeded
+from (seed, r) (``corruption_seed``; rank 0 uses the single-process seed), so masks and noise are
+independent per process and reproducible; with dens.decision "batch" the decision generator is
+seeded alike on every process, so all take the same decision for the global batch, as the
+official trainer's numpy draw (seeded alike on every rank by its base trainer). last.pt keeps
+every process's RNG states and is resumed by as many processes. The logged loss terms are
+averaged over processes, as are the NaN/inf check and a SIGTERM (any process's), so all
+processes stop at the same step.
 Validation is split over the processes and the error sums are added up. Rank 0 alone writes
 checkpoints, log.csv and the console lines; the others wait for last.pt before stopping.
 
@@ -85,8 +102,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from dens.config import find_root
 from dens.data.batch import Batch, Data
 from dens.denoising import (
+    Corruption,
     DeNSSettings,
     LossSettings,
     corrupt,
@@ -100,7 +119,12 @@ from dens.errors import ConfigError
 from dens.evaluate import mean_absolute_errors
 from dens.models import build_model as build_registered_model
 from dens.models import count_parameters
-from dens.normalization import NUM_ELEMENTS, EnergyReference, Normalizer
+from dens.normalization import (
+    NUM_ELEMENTS,
+    EnergyReference,
+    Normalizer,
+    load_element_references,
+)
 from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
 from dens.slurm import TIME_LIMIT
 
@@ -213,21 +237,38 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def weight_decay_exempt(model: nn.Module) -> set[str]:
+    """Names of the trainable parameters AdamW does not decay, as the official code of the
+    model's family decides:
+
+    - a model with ``no_weight_decay()`` (EquiformerV2, eSCN: the fairchem trainer): exactly the
+      parameters whose names end with a name it lists (fairchem 1.x 31c0963
+      ``trainers/base_trainer.py``:707-725; ocp 5d0f59e, the base of the official DeNS trainer,
+      ``ocpmodels/trainers/base_trainer.py``:573-590); no rule on dimensions or biases;
+    - any other model (the MD17 Equiformer: timm ``create_optimizer`` in atomicarchitects/
+      equiformer ``optim_factory.py``, ``add_weight_decay``): parameters of <= 1 dimension and
+      names ending in ".bias"."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if hasattr(model, "no_weight_decay"):
+        listed = tuple(model.no_weight_decay())
+        return {name for name, _ in named if name.endswith(listed)}
+    return {name for name, p in named if p.ndim <= 1 or name.endswith(".bias")}
+
+
 def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW with weight decay only on parameters of >= 2 dims that are not biases and that the
-    model does not list in `no_weight_decay()`; ``amsgrad`` (default false) as the official
-    eSCN configs set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``). The fused
-    implementation updates all parameters in one kernel: on CPU a step of the mini Equiformer's
-    112 tensors takes 0.4 ms instead of 2.6 ms with the default loop (measured)."""
+    """AdamW with ``optim.weight_decay`` on the parameters ``weight_decay_exempt`` does not
+    name and none on those it names; ``amsgrad`` (default false) as the official eSCN configs
+    set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``). The fused implementation
+    updates all parameters in one kernel: on CPU a step of the mini Equiformer's 112 tensors
+    takes 0.4 ms instead of 2.6 ms with the default loop (measured)."""
     if optim["optimizer"] != "adamw":
         raise ValueError(f"optim.optimizer must be 'adamw', got {optim['optimizer']!r}")
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    exempt = weight_decay_exempt(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        plain = param.ndim <= 1 or name.endswith(".bias") or name in skip
-        (no_decay if plain else decay).append(param)
+        (no_decay if name in exempt else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": float(optim["weight_decay"])},
         {"params": no_decay, "weight_decay": 0.0},
@@ -263,6 +304,67 @@ def loss_settings(optim: Mapping[str, Any]) -> LossSettings:
     )
 
 
+def draw_corruption(
+    batch: Batch,
+    normalizer: Normalizer,
+    dens: DeNSSettings,
+    generator: torch.Generator,
+    decision_generator: torch.Generator | None = None,
+) -> Corruption:
+    """This batch's DeNS draw (dens.denoising.corrupt): the forces to encode in
+    ``dens.force_encoding_units`` ("normalized": f / the normaliser's force std), ``generator``
+    (this process's) for the masks and the noise and, with ``dens.decision == "batch"``,
+    ``decision_generator`` (the same on every process) for the batch's DeNS decision."""
+    forces = force_encoding_input(batch.forces, normalizer.force_scale, dens.force_encoding_units)
+    return corrupt(batch, dens, generator, forces=forces, batch_generator=decision_generator)
+
+
+def batch_loss(
+    model: nn.Module,
+    batch: Batch,
+    normalizer: Normalizer,
+    losses: LossSettings,
+    dens: DeNSSettings | None,
+    corruption: Corruption | None,
+    coefficient: float,
+    free_atoms_per_process: float | None = None,
+) -> dict[str, Tensor]:
+    """The training loss of one batch given its DeNS draw: {"total", "energy", "forces",
+    "dens"} 0-dim tensors.
+
+    Without DeNS (``dens`` and ``corruption`` None): Eq. 1 on the batch, no force input, no
+    noise. With DeNS: the model runs on ``corruption.pos`` with ``corruption.force_input``
+    encoded and the noise head on, and the batch takes Eq. 1 / Eq. 6 (dens.denoising.dens_loss).
+    ``corruption`` comes from ``draw_corruption`` in training, or is built directly (draws
+    injected from the official code). Energy targets are normalised in float64, then cast to
+    the model's dtype. ``free_atoms_per_process``: see dens.denoising.dens_loss.
+    """
+    if (dens is None) != (corruption is None):
+        raise ValueError("batch_loss needs both dens settings and a corruption, or neither")
+    energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
+    energy_target = energy_target.to(batch.pos.dtype)
+    force_target = normalizer.normalize_forces(batch.forces)
+    if dens is None or corruption is None:
+        prediction = model(batch)
+        return original_task_loss(
+            prediction, batch, energy_target, force_target, losses, free_atoms_per_process
+        )
+    inputs = batch.clone()
+    inputs.pos = corruption.pos
+    prediction = model(inputs, corruption.force_input, predict_noise=True)
+    return dens_loss(
+        prediction,
+        batch,
+        corruption,
+        energy_target,
+        force_target,
+        losses,
+        dens,
+        coefficient,
+        free_atoms_per_process,
+    )
+
+
 def loss_terms(
     model: nn.Module,
     batch: Batch,
@@ -271,28 +373,16 @@ def loss_terms(
     dens: DeNSSettings | None,
     generator: torch.Generator,
     coefficient: float,
+    decision_generator: torch.Generator | None = None,
+    free_atoms_per_process: float | None = None,
 ) -> dict[str, Tensor]:
-    """The training loss of one batch: {"total", "energy", "forces", "dens"} 0-dim tensors.
-
-    Without DeNS: Eq. 1 on the batch, no force input, no noise. With DeNS: sample the
-    corruption (dens.denoising.corrupt), run the model on the corrupted positions with the
-    encoded forces of the corrupted atoms (in ``dens.force_encoding_units``), and apply Eq. 1 /
-    Eq. 6 per structure. Energy targets are normalised in float64, then cast to the model's
-    dtype.
-    """
-    energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
-    energy_target = energy_target.to(batch.pos.dtype)
-    force_target = normalizer.normalize_forces(batch.forces)
-    if dens is None:
-        prediction = model(batch)
-        return original_task_loss(prediction, batch, energy_target, force_target, losses)
-    forces = force_encoding_input(batch.forces, normalizer.std, dens.force_encoding_units)
-    corruption = corrupt(batch, dens, generator, forces=forces)
-    inputs = batch.clone()
-    inputs.pos = corruption.pos
-    prediction = model(inputs, corruption.force_input, predict_noise=True)
-    return dens_loss(
-        prediction, batch, corruption, energy_target, force_target, losses, dens, coefficient
+    """The training loss of one batch with its DeNS draw sampled here: ``draw_corruption`` (with
+    DeNS) then ``batch_loss``."""
+    corruption = None
+    if dens is not None:
+        corruption = draw_corruption(batch, normalizer, dens, generator, decision_generator)
+    return batch_loss(
+        model, batch, normalizer, losses, dens, corruption, coefficient, free_atoms_per_process
     )
 
 
@@ -304,12 +394,11 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
     return [order[k : k + batch_size] for k in range(0, num_samples - batch_size + 1, batch_size)]
 
 
-def fit_normalizer(train_set: Sequence[Data], reference: EnergyReference, seed: int) -> Normalizer:
-    """Energy statistics (Normalizer.fit) of the training set, in one pass over it; above
-    NORMALIZER_SAMPLES structures, of a random subset of that size seeded by `seed` (a pass
-    over the millions of OC20/OC22 frames would take about an hour at aselmdb read speed). The
-    elements recorded are the whole set's where the dataset knows them (``elements``, as
-    AseLmdbDataset does), so a rare element outside the subset is still known."""
+def _energy_sample(train_set: Sequence[Data], seed: int) -> tuple[Tensor, Tensor]:
+    """Energies [S] (float64, eV) and element counts [S, 119] of the training set, in one pass;
+    above NORMALIZER_SAMPLES structures, of a random subset of that size seeded by `seed` (a
+    pass over the millions of OC20/OC22 frames would take about an hour at aselmdb read
+    speed)."""
     indices: Sequence[int] = range(len(train_set))
     if len(train_set) > NORMALIZER_SAMPLES:
         generator = torch.Generator().manual_seed(seed)
@@ -319,11 +408,68 @@ def fit_normalizer(train_set: Sequence[Data], reference: EnergyReference, seed: 
         data = train_set[index]
         energies.append(float(data.energy))
         counts.append(torch.bincount(data.atomic_numbers, minlength=NUM_ELEMENTS))
-    return Normalizer.fit(
-        torch.tensor(energies, dtype=torch.float64),
-        torch.stack(counts),
-        reference,
-        getattr(train_set, "elements", None),
+    return torch.tensor(energies, dtype=torch.float64), torch.stack(counts)
+
+
+def fit_normalizer(
+    train_set: Sequence[Data], reference: EnergyReference | Tensor, seed: int
+) -> Normalizer:
+    """Energy statistics (Normalizer.fit) of the training set (``_energy_sample``). The
+    elements recorded are the whole set's where the dataset knows them (``elements``, as
+    AseLmdbDataset does), so a rare element outside the subset is still known."""
+    energies, counts = _energy_sample(train_set, seed)
+    return Normalizer.fit(energies, counts, reference, getattr(train_set, "elements", None))
+
+
+def training_normalizer(
+    optim: Mapping[str, Any], train_set: Sequence[Data], seed: int, root: Path | None = None
+) -> Normalizer:
+    """The label normaliser of a run (start of training; resumed runs keep last.pt's).
+
+    - ``optim.energy_reference_file`` (optional): a published linear reference
+      (dens.normalization.load_element_references; the official OC22 config's ``lin_ref``,
+      fairchem ``configs/oc22/linref/oc22_linfit_coeffs.npz``), a path relative to the pipeline
+      directory ``root`` (default dens.config.find_root(); e.g. under results/downloads/) or
+      absolute. It is the per-element reference instead of one fitted here (optim.
+      energy_reference, if set, must then be "linear").
+    - ``optim.normalizer`` (optional) {energy_mean, energy_std, force_std}: the official
+      configs' normaliser (``dataset.transforms.normalizer``; fairchem divides forces by their
+      own std), used as given: E' = (E - sum_i ref[Z_i] - energy_mean) / energy_std, f' = f /
+      force_std, with ref from the file or 0.
+    - neither: ``fit_normalizer`` with optim.energy_reference (default "mean"); forces share
+      the energy std.
+    """
+    reference: EnergyReference | Tensor = optim.get("energy_reference", "mean")
+    path = optim.get("energy_reference_file")
+    if path is not None:
+        if optim.get("energy_reference", "linear") != "linear":
+            raise ConfigError(
+                f"optim.energy_reference_file {path!r} is a linear reference; "
+                f"optim.energy_reference {optim['energy_reference']!r} contradicts it"
+            )
+        full = Path(path) if Path(path).is_absolute() else (root or find_root()) / path
+        if not full.is_file():
+            raise ConfigError(f"optim.energy_reference_file: {full} does not exist")
+        reference = load_element_references(full)
+    given = optim.get("normalizer")
+    if given is None:
+        return fit_normalizer(train_set, reference, seed)
+    if isinstance(reference, str) and reference != "mean":
+        raise ConfigError(
+            "optim.normalizer with energy_reference 'linear' needs optim.energy_reference_file: "
+            "the given mean and std belong to a fixed reference, not one fitted here"
+        )
+    elements = getattr(train_set, "elements", None)
+    if elements is None:
+        counts = _energy_sample(train_set, seed)[1]
+        elements = torch.nonzero(counts.sum(dim=0) > 0).flatten().tolist()
+    refs = reference if isinstance(reference, Tensor) else torch.zeros(NUM_ELEMENTS)
+    return Normalizer(
+        mean=float(given["energy_mean"]),
+        std=float(given["energy_std"]),
+        element_references=refs.to(torch.float64),
+        elements=tuple(sorted({int(z) for z in elements})),
+        force_std=float(given["force_std"]),
     )
 
 
@@ -369,15 +515,23 @@ def _stop_flag(stop_at: float | None) -> Iterator[StopFlag]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+def _rng_state(trainee: Trainee, device: torch.device) -> dict[str, Any]:
     cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
-    return {"dens": generator.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+    return {
+        "dens": trainee.generator.get_state(),
+        "dens_decision": trainee.decision_generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
 
 
-def _set_rng_state(
-    state: Mapping[str, Any], generator: torch.Generator, device: torch.device
-) -> None:
-    generator.set_state(state["dens"])
+def _set_rng_state(state: Mapping[str, Any], trainee: Trainee, device: torch.device) -> None:
+    """The RNG states of last.pt; one written before the batch decision (no "dens_decision")
+    leaves the decision generator at its seed (it draws only with dens.decision "batch", which
+    such a run did not have)."""
+    trainee.generator.set_state(state["dens"])
+    if "dens_decision" in state:
+        trainee.decision_generator.set_state(state["dens_decision"])
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
         torch.cuda.set_rng_state(state["cuda"][0], device)
@@ -450,8 +604,9 @@ class Progress:
 class Trainee:
     """What a run optimises: the model, its EMA copy (None without EMA), AdamW, the gradient
     scaler of mixed precision (a pass-through when off), the DeNS corruption generator of this
-    process, and ``network``: what the training forward pass calls (the model, inside
-    DistributedDataParallel with several processes)."""
+    process, ``network``: what the training forward pass calls (the model, inside
+    DistributedDataParallel with several processes), and the DeNS decision generator (CPU, the
+    same on every process: dens.decision "batch")."""
 
     model: nn.Module
     ema: nn.Module | None
@@ -459,6 +614,7 @@ class Trainee:
     scaler: torch.amp.GradScaler
     generator: torch.Generator
     network: nn.Module
+    decision_generator: torch.Generator
 
     @property
     def eval_model(self) -> nn.Module:
@@ -481,6 +637,12 @@ def corruption_seed(seed: int, rank: int) -> int:
     return seed + (rank << 32)
 
 
+def decision_seed(seed: int) -> int:
+    """Seed of the DeNS decision generator (dens.decision "batch"): the same on every process,
+    and apart from every process's corruption seed (``corruption_seed``; bit 63 set)."""
+    return corruption_seed(seed, 0) + (1 << 63)
+
+
 def build_trainee(
     experiment: Mapping[str, Any],
     build_model: BuildModel,
@@ -489,8 +651,9 @@ def build_trainee(
     mixed_precision: bool = False,
 ) -> Trainee:
     """The model built after torch.manual_seed(seed) (the same on every process), its EMA copy,
-    AdamW, the gradient scaler, the generator seeded from (seed, rank), and the network that
-    averages gradients over processes (``World.wrap``)."""
+    AdamW, the gradient scaler, the generator seeded from (seed, rank), the network that
+    averages gradients over processes (``World.wrap``) and the decision generator seeded alike
+    on every process (``decision_seed``)."""
     world = world or World()
     seed = int(experiment["seed"])
     optim = experiment["optim"]
@@ -501,9 +664,11 @@ def build_trainee(
         ema = build_model(experiment).to(device).requires_grad_(False)
         ema.load_state_dict(model.state_dict())
     generator = torch.Generator(device).manual_seed(corruption_seed(seed, world.rank))
+    decisions = torch.Generator().manual_seed(decision_seed(seed))
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
     optimizer = build_optimizer(model, optim)
-    return Trainee(model, ema, optimizer, scaler, generator, world.wrap(model, device))
+    network = world.wrap(model, device)
+    return Trainee(model, ema, optimizer, scaler, generator, network, decisions)
 
 
 def use_mixed_precision(requested: bool | None, device: torch.device, recipe: bool = True) -> bool:
@@ -530,16 +695,18 @@ def start_or_resume(
 ) -> Progress:
     """Resume from run_dir/checkpoints/last.pt when it was started with the same ``start``
     (``started_with``); otherwise move the old run aside (``move_aside``) and start afresh:
-    fit the normaliser, step 0. Says which in the log (stderr). Rank 0 decides, moves and fits;
-    the other processes follow (they read last.pt themselves, each restoring its own RNG states)."""
+    the normaliser (``training_normalizer``), step 0. Says which in the log (stderr). Rank 0
+    decides, moves and makes the normaliser; the other processes follow (they read last.pt
+    themselves, each restoring its own RNG states)."""
     last_path = run_dir / "checkpoints" / "last.pt"
     state = _last_state(run_dir, start) if world.is_main else None
     if not world.from_main(state is not None):
         experiment = start["experiment"]
-        reference = experiment["optim"].get("energy_reference", "mean")
         normalizer = None
         if world.is_main:
-            normalizer = fit_normalizer(train_set, reference, int(experiment["seed"]))
+            normalizer = training_normalizer(
+                experiment["optim"], train_set, int(experiment["seed"])
+            )
         return Progress(world.from_main(normalizer))
     if state is None:
         state = load_checkpoint(last_path)
@@ -557,7 +724,7 @@ def start_or_resume(
     trainee.optimizer.load_state_dict(state["optimizer"])
     if state.get("grad_scaler"):  # {} when saved without mixed precision
         trainee.scaler.load_state_dict(state["grad_scaler"])
-    _set_rng_state(rng[world.rank], trainee.generator, device)
+    _set_rng_state(rng[world.rank], trainee, device)
     progress = Progress(
         normalizer=Normalizer.from_dict(state["normalizer"]),
         epoch=state["epoch"],
@@ -621,7 +788,7 @@ def last_checkpoint(
         "ema": None if trainee.ema is None else trainee.ema.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
         "normalizer": progress.normalizer.to_dict(),
-        "rng": world.gather(_rng_state(trainee.generator, device)),
+        "rng": world.gather(_rng_state(trainee, device)),
         "grad_scaler": trainee.scaler.state_dict(),
         "epoch_sums": progress.epoch_sums,
         "best": progress.best,
@@ -702,6 +869,16 @@ def update(trainee: Trainee, loss: Tensor, optim: Mapping[str, Any]) -> None:
         update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
 
 
+def free_atoms_per_process(batch: Batch, losses: LossSettings, world: World) -> float | None:
+    """With optim.loss_reduction "free_atoms" and several processes: the free atoms of the
+    global batch divided by the number of processes (one all-reduce), fairchem's DDPLoss
+    denominator (dens.denoising.dens_loss); None otherwise (each batch counts its own)."""
+    if world.size == 1 or losses.reduction != "free_atoms":
+        return None
+    free = (~batch.fixed.to(torch.bool)).sum().to(torch.float64).reshape(1)
+    return world.sum(free).item() / world.size
+
+
 def train_epoch(
     experiment: Mapping[str, Any],
     train_set: Sequence[Data],
@@ -751,7 +928,15 @@ def train_epoch(
 
     def loss(network: nn.Module, batch: Batch) -> dict[str, Tensor]:
         return loss_terms(
-            network, batch, progress.normalizer, losses, dens, trainee.generator, coefficient
+            network,
+            batch,
+            progress.normalizer,
+            losses,
+            dens,
+            trainee.generator,
+            coefficient,
+            trainee.decision_generator,
+            free_atoms_per_process(batch, losses, world),
         )
 
     for batch in bar:
@@ -1003,14 +1188,16 @@ def train(
 
 def _check_splittable(losses: LossSettings, val_set: Sequence[Data], world: World) -> None:
     """Several processes need the per-structure loss (their mean is then the global batch's
-    loss) and at least one validation structure each."""
+    loss) or the official OC trainer's free-atom reduction (module notes), and at least one
+    validation structure each."""
     if world.size == 1:
         return
-    if losses.reduction != "structure":
+    if losses.reduction == "atom":
         raise ConfigError(
-            f"optim.loss_reduction {losses.reduction!r} averages over the atoms of each "
-            f"process's share, which is not the loss of the global batch; train with one "
-            "process or with loss_reduction 'structure' (Algorithm 2)"
+            "optim.loss_reduction 'atom' averages over the atoms of each process's share, "
+            "which is not the loss of the global batch; train with one process or with "
+            "loss_reduction 'structure' (Algorithm 2) or 'free_atoms' (the official OC trainer's "
+            "reduction across processes)"
         )
     if len(val_set) < world.size:
         raise ConfigError(

@@ -1,8 +1,10 @@
 """Data-parallel training (dens.distributed, dens.train) with real processes on the CPU (gloo):
 the gradient of two processes is the single-process gradient of the same global batch, with and
-without DeNS structures; a SIGTERM on one process stops both at the same step with a complete
-last.pt, and the rerun resumes it exactly; which process this is under torchrun and srun; the
-checks that refuse what cannot be split; the mixed-precision switch."""
+without DeNS structures, and with the official OC trainer's free-atom reduction what that
+trainer's DDP gives (a global free-atom mean, or for a DeNS batch with partial corruption the
+mean of each process's own free-atom mean); a SIGTERM on one process stops both at the same
+step with a complete last.pt, and the rerun resumes it exactly; which process this is under
+torchrun and srun; the checks that refuse what cannot be split; the mixed-precision switch."""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from dens.train import (
     build_trainee,
     fit_normalizer,
     forward_loss,
+    free_atoms_per_process,
     loss_settings,
     loss_terms,
     train,
@@ -44,12 +47,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GLOBAL_BATCH = 8
 DENS_STRUCTURES = {0, 2}  # both in rank 0's share: rank 1 never uses the noise head
+ALL_STRUCTURES = set(range(GLOBAL_BATCH))  # a DeNS batch (the MD ones stay uncorrupted)
 CASES = {
     "no DeNS": (False, set(), "structure"),
     "DeNS structures on rank 0 only": (True, DENS_STRUCTURES, "structure"),
     "DeNS on, no structure drawn": (True, set(), "structure"),
+    "free atoms, no DeNS": (False, set(), "free_atoms"),
+    "free atoms, DeNS on, no structure drawn": (True, set(), "free_atoms"),
+    "free atoms, DeNS batch (per-process mean)": (True, ALL_STRUCTURES, "free_atoms"),
     "per-atom reduction (refused under DDP)": (True, DENS_STRUCTURES, "atom"),
 }
+PER_PROCESS_MEAN = "free atoms, DeNS batch (per-process mean)"
 
 
 def free_port() -> int:
@@ -78,6 +86,7 @@ def corrupt_by_structure(
     generator: torch.Generator | None,
     forces: torch.Tensor,
     chosen: frozenset[int],
+    batch_generator: torch.Generator | None = None,
 ) -> Corruption:
     """dens.denoising.corrupt, structure by structure, with draws that depend only on the
     structure (its index) and not on which process holds it: DeNS for the ``chosen`` structures
@@ -102,22 +111,24 @@ def corrupt_by_structure(
     )
 
 
-def one_step(case: str, world: World) -> dict[str, Any]:
+def one_step(case: str, world: World, share_of: World | None = None) -> dict[str, Any]:
     """One engine step (forward_loss + update) on this process's share of the global batch,
     with ``dens.train.corrupt`` replaced by ``corrupt_by_structure``: the averaged gradient left
-    in the model, the loss terms, the agreed stop flag and the atoms corrupted here."""
+    in the model, the loss terms, the agreed stop flag and the atoms corrupted here. ``share_of``:
+    train on that process's share alone (one process)."""
     with_dens, chosen, reduction = CASES[case]
     experiment = toy_experiment(dens=with_dens, epochs=1, loss_reduction=reduction)
     data = structures()
     normalizer = fit_normalizer(data, "mean", 0)
-    batch = Batch.from_data_list(list(world.share(data)))
+    batch = Batch.from_data_list(list((share_of or world).share(data)))
     trainee = build_trainee(experiment, build_toy_model, torch.device("cpu"), world)
     settings = DeNSSettings.from_config(experiment["dens"]) if with_dens else None
     losses = loss_settings(experiment["optim"])
     dens.train.corrupt = functools.partial(corrupt_by_structure, chosen=frozenset(chosen))
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        return loss_terms(network, batch, normalizer, losses, settings, None, 5.0)
+        count = free_atoms_per_process(batch, losses, world)
+        return loss_terms(network, batch, normalizer, losses, settings, None, 5.0, None, count)
 
     total, values, stop = forward_loss(trainee, batch, loss, world, stop=world.rank == 1)
     update(trainee, total, experiment["optim"])
@@ -160,7 +171,16 @@ def restore_corrupt(monkeypatch):
     monkeypatch.setattr(dens.train, "corrupt", dens.train.corrupt)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "refused" not in c])
+def assert_gradients(got: dict, expected: dict, where: str) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        if value is None:  # unused by every process: no gradient, AdamW skips it
+            assert got[name] is None, f"{where}: {name} got a gradient"
+            continue
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "refused" not in c and c != PER_PROCESS_MEAN])
 def test_gradient_of_two_processes_is_the_single_process_gradient(
     two_processes, case, restore_corrupt
 ):
@@ -168,17 +188,28 @@ def test_gradient_of_two_processes_is_the_single_process_gradient(
     for rank, result in enumerate(two_processes):
         ddp = result[case]
         assert ddp["values"] == pytest.approx(single["values"], rel=1e-6), rank
-        assert ddp["gradients"].keys() == single["gradients"].keys()
-        for name, expected in single["gradients"].items():
-            got = ddp["gradients"][name]
-            if expected is None:  # unused by every process: no gradient, AdamW skips it
-                assert got is None, f"rank {rank}: {name} got a gradient"
-                continue
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7, msg=name)
+        assert_gradients(ddp["gradients"], single["gradients"], f"rank {rank}")
     if case == "DeNS structures on rank 0 only":
         assert two_processes[0][case]["corrupted"] > 0 and two_processes[1][case]["corrupted"] == 0
         assert single["gradients"]["pair_noise.0.weight"] is not None
     assert two_processes[0][case]["stop"] and two_processes[1][case]["stop"]  # rank 1's SIGTERM
+
+
+def test_free_atom_hybrid_batch_takes_each_process_own_mean(two_processes, restore_corrupt):
+    """A DeNS batch with partial corruption under "free_atoms": each process divides by its own
+    free atoms (the official hybrid loss's local torch.mean) and DDP averages, so the gradient is
+    the mean of the two shares' single-process gradients; the shares' free-atom counts differ
+    (fixed atoms), so it is not the global batch's gradient, which a global count would give."""
+    shares = [one_step(PER_PROCESS_MEAN, World(), share_of=World(r, 2)) for r in range(2)]
+    assert all(share["corrupted"] > 0 for share in shares)
+    expected = {}
+    for name, first in shares[0]["gradients"].items():
+        second = shares[1]["gradients"][name]
+        expected[name] = None if first is None else (first + second) / 2
+    for rank, result in enumerate(two_processes):
+        assert_gradients(result[PER_PROCESS_MEAN]["gradients"], expected, f"rank {rank}")
+    whole = one_step(PER_PROCESS_MEAN, World())["gradients"]["pair_energy.0.weight"]
+    assert not torch.allclose(expected["pair_energy.0.weight"], whole, rtol=1e-3)
 
 
 def test_per_atom_reduction_would_not_give_the_global_gradient(two_processes, restore_corrupt):
