@@ -1,6 +1,8 @@
 """Tests of the training engine (dens.train) and checkpoints (dens.checkpoint) with the toy
 force field on EMT-labelled clusters: learning, logs, exact resume after a crash and after
-SIGTERM, the preemption exit status, NaN handling and weights-only checkpoints."""
+SIGTERM (with the per-batch DeNS decision too), the preemption exit status, NaN handling and
+weights-only checkpoints; the loss of a batch given its draw; the normaliser from the config
+and a linear-reference file; the weight-decay groups of the official trainers."""
 
 from __future__ import annotations
 
@@ -23,8 +25,12 @@ import torch
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from dens.data.batch import Data
+from dens.data.batch import Batch, Data
+from dens.denoising import Corruption, DeNSSettings
 from dens.errors import ConfigError
+from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint as load_eqv2
+from dens.models.escn.import_fairchem import load_fairchem_checkpoint as load_escn
+from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.runs import BEST_EPOCH_FILE
 from dens.train import (
     LOG_COLUMNS,
@@ -33,11 +39,17 @@ from dens.train import (
     NonFiniteLossError,
     Schedule,
     TrainingPreempted,
+    batch_loss,
     build_optimizer,
+    draw_corruption,
     epoch_batches,
     learning_rate,
+    loss_settings,
+    loss_terms,
     train,
+    training_normalizer,
     update_ema,
+    weight_decay_exempt,
 )
 
 EXPERIMENT = toy_experiment(dens=True, epochs=4, lr=3e-2, energy_reference="linear")
@@ -500,3 +512,180 @@ def test_update_ema_and_weight_decay_groups():
     assert all(p.ndim >= 2 and not names[id(p)].endswith(".bias") for p in decay["params"])
     assert {names[id(p)] for p in no_decay["params"]} >= {"pair_energy.0.bias", "force_norm_weight"}
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REFERENCE_GROUPS = FIXTURES / "weight_decay" / "reference_groups.json"
+WEIGHT_DECAY_MODELS = {
+    "equiformer_v2": (load_eqv2, FIXTURES / "equiformer_v2" / "checkpoint_l4m2_equiformer_v2.pt"),
+    "equiformer_v2_dens": (
+        load_eqv2,
+        FIXTURES / "equiformer_v2" / "checkpoint_l4m2_equiformer_v2_dens.pt",
+    ),
+    "escn": (load_escn, FIXTURES / "escn" / "checkpoint_escn.pt"),
+    "escn_dens": (load_escn, FIXTURES / "escn" / "checkpoint_escn_dens.pt"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHT_DECAY_MODELS))
+def test_weight_decay_groups_equal_the_official_trainers(name):
+    """The parameters AdamW leaves undecayed are those the official trainer leaves (fairchem
+    load_optimizer with the reference model's no_weight_decay, tests/fixtures/weight_decay):
+    EquiformerV2 exempts linear biases and every layer-norm parameter (``affine_weight``
+    included) but decays the embeddings and ``alpha_dot``; eSCN exempts names with "embedding"
+    or "bias". The old rule (1-d parameters and biases) fails both."""
+    import json
+
+    reference = json.loads(REFERENCE_GROUPS.read_text())[name]
+    load, path = WEIGHT_DECAY_MODELS[name]
+    model = load(path)[0]
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == reference["parameters"]
+    assert sorted(weight_decay_exempt(model)) == reference["exempt"]
+    optimizer = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01})
+    decay, no_decay = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in no_decay["params"]) == reference["exempt"]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.01, 0.0)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
+    if name.startswith("equiformer_v2"):
+        assert "norm.affine_weight" in reference["exempt"]
+        assert "blocks.0.ga.alpha_dot" not in reference["exempt"]  # 1-d, decayed
+
+
+def toy_batch(num_fixed: int = 1) -> Batch:
+    data = []
+    for index, item in enumerate(make_emt_dataset(4, seed=5)):
+        item = item.clone()
+        item.fixed = item.fixed.clone()
+        item.fixed[:num_fixed] = True
+        item.md_split = torch.tensor([index == 3])
+        data.append(item)
+    return Batch.from_data_list(data)
+
+
+def test_batch_loss_with_a_given_corruption_is_the_drawn_loss():
+    """loss_terms = draw_corruption + batch_loss: a Corruption built directly from the draw's
+    masks, noise and force input gives the same terms (the API for injected draws)."""
+    experiment = toy_experiment(dens=True, loss_reduction="free_atoms")
+    batch = toy_batch()
+    normalizer = Normalizer(0.1, 2.0, torch.zeros(NUM_ELEMENTS, dtype=torch.float64))
+    dens = DeNSSettings.from_config({**experiment["dens"], "p": 1.0})
+    losses = loss_settings(experiment["optim"])
+    torch.manual_seed(0)
+    model = build_toy_model(experiment)
+    drawn = loss_terms(
+        model, batch, normalizer, losses, dens, torch.Generator().manual_seed(4), 2.0
+    )
+    draw = draw_corruption(batch, normalizer, dens, torch.Generator().manual_seed(4))
+    assert draw.corrupted.any()
+    given = Corruption(
+        dens_structures=draw.dens_structures,
+        corrupted=draw.corrupted,
+        noise=draw.noise,
+        pos=batch.pos + draw.noise,
+        force_input=draw.force_input,
+        sigma=dens.sigma,
+    )
+    terms = batch_loss(model, batch, normalizer, losses, dens, given, 2.0)
+    for key in ("total", "energy", "forces", "dens"):
+        assert torch.equal(terms[key], drawn[key]), key
+    with pytest.raises(ValueError, match="both dens settings and a corruption"):
+        batch_loss(model, batch, normalizer, losses, dens, None, 2.0)
+
+
+def test_normalized_force_encoding_divides_by_the_force_std():
+    """dens.force_encoding_units "normalized" encodes f' = f / force std (OC22: 0.148 eV/Å), not
+    f / energy std (25.1 eV), which the old engine used."""
+    batch = toy_batch(num_fixed=0)
+    normalizer = Normalizer(0.0, 25.0, torch.zeros(NUM_ELEMENTS, dtype=torch.float64), None, 0.5)
+    dens = DeNSSettings(p=1.0, sigma=0.1, corruption_ratio=1.0, coefficient=1.0)
+    draw = draw_corruption(batch, normalizer, dens, torch.Generator().manual_seed(0))
+    hit = draw.corrupted
+    assert draw.force_input is not None and hit.sum() > 10
+    torch.testing.assert_close(draw.force_input[hit], batch.forces[hit] / 0.5, rtol=0, atol=0)
+
+
+OC20_NORMALIZER = {
+    "energy_mean": -0.7554450631141663,
+    "energy_std": 2.887317180633545,
+    "force_std": 2.887317180633545,
+}
+OC22_NORMALIZER = {
+    "energy_mean": 0.0,
+    "energy_std": 25.119809935106424,
+    "force_std": 0.14759646356105804,
+}
+
+
+def test_normalizer_from_the_config_and_a_linear_reference_file(tmp_path):
+    """optim.normalizer is used as given (OC22: forces / 0.1476, energies / 25.12, the old
+    engine fitted one std for both), after the published per-element references of
+    optim.energy_reference_file (a path relative to the pipeline directory), as fairchem's
+    OC22 dataset subtracts sum_i coeff[Z_i]."""
+    data = make_emt_dataset(6, seed=2)
+    coeff = np.zeros(100)
+    coeff[29], coeff[78], coeff[1] = -3.5, -5.25, 0.75  # Cu, Pt, H
+    (tmp_path / "refs").mkdir()
+    np.savez(tmp_path / "refs" / "linfit.npz", coeff=coeff)
+    optim = {
+        "normalizer": OC22_NORMALIZER,
+        "energy_reference_file": "refs/linfit.npz",
+        "energy_reference": "linear",
+    }
+    normalizer = training_normalizer(optim, data, 0, root=tmp_path)
+    batch = Batch.from_data_list(data)
+    numbers = batch.atomic_numbers
+    ref = torch.zeros(len(data), dtype=torch.float64).index_add(
+        0, batch.batch, torch.from_numpy(coeff)[numbers]
+    )
+    expected = (batch.energy.double() - ref) / OC22_NORMALIZER["energy_std"]
+    got = normalizer.normalize_energy(batch.energy, numbers, batch.batch)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    forces = normalizer.normalize_forces(batch.forces)
+    torch.testing.assert_close(forces, batch.forces / OC22_NORMALIZER["force_std"])
+    assert normalizer.elements == tuple(sorted(set(numbers.tolist())))
+    restored = Normalizer.from_dict(normalizer.to_dict())
+    assert restored.force_scale == OC22_NORMALIZER["force_std"]
+
+    oc20 = training_normalizer({"normalizer": OC20_NORMALIZER}, data, 0, root=tmp_path)
+    assert (oc20.mean, oc20.std, oc20.force_scale) == tuple(OC20_NORMALIZER.values())
+    assert not oc20.element_references.any()
+    fitted = training_normalizer({"energy_reference_file": "refs/linfit.npz"}, data, 0, tmp_path)
+    residual = batch.energy.double() - ref
+    assert fitted.mean == pytest.approx(float(residual.mean()), rel=1e-12)
+    assert fitted.std == pytest.approx(float(residual.std()), rel=1e-12)
+    assert fitted.force_std is None
+
+    with pytest.raises(ConfigError, match="needs optim.energy_reference_file"):
+        training_normalizer({**optim, "energy_reference_file": None}, data, 0, tmp_path)
+    with pytest.raises(ConfigError, match="contradicts"):
+        training_normalizer({**optim, "energy_reference": "mean"}, data, 0, tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        training_normalizer({**optim, "energy_reference_file": "nope.npz"}, data, 0, tmp_path)
+
+
+def test_batch_decision_resumes_exactly_and_saves_the_decision_generator(data, tmp_path):
+    """With dens.decision "batch" and the free-atom reduction, a run stopped by SIGTERM mid-epoch
+    resumes bit for bit (last.pt keeps the decision generator's state too)."""
+    experiment = toy_experiment(dens=True, epochs=2, lr=3e-2, loss_reduction="free_atoms")
+    experiment["dens"] = {**experiment["dens"], "decision": "batch"}
+    train_set, val_set = data
+    straight = tmp_path / "straight"
+    train(experiment, train_set, val_set, straight, build_toy_model, progress=False)
+    state = load_checkpoint(straight / "checkpoints" / "last.pt")
+    assert state["rng"][0]["dens_decision"].dtype == torch.uint8
+
+    resumed = tmp_path / "resumed"
+    at = NORMALIZER_READS + 5 * 4 + 2  # SIGTERM while loading the 6th batch of epoch 1
+    with pytest.raises(TrainingPreempted):
+        train(
+            experiment,
+            Interrupting(train_set, at, sigterm),
+            val_set,
+            resumed,
+            build_toy_model,
+            progress=False,
+        )
+    train(experiment, train_set, val_set, resumed, build_toy_model, progress=False)
+    assert_same_run(straight, resumed)

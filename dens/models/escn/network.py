@@ -254,11 +254,18 @@ class ESCN(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        """No parameter is exempt from weight decay (dens.train.weight_decay_exempt): the
-        official eSCN (fairchem 1.x 31c0963 ``models/escn/escn.py``; atomicarchitects/DeNS
-        e98b747 ``model/escn/escn_denoising.py``) defines no ``no_weight_decay``, so the fairchem
-        trainer decays every parameter, biases and norms included."""
-        return set()
+        """Parameters AdamW leaves undecayed (dens.train.weight_decay_exempt), as the official
+        eSCN lists them: every parameter whose name contains "embedding", "frequencies" or
+        "bias" (ocp 5d0f59e ``ocpmodels/models/base.py``:130-136, ``BaseModel.no_weight_decay``,
+        which the DeNS eSCN inherits: atomicarchitects/DeNS e98b747 ``model/escn/
+        escn_denoising.py``:53 subclasses ocpmodels' eSCN(BaseModel); fairchem 1.x 31c0963
+        ``models/base.py``:179-185 keeps the rule in GraphModelMixin). Everything else, the
+        layer norms of the radial MLPs included, is decayed."""
+        return {
+            name
+            for name, _ in self.named_parameters()
+            if "embedding" in name or "frequencies" in name or "bias" in name
+        }
 
     def encode_forces(self, forces: Tensor) -> Tensor:
         """DeNS force encoding (Eq. 5): [N, 3] -> [N, (lmax + 1)^2, C]; zero rows give the bias."""
