@@ -1,4 +1,6 @@
-"""Tests of the DeNS core (dens/dens.py): corruption statistics, masks, losses, schedule."""
+"""Tests of the DeNS core (dens/denoising.py): corruption statistics, masks, the per-structure
+and per-batch DeNS decisions, losses (Algorithm 2, the MD17 code's per-atom means, the official
+OC trainer's free-atom mean), schedule."""
 
 import math
 
@@ -432,6 +434,7 @@ def test_settings_from_config_entry() -> None:
         "energy_loss": True,
         "partial_corruption": True,
         "force_encoding_units": "kcal/mol/Å",
+        "decision": "batch",
     }
     assert DeNSSettings.from_config(entry) == DeNSSettings(**entry)
     with pytest.raises(ValueError, match="unknown key"):
@@ -454,6 +457,7 @@ def test_settings_from_config_entry() -> None:
         ("energy_loss", 1),
         ("partial_corruption", None),
         ("coefficient_decay", "cosine"),
+        ("decision", "atom"),
     ],
 )
 def test_settings_validation_names_the_field(field: str, value: object) -> None:
@@ -477,3 +481,206 @@ def test_loss_settings_validation_names_the_field(field: str, value: object) -> 
     values[field] = value
     with pytest.raises(ValueError, match=field):
         LossSettings(**values)  # type: ignore[arg-type]
+
+
+# ------------------------------------------- the official OC20/OC22 trainer: decision, reduction
+
+
+def oc_batch() -> Batch:
+    """S0 (a DeNS structure): atom 0 corrupted, atom 1 free, atoms 2 and 3 fixed; S1 (MD
+    split): free atoms 4, 5, 6. Zero force labels; 5 free atoms in all."""
+    return Batch.from_data_list(
+        [
+            Data(
+                pos=torch.zeros(n, 3),
+                natoms=torch.tensor([n]),
+                fixed=torch.tensor(fixed),
+                md_split=torch.tensor([md]),
+                forces=torch.zeros(n, 3),
+            )
+            for n, fixed, md in ((4, [False, False, True, True], False), (3, [False] * 3, True))
+        ]
+    )
+
+
+def oc_corruption(dens_structures: tuple[bool, bool] = (True, False)) -> Corruption:
+    noise = torch.zeros(7, 3)
+    noise[0, 0] = 0.5  # eps / sigma = (1, 0, 0)
+    return Corruption(
+        dens_structures=torch.tensor(dens_structures),
+        corrupted=torch.tensor([True] + [False] * 6),
+        noise=noise,
+        pos=noise.clone(),
+        force_input=torch.zeros(7, 3),
+        sigma=SIGMA,
+    )
+
+
+def oc_prediction() -> dict[str, torch.Tensor]:
+    """Force errors (l2): atom 1: 5, atom 4: 2, atom 5: 10, atom 6: 1; atom 0 (corrupted) and
+    the fixed atoms 2, 3 are large and must not count. Noise error of atom 0 (l2): 3."""
+    forces = torch.tensor(
+        [[10.0, 10.0, 10.0], [3.0, 4.0, 0.0], [100.0, 0, 0], [0, 100.0, 0]]
+        + [[0.0, 0.0, 2.0], [0.0, 6.0, 8.0], [1.0, 0.0, 0.0]]
+    )
+    noise = torch.full((7, 3), 50.0)
+    noise[0] = torch.tensor([2.0, 2.0, 2.0])
+    return {"energy": ENERGY_PRED.clone(), "forces": forces, "noise": noise}
+
+
+def official_hybrid_loss(prediction, force_target, corruption, free, force_mult, dens_mult):
+    """The official hybrid loss written out: the per-atom L2 error of one target that is the
+    noise target on masked atoms and the force target elsewhere, weighted by the two
+    coefficients, averaged over the free atoms (denoising_forces_trainer.py:204-217)."""
+    mask = corruption.corrupted.unsqueeze(-1)
+    target = torch.where(mask, corruption.noise_target, force_target)
+    output = torch.where(mask, prediction["noise"], prediction["forces"])
+    error = torch.linalg.vector_norm(output - target, dim=-1)
+    weight = torch.where(corruption.corrupted, dens_mult, force_mult)
+    return (weight * error)[free].mean()
+
+
+# lambda_E = 2, lambda_F = 10, lambda_DeNS = 4, l2mae forces and noise:
+# free_atoms: forces 10 * (5 + 2 + 10 + 1) / 5 = 36, dens 4 * 3 / 5 = 2.4;
+# structure: forces (10 * 5 / 2 + 10 * 13 / 3) / 2, dens 4 * 3 / 2 / 2 = 3; atom: 45 and 12.
+@pytest.mark.parametrize(
+    ("reduction", "forces", "dens_term"),
+    [
+        ("free_atoms", 36.0, 2.4),
+        ("structure", (25.0 + 130.0 / 3.0) / 2.0, 3.0),
+        ("atom", 45.0, 12.0),
+    ],
+)
+def test_free_atom_mean_of_the_official_oc_trainer(reduction, forces, dens_term) -> None:
+    """One mean over the free atoms of the batch for the force and the noise terms together
+    (fixed atoms out, corrupted atoms with the noise target, the MD structure's atoms with the
+    force target); the old reductions weigh these atoms differently."""
+    loss = LossSettings(2.0, 10.0, noise_metric="l2mae", reduction=reduction)
+    dens = settings(sigma=SIGMA, coefficient=4.0)
+    batch = oc_batch()
+    terms = dens_loss(
+        oc_prediction(), batch, oc_corruption(), ENERGY_TARGET, torch.zeros(7, 3), loss, dens, 4.0
+    )
+    assert terms["energy"].item() == pytest.approx(1.5, rel=1e-6)
+    assert terms["forces"].item() == pytest.approx(forces, rel=1e-6)
+    assert terms["dens"].item() == pytest.approx(dens_term, rel=1e-6)
+    if reduction == "free_atoms":
+        official = official_hybrid_loss(
+            oc_prediction(), torch.zeros(7, 3), oc_corruption(), ~batch.fixed, 10.0, 4.0
+        )
+        assert (terms["forces"] + terms["dens"]).item() == pytest.approx(official.item(), rel=1e-6)
+
+
+def test_free_atom_mean_across_processes_uses_the_global_count_except_in_hybrid_batches() -> None:
+    """free_atoms_per_process (the global batch's free atoms / processes, fairchem DDPLoss)
+    divides the plain terms (no DeNS; DeNS without partial corruption) but not a DeNS batch with
+    partial corruption (the official hybrid loss: each process's own mean)."""
+    loss = LossSettings(2.0, 10.0, noise_metric="l2mae", reduction="free_atoms")
+    batch, prediction, zero = oc_batch(), oc_prediction(), torch.zeros(7, 3)
+    plain = original_task_loss(prediction, batch, ENERGY_TARGET, zero, loss, 7.5)
+    assert plain["forces"].item() == pytest.approx(10 * (math.sqrt(300) + 18) / 7.5, rel=1e-6)
+    hybrid = dens_loss(
+        prediction, batch, oc_corruption(), ENERGY_TARGET, zero, loss, settings(), 4.0, 7.5
+    )
+    assert hybrid["forces"].item() == pytest.approx(36.0, rel=1e-6)
+    corrupt_all = settings(partial_corruption=False)
+    terms = dens_loss(
+        prediction, batch, oc_corruption(), ENERGY_TARGET, zero, loss, corrupt_all, 4.0, 7.5
+    )
+    assert terms["forces"].item() == pytest.approx(10 * 18 / 7.5, rel=1e-6)
+    assert terms["dens"].item() == pytest.approx(4 * 3 / 7.5, rel=1e-6)
+    no_dens = dens_loss(
+        prediction,
+        batch,
+        oc_corruption((False, False)),
+        ENERGY_TARGET,
+        zero,
+        loss,
+        settings(),
+        4.0,
+        7.5,
+    )
+    assert no_dens["forces"].item() == pytest.approx(10 * 18 / 7.5, rel=1e-6)
+
+
+def two_ranks(seed: int, p: float = 0.5, **overrides: object) -> list[tuple[Batch, Corruption]]:
+    """Two simulated processes: their own batches and corruption generators (seeded from the
+    rank), one decision generator seeded alike."""
+    dens = settings(p=p, decision="batch", **overrides)
+    out = []
+    for rank in range(2):
+        batch = make_batch(6, 8, num_fixed=3, md_every=3, seed=10 * seed + rank)
+        corruption = corrupt(
+            batch,
+            dens,
+            torch.Generator().manual_seed(1000 * seed + rank),
+            forces=batch.forces,
+            batch_generator=torch.Generator().manual_seed(seed),
+        )
+        out.append((batch, corruption))
+    return out
+
+
+def test_batch_decision_is_all_or_nothing_and_equal_on_every_process() -> None:
+    """dens.decision "batch" (the official OC trainer): one draw for the whole global batch,
+    the same on every process; per-atom masks and noise stay per process; MD structures are
+    never corrupted. The per-structure decision (the old and default one) mixes."""
+    decisions = []
+    for seed in range(200):
+        (batch_a, a), (batch_b, b) = two_ranks(seed)
+        assert a.dens_structures.all() or not a.dens_structures.any()
+        assert torch.equal(a.dens_structures, b.dens_structures)
+        decisions.append(bool(a.dens_structures[0]))
+        for batch, corruption in ((batch_a, a), (batch_b, b)):
+            assert not corruption.corrupted[batch.md_split[batch.batch]].any()
+            assert not (corruption.corrupted & batch.fixed).any()
+        if decisions[-1]:
+            assert not torch.equal(a.corrupted, b.corrupted)
+    assert 70 < sum(decisions) < 130  # p = 0.5; 200 draws: 4 standard errors is about 28
+    mixed = draw(make_batch(200, 4), settings(p=0.5)).dens_structures
+    assert 0 < int(mixed.sum()) < 200
+    with pytest.raises(ValueError, match="batch_generator"):
+        draw(make_batch(2, 4), settings(decision="batch"))
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_batch_decision_encodes_the_forces_of_fixed_atoms_in_the_mask(partial: bool) -> None:
+    """The official mask is drawn over all atoms: a fixed atom it selects gets its force
+    encoded (no noise, no loss); MD structures' atoms get nothing; without partial corruption
+    every atom of a non-MD structure is encoded."""
+    (batch, corruption), _ = two_ranks(3, p=1.0, partial_corruption=partial)
+    md_atoms = batch.md_split[batch.batch]
+    encoded = corruption.force_input.abs().sum(dim=-1) > 0
+    assert not encoded[md_atoms].any()
+    assert torch.equal(encoded & ~batch.fixed, corruption.corrupted)
+    fixed_encoded = encoded & batch.fixed
+    if partial:
+        assert fixed_encoded.any() and not fixed_encoded[batch.fixed & ~md_atoms].all()
+    else:
+        assert torch.equal(encoded, ~md_atoms)
+    assert not corruption.noise[batch.fixed].any()
+    assert torch.equal(corruption.pos[batch.fixed], batch.pos[batch.fixed])
+
+
+def test_batch_decision_without_energy_loss_drops_every_structure_of_the_dens_batch() -> None:
+    """The official model zeroes the energy of the whole DeNS batch (use_denoising_energy
+    False); per structure, only structures with a corrupted atom lose their energy term."""
+    loss = LossSettings(2.0, 10.0, noise_metric="l2mae", reduction="free_atoms")
+    batch, zero = oc_batch(), torch.zeros(7, 3)
+    per_batch = settings(energy_loss=False, decision="batch")
+    terms = dens_loss(
+        oc_prediction(),
+        batch,
+        oc_corruption((True, True)),
+        ENERGY_TARGET,
+        zero,
+        loss,
+        per_batch,
+        4.0,
+    )
+    assert terms["energy"].item() == 0.0
+    per_structure = settings(energy_loss=False)
+    terms = dens_loss(
+        oc_prediction(), batch, oc_corruption(), ENERGY_TARGET, zero, loss, per_structure, 4.0
+    )
+    assert terms["energy"].item() == pytest.approx(2.0 * 1.0 / 2, rel=1e-6)  # S1 kept
