@@ -241,15 +241,18 @@ def test_radial_basis_is_finite_and_vanishes_at_cutoff(basis_type: str) -> None:
 
 
 def test_force_encoding_zero_rows_and_gradients() -> None:
-    """Algorithm 1: type-1 part of ||f|| Y(f/||f||) is f; zero rows give exactly zero and
-    finite gradients."""
+    """Algorithm 1: type-1 part of ||f|| Y(f/||f||) is f; a zero row gives the type-0 bias only
+    (official LinearRS force_embed, nets/equiformer_md17_dens.py:134) and finite gradients."""
     torch.manual_seed(0)
     enc = ForceEncoding((3, 2, 2), "normal").double()
+    with torch.no_grad():
+        enc.linear.bias.normal_()
     f = torch.randn(5, 3, dtype=torch.float64)
     f[1] = 0.0
     f.requires_grad_(True)
     out = enc(f)
-    for xl in out:
+    assert torch.equal(out[0][1, 0], enc.linear.bias)
+    for xl in out[1:]:
         assert torch.equal(xl[1], torch.zeros_like(xl[1]))
         assert xl[0].abs().max() > 0
     sum(xl.pow(2).sum() for xl in out).backward()
@@ -319,10 +322,16 @@ def test_forces_are_minus_energy_gradient() -> None:
 
 
 def test_zero_force_input_equals_no_force_input() -> None:
+    """Without force input the encoding of zero forces (its bias) is still added, in training
+    and evaluation alike, as the official model (nets/equiformer_md17_dens.py:287-294)."""
     model = small_model(**DENS)
     batch = make_batch()
     zeros = torch.zeros(batch.num_nodes, 3, dtype=torch.float64)
+    before = model(batch)["energy"]
+    with torch.no_grad():
+        model.force_encoding.linear.bias.normal_()
     without = model(batch)
+    assert not torch.allclose(without["energy"], before)
     with_zeros = model(batch, force_input=zeros)
     assert torch.equal(without["energy"], with_zeros["energy"])
     assert torch.equal(without["forces"], with_zeros["forces"])
@@ -403,13 +412,13 @@ PAPER_PARAMS = {  # DeNS paper Table 4 (official code: 3,496,001 / 4,000,577 / .
     ("l3", False): 5.50e6,
     ("l3", True): 6.35e6,
 }
-OUR_PARAMS = {  # official counts, minus the force-embedding bias with DeNS (see ForceEncoding)
+OUR_PARAMS = {  # the official code's counts, the force-embedding bias included
     ("l2", False): 3_496_001,
-    ("l2", True): 4_000_577 - 128,
+    ("l2", True): 4_000_577,
     ("l3", False): 5_500_865,
-    ("l3", True): 6_354_241 - 128,
+    ("l3", True): 6_354_241,
     ("shrunk", False): 119_025,
-    ("shrunk", True): 156_881 - 32,
+    ("shrunk", True): 156_881,
 }
 
 

@@ -26,24 +26,27 @@ BASIS_TYPES = ("exp", "gaussian", "bessel")
 
 
 class ExpNormalSmearing(nn.Module):
-    """d: [E] -> [E, K]; fixed (non-trainable) means and widths."""
+    """d: [E] -> [E, K]; fixed (non-trainable) means and widths, kept in float64 and cast to
+    the distances' dtype, so that a float64 model has the float64 values the official code
+    computes in its default dtype (a float32 table cast to float64 differs by ~1e-8)."""
 
     def __init__(self, num_basis: int, cutoff: float) -> None:
         super().__init__()
         self.cutoff = cutoff
         self.alpha = 5.0 / cutoff
         start = math.exp(-cutoff)
-        self.register_buffer("means", torch.linspace(start, 1.0, num_basis), persistent=False)
-        self.register_buffer(
-            "betas",
-            torch.full((num_basis,), (2.0 / num_basis * (1.0 - start)) ** -2),
-            persistent=False,
+        means = torch.linspace(start, 1.0, num_basis, dtype=torch.float64)
+        betas = torch.full(
+            (num_basis,), (2.0 / num_basis * (1.0 - start)) ** -2, dtype=torch.float64
         )
+        self.register_buffer("means", means, persistent=False)
+        self.register_buffer("betas", betas, persistent=False)
 
     def forward(self, dist: Tensor) -> Tensor:
         d = dist.unsqueeze(-1)
+        means, betas = self.means.to(dist.dtype), self.betas.to(dist.dtype)
         f_cut = 0.5 * (torch.cos(d * math.pi / self.cutoff) + 1.0) * (d < self.cutoff)
-        return f_cut * torch.exp(-self.betas * (torch.exp(-self.alpha * d) - self.means) ** 2)
+        return f_cut * torch.exp(-betas * (torch.exp(-self.alpha * d) - means) ** 2)
 
 
 class GaussianBasis(nn.Module):

@@ -14,6 +14,15 @@ Architecture (features: lists of [N, 2l+1, C_l], see so3_features):
     x = LN(x);  E = sum_i MLP(x_i^(0)) / sqrt(avg_num_nodes);  F = -dE/dpos
     noise = GraphAttention(x) -> one type-1 vector per atom            (DeNS only)
 
+Cutoff: as the official MD17 model (atomicarchitects/equiformer 64cb7866), the graph holds every
+pair closer than ``max_radius`` (nets/equiformer_md17_dens.py:246-251: radius_graph,
+max_num_neighbors=1000) and the energy is NOT continuous when a pair crosses it: the radial
+basis has a cosine cutoff (nets/graph_attention_transformer_md17.py:51-124, ExpNormalSmearing
+times CosineCutoff), but the radial MLP's biases and offset give a crossing edge non-zero
+weights (nets/radial_func.py:46-50), and the attention softmax gains a term. A crossing pair
+changes the energy by O(0.01-0.1) normalised units at random weights; ours equals the official
+model's on both sides (tests/test_md17_training_parity.py).
+
 ``force_encoding=True`` adds the force encoding; ``noise_head=True`` adds the noise head and uses
 ``irreps_feature_dens`` for the last block's output (the official DeNS configs widen it to 4x
 the node channels of every degree). ``attention=False`` / ``layer_norm=False`` give the
@@ -100,15 +109,18 @@ class ForceEncoding(nn.Module):
     """DeNS force encoding (Eq. 5, Algorithm 1): f: [N, 3] -> SO3_Linear(||f|| Y(f/||f||)).
 
     Y^(L) for L = 0..lmax, component-normalised and scaled by ||f||/sqrt(3) as the official
-    code (so the type-1 part equals f). The linear layer has no bias: a zero force row
-    contributes exactly zero, and the normalisation is NaN-free for zero rows (forward and
-    gradient).
+    code (so the type-1 part equals f); the normalisation is NaN-free for zero rows (forward
+    and gradient). The linear layer has a type-0 bias, as the official ``force_embed =
+    LinearRS(irreps_equivariant_inputs, irreps_node_embedding)`` (atomicarchitects/equiformer
+    64cb7866, nets/equiformer_md17_dens.py:134; LinearRS's bias=True): a zero force row gets
+    the bias, and the model adds the encoding of zero forces when it has no force input
+    (nets/equiformer_md17_dens.py:287-294), in training and in evaluation alike.
     """
 
     def __init__(self, channels: Channels, weight_init: str) -> None:
         super().__init__()
         self.lmax = len(channels) - 1
-        self.linear = SO3Linear((1,) * (self.lmax + 1), channels, False, weight_init)
+        self.linear = SO3Linear((1,) * (self.lmax + 1), channels, True, weight_init)
 
     def forward(self, forces: Tensor) -> list[Tensor]:
         sq = forces.pow(2).sum(-1, keepdim=True)
@@ -346,7 +358,8 @@ class Equiformer(nn.Module):
         self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False
     ) -> dict[str, Tensor]:
         """data: Batch with pos [N, 3], atomic_numbers [N], batch [N], natoms [B];
-        force_input: [N, 3] forces to encode (zero rows: none) or None."""
+        force_input: [N, 3] forces to encode, or None; None and zero rows get the encoding of
+        zero forces (its bias) when the model has a force encoding."""
         self._check_inputs(data, force_input, predict_noise)
         grad_enabled = torch.is_grad_enabled()
         with torch.enable_grad():
@@ -367,8 +380,9 @@ class Equiformer(nn.Module):
                 self.atom_embedding(data.atomic_numbers),
                 self.edge_degree_embedding(num_nodes, dst, graph["sh"], graph["basis"]),
             )
-            if force_input is not None:
-                x = add_features(x, self.force_encoding(force_input.to(pos.dtype)))
+            if self.force_encoding is not None:  # zero forces without input: the bias only
+                forces = torch.zeros_like(pos) if force_input is None else force_input.to(pos.dtype)
+                x = add_features(x, self.force_encoding(forces))
             for block in self.blocks:
                 x = block(x, graph, batch, num_graphs)
             if self.norm is not None:
