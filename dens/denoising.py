@@ -62,7 +62,10 @@ atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
   (a DeNS batch with partial corruption: ``compute_atomwise_denoising_pos_and_force_hybrid_loss``,
   line 204; otherwise fairchem's ``DDPLoss`` mean, ocpmodels/modules/loss.py at ocp 5d0f59e, with
   n_free counted over the global batch: ``free_atoms_per_process`` below). Uncorrupted atoms of
-  MD-split structures carry the force term, as any uncorrupted free atom.
+  MD-split structures carry the force term, as any uncorrupted free atom. The official code
+  also takes the hybrid (per-process) mean for a corrupt-all DeNS batch of the All+MD dataset
+  (its batches carry ``md``, so ``noise_mask`` exists); no experiment combines the two, and
+  this one counts the global batch there (it differs only with several processes).
 - Per-atom error (``ErrorMetric``): "l2mae" = ||x - y||_2, "mse" = ||x - y||_2^2 (Eq. 1, 4, 6
   as written), "mae" = mean_k |x_k - y_k|. The official MD17 code (``main_md17.py`` and
   ``main_md17_dens.py``, ``criterion = L2MAELoss()``) uses "l2mae" for the energy, the forces
@@ -109,7 +112,8 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 class DeNSSettings:
     """Hyper-parameters of DeNS (Section 3.2.3, Tables 7-9).
 
-    p: p_DeNS, probability that a structure optimises DeNS instead of the original task.
+    p: p_DeNS, probability that a structure (decision "batch": a whole batch) optimises DeNS
+        instead of the original task.
     sigma: standard deviation of the Gaussian position noise in Å (Eq. 2).
     corruption_ratio: r_DeNS, probability that a free atom of a DeNS structure is corrupted.
     coefficient: lambda_DeNS, weight of L_DeNS in Eq. 6.
