@@ -1,6 +1,7 @@
 """``dens``: the command-line tool the pipeline's jobs call, usable by hand too.
 
     dens experiments [--scale S]                       list every experiment
+    dens sources EXPERIMENT [--scale S]                each value of the run with its source
     dens params EXPERIMENT                             trainable parameters (paper scale)
     dens data download NAME --out FILE                 download and verify one archive
     dens data extract NAME --archive-path FILE --out DIR
@@ -110,6 +111,26 @@ def cmd_experiments(args: argparse.Namespace) -> None:
         dens = "DeNS" if experiment["dens"] else "no DeNS"
         model = experiment["model"]
         print(f"{name}\t{model['family']}/{model['preset']}\t{dens}\t{experiment['source']}")
+
+
+def cmd_sources(args: argparse.Namespace) -> None:
+    """Each value of the resolved run (and its relaxation settings) with where it comes from."""
+    from dens.config import leaf_paths
+
+    registry = registry_from(args)
+    resolved = registry.resolve(args.experiment)
+    values = {k: resolved[k] for k in ("dataset", "model", "optim", "dens", "resources")}
+    relax = registry.relax_settings(args.experiment)
+    if relax is not None:
+        values["relax"] = relax
+    sources = registry.value_sources(args.experiment)
+    described = registry.experiment(args.experiment)["source"]
+    print(f"# {args.experiment} at scale {registry.scale_name}: {described}")
+    for path in leaf_paths(values):
+        value: Any = values
+        for part in path.split("."):
+            value = value[part]
+        print(f"{path}\t{value!r}\t{sources.get(path, 'NO SOURCE')}")
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -254,7 +275,13 @@ def cmd_relax(args: argparse.Namespace) -> None:
     registry = registry_from(args)
     experiment = registry.resolve(args.experiment)
     challenge = challenge_for(experiment["dataset_family"], "is2re")
-    relax = registry.scale["relax"]
+    relax = registry.relax_settings(args.experiment)
+    if relax is None:
+        raise ConfigError(
+            f"dens relax {args.experiment}: the experiment has no relax settings (its dataset "
+            f"{experiment['dataset']} has no relax splits)"
+        )
+    lbfgs = {k: relax[k] for k in ("max_steps", "fmax", "maxstep", "memory", "damping", "alpha")}
     _set_threads(args.threads)
     history = Path(args.run_dir) / "relax" / slurm.HISTORY_FILE
     with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
@@ -262,7 +289,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
             Path(args.run_dir),
             {Path(path).stem: Path(path) for path in args.splits},
             challenge,
-            LBFGSSettings(max_steps=relax["max_steps"], fmax=relax["fmax"]),
+            LBFGSSettings(**lbfgs),
             relax["batch_size"],
             relax["max_systems"],
             device=args.device,
@@ -381,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("experiments", help="list every experiment")
     _add_config_options(p, scale_default="paper")
     p.set_defaults(func=cmd_experiments)
+
+    p = commands.add_parser(
+        "sources", help="each value of an experiment's run with its source (official file, paper)"
+    )
+    p.add_argument("experiment")
+    _add_config_options(p, scale_default="paper")
+    p.set_defaults(func=cmd_sources)
 
     p = commands.add_parser("params", help="trainable parameters of the paper-scale model")
     p.add_argument("experiment")

@@ -3,9 +3,12 @@
 Files (all under the repository's ``config/``, schemas under ``workflow/schemas/``):
 
 - ``config.yaml``: pipeline options (scale, seeds, data_seed, ...), overridable with ``--config``.
-- ``experiments.yaml``: every training run of the paper at the published setting.
+- ``experiments.yaml``: every training run of the paper at the published setting, written as
+  ``templates`` (family defaults, per-dataset or per-molecule values, per-variant changes) that
+  ``experiments`` extend (:func:`expand_experiments`); each value and its source appear once.
 - ``scales/<scale>.yaml``: what a scale overrides (data, model preset, epochs, batch size).
-- ``datasets.yaml``, ``models.yaml`` (size presets per model family), ``tables.yaml``.
+- ``datasets.yaml``, ``models.yaml`` (size presets per model family and their sources),
+  ``tables.yaml``.
 
 Every file is validated against its JSON schema; a violation raises :class:`ConfigError` naming the
 file, the key path and the offending value. The Snakefile calls :func:`load_registry` at DAG time,
@@ -16,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +76,44 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    listing = (
-        ", ".join(known)
-        if len(known) <= 12
-        else f"{len(known)} defined; `dens experiments` lists them"
-    )
+    lister = "; `dens experiments` lists them" if kind == "experiment" else ""
+    listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} defined{lister}"
     return ConfigError(f"unknown {kind} {name!r}.{hint} Known: {listing}")
+
+
+def validate_part(
+    instance: Any, schema_name: str, definition: str, where: str, root: Path, partial: bool = False
+) -> None:
+    """Validate ``instance`` against ``$defs/<definition>`` of a schema; ``partial``: as a part of
+    one (no key required), as a template or an experiment entry before :func:`merge_layers`.
+
+    Raises :class:`ConfigError` with ``where.key.path: value: reason``."""
+    schema = read_yaml(root / "workflow" / "schemas" / f"{schema_name}.schema.yaml")
+    definitions = copy.deepcopy(schema["$defs"])
+    if partial:
+        definitions = _without_required(definitions)
+        definitions[definition]["properties"].update(schema["$defs"]["entry"]["properties"])
+    wrapper = {"$ref": f"#/$defs/{definition}", "$defs": definitions}
+    validator = jsonschema.Draft202012Validator(wrapper)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is None:
+        return
+    key = ".".join([where, *(str(part) for part in error.absolute_path)])
+    raise ConfigError(f"{key}: {error.instance!r}: {error.message}")
+
+
+def _without_required(schema: Any) -> Any:
+    """The schema with every ``required`` list dropped (a key named "required" under
+    ``properties`` is kept)."""
+    if isinstance(schema, list):
+        return [_without_required(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: _without_required(value)
+        for key, value in schema.items()
+        if key != "required" or not isinstance(value, list)
+    }
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +150,119 @@ def scaled_optim(optim: dict[str, Any], override: dict[str, Any]) -> dict[str, A
     return scaled
 
 
+# -- templates: each value of an experiment and its source stated once ---------------------------
+ENTRY_KEYS = ("extends", "matrix", "value_sources")
+"""Keys of a template or experiment entry that are not values of the run."""
+DESCRIPTIVE_KEYS = ("source", "optional")
+"""Keys of an experiment that describe it rather than set its recipe (they need no source)."""
+PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+"""``{molecule}``: a matrix variable in an experiment's name, template names and strings."""
+
+
+def substitute(value: Any, variables: dict[str, str]) -> Any:
+    """``value`` with each ``{name}`` of ``variables`` replaced in every string it holds."""
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda match: variables.get(match[1], match[0]), value)
+    if isinstance(value, dict):
+        return {key: substitute(item, variables) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute(item, variables) for item in value]
+    return value
+
+
+def leaf_paths(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of the values in a nested mapping: the leaves of each mapping (an empty one
+    has none); anything else (a number, a list, null) is a value."""
+    paths: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            paths += leaf_paths(value, f"{prefix}{key}.")
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def covers(source_key: str, path: str) -> bool:
+    """A source stated for ``source_key`` applies to the value at ``path``: the same key, or a
+    mapping above it (a source of ``optim.normalizer`` covers ``optim.normalizer.energy_std``)."""
+    return path == source_key or path.startswith(source_key + ".")
+
+
+def merge_layers(layers: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """An experiment and the sources of its values from its layers (the templates it extends,
+    then its own entry), each merged over the ones before (dens.config.deep_merge: mappings key
+    by key; a null, a number or a list replaces). A source belongs to the layer that set the
+    value: a layer that sets a value drops every earlier source of it (of a mapping above it
+    too, as that one no longer covers every value below it), then adds its own
+    ``value_sources``, so that a value changed without a new source has none."""
+    experiment: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer in layers:
+        values = {key: value for key, value in layer.items() if key not in ENTRY_KEYS}
+        for path in leaf_paths(values):
+            for key in [k for k in sources if covers(k, path) or covers(path, k)]:
+                del sources[key]
+        experiment = deep_merge(experiment, values)
+        sources.update(layer.get("value_sources", {}))
+    return experiment, sources
+
+
+def _layers(
+    entry: dict[str, Any],
+    templates: dict[str, dict[str, Any]],
+    variables: dict[str, str],
+    chain: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """The templates ``entry`` extends (each after the ones it extends, in ``extends`` order) and
+    then ``entry`` itself, with the matrix ``variables`` substituted; ``chain`` names the entry
+    and the templates that led to it (a cycle is refused)."""
+    layers: list[dict[str, Any]] = []
+    for parent in entry.get("extends", []):
+        name = substitute(parent, variables)
+        if name not in templates:
+            raise ConfigError(f"{chain[0]}: extends: {_unknown('template', name, templates)}")
+        if f"templates.{name}" in chain:
+            cycle = " -> ".join([*chain, f"templates.{name}"])
+            raise ConfigError(f"{chain[0]}: extends: a cycle of templates: {cycle}")
+        layers += _layers(templates[name], templates, variables, (*chain, f"templates.{name}"))
+    layers.append(substitute(entry, variables))
+    return layers
+
+
+def expand_experiments(
+    entries: dict[str, dict[str, Any]], templates: dict[str, dict[str, Any]], source: str
+) -> dict[str, dict[str, Any]]:
+    """The experiments of an experiment file: each entry merged over the templates it
+    ``extends`` (:func:`merge_layers`), its sources as ``value_sources``; an entry with a
+    ``matrix`` ({variable: [values]}) is one experiment per combination, its name, template names
+    and strings with ``{variable}`` replaced (``md17-{molecule}/equiformer-l2`` with ``matrix:
+    {molecule: [aspirin, ...]}``)."""
+    experiments: dict[str, dict[str, Any]] = {}
+    for pattern, entry in entries.items():
+        matrix = entry.get("matrix", {})
+        for combination in itertools.product(*matrix.values()):
+            variables = dict(zip(matrix, combination, strict=True))
+            name = substitute(pattern, variables)
+            where = f"{source}: experiments.{name}"
+            layers = _layers(entry, templates, variables, (where,))
+            experiment, sources = merge_layers(layers)
+            left = PLACEHOLDER.search(str([name, experiment, sources]))
+            if left:
+                raise ConfigError(
+                    f"{where}: {left[0]!r} is not replaced: give the entry a matrix with "
+                    f"{left[1]!r} (matrix: {{{left[1]}: [...]}})"
+                )
+            for key in sources:
+                if not any(covers(key, path) for path in leaf_paths(experiment)):
+                    raise ConfigError(
+                        f"{where}: value_sources: {key!r}: the experiment has no such value"
+                    )
+            if name in experiments:
+                raise ConfigError(f"{where}: defined twice")
+            experiments[name] = {**experiment, "value_sources": sources}
+    return experiments
+
+
 @dataclass(frozen=True)
 class Registry:
     """The validated configuration of one pipeline invocation (one scale)."""
@@ -125,6 +275,9 @@ class Registry:
     datasets: dict[str, dict[str, Any]]
     model_presets: dict[str, dict[str, dict[str, Any]]]
     tables: dict[str, dict[str, Any]]
+    preset_sources: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    """config/models.yaml ``sources``: family -> preset -> argument (or "*", every other) ->
+    where the paper-scale preset's value comes from."""
 
     # -- experiments -------------------------------------------------------------------------
     def experiment(self, name: str) -> dict[str, Any]:
@@ -208,6 +361,72 @@ class Registry:
             "resources": dict(experiment["resources"]),
         }
 
+    def relax_settings(self, name: str) -> dict[str, Any] | None:
+        """The IS2RE relaxation settings of the experiment at this scale: its ``relax`` (the
+        L-BFGS settings of its official config) with the scale's ``relax`` over it (systems per
+        batch, how many systems, and a smaller step cap at the CPU scales); None for an
+        experiment without relax settings (its dataset has no relax splits)."""
+        relax = self.experiment(name).get("relax")
+        return None if relax is None else {**relax, **self.scale["relax"]}
+
+    def value_sources(self, name: str) -> dict[str, str]:
+        """Where each value of the run at this scale comes from: dotted path in
+        :meth:`resolve`'s output (``relax.*``: :meth:`relax_settings`) -> citation. Values the
+        scale sets cite the scale file; the model's hyper-parameters cite the preset's sources
+        (config/models.yaml ``sources``) or the experiment's; the rest the experiment's
+        ``value_sources`` (config/experiments.yaml). A value without a source is left out."""
+        experiment = self.experiment(name)
+        own = experiment["value_sources"]
+        resolved = self.resolve(name)
+        family = resolved["dataset_family"]
+        model = experiment["model"]
+        scale_file = f"config/scales/{self.scale_name}.yaml"
+        scale_model = self.scale["models"].get(model["family"], {})
+        scale_optim = self.scale["optim"].get(family, {})
+        derived = {"epochs_fraction": ["epochs", "decay_epochs"], "lr_factor": ["lr", "min_lr"]}
+        scaled = {k for key in scale_optim for k in derived.get(key, [key])}
+        if "epochs" in scaled:
+            scaled.add("decay_epochs")
+        switches = {
+            "attention": "model.attention",
+            "layer_norm": "model.layer_norm",
+            "force_encoding": "dens.force_encoding" if experiment["dens"] else "dens",
+            "noise_head": "dens",
+        }
+        preset = resolved["model"]["preset"]
+        from_preset = self.preset_sources.get(model["family"], {}).get(preset, {})
+
+        def own_source(path: str) -> str | None:
+            return next((own[key] for key in own if covers(key, path)), None)
+
+        def source(path: str) -> str | None:
+            section, _, key = path.partition(".")
+            argument = key.removeprefix("hyperparameters.").split(".")[0]
+            if section == "optim" and key.split(".")[0] in scaled:
+                return f"{scale_file} optim.{family}"
+            if section == "relax" and key in self.scale["relax"]:
+                return f"{scale_file} relax"
+            if path == "model.preset" and model["preset"] in scale_model.get("presets", {}):
+                return f"{scale_file} models.{model['family']}.presets"
+            if not key.startswith("hyperparameters."):
+                return own_source(path)
+            if argument in scale_model.get("overrides", {}):
+                return f"{scale_file} models.{model['family']}.overrides"
+            if argument in model.get("overrides", {}):
+                return own_source(f"model.overrides.{argument}")
+            if argument == "noise_head" and experiment["dens"]:
+                return "the dens entry: a noise head with every DeNS run (paper Sec. 3.2.3)"
+            if argument in switches:
+                return own_source(switches[argument])
+            return from_preset.get(argument, from_preset.get("*"))
+
+        values = {k: resolved[k] for k in ("dataset", "model", "optim", "dens", "resources")}
+        relax = self.relax_settings(name)
+        if relax is not None:
+            values["relax"] = relax
+        found = {path: source(path) for path in leaf_paths(values)}
+        return {path: text for path, text in found.items() if text}
+
     def preset(self, family: str, preset: str) -> dict[str, Any]:
         presets = self.model_presets.get(family)
         if presets is None:
@@ -289,24 +508,49 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
 
     experiments: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}  # experiment -> the file that defines it
+    templates: dict[str, dict[str, Any]] = {}  # of every file so far: later files extend them
     files = [config_dir / "experiments.yaml"] + [Path(p) for p in options["extra_experiments"]]
     for path in files:
         source = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         document = read_yaml(path if path.is_absolute() else root / path)
         validate(document, "experiments", source, root)
-        for name, experiment in document["experiments"].items():
+        for kind in ("templates", "experiments"):
+            for name, entry in document.get(kind, {}).items():
+                validate_part(
+                    entry,
+                    "experiments",
+                    "experiment",
+                    f"{source}: {kind}.{name}",
+                    root,
+                    partial=True,
+                )
+        for name, template in document.get("templates", {}).items():
+            if name in templates:
+                raise ConfigError(f"{source}: templates.{name}: defined twice")
+            templates[name] = template
+        for name, experiment in expand_experiments(
+            document["experiments"], templates, source
+        ).items():
             if name in experiments:
                 raise ConfigError(f"{source}: experiments.{name}: defined twice")
+            where = f"{source}: experiments.{name}"
+            validate_part(experiment, "experiments", "experiment", where, root)
             if experiment["dataset"] not in datasets:
                 raise ConfigError(
-                    f"{source}: experiments.{name}.dataset: {experiment['dataset']!r}: "
+                    f"{where}.dataset: {experiment['dataset']!r}: "
                     f"{_unknown('dataset', experiment['dataset'], datasets)}"
+                )
+            if datasets[experiment["dataset"]]["splits"].get("relax") and "relax" not in experiment:
+                raise ConfigError(
+                    f"{where}: no relax settings (relax.max_steps, fmax, maxstep, memory, "
+                    f"damping, alpha), which its dataset's relax splits need"
                 )
             experiments[name] = experiment
             sources[name] = source
 
     model_presets = read_yaml(config_dir / "models.yaml")
     validate(model_presets, "models", "config/models.yaml", root)
+    preset_sources = model_presets.pop("sources", {})
     check_model_overrides(
         model_presets, scale, str(scale_path.relative_to(root)), experiments, sources
     )
@@ -323,6 +567,7 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
         datasets=datasets,
         model_presets=model_presets,
         tables=tables_doc["tables"],
+        preset_sources=preset_sources,
     )
     for name in experiments:
         try:

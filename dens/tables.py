@@ -35,7 +35,7 @@ appear only as ``paper``. Rows the paper cites from other work carry paper numbe
   Settings tables (kind ``settings``: 7, 8, 9) have one line per (hyper-parameter, column):
   ``row``, ``key`` (path in the resolved experiment), ``column``, ``experiment``, ``ours`` (the
   value configured at this scale, numeric where numeric), ``paper``, ``source`` (where the
-  paper-scale value comes from: the experiment's ``value_sources``) and ``scale``.
+  value comes from: dens.config.Registry.value_sources) and ``scale``.
 
 ``<name>.md`` and ``<name>.tex`` (booktabs): for reading. Each method takes two lines, ``ours
 (<scale>)`` and ``paper`` under it (cited rows: one ``paper (cited)`` line); MD17 tables have the
@@ -666,10 +666,11 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
 
 def _settings_table(registry: Registry, table: dict[str, Any]) -> Table:
     """Configured values at this scale beside the paper's, per hyper-parameter and column; where
-    the configured paper-scale values come from (the experiments' ``value_sources``) in the CSV
+    the configured values come from (dens.config.Registry.value_sources) in the CSV
     and, per hyper-parameter, in a footnote (the column name written as <column>)."""
     scale = registry.scale_name
     resolved = [registry.resolve(column["experiment"]) for column in table["columns"]]
+    run_sources = [registry.value_sources(column["experiment"]) for column in table["columns"]]
     records: list[dict[str, Any]] = []
     names = [column["name"] for column in table["columns"]]
     part = _part([table.get("row_header", "hyper-parameter")], [], names, [""] * len(names), "c")
@@ -679,8 +680,7 @@ def _settings_table(registry: Registry, table: dict[str, Any]) -> Table:
         for index, (column, run) in enumerate(zip(table["columns"], resolved, strict=True)):
             ours = _lookup(run, row["key"])
             paper = row["paper"][index] if index < len(row["paper"]) else None
-            value_sources = registry.experiment(column["experiment"]).get("value_sources", {})
-            source = value_sources.get(row["key"], "")
+            source = run_sources[index].get(row["key"], "")
             records.append(
                 {
                     "row": row["label"],

@@ -46,6 +46,20 @@ def test_experiments_lists_every_run(capsys: pytest.CaptureFixture[str]) -> None
     assert len(capsys.readouterr().out.strip().splitlines()) == 104
 
 
+def test_sources_lists_each_value_with_its_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sources", "md17-toluene/equiformer-l2-dens"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# md17-toluene/equiformer-l2-dens at scale paper: Table 4")
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in lines[1:]}
+    assert rows["dens.sigma"] == ["0.025", rows["dens.sigma"][1]]
+    assert "se_l2/target@toluene.sh DENOISING_POS_STD" in rows["dens.sigma"][1]
+    assert "model.hyperparameters.irreps_head" in rows and "relax.max_steps" not in rows
+    assert all(source != "NO SOURCE" for _, source in rows.values())
+    assert main(["sources", "oc22/eqv2-dens-127m", "--scale", "smoke"]) == 0
+    rows = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert rows["relax.max_steps"] == "20\tconfig/scales/smoke.yaml relax"
+
+
 def test_paper_scale_oc_preparation_without_archives_is_one_line(
     tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -133,10 +133,24 @@ def test_unknown_experiment_is_refused_with_close_matches() -> None:
 
 
 def _break(root: Path, experiment: str, section: str, key: str, value: object) -> None:
+    """Set ``section.key`` of one experiment: an entry of its own that extends the entry of its
+    variant (config/experiments.yaml writes the MD17 runs as one entry per variant)."""
     path = root / "config" / "experiments.yaml"
     document = yaml.safe_load(path.read_text())
-    document["experiments"][experiment][section][key] = value
-    path.write_text(yaml.safe_dump(document))
+    dataset, variant = experiment.split("/")
+    pattern = f"md17-{{molecule}}/{variant}"
+    entry = document["experiments"][pattern]
+    template = f"test/{variant}"
+    document["templates"][template] = {k: v for k, v in entry.items() if k != "matrix"}
+    others = [m for m in entry["matrix"]["molecule"] if m != dataset.removeprefix("md17-")]
+    entry["matrix"] = {"molecule": others}  # a list of its own: the file shares one (anchor)
+    molecule = {"molecule": [dataset.removeprefix("md17-")]}
+    document["experiments"][experiment] = {
+        "matrix": molecule,
+        "extends": [template],
+        section: {key: value},
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 @pytest.mark.parametrize(
@@ -304,3 +318,167 @@ def test_md17_runs_train_in_float32_and_oc_runs_in_mixed_precision_on_gpus() -> 
             optim = registry.resolve(name)["optim"]
             recipe = bool(optim.get("mixed_precision", True))
             assert use_mixed_precision(None, cuda, recipe) is (not name.startswith("md17-")), name
+
+
+# -- templates: each value and its source stated once ---------------------------------------------
+def test_layers_merge_in_order_and_a_source_belongs_to_the_layer_that_set_the_value() -> None:
+    """Later layers win (mappings key by key, null replaces); a value changed without a new
+    source loses the old one (it would cite a file that says otherwise); a layer may cite a
+    value set before it (the MD17 script templates cite their per-molecule values)."""
+    from dens.config import merge_layers
+
+    family = {
+        "optim": {"lr": 1.0, "epochs": 10},
+        "dens": {"p": 0.5, "sigma": 0.1},
+        "value_sources": {"optim.lr": "family lr", "optim.epochs": "family epochs", "dens": "d"},
+    }
+    variant = {"optim": {"lr": 2.0}, "dens": None, "value_sources": {"dens": "no DeNS"}}
+    experiment, sources = merge_layers([family, variant])
+    assert experiment == {"optim": {"lr": 2.0, "epochs": 10}, "dens": None}
+    assert sources == {"optim.epochs": "family epochs", "dens": "no DeNS"}
+    _, sources = merge_layers([{"optim": {"lr": 3.0}}, {"value_sources": {"optim.lr": "late"}}])
+    assert sources == {"optim.lr": "late"}
+    # a source of a mapping covers its values until one of them changes
+    normalizer = {
+        "optim": {"normalizer": {"a": 1, "b": 2}},
+        "value_sources": {"optim.normalizer": "x"},
+    }
+    assert merge_layers([normalizer])[1] == {"optim.normalizer": "x"}
+    assert merge_layers([normalizer, {"optim": {"normalizer": {"b": 3}}}])[1] == {}
+
+
+def test_matrix_extends_and_placeholders(tmp_path: Path) -> None:
+    from dens.config import expand_experiments
+
+    templates = {
+        "base": {"optim": {"epochs": 5}, "value_sources": {"optim.lr": "script@{molecule}"}},
+        "lr@a": {"optim": {"lr": 1.0}},
+        "lr@b": {"optim": {"lr": 2.0}},
+        "script": {"extends": ["lr@{molecule}", "base"]},
+    }
+    entries = {"m-{molecule}/run": {"matrix": {"molecule": ["a", "b"]}, "extends": ["script"]}}
+    expanded = expand_experiments(entries, templates, "file")
+    assert list(expanded) == ["m-a/run", "m-b/run"]
+    assert expanded["m-b/run"] == {
+        "optim": {"lr": 2.0, "epochs": 5},
+        "value_sources": {"optim.lr": "script@b"},
+    }
+    with pytest.raises(ConfigError, match=r"'\{molecule\}' is not replaced"):
+        expand_experiments({"m/run": {"source": "{molecule}"}}, templates, "file")
+    with pytest.raises(ConfigError, match=r"extends: unknown template 'nope'"):
+        expand_experiments({"m/run": {"extends": ["nope"]}}, templates, "file")
+    with pytest.raises(ConfigError, match="a cycle of templates"):
+        expand_experiments({"m/run": {"extends": ["x"]}}, {"x": {"extends": ["x"]}}, "file")
+    with pytest.raises(ConfigError, match=r"value_sources: 'optim\.lr': the experiment has no"):
+        expand_experiments({"m/run": {"value_sources": {"optim.lr": "s"}}}, {}, "file")
+
+
+def test_a_typo_in_a_template_names_the_template(pipeline_copy: Path) -> None:
+    path = pipeline_copy / "config" / "experiments.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["templates"]["oc/dens"]["dens"]["sigmaa"] = 0.1
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"templates\.oc/dens\.dens: .*'sigmaa' was unexpected"):
+        load_registry({"scale": "mini"}, root=pipeline_copy)
+
+
+def test_every_paper_scale_value_has_a_source() -> None:
+    """Each model, optimiser, DeNS, relaxation and resource value of every experiment at the
+    paper scale cites the official file (and line) or the paper's table it comes from."""
+    from dens.config import leaf_paths
+
+    registry = load_registry({"scale": "paper"})
+    missing = []
+    for name in registry.experiments:
+        resolved = registry.resolve(name)
+        values = {k: resolved[k] for k in ("dataset", "model", "optim", "dens", "resources")}
+        if registry.relax_settings(name) is not None:
+            values["relax"] = registry.relax_settings(name)
+        sources = registry.value_sources(name)
+        missing += [f"{name}: {path}" for path in leaf_paths(values) if path not in sources]
+    assert not missing, missing[:20]
+
+
+def test_sources_cite_the_molecule_the_scale_and_the_preset() -> None:
+    paper = load_registry({"scale": "paper"})
+    toluene = paper.value_sources("md17-toluene/equiformer-l2-dens")
+    assert "se_l2/target@toluene.sh DENOISING_POS_STD" in toluene["dens.sigma"]
+    assert "graph_attention_transformer_md17.py:48" in toluene["model.hyperparameters.avg_degree"]
+    oc22 = paper.value_sources("oc22/eqv2-dens-127m")
+    assert "std@0.15.yml:170" in oc22["optim.grad_clip_norm"]
+    assert "std@0.15.yml:43-52" in oc22["relax.max_steps"]
+    assert oc22["relax.batch_size"] == "config/scales/paper.yaml relax"
+    mini = load_registry({"scale": "mini"}).value_sources("oc22/eqv2-dens-127m")
+    assert mini["optim.lr"] == mini["optim.epochs"] == "config/scales/mini.yaml optim.oc22"
+    assert mini["model.preset"] == "config/scales/mini.yaml models.equiformer_v2.presets"
+    assert mini["optim.weight_decay"] == oc22["optim.weight_decay"]
+    e30 = paper.value_sources("oc20-2m/eqv2-dens-e30")["dens.sigma"]
+    assert "0.15" in e30 and "body says 0.1" in e30 and "issue 22" in e30
+
+
+def test_sample_of_resolved_experiments() -> None:
+    """A few runs resolved in full, one per family of templates (values of the official files)."""
+    paper = load_registry({"scale": "paper"})
+    e12 = paper.resolve("oc20-2m/eqv2-dens-e12")
+    expected = {
+        "lr": 0.0002,
+        "min_lr": 2.0e-06,
+        "epochs": 12,
+        "batch_size": 64,
+        "warmup_epochs": 0.1,
+        "warmup_start_factor": 0.2,
+        "energy_coefficient": 2,
+        "force_coefficient": 100,
+        "grad_clip_norm": 100,
+        "weight_decay": 0.001,
+        "lr_schedule": "cosine_total",
+    }
+    assert {key: e12["optim"][key] for key in expected} == expected
+    assert e12["dens"]["sigma"] == 0.1 and e12["dens"]["force_encoding_units"] == "eV/Å"
+    assert e12["model"]["hyperparameters"]["drop_path_rate"] == 0.05
+    all_md = paper.resolve("oc20-all-md/eqv2-dens-160m")
+    assert (all_md["optim"]["energy_coefficient"], all_md["optim"]["warmup_epochs"]) == (4, 0.01)
+    assert (all_md["dens"]["p"], all_md["dens"]["corruption_ratio"]) == (0.125, 0.25)
+    assert all_md["dens"]["coefficient"] == 15 and all_md["optim"]["epochs"] == 2
+    oc22 = paper.resolve("oc22/eqv2-122m")
+    assert (oc22["optim"]["grad_clip_norm"], oc22["optim"]["energy_coefficient"]) == (50, 4)
+    assert oc22["dens"] is None and oc22["optim"]["energy_reference"] == "linear"
+    escn = paper.resolve("oc20-2m/escn-dens-e20")
+    assert escn["optim"]["amsgrad"] and escn["optim"]["decay_epochs"] == [11.7, 15, 18.3]
+    assert escn["optim"]["weight_decay"] == 0.01 and escn["dens"]["sigma"] == 0.15
+    l3 = paper.resolve("md17-benzene/equiformer-l3-dens")
+    assert (l3["optim"]["epochs"], l3["optim"]["batch_size"], l3["optim"]["lr"]) == (1500, 8, 1e-4)
+    naphthalene = paper.resolve("md17-naphthalene/equiformer-l2-dens")["optim"]
+    assert (naphthalene["energy_coefficient"], naphthalene["force_coefficient"]) == (2, 20)
+
+
+def test_relaxation_settings_per_experiment_under_the_scale() -> None:
+    """All+MD and OC22 relax as their official configs list (300 steps, maxstep 0.2, damping
+    1.2, alpha 80), not with the 2M settings; the scale sets batches and caps the steps."""
+    paper = load_registry({"scale": "paper"})
+    for name in ("oc20-all-md/eqv2-dens-160m", "oc22/eqv2-dens-127m", "oc22/eqv2-122m"):
+        assert paper.relax_settings(name) == {
+            "max_steps": 300,
+            "fmax": 0.02,
+            "maxstep": 0.2,
+            "memory": 50,
+            "damping": 1.2,
+            "alpha": 80.0,
+            "batch_size": 32,
+            "max_systems": None,
+        }
+    assert paper.relax_settings("md17-aspirin/equiformer-l2") is None
+    smoke = load_registry({"scale": "smoke"}).relax_settings("oc22/eqv2-dens-127m")
+    assert smoke["max_steps"] == 20 and smoke["damping"] == 1.2
+
+
+def test_an_experiment_of_a_dataset_with_relax_splits_needs_relax_settings(
+    pipeline_copy: Path,
+) -> None:
+    path = pipeline_copy / "config" / "experiments.yaml"
+    document = yaml.safe_load(path.read_text())
+    del document["templates"]["oc22/eqv2"]["relax"]
+    del document["templates"]["oc22/eqv2"]["value_sources"]["relax"]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"experiments\.oc22/eqv2-122m: no relax settings"):
+        load_registry({"scale": "mini"}, root=pipeline_copy)

@@ -1,6 +1,7 @@
 # Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
 # with a trained run's model (no noise, no force input), a batch of systems at a time with the
-# batched L-BFGS (config/scales/*.yaml `relax`), and score the relaxed energies or write the
+# batched L-BFGS (the experiment's `relax` settings in config/experiments.yaml under the scale's
+# `relax`: dens.config.Registry.relax_settings), and score the relaxed energies or write the
 # evaluation server's file (dens.relaxation.is2re). A killed job resumes when run again: the
 # systems it finished (relax/systems.jsonl) are not relaxed again. With max_job_hours set (the
 # Slurm profile) a job stops before its limit and requeues itself (dens.slurm); its log keeps
@@ -17,7 +18,9 @@ rule relax:
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
-        relax=json.dumps(REGISTRY.scale["relax"], sort_keys=True),
+        relax=lambda wildcards: json.dumps(
+            REGISTRY.relax_settings(wildcards.experiment), sort_keys=True
+        ),
         continuation=continuation_option,
         unless_requeued=UNLESS_REQUEUED,
     log:
