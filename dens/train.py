@@ -6,7 +6,7 @@ One explicit loop, read top to bottom in `train`:
     for each epoch:                       (order: a permutation seeded by (seed, epoch))
         train_epoch: lambda_DeNS <- dens_coefficient (constant, or MD17's linear decay, per
                      epoch as the official MD17 code); for each batch:
-            lr <- linear warm-up then cosine decay, per step (`learning_rate`)
+            lr <- warm-up then cosine decay, per step or per epoch (`learning_rate`)
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
@@ -205,7 +205,9 @@ class TrainResult:
 
 
 def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> float:
-    """LR of optimiser step `step` (0-based), per step: f(step + 1) with t = steps completed,
+    """LR of optimiser step `step` (0-based). ``lr_schedule: cosine_epoch_timm`` (the official
+    MD17 code) is constant within an epoch: `timm_cosine_lr` of epoch step // steps_per_epoch.
+    The others are per step: f(step + 1) with t = steps completed,
     W = round(warmup_epochs * steps_per_epoch), T = epochs * steps_per_epoch, s =
     ``warmup_start_factor`` (default 0):
 
@@ -213,13 +215,16 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
         f(t) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi * p))          for t > W,
 
     with p = (t - W) / (T - W) for ``lr_schedule: cosine`` (the cosine starts after the warm-up
-    and reaches min_lr at the last step; timm, the official MD17 code) or p = t / T for
-    ``cosine_total`` (the cosine runs over all steps and the warm-up replaces its start: fairchem
-    1.x ``CosineLRLambda``, the official OC20/OC22 configs with warmup_factor 0.2 and
-    lr_min_factor 0.01). ``multistep`` (fairchem 1.x ``multistep_lr_lambda``, the official eSCN
-    and DeNS eSCN configs; min_lr unused) after the warm-up is
+    and reaches min_lr at the last step; a per-step variant of timm's, not the official MD17
+    one) or p = t / T for ``cosine_total`` (the cosine runs over all steps and the warm-up
+    replaces its start: fairchem 1.x ``CosineLRLambda``, the official OC20/OC22 configs with
+    warmup_factor 0.2 and lr_min_factor 0.01). ``multistep`` (fairchem 1.x
+    ``multistep_lr_lambda``, the official eSCN and DeNS eSCN configs; min_lr unused) after the
+    warm-up is
 
         f(t) = lr * decay_rate^k,   k = |{d in decay_epochs: int(d * steps_per_epoch) <= t}|."""
+    if optim.get("lr_schedule", "cosine") == "cosine_epoch_timm":
+        return timm_cosine_lr(step // steps_per_epoch, optim)
     lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
     warmup = round(float(optim["warmup_epochs"]) * steps_per_epoch)
     total = int(optim["epochs"]) * steps_per_epoch
@@ -235,6 +240,35 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
     else:
         progress = (done - warmup) / max(total - warmup, 1)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def timm_cosine_lr(epoch: int, optim: Mapping[str, Any]) -> float:
+    """LR of (0-based) ``epoch`` under ``lr_schedule: cosine_epoch_timm``: timm 0.4.12's
+    ``CosineLRScheduler`` as the official MD17 code builds and steps it (atomicarchitects/
+    equiformer 64cb7866, pinned timm==0.4.12 in env/env_equiformer.yml:376). main_md17.py:196 /
+    main_md17_dens.py:198 call ``create_scheduler(args, optimizer)`` (timm
+    scheduler/scheduler_factory.py:25-40: t_initial = epochs, lr_min = --min-lr, warmup_t =
+    --warmup-epochs, warmup_lr_init = --warmup-lr, cycle_limit 1, t_in_epochs, no noise) and
+    main_md17.py:229 / main_md17_dens.py:236 call ``lr_scheduler.step(epoch)`` once before each
+    epoch's training, so every step of the epoch trains at (cosine_lr.py:68-95, warmup_prefix
+    False: the cosine is of the epoch itself, not of the epochs after the warm-up)
+
+        lr(e) = warmup_lr + e * (lr - warmup_lr) / warmup_epochs               for e < warmup_epochs
+        lr(e) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi * e / epochs))       for e < epochs
+        lr(e) = min_lr                              for e >= epochs (past the one cycle)
+
+    in timm's order of operations, so the values are timm's to the last bit. The official
+    defaults: --warmup-lr 1e-6, --min-lr 1e-6, --warmup-epochs 10 (main_md17.py:73-81,
+    main_md17_dens.py:83-91); --decay-rate only scales later cycles, which a run never
+    reaches (its loop is ``range(args.epochs)``)."""
+    lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
+    warmup_epochs, warmup_lr = float(optim["warmup_epochs"]), float(optim["warmup_lr"])
+    epochs = int(optim["epochs"])
+    if epoch < warmup_epochs:
+        return warmup_lr + epoch * ((lr - warmup_lr) / warmup_epochs)
+    if epoch >= epochs:
+        return min_lr
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
 
 
 def weight_decay_exempt(model: nn.Module) -> set[str]:
@@ -562,13 +596,21 @@ class Schedule:
     def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
         """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
         schedule = optim.get("lr_schedule", "cosine")
-        if schedule not in ("cosine", "cosine_total", "multistep"):
+        if schedule not in ("cosine", "cosine_total", "multistep", "cosine_epoch_timm"):
             raise ValueError(
-                "optim.lr_schedule must be 'cosine', 'cosine_total' or 'multistep', "
-                f"got {optim['lr_schedule']!r}"
+                "optim.lr_schedule must be 'cosine', 'cosine_total', 'multistep' or "
+                f"'cosine_epoch_timm', got {optim['lr_schedule']!r}"
             )
         if schedule == "multistep" and ("decay_epochs" not in optim or "decay_rate" not in optim):
             raise ConfigError("optim.lr_schedule 'multistep' needs decay_epochs and decay_rate")
+        if schedule == "cosine_epoch_timm" and "warmup_lr" not in optim:
+            raise ConfigError("optim.lr_schedule 'cosine_epoch_timm' needs warmup_lr")
+        if schedule == "cosine_epoch_timm" and math.ceil(optim["warmup_epochs"]) >= optim["epochs"]:
+            raise ConfigError(
+                f"optim.lr_schedule 'cosine_epoch_timm' sets the lr per epoch: with "
+                f"warmup_epochs {optim['warmup_epochs']} every one of the {optim['epochs']} "
+                "epochs trains at a warm-up lr (warmup_epochs 0 starts at lr)"
+            )
         batch_size = int(optim["batch_size"])
         if batch_size % processes:
             raise ConfigError(

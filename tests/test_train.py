@@ -7,6 +7,7 @@ and a linear-reference file; the weight-decay groups of the official trainers.""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -479,6 +480,114 @@ def test_learning_rate_multistep_as_fairchem_multistep_lr_lambda():
         Schedule.of({**incomplete, "batch_size": 4}, train_size=8)
 
 
+LR_REFERENCE = Path(__file__).parent / "fixtures" / "lr_schedule" / "reference_lrs.json"
+
+
+def timm_cosine_written_out(
+    epoch: int, lr: float, min_lr: float, warmup_lr: float, warmup_t: float, t_initial: int
+) -> float:
+    """timm 0.4.12 CosineLRScheduler._get_lr (scheduler/cosine_lr.py:62-95) as create_scheduler
+    builds it (scheduler_factory.py:25-40: t_mul 1, cycle_limit 1, warmup_prefix False), for
+    the value that Scheduler.step(epoch) (scheduler.py:67-72) puts in every parameter group."""
+    if epoch < warmup_t:
+        return warmup_lr + epoch * (lr - warmup_lr) / warmup_t
+    cycle = epoch // t_initial
+    if cycle >= 1:  # cycle_limit 1: after the first cycle, lr_min
+        return min_lr
+    t_curr = epoch - t_initial * cycle
+    return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * t_curr / t_initial)) / 2
+
+
+def test_learning_rate_cosine_epoch_timm_as_timm_cosine_scheduler_per_epoch():
+    """The official MD17 code steps timm's cosine scheduler once per epoch (main_md17_dens.py:236
+    ``lr_scheduler.step(epoch)``): the lr is constant within an epoch, the warm-up starts at
+    warmup_lr (not 0), and the cosine is of the epoch itself (at the end of the warm-up it is
+    already below lr). The per-step ``cosine`` schedule fails every one of these checks."""
+    optim = {
+        "lr": 5e-4,
+        "min_lr": 1e-6,
+        "warmup_lr": 1e-6,
+        "warmup_epochs": 10,
+        "epochs": 40,
+        "lr_schedule": "cosine_epoch_timm",
+    }
+    steps = 7
+    lrs = [learning_rate(s, optim, steps_per_epoch=steps) for s in range(42 * steps)]
+    for step, value in enumerate(lrs):
+        expected = timm_cosine_written_out(step // steps, 5e-4, 1e-6, 1e-6, 10, 40)
+        assert value == pytest.approx(expected, rel=1e-14, abs=0), step
+    assert lrs[0] == 1e-6 and lrs[steps - 1] == 1e-6
+    assert lrs[9 * steps] == pytest.approx(1e-6 + 9 * (5e-4 - 1e-6) / 10)
+    assert lrs[10 * steps] < 5e-4 and lrs[10 * steps] > lrs[11 * steps]
+    assert lrs[39 * steps] > 1e-6 and lrs[40 * steps :] == [1e-6] * (2 * steps)
+    with pytest.raises(ConfigError, match="'cosine_epoch_timm' needs warmup_lr"):
+        no_warmup_lr = {k: v for k, v in optim.items() if k != "warmup_lr"}
+        Schedule.of({**no_warmup_lr, "batch_size": 4}, train_size=8)
+    with pytest.raises(ConfigError, match="every one of the 1 epochs trains at a warm-up lr"):
+        Schedule.of({**optim, "epochs": 1, "warmup_epochs": 0.1, "batch_size": 4}, train_size=8)
+    assert Schedule.of({**optim, "epochs": 1, "warmup_epochs": 0, "batch_size": 4}, 8).epochs == 1
+
+
+def test_learning_rate_cosine_epoch_timm_equals_the_official_md17_runs():
+    """tests/fixtures/lr_schedule: the lr of every epoch of each of the 32 official MD17 scripts,
+    set by the official code (its argument parser, create_optimizer, timm 0.4.12's
+    create_scheduler, ``lr_scheduler.step(epoch)`` per epoch). Our lr at the first and the last
+    step of each epoch (the script's steps per epoch, drop_last) equals it to the last bit."""
+    reference = json.loads(LR_REFERENCE.read_text())
+    assert len(reference["scripts"]) == 32
+    worst = 0.0
+    for script in reference["scripts"].values():
+        schedule = reference["schedules"][script["schedule"]]
+        args, epoch_lrs = schedule["args"], schedule["lrs"]
+        assert (args["warmup_lr"], args["min_lr"], args["warmup_epochs"]) == (1e-6, 1e-6, 10)
+        optim = {key: args[key] for key in ("lr", "min_lr", "warmup_lr", "warmup_epochs")}
+        optim |= {"epochs": args["epochs"], "lr_schedule": "cosine_epoch_timm"}
+        steps = script["steps_per_epoch"]
+        assert len(epoch_lrs) == args["epochs"]
+        for epoch, expected in enumerate(epoch_lrs):
+            for step in (epoch * steps, (epoch + 1) * steps - 1):
+                value = learning_rate(step, optim, steps_per_epoch=steps)
+                worst = max(worst, abs(value - expected) / expected)
+    assert worst == 0.0
+
+
+def test_cosine_epoch_timm_run_trains_each_epoch_at_its_lr_and_resumes_mid_epoch(data, tmp_path):
+    """The engine trains each epoch at timm's lr of that epoch (log.csv's lr column, and the lr
+    AdamW holds in a last.pt saved mid-epoch); a run stopped mid-epoch resumes on the same
+    schedule (the lr is a function of the global step) and ends as the run without a stop."""
+    experiment = toy_experiment(
+        dens=False,
+        epochs=3,
+        lr=3e-2,
+        min_lr=1e-5,
+        lr_schedule="cosine_epoch_timm",
+        warmup_epochs=1,
+        warmup_lr=1e-4,
+    )
+    train_set, val_set = data
+    straight = tmp_path / "straight"
+    train(experiment, train_set, val_set, straight, build_toy_model, progress=False)
+    expected = [timm_cosine_written_out(e, 3e-2, 1e-5, 1e-4, 1, 3) for e in range(3)]
+    assert [float(row["lr"]) for row in read_log(straight)] == pytest.approx(expected, rel=1e-14)
+
+    stopped = tmp_path / "stopped"
+    at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2  # SIGTERM while loading epoch 2's 4th batch
+    with pytest.raises(TrainingPreempted):
+        train(
+            experiment,
+            Interrupting(train_set, at, sigterm),
+            val_set,
+            stopped,
+            build_toy_model,
+            progress=False,
+        )
+    state = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
+    assert {group["lr"] for group in state["optimizer"]["param_groups"]} == {expected[1]}
+    train(experiment, train_set, val_set, stopped, build_toy_model, progress=False)
+    assert_same_run(straight, stopped)
+
+
 def test_amsgrad_is_an_optimizer_option():
     model = torch.nn.Linear(3, 2)
     optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01}
@@ -534,8 +643,6 @@ def test_weight_decay_groups_equal_the_official_trainers(name):
     EquiformerV2 exempts linear biases and every layer-norm parameter (``affine_weight``
     included) but decays the embeddings and ``alpha_dot``; eSCN exempts names with "embedding"
     or "bias". The old rule (1-d parameters and biases) fails both."""
-    import json
-
     reference = json.loads(REFERENCE_GROUPS.read_text())[name]
     load, path = WEIGHT_DECAY_MODELS[name]
     model = load(path)[0]
