@@ -482,3 +482,33 @@ def test_an_experiment_of_a_dataset_with_relax_splits_needs_relax_settings(
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     with pytest.raises(ConfigError, match=r"experiments\.oc22/eqv2-122m: no relax settings"):
         load_registry({"scale": "mini"}, root=pipeline_copy)
+
+
+def test_oc_runs_train_with_the_official_trainer_s_reduction_decision_and_normaliser() -> None:
+    """Every OC20/OC22 run (EquiformerV2 and eSCN): one mean over the batch's free atoms and one
+    DeNS draw per batch, as the official OC trainer (denoising_forces_trainer.py:369, 488-580);
+    MD17 keeps the per-atom batch mean and the per-structure draw of main_md17_dens.py. The
+    official normalisers at the paper scale (OC22 forces by their own std, the published linear
+    reference); the CPU scales fit their own (their EMT data have other statistics)."""
+    oc20 = {"energy_mean": -0.7554450631141663, "energy_std": 2.887317180633545}
+    oc20["force_std"] = oc20["energy_std"]
+    oc22 = {"energy_mean": 0.0, "energy_std": 25.119809935106424, "force_std": 0.14759646356105804}
+    for scale in ("paper", "mini", "smoke"):
+        registry = load_registry({"scale": scale})
+        for name in registry.experiments:
+            run = registry.resolve(name)
+            optim, dens = run["optim"], run["dens"]
+            if name.startswith("md17-"):
+                assert optim["loss_reduction"] == "atom", name
+                assert dens is None or dens["decision"] == "structure", name
+                assert "normalizer" not in optim, name
+                continue
+            assert optim["loss_reduction"] == "free_atoms", name
+            assert dens is None or dens["decision"] == "batch", name
+            official = oc22 if name.startswith("oc22/") else oc20
+            assert optim["normalizer"] == (official if scale == "paper" else None), name
+            reference = optim.get("energy_reference_file")
+            if name.startswith("oc22/") and scale == "paper":
+                assert reference == "results/downloads/oc22_linfit_coeffs.npz"
+            else:
+                assert reference is None, name

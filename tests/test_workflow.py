@@ -52,7 +52,8 @@ def test_paper_scale_dry_run_plans_every_job() -> None:
     assert counts["simulate"] == 8
     assert counts["table"] == 11  # table1a, table1b, table2 ... table10
     assert counts["prepare_md17"] == 8
-    assert counts["download_archive"] == (19 if oc else 8)  # 11 OC20/OC22 archives + 8 MD17 npz
+    # 11 OC20/OC22 archives, OC22's linear-reference file, 8 MD17 npz
+    assert counts["download_archive"] == (20 if oc else 8)
     assert counts.get("extract_archive", 0) == (11 if oc else 0)
     if oc:
         assert counts["prepare_oc20_2m"] == counts["prepare_oc20_all_md"] == 1
@@ -129,3 +130,20 @@ def test_oc_tables_need_no_run_that_cannot_exist_yet() -> None:
     assert counts.get("submission", 0) == (3 if eqv2 else 0)  # All+MD DeNS, two OC22 runs
     # Tables 1(a), 1(b), 2, 3
     assert counts.get("train", 0) == (6 + 3 + 1 + 2 if eqv2 else 0) + escn
+
+
+def test_oc22_training_jobs_read_the_published_linear_reference_at_the_paper_scale() -> None:
+    """optim.energy_reference_file (fairchem's configs/oc22/linref/oc22_linfit_coeffs.npz, as the
+    official OC22 config's lin_ref) is downloaded and given to the OC22 training jobs; at the
+    CPU scales the scale sets it null (fitted on the generated data) and no job downloads it."""
+    npz = "results/downloads/oc22_linfit_coeffs.npz"
+    target = "results/paper/runs/oc22/eqv2-dens-127m/seed0/checkpoints/best.pt"
+    result = snakemake("--profile", "profiles/slurm", target)
+    assert result.returncode == 0, result.stderr
+    train = result.stdout[result.stdout.index("train oc22/eqv2-dens-127m seed 0") :]
+    reason = train.splitlines()[1]  # the job's inputs a job before it writes
+    assert reason.startswith("Reason:") and npz in reason, train
+    assert f"python -m dens data download oc22_linfit_coeffs --out {npz}" in result.stdout
+    mini = snakemake("--profile", "profiles/local", target.replace("paper", "mini"))
+    assert mini.returncode == 0, mini.stderr
+    assert npz not in mini.stdout

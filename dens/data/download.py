@@ -589,7 +589,7 @@ def load_catalog(
             algorithm=algorithm,
             digest=digest,
             checksum_source=entry["checksum_source"],
-            dataset={dataset: tuple(splits) for dataset, splits in entry["dataset"].items()},
+            dataset={d: tuple(splits) for d, splits in entry.get("dataset", {}).items()},
             md_split=entry.get("md_split", False),
             optional=entry.get("optional", False),
         )

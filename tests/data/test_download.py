@@ -557,6 +557,8 @@ def test_archive_catalog_covers_every_paper_scale_split() -> None:
     for archive in catalog.values():
         if archive.name.startswith("md17_"):
             assert archive.digest is None and "none published" in archive.checksum_source
+        elif not archive.dataset:  # a reference file at a pinned git commit (reference_for)
+            assert archive.algorithm == "sha256" and "commit" in archive.checksum_source
         else:
             assert archive.algorithm == "md5" and len(archive.digest or "") == 32
     assert [a.name for a in catalog.values() if a.md_split] == ["oc20_s2ef_md"]

@@ -18,6 +18,7 @@ rule train:
     input:
         train=split_files("train"),
         val=lambda wildcards: split_files("val")(wildcards)[:1],
+        references=reference_files,
         **({"evaluate": split_files("evaluate")} if EVALUATE_IN_TRAIN_JOB else {}),
     output:
         checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
