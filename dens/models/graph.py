@@ -7,20 +7,40 @@ ordered pairs (src -> dst) within one structure; the edge vector points from dst
 Molecules (MD17, ``molecular_graph``): all pairs closer than the cutoff, vector
 ``pos[src] - pos[dst]``; a periodic batch is refused.
 
-Periodic cells (OC20/OC22, ``periodic_graph``; EquiformerV2 uses cutoff 12 Å with at most 20
-neighbours): src may be any periodic image of an atom, ``pos[src] + n @ cell - pos[dst]`` with
-integer offset n [3] (cell rows are the lattice vectors, ASE convention). Every image within
-the cutoff is found, as in fairchem's ``radius_graph_pbc``: along a periodic direction i,
-|n_i| <= ceil(cutoff * |b_i|), with b_i the reciprocal vector (1/|b_i| the spacing of the
-lattice planes), after wrapping the positions into the cell so that the bound holds for
-atoms outside it (the offsets are then expressed for the positions as given). Non-periodic
-directions get no images, and a batch without ``pbc`` is treated as molecules. Then each
-destination keeps at most ``max_neighbors`` nearest sources, strictly (fairchem's
-``enforce_max_neighbors_strictly=True``): equal distances keep the earlier candidate in the
-order (src index, offset in lexicographic order). With ``degeneracy_tolerance`` t (Å^2) the
-limit is fairchem's ``enforce_max_neighbors_strictly=False`` instead (the official OC22
-EquiformerV2 config): a destination with more than K candidates keeps every source whose
-squared distance is at most that of its (K+1)-th nearest plus t, so at least K+1 of them.
+Periodic cells (OC20/OC22, ``periodic_graph``; EquiformerV2 and eSCN use cutoff 12 Å with at
+most 20 neighbours): the edges of fairchem 1.x ``radius_graph_pbc`` followed by
+``get_max_neighbors_mask`` (FAIR-Chem/fairchem 31c0963, src/fairchem/core/common/utils.py
+lines 618-910, called by ``GraphModelMixin.generate_graph``, models/base.py line 122), the same
+edges in the same order, ties included:
+
+- src may be any periodic image of an atom, ``pos[src] + n @ cell - pos[dst]`` with integer
+  offset n [3] (cell rows are the lattice vectors, ASE convention), from the images
+  ``cartesian_prod(arange(-r_1, r_1 + 1), ...)`` (lexicographic) with r_i = ceil(cutoff |b_i|),
+  b_i the reciprocal vector (|b_i| = |a_j x a_k| / V), padded to the batch's largest; 0 along
+  non-periodic directions (a batch without ``pbc`` is treated as molecules). The positions are
+  not wrapped into the cell. fairchem's range holds every image within the cutoff as long as a
+  structure's atoms span less than one cell along each direction (fractional spread w_i < 1,
+  wherever they lie); beyond that fairchem misses images, and ours widens r_i to
+  floor(cutoff |b_i| + w_i), which adds exactly the images fairchem misses.
+- Candidates are ordered by dst, then src, then image; kept where 1e-4 < d^2 <= cutoff^2
+  (fairchem drops pairs closer than 0.01 Å as the same atom).
+- Selection, computed in float32 whatever the model's dtype (fairchem 1.x cannot build the
+  graph in float64: its float32 ``arange`` of images meets the cell in ``bmm``), with d^2 =
+  sum_k (pos_dst - (pos_src + shift))_k^2 and the shifts from ``bmm`` as fairchem computes them,
+  so that the squared distances are fairchem's bit for bit (under CUDA float16 autocast too,
+  where that ``bmm`` runs in float16 in both). If some atom has more than K = ``max_neighbors``
+  candidates, each atom's squared distances are laid out in a [N, max count] table padded with
+  inf and sorted along the rows with ``torch.sort`` (not stable: on equal distances the sort
+  algorithm of the device decides, as it does for fairchem); strictly
+  (``enforce_max_neighbors_strictly=True``, the OC20 configs) the first K of each row are kept.
+  With ``degeneracy_tolerance`` t (Å^2; fairchem's ``enforce_max_neighbors_strictly=False`` with
+  its default 0.01, the official OC22 EquiformerV2 config) an atom keeps every candidate with
+  d^2 <= (its (K+1)-th smallest d^2) + t, which needs no tie-breaking.
+
+Equal squared distances are common: on OC20 slabs the fixed subsurface atoms sit on lattice
+sites, and their 20th and 21st neighbours are often at the same distance (tests/fixtures/
+neighbor_ties). A stable sort on distances computed otherwise keeps other neighbours than
+fairchem, and a model trained by fairchem then gives other forces.
 """
 
 from __future__ import annotations
@@ -30,6 +50,8 @@ from torch import Tensor
 
 from dens.data.batch import Batch
 from dens.errors import NotAvailableError
+
+SAME_ATOM_D2 = 1e-4  # Å^2; fairchem's mask_not_same: closer pairs are an atom and itself
 
 
 def structure_pairs(batch: Tensor, natoms: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,58 +112,88 @@ def lattice(data: Batch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return cell, pbc
 
 
-def lattice_images(inv_cell: Tensor, pbc: Tensor, cutoff: float) -> Tensor:
-    """Integer offsets n [I, 3] (as inv_cell's dtype) of every image a structure of the batch
-    may see within ``cutoff`` once its positions are wrapped into the cell.
-
-    inv_cell: [B, 3, 3], its columns are the reciprocal vectors b_i; pbc: [B, 3]. Along
-    direction i, |n_i| <= ceil(cutoff * |b_i|) where periodic (0 elsewhere), padded to the
-    largest structure's range; I = prod_i (2 max_b r_bi + 1), lexicographic order.
-    """
-    reps = torch.ceil(cutoff * inv_cell.norm(dim=-2)) * pbc  # [B, 3]
-    ranges = [torch.arange(-r, r + 1, dtype=inv_cell.dtype) for r in reps.amax(0).tolist()]
-    return torch.cartesian_prod(*ranges).view(-1, 3).to(inv_cell.device)
-
-
-def cell_counts(pos: Tensor, inv_cell: Tensor, pbc: Tensor) -> Tensor:
-    """s [N, 3] (integer valued, pos's dtype): how many lattice vectors each atom lies away
-    from the home cell along the periodic directions (0 elsewhere), so that pos - s @ cell is
-    inside it. pos: [N, 3]; inv_cell: [N, 3, 3], pbc: [N, 3] per atom."""
-    frac = torch.bmm(pos.unsqueeze(1), inv_cell).squeeze(1)  # [N, 3] fractional coordinates
-    return torch.where(pbc, torch.floor(frac), torch.zeros_like(frac))
+def image_reach(cell: Tensor, pbc: Tensor, cutoff: float) -> Tensor:
+    """cutoff |b_i| [B, 3] (0 where not periodic): how many lattice planes along direction i
+    the cutoff spans, with |b_i| = |a_j x a_k| / (a_1 . a_2 x a_3) as fairchem computes it
+    (cell: [B, 3, 3] float32 rows a_i; pbc: [B, 3])."""
+    a1, a2, a3 = cell.unbind(1)
+    cross = (
+        torch.linalg.cross(a2, a3, dim=-1),
+        torch.linalg.cross(a3, a1, dim=-1),
+        torch.linalg.cross(a1, a2, dim=-1),
+    )
+    volume = torch.sum(a1 * cross[0], dim=-1, keepdim=True)
+    reach = torch.stack([cutoff * torch.norm(c / volume, dim=-1) for c in cross], dim=-1)
+    return torch.where(pbc, reach, torch.zeros_like(reach))
 
 
-def image_distance_sq(r: Tensor, shifts: Tensor, pair_graph: Tensor) -> Tensor:
-    """|r_p + shift_{g(p), i}|^2 [P, I] for pair vectors r [P, 3] and the Cartesian image
-    shifts [B, I, 3] of each pair's structure g(p) = pair_graph [P]; one [P, I] slice per axis
-    (peak memory a few P x I floats, never P x I x 3)."""
-    d2 = torch.zeros(r.shape[0], shifts.shape[1], dtype=r.dtype, device=r.device)
+def fractional_spread(pos: Tensor, cell: Tensor, batch: Tensor) -> Tensor:
+    """w [B, 3]: max - min over each structure's atoms of their fractional coordinates
+    (pos: [N, 3]; cell: [B, 3, 3]; batch: [N]), in float64."""
+    inv = torch.linalg.inv(cell.double()).index_select(0, batch)
+    frac = torch.bmm(pos.double().unsqueeze(1), inv).squeeze(1)  # [N, 3]
+    index = batch[:, None].expand(-1, 3)
+    num_graphs = cell.shape[0]
+    high = frac.new_full((num_graphs, 3), -torch.inf).scatter_reduce(0, index, frac, "amax")
+    low = frac.new_full((num_graphs, 3), torch.inf).scatter_reduce(0, index, frac, "amin")
+    return (high - low).clamp(min=0.0)
+
+
+def lattice_images(reach: Tensor, spread: Tensor) -> Tensor:
+    """Integer offsets n [I, 3] (float32, lexicographic) of every image any structure of the
+    batch may see: |n_i| <= r_i = ceil(reach_i) (fairchem's range), widened to
+    floor(reach_i + spread_i) where a structure spans more than a cell; the largest r_i of the
+    batch. reach, spread: [B, 3]."""
+    needed = torch.maximum(torch.ceil(reach), torch.floor(reach.double() + spread).to(reach.dtype))
+    ranges = [
+        torch.arange(-r, r + 1, dtype=torch.float32, device=reach.device)
+        for r in needed.amax(0).tolist()
+    ]
+    return torch.cartesian_prod(*ranges)
+
+
+def image_distance_sq(
+    pos: Tensor, src: Tensor, dst: Tensor, shifts: Tensor, pair_graph: Tensor
+) -> Tensor:
+    """d^2 [P, I] of pairs src, dst [P] (structure pair_graph [P]) over the images whose
+    Cartesian shifts are shifts [B, 3, I], with fairchem's operations and their order:
+    sum_k (pos[dst]_k - (pos[src]_k + shift_k))^2, one [P, I] slice per axis."""
+    d2 = torch.zeros(src.shape[0], shifts.shape[2], dtype=pos.dtype, device=pos.device)
     for axis in range(3):
-        d2 += (r[:, axis, None] + shifts[:, :, axis].index_select(0, pair_graph)).pow(2)
+        image = pos[src, axis, None] + shifts[:, axis].index_select(0, pair_graph)
+        d2 = d2 + (pos[dst, axis, None] - image) ** 2
     return d2
 
 
-def nearest_per_destination(
-    dst: Tensor, d2: Tensor, max_neighbors: int, degeneracy_tolerance: float | None = None
+def max_neighbors_mask(
+    dst: Tensor,
+    d2: Tensor,
+    num_atoms: int,
+    max_neighbors: int,
+    degeneracy_tolerance: float | None = None,
 ) -> Tensor:
-    """bool [E]: the ``max_neighbors`` (K) smallest d2 [E] of each destination dst [E]; equal
-    distances keep the earlier edge (two stable sorts: by distance, then by destination).
-    With ``degeneracy_tolerance`` t, destinations with more than K edges keep as well every
-    d2 <= (their (K+1)-th smallest d2) + t."""
-    order = torch.sort(d2, stable=True).indices
-    order = order.index_select(0, torch.sort(dst.index_select(0, order), stable=True).indices)
-    sorted_dst, sorted_d2 = dst.index_select(0, order), d2.index_select(0, order)
-    counts = torch.bincount(sorted_dst)
-    first = torch.cumsum(counts, 0) - counts  # first sorted position of each destination
-    rank = torch.arange(dst.shape[0], device=dst.device) - first.index_select(0, sorted_dst)
-    kept = rank < max_neighbors
-    if degeneracy_tolerance is not None:
-        crowded = counts > max_neighbors
-        bound = torch.full(counts.shape, -torch.inf, dtype=d2.dtype, device=d2.device)
-        bound[crowded] = sorted_d2[first[crowded] + max_neighbors] + degeneracy_tolerance
-        kept |= sorted_d2 <= bound.index_select(0, sorted_dst)
+    """bool [E] over candidates dst [E] (ascending) with squared distances d2 [E]: the
+    selection of fairchem's ``get_max_neighbors_mask`` (module notes). Each atom's d2 fill a row
+    of an inf-padded [num_atoms, max count] table in candidate order, sorted by ``torch.sort``
+    (unstable, as fairchem's); strictly, each row's first ``max_neighbors`` K are kept, with
+    ``degeneracy_tolerance`` t every d2 <= the row's (K+1)-th + t."""
+    counts = torch.bincount(dst, minlength=num_atoms)
+    width = int(counts.max()) if dst.numel() else 0
+    if width <= max_neighbors:
+        return torch.ones_like(dst, dtype=torch.bool)
+    first = torch.cumsum(counts, 0) - counts  # [num_atoms] first candidate of each atom
+    column = torch.arange(dst.shape[0], device=dst.device) - first.index_select(0, dst)
+    table = d2.new_full((num_atoms, width), torch.inf)
+    table[dst, column] = d2
+    table, order = torch.sort(table, dim=1)
+    if degeneracy_tolerance is None:
+        table, order = table[:, :max_neighbors], order[:, :max_neighbors]
+    else:
+        bound = table[:, max_neighbors : max_neighbors + 1] + degeneracy_tolerance
+        table = torch.where(table <= bound, table, torch.full_like(table, torch.inf))
+    chosen = (order + first[:, None])[torch.isfinite(table)]
     keep = torch.zeros_like(dst, dtype=torch.bool)
-    keep[order[kept]] = True
+    keep[chosen] = True
     return keep
 
 
@@ -156,30 +208,27 @@ def periodic_neighbors(
     """The edges of ``periodic_graph`` (selection rules in the module notes), without vectors.
 
     data: Batch with natoms [B], batch [N], and cell [B, 3, 3], pbc [B, 3] if periodic;
-    pos: [N, 3]. Returns src, dst: long [E] ordered by dst, then src, then offset; offset:
-    long [E, 3], the image of src (cell rows) seen by dst. Cost O(sum_b natoms_b^2 * I) for
-    I images (lattice_images).
+    pos: [N, 3]. Returns src, dst: long [E] ordered by dst, then src, then offset (fairchem's
+    order); offset: long [E, 3], the image of src (cell rows) seen by dst. Cost
+    O(sum_b natoms_b^2 * I) for I images (lattice_images).
     """
-    cell, pbc = lattice(data, pos.dtype)
-    inv_cell = torch.linalg.inv(cell)
-    counts = cell_counts(pos, inv_cell.index_select(0, data.batch), pbc.index_select(0, data.batch))
-    wrapped = pos - torch.bmm(counts.unsqueeze(1), cell.index_select(0, data.batch)).squeeze(1)
-    images = lattice_images(inv_cell, pbc, cutoff)  # [I, 3]
-    shifts = torch.matmul(images, cell)  # [B, I, 3]
+    cell, pbc = lattice(data, torch.float32)
+    pos32 = pos.to(torch.float32)
+    spread = torch.where(pbc, fractional_spread(pos32, cell, data.batch), 0.0)
+    images = lattice_images(image_reach(cell, pbc, cutoff), spread)  # [I, 3]
+    num_graphs = cell.shape[0]
+    shifts = torch.bmm(cell.transpose(1, 2), images.T.unsqueeze(0).expand(num_graphs, 3, -1))
 
     src, dst = structure_pairs(data.batch, data.natoms)
-    r = wrapped.index_select(0, src) - wrapped.index_select(0, dst)  # [P, 3]
-    d2 = image_distance_sq(r, shifts, data.batch.index_select(0, dst))  # [P, I]
-    within = d2 < cutoff**2
-    home = int(torch.nonzero((images == 0).all(-1))[0])
-    within[:, home] &= src != dst  # no atom is its own neighbour in the home cell
+    d2 = image_distance_sq(pos32, src, dst, shifts, data.batch.index_select(0, dst))  # [P, I]
+    within = (d2 <= cutoff * cutoff) & (d2 > SAME_ATOM_D2)
     pair, image = torch.nonzero(within, as_tuple=True)
     src, dst = src.index_select(0, pair), dst.index_select(0, pair)
-    offset = (
-        images.index_select(0, image) - counts.index_select(0, src) + counts.index_select(0, dst)
+    keep = max_neighbors_mask(
+        dst, d2[pair, image], pos.shape[0], max_neighbors, degeneracy_tolerance
     )
-    keep = nearest_per_destination(dst, d2[pair, image], max_neighbors, degeneracy_tolerance)
-    return src[keep], dst[keep], offset[keep].round().long()
+    offset = images.index_select(0, image[keep]).round().long()
+    return src[keep], dst[keep], offset
 
 
 def periodic_graph(
@@ -194,11 +243,11 @@ def periodic_graph(
     data: Batch with natoms [B], batch [N], and cell [B, 3, 3], pbc [B, 3] if periodic;
     pos: [N, 3] (the batch's own or noisy ones); degeneracy_tolerance: None for at most
     ``max_neighbors`` per destination, strictly, else see the module notes. Returns
-    edge_src, edge_dst: long [E] and edge_vec = pos[src] + offset @ cell - pos[dst]: [E, 3],
-    differentiable w.r.t. pos (and cell); the selection itself is not.
+    edge_src, edge_dst: long [E] (fairchem's edges in fairchem's order) and edge_vec =
+    pos[src] - pos[dst] + offset @ cell: [E, 3] in pos's dtype, differentiable w.r.t. pos (and
+    cell); the selection itself is not.
     """
     src, dst, offset = periodic_neighbors(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
     cell, _ = lattice(data, pos.dtype)
     shift = torch.bmm(offset.to(pos.dtype).unsqueeze(1), cell.index_select(0, data.batch[src]))
-    edge_vec = pos.index_select(0, src) + shift.squeeze(1) - pos.index_select(0, dst)
-    return src, dst, edge_vec
+    return src, dst, pos.index_select(0, src) - pos.index_select(0, dst) + shift.squeeze(1)

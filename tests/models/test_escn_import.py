@@ -11,7 +11,7 @@ import torch
 
 from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
-from dens.models.escn import network
+from dens.models.escn import ESCN
 from dens.models.escn.import_fairchem import CheckpointImportError, load_fairchem_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
@@ -35,38 +35,23 @@ def fixture_batch(dtype: torch.dtype) -> Batch:
     return Batch.from_data_list([atoms_to_data(atoms, dtype) for atoms in structures])
 
 
-def use_reference_frames(
-    monkeypatch: pytest.MonkeyPatch, graph: dict, frames: torch.Tensor
-) -> None:
-    """Make the model rotate each edge with the frame the reference drew (same roll): our graph
-    lists the same edges in another order, so each of ours takes the reference edge of the same
-    target with the nearest edge vector (exact in float64, float32 round-off otherwise)."""
-    ref_dst, ref_vec = graph["edge_index"][1], graph["edge_distance_vec"]
-    seen: dict = {}
-
-    def periodic_graph(*args, **kwargs):
-        src, dst, vec = network.periodic_graph.__wrapped__(*args, **kwargs)
-        seen["dst"] = dst
-        return src, dst, vec
-
-    def edge_frame(vec: torch.Tensor) -> torch.Tensor:
-        same_target = seen["dst"].unsqueeze(1) == ref_dst.unsqueeze(0)  # [E, E_ref]
-        distance = torch.cdist(vec.double(), ref_vec).masked_fill(~same_target, float("inf"))
-        nearest = distance.min(dim=1)
-        assert float(nearest.values.max()) < 1e-4, "an edge the reference does not have"
-        return frames[nearest.indices].to(vec.dtype)
-
-    periodic_graph.__wrapped__ = network.periodic_graph
-    monkeypatch.setattr(network, "periodic_graph", periodic_graph)
-    monkeypatch.setattr(network, "edge_frame", edge_frame)
+def seeded(model: ESCN, data: Batch, seed: int | None, *args, **kwargs) -> dict:
+    """One forward without gradient, after torch.manual_seed(seed) unless seed is None: with
+    ``edge_roll="random"`` the edge frames are then the ones the reference drew after the same
+    seed (the roll is the first draw of a forward in both, over the same edges in the same
+    order)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        return model(data, *args, **kwargs)
 
 
-def outputs(model, data, reference, structures_reference, kind, dtype_name):
-    """(ours, theirs) per output of the fixture's forwards."""
+def outputs(model, data, reference, structures_reference, kind, dtype_name, seed=None):
+    """(ours, theirs) per output of the fixture's forwards (each after torch.manual_seed(seed)
+    unless seed is None)."""
     dtype = data.pos.dtype
     if kind == "escn":
-        with torch.no_grad():
-            out = model(data)
+        out = seeded(model, data, seed)
         want = reference["escn"][dtype_name]
         return [(out[k], want[k]) for k in ("energy", "forces")]
     forces = structures_reference["dens_inputs"]["forces"].to(dtype)
@@ -77,8 +62,7 @@ def outputs(model, data, reference, structures_reference, kind, dtype_name):
         ("denoise_masked", forces * mask[:, None]),
         ("denoise_all", forces),
     ):
-        with torch.no_grad():
-            out = model(data, force_input, predict_noise=True)
+        out = seeded(model, data, seed, force_input, predict_noise=True)
         want = reference["escn_dens"][dtype_name][run]
         pairs += [(out["energy"], want["energy"]), (out["forces"], want["force_head"])]
         pairs += [(out["noise"], want["noise_head"])]
@@ -87,27 +71,27 @@ def outputs(model, data, reference, structures_reference, kind, dtype_name):
 
 @pytest.mark.parametrize("kind", ["escn", "escn_dens"])
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-4), (torch.float64, 1e-12)])
-def test_fixture_outputs_are_reproduced_with_the_reference_frames(
+def test_fixture_outputs_are_reproduced_with_the_reference_roll(
     reference: dict,
     structures_reference: dict,
-    monkeypatch: pytest.MonkeyPatch,
     kind: str,
     dtype: torch.dtype,
     atol: float,
 ) -> None:
-    """Same weights, graph and edge frames: the reference's float32 outputs to 1e-4 (forces
-    0.2-1.5 in normalised units); float64 to round-off."""
+    """Same weights, graph and edge frames (our random roll after the reference's seed draws
+    its frames): the reference's float32 outputs to 1e-4 (forces 0.2-1.5 in normalised units);
+    float64 to round-off."""
     dtype_name = str(dtype).removeprefix("torch.")
-    frames = reference["edge_rot_mat"][dtype_name]
-    use_reference_frames(monkeypatch, structures_reference["graph"], frames)
     model, info = load_fairchem_checkpoint(FIXTURE / f"checkpoint_{kind}.pt", dtype=dtype)
+    model.edge_roll = "random"
     assert info["ema"] == (kind == "escn")
     assert info["hyperparameters"]["noise_head"] == (kind == "escn_dens")
     assert info["normalizers"]["energy"] == pytest.approx(
         {"mean": -0.7554450631141663, "std": 2.887317180633545}
     )
+    data, seed = fixture_batch(dtype), reference["meta"]["roll_seed"]
     for ours, theirs in outputs(
-        model, fixture_batch(dtype), reference, structures_reference, kind, dtype_name
+        model, data, reference, structures_reference, kind, dtype_name, seed
     ):
         torch.testing.assert_close(ours, theirs.to(dtype), atol=atol, rtol=0)
 
@@ -124,6 +108,25 @@ def test_our_own_frames_differ_only_by_the_roll(
     )
     assert float((energy - want_energy).abs().max()) < 10 * roll["energy"]
     assert float((forces - want_forces).abs().max()) < 3 * roll["forces"]
+
+
+def test_training_mode_rolls_the_frames_at_random() -> None:
+    """edge_roll="training" (the default): a new roll in every training forward (torch's global
+    generator: a seed repeats it), the deterministic frame in eval mode; "random" rolls in eval
+    mode too, as the official code. eSCN's coarse edge grid makes the roll show (~1e-2)."""
+    model, _ = load_fairchem_checkpoint(FIXTURE / "checkpoint_escn.pt", dtype=torch.float64)
+    assert model.edge_roll == "training"
+    data = fixture_batch(torch.float64)
+
+    def forces(seed: int, training: bool) -> torch.Tensor:
+        return seeded(model.train(training), data, seed)["forces"]
+
+    assert torch.equal(forces(1, True), forces(1, True))
+    rolled = float((forces(1, True) - forces(2, True)).abs().max())
+    assert 1e-4 < rolled / float(forces(1, True).abs().max()) < 0.1
+    assert torch.equal(forces(1, False), forces(2, False))
+    model.edge_roll = "random"
+    assert not torch.equal(forces(1, False), forces(2, False))
 
 
 def test_unmatched_missing_and_misshapen_keys_are_named(tmp_path: Path) -> None:
@@ -172,3 +175,26 @@ def test_a_dens_model_without_force_encoding_folds_the_encoder_bias(tmp_path: Pa
     data = fixture_batch(torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(model(data)["forces"], full(data)["forces"])
+
+
+def test_unrattled_slabs_give_the_reference_outputs() -> None:
+    """fairchem 1.x eSCN (always 20 neighbours strictly) on slabs whose fixed atoms sit on
+    lattice sites (tests/fixtures/neighbor_ties): energies to 1e-4 relative, forces to 1e-4 of
+    the largest, the roll drawn as the reference drew it. Measured: 1.2e-6 and 5.5e-6 (float64;
+    what is left is the reference's float32 lattice offsets), 9.4e-7 and 5.8e-6 (float32). With
+    the tie-breaking before the fixture the forces were 1.3 (float64) and 0.6 (float32) times
+    the largest force away; with our deterministic eval frames 1.4e-2 (eSCN's coarse edge grid,
+    README of tests/fixtures/escn)."""
+    ties = FIXTURES / "neighbor_ties"
+    reference = torch.load(ties / "reference_outputs.pt", weights_only=True)
+    structures = ase.io.read(ties / "structures.extxyz", index=":")
+    for dtype in (torch.float64, torch.float32):
+        model, _ = load_fairchem_checkpoint(FIXTURE / "checkpoint_escn.pt", dtype=dtype)
+        model.edge_roll = "random"
+        data = Batch.from_data_list([atoms_to_data(atoms, dtype) for atoms in structures])
+        out = seeded(model, data, reference["meta"]["roll_seed"])
+        want = reference["escn"]["strict"][str(dtype).removeprefix("torch.")]
+        energy_error = (out["energy"] - want["energy"]).abs() / want["energy"].abs()
+        assert float(energy_error.max()) < 1e-4, dtype
+        force_error = (out["forces"] - want["forces"]).abs().max() / want["forces"].abs().max()
+        assert float(force_error) < 1e-4, dtype

@@ -18,6 +18,13 @@ from dens.models.so2 import (
     order_major_index,
     truncation_rescale,
 )
+from dens.models.so2.edge_frame import (
+    EDGE_ROLLS,
+    check_edge_roll,
+    least_aligned,
+    random_helper,
+    rolls,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 F64 = torch.float64
@@ -94,6 +101,58 @@ def test_edge_frame_maps_the_edge_onto_the_polar_axis(dtype: torch.dtype) -> Non
         torch.sqrt(2 * torch.arange(lmax + 1, dtype=dtype) + 1).expand(23, -1),
         atol=10 * tol,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_random_rolls_give_frames_of_the_edge(dtype: torch.dtype) -> None:
+    """The official random helper (torch.rand_like - 0.5), also parallel to the edge (the
+    90-degree rotated fall-backs): proper rotations taking the edge onto y, differing from the
+    deterministic frame by a roll about y only."""
+    torch.manual_seed(4)
+    vec = torch.cat([torch.randn(20, 3, dtype=dtype), torch.eye(3, dtype=dtype)])
+    helpers = [random_helper(vec), vec.clone(), -2.0 * vec]  # random, parallel, antiparallel
+    unit = vec / vec.norm(dim=-1, keepdim=True)
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    fixed = edge_frame(vec)
+    for helper in helpers:
+        frame = edge_frame(vec, helper)
+        assert torch.allclose(torch.linalg.det(frame), torch.ones(23, dtype=dtype), atol=tol)
+        on_y = torch.einsum("eij,ej->ei", frame, unit)
+        assert torch.allclose(on_y, torch.tensor([0, 1.0, 0], dtype=dtype).expand(23, 3), atol=tol)
+        roll = frame @ fixed.transpose(1, 2)  # a rotation about y: y stays, x-z plane turns
+        assert torch.allclose(
+            roll[:, 1], torch.tensor([0, 1.0, 0], dtype=dtype).expand(23, 3), atol=10 * tol
+        )
+    helper = random_helper(vec)
+    assert helper.dtype == dtype and bool((helper.abs() <= 0.5).all())
+    assert not torch.allclose(edge_frame(vec, helper), fixed, atol=1e-2)
+
+
+def test_the_helper_fall_backs_are_the_officials() -> None:
+    """u, then u turned 90 degrees about z, (-u_y, u_x, u_z), then about x, (u_x, -u_z, u_y): a
+    later candidate replaces the kept one where strictly less aligned with the edge
+    (fairchem 1.x edge_rot_mat.py:20-35)."""
+    edge = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0.6, 0.8, 0]], dtype=F64)
+    helper = torch.tensor([[2.0, 0, 0], [0, 0, 3.0], [0.0, 0, 1.0]], dtype=F64)
+    expected = torch.tensor([[0, 1.0, 0], [0, -1.0, 0], [0, 0, 1.0]], dtype=F64)
+    assert torch.equal(least_aligned(helper, edge), expected)
+
+
+def test_edge_roll_settings() -> None:
+    """ "random": every forward pass (the official code); "training": training mode only;
+    "fixed": never."""
+    table = {(roll, mode): rolls(roll, mode) for roll in EDGE_ROLLS for mode in (True, False)}
+    assert table == {
+        ("random", True): True,
+        ("random", False): True,
+        ("training", True): True,
+        ("training", False): False,
+        ("fixed", True): False,
+        ("fixed", False): False,
+    }
+    assert check_edge_roll("training") == "training"
+    with pytest.raises(ValueError, match="edge_roll must be one of"):
+        check_edge_roll("always")
 
 
 def test_sphere_grid_round_trip() -> None:

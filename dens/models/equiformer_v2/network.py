@@ -44,7 +44,7 @@ from dens.models.equiformer_v2.layer_norm import EquivariantLayerNormSH
 from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.graph import periodic_graph
 from dens.models.so2.coefficients import truncation_rescale
-from dens.models.so2.edge_frame import edge_frame
+from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
 from dens.models.so2.so2_convolution import RadialFunction
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
@@ -123,7 +123,9 @@ class EquiformerV2(nn.Module):
     (fairchem 1.x fixes 600); grid_resolution: points of the sphere grid in each angle;
     cutoff (Å), max_neighbors: the graph (at most max_neighbors incoming edges per atom);
     enforce_max_neighbors_strictly: False keeps neighbours tied with the last one within 0.01 Å^2
-    (fairchem's option, set by the official OC22 config);
+    (fairchem's option, set by the official OC22 config); edge_roll: the roll of the edge frames
+    about their edges (``dens.models.so2.edge_frame``): "random" in every forward pass as the
+    official code, "training" random in training mode and deterministic in eval mode, "fixed";
     max_num_elements: size of the atom-type tables; alpha_drop, drop_path_rate, proj_drop:
     dropout of attention weights, stochastic depth per structure, dropout of block outputs;
     weight_init: "uniform" (official configs) or "normal"; avg_num_nodes, avg_degree:
@@ -151,6 +153,7 @@ class EquiformerV2(nn.Module):
         cutoff: float = 12.0,
         max_neighbors: int = 20,
         enforce_max_neighbors_strictly: bool = True,
+        edge_roll: str = "training",
         max_num_elements: int = 90,
         alpha_drop: float = 0.1,
         drop_path_rate: float = 0.05,
@@ -183,6 +186,7 @@ class EquiformerV2(nn.Module):
         self.lmax, self.mmax, self.sphere_channels = lmax, mmax, sphere_channels
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
         self.degeneracy_tolerance = None if enforce_max_neighbors_strictly else DEGENERACY_TOLERANCE
+        self.edge_roll = check_edge_roll(edge_roll)
         self.max_num_elements = max_num_elements
         self.avg_num_nodes = avg_num_nodes
 
@@ -299,7 +303,9 @@ class EquiformerV2(nn.Module):
             data, pos, self.cutoff, self.max_neighbors, self.degeneracy_tolerance
         )
         with torch.no_grad():
-            to_frame = self.wigner(edge_frame(vec.detach())).to(pos.dtype)
+            edge = vec.detach()
+            helper = random_helper(edge) if rolls(self.edge_roll, self.training) else None
+            to_frame = self.wigner(edge_frame(edge, helper)).to(pos.dtype)
         from_frame = (to_frame * self.truncation_rescale.to(pos.dtype).unsqueeze(-1)).transpose(
             1, 2
         )

@@ -25,10 +25,11 @@ e_ij: invariant edge features (``edge_block.py``); SO2: ``so2_block.py``; S2Act:
 Force encoding (``force_encoding=True``): f -> SO3Linear(|f| Y(f/|f|) / sqrt(3)) for degrees
 0..lmax, weights U(+-0.001) as in the DeNS code; its l = 0 bias is added in every call.
 
-The edge frame's roll about the edge is deterministic here (``dens.models.so2.edge_frame``),
-random in the reference; eSCN's coarse edge grid (5 points in the roll angle at mmax = 2) makes
-the outputs depend on the roll at the 1e-2 relative level (tests/fixtures/escn/README.md), and
-the fixed sphere points of the heads make them equivariant only up to quadrature error
+The edge frame's roll about the edge is random in every forward pass in the reference; here
+in training mode (``edge_roll``, ``dens.models.so2.edge_frame``), deterministic in eval mode
+unless ``edge_roll="random"``. eSCN's coarse edge grid (5 points in the roll angle at mmax = 2)
+makes the outputs depend on the roll at the 1e-2 relative level (tests/fixtures/escn/README.md),
+and the fixed sphere points of the heads make them equivariant only up to quadrature error
 (tests/models/test_escn.py measures both).
 """
 
@@ -50,7 +51,7 @@ from dens.models.escn.edge_block import EdgeBlock
 from dens.models.escn.output_heads import EnergyBlock, ForceBlock, SphereSampler
 from dens.models.escn.so2_block import SO2Block
 from dens.models.graph import periodic_graph
-from dens.models.so2.edge_frame import edge_frame
+from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
 
@@ -133,7 +134,10 @@ class ESCN(nn.Module):
     distance_resolution: spacing of the Gaussian centres on [0, cutoff] (Å; fairchem's default
     0.02 gives cutoff / 0.02 Gaussians); basis_width: their width in units of the spacing;
     cutoff (Å), max_neighbors: the graph (at most max_neighbors incoming edges per
-    atom); max_num_elements: size of the atom-type tables; force_encoding, noise_head: the DeNS
+    atom, strictly: fairchem's eSCN has no other option); edge_roll: the roll of the edge frames
+    about their edges (``dens.models.so2.edge_frame``): "random" in every forward pass as the
+    official code, "training" random in training mode and deterministic in eval mode, "fixed";
+    max_num_elements: size of the atom-type tables; force_encoding, noise_head: the DeNS
     modules, separate switches; attention, layer_norm: the DeNS Table 5 switches, which eSCN has
     no modules for (only True, the value every OC20 experiment names, is accepted).
     """
@@ -154,6 +158,7 @@ class ESCN(nn.Module):
         basis_width: float = 2.0,
         cutoff: float = 12.0,
         max_neighbors: int = 20,
+        edge_roll: str = "training",
         max_num_elements: int = 90,
         force_encoding: bool = False,
         noise_head: bool = False,
@@ -177,6 +182,7 @@ class ESCN(nn.Module):
             )
         self.lmax, self.mmax, self.sphere_channels = lmax, mmax, sphere_channels
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
+        self.edge_roll = check_edge_roll(edge_roll)
         self.max_num_elements = max_num_elements
 
         num_distance_basis = int(cutoff / distance_resolution)
@@ -277,7 +283,9 @@ class ESCN(nn.Module):
         from_frame, its transpose (no rescaling in eSCN)."""
         src, dst, vec = periodic_graph(data, pos, self.cutoff, self.max_neighbors)
         with torch.no_grad():
-            to_frame = self.wigner(edge_frame(vec.detach())).to(pos.dtype)
+            edge = vec.detach()
+            helper = random_helper(edge) if rolls(self.edge_roll, self.training) else None
+            to_frame = self.wigner(edge_frame(edge, helper)).to(pos.dtype)
         return {
             "src": src,
             "dst": dst,
