@@ -80,7 +80,7 @@ def test_params_of_the_no_force_encoding_ablation_counts_no_encoding_weights(
         assert main(["params", f"md17-aspirin/{name}"]) == 0
         counts[name] = int(capsys.readouterr().out.split("\t")[0])
     encoding = counts["equiformer-l2-dens"] - counts["equiformer-l2-dens-no-force-encoding"]
-    assert encoding == 224  # SO3Linear (1, 1, 1) -> (128, 64, 32), no bias
+    assert encoding == 352  # SO3Linear (1, 1, 1) -> (128, 64, 32): 224 weights + 128 bias
     assert counts["equiformer-l2-dens-no-force-encoding"] > counts["equiformer-l2"]
 
 
