@@ -73,8 +73,8 @@ def test_params_of_the_no_force_encoding_ablation_counts_no_encoding_weights(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Table 6: the ablation keeps the noise head (and the wider last block) but has no
-    force-encoding weights: 352 (L2: 224 weights + 128 bias in the official code) fewer
-    parameters with the bias, 224 without, than the DeNS model."""
+    force-encoding weights: 352 fewer parameters than the DeNS model (L2: the SO3Linear's 224
+    weights and the 128-channel type-0 bias the official force embedding adds)."""
     counts = {}
     for name in ("equiformer-l2", "equiformer-l2-dens", "equiformer-l2-dens-no-force-encoding"):
         assert main(["params", f"md17-aspirin/{name}"]) == 0
