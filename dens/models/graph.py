@@ -10,8 +10,9 @@ Molecules (MD17, ``molecular_graph``): all pairs closer than the cutoff, vector
 Periodic cells (OC20/OC22, ``periodic_graph``; EquiformerV2 and eSCN use cutoff 12 Å with at
 most 20 neighbours): the edges of fairchem 1.x ``radius_graph_pbc`` followed by
 ``get_max_neighbors_mask`` (FAIR-Chem/fairchem 31c0963, src/fairchem/core/common/utils.py
-lines 618-910, called by ``GraphModelMixin.generate_graph``, models/base.py line 122), the same
-edges in the same order, ties included:
+lines 618-910, called by ``GraphModelMixin.generate_graph``, models/base.py line 122; the same
+operations as ocp 5d0f59e, ocpmodels/common/utils.py lines 556-855, on which the official DeNS
+code runs), the same edges in the same order, ties included:
 
 - src may be any periodic image of an atom, ``pos[src] + n @ cell - pos[dst]`` with integer
   offset n [3] (cell rows are the lattice vectors, ASE convention), from the images
