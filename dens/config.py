@@ -418,6 +418,8 @@ class Registry:
                 return "the dens entry: a noise head with every DeNS run (paper Sec. 3.2.3)"
             if argument in switches:
                 return own_source(switches[argument])
+            if model["preset"] in scale_model.get("presets", {}) and not from_preset:
+                return f"config/models.yaml {model['family']}.{preset} (this project's preset)"
             return from_preset.get(argument, from_preset.get("*"))
 
         values = {k: resolved[k] for k in ("dataset", "model", "optim", "dens", "resources")}
