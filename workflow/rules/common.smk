@@ -199,7 +199,7 @@ def dataset_inputs(wildcards):
 
 def reference_files(wildcards):
     """Files a training job reads besides its splits: the published linear energy reference of
-    its experiment (optim.energy_reference_file, results/downloads/<archive>.npz, fetched by
+    its experiment (optim.energy_reference_file, an .npz in the downloads folder, fetched by
     download_archive; config/archives.yaml reference_for); none where the scale sets it null."""
     path = REGISTRY.resolve(wildcards.experiment, wildcards.seed)["optim"].get(
         "energy_reference_file"
