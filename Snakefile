@@ -13,9 +13,8 @@ from snakemake.exceptions import WorkflowError
 from dens.config import ConfigError, load_registry
 
 
-configfile: "config/config.yaml"
-
-
+# config/config.yaml is read by load_registry (defaults under the profile's and --config's values),
+# not by a `configfile:` directive, so that a syntax error in it names its line and column.
 try:
     REGISTRY = load_registry(config, root=Path(workflow.basedir))
 except ConfigError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -512,3 +513,75 @@ def test_oc_runs_train_with_the_official_trainer_s_reduction_decision_and_normal
                 assert reference == "results/downloads/oc22_linfit_coeffs.npz"
             else:
                 assert reference is None, name
+
+
+def _set(document: dict, path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        document = document[int(key)] if isinstance(document, list) else document[key]
+    if isinstance(document, list):
+        document[int(last)] = value
+    else:
+        document[last] = value
+
+
+@pytest.mark.parametrize(
+    ("file", "path", "value", "spelled"),
+    [
+        ("config/experiments.yaml", "templates.oc/dens.dens.sigma", float("nan"), ".nan"),
+        (
+            "config/experiments.yaml",
+            "templates.md17/equiformer/se_l2@ethanol.optim.lr",
+            float("inf"),
+            ".inf",
+        ),
+        ("config/scales/smoke.yaml", "optim.md17.warmup_epochs", float("-inf"), "-.inf"),
+        ("config/models.yaml", "equiformer.l2.max_radius", float("nan"), ".nan"),
+        ("config/datasets.yaml", "datasets.md17-ethanol.splits.val.0", float("nan"), ".nan"),
+        ("config/tables.yaml", "tables.table1a.rows.0.paper.1", float("inf"), ".inf"),
+    ],
+)
+def test_a_non_finite_number_in_any_config_file_is_refused(
+    pipeline_copy: Path, file: str, path: str, value: float, spelled: str
+) -> None:
+    """JSON schema bounds let NaN through (every comparison with it is false): each file is
+    walked for a NaN or an infinity, which is refused with the file, the key path and the value
+    as YAML spells it; the schema's bounds alone would pass ``sigma: .nan``."""
+    target = pipeline_copy / file
+    document = yaml.safe_load(target.read_text())
+    _set(document, path, value)
+    target.write_text(yaml.safe_dump(document, sort_keys=False))
+    message = f"^{re.escape(f'{file}: {path}: {spelled}: not a finite number')}"
+    with pytest.raises(ConfigError, match=message):
+        load_registry({"scale": "smoke"}, root=pipeline_copy)
+
+
+def test_a_non_finite_option_or_catalog_value_is_refused(pipeline_copy: Path) -> None:
+    from dens.data.download import load_catalog
+
+    with pytest.raises(ConfigError, match=r"config/config\.yaml \+ --config\): seeds\.1: \.nan:"):
+        load_registry({"scale": "smoke", "seeds": ["0", ".nan"]}, root=pipeline_copy)
+    with pytest.raises(ConfigError, match=r"max_job_hours: \.inf: not a finite number"):
+        load_registry({"scale": "smoke", "max_job_hours": "1.0e+999"}, root=pipeline_copy)
+    catalog = pipeline_copy / "config" / "archives.yaml"
+    document = yaml.safe_load(catalog.read_text())
+    document["archives"]["oc20_s2ef_train_2M"]["frames"]["train"] = float("nan")
+    catalog.write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(
+        ConfigError, match=r"^config/archives\.yaml: archives\.oc20_s2ef_train_2M\.frames\.train: "
+    ):
+        load_catalog(root=pipeline_copy)
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(pipeline_copy: Path) -> None:
+    path = pipeline_copy / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("seeds:"))
+    lines[row] = "seeds: [0"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_registry({"scale": "smoke"}, root=pipeline_copy)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.match(rf"^{re.escape(str(path))}: line \d+, column \d+: not valid YAML: ", message)
+    assert f"(while parsing a flow sequence at line {row + 1}, column 8)" in message

@@ -109,6 +109,34 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ),
         ["aselmdb file not found", "train.aselmdb", "snakemake results/smoke/data/md17-ethanol/"],
     ),
+    "empty validation split": (
+        lambda tmp: (
+            ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
+            + ["--run-dir", str(tmp / "run"), "--device", "cpu"]
+            + ["--train", str(write_split(tmp / "train.aselmdb"))]
+            + ["--val", str(write_split(tmp / "val.aselmdb", n=0))]
+        ),
+        ["val.aselmdb: the validation split holds no structure", "rebuild it"],
+    ),
+    "empty training split": (
+        lambda tmp: (
+            ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
+            + ["--run-dir", str(tmp / "run"), "--device", "cpu"]
+            + ["--train", str(write_split(tmp / "train.aselmdb", n=0))]
+            + ["--val", str(write_split(tmp / "val.aselmdb"))]
+        ),
+        ["train.aselmdb: the training split holds no structure"],
+    ),
+    "empty split to score after training": (
+        lambda tmp: (
+            ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
+            + ["--run-dir", str(tmp / "run"), "--device", "cpu"]
+            + ["--train", str(write_split(tmp / "train.aselmdb"))]
+            + ["--val", str(write_split(tmp / "val.aselmdb"))]
+            + ["--evaluate", str(write_split(tmp / "test.aselmdb", n=0))]
+        ),
+        ["test.aselmdb: the evaluation split holds no structure"],
+    ),
     "missing split to score after training": (
         lambda tmp: (
             ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
@@ -173,6 +201,13 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
             "did you mean 'num_layers'?",
         ],
     ),
+    "non-finite number in an extra experiment file": (
+        lambda tmp: (
+            ["experiments", "--extra-experiments"]
+            + [str(extra_experiments(tmp / "mine.yaml", {"drop_path_rate": float("nan")}))]
+        ),
+        ["mine.yaml: experiments.mine/equiformer-l2.model.overrides.drop_path_rate: .nan"],
+    ),
     "switch as model.overrides key": (
         lambda tmp: (
             ["experiments", "--extra-experiments"]
@@ -196,6 +231,8 @@ def test_bad_invocation_is_one_line(
     code = main(argv)
     captured = capsys.readouterr()
     assert code == 2, captured
+    if argv[0] == "train":
+        assert not (tmp_path / "run").exists()  # refused before the run starts
     lines = captured.err.splitlines()
     assert len(lines) == 1 and captured.err.endswith("\n"), captured.err
     assert lines[0].startswith("dens: error: ")
