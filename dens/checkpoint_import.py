@@ -30,7 +30,8 @@ from dens.checkpoint import FORMAT_VERSION, save_checkpoint
 from dens.config import Registry
 from dens.errors import ModelNotAvailableError
 from dens.models import count_parameters
-from dens.normalization import NUM_ELEMENTS, Normalizer
+from dens.models.common.fairchem_import import CheckpointImportError
+from dens.normalization import NUM_ELEMENTS, Normalizer, load_element_references
 
 IMPORTERS = {
     "equiformer_v2": "dens.models.equiformer_v2.import_fairchem:load_fairchem_checkpoint",
@@ -59,19 +60,28 @@ def importer(family: str) -> Any:
 
 
 def imported_normalizer(
-    normalizers: Mapping[str, Mapping[str, float]], energy_lin_ref: torch.Tensor | None = None
+    normalizers: Mapping[str, Mapping[str, float]],
+    energy_lin_ref: torch.Tensor | None = None,
+    element_references: torch.Tensor | None = None,
 ) -> Normalizer:
     """Our Normalizer from the reference's: E' = (E - mean) / std and f' = f / force std (the
     reference normalises forces with their own std; mean 0). Without normalisers the reference
     trained on raw labels: mean 0, std 1. ``energy_lin_ref`` [elements]: the per-element
     references, in normalised units, that a ``use_energy_lin_ref`` model (fairchem's OC22
     EquiformerV2) adds to its energy; here they become element references of std * lin_ref[Z]
-    eV per atom, so E = E' * std + sum_i ref[Z_i] + mean as the reference predicts."""
+    eV per atom, so E = E' * std + sum_i ref[Z_i] + mean as the reference predicts.
+    ``element_references`` [119] (eV per atom): the linear reference the reference's training
+    data subtracted from its energies (``dataset_linear_reference``), so E = E' * std +
+    sum_i ref[Z_i] + mean likewise; at most one of the two."""
+    if energy_lin_ref is not None and element_references is not None:
+        raise ValueError("give energy_lin_ref (added by the model) or element_references, not both")
     energy = normalizers.get("energy", {"mean": 0.0, "std": 1.0})
     forces = normalizers.get("forces", {"mean": 0.0, "std": energy["std"]})
     if float(forces.get("mean", 0.0)) != 0.0:
         raise ValueError(f"force normaliser with a non-zero mean {forces['mean']} cannot be mapped")
     references = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
+    if element_references is not None:
+        references = element_references.to(torch.float64).clone()
     if energy_lin_ref is not None:
         values = energy_lin_ref.to(torch.float64).flatten() * float(energy["std"])
         references[: values.numel()] = values
@@ -82,6 +92,44 @@ def imported_normalizer(
         elements=None,
         force_std=float(forces["std"]),
     )
+
+
+def dataset_linear_reference(config: Mapping[str, Any]) -> str | None:
+    """The linear energy reference that the reference's training data subtracted, as its config
+    names it: ``dataset.train.lin_ref`` (ocp 5d0f59e ``OC22LmdbDataset``, lines 115-119 and
+    197-199: the target is E - sum_i coeff[Z_i]; the official DeNS OC22 config, line 19, and
+    fairchem 1.x's OC22 EquiformerV2 config, line 18) or ``lin_ref`` of the first dataset of an
+    older list-style config; None without one. A model trained so predicts E - sum_i coeff[Z_i]
+    unless it adds the reference itself (``use_energy_lin_ref``)."""
+    dataset = config.get("dataset") or {}
+    if isinstance(dataset, list):
+        train = dataset[0] if dataset else {}
+    else:
+        train = dataset.get("train", dataset)
+    value = train.get("lin_ref") if isinstance(train, Mapping) else None
+    return str(value) if value else None
+
+
+def published_references(experiment: Mapping[str, Any], root: Path, lin_ref: str) -> torch.Tensor:
+    """The element references [119] (eV per atom) of the experiment's published linear reference
+    file (``optim.energy_reference_file``, relative to the pipeline directory ``root``), which a
+    checkpoint trained on energies minus its ``lin_ref`` needs to predict total energies."""
+    path = experiment["optim"].get("energy_reference_file")
+    if path is None:
+        raise CheckpointImportError(
+            f"the checkpoint was trained on energies minus the linear reference {lin_ref!r} "
+            f"(config dataset.train.lin_ref) and its model does not add it back "
+            f"(use_energy_lin_ref false); experiment {experiment['name']!r} has no "
+            "optim.energy_reference_file to take it from (import it at the scale that sets one, "
+            "e.g. --scale paper with an OC22 experiment)"
+        )
+    full = Path(path) if Path(path).is_absolute() else root / path
+    if not full.is_file():
+        raise CheckpointImportError(
+            f"the checkpoint needs the linear reference {lin_ref!r}: optim.energy_reference_file "
+            f"{full} does not exist (fetch it with the pipeline's download rule)"
+        )
+    return load_element_references(full)
 
 
 def import_checkpoint(
@@ -98,6 +146,10 @@ def import_checkpoint(
     family = experiment["model"]["family"]
     model, info = importer(family)(source)
     lin_ref = info.get("energy_lin_ref") if info.get("use_energy_lin_ref") else None
+    data_lin_ref = dataset_linear_reference(info["config"])
+    references = None
+    if lin_ref is None and data_lin_ref is not None:
+        references = published_references(experiment, registry.root, data_lin_ref)
     switches = {
         key: experiment["model"]["hyperparameters"][key] for key in ("attention", "layer_norm")
     }
@@ -118,7 +170,7 @@ def import_checkpoint(
         "step": 0,
         "model": model.state_dict(),
         "weights": "ema" if info["ema"] else "model",
-        "normalizer": imported_normalizer(info["normalizers"], lin_ref).to_dict(),
+        "normalizer": imported_normalizer(info["normalizers"], lin_ref, references).to_dict(),
         "val": None,
         "num_parameters": count_parameters(model),
         "imported_from": imported_from,

@@ -110,3 +110,49 @@ def test_energy_lin_ref_of_an_oc22_model_becomes_element_references() -> None:
     expected = (0.1 + 2 * -0.25 - 0.5) * 25.0
     assert float(normalizer.denormalize_energy(model_energy, z, batch)) == pytest.approx(expected)
     assert normalizer.force_scale == 0.15
+
+
+def lin_ref_checkpoint(tmp_path: Path) -> Path:
+    """The fixture checkpoint with the training data's linear reference named in its config, as
+    the official DeNS OC22 config trains (dataset.train.lin_ref; model use_energy_lin_ref
+    False): its model predicts the energy minus sum_i coeff[Z_i]."""
+    checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2.pt", weights_only=True)
+    checkpoint["config"].setdefault("dataset", {}).setdefault("train", {})["lin_ref"] = (
+        "configs/oc22/linref/oc22_linfit_coeffs.npz"
+    )
+    path = tmp_path / "lin_ref_checkpoint.pt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoint_trained_on_linearly_referenced_energies_gets_the_reference(
+    tmp_path: Path,
+) -> None:
+    """A DeNS OC22 checkpoint (energies minus the published linear reference in training, no
+    energy_lin_ref added by the model) predicts total energies only with the experiment's
+    optim.energy_reference_file as element references; without one it is refused, not
+    imported with none (which put the OC22 energies off by sum_i coeff[Z_i], hundreds of eV)."""
+    import dataclasses
+
+    from dens.checkpoint_import import import_checkpoint
+    from dens.config import load_registry
+    from dens.models.common.fairchem_import import CheckpointImportError
+
+    source = lin_ref_checkpoint(tmp_path)
+    paper = load_registry({"scale": "paper"})
+    experiment = "oc22/eqv2-dens-127m"
+    reference_file = tmp_path / paper.resolve(experiment)["optim"]["energy_reference_file"]
+    reference_file.parent.mkdir(parents=True)
+    coeff = np.zeros(100)
+    coeff[[8, 12, 22]] = [-5.0, -1.5, -7.25]  # O, Mg, Ti
+    np.savez(reference_file, coeff=coeff)
+    state = import_checkpoint(
+        source, tmp_path / "run", dataclasses.replace(paper, root=tmp_path), experiment
+    )
+    references = state["normalizer"]["element_references"]
+    assert torch.equal(references[:100], torch.from_numpy(coeff))
+
+    mini = load_registry({"scale": "mini"})  # sets no energy_reference_file
+    with pytest.raises(CheckpointImportError, match="lin_ref"):
+        import_checkpoint(source, tmp_path / "run-mini", mini, experiment)
+    assert not (tmp_path / "run-mini").exists()
