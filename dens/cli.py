@@ -147,10 +147,9 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from dens.data.download import download, get_archive, load_catalog
+    from dens.data.download import download_archive, get_archive, load_catalog
 
-    archive = get_archive(load_catalog(), args.archive)
-    download(archive.url, args.out, archive.digest, archive.algorithm or "sha256")
+    download_archive(get_archive(load_catalog(), args.archive), args.out)
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:

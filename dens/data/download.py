@@ -15,11 +15,17 @@ rules run.
   HTTP ``Range`` request when the server honours it (and restarts from byte 0 when it does not),
   retries transient failures with exponential backoff, hashes while it writes, and renames the
   part file to ``dest`` only once the digest matches. An existing ``dest`` that verifies is not
-  fetched again.
+  fetched again. Only http(s) is fetched, on every redirect hop: a redirect elsewhere (ftp://,
+  file://, data:) is refused. :func:`download_archive` downloads a catalog entry.
 - :func:`verify` hashes a file; on a mismatch it moves the file aside to ``<file>.corrupt`` and
   raises :class:`ChecksumMismatchError` naming the file and both digests. With no published
   checksum it warns loudly (:class:`UnverifiedDownloadWarning`) and checks the file against the
   digest recorded the first time it was seen (``<file>.<algorithm>``, trust on first use).
+- Before such a first digest is recorded, :func:`content_problem` checks what a checksum cannot:
+  the size the catalog states (:func:`size_range`) and the format, read to its end (an npz: a zip
+  of ``.npy`` arrays holding the catalog's arrays with consistent shapes; a tar/zip: a listing
+  readable to the end). An HTML page, a truncated body or a wrong file is never recorded: it
+  raises :class:`MalformedDownloadError` naming the URL (or file) and what was wrong.
 - :func:`extract` unpacks tar / tar.gz / tar.xz / zip into a staging directory, refusing members
   that would land outside it (``..``, absolute paths, links pointing outside, device files), and
   writes the completion marker last before renaming the staging directory into place, so a
@@ -33,6 +39,8 @@ import hashlib
 import http.client
 import json
 import logging
+import lzma
+import math
 import os
 import re
 import shutil
@@ -44,10 +52,12 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+import numpy as np
 from tqdm import tqdm
 
 from dens.config import ConfigError, find_root, read_yaml, validate
@@ -63,6 +73,8 @@ EXTRACTABLE_FORMATS: tuple[str, ...] = ("tar", "tar.gz", "tar.xz", "zip")
 PLAIN_FORMATS: tuple[str, ...] = ("npz",)
 #: Written into an extracted directory after its last member; its presence means "complete".
 EXTRACTED_MARKER = ".dens-extracted.json"
+#: A dimension of an npz array in the catalog: a fixed length, or a name all arrays agree on.
+Dimension = int | str
 
 _USER_AGENT = "dens-downloader/0.1 (+https://github.com/atomicarchitects/DeNS reproduction)"
 # HTTP statuses worth another attempt; every other 4xx is final.
@@ -104,6 +116,11 @@ class UnsafeArchiveError(DensError, ValueError):
 class DamagedArchiveError(DownloadError):
     """An archive could not be read while extracting (truncated or corrupt); nothing was
     extracted."""
+
+
+class MalformedDownloadError(DownloadError):
+    """A file without a published checksum failed the size or format check before its digest
+    was recorded (an HTML error page, a truncated body, a wrong file); it was not kept."""
 
 
 class UnverifiedDownloadWarning(UserWarning):
@@ -160,13 +177,24 @@ def _warn_unverified(path: Path, algorithm: str, digest: str, record: Path, firs
     warnings.warn(message, UnverifiedDownloadWarning, stacklevel=3)
 
 
-def verify(path: str | os.PathLike[str], checksum: str | None, algorithm: str = "sha256") -> str:
+def verify(
+    path: str | os.PathLike[str],
+    checksum: str | None,
+    algorithm: str = "sha256",
+    *,
+    fmt: str | None = None,
+    size: str | None = None,
+    arrays: dict[str, tuple[Dimension, ...]] | None = None,
+) -> str:
     """Check ``path`` against ``checksum`` and return its actual hex digest.
 
     On a mismatch the file is moved to ``<path>.corrupt`` (so nothing silently reuses it) and
     :class:`ChecksumMismatchError` is raised. With ``checksum=None`` (nothing published) the
     digest recorded in ``<path>.<algorithm>`` the first time is the reference instead, and an
-    :class:`UnverifiedDownloadWarning` says loudly that the file could not be verified.
+    :class:`UnverifiedDownloadWarning` says loudly that the file could not be verified. Before
+    that first record the file must pass :func:`content_problem` (``fmt``, default: told by the
+    file name; the catalog's ``size`` and npz ``arrays``); one that fails is moved to
+    ``<path>.corrupt`` and :class:`MalformedDownloadError` is raised.
     """
     path = Path(path)
     if algorithm not in ALGORITHMS:
@@ -179,6 +207,12 @@ def verify(path: str | os.PathLike[str], checksum: str | None, algorithm: str = 
     if checksum is None:
         actual = file_digest(path, algorithm)
         if not record.exists():
+            if problem := content_problem(path, fmt or _format_of(path.name), size, arrays):
+                moved = _move_aside(path, path)
+                raise MalformedDownloadError(
+                    f"{path} has no published checksum and fails the check before its digest is "
+                    f"recorded: {problem}; it was moved to {moved}"
+                )
             record.write_text(f"{actual}  {path.name}\n")
             _warn_unverified(path, algorithm, actual, record, first=True)
             return actual
@@ -195,6 +229,161 @@ def verify(path: str | os.PathLike[str], checksum: str | None, algorithm: str = 
     if checksum is None:
         _warn_unverified(path, algorithm, actual, record, first=False)
     return actual
+
+
+# ------------------------------------------------------- checks before trust on first use ----
+
+#: Powers of the size suffixes of config/archives.yaml (``664 B``, ``193M``, ``3.4G``).
+_SIZE_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+#: What reading a damaged zip, npz, tar or compressed stream raises.
+_UNREADABLE = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+    ValueError,
+)
+
+
+def size_range(size: str) -> tuple[int, int]:
+    """Byte counts a catalog size such as ``193M`` stands for: ``(lowest, highest)``.
+
+    The catalog copies sizes as their owners print them: rounded to the digits shown, in units
+    that may be decimal (MB) or binary (MiB, as Apache's directory index and ``ls -h`` print).
+    The range covers both: from (value - half a last digit) x 1000^k to (value + half) x 1024^k.
+    """
+    match = re.fullmatch(r"(\d+)(?:\.(\d+))? ?([KMGT]?)B?", size.strip())
+    if match is None:
+        raise ValueError(f"{size!r} is not a size such as '664 B', '193M' or '3.4G'")
+    whole, fraction, unit = match.groups()
+    value = float(f"{whole}.{fraction or 0}")
+    half = 0.5 * 10.0 ** -len(fraction or "")
+    power = _SIZE_POWERS[unit]
+    return math.ceil((value - half) * 1000**power), math.floor((value + half) * 1024**power)
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or (
+        text.startswith(b"<") and b"<html" in text
+    )
+
+
+def _npz_problem(path: Path, arrays: dict[str, tuple[Dimension, ...]] | None) -> str | None:
+    """What is wrong with an npz: not a zip, a member failing its CRC, a member that is no
+    ``.npy`` array, or (``arrays``) a missing array, an array of Python objects, or a shape that
+    disagrees with the catalog's. Only the ``.npy`` headers are parsed; no array is loaded."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    with zipfile.ZipFile(path) as zf:
+        if (bad := zf.testzip()) is not None:  # reads every member to its end
+            return f"its member {bad!r} is corrupt (CRC mismatch)"
+        for info in zf.infolist():
+            name = info.filename.removesuffix(".npy")
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    return f"its member {info.filename!r} is a .npy of version {version}"
+            if arrays is not None and name in arrays and dtype.hasobject:
+                return f"its array {name} holds Python objects (it would need unpickling)"
+            shapes[name] = shape
+    if arrays is None:
+        return None
+    if missing := [key for key in arrays if key not in shapes]:
+        return f"it lacks the arrays {missing} (it has {sorted(shapes)})"
+    bound: dict[str, int] = {}
+    for key, dims in arrays.items():
+        shape = shapes[key]
+        expected = f"expected [{', '.join(map(str, dims))}]"
+        if len(shape) != len(dims):
+            return f"its array {key} has shape {list(shape)}, {expected}"
+        for dim, length in zip(dims, shape, strict=True):
+            if isinstance(dim, int):
+                if length != dim:
+                    return f"its array {key} has shape {list(shape)}, {expected}"
+            elif length == 0:
+                return f"its array {key} is empty ({dim} = 0)"
+            elif bound.setdefault(dim, length) != length:
+                return (
+                    f"its array {key} has shape {list(shape)}, {expected}, but {dim} is "
+                    f"{bound[dim]} in the arrays before it"
+                )
+    return None
+
+
+def _archive_problem(path: Path, fmt: str) -> str | None:
+    """What is wrong with a tar/zip: unreadable, a member failing its CRC (zip), a compressed
+    stream that ends early or fails its trailer's check (tar.gz, tar.xz), or a listing that
+    stops before the end-of-archive marker (tar: Python's tarfile ends a cut listing silently)."""
+    if fmt == "zip":
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        return None if bad is None else f"its member {bad!r} is corrupt (CRC mismatch)"
+    end = None  # tar: where the end-of-archive marker (two zero blocks) must start
+    with tarfile.open(path, {"tar": "r:", "tar.gz": "r:gz", "tar.xz": "r:xz"}[fmt]) as tar:
+        for member in tar:  # headers only; extraction is extract()'s job
+            end = member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if end is None:
+            return "it lists no member"
+        while tar.fileobj.read(_CHUNK):  # to the end: gzip/xz check their trailers there
+            pass
+    if fmt == "tar":
+        with path.open("rb") as fh:
+            fh.seek(end)
+            if fh.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
+                return f"its listing stops at byte {end} without the end-of-archive marker"
+    return None
+
+
+def content_problem(
+    path: str | os.PathLike[str],
+    fmt: str,
+    size: str | None = None,
+    arrays: dict[str, tuple[Dimension, ...]] | None = None,
+) -> str | None:
+    """Why ``path`` is not the ``fmt`` file the catalog describes, or None when it is.
+
+    The checks a file without a published checksum passes before its digest is recorded: not
+    an HTML page; its byte count within :func:`size_range` of the catalog's ``size``; its format
+    read to the end (npz: see :func:`_npz_problem`, with the catalog's ``arrays``; tar, tar.gz,
+    tar.xz, zip: a listing readable to the end). Nothing is executed, extracted or unpickled.
+    """
+    path = Path(path)
+    actual = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(1024)
+    if _looks_like_html(head):
+        return f"it is an HTML page ({actual} bytes starting {head[:32]!r}), not a {fmt} file"
+    if size is not None:
+        low, high = size_range(size)
+        if not low <= actual <= high:
+            return f"it has {actual} bytes, but the catalog states {size} ({low}-{high} bytes)"
+    try:
+        if fmt == "npz":
+            return _npz_problem(path, arrays)
+        if fmt in EXTRACTABLE_FORMATS:
+            return _archive_problem(path, fmt)
+    except _UNREADABLE as error:
+        return f"it is not a readable {fmt} file ({type(error).__name__}: {error})"
+    raise ValueError(f"cannot check files of format {fmt!r}")
+
+
+def _format_of(*names: str) -> str:
+    """The format told by the first of ``names`` that ends in a known suffix."""
+    for name in names:
+        try:
+            return archive_format(name)
+        except ValueError:
+            continue
+    raise ValueError(
+        f"cannot tell the format of {' or '.join(map(repr, names))}; without a published "
+        "checksum a file is checked for its format before its digest is recorded: pass fmt"
+    )
 
 
 # ------------------------------------------------------------------------------- download ----
@@ -241,13 +430,46 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int
     )
 
 
+class _RefusedRedirect(Exception):
+    """A redirect to a URL that is not http(s); ``args``: (the hop's URL, its target)."""
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s). urllib's own handler also follows ``ftp://`` (and
+    rejects ``file://`` only with a 302 HTTPError); this one checks every hop's target first."""
+
+    def http_error_302(
+        self,
+        req: urllib.request.Request,
+        fp: BinaryIO,
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+    ) -> http.client.HTTPResponse | None:
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            target = urllib.parse.urljoin(req.full_url, target)
+            if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+                fp.close()
+                raise _RefusedRedirect(req.full_url, target)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
 def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.build_opener(_HttpOnlyRedirects).open(request, timeout=timeout)
+    except _RefusedRedirect as refused:
+        hop, target = refused.args
+        via = "it" if hop == url else f"its redirect {hop}"
+        raise DownloadError(
+            f"refusing to download {url}: {via} redirects to {target}; only http(s) is followed"
+        ) from None
     except urllib.error.HTTPError as err:
         err.close()
         if err.code in _TRANSIENT_HTTP:
@@ -318,11 +540,20 @@ def download(
     max_backoff: float = 120.0,
     chunk_size: int = _CHUNK,
     progress: bool = True,
+    fmt: str | None = None,
+    size: str | None = None,
+    arrays: dict[str, tuple[Dimension, ...]] | None = None,
 ) -> Path:
     """Fetch ``url`` to ``dest`` and verify it; return ``dest``.
 
     ``expected_checksum`` is the published hex digest (``algorithm``: md5 or sha256), or None
-    when nothing is published (then see :func:`verify`). If ``dest`` already exists and verifies,
+    when nothing is published (then see :func:`verify`): the body must then pass
+    :func:`content_problem` for ``fmt`` (default: told by the name of ``dest``, else of the URL),
+    the catalog's ``size`` and npz ``arrays`` before its digest is recorded; one that fails (an
+    HTML page, a body cut short without a Content-Length, a wrong file) is deleted and
+    :class:`MalformedDownloadError` names the URL and the problem. Redirects are followed only
+    to http(s) URLs: any other target raises :class:`DownloadError` at once. If ``dest`` already
+    exists and verifies,
     nothing is fetched; if it does not verify it is moved to ``<dest>.corrupt`` and fetched
     again. Bytes stream into ``<dest>.part``; a failed or interrupted transfer resumes from the
     part file (HTTP Range), or restarts when the server ignores Range. ``timeout`` (s) bounds
@@ -333,19 +564,21 @@ def download(
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise ValueError(f"only http(s) URLs are downloaded, got {url!r}")
+    dest = Path(dest)
     if expected_checksum is not None:
         expected_checksum = normalize_digest(expected_checksum, algorithm)
     elif algorithm not in ALGORITHMS:
         raise ValueError(
             f"unknown checksum algorithm {algorithm!r}; expected one of {list(ALGORITHMS)}"
         )
-    dest = Path(dest)
+    else:
+        fmt = fmt or _format_of(dest.name, PurePosixPath(urllib.parse.urlsplit(url).path).name)
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     if dest.exists():
         try:
-            verify(dest, expected_checksum, algorithm)
-        except ChecksumMismatchError as err:
+            verify(dest, expected_checksum, algorithm, fmt=fmt, size=size, arrays=arrays)
+        except (ChecksumMismatchError, MalformedDownloadError) as err:
             logger.warning("%s; downloading it again", err)
         else:
             logger.info("%s already present and verified; not downloading", dest)
@@ -376,6 +609,12 @@ def download(
     if expected_checksum is not None and actual != expected_checksum:
         raise ChecksumMismatchError(
             dest, expected_checksum, actual, algorithm, _move_aside(part.path, dest), url
+        )
+    if expected_checksum is None and (problem := content_problem(part.path, fmt, size, arrays)):
+        part.path.unlink()
+        raise MalformedDownloadError(
+            f"{url} did not give the {fmt} file the catalog describes: {problem}; the "
+            f"{part.size} bytes received were deleted and no digest was recorded"
         )
     os.replace(part.path, dest)
     if expected_checksum is None:
@@ -546,6 +785,10 @@ class Archive:
     dataset: dict[str, tuple[str, ...]]
     md_split: bool = False
     optional: bool = False
+    #: ``size.download`` as the catalog states it (e.g. ``193M``), or None when unknown.
+    download_size: str | None = None
+    #: npz only: array name -> shape (lengths, or dimension names the arrays agree on).
+    arrays: dict[str, tuple[Dimension, ...]] | None = None
 
     @property
     def filename(self) -> str:
@@ -592,6 +835,12 @@ def load_catalog(
             dataset={d: tuple(splits) for d, splits in entry.get("dataset", {}).items()},
             md_split=entry.get("md_split", False),
             optional=entry.get("optional", False),
+            download_size=(entry["size"] or {}).get("download"),
+            arrays=(
+                {key: tuple(dims) for key, dims in entry["arrays"].items()}
+                if "arrays" in entry
+                else None
+            ),
         )
     return catalog
 
@@ -609,6 +858,24 @@ def get_archive(catalog: dict[str, Archive], name: str, source: str = CATALOG) -
     )
 
 
+def download_archive(
+    archive: Archive, dest: str | os.PathLike[str], **download_options: float | int | bool
+) -> Path:
+    """Download one catalog archive to ``dest`` (:func:`download`): verified against its
+    published checksum, or, where none is published, checked against the catalog's format,
+    download size and npz arrays before its digest is recorded. Returns ``dest``."""
+    return download(
+        archive.url,
+        dest,
+        archive.digest,
+        archive.algorithm or "sha256",
+        fmt=archive.format,
+        size=archive.download_size,
+        arrays=archive.arrays,
+        **download_options,
+    )
+
+
 def fetch(
     archive: Archive,
     download_dir: str | os.PathLike[str],
@@ -620,13 +887,7 @@ def fetch(
     Returns the extracted directory, or the downloaded file when ``extract_dir`` is None or the
     format is not extracted (npz). ``download_options`` go to :func:`download`.
     """
-    path = download(
-        archive.url,
-        Path(download_dir) / archive.filename,
-        archive.digest,
-        archive.algorithm or "sha256",
-        **download_options,
-    )
+    path = download_archive(archive, Path(download_dir) / archive.filename, **download_options)
     if extract_dir is None or archive.format not in EXTRACTABLE_FORMATS:
         return path
     return extract(path, Path(extract_dir) / archive.name, archive.format)

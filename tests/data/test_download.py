@@ -6,6 +6,7 @@ status, body bytes sent) so a test can tell a resumed transfer from a restarted 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,9 +31,12 @@ from dens.data.download import (
     ChecksumMismatchError,
     DamagedArchiveError,
     DownloadError,
+    MalformedDownloadError,
     UnsafeArchiveError,
     UnverifiedDownloadWarning,
+    content_problem,
     download,
+    download_archive,
     extract,
     fetch,
     get_archive,
@@ -58,6 +63,10 @@ class Served:
     cut_after: dict[str, list[int]] = field(default_factory=dict)
     # path -> statuses answered (one per request) before the file is served
     fail_with: dict[str, list[int]] = field(default_factory=dict)
+    # path -> the Location a 302 answers with (any scheme)
+    redirects: dict[str, str] = field(default_factory=dict)
+    # paths served without Content-Length (the body ends when the connection closes)
+    no_length: set[str] = field(default_factory=set)
     log: list[dict[str, object]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
@@ -82,6 +91,13 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = served.fail_with[path].pop(0)
             self.send_error(entry["status"])
             return
+        if path in served.redirects:
+            entry["status"] = 302
+            self.send_response(302)
+            self.send_header("Location", served.redirects[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         data = served.files.get(path)
         if data is None:
             entry["status"] = 404
@@ -104,7 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             entry["status"] = 200
             self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
+        if path not in served.no_length:
+            self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         body = data[start:]
         if served.cut_after.get(path):
@@ -182,6 +199,31 @@ GOOD_FILES = {
 }
 # Large enough that a cut at a third leaves bytes on both sides of every 1 MiB-chunk read.
 BIG = bytes(range(256)) * 4096 + b"tail"
+# The shapes config/archives.yaml states for every MD17 npz (dens/data/md17.py reads them).
+MD17_ARRAYS = {
+    "R": ("frames", "atoms", 3),
+    "z": ("atoms",),
+    "E": ("frames", 1),
+    "F": ("frames", "atoms", 3),
+}
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Service unavailable</title></head></html>\n"
+
+
+def md17_npz(frames: int = 40, atoms: int = 12, drop: str = "", **arrays: np.ndarray) -> bytes:
+    """An npz laid out as the sGDML MD17 files (R, z, E [frames, 1], F), ``arrays`` replacing
+    some, ``drop`` left out."""
+    rng = np.random.default_rng(0)
+    content = {
+        "R": rng.normal(size=(frames, atoms, 3)),
+        "z": np.full(atoms, 6),
+        "E": rng.normal(size=(frames, 1)),
+        "F": rng.normal(size=(frames, atoms, 3)),
+        "theory": np.array("test"),
+    } | arrays
+    content.pop(drop, None)
+    buffer = io.BytesIO()
+    np.savez(buffer, **content)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------- tests ----
@@ -364,23 +406,201 @@ def test_existing_corrupt_file_is_moved_aside_and_fetched_again(
 def test_unpublished_checksum_warns_loudly_and_pins_the_first_copy(
     server: Served, tmp_path: Path
 ) -> None:
-    npz = b"PK\x03\x04 stand-in for md17_uracil.npz" * 100
+    npz = md17_npz()
     server.files["gdml/data/npz/md17_uracil.npz"] = npz
     dest = tmp_path / "md17_uracil.npz"
-    url = server.url("gdml/data/npz/md17_uracil.npz")
+    # The repository's own catalog entry (its arrays), served from here.
+    uracil = load_catalog(root=REPO)["md17_uracil"]
+    uracil = dataclasses.replace(uracil, url=server.url("gdml/data/npz/md17_uracil.npz"))
 
     with pytest.warns(UnverifiedDownloadWarning, match="could NOT be verified"):
-        download(url, dest, None, "sha256", **FAST)
+        download_archive(uracil, dest, **FAST)
     record = tmp_path / "md17_uracil.npz.sha256"
     assert record.read_text().split()[0] == hashlib.sha256(npz).hexdigest()
 
     with pytest.warns(UnverifiedDownloadWarning, match="could NOT be verified"):
-        download(url, dest, None, "sha256", **FAST)
+        download_archive(uracil, dest, **FAST)
     assert len(server.log) == 1  # reused, not fetched again
 
     dest.write_bytes(npz[:-1] + b"!")  # a later local change is still caught
     with pytest.raises(ChecksumMismatchError, match="recorded"):
         verify(dest, None, "sha256")
+
+
+def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/md17_uracil.npz", "file:///etc/passwd"])
+def test_redirects_are_followed_only_to_http(server: Served, tmp_path: Path, target: str) -> None:
+    npz = md17_npz()
+    server.files["real/x.npz"] = npz
+    server.redirects["moved/x.npz"] = server.url("real/x.npz")
+    with pytest.warns(UnverifiedDownloadWarning):  # an http(s) hop is followed
+        download(server.url("moved/x.npz"), tmp_path / "ok" / "x.npz", None, **FAST)
+    assert (tmp_path / "ok" / "x.npz").read_bytes() == npz
+
+    # Old behaviour: urllib followed the ftp:// hop (file:// ended in an HTTP 302 error).
+    server.log.clear()
+    server.redirects["a.npz"] = server.url("b.npz")  # http -> http -> elsewhere: every hop
+    server.redirects["b.npz"] = target
+    with pytest.raises(DownloadError) as caught:
+        download(server.url("a.npz"), tmp_path / "dl" / "a.npz", None, **FAST)
+    message = one_line(caught)
+    assert message.startswith(f"refusing to download {server.url('a.npz')}: ")
+    assert f"redirects to {target}" in message and "only http(s)" in message
+    assert [entry["path"] for entry in server.log] == ["a.npz", "b.npz"]  # not retried
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+@pytest.mark.integration
+def test_server_that_truncates_every_attempt_is_never_pinned(
+    server: Served, tmp_path: Path
+) -> None:
+    npz = md17_npz(frames=400)
+    server.files["x.npz"] = npz
+    server.supports_range = False  # every attempt restarts and is cut again
+    server.cut_after["x.npz"] = [len(npz) // 2] * 3
+    dest = tmp_path / "x.npz"
+
+    with pytest.raises(DownloadError, match="giving up") as caught:
+        download(server.url("x.npz"), dest, None, retries=2, arrays=MD17_ARRAYS, **FAST)
+
+    assert server.url("x.npz") in one_line(caught)
+    assert f"connection closed after {len(npz) // 2} of {len(npz)} bytes" in str(caught.value)
+    assert not dest.exists() and not (tmp_path / "x.npz.sha256").exists()
+    assert len(server.log) == 3
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("sized", "problem"),
+    [(False, "not a readable npz file (BadZipFile"), (True, "but the catalog states ")],
+)
+def test_body_without_content_length_is_checked_before_it_is_pinned(
+    server: Served, tmp_path: Path, sized: bool, problem: str
+) -> None:
+    npz = md17_npz()
+    size = f"{round(len(npz) / 1024)}K" if sized else None  # as a directory index prints it
+    server.files["full.npz"] = server.files["cut.npz"] = npz
+    server.no_length.update({"full.npz", "cut.npz"})
+    with pytest.warns(UnverifiedDownloadWarning):
+        download(server.url("full.npz"), tmp_path / "full.npz", None, size=size, **FAST)
+    assert (tmp_path / "full.npz").read_bytes() == npz
+
+    # Cut short without a Content-Length: the client sees an ordinary end of the body.
+    server.cut_after["cut.npz"] = [len(npz) // 3]
+    with pytest.raises(MalformedDownloadError) as caught:
+        download(server.url("cut.npz"), tmp_path / "cut.npz", None, size=size, **FAST)
+    message = one_line(caught)
+    assert message.startswith(f"{server.url('cut.npz')} did not give the npz file ")
+    assert problem in message and "no digest was recorded" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.npz", "full.npz.sha256"]
+
+
+@pytest.mark.integration
+def test_html_error_page_served_with_200_is_never_pinned(server: Served, tmp_path: Path) -> None:
+    server.files["gdml/md17_uracil.npz"] = HTML_PAGE
+    uracil = dataclasses.replace(
+        load_catalog(root=REPO)["md17_uracil"], url=server.url("gdml/md17_uracil.npz")
+    )
+    with pytest.raises(MalformedDownloadError) as caught:
+        download_archive(uracil, tmp_path / "md17_uracil.npz", **FAST)
+    message = one_line(caught)
+    assert message.startswith(server.url("gdml/md17_uracil.npz"))
+    assert "it is an HTML page (" in message and "not a npz file" in message
+    assert list(tmp_path.iterdir()) == []
+
+    # A valid npz far smaller than the catalog states is refused as well (md17_aspirin: 193M).
+    server.files["gdml/md17_aspirin.npz"] = md17_npz()
+    aspirin = dataclasses.replace(
+        load_catalog(root=REPO)["md17_aspirin"], url=server.url("gdml/md17_aspirin.npz")
+    )
+    with pytest.raises(MalformedDownloadError, match=r"but the catalog states 193M \(192500000"):
+        download_archive(aspirin, tmp_path / "md17_aspirin.npz", **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_existing_unrecorded_file_failing_the_check_is_moved_aside_and_fetched_again(
+    server: Served, tmp_path: Path
+) -> None:
+    npz = md17_npz()
+    server.files["x.npz"] = npz
+    dest = tmp_path / "x.npz"
+    dest.write_bytes(HTML_PAGE)  # e.g. saved by hand from a browser; no digest recorded yet
+
+    with pytest.warns(UnverifiedDownloadWarning):
+        download(server.url("x.npz"), dest, None, arrays=MD17_ARRAYS, **FAST)
+
+    assert dest.read_bytes() == npz
+    assert (tmp_path / "x.npz.corrupt").read_bytes() == HTML_PAGE
+    assert (tmp_path / "x.npz.sha256").read_text().split()[0] == hashlib.sha256(npz).hexdigest()
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) * 2 // 3]
+
+
+def _flipped(data: bytes, at: int = 2000) -> bytes:
+    """``data`` with the bits of one byte flipped (in R's values: a bit error in transit)."""
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (md17_npz(drop="F"), r"it lacks the arrays \['F'\]"),
+        (md17_npz(z=np.full(11, 6)), r"array z has shape \[11\].*atoms is 12 in the arrays"),
+        (md17_npz(E=np.zeros(40)), r"array E has shape \[40\], expected \[frames, 1\]"),
+        (md17_npz(R=np.zeros((0, 12, 3))), r"array R is empty \(frames = 0\)"),
+        (md17_npz(z=np.array([6] * 12, dtype=object)), "array z holds Python objects"),
+        (_truncated(md17_npz()), "not a readable npz file"),
+        (_flipped(md17_npz()), r"its member 'R\.npy' is corrupt \(CRC mismatch\)"),
+        (zip_bytes({"R.npy": b"no magic"}), "not a readable npz file"),
+    ],
+    ids=["missing-key", "atoms-disagree", "E-flat", "no-frames", "object-array", "truncated",
+         "bit-flip", "not-npy"],
+)  # fmt: skip
+def test_unrecorded_npz_is_checked_for_its_arrays_before_pinning(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "md17_x.npz"
+    path.write_bytes(content)
+
+    with pytest.raises(MalformedDownloadError, match=problem) as caught:
+        verify(path, None, arrays=MD17_ARRAYS)
+
+    message = one_line(caught)
+    assert message.startswith(f"{path} has no published checksum and fails the check")
+    assert not path.exists() and (tmp_path / "md17_x.npz.corrupt").read_bytes() == content
+    assert not (tmp_path / "md17_x.npz.sha256").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "tar.xz", "zip"])
+def test_unrecorded_archives_need_a_listing_readable_to_the_end(tmp_path: Path, fmt: str) -> None:
+    if fmt == "zip":
+        good = zip_bytes({**GOOD_FILES, "big.bin": BIG})
+    else:
+        mode = {"tar": "w", "tar.gz": "w:gz", "tar.xz": "w:xz"}[fmt]
+        good = tar_bytes([*GOOD_FILES.items(), ("big.bin", BIG)], mode=mode)
+    path = tmp_path / f"a.{fmt}"
+    path.write_bytes(good)
+    assert content_problem(path, fmt) is None
+
+    trailer = len(good) - 8  # zip: in the end record; gzip/xz: in the stream's check
+    if fmt == "tar":  # half of the end-of-archive marker after the last member (big.bin)
+        with tarfile.open(fileobj=io.BytesIO(good)) as tar:
+            trailer = tar.getmembers()[-1].offset_data + len(BIG) + 512
+    for damaged in (_truncated(good), good[:trailer]):  # cut in a member; cut in the trailer
+        path.write_bytes(damaged)
+        assert content_problem(path, fmt) is not None, len(damaged)
+    with pytest.raises(MalformedDownloadError, match=rf"a\.{re.escape(fmt)} has no published"):
+        verify(path, None)  # the format is told by the name
+    assert not (tmp_path / f"a.{fmt}.sha256").exists()
 
 
 @pytest.mark.integration
@@ -557,11 +777,14 @@ def test_archive_catalog_covers_every_paper_scale_split() -> None:
     for archive in catalog.values():
         if archive.name.startswith("md17_"):
             assert archive.digest is None and "none published" in archive.checksum_source
+            assert archive.arrays == MD17_ARRAYS  # checked before the first digest is recorded
         elif not archive.dataset:  # a reference file at a pinned git commit (reference_for)
             assert archive.algorithm == "sha256" and "commit" in archive.checksum_source
         else:
             assert archive.algorithm == "md5" and len(archive.digest or "") == 32
     assert [a.name for a in catalog.values() if a.md_split] == ["oc20_s2ef_md"]
+    unsized = [a.name for a in catalog.values() if a.digest is None and not a.download_size]
+    assert unsized == ["md17_uracil"]  # the one size the sGDML listing copy lacks
     assert catalog["md17_benzene"].filename == "md17_benzene2017.npz"
 
 
@@ -665,6 +888,18 @@ REMOVED = object()
         ({"md_split": "yes"}, "archives.broken.md_split", "yes"),
         ({"optional": 1}, "archives.broken.optional", 1),
         ({"frames": {"train": 10}}, "archives.broken", "'frames_source' is a dependency"),
+        ({"size": {"download": "about 3 GB"}}, "archives.broken.size.download", "about 3 GB"),
+        ({"arrays": {"R": ["frames", 3]}}, "archives.broken.format", "tar"),
+        (
+            {"url": "https://example.org/x.npz", "format": "npz", "checksum": None},
+            "archives.broken",
+            "'arrays' is a required property",
+        ),
+        (
+            {"format": "npz", "checksum": None, "arrays": {"R": ["Frames"]}},
+            "archives.broken.arrays.R.0",
+            "Frames",
+        ),
     ],
     ids=[
         "missing-key",
@@ -686,6 +921,10 @@ REMOVED = object()
         "md-split-not-bool",
         "optional-not-bool",
         "frames-without-source",
+        "size-not-a-size",
+        "arrays-of-a-tar",
+        "unverified-npz-without-arrays",
+        "array-dimension-not-a-name",
     ],
 )
 def test_catalog_rejects_malformed_entries(
@@ -745,7 +984,7 @@ def test_fetch_downloads_verifies_and_extracts_catalog_archives(
 ) -> None:
     archive = tar_bytes(list(GOOD_FILES.items()))
     server.files["data/s2ef_demo.tar.gz"] = archive
-    server.files["npz/md17_demo.npz"] = b"PK npz stand-in"
+    server.files["npz/md17_demo.npz"] = md17_npz()
     common = {"checksum_source": "test", "size": None, "payload": "test"}
     path = write_catalog(
         tmp_path / "archives.yaml",
@@ -761,6 +1000,7 @@ def test_fetch_downloads_verifies_and_extracts_catalog_archives(
                 "url": server.url("npz/md17_demo.npz"),
                 "format": "npz",
                 "checksum": None,
+                "arrays": {key: list(dims) for key, dims in MD17_ARRAYS.items()},
                 "dataset": {"md17-uracil": ["train"]},
                 **common,
             },
