@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dens.config import Registry, load_registry
-from dens.errors import ConfigError, DensError, DeviceError, MissingDataError
+from dens.errors import ConfigError, DensError, DeviceError, InvalidDataError, MissingDataError
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -171,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dens import slurm
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
+    from dens.runs import keep_outputs
     from dens.train import train
 
     experiment = registry_from(args).resolve(args.experiment, args.seed)
@@ -182,27 +183,35 @@ def cmd_train(args: argparse.Namespace) -> None:
             "several processes with `dens evaluate` (one process) after training"
         )
     train_set, val_set = AseLmdbDataset(args.train), AseLmdbDataset(args.val)
+    _refuse_empty(train_set, "training")
+    _refuse_empty(val_set, "validation")
     # A bad path fails before training; the validation split, if scored too, is read once.
     evaluation_splits = _open_splits(args.evaluate, opened={Path(args.val): val_set})
     history = Path(args.run_dir) / slurm.HISTORY_FILE
-    with slurm.continuation(args.continue_before_time_limit, history, world.is_main) as stop_at:
-        result = train(
-            experiment,
-            train_set,
-            val_set,
-            Path(args.run_dir),
-            device=args.device,
-            mixed_precision=args.mixed_precision,
-            stop_at=stop_at,
+    try:
+        with slurm.continuation(args.continue_before_time_limit, history, world.is_main) as stop:
+            result = train(
+                experiment,
+                train_set,
+                val_set,
+                Path(args.run_dir),
+                device=args.device,
+                mixed_precision=args.mixed_precision,
+                stop_at=stop,
+            )
+        if not world.is_main:  # one summary, not one per training process
+            return
+        print(
+            f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
+            f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
         )
-    if not world.is_main:  # one summary, not one per training process
-        return
-    print(
-        f"{args.experiment}: {result.epochs} epochs, best validation force MAE "
-        f"{result.best_val_forces_mae_meV_per_A:.2f} meV/Å (epoch {result.best_epoch})"
-    )
-    if evaluation_splits:
-        _evaluate(args.experiment, Path(args.run_dir), evaluation_splits, args.device)
+        if evaluation_splits:
+            _evaluate(args.experiment, Path(args.run_dir), evaluation_splits, args.device)
+    finally:
+        # Also when stopped (SIGTERM, time limit): a later job that moves the run aside gets
+        # back what Snakemake deleted before it (dens.runs.move_aside).
+        if world.is_main and Path(args.run_dir).is_dir():
+            keep_outputs(Path(args.run_dir))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -217,10 +226,24 @@ def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None)
     from dens.data.aselmdb import AseLmdbDataset
 
     opened = opened or {}
-    return {
+    splits = {
         Path(p).stem: opened[Path(p)] if Path(p) in opened else AseLmdbDataset(p)
         for p in split_paths
     }
+    for dataset in splits.values():
+        _refuse_empty(dataset, "evaluation")
+    return splits
+
+
+def _refuse_empty(dataset: Any, role: str) -> None:
+    """An aselmdb split without a structure raises InvalidDataError naming the file, before a
+    run trains for hours on it (an empty validation split) or scores nothing."""
+    from dens.data.aselmdb import rebuild_hint
+
+    if len(dataset) == 0:
+        raise InvalidDataError(
+            f"{dataset.path}: the {role} split holds no structure; {rebuild_hint(dataset.path)}"
+        )
 
 
 def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: str) -> None:

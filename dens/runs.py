@@ -5,7 +5,9 @@ checkpoints/last.pt only when it was started with the same experiment, data and 
 (``started_with``); otherwise the old run is moved aside, never deleted (``move_aside``). The
 best epoch's checkpoint is kept inside the run and checkpoints/best.pt, the file the pipeline
 declares (and Snakemake deletes before rerunning a job), is published from it (``publish``), so a
-finished run asked again writes its outputs again without training.
+finished run asked again writes its outputs again without training. Each output the training job
+declares also has a second name in the run (``keep_outputs``), from which a run moved aside gets
+back what Snakemake deleted before the job that moved it (``move_aside``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ from typing import Any
 
 from dens.checkpoint import FORMAT_VERSION
 from dens.data.batch import Data
+from dens.paths import METRICS_FILES
 
 BEST_EPOCH_FILE = "best-epoch.pt"
 """The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
 declares and Snakemake may delete before a rerun) is published from it."""
+
+
+KEPT_DIR = ".kept"
+"""Second names (hard links, else copies) of a run's ``TRAIN_OUTPUTS``, inside the run."""
+TRAIN_OUTPUTS = ("checkpoints/best.pt", "log.csv", METRICS_FILES["evaluate"])
+"""The files of a run the training job declares (workflow/rules/train.smk; metrics.json where
+the scale scores the run in that job), relative to the run: Snakemake deletes them before it
+reruns the job, which may then move the run aside."""
 
 
 def publish(source: Path, target: Path) -> None:
@@ -75,11 +86,36 @@ def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
     return fingerprint
 
 
+def keep_outputs(run_dir: Path) -> None:
+    """Give each of the run's ``TRAIN_OUTPUTS`` that exists a second name, ``KEPT_DIR``/<its
+    path> (``publish``: a hard link, no space taken, where the file system has them), after the
+    training job wrote it: Snakemake deletes the declared names before a rerun of the job
+    (``remove_existing_output``), the second names stay."""
+    for name in TRAIN_OUTPUTS:
+        path = run_dir / name
+        if path.is_file():
+            kept = run_dir / KEPT_DIR / name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            publish(path, kept)
+
+
 def move_aside(run_dir: Path, reason: str) -> Path:
     """Move a run directory whose last.pt no longer matches aside (never delete a run):
-    <run>.previous-<UTC time>/, with the reason in <that>/MOVED_ASIDE.txt."""
+    <run>.previous-<UTC time>/, with the reason in <that>/MOVED_ASIDE.txt. The training outputs
+    Snakemake deleted before the job that moves it come back from their second names
+    (``keep_outputs``), so the moved run holds everything it had."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}")
     run_dir.rename(target)
-    (target / "MOVED_ASIDE.txt").write_text(f"moved aside from {run_dir}: {reason}\n")
+    restored = []
+    for name in TRAIN_OUTPUTS:
+        kept = target / KEPT_DIR / name
+        if kept.is_file() and not (target / name).exists():
+            publish(kept, target / name)
+            restored.append(name)
+    note = f"moved aside from {run_dir}: {reason}\n"
+    if restored:
+        note += f"restored from {KEPT_DIR}/ (deleted by Snakemake before the job): "
+        note += ", ".join(restored) + "\n"
+    (target / "MOVED_ASIDE.txt").write_text(note)
     return target

@@ -81,13 +81,24 @@ def test_a_second_seed_leaves_the_first_alone(pipeline: Path) -> None:
     assert json.loads(first)["seed"] == 0
 
 
-def test_regenerated_data_moves_the_old_run_aside(pipeline: Path) -> None:
+def test_regenerated_data_moves_the_old_run_aside_with_everything_it_held(pipeline: Path) -> None:
+    """Snakemake deletes the train job's outputs (best.pt, log.csv, metrics.json) before the job
+    that moves the run aside: the moved run still holds each of them, byte for byte, and every
+    other file it had (without their second names, dens.runs.keep_outputs, the three would be
+    missing)."""
+    before = {
+        path.relative_to(pipeline / RUN): path.read_bytes()
+        for path in (pipeline / RUN).rglob("*")
+        if path.is_file()
+    }
+    assert {"checkpoints/best.pt", "log.csv", "metrics.json"} <= {str(p) for p in before}
     result = run(pipeline, TARGET, "--config", "scale=smoke", "data_seed=7")
     assert "prepare_md17" in result.stdout + result.stderr
     outputs_complete(pipeline)
     (moved,) = (pipeline / RUN).parent.glob("seed0.previous-*")
     assert "provenance_sha256" in (moved / "MOVED_ASIDE.txt").read_text()
-    assert (moved / "checkpoints" / "last.pt").is_file()
+    for name, content in before.items():
+        assert (moved / name).read_bytes() == content, name
     assert "moved the previous run to" in (pipeline / LOG).read_text()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
-from dens.runs import move_aside, publish, started_with
+from dens.runs import KEPT_DIR, TRAIN_OUTPUTS, keep_outputs, move_aside, publish, started_with
 
 
 def dataset(tmp_path, name: str = "train") -> AseLmdbDataset:
@@ -50,3 +50,35 @@ def test_publish_replaces_the_target_atomically(tmp_path) -> None:
     target.unlink()
     publish(source, target)  # again after Snakemake deleted it
     assert target.read_bytes() == b"one" and not (tmp_path / "best.pt.tmp").exists()
+
+
+def test_outputs_snakemake_deleted_come_back_when_the_run_is_moved_aside(tmp_path) -> None:
+    """The training job's declared outputs get second names; Snakemake deletes the declared
+    names before rerunning the job; the run that job moves aside holds them again, unchanged.
+    Without the second names the moved run would lack them."""
+    run = tmp_path / "seed0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"last")
+    for name in TRAIN_OUTPUTS:
+        (run / name).write_text(name)
+    keep_outputs(run)
+    for name in TRAIN_OUTPUTS:
+        (run / name).unlink()  # what Snakemake does before the job
+    moved = move_aside(run, "provenance_sha256 changed")
+    for name in TRAIN_OUTPUTS:
+        assert (moved / name).read_text() == name
+    assert "restored from .kept/" in (moved / "MOVED_ASIDE.txt").read_text()
+    assert (moved / KEPT_DIR / "log.csv").stat().st_ino == (moved / "log.csv").stat().st_ino
+
+
+def test_an_output_never_written_is_not_invented(tmp_path) -> None:
+    run = tmp_path / "seed0"
+    run.mkdir()
+    (run / "log.csv").write_text("epoch\n")
+    keep_outputs(run)
+    (run / "log.csv").write_text("epoch\n1\n")  # written again by a later job: kept again
+    keep_outputs(run)
+    moved = move_aside(run, "changed")
+    assert (moved / "log.csv").read_text() == "epoch\n1\n"
+    assert not (moved / "metrics.json").exists() and not (moved / "checkpoints").exists()
+    assert "restored" not in (moved / "MOVED_ASIDE.txt").read_text()

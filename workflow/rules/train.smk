@@ -2,6 +2,8 @@
 # reading the dataset's train split and its first val split. A job killed by Slurm (SIGTERM at the
 # time limit or on preemption) checkpoints and resumes when resubmitted; a rerun resumes only if
 # the run was started with the same experiment, data and code, else the old run is moved aside.
+# Snakemake deletes the declared outputs before a rerun; each has a second name in the run's .kept/
+# (dens.runs.keep_outputs), from which a run moved aside gets them back: it keeps everything.
 # A multi-GPU run (resources.gpus > 1 in config/experiments.yaml, GPU scales) starts one process
 # per GPU with srun across its nodes (train_launcher), so it needs the Slurm profile; by hand on
 # one node: torchrun --standalone --nproc-per-node N -m dens train ... (dens.distributed).
