@@ -516,7 +516,9 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
             f"config: seed: {options['seed']!r}: the option is now seeds, a list of training seeds "
             "(--config 'seeds=[0,1,2]'); the seed of generated data is data_seed"
         )
-    validate(options, "config", "config (config/config.yaml + --config)", root)
+    validate(
+        options, "config", "config (config/config.yaml, the profile's configfile, --config)", root
+    )
 
     scales = sorted(p.stem for p in (config_dir / "scales").glob("*.yaml"))
     scale_name = options["scale"]

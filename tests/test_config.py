@@ -559,7 +559,10 @@ def test_a_non_finite_number_in_any_config_file_is_refused(
 def test_a_non_finite_option_or_catalog_value_is_refused(pipeline_copy: Path) -> None:
     from dens.data.download import load_catalog
 
-    with pytest.raises(ConfigError, match=r"config/config\.yaml \+ --config\): seeds\.1: \.nan:"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config/config\.yaml, the profile's configfile, --config\): seeds\.1: \.nan:",
+    ):
         load_registry({"scale": "smoke", "seeds": ["0", ".nan"]}, root=pipeline_copy)
     with pytest.raises(ConfigError, match=r"max_job_hours: \.inf: not a finite number"):
         load_registry({"scale": "smoke", "max_job_hours": "1.0e+999"}, root=pipeline_copy)
