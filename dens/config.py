@@ -137,6 +137,8 @@ def validate_part(
     if error is None:
         return
     key = ".".join([where, *(str(part) for part in error.absolute_path)])
+    if isinstance(error.instance, dict | list):  # a missing or extra key: the message names it
+        raise ConfigError(f"{key}: {error.message}")
     raise ConfigError(f"{key}: {error.instance!r}: {error.message}")
 
 
@@ -402,10 +404,16 @@ class Registry:
     def relax_settings(self, name: str) -> dict[str, Any] | None:
         """The IS2RE relaxation settings of the experiment at this scale: its ``relax`` (the
         L-BFGS settings of its official config) with the scale's ``relax`` over it (systems per
-        batch, how many systems, and a smaller step cap at the CPU scales); None for an
+        batch, how many systems, and at the CPU scales a cap on the steps: the smaller of the
+        two); None for an
         experiment without relax settings (its dataset has no relax splits)."""
         relax = self.experiment(name).get("relax")
-        return None if relax is None else {**relax, **self.scale["relax"]}
+        if relax is None:
+            return None
+        settings = {**relax, **self.scale["relax"]}
+        if "max_steps" in self.scale["relax"]:  # a cap, never more steps than the experiment's
+            settings["max_steps"] = min(relax["max_steps"], self.scale["relax"]["max_steps"])
+        return settings
 
     def value_sources(self, name: str) -> dict[str, str]:
         """Where each value of the run at this scale comes from: dotted path in

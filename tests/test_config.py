@@ -473,6 +473,38 @@ def test_relaxation_settings_per_experiment_under_the_scale() -> None:
     assert smoke["max_steps"] == 20 and smoke["damping"] == 1.2
 
 
+def test_the_scale_caps_relaxation_steps_and_never_raises_them(tmp_path: Path) -> None:
+    """mini caps relaxations at 200 steps: an experiment asking 300 gets 200, one asking 50
+    keeps 50 (the cap is a minimum, not an override)."""
+    path = tmp_path / "mine.yaml"
+    short = {
+        "max_steps": 50,
+        "fmax": 0.05,
+        "maxstep": 0.04,
+        "memory": 50,
+        "damping": 1.0,
+        "alpha": 70.0,
+    }
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiments": {
+                    "oc22/mine-short-relax": {
+                        "extends": ["oc22/eqv2"],
+                        "dens": None,
+                        "relax": short,
+                        "resources": {"runtime_hours": 1},
+                        "source": "a user's experiment",
+                    }
+                }
+            }
+        )
+    )
+    mini = load_registry({"scale": "mini", "extra_experiments": [str(path)]})
+    assert mini.relax_settings("oc22/eqv2-dens-127m")["max_steps"] == 200
+    assert mini.relax_settings("oc22/mine-short-relax")["max_steps"] == 50
+
+
 def test_an_experiment_of_a_dataset_with_relax_splits_needs_relax_settings(
     pipeline_copy: Path,
 ) -> None:
@@ -588,3 +620,17 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(pipeline_copy: Path)
     assert "\n" not in message
     assert re.match(rf"^{re.escape(str(path))}: line \d+, column \d+: not valid YAML: ", message)
     assert f"(while parsing a flow sequence at line {row + 1}, column 8)" in message
+
+
+def test_a_missing_key_is_named_without_dumping_the_experiment(tmp_path: Path) -> None:
+    """A required key missing from an experiment names the key, not the whole resolved entry."""
+    path = tmp_path / "mine.yaml"
+    entry = {"extends": ["oc22/eqv2"], "dens": None, "source": "a user's experiment"}
+    path.write_text(yaml.safe_dump({"experiments": {"oc22/mine": entry}}))
+    with pytest.raises(ConfigError) as error:
+        load_registry({"scale": "mini", "extra_experiments": [str(path)]})
+    message = str(error.value)
+    assert message.endswith(
+        "experiments.oc22/mine.resources: 'runtime_hours' is a required property"
+    )
+    assert "value_sources" not in message and len(message) < 300
