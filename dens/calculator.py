@@ -6,10 +6,14 @@ conversion training data goes through (FixAtoms marks fixed atoms; periodic stru
 cell, pbc and tags).
 
 The calculator refuses structures the model cannot answer for, with
-dens.errors.UnsupportedStructureError naming what is wrong: elements absent from the run's
-training data (stored in the checkpoint's normaliser; checkpoints from before dens stored them
-skip this check) and atoms closer than ``min_distance`` (minimum-image distances for periodic
-structures).
+dens.errors.UnsupportedStructureError naming what is wrong: a structure outside the bounds of
+dens.data.validation (non-finite positions or cell, a lone atom of a molecule, an atomic number
+beyond the model's embedding table, coordinates or cells beyond their physical bounds; raised as
+its InvalidStructureError), elements absent from the run's training data (stored in the
+checkpoint's normaliser, or by ``dens import-checkpoint``; checkpoints from before dens stored
+them skip this check), atoms closer than ``min_distance`` (minimum-image distances for periodic
+structures) and structures with no atom pair within the model's cutoff (every model family
+fails on an empty edge list).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
 from dens.data.structures import atoms_to_batch
+from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms
 from dens.errors import UnsupportedStructureError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
@@ -34,6 +39,26 @@ MIN_DISTANCE = 0.5
 
 def _symbols(numbers) -> str:
     return ", ".join(chemical_symbols[int(z)] for z in numbers)
+
+
+def model_max_atomic_number(model: torch.nn.Module) -> int:
+    """The largest atomic number ``model`` embeds: its table size minus one (EquiformerV2 and
+    eSCN ``max_num_elements``, Equiformer ``max_atomic_number``), capped at 118."""
+    for name in ("max_num_elements", "max_atomic_number"):
+        size = getattr(model, name, None)
+        if isinstance(size, int):
+            return min(size - 1, MAX_ATOMIC_NUMBER)
+    return MAX_ATOMIC_NUMBER
+
+
+def model_cutoff(model: torch.nn.Module) -> float | None:
+    """The radius (Å) within which ``model`` pairs atoms (``cutoff``; Equiformer
+    ``max_radius``), None when it states none."""
+    for name in ("cutoff", "max_radius"):
+        value = getattr(model, name, None)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 class DeNSCalculator(Calculator):
@@ -70,11 +95,17 @@ class DeNSCalculator(Calculator):
         self.device = device
         self.dtype = dtype
         self.min_distance = float(min_distance)
+        self.max_atomic_number = model_max_atomic_number(self.trained.model)
+        self.cutoff = model_cutoff(self.trained.model)
 
     def check_structure(self, atoms: Atoms) -> None:
-        """Raise UnsupportedStructureError if the model cannot answer for `atoms`: an element
-        absent from its training data, or two atoms closer than `min_distance`."""
+        """Raise UnsupportedStructureError if the model cannot answer for `atoms`: outside the
+        bounds of dens.data.validation (InvalidStructureError), an element absent from its
+        training data, two atoms closer than `min_distance`, or no pair within the cutoff."""
         name = self.experiment.get("name", "this run")
+        valid = ((atoms.numbers >= 0) & (atoms.numbers <= MAX_ATOMIC_NUMBER)).all()
+        formula = atoms.get_chemical_formula() if valid else f"{len(atoms)} atoms"
+        check_atoms(atoms, formula, self.max_atomic_number, labels=False)
         if self.elements is not None:
             unknown = sorted(set(np.unique(atoms.numbers).tolist()) - set(self.elements))
             if unknown:
@@ -95,6 +126,11 @@ class DeNSCalculator(Calculator):
                     f"({symbols[j]}) are {distance[closest]:.3f} Å apart, closer than "
                     f"min_distance {self.min_distance} Å (DeNSCalculator(min_distance=...))"
                 )
+        if self.cutoff is not None and not neighbor_list("i", atoms, self.cutoff).size:
+            raise UnsupportedStructureError(
+                f"{atoms.get_chemical_formula()}: no two atoms within the cutoff "
+                f"{self.cutoff:g} Å of {name}; the model passes messages between atom pairs"
+            )
 
     def calculate(
         self,

@@ -233,3 +233,83 @@ def test_calculator_of_a_run_directory_needs_no_other_argument(tmp_path):
         molecule.calc = calc
         with pytest.raises(UnsupportedStructureError, match=f"element {element} not in the"):
             molecule.get_potential_energy()
+
+
+# -- malformed structures: one-line refusals, never a finite energy (issue 23) ---------------------
+def _malformed(name: str) -> ase.Atoms:
+    atoms = cluster("Cu5Au")
+    if name == "nan position":
+        atoms.positions[3, 1] = np.nan
+    elif name == "inf position":
+        atoms.positions[0, 0] = np.inf
+    elif name == "no atom":
+        atoms = ase.Atoms()
+    elif name == "one atom":
+        atoms = atoms[:1]
+    elif name == "Z=150":
+        atoms.numbers[2] = 150
+    elif name == "cell scaled by 1e8":
+        atoms = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.set_cell(atoms.cell * 1e8)
+    elif name == "atom 1e9 Å away":
+        atoms.positions[4] = [1e9, 0.0, 0.0]
+    elif name == "isolated pair":
+        atoms = ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 50.0]])
+    return atoms
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("nan position", r"^AuCu5: atom 3 \(Cu\) has position \[.*nan.*\] Å, not finite$"),
+        ("inf position", r"^AuCu5: atom 0 \(Cu\) has position \[inf, .*not finite$"),
+        ("no atom", r"^: 0 atom\(s\); a molecule needs at least 2"),
+        ("one atom", r"^Cu: 1 atom\(s\); a molecule needs at least 2"),
+        ("Z=150", r"^6 atoms: atom 2 has atomic number 150 \(Z=150\), outside .* 1\.\.118"),
+        ("cell scaled by 1e8", r"^Cu4: cell vector 0 is 3\.61e\+08 Å long, beyond 1000 Å$"),
+        ("atom 1e9 Å away", r"^AuCu5: atom 4 \(Cu\) has position \[1e\+09, 0, 0\] Å, beyond"),
+        ("isolated pair", r"^Cu2: no two atoms within the cutoff 6 Å of toy/pair-dens"),
+    ],
+)
+def test_malformed_structures_are_refused_in_one_line(run, case, message):
+    """Before: a NaN or inf position gave the unmodified molecule's finite energy, 0 or 1 atoms
+    'cannot reshape tensor of 0 elements', Z = 150 an IndexError, the scaled cell a MemoryError
+    (617 PiB) and the far atom an empty AssertionError."""
+    run_dir, _ = run
+    atoms = _malformed(case)
+    atoms.calc = DeNSCalculator(run_dir, build_toy_model)
+    with pytest.raises(UnsupportedStructureError, match=message) as error:
+        atoms.get_potential_energy()
+    assert isinstance(error.value, DensError) and "\n" not in str(error.value)
+
+
+def test_atomic_numbers_beyond_the_models_table_are_refused(tmp_path):
+    """The registered Equiformer embeds Z < 64: Gd (64) is refused before the model indexes its
+    table, whatever the training elements."""
+    from dens.calculator import model_cutoff, model_max_atomic_number
+    from dens.config import load_registry
+    from dens.models import build_model
+
+    experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")
+    model = build_model(experiment)
+    assert model_max_atomic_number(model) == 63 and model_cutoff(model) == 5.0
+    best = {
+        "format_version": FORMAT_VERSION,
+        "kind": "best",
+        "experiment": experiment,
+        "epoch": 1,
+        "step": 1,
+        "normalizer": Normalizer.fit(
+            torch.tensor([-1.0, -2.0], dtype=torch.float64), torch.zeros(2, NUM_ELEMENTS), "mean"
+        ).to_dict(),
+        "num_parameters": 1,
+        "model": model.state_dict(),
+        "weights": "model",
+        "val": {"energy_mae_meV": 0.0, "forces_mae_meV_per_A": 0.0},
+    }
+    best["normalizer"].pop("elements", None)  # no training elements: only the table limits
+    save_checkpoint(best, tmp_path / "checkpoints" / "best.pt")
+    molecule = ase.Atoms("GdH", positions=[[0, 0, 0], [0, 0, 1.8]])
+    molecule.calc = DeNSCalculator(tmp_path)
+    with pytest.raises(UnsupportedStructureError, match=r"number 64 \(Gd\), outside .*63"):
+        molecule.get_potential_energy()
