@@ -12,7 +12,8 @@ Sources:
   referenced (total - the per-frame reference of the txt file); frames of an archive whose entry
   has ``md_split: true`` carry ``md_split`` True.
 - LMDBs of pickled torch_geometric ``Data`` (OC20 S2EF test, OC20 IS2RE, OC22): read by
-  dens.data.legacy_lmdb's restricted unpickler, which never runs code from the file. Splits that
+  dens.data.legacy_lmdb's restricted unpickler, which never runs code from the file; every row
+  passes dens.data.validation (a refusal names the file, the row and its sid). Splits that
   gather several release sub-splits (``s2ef_test``, ``is2re_test``) store the sub-split's name in
   the row key ``subsplit``.
 
@@ -225,13 +226,19 @@ def plan_dataset(
 
 
 def _rows(task: ShardTask) -> Iterator[Any]:
+    """The rows of one source file; each structure passes dens.data.validation (the extxyz
+    reader checks its frames itself; a legacy LMDB row is named by file, row and sid)."""
     if task.kind == "extxyz":
         from dens.data.s2ef_extxyz import read_s2ef_frames
 
-        return read_s2ef_frames(task.source, md_split=task.md_split)
+        yield from read_s2ef_frames(task.source, md_split=task.md_split)
+        return
     from dens.data.legacy_lmdb import read_legacy_rows
+    from dens.data.validation import check_atoms
 
-    return read_legacy_rows(task.source, **dict(task.extra))
+    for index, row in enumerate(read_legacy_rows(task.source, **dict(task.extra))):
+        check_atoms(row[0], f"{task.source}: row {index} (sid {row[1].get('sid')})")
+        yield row
 
 
 def shard_done(task: ShardTask) -> int | None:

@@ -18,13 +18,17 @@ frame comes back as ``(atoms, key_value_pairs, data)`` ready for an aselmdb row:
 
 A damaged ``.xz`` stream, a frame cut short, a txt file with fewer (or more) lines than the
 extxyz has frames, or a malformed txt line raises :class:`dens.errors.DataError` naming the file
-and the line.
+and the line. A frame outside the bounds of dens.data.validation (no atom, a non-finite
+position, cell, energy, reference or force, an element beyond
+dens.data.validation.SUPPORTED_MAX_Z, a cell or coordinate beyond the stated bounds) raises its
+InvalidStructureError (a DataError) naming the file, the frame, its line, sid and the value.
 """
 
 from __future__ import annotations
 
 import io
 import lzma
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +38,7 @@ import ase.io
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from dens.data.validation import check_atoms
 from dens.errors import DataError
 
 EXTXYZ_SUFFIX = ".extxyz.xz"
@@ -152,8 +157,11 @@ def _row(atoms: Atoms, sid: int, fid: int, reference: float, md_split: bool, whe
         raise DataError(f"{where}: frame has no {' and '.join(missing)}")
     if "tags" not in atoms.arrays:
         raise DataError(f"{where}: frame has no tags column")
+    check_atoms(atoms, where)
     total = float(results["energy"])
     forces = results["forces"]
+    if not math.isfinite(reference):
+        raise DataError(f"{where}: reference energy {reference} eV (txt file) is not finite")
     atoms.info = {}
     atoms.calc = SinglePointCalculator(atoms, energy=total - reference, forces=forces)
     key_value_pairs = {
@@ -184,8 +192,12 @@ def read_s2ef_frames(
         def flush() -> Iterator[Row]:
             text = "".join(chunk for _, chunk, _ in pending)
             parsed = _parse(extxyz, pending[0][0], text, len(pending))
-            for atoms, (line, _, (sid, fid, reference)) in zip(parsed, pending, strict=True):
-                yield _row(atoms, sid, fid, reference, md_split, f"{extxyz}: line {line}")
+            first = frame - len(pending)
+            for k, (atoms, (line, _, (sid, fid, reference))) in enumerate(
+                zip(parsed, pending, strict=True)
+            ):
+                where = f"{extxyz}: line {line}: frame {first + k} (sid {sid}, fid {fid})"
+                yield _row(atoms, sid, fid, reference, md_split, where)
             pending.clear()
 
         for line, text in _frames_text(xz_lines):

@@ -138,8 +138,9 @@ def _check_cell(cell: np.ndarray, periodic: np.ndarray, positions: np.ndarray, w
     if not np.isfinite(cell).all():
         raise InvalidStructureError(f"{where}: cell {cell.tolist()} Å is not finite")
     lengths = np.linalg.norm(cell, axis=1)
-    if (lengths > MAX_CELL_LENGTH).any():
-        i = int(np.argmax(lengths))
+    too_long = np.flatnonzero(lengths > MAX_CELL_LENGTH)
+    if too_long.size:
+        i = int(too_long[0])
         raise InvalidStructureError(
             f"{where}: cell vector {i} is {lengths[i]:.6g} Å long, beyond {MAX_CELL_LENGTH:g} Å"
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import ase.db
 import numpy as np
 import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
 from oc_fixtures import (
     Exploit,
     catalog_entry,
@@ -442,3 +443,69 @@ def test_oc22_release_downloads_verifies_extracts_and_converts(tmp_path: Path) -
         prepare_oc_downloaded(
             settings, tmp_path / "out2", [extracted], processes=1, catalog_root=root, progress=False
         )
+
+
+def _damaged_frame(change: str) -> list:
+    frames = slab_frames(3, seed=4)
+    atoms = frames[1]
+    if change == "nan force":
+        atoms.calc.results["forces"][2, 0] = np.nan
+    elif change == "nan energy":
+        atoms.calc.results["energy"] = np.nan
+    elif change == "nan position":
+        atoms.positions[4, 2] = np.nan
+    elif change == "huge cell":
+        atoms.set_cell(atoms.cell * 1e11)
+    elif change == "Og":
+        atoms.numbers[0] = 118
+    elif change == "no atom":
+        empty = atoms[:0]
+        empty.calc = SinglePointCalculator(empty, energy=-1.0, forces=np.zeros((0, 3)))
+        frames[1] = empty
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan force", r"atom 2 \(Pt\) has force \[nan, "),
+        ("nan energy", r"energy nan eV is not finite"),
+        ("nan position", r"atom 4 \(Pt\) has position \[.*nan\] Å, not finite"),
+        ("huge cell", r"cell vector 0 is 5\.\d+e\+11 Å long, beyond 1000 Å"),
+        ("Og", r"atom 0 has atomic number 118 \(Og\), outside the supported 1\.\.89"),
+        ("no atom", r"0 atom\(s\); a periodic cell needs at least 1"),
+    ],
+)
+def test_extxyz_frames_outside_the_bounds_are_refused_naming_file_and_frame(
+    tmp_path: Path, change: str, message: str
+) -> None:
+    """Before: NaN forces and energies, 0-atom frames, a 1e12 Å cell and Og were written without
+    a word, and a NaN position was reported later as a row without labels."""
+    frames = _damaged_frame(change)
+    ids = [(100 + i, i, -1.0) for i in range(len(frames))]
+    extxyz, _ = write_s2ef_files(tmp_path, "x", frames, ids)
+    where = r"x\.extxyz\.xz: line \d+: frame 1 \(sid 101, fid 1\): "
+    with pytest.raises(DataError, match=where + message) as info:
+        list(read_s2ef_frames(extxyz, batch=2))
+    assert "\n" not in str(info.value)
+
+
+def test_legacy_rows_outside_the_bounds_are_refused_naming_file_row_and_sid(
+    tmp_path: Path,
+) -> None:
+    """A legacy (OC22-style) record with a NaN force or an unknown element stops its shard."""
+    records = legacy_records(slab_frames(3, seed=8), "s2ef")
+    records[2]["force"][1, 1] = float("nan")
+    records[1]["atomic_numbers"][0] = 150.0
+    for bad, message in (
+        (2, r"atom 1 \(\w+\) has force \[.*nan"),
+        (1, r"atom 0 has atomic number 150"),
+    ):
+        good = legacy_records(slab_frames(3, seed=8), "s2ef")
+        good[bad] = records[bad]
+        path = write_legacy_lmdb(tmp_path / f"bad{bad}.lmdb", good)
+        task = oc_convert.ShardTask("train", 0, "lmdb", path, "a", tmp_path / "work")
+        with pytest.raises(
+            DataError, match=rf"bad{bad}\.lmdb: row {bad} \(sid 100{bad}\): {message}"
+        ):
+            list(oc_convert._rows(task))
