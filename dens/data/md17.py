@@ -27,6 +27,7 @@ import ctypes.util
 import hashlib
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
@@ -46,6 +47,8 @@ from tqdm import tqdm
 
 from dens.data.aselmdb import write_aselmdb
 from dens.data.calculators import GFN2xTBCalculator
+from dens.data.validation import MAX_COORDINATE, check_structure
+from dens.errors import InvalidDataError
 
 MD17_SMILES: dict[str, str] = {
     "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
@@ -315,6 +318,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_frames(
+    path: Path,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    forces: np.ndarray,
+) -> None:
+    """Every frame within dens.data.validation's bounds (InvalidStructureError naming the file,
+    frame, atom and value): the first frame fully, then non-finite or out-of-bounds values of
+    all frames at once (one pass over the arrays), the first such frame named."""
+    if not len(energies):
+        raise InvalidDataError(f"{path}: no frames")
+    check_structure(
+        numbers, positions[0], f"{path}: frame 0", energy=float(energies[0]), forces=forces[0]
+    )
+    finite = np.isfinite(positions).all(axis=(1, 2)) & np.isfinite(energies)
+    finite &= np.isfinite(forces).all(axis=(1, 2))
+    bad = np.flatnonzero(~finite | (np.abs(positions) > MAX_COORDINATE).any(axis=(1, 2)))
+    if bad.size:
+        frame = int(bad[0])
+        check_structure(
+            numbers,
+            positions[frame],
+            f"{path}: frame {frame}",
+            energy=float(energies[frame]),
+            forces=forces[frame],
+        )
+
+
 def convert_md17_npz(
     npz_path: Path,
     out_dir: Path,
@@ -328,26 +360,40 @@ def convert_md17_npz(
     The npz holds `R` float [F,N,3] (Å), `z` int [N], `E` float [F,1] (kcal/mol) and `F`
     float [F,N,3] (kcal/mol/Å); energies and forces are converted to eV and eV/Å.
     `n_test=None` puts every remaining frame in the test split. Returns {split: path}.
+    A file that is not such an npz raises InvalidDataError naming it; a molecule of fewer than
+    two atoms, an element beyond dens.data.validation.SUPPORTED_MAX_Z, a non-finite or
+    out-of-bounds value raises its InvalidStructureError naming the file and the frame.
     """
     npz_path = Path(npz_path)
     start = time.perf_counter()
-    with np.load(npz_path) as npz:
-        missing = [key for key in ("R", "z", "E", "F") if key not in npz.files]
-        if missing:
-            raise ValueError(
-                f"{npz_path} is not an MD17 npz: missing keys {missing} (has {npz.files})"
-            )
-        positions = np.asarray(npz["R"], dtype=np.float64)
-        numbers = np.asarray(npz["z"], dtype=np.int64)
-        energies = np.asarray(npz["E"], dtype=np.float64).reshape(-1) * KCAL_PER_MOL_IN_EV
-        forces = np.asarray(npz["F"], dtype=np.float64) * KCAL_PER_MOL_IN_EV
-        theory = str(npz["theory"]) if "theory" in npz.files else None
+    try:
+        with np.load(npz_path) as npz:
+            missing = [key for key in ("R", "z", "E", "F") if key not in npz.files]
+            if missing:
+                raise InvalidDataError(
+                    f"{npz_path} is not an MD17 npz: missing keys {missing} (has {npz.files})"
+                )
+            positions = np.asarray(npz["R"], dtype=np.float64)
+            numbers = np.asarray(npz["z"])
+            energies = np.asarray(npz["E"], dtype=np.float64).reshape(-1) * KCAL_PER_MOL_IN_EV
+            forces = np.asarray(npz["F"], dtype=np.float64) * KCAL_PER_MOL_IN_EV
+            theory = str(npz["theory"]) if "theory" in npz.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, InvalidDataError):
+            raise
+        raise InvalidDataError(
+            f"{npz_path}: not a readable MD17 npz ({type(error).__name__}: {error}); "
+            "download it again"
+        ) from error
+    if not np.issubdtype(numbers.dtype, np.integer):
+        raise InvalidDataError(f"{npz_path}: z must hold integers, got dtype {numbers.dtype}")
     n_frames, n_atoms = len(positions), len(numbers)
     expected = {"R": (n_frames, n_atoms, 3), "E": (n_frames,), "F": (n_frames, n_atoms, 3)}
     actual = {"R": positions.shape, "E": energies.shape, "F": forces.shape}
     for key, shape in expected.items():
         if actual[key] != shape:
-            raise ValueError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
+            raise InvalidDataError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
+    _check_frames(npz_path, numbers, positions, energies, forces)
 
     split = split_indices(n_frames, n_train, n_val, n_test, seed)
     metadata = {"dataset": "MD17", "source": npz_path.name}

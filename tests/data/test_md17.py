@@ -26,6 +26,7 @@ from dens.data.md17 import (
     md17_npz_url,
     split_indices,
 )
+from dens.errors import InvalidDataError
 
 SMALL = {"n_train": 6, "n_val": 2, "n_test": 4, "stride": 3, "equilibration_steps": 10}
 
@@ -217,9 +218,54 @@ def test_convert_md17_npz_to_evs_with_the_paper_split(tmp_path: Path) -> None:
 
 
 def test_convert_md17_npz_names_missing_keys(tmp_path: Path) -> None:
+    """Before: a bare ValueError, printed as a traceback by the CLI."""
     np.savez(tmp_path / "bad.npz", R=np.zeros((2, 3, 3)), z=np.ones(3))
-    with pytest.raises(ValueError, match=r"bad.npz is not an MD17 npz: missing keys \['E', 'F'\]"):
+    with pytest.raises(
+        InvalidDataError, match=r"bad.npz is not an MD17 npz: missing keys \['E', 'F'\]"
+    ):
         convert_md17_npz(tmp_path / "bad.npz", tmp_path / "out")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "bad.npz").read_bytes()[:100])
+    with pytest.raises(InvalidDataError, match=r"cut.npz: not a readable MD17 npz"):
+        convert_md17_npz(tmp_path / "cut.npz", tmp_path / "out")
+
+
+def _malformed_npz(path: Path, change: str) -> Path:
+    arrays = _write_md17_npz(path, 20)
+    if change == "no atom":
+        arrays |= {"R": arrays["R"][:, :0], "z": arrays["z"][:0], "F": arrays["F"][:, :0]}
+    elif change == "one atom":
+        arrays |= {"R": arrays["R"][:, :1], "z": arrays["z"][:1], "F": arrays["F"][:, :1]}
+    elif change == "Z=200":
+        arrays["z"][1] = 200
+    elif change == "nan force":
+        arrays["F"][13, 2, 1] = np.nan
+    elif change == "inf energy":
+        arrays["E"][4] = np.inf
+    elif change == "far atom":
+        arrays["R"][7, 0] = [0.0, 0.0, 2e4]
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no atom", r"frame 0: 0 atom\(s\); a molecule needs at least 2"),
+        ("one atom", r"frame 0: 1 atom\(s\); a molecule needs at least 2"),
+        ("Z=200", r"frame 0: atom 1 has atomic number 200 \(Z=200\), outside the supported"),
+        ("nan force", r"frame 13: atom 2 \(H\) has force \[.*, nan, .*\] eV/Å, not finite$"),
+        ("inf energy", r"frame 4: energy inf eV is not finite$"),
+        ("far atom", r"frame 7: atom 0 \(O\) has position \[0, 0, 20000\] Å, beyond"),
+    ],
+)
+def test_convert_md17_npz_refuses_malformed_molecules_naming_the_frame(
+    tmp_path: Path, change: str, message: str
+) -> None:
+    """Before: 0-atom molecules and Z = 200 were converted."""
+    path = _malformed_npz(tmp_path / "md17_x.npz", change)
+    with pytest.raises(InvalidDataError, match=r"md17_x\.npz: " + message):
+        convert_md17_npz(path, tmp_path / "out", 10, 5)
+    assert not (tmp_path / "out").exists()
 
 
 def test_fairchem_and_ase_db_read_the_files(ethanol_dir: Path) -> None:
