@@ -47,7 +47,6 @@ dens.errors.MissingDataError.
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 import zlib
@@ -60,6 +59,7 @@ import torch
 from torch import Tensor
 
 from dens import paths
+from dens.atomic_files import atomic_write
 from dens.errors import CheckpointError, MissingDataError
 
 FORMAT_VERSION = 1
@@ -91,17 +91,13 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
-    """Write `state` to `path` atomically (temporary file in the same folder, then rename)."""
+    """Write `state` to `path` atomically (dens.atomic_files: temporary file in the same folder,
+    fsync, rename; on failure the temporary file is removed and the previous `path` kept; a full
+    or read-only folder raises dens.errors.DiskError)."""
     state = dict(state)
     _check_plain(state, "checkpoint")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path, "saving checkpoint") as handle:
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _pipeline_target(path: Path) -> PurePosixPath | None:

@@ -562,6 +562,22 @@ def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def _user_error(error: BaseException) -> BaseException | None:
+    """The error ``dens`` prints as one line for ``error``, or None for a bug (its traceback is
+    shown): a write that found its folder full or read-only and that no dens.atomic_files helper
+    reported (a RuntimeError of torch holds the OSError in its context) becomes a DiskError."""
+    from dens.atomic_files import disk_cause, disk_error
+
+    if isinstance(error, DensError):
+        return error
+    cause = disk_cause(error)
+    if cause is not None and not isinstance(error, PermissionError):
+        return disk_error(cause, None, "writing")
+    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError)):
+        return error
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; an error a user can cause is printed as one line (exit status 2)."""
     args = build_parser().parse_args(argv)
@@ -583,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dens: interrupted", file=sys.stderr)
         return 130
-    except (DensError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        print(f"dens: error: {_one_line(error)}", file=sys.stderr)
+    except (DensError, OSError, RuntimeError) as error:
+        shown = _user_error(error)
+        if shown is None:
+            raise
+        print(f"dens: error: {_one_line(shown)}", file=sys.stderr)
         return 2
     return 0
 

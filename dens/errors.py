@@ -45,3 +45,9 @@ class DeviceError(DensError):
 class UnsupportedStructureError(DensError, ValueError):
     """A structure the trained model cannot answer for (an element absent from its training
     data, atoms closer than the calculator's minimum distance); the message names them."""
+
+
+class DiskError(DensError):
+    """A file could not be written: the file system is full or read-only, or the folder is not
+    writable (dens.atomic_files); the message names the operation, the folder and its free
+    space."""

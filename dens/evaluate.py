@@ -29,7 +29,6 @@ import datetime
 import importlib.metadata
 import json
 import math
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dens import atomic_files
 from dens.data.batch import Batch, Data
 from dens.inference import BuildModel, load_trained_model, predict
 from dens.models import build_model as build_registered_model
@@ -268,7 +268,5 @@ def evaluate(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     path = Path(metrics_path) if metrics_path is not None else run_dir / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_files.write_text(path, json.dumps(metrics, indent=2) + "\n", "writing metrics")
     return metrics

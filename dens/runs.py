@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dens import atomic_files
 from dens.checkpoint import FORMAT_VERSION
 from dens.data.batch import Data
 from dens.paths import METRICS_FILES
@@ -40,13 +41,12 @@ reruns the job, which may then move the run aside."""
 
 def publish(source: Path, target: Path) -> None:
     """Make ``target`` a copy of ``source`` (a hard link where possible), atomically."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_files.atomic_path(target, "publishing") as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def started_with(
@@ -95,6 +95,8 @@ def keep_outputs(run_dir: Path) -> None:
         path = run_dir / name
         if path.is_file():
             kept = run_dir / KEPT_DIR / name
+            if kept.is_file() and os.path.samefile(path, kept):
+                continue  # already its second name: nothing to write (a full or read-only disk)
             kept.parent.mkdir(parents=True, exist_ok=True)
             publish(path, kept)
 

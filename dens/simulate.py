@@ -69,6 +69,7 @@ from ase.md.nose_hoover_chain import NoseHooverChainNVT
 from ase.md.velocitydistribution import thermalize_momenta
 from tqdm import tqdm
 
+from dens import atomic_files
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
 from dens.slurm import TIME_LIMIT
@@ -276,16 +277,15 @@ def _save_state(path: Path, dynamics: NoseHooverChainNVT, **values: Any) -> None
     """Save positions, momenta, the thermostat variables (eta, p_eta) and ``values`` atomically
     (write, then rename: a kill leaves the previous state)."""
     thermostat = _thermostat(dynamics)
-    tmp = path.with_name("state.tmp.npz")
-    np.savez(
-        tmp,
-        positions=dynamics.atoms.get_positions(),
-        momenta=dynamics.atoms.get_momenta(),
-        eta=thermostat._eta,
-        p_eta=thermostat._p_eta,
-        **{key: np.asarray(value) for key, value in values.items()},
-    )
-    os.replace(tmp, path)
+    with atomic_files.atomic_write(path, "saving simulation state") as handle:
+        np.savez(
+            handle,
+            positions=dynamics.atoms.get_positions(),
+            momenta=dynamics.atoms.get_momenta(),
+            eta=thermostat._eta,
+            p_eta=thermostat._p_eta,
+            **{key: np.asarray(value) for key, value in values.items()},
+        )
 
 
 def _truncate_trajectory(path: Path, frames: int) -> None:
@@ -300,11 +300,12 @@ def _truncate_trajectory(path: Path, frames: int) -> None:
         if len(trajectory) == frames:
             return
         kept = [trajectory[index] for index in range(frames)]
-    tmp = path.with_name("trajectory.tmp.traj")
-    with Trajectory(tmp, "w") as out:
+    with (
+        atomic_files.atomic_path(path, "truncating trajectory") as tmp,
+        Trajectory(tmp, "w") as out,
+    ):
         for atoms in kept:
             out.write(atoms)
-    os.replace(tmp, path)
 
 
 def run_simulation(
@@ -514,7 +515,9 @@ def simulate(
         print(f"{out_dir} was started with other settings, model or data: moved to {moved}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)
-    record.write_text(json.dumps(started_with, indent=2, sort_keys=True) + "\n")
+    atomic_files.write_text(
+        record, json.dumps(started_with, indent=2, sort_keys=True) + "\n", "starting simulations"
+    )
 
     h_reference = distance_histogram(reference)
     results = []
@@ -556,9 +559,9 @@ def simulate(
         "reference_frames": len(reference),
         "simulations": [asdict(result) for result in results],
     }
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_files.write_text(
+        out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n", "writing metrics"
+    )
     return metrics
 
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dens import paths
+from dens import atomic_files, paths
 from dens.config import find_root, validate
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, DataError, DensError, InvalidDataError
@@ -307,11 +306,8 @@ def submission_arrays(
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """np.savez_compressed to ``path``, written under a temporary name and then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_files.atomic_write(path, "writing submission") as handle:
         np.savez_compressed(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def local_metrics(
@@ -386,9 +382,7 @@ def write_submission(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     path = run_dir / paths.METRICS_FILES["test"]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_files.write_text(path, json.dumps(metrics, indent=2) + "\n", "writing metrics")
     return metrics
 
 

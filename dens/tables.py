@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import paths
+from dens import atomic_files, paths
 from dens.config import Registry
 from dens.errors import ConfigError, DensError
 from dens.models import PENDING_FAMILIES
@@ -718,7 +718,7 @@ def _csv_value(value: Any) -> Any:
 
 
 def to_csv(table: Table, path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_files.atomic_write(path, "writing table", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=table.fields)
         writer.writeheader()
         for record in table.records:
@@ -887,6 +887,6 @@ def write_table(registry: Registry, name: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, tex_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex"))
     to_csv(table, csv_path)
-    md_path.write_text(to_markdown(table))
-    tex_path.write_text(to_latex(table))
+    atomic_files.write_text(md_path, to_markdown(table), "writing table")
+    atomic_files.write_text(tex_path, to_latex(table), "writing table")
     return [csv_path, md_path, tex_path]

@@ -101,6 +101,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dens.atomic_files import atomic_write
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.config import find_root
 from dens.data.batch import Batch, Data
@@ -508,12 +509,11 @@ def training_normalizer(
 
 
 def write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    """Write the run's log.csv atomically (dens.atomic_files)."""
+    with atomic_write(path, "writing training log", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 class StopFlag(threading.Event):
