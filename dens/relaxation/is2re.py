@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dens import paths
+from dens import atomic_files, paths
 from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
@@ -194,9 +194,7 @@ def _record(result: Relaxed, structure: InitialStructure) -> dict[str, Any]:
 
 
 def _write_json(path: Path, document: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_files.write_text(path, json.dumps(document, indent=2) + "\n", "writing relaxations")
 
 
 def relax_structures(
