@@ -28,7 +28,12 @@ from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
 from dens.data.structures import atoms_to_batch
-from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms
+from dens.data.validation import (
+    MAX_ATOMIC_NUMBER,
+    check_atoms,
+    model_cutoff,
+    model_max_atomic_number,
+)
 from dens.errors import UnsupportedStructureError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
@@ -39,26 +44,6 @@ MIN_DISTANCE = 0.5
 
 def _symbols(numbers) -> str:
     return ", ".join(chemical_symbols[int(z)] for z in numbers)
-
-
-def model_max_atomic_number(model: torch.nn.Module) -> int:
-    """The largest atomic number ``model`` embeds: its table size minus one (EquiformerV2 and
-    eSCN ``max_num_elements``, Equiformer ``max_atomic_number``), capped at 118."""
-    for name in ("max_num_elements", "max_atomic_number"):
-        size = getattr(model, name, None)
-        if isinstance(size, int):
-            return min(size - 1, MAX_ATOMIC_NUMBER)
-    return MAX_ATOMIC_NUMBER
-
-
-def model_cutoff(model: torch.nn.Module) -> float | None:
-    """The radius (Å) within which ``model`` pairs atoms (``cutoff``; Equiformer
-    ``max_radius``), None when it states none."""
-    for name in ("cutoff", "max_radius"):
-        value = getattr(model, name, None)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
 
 
 class DeNSCalculator(Calculator):

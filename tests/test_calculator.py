@@ -286,8 +286,8 @@ def test_malformed_structures_are_refused_in_one_line(run, case, message):
 def test_atomic_numbers_beyond_the_models_table_are_refused(tmp_path):
     """The registered Equiformer embeds Z < 64: Gd (64) is refused before the model indexes its
     table, whatever the training elements."""
-    from dens.calculator import model_cutoff, model_max_atomic_number
     from dens.config import load_registry
+    from dens.data.validation import model_cutoff, model_max_atomic_number
     from dens.models import build_model
 
     experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")

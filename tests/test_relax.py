@@ -22,6 +22,7 @@ from dens.calculator import DeNSCalculator
 from dens.data.aselmdb import write_aselmdb
 from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
+from dens.data.validation import InvalidStructureError
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
 from dens.relaxation import driver, is2re
@@ -374,3 +375,40 @@ def test_is2re_server_results_read_back(tmp_path: Path) -> None:
     )
     with pytest.raises(ServerResultsError, match=r"units: .*'forces' is a required property"):
         read_server_results(path, OC20)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan position", r"row 1 \(sid 7\): atom 3 \(Cu\) has position \[nan, .*not finite$"),
+        ("Z=150", r"row 1 \(sid 7\): atom 8 has atomic number 150 \(Z=150\), outside"),
+        ("no atom", r"row 1 \(sid 7\): 0 atom\(s\); a periodic cell needs at least 1"),
+    ],
+)
+def test_relax_refuses_malformed_systems_naming_the_sid(
+    run_dir: Path, tmp_path: Path, change: str, message: str
+) -> None:
+    """Before: a NaN position or an unknown element ended in a traceback naming no sid, and a
+    0-atom system was "relaxed" and reported with an energy."""
+    atoms = slab(0)
+    if change == "nan position":
+        atoms.positions[3, 0] = np.nan
+    elif change == "Z=150":
+        atoms.numbers[8] = 150
+    else:
+        atoms = atoms[:0]
+    atoms.info = {"sid": 7, "y_relaxed": 0.0}
+    path = tmp_path / "is2re_test_id.aselmdb"
+    write_aselmdb(path, [atoms], required_results=())
+    files = {"is2re_test_id": path, "is2re_test_ood": relax_file(tmp_path / "ood.aselmdb", 1)}
+    with pytest.raises(InvalidStructureError, match=r"is2re_test_id\.aselmdb: " + message):
+        is2re.relax_run(run_dir, files, OC22, SETTINGS, 2, None, build_toy_model, progress=False)
+
+
+def test_relax_systems_checks_each_system_as_it_enters() -> None:
+    good, bad = toy_system("good", 10, n=3), toy_system("bad", 10, n=3)
+    bad.data.pos[1, 2] = float("inf")
+    relaxed = relax_systems([good, bad], harmonic, LBFGSSettings(max_steps=3), batch_size=1)
+    assert next(relaxed).key == "good"
+    with pytest.raises(InvalidStructureError, match=r"^system bad: atom 1 \(Ne\) has position"):
+        next(relaxed)

@@ -25,7 +25,7 @@ proportion to the cell lengths, the images and the extent of the coordinates; a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -166,6 +166,26 @@ def _check_cell(cell: np.ndarray, periodic: np.ndarray, positions: np.ndarray, w
                 f"{where}: the atoms span {spread:.6g} cells along periodic vector {i}, beyond "
                 f"{MAX_CELL_SPREAD:g} (wrap them into the cell)"
             )
+
+
+def model_max_atomic_number(model: Any) -> int:
+    """The largest atomic number ``model`` embeds: its table size minus one (EquiformerV2 and
+    eSCN ``max_num_elements``, Equiformer ``max_atomic_number``), capped at 118."""
+    for name in ("max_num_elements", "max_atomic_number"):
+        size = getattr(model, name, None)
+        if isinstance(size, int):
+            return min(size - 1, MAX_ATOMIC_NUMBER)
+    return MAX_ATOMIC_NUMBER
+
+
+def model_cutoff(model: Any) -> float | None:
+    """The radius (Å) within which ``model`` pairs atoms (``cutoff``; Equiformer
+    ``max_radius``), None when it states none."""
+    for name in ("cutoff", "max_radius"):
+        value = getattr(model, name, None)
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 def check_atoms(

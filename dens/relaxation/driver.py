@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dens.data.batch import Batch, Data
+from dens.data.validation import MAX_ATOMIC_NUMBER, check_structure
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings
 from dens.slurm import TIME_LIMIT
 
@@ -80,6 +81,21 @@ class Relaxed:
     converged: bool
 
 
+def _check_system(system: System) -> None:
+    """dens.data.validation of a system's start (InvalidStructureError naming its key, the atom
+    and the value): the input check of every relaxation, whoever made the systems."""
+    data = system.data
+    periodic = getattr(data, "pbc", None)
+    check_structure(
+        data.atomic_numbers.cpu().numpy(),
+        system.start().cpu().numpy(),
+        f"system {system.key}",
+        cell=None if periodic is None else data.cell[0].double().cpu().numpy(),
+        pbc=None if periodic is None else periodic[0].cpu().numpy(),
+        max_atomic_number=MAX_ATOMIC_NUMBER,
+    )
+
+
 def relax_systems(
     systems: Iterable[System],
     predict: Predict,
@@ -92,7 +108,8 @@ def relax_systems(
     order they finish). settings: OC20's by default. The model sees positions in the dtype of
     the systems' ``pos``. At the wall-clock time ``stop_at`` (time.time(); a Slurm job ending
     itself before its limit, dens.slurm) it raises RelaxationStopped before the next model
-    call: the systems still in the batch start afresh when the relaxation is run again."""
+    call: the systems still in the batch start afresh when the relaxation is run again. Each
+    system passes dens.data.validation as it enters (InvalidStructureError naming its key)."""
     settings = settings or LBFGSSettings()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -110,6 +127,8 @@ def relax_systems(
             else:
                 entering.append(system)
         if entering:
+            for system in entering:
+                _check_system(system)
             optimizer.add(
                 [s.start() for s in entering],
                 [s.data.fixed for s in entering],

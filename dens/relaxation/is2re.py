@@ -55,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from dens import atomic_files, paths
+from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
@@ -96,11 +97,15 @@ def read_initial_structures(
     challenge: Challenge,
     limit: int | None = None,
     elements: tuple[int, ...] | None = None,
+    max_atomic_number: int = MAX_ATOMIC_NUMBER,
 ) -> list[InitialStructure]:
     """The first ``limit`` (default all) rows of one relax split file (aselmdb). Every row needs
     a ``sid``; ``elements``: the atomic numbers the model was trained on (a row with others is
     relaxed all the same, as S2EF evaluation scores such rows, and says which in ``unseen``:
-    mini-OC20's ood_cat / ood_both systems hold out whole metals)."""
+    mini-OC20's ood_cat / ood_both systems hold out whole metals). Every row passes
+    dens.data.validation with atomic numbers up to ``max_atomic_number`` (the model's table):
+    a refusal (InvalidStructureError) names the file, the row, its sid, the atom and the
+    value."""
     import ase.db
     import lmdb
     from ase.data import chemical_symbols
@@ -119,13 +124,14 @@ def read_initial_structures(
                 keys = row.key_value_pairs
                 if "sid" not in keys:
                     raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")
+                sid = keys["sid"]
                 atoms = row.toatoms()
+                check_atoms(atoms, f"{where} (sid {sid})", max_atomic_number)
                 unknown = set(atoms.numbers.tolist()) - set(elements or atoms.numbers.tolist())
                 try:
                     data = atoms_to_data(atoms, torch.float32)
                 except ValueError as error:
                     raise InvalidDataError(f"{where}: {error}") from error
-                sid = keys["sid"]
                 label = keys.get("y_relaxed")
                 out.append(
                     InitialStructure(
@@ -322,7 +328,11 @@ def relax_run(
         structure
         for path in files.values()
         for structure in read_initial_structures(
-            path, challenge, max_systems, trained.normalizer.elements
+            path,
+            challenge,
+            max_systems,
+            trained.normalizer.elements,
+            model_max_atomic_number(trained.model),
         )
     ]
     labelled = [s.label is not None for s in structures]
