@@ -70,6 +70,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from tqdm import tqdm
 
 from dens import atomic_files
+from dens.data.validation import check_structure
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
 from dens.slurm import TIME_LIMIT
@@ -328,9 +329,12 @@ def run_simulation(
     reference_frames [F, N, 3] (Å): the reference data, whose mean bond lengths the stability
     criterion compares against. h_reference [HR_BINS]: its h(r) (``distance_histogram``).
     seed: seeds the initial velocities (numpy default_rng).
+    The start passes dens.data.validation (InvalidStructureError naming ``label``, the atom and
+    the value) before anything is written.
     stop_at: a wall-clock time (time.time()) at which to save the state and raise
         SimulationStopped (a Slurm job ends itself before its time limit: dens.slurm).
     """
+    check_structure(numbers, positions, f"{label}: start")
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path, trajectory_path = out_dir / STATE_FILE, out_dir / TRAJECTORY_FILE
     pairs = bonded_pairs(numbers, positions)

@@ -89,3 +89,27 @@ def test_arrays_of_the_wrong_shape_are_refused():
         check_structure(np.array([1, 1]), np.eye(2, 3), "x", forces=np.zeros((3, 3)))
     with pytest.raises(InvalidStructureError, match=r"atomic numbers must be integers"):
         check_structure(np.array([1.5, 1.0]), np.eye(2, 3), "x")
+
+
+def test_a_simulation_refuses_a_malformed_start_before_writing(tmp_path):
+    """dens.simulate.run_simulation checks its start first (before: a NaN position ran)."""
+    from dens.simulate import SimulationSettings, run_simulation
+
+    positions = ase.build.molecule("CH3CH2OH").positions
+    numbers = ase.build.molecule("CH3CH2OH").numbers
+    positions[2, 1] = np.nan
+    with pytest.raises(
+        InvalidStructureError, match=r"^sim 1/1: start: atom 2 \(\w+\) has position"
+    ):
+        run_simulation(
+            None,
+            numbers,
+            positions,
+            positions[None],
+            np.zeros(1),
+            SimulationSettings.__new__(SimulationSettings),
+            tmp_path / "init0",
+            seed=0,
+            label="sim 1/1",
+        )
+    assert not (tmp_path / "init0").exists()
