@@ -14,12 +14,21 @@ hyper-parameters and weights come from the checkpoint (its family must be the ex
 best.pt records where it came from (``imported_from``: file, sha256, the reference's model
 config) and holds no training history: evaluation reports no training cost for it. The file is
 read with ``torch.load(weights_only=True)``: nothing in it runs.
+
+The elements the run may be used on (the normaliser's ``elements``, which the ASE calculator
+enforces as for trained runs) come from the training data the experiment names: the atomic
+numbers of its prepared train split(s) at the registry's scale (one pass over the rows) when
+they exist; else the model's embedding range 1..max_num_elements - 1, and the command says so
+(a fairchem 1.x config names its data by path on the machine that trained it, and lists no
+elements). ``imported_from["elements_source"]`` records which.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,7 @@ import torch
 
 from dens.checkpoint import FORMAT_VERSION, save_checkpoint
 from dens.config import Registry
+from dens.data.validation import model_max_atomic_number
 from dens.errors import ModelNotAvailableError
 from dens.models import count_parameters
 from dens.models.common.fairchem_import import CheckpointImportError
@@ -132,6 +142,38 @@ def published_references(experiment: Mapping[str, Any], root: Path, lin_ref: str
     return load_element_references(full)
 
 
+def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str] | None:
+    """The atomic numbers of ``dataset``'s prepared train split(s) at the registry's scale and
+    where they come from; None when a split is not prepared."""
+    import ase.db
+    import lmdb
+
+    from dens import paths
+    from dens.data.aselmdb import check_aselmdb, rebuild_hint
+    from dens.errors import DataError
+
+    files = [
+        registry.root / paths.split_file(registry.scale_name, dataset, split)
+        for split in registry.splits(dataset, "train")
+    ]
+    if not files or not all(path.is_file() for path in files):
+        return None
+    elements: set[int] = set()
+    for path in files:
+        check_aselmdb(path)
+        try:
+            db = ase.db.connect(path, readonly=True)
+            try:
+                for row in db.select():
+                    elements.update(row.numbers.tolist())
+            finally:
+                db.close()
+        except lmdb.Error as error:
+            raise DataError(f"{path} is damaged (LMDB: {error}); {rebuild_hint(path)}") from error
+    where = ", ".join(str(path) for path in files)
+    return sorted(elements), f"the atomic numbers of {dataset}'s train split ({where})"
+
+
 def import_checkpoint(
     source: Path, run_dir: Path, registry: Registry, experiment_name: str, seed: int = 0
 ) -> dict[str, Any]:
@@ -162,6 +204,27 @@ def import_checkpoint(
         "model_config": info["config"]["model"],
         "ema_weights": bool(info["ema"]),
     }
+    found = training_elements(registry, experiment["dataset"])
+    if found is None:
+        top = model_max_atomic_number(model)
+        elements, source = (
+            list(range(1, top + 1)),
+            (
+                f"the model's embedding range 1..{top} ({experiment['dataset']} has no prepared "
+                f"train split at scale {registry.scale_name}; the checkpoint's config lists no "
+                "elements)"
+            ),
+        )
+        print(
+            f"note: {experiment['name']} may be used on elements {source}; prepare the "
+            "dataset and import again to refuse elements absent from its training data",
+            file=sys.stderr,
+        )
+    else:
+        elements, source = found
+    imported_from["elements_source"] = source
+    normalizer = imported_normalizer(info["normalizers"], lin_ref, references)
+    normalizer = dataclasses.replace(normalizer, elements=tuple(elements))
     state = {
         "format_version": FORMAT_VERSION,
         "kind": "best",
@@ -170,7 +233,7 @@ def import_checkpoint(
         "step": 0,
         "model": model.state_dict(),
         "weights": "ema" if info["ema"] else "model",
-        "normalizer": imported_normalizer(info["normalizers"], lin_ref, references).to_dict(),
+        "normalizer": normalizer.to_dict(),
         "val": None,
         "num_parameters": count_parameters(model),
         "imported_from": imported_from,

@@ -156,3 +156,38 @@ def test_a_checkpoint_trained_on_linearly_referenced_energies_gets_the_reference
     with pytest.raises(CheckpointImportError, match="lin_ref"):
         import_checkpoint(source, tmp_path / "run-mini", mini, experiment)
     assert not (tmp_path / "run-mini").exists()
+
+
+def test_an_imported_run_records_the_elements_it_may_be_used_on(
+    tmp_path: Path, labelled_split: tuple[Path, list], capsys: pytest.CaptureFixture
+) -> None:
+    """From the experiment's prepared train split when there is one (the calculator then refuses
+    other elements in one line, as for a trained run); else the model's embedding range, said so.
+    Before: an imported run stored no elements and answered for any."""
+    import dataclasses
+
+    from dens import paths
+    from dens.checkpoint_import import import_checkpoint
+    from dens.config import load_registry
+    from dens.errors import UnsupportedStructureError
+
+    checkpoint = FIXTURE / "checkpoint_l4m2_equiformer_v2.pt"
+    registry = dataclasses.replace(load_registry({"scale": "mini"}), root=tmp_path)
+    experiment = "oc20-2m/eqv2-e12"
+    state = import_checkpoint(checkpoint, tmp_path / "bare", registry, experiment)
+    assert state["normalizer"]["elements"] == list(range(1, 90))
+    assert state["imported_from"]["elements_source"].startswith("the model's embedding range 1..89")
+    assert "may be used on elements the model's embedding range 1..89" in capsys.readouterr().err
+
+    _, structures = labelled_split
+    train = tmp_path / paths.split_file("mini", registry.resolve(experiment)["dataset"], "train")
+    train.parent.mkdir(parents=True)
+    write_aselmdb(train, structures)
+    state = import_checkpoint(checkpoint, tmp_path / "run", registry, experiment)
+    assert state["normalizer"]["elements"] == [1, 6, 8, 29, 78]  # H, C, O, Cu, Pt
+    assert str(train) in state["imported_from"]["elements_source"]
+    atoms = structures[2].copy()
+    atoms.numbers[atoms.numbers == 29] = 47  # Ag
+    atoms.calc = DeNSCalculator(tmp_path / "run")
+    with pytest.raises(UnsupportedStructureError, match=r"element Ag not in the training data"):
+        atoms.get_potential_energy()
