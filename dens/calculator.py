@@ -46,6 +46,24 @@ def _symbols(numbers) -> str:
     return ", ".join(chemical_symbols[int(z)] for z in numbers)
 
 
+def has_pair(atoms: Atoms, cutoff: float) -> bool:
+    """Whether two atoms (or an atom and a periodic image) lie within ``cutoff`` Å. Cheap first
+    tries (a periodic lattice vector within the cutoff; two atoms of the cell within it, O(N^2)
+    in numpy), ASE's neighbour list only when both fail: at 12 Å it takes 0.5 s for an 80-atom
+    slab, the direct tests 0.1 ms."""
+    periodic = np.asarray(atoms.cell)[atoms.pbc]
+    if len(periodic) and np.linalg.norm(periodic, axis=1).min() <= cutoff:
+        return True
+    positions = atoms.positions
+    for start in range(0, len(atoms), 1024):  # bounded memory: 1024 x N distances at a time
+        block = positions[start : start + 1024]
+        distance = np.linalg.norm(block[:, None, :] - positions[None, :, :], axis=-1)
+        distance[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+        if (distance <= cutoff).any():
+            return True
+    return bool(atoms.pbc.any()) and neighbor_list("i", atoms, cutoff).size > 0
+
+
 class DeNSCalculator(Calculator):
     """ASE calculator of a trained run.
 
@@ -111,7 +129,7 @@ class DeNSCalculator(Calculator):
                     f"({symbols[j]}) are {distance[closest]:.3f} Å apart, closer than "
                     f"min_distance {self.min_distance} Å (DeNSCalculator(min_distance=...))"
                 )
-        if self.cutoff is not None and not neighbor_list("i", atoms, self.cutoff).size:
+        if self.cutoff is not None and not has_pair(atoms, self.cutoff):
             raise UnsupportedStructureError(
                 f"{atoms.get_chemical_formula()}: no two atoms within the cutoff "
                 f"{self.cutoff:g} Å of {name}; the model passes messages between atom pairs"

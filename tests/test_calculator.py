@@ -313,3 +313,21 @@ def test_atomic_numbers_beyond_the_models_table_are_refused(tmp_path):
     molecule.calc = DeNSCalculator(tmp_path)
     with pytest.raises(UnsupportedStructureError, match=r"number 64 \(Gd\), outside .*63"):
         molecule.get_potential_energy()
+
+
+def test_has_pair_counts_periodic_images_and_agrees_with_ases_neighbour_list():
+    from ase.neighborlist import neighbor_list
+
+    from dens.calculator import has_pair
+
+    cases = [
+        ase.build.bulk("Cu", a=20.0),  # one atom, nearest image 14.1 Å away
+        ase.build.fcc111("Cu", (2, 2, 3), vacuum=5.0, periodic=True),
+        ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 13.0]]),
+        ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 11.0]]),
+        ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 13.0]], cell=[14.0] * 3, pbc=True),
+    ]
+    for atoms in cases:
+        for cutoff in (6.0, 12.0, 15.0):
+            expected = neighbor_list("i", atoms, cutoff).size > 0
+            assert has_pair(atoms, cutoff) == expected, (atoms, cutoff)
