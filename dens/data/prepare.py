@@ -4,7 +4,9 @@ A preparer gets the dataset's settings at the scale (``Registry.data_settings``:
 splits by role, source generate/download, generator sizes and seed), the output directory
 (results/{scale}/data/<dataset>, dens.paths), the downloaded inputs at the paper scale and the
 number of processes it may use, and writes every split of config/datasets.yaml plus
-provenance.json (last: its presence marks the dataset complete).
+provenance.json (last: its presence marks the dataset complete). `prepare_dataset` then writes
+each split's manifest beside it (``<split>.aselmdb.manifest.json``, dens.data.aselmdb); a split
+without one is still read, checked page by page instead of by its sha256.
 """
 
 from __future__ import annotations
@@ -82,5 +84,13 @@ def prepare_dataset(
     settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path] = (), processes: int = 1
 ) -> None:
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
-    ``processes`` worker processes."""
-    PREPARERS[settings["family"]](settings, Path(out_dir), [Path(p) for p in inputs], processes)
+    ``processes`` worker processes, then each split's manifest (size, row count, sha256:
+    dens.data.aselmdb.write_manifest) that every later reader checks the split against."""
+    from dens.data.aselmdb import MANIFEST_SUFFIX, SUFFIX, write_manifest
+
+    out_dir = Path(out_dir)
+    for stale in out_dir.glob(f"*{SUFFIX}{MANIFEST_SUFFIX}"):
+        stale.unlink()
+    PREPARERS[settings["family"]](settings, out_dir, [Path(p) for p in inputs], processes)
+    for split in sorted(out_dir.glob(f"*{SUFFIX}")):
+        write_manifest(split)

@@ -1,9 +1,13 @@
-"""Integrity of aselmdb files: a truncated, empty, foreign or missing file is one DataError that
-names it and how to rebuild it, found with plain file I/O before LMDB maps the file (a truncated
-file read through LMDB's memory map kills the process with SIGBUS)."""
+"""Integrity of aselmdb files: a truncated, empty, foreign, damaged or missing file is one
+DataError that names it and how to rebuild it, found with plain file I/O before LMDB maps the file
+(a truncated file, or a page reference or node size that points past the file's end, read
+through LMDB's memory map kills the process with SIGBUS), checked against the manifest written at
+preparation (size, sha256, row count) or page by page."""
 
 from __future__ import annotations
 
+import json
+import random
 import struct
 import subprocess
 import sys
@@ -15,7 +19,16 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from dens.data.aselmdb import AseLmdbDataset, check_aselmdb, write_aselmdb
+from dens.data import aselmdb
+from dens.data.aselmdb import (
+    AseLmdbDataset,
+    check_aselmdb,
+    check_pages,
+    manifest_path,
+    read_manifest,
+    write_aselmdb,
+    write_manifest,
+)
 from dens.errors import DataError, DensError, MissingDataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,3 +233,173 @@ def test_rows_read_directly_equal_ase_db_rows(tmp_path: Path) -> None:
     assert dataset[0].fixed.tolist()[:5] == [True, True, True, True, False]
     assert dataset[0].md_split.tolist() == [True]
     assert dataset[0].tags.tolist() == slab.get_tags().tolist()
+
+
+# -- damage inside the file: manifest, page walk, row decoding, last-resort fault handler ---------
+def prepared_copy(root: Path, original: bytes, manifest: bool = True) -> Path:
+    """An intact copy of the 60-row split in the pipeline's layout, with its manifest."""
+    path = damaged_copy(root, original, len(original))
+    if manifest:
+        write_manifest(path)
+    return path
+
+
+def row_spans(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) in the file of each row's compressed value."""
+    import lmdb
+
+    raw = path.read_bytes()
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False)
+    with env.begin() as txn:
+        spans = [(raw.find(value), len(value)) for key, value in txn.cursor() if key.isdigit()]
+    env.close()
+    assert len(spans) == 60 and all(offset > 0 for offset, _ in spans)
+    return spans
+
+
+def damage(path: Path, rng: random.Random, kind: str, spans: list[tuple[int, int]]) -> None:
+    """16 random bytes at the start of a random data page ("page"), 1 to 3 bit flips in one
+    compressed row ("row"), or 16 random bytes anywhere ("any")."""
+    raw = bytearray(path.read_bytes())
+    if kind == "page":
+        start = rng.randrange(2, len(raw) // 4096) * 4096
+        raw[start : start + 16] = rng.randbytes(16)
+    elif kind == "row":
+        offset, length = rng.choice(spans)
+        for _ in range(rng.randint(1, 3)):
+            raw[offset + rng.randrange(length)] ^= 1 << rng.randrange(8)
+    else:
+        start = rng.randrange(len(raw) - 16)
+        raw[start : start + 16] = rng.randbytes(16)
+    path.write_bytes(bytes(raw))
+
+
+READER = """
+import json, sys
+from dens.cli import _refuse_empty
+from dens.data import aselmdb
+from dens.errors import DensError
+for path, limit in json.loads(sys.argv[1]):
+    aselmdb.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
+    try:
+        dataset = aselmdb.AseLmdbDataset(path)
+        _refuse_empty(dataset, "validation")
+        print(json.dumps([0, f"{len(dataset)}\\n"]), flush=True)
+    except DensError as error:
+        print(json.dumps([2, f"{error}\\n"]), flush=True)
+"""
+
+
+def read_in_children(cases: list[tuple[Path, int | None]]) -> list[tuple[int, str]]:
+    """Open each file as `dens train` does (AseLmdbDataset with SHA256_LIMIT_BYTES = limit, then
+    the empty-split refusal) in a child process; per case (0, row count) when it reads, (2, the
+    DataError) when it refuses, or (-signal, "") when the child dies (then a new child takes
+    the remaining cases). Another outcome (a traceback) ends the child and fails here."""
+    results: list[tuple[int, str]] = []
+    while len(results) < len(cases):
+        todo = [(str(path), limit) for path, limit in cases[len(results) :]]
+        child = subprocess.run(
+            [sys.executable, "-c", READER, json.dumps(todo)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        results += [tuple(json.loads(line)) for line in child.stdout.splitlines()]
+        if child.returncode < 0:
+            results.append((child.returncode, ""))
+        else:
+            assert child.returncode == 0, child.stderr
+    return results
+
+
+@pytest.mark.parametrize("mode", ["sha256", "pages", "no manifest"])
+def test_random_damage_is_one_line_naming_the_file(
+    tmp_path: Path, original: bytes, mode: str
+) -> None:
+    """30 damaged copies of a 60-row split per mode: 16 random bytes at data page starts and
+    anywhere, bit flips in compressed rows. Each read either refuses in one line naming the file
+    and the rebuild, or (damage LMDB never reads, page walk only) gives the 60 rows: never a
+    signal, a traceback or fewer rows. Before the page walk and the manifest, 60 such cases
+    gave 5 SIGBUS and 24 zlib.error tracebacks naming no file. With the sha256 every case is
+    refused."""
+    spans = row_spans(prepared_copy(tmp_path / "spans", original))
+    rng = random.Random(23)
+    cases = []
+    for case in range(30):
+        path = prepared_copy(tmp_path / str(case), original, manifest=mode != "no manifest")
+        damage(path, rng, ("page", "row", "any")[case % 3], spans)
+        cases.append((path, 0 if mode == "pages" else None))
+    outcomes = []
+    for (path, _), (code, output) in zip(cases, read_in_children(cases), strict=True):
+        assert code in (0, 2), (path, code, output)
+        if code == 0:
+            assert mode != "sha256" and output == "60\n", (path, output)
+        else:
+            assert output.startswith(f"{path} is damaged (") and output.count("\n") == 1, output
+            assert f"delete {path.parent}/ and rerun snakemake" in output
+        outcomes.append(code)
+    assert outcomes.count(2) >= (30 if mode == "sha256" else 15)
+
+
+def test_manifest_records_the_split_and_a_mismatch_names_it(
+    tmp_path: Path, original: bytes
+) -> None:
+    path = prepared_copy(tmp_path, original)
+    manifest = read_manifest(path)
+    assert manifest_path(path).name == "test.aselmdb.manifest.json"
+    assert manifest is not None and manifest["rows"] == 60 and manifest["bytes"] == len(original)
+    assert check_aselmdb(path) == manifest and check_pages(path) == 60
+    # A manifest counting other rows: with the sha256 skipped, the row count refuses the file.
+    manifest_path(path).write_text(json.dumps(manifest | {"rows": 61}))
+    aselmdb_limit = aselmdb.SHA256_LIMIT_BYTES
+    try:
+        aselmdb.SHA256_LIMIT_BYTES = 0
+        with pytest.raises(DataError, match=r"\(60 rows, 61 as recorded at preparation in"):
+            AseLmdbDataset(path)
+    finally:
+        aselmdb.SHA256_LIMIT_BYTES = aselmdb_limit
+    manifest_path(path).write_text(json.dumps(manifest | {"bytes": 5}))
+    with pytest.raises(DataError, match=rf"{len(original)} bytes, 5 as recorded at preparation"):
+        check_aselmdb(path)
+    manifest_path(path).write_text("{")
+    with pytest.raises(DataError, match=r"test\.aselmdb\.manifest\.json is damaged \("):
+        check_aselmdb(path)
+    # Rewriting the split removes its earlier manifest, which no longer describes it.
+    write_aselmdb(path, structures(2))
+    assert read_manifest(path) is None and len(AseLmdbDataset(path)) == 2
+
+
+def test_older_meta_page_chosen_is_not_a_silent_empty_split(
+    tmp_path: Path, original: bytes
+) -> None:
+    """A damaged txnid makes LMDB use the older meta page, an empty database: the manifest's
+    sha256 and row count refuse it, and without a manifest `dens train` refuses an empty split."""
+    path = prepared_copy(tmp_path, original)
+    raw = bytearray(path.read_bytes())
+    newer = max((0, 4096), key=lambda offset: meta(original, offset)["txnid"])
+    struct.pack_into("<Q", raw, newer + 144, 0)  # its mm_txnid
+    path.write_bytes(bytes(raw))
+    (code, output), (code_pages, output_pages) = read_in_children([(path, None), (path, 0)])
+    assert code == code_pages == 2 and output.startswith(f"{path} is damaged (its sha256"), output
+    assert output_pages.startswith(f"{path} is damaged (0 rows, 60 as recorded at preparation")
+    manifest_path(path).unlink()
+    [(code, output)] = read_in_children([(path, None)])
+    assert code == 2 and output.startswith(f"{path}: the validation split holds no structure")
+
+
+def test_fault_while_lmdb_reads_is_one_line_not_a_signal(tmp_path: Path, original: bytes) -> None:
+    """The last resort: read_rows called without check_aselmdb on a truncated file (LMDB maps
+    past its end and dies of SIGBUS, status -7 before) prints one line naming the file and exits
+    with status 2."""
+    path = damaged_copy(tmp_path, original, len(original) // 2)
+    code = f"from dens.data.aselmdb import read_rows\nread_rows({str(path)!r})\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr == (
+        f"dens: error: {path} is damaged (a memory fault while LMDB read it); rebuild it: "
+        f"delete {path.parent}/ and rerun snakemake "
+        "(or `snakemake --force results/smoke/data/md17-ethanol/provenance.json`)\n"
+    )
