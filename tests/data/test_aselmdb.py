@@ -403,3 +403,21 @@ def test_fault_while_lmdb_reads_is_one_line_not_a_signal(tmp_path: Path, origina
         f"delete {path.parent}/ and rerun snakemake "
         "(or `snakemake --force results/smoke/data/md17-ethanol/provenance.json`)\n"
     )
+
+
+def test_prepare_dataset_writes_a_manifest_per_split(tmp_path: Path, monkeypatch) -> None:
+    """dens data prepare records each split's manifest after the preparer, replacing stale ones."""
+    from dens.data import prepare
+
+    def preparer(settings, out_dir, inputs, processes) -> None:
+        for split, n in (("train", 3), ("val", 2)):
+            write_aselmdb(out_dir / f"{split}.aselmdb", structures(n))
+
+    monkeypatch.setitem(prepare.PREPARERS, "fake", preparer)
+    (tmp_path / "old.aselmdb.manifest.json").write_text("{}")
+    prepare.prepare_dataset({"family": "fake"}, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "train.aselmdb.manifest.json",
+        "val.aselmdb.manifest.json",
+    ]
+    assert [read_manifest(tmp_path / f"{s}.aselmdb")["rows"] for s in ("train", "val")] == [3, 2]
