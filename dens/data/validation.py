@@ -101,20 +101,24 @@ def check_structure(
         )
     if positions.shape != (n, 3):
         raise InvalidStructureError(f"{where}: positions must be [{n}, 3], got {positions.shape}")
-    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
-    if bad.size:
-        i = int(bad[0])
-        raise InvalidStructureError(
-            f"{where}: atom {i} ({_symbol(int(numbers[i]))}) has position "
-            f"{_vector(positions[i])} Å, not finite"
-        )
-    far = np.flatnonzero((np.abs(positions) > MAX_COORDINATE).any(axis=1))
-    if far.size:
-        i = int(far[0])
-        raise InvalidStructureError(
-            f"{where}: atom {i} ({_symbol(int(numbers[i]))}) has position "
-            f"{_vector(positions[i])} Å, beyond |x| <= {MAX_COORDINATE:g} Å"
-        )
+    _refuse_rows(
+        ~np.isfinite(positions).all(axis=1),
+        where,
+        numbers,
+        "position",
+        positions,
+        "Å",
+        "not finite",
+    )
+    _refuse_rows(
+        (np.abs(positions) > MAX_COORDINATE).any(axis=1),
+        where,
+        numbers,
+        "position",
+        positions,
+        "Å",
+        f"beyond |x| <= {MAX_COORDINATE:g} Å",
+    )
     if cell is not None:
         _check_cell(np.asarray(cell, dtype=np.float64), periodic, positions, where)
     if energy is not None and not np.isfinite(float(energy)):
@@ -123,13 +127,29 @@ def check_structure(
         forces = np.asarray(forces)
         if forces.shape != (n, 3):
             raise InvalidStructureError(f"{where}: forces must be [{n}, 3], got {forces.shape}")
-        bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
-        if bad.size:
-            i = int(bad[0])
-            raise InvalidStructureError(
-                f"{where}: atom {i} ({_symbol(int(numbers[i]))}) has force "
-                f"{_vector(forces[i])} eV/Å, not finite"
-            )
+        _refuse_rows(
+            ~np.isfinite(forces).all(axis=1), where, numbers, "force", forces, "eV/Å", "not finite"
+        )
+
+
+def _refuse_rows(
+    bad: np.ndarray,
+    where: str,
+    numbers: np.ndarray,
+    what: str,
+    rows: np.ndarray,
+    unit: str,
+    reason: str,
+) -> None:
+    """InvalidStructureError naming the first atom whose row of ``rows`` [N, 3] ``bad`` [N]
+    marks, its element, the row's value in ``unit`` and ``reason``; nothing if none is."""
+    marked = np.flatnonzero(bad)
+    if marked.size:
+        i = int(marked[0])
+        raise InvalidStructureError(
+            f"{where}: atom {i} ({_symbol(int(numbers[i]))}) has {what} "
+            f"{_vector(rows[i])} {unit}, {reason}"
+        )
 
 
 def _check_cell(cell: np.ndarray, periodic: np.ndarray, positions: np.ndarray, where: str) -> None:
