@@ -14,8 +14,8 @@ Slurm installation:
   configuration it replaced.
 - Without root and without a working Slurm it raises `SlurmUnavailable`.
 
-Configuration follows the measured recipe in /work/shared/DESIGN.md: munge authentication,
-proctrack/linuxproc, task/none, select/cons_tres with CR_Core_Memory, no accounting,
+Configuration follows a recipe measured on this kind of machine (Debian slurm-wlm): munge
+authentication, proctrack/linuxproc, task/none, select/cons_tres with CR_Core_Memory, no accounting,
 MinJobAge=600 (so `squeue` still reports finished jobs to Snakemake's Slurm executor),
 ReturnToService=2, one node described by `slurmd -C`, one default partition, and a partition
 with a 1-minute time limit where a requeued job waits 20 s (AuthInfo=cred_expire) instead of 120.
