@@ -191,3 +191,54 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
     atoms.calc = DeNSCalculator(tmp_path / "run")
     with pytest.raises(UnsupportedStructureError, match=r"element Ag not in the training data"):
         atoms.get_potential_energy()
+
+
+# -- the published DeNS layout (tests/fixtures/published, see its README) ------------------------
+PUBLISHED = Path(__file__).parent / "fixtures" / "published"
+
+
+def test_the_published_dens_layout_reproduces_the_official_model() -> None:
+    """The official DeNS model (e98b747, on ocp 5d0f59e) saved by ocp's trainer: name and
+    arguments in config["model"] / config["model_attributes"], "module." keys, normalisers as
+    {mean, std}, EMA shadow parameters. Our float64 forward with the EMA weights gives its
+    outputs, the edge frames rolled as the reference rolled them (its seed before each forward):
+    measured 4e-17 eV and eV/Å, the noise head 1e-16 (the live weights are 4e-4 eV away).
+    Before the ocp layout was read, the import failed on config["model"] being a str."""
+    from dens.data.batch import Batch
+    from dens.data.structures import atoms_to_data
+    from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint
+
+    reference = torch.load(PUBLISHED / "reference_outputs.pt", weights_only=True)
+    model, info = load_fairchem_checkpoint(PUBLISHED / "eq2_dens_tiny.pt", dtype=torch.float64)
+    assert info["ema"] and info["hyperparameters"]["noise_head"]
+    model.edge_roll = "random"
+    structures = ase.io.read(FIXTURE / "structures.extxyz", ":")
+    data = Batch.from_data_list([atoms_to_data(atoms, torch.float64) for atoms in structures])
+    forces, mask = reference["dens_inputs"]["forces"], reference["dens_inputs"]["noise_mask"]
+    for name, args in (("float64", ()), ("float64_denoise", (forces * mask[:, None],))):
+        torch.manual_seed(reference["meta"]["roll_seed"])
+        with torch.no_grad():
+            out = model(data, *args, predict_noise=True)
+        want = reference["ema"][name]
+        if args:  # the official output: the noise head where corrupted, forces elsewhere
+            out["forces"] = torch.where(mask[:, None], out["noise"], out["forces"])
+        torch.testing.assert_close(out["energy"], want["energy"], atol=1e-12, rtol=0)
+        torch.testing.assert_close(out["forces"], want["forces"], atol=1e-12, rtol=0)
+    live = reference["live"]["float32"]["energy"].double()
+    assert float((live - reference["ema"]["float64"]["energy"]).abs().max()) > 1e-5
+
+
+def test_the_published_dens_layout_imports_as_a_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = dens_cli(
+        "import-checkpoint", str(PUBLISHED / "eq2_dens_tiny.pt"), "oc20-2m/eqv2-dens-e12",
+        "--run-dir", str(run_dir), "--scale", "mini",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "44467 parameters (ema weights)" in done.stdout
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["imported_from"]["model_config"]["name"] == "equiformer_v2_dens"
+    normalizer = best["normalizer"]
+    assert normalizer["mean"] == pytest.approx(-0.7554450631141663)
+    assert normalizer["std"] == pytest.approx(2.887317180633545)
+    assert normalizer["force_std"] == pytest.approx(2.887317180633545)

@@ -1,20 +1,120 @@
 """What the importers of fairchem 1.x checkpoints (EquiformerV2, eSCN) share: the error they
-raise, the EMA swap, the fold of an unused force encoding and the exact load that names every
-key it cannot map."""
+raise, the checked read of the file, the EMA swap, the fold of an unused force encoding and the
+exact load that names every key it cannot map."""
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from dens.errors import CheckpointError
+from dens.errors import CheckpointError, MissingDataError
 
 
 class CheckpointImportError(CheckpointError):
     """The checkpoint is not one this importer can map exactly; the message names why (a
     ValueError, and one line from the ``dens`` command)."""
+
+
+# what torch.load's weights-only unpickler names when it refuses a global (torch 2.4 to 2.13)
+REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+REFUSED_OPCODE = re.compile(r"Unsupported operand (\d+)")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container (torch >= 1.6)
+LEGACY_MAGIC = b"\x80\x02"  # torch.save's legacy format: a protocol-2 pickle
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint at ``path`` and its config with ``config["model"]`` one mapping (name and
+    arguments). Read with ``torch.load(weights_only=True)``: tensors and plain containers only,
+    nothing in the file runs. ocp checkpoints (ocp 5d0f59e ``BaseTrainer.__init__``,
+    base_trainer.py lines 97-100: the DeNS checkpoints) keep the model's name in
+    ``config["model"]`` and its arguments in ``config["model_attributes"]``; they are merged as
+    fairchem 1.x's calculator merges them (``common/relaxation/ase_utils.py`` lines 208-210).
+
+    Raises MissingDataError for a missing file and CheckpointImportError, naming the file, for
+    anything else that is not such a checkpoint: a directory, an empty, truncated or non-torch
+    file, a pickle that needs a global weights-only loading refuses (named), a checkpoint
+    without ``state_dict``, ``config`` or ``config["model"]``."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingDataError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointImportError(f"{path} is not a file (a checkpoint is one .pt file)")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointImportError(f"{path} is empty (0 bytes); download it again")
+    if head[:1] == b"\x80" and not head.startswith(LEGACY_MAGIC):
+        raise CheckpointImportError(
+            f"{path} is a plain pickle (protocol {head[1]}), not a torch.save checkpoint; not read"
+        )
+    if not head.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
+        raise CheckpointImportError(
+            f"{path} is not a torch checkpoint (it starts with {head!r}: a text or HTML page "
+            "saved under its name?)"
+        )
+    if head == ZIP_MAGIC and not zipfile.is_zipfile(path):
+        raise CheckpointImportError(
+            f"{path} is truncated or damaged ({size} bytes: its zip archive has no central "
+            "directory); download it again"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointImportError(f"{path}: {refusal(error)}") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        detail = str(error).split(".")[0] or type(error).__name__
+        raise CheckpointImportError(
+            f"{path} is truncated or damaged ({size} bytes; torch.load: {detail}); download it "
+            "again"
+        ) from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointImportError(
+            f"{path}: not a fairchem checkpoint (it holds a {type(checkpoint).__name__}, not a "
+            "dict with 'state_dict' and 'config')"
+        )
+    missing = [key for key in ("state_dict", "config") if not checkpoint.get(key)]
+    if missing:
+        raise CheckpointImportError(
+            f"{path}: not a fairchem checkpoint (no {' and no '.join(map(repr, missing))}; "
+            f"its keys: {', '.join(sorted(map(str, checkpoint)))})"
+        )
+    if not isinstance(checkpoint["config"], Mapping):
+        raise CheckpointImportError(f"{path}: the checkpoint's 'config' is not a mapping")
+    config = dict(checkpoint["config"])
+    model = config.get("model")
+    if isinstance(model, str):
+        model = {"name": model, **(config.get("model_attributes") or {})}
+    if not isinstance(model, Mapping):
+        raise CheckpointImportError(f"{path}: the checkpoint's config has no 'model' section")
+    config["model"] = dict(model)
+    return dict(checkpoint), config
+
+
+def refusal(error: pickle.UnpicklingError) -> str:
+    """What weights-only loading refused, from torch's message (which the one line replaces)."""
+    text = str(error)
+    found = REFUSED_GLOBAL.search(text)
+    if found:
+        return (
+            f"refused: its pickle needs the global {found.group(1)}, which weights-only loading "
+            "does not run (a fairchem checkpoint holds only tensors and plain containers; nothing "
+            "in the file was run)"
+        )
+    found = REFUSED_OPCODE.search(text)
+    if found:
+        return (
+            f"refused: not a torch.save file weights-only loading reads (pickle opcode "
+            f"{found.group(1)}); nothing in the file was run"
+        )
+    return "refused by weights-only loading; nothing in the file was run"
 
 
 def ema_parameters(

@@ -39,6 +39,7 @@ from dens.models.common.fairchem_import import (
     ema_parameters,
     fold_unused_force_encoding,
     load_exactly,
+    read_checkpoint,
 )
 from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
@@ -115,12 +116,7 @@ def load_fairchem_checkpoint(
     per-element references E_ref / E_std of ``load_energy_lin_ref`` models such as fairchem's OC22
     EquiformerV2, or None) and ``use_energy_lin_ref``: the reference adds sum_i energy_lin_ref[Z_i]
     to its normalised energy at prediction when set; our model never does, the caller may."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise CheckpointImportError(f"{path}: not a fairchem checkpoint (no 'state_dict')")
-    config = checkpoint.get("config") or {}
-    if "model" not in config:
-        raise CheckpointImportError(f"{path}: the checkpoint has no config['model']")
+    checkpoint, config = read_checkpoint(path)
     arguments, heads = model_arguments(config["model"])
     state = strip_prefix(checkpoint["state_dict"])
     if use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"):
@@ -308,7 +304,10 @@ def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dic
         if isinstance(value, Mapping) and "mean" in value:
             std = value.get("rmsd", value.get("std"))
             out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
-    transforms = ((config.get("dataset") or {}).get("train") or {}).get("transforms") or {}
+    dataset = config.get("dataset") or {}
+    if isinstance(dataset, Mapping):  # fairchem 1.x: {"train": ...}; ocp: the train dataset
+        dataset = dataset.get("train", dataset)
+    transforms = (dataset.get("transforms") if isinstance(dataset, Mapping) else None) or {}
     for key, value in (transforms.get("normalizer") or {}).items():
         if key not in out and isinstance(value, Mapping) and "mean" in value:
             out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}

@@ -27,6 +27,7 @@ from dens.models.common.fairchem_import import (
     ema_parameters,
     fold_unused_force_encoding,
     load_exactly,
+    read_checkpoint,
 )
 from dens.models.equiformer_v2.import_fairchem import normalizers, strip_prefix
 from dens.models.escn.network import ESCN
@@ -74,12 +75,7 @@ def load_fairchem_checkpoint(
     ``info``: ``config``, ``normalizers`` ({"energy": {"mean", "std"}, "forces": ..., as floats}),
     ``ema`` (whether EMA weights were loaded), ``hyperparameters`` (our constructor's
     arguments). Raises CheckpointImportError naming what does not map."""
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise CheckpointImportError(f"{path}: not a fairchem checkpoint (no 'state_dict')")
-    config = checkpoint.get("config") or {}
-    if "model" not in config:
-        raise CheckpointImportError(f"{path}: the checkpoint has no config['model']")
+    checkpoint, config = read_checkpoint(path)
     arguments = model_arguments(config["model"])
     state, constants = split_constants(strip_prefix(checkpoint["state_dict"]))
     ema = bool(use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"))
