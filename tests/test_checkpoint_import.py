@@ -6,6 +6,7 @@ outputs, so our evaluation of the imported run must find (almost) no error."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,105 @@ def test_the_published_dens_layout_imports_as_a_run(tmp_path: Path) -> None:
     assert normalizer["mean"] == pytest.approx(-0.7554450631141663)
     assert normalizer["std"] == pytest.approx(2.887317180633545)
     assert normalizer["force_std"] == pytest.approx(2.887317180633545)
+
+
+# -- bad files: one line naming the file, exit status 2, never a traceback -----------------------
+def tiny_without(*keys: str) -> dict:
+    checkpoint = torch.load(PUBLISHED / "eq2_dens_tiny.pt", weights_only=True)
+    for key in keys:
+        section, _, inner = key.partition(".")
+        if inner:
+            del checkpoint[section][inner]
+        else:
+            del checkpoint[section]
+    return checkpoint
+
+
+def write_bad(kind: str, path: Path) -> None:
+    """A file that is not an importable checkpoint, as a download or a user may leave one."""
+    if kind == "truncated":
+        data = (PUBLISHED / "eq2_dens_tiny.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("<html><body>404 Not Found</body></html>\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "plain pickle":
+        path.write_bytes(pickle.dumps({"state_dict": {}}))
+    elif kind == "no config":
+        torch.save(tiny_without("config"), path)
+    elif kind == "no state_dict":
+        torch.save(tiny_without("state_dict"), path)
+    elif kind == "config without model":
+        torch.save(tiny_without("config.model", "config.model_attributes"), path)
+    elif kind != "missing":
+        raise ValueError(kind)
+
+
+BAD_FILES = {  # kind -> what the one line says
+    "truncated": "is truncated or damaged",
+    "text": "is not a torch checkpoint (it starts with b'<htm'",
+    "empty": "is empty (0 bytes)",
+    "directory": "is not a file",
+    "plain pickle": "is a plain pickle (protocol 4), not a torch.save checkpoint",
+    "no config": "not a fairchem checkpoint (no 'config'",
+    "no state_dict": "not a fairchem checkpoint (no 'state_dict'",
+    "config without model": "the checkpoint's config has no 'model' section",
+    "missing": "checkpoint not found",
+}
+
+
+@pytest.fixture(scope="module")
+def mini_registry():
+    from dens.config import load_registry
+
+    return load_registry({"scale": "mini"})
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_a_bad_checkpoint_file_is_refused_in_one_line(
+    tmp_path: Path,
+    kind: str,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    mini_registry,
+) -> None:
+    """In-process (dens.cli.main, what `python -m dens` runs, with the registry read once: a
+    process per case costs seconds of CI): exit status 2, one line on stderr naming the file, no
+    run written. Before, torch's exceptions came through as tracebacks (RuntimeError, EOFError,
+    KeyError, IsADirectoryError) and the DeNS layout's config["model"] (a str) as an
+    AttributeError."""
+    from dens import cli
+
+    monkeypatch.setattr(cli, "registry_from", lambda args: mini_registry)
+    main = cli.main
+    path = tmp_path / "eq2_dens_epochs_12_2M.pt"
+    write_bad(kind, path)
+    status = main(
+        ["import-checkpoint", str(path), "oc20-2m/eqv2-dens-e12", "--run-dir",
+         str(tmp_path / "run"), "--scale", "mini"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("dens: error: ")
+    assert str(path) in err and BAD_FILES[kind] in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pickle_that_is_not_weights_only_is_refused_by_the_command_naming_the_global(
+    tmp_path: Path,
+) -> None:
+    """Through `python -m dens`: the global the pickle needs is named, torch's advice to load it
+    with weights_only=False is not passed on, nothing in it runs and no traceback is printed."""
+    path = tmp_path / "eq2_dens_allmd.pt"
+    torch.save({"state_dict": {}, "config": {"model": {}}, "where": Path("/")}, path)
+    done = dens_cli(
+        "import-checkpoint", str(path), "oc20-2m/eqv2-dens-e12", "--run-dir",
+        str(tmp_path / "run"), "--scale", "mini",
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"{path}: refused: its pickle needs the global pathlib.PosixPath" in done.stderr
+    assert "weights_only" not in done.stderr
