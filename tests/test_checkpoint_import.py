@@ -345,3 +345,119 @@ def test_a_pickle_that_is_not_weights_only_is_refused_by_the_command_naming_the_
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"{path}: refused: its pickle needs the global pathlib.PosixPath" in done.stderr
     assert "weights_only" not in done.stderr
+
+
+# -- other fairchem 1.x EquiformerV2 layouts: OMat24 configs (class paths, stress heads) ---------
+EQV2 = "fairchem.core.models.equiformer_v2."
+
+
+def reference_forward(checkpoint: dict, tmp_path: Path, *args, **kwargs) -> dict:
+    """Our float64 import of ``checkpoint`` on the EquiformerV2 fixture's structures, the edge
+    frames rolled as fairchem 1.x rolled them for reference_outputs.pt."""
+    from dens.data.batch import Batch
+    from dens.data.structures import atoms_to_data
+    from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint
+
+    torch.save(checkpoint, tmp_path / "omat.pt")
+    model, _ = load_fairchem_checkpoint(tmp_path / "omat.pt", dtype=torch.float64)
+    model.edge_roll = "random"
+    structures = ase.io.read(FIXTURE / "structures.extxyz", ":")
+    data = Batch.from_data_list([atoms_to_data(atoms, torch.float64) for atoms in structures])
+    torch.manual_seed(7)  # reference_outputs.pt meta roll_seed
+    with torch.no_grad():
+        return model(data, *args, **kwargs)
+
+
+def test_a_dens_backbone_and_heads_named_by_class_path_import(tmp_path: Path) -> None:
+    """The OMat24 DeNS configs (fairchem 1.x configs/omat24/mptrj/eqV2_*_dens_mptrj.yml) name
+    the backbone and heads by class path; they are the registered eqV2 DeNS classes and give
+    fairchem 1.x's outputs (float64, 1e-12). Before: refused as an unknown backbone."""
+    checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2_dens.pt", weights_only=True)
+    model = checkpoint["config"]["model"]
+    model["backbone"]["model"] = EQV2 + "equiformer_v2_dens.EqV2DeNSBackbone"
+    model["heads"]["energy"]["module"] = EQV2 + "equiformer_v2_dens.DeNSScalarHead"
+    model["heads"]["forces"]["module"] = EQV2 + "equiformer_v2_dens.DeNSVectorHead"
+    out = reference_forward(checkpoint, tmp_path, None, predict_noise=True)
+    want = torch.load(FIXTURE / "reference_outputs.pt", weights_only=True)
+    want = want["l4m2"]["equiformer_v2_dens"]["float64"]["plain"]
+    torch.testing.assert_close(out["energy"], want["energy"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out["forces"], want["force_head"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out["noise"], want["noise_head"], atol=1e-12, rtol=0)
+
+
+def test_the_omat24_plain_hydra_heads_import(tmp_path: Path) -> None:
+    """configs/omat24/mptrj/eqV2_31M_mptrj.yml: backbone equiformer_v2_backbone, heads
+    equiformer_v2_energy_head / equiformer_v2_force_head (deprecated subclasses of the scalar and
+    vector heads: output_heads.energy.energy_block, output_heads.forces.force_block, as fairchem
+    1.x's HydraModel names them); the monolithic fixture's weights so laid out give its outputs.
+    Before: refused as unknown heads."""
+    checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2.pt", weights_only=True)
+    state = {}
+    for key, value in checkpoint["state_dict"].items():
+        name = key.removeprefix("module.")
+        head = {"energy_block": "energy", "force_block": "forces"}.get(name.split(".")[0])
+        state["module." + (f"output_heads.{head}.{name}" if head else f"backbone.{name}")] = value
+    checkpoint["state_dict"] = state
+    settings = checkpoint["config"]["model"]
+    settings.pop("name")
+    checkpoint["config"]["model"] = {
+        "name": "hydra",
+        "backbone": {"model": "equiformer_v2_backbone", **settings},
+        "heads": {
+            "energy": {"module": "equiformer_v2_energy_head"},
+            "forces": {"module": EQV2 + "equiformer_v2.EquiformerV2ForceHead"},
+        },
+    }
+    out = reference_forward(checkpoint, tmp_path)
+    want = torch.load(FIXTURE / "reference_outputs.pt", weights_only=True)
+    want = want["l4m2"]["equiformer_v2"]["float64"]
+    torch.testing.assert_close(out["energy"], want["energy"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(out["forces"], want["forces"], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            {"stress": {"module": EQV2 + "equiformer_v2_dens.DeNSRank2Head"}},
+            "hydra head 'stress' (fairchem.core.models.equiformer_v2.equiformer_v2_dens."
+            "DeNSRank2Head: a rank-2 (stress) head) does not map",
+        ),
+        (
+            {"stress": {"module": "rank2_symmetric_head"}},
+            "hydra head 'stress' (rank2_symmetric_head: a rank-2 (stress) head) does not map",
+        ),
+        (
+            {"magmom": {"module": "my_lab.heads.MagmomHead"}},
+            "hydra head 'magmom' (my_lab.heads.MagmomHead: an unknown head) does not map",
+        ),
+        (
+            {"backbone": EQV2 + "escn.eSCNBackbone"},
+            "hydra backbone 'fairchem.core.models.equiformer_v2.escn.eSCNBackbone' does not map",
+        ),
+        ({"regress_forces": False}, "regress_forces False"),
+    ],
+)
+def test_heads_and_backbones_without_a_counterpart_are_refused_in_one_line(
+    tmp_path: Path, change: dict, named: str
+) -> None:
+    """As the OMat24 models carry them (a stress head on every one, fairchem 1.x
+    configs/omat24/*/eqV2_*.yml): one line naming the head or backbone and what maps."""
+    from dens.models.common.fairchem_import import CheckpointImportError
+    from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint
+
+    checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2_dens.pt", weights_only=True)
+    model = checkpoint["config"]["model"]
+    if "backbone" in change:
+        model["backbone"]["model"] = change["backbone"]
+    elif "regress_forces" in change:
+        model["backbone"].update(change)
+    else:
+        model["heads"].update(change)
+    torch.save(checkpoint, tmp_path / "c.pt")
+    with pytest.raises(CheckpointImportError) as error:
+        load_fairchem_checkpoint(tmp_path / "c.pt")
+    message = str(error.value)
+    assert named in message and "\n" not in message
+    if "head" in named:
+        assert "maps heads: eqV2_DeNS_scalar_head" in message

@@ -1,9 +1,11 @@
 """Load a fairchem 1.x EquiformerV2 or EquiformerV2-DeNS checkpoint as ``EquiformerV2``.
 
-A checkpoint is what fairchem 1.x ``BaseTrainer.save`` writes: a dict with ``state_dict`` (keys
-prefixed "module." by DistributedDataParallel, possibly twice), ``config`` (``config["model"]``
-names the model and its arguments), ``normalizers`` and, when trained with EMA, ``ema``
-(``shadow_params``: the averaged parameters, in the model's parameter order). It is read with
+A checkpoint is what fairchem 1.x or ocp ``BaseTrainer.save`` writes: a dict with ``state_dict``
+(keys prefixed "module." by DistributedDataParallel, possibly twice), ``config``
+(``config["model"]`` names the model and its arguments; ocp, as for the published DeNS
+checkpoints: the name, with the arguments in ``config["model_attributes"]``), ``normalizers``
+and, when trained with EMA, ``ema`` (``shadow_params``: the averaged parameters, in the model's
+parameter order). It is read with
 ``torch.load(weights_only=True)``: tensors and plain containers only, no code from the file runs.
 
 Models understood (fairchem commit 31c0963 and the official DeNS code):
@@ -11,9 +13,14 @@ Models understood (fairchem commit 31c0963 and the official DeNS code):
 - ``equiformer_v2`` / ``equiformer_v2_dens`` (one module: ``energy_block``, ``force_block`` and,
   for DeNS, ``force_embedding``, ``denoising_pos_block``), whose parameter names are ours;
 - ``hydra`` with backbone ``equiformer_v2_backbone`` or ``equiformer_v2_dens_backbone`` and
-  heads ``equiformerV2_scalar_head`` / ``eqV2_DeNS_scalar_head`` (energy) and
-  ``equiformerV2_vector_head`` / ``eqV2_DeNS_vector_head`` (forces, DeNS noise), mapped by
-  ``KEY_TABLE``.
+  heads ``equiformerV2_scalar_head`` / ``equiformer_v2_energy_head`` / ``eqV2_DeNS_scalar_head``
+  (energy) and ``equiformerV2_vector_head`` / ``equiformer_v2_force_head`` /
+  ``eqV2_DeNS_vector_head`` (forces, DeNS noise), mapped by ``KEY_TABLE``; each also by its
+  class path (``CLASS_PATHS``, as the OMat24 configs name them).
+
+Refused in one line naming them: other heads (the OMat24 models' rank-2 stress head), other
+backbones or models, ``regress_forces: False`` (energy-only IS2RE models), and fairchem 1.x
+``elementrefs`` (linear references subtracted from the labels; not mapped).
 
 Only the official architecture settings map (``REQUIRED``: layer_norm_sh, grid-MLP feed-forward,
 separable S2 activation, ...); anything else, an unknown or missing parameter or a shape that
@@ -92,11 +99,15 @@ REFERENCE_BUFFERS = {
     "expand_index",
     "balance_degree_weight",
 }
-# hydra head module -> {block name in the head: our module}
+# hydra head module -> {block name in the head: our module}; the deprecated
+# equiformer_v2_{energy,force}_head subclass the scalar / vector heads (fairchem 1.x
+# equiformer_v2.py lines 62-83; the OMat24 eqV2_31M_mptrj config names them)
 KEY_TABLE = {
     "equiformerV2_scalar_head": {"energy_block": "energy_block"},
+    "equiformer_v2_energy_head": {"energy_block": "energy_block"},
     "eqV2_DeNS_scalar_head": {"scalar_block": "energy_block"},
     "equiformerV2_vector_head": {"force_block": "force_block"},
+    "equiformer_v2_force_head": {"force_block": "force_block"},
     "eqV2_DeNS_vector_head": {
         "vector_block": "force_block",
         "denoising_pos_block": "denoising_pos_block",
@@ -104,6 +115,36 @@ KEY_TABLE = {
 }
 BACKBONES = {"equiformer_v2_backbone", "equiformer_v2_dens_backbone"}
 MONOLITHIC = {"equiformer_v2", "equiformer_v2_dens"}
+# Class paths a config may name instead (fairchem 1.x registry.get_class resolves a dotted name
+# by import, common/registry.py lines 266-278; the OMat24 DeNS configs do) -> the registered
+# name of the same class (31c0963: equiformer_v2.py, equiformer_v2_dens.py, heads/).
+_EQV2 = "fairchem.core.models.equiformer_v2."
+CLASS_PATHS = {
+    _EQV2 + "equiformer_v2.EquiformerV2Backbone": "equiformer_v2_backbone",
+    _EQV2 + "equiformer_v2_dens.EqV2DeNSBackbone": "equiformer_v2_dens_backbone",
+    _EQV2 + "heads.scalar.EqV2ScalarHead": "equiformerV2_scalar_head",
+    _EQV2 + "heads.EqV2ScalarHead": "equiformerV2_scalar_head",
+    _EQV2 + "equiformer_v2.EquiformerV2EnergyHead": "equiformer_v2_energy_head",
+    _EQV2 + "heads.vector.EqV2VectorHead": "equiformerV2_vector_head",
+    _EQV2 + "heads.EqV2VectorHead": "equiformerV2_vector_head",
+    _EQV2 + "equiformer_v2.EquiformerV2ForceHead": "equiformer_v2_force_head",
+    _EQV2 + "equiformer_v2_dens.DeNSScalarHead": "eqV2_DeNS_scalar_head",
+    _EQV2 + "equiformer_v2_dens.DeNSVectorHead": "eqV2_DeNS_vector_head",
+    _EQV2 + "equiformer_v2_deprecated.EquiformerV2": "equiformer_v2",
+}
+# heads our model has no counterpart for, by registered name and class path: what they predict
+UNMAPPED_HEADS = {
+    "rank2_symmetric_head": "a rank-2 (stress) head",
+    _EQV2 + "heads.rank2.Rank2SymmetricTensorHead": "a rank-2 (stress) head",
+    _EQV2 + "heads.Rank2SymmetricTensorHead": "a rank-2 (stress) head",
+    "dens_rank2_symmetric_head": "a rank-2 (stress) head",
+    _EQV2 + "equiformer_v2_dens.DeNSRank2Head": "a rank-2 (stress) head",
+}
+
+
+def registered_name(name: Any) -> Any:
+    """The registered name of a model, backbone or head a config names by class path."""
+    return CLASS_PATHS.get(name, name) if isinstance(name, str) else name
 
 
 def load_fairchem_checkpoint(
@@ -118,6 +159,11 @@ def load_fairchem_checkpoint(
     to its normalised energy at prediction when set; our model never does, the caller may."""
     checkpoint, config = read_checkpoint(path)
     arguments, heads = model_arguments(config["model"])
+    if any(checkpoint.get("elementrefs") or {}):
+        raise CheckpointImportError(
+            f"{path}: elementrefs {sorted(checkpoint['elementrefs'])} (fairchem 1.x linear "
+            "references subtracted from the training labels) are not mapped"
+        )
     state = strip_prefix(checkpoint["state_dict"])
     if use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"):
         state = with_ema(state, checkpoint["ema"]["shadow_params"])
@@ -150,18 +196,35 @@ def model_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Our constructor's arguments from config['model'], and the hydra heads {name: module}."""
-    name = model_config.get("name") or model_config.get("model")
+    name = registered_name(model_config.get("name") or model_config.get("model"))
     if name == "hydra":
         backbone = dict(model_config.get("backbone") or {})
-        kind = backbone.pop("model", None)
+        given = backbone.pop("model", None)
+        kind = registered_name(given)
         if kind not in BACKBONES:
-            raise CheckpointImportError(f"hydra backbone {kind!r}: only {sorted(BACKBONES)} map")
+            raise CheckpointImportError(
+                f"hydra backbone {given!r} does not map (maps: {', '.join(sorted(BACKBONES))} "
+                "or their class paths)"
+            )
         heads = {
             head: spec.get("module") for head, spec in (model_config.get("heads") or {}).items()
         }
-        unknown = {head: module for head, module in heads.items() if module not in KEY_TABLE}
+        unknown = {
+            head: module
+            for head, module in heads.items()
+            if registered_name(module) not in KEY_TABLE
+        }
         if unknown:
-            raise CheckpointImportError(f"hydra heads {unknown}: only {sorted(KEY_TABLE)} map")
+            raise CheckpointImportError(
+                "hydra "
+                + "; ".join(
+                    f"head {head!r} ({module}: {UNMAPPED_HEADS.get(module, 'an unknown head')})"
+                    for head, module in unknown.items()
+                )
+                + " does not map: our EquiformerV2 predicts energy, forces and the DeNS noise "
+                f"(maps heads: {', '.join(sorted(KEY_TABLE))} or their class paths)"
+            )
+        heads = {head: registered_name(module) for head, module in heads.items()}
         for head, spec in model_config["heads"].items():
             if spec.get("reduce", "sum") != "sum":
                 raise CheckpointImportError(f"head {head!r}: reduce {spec['reduce']!r} (only sum)")
@@ -171,6 +234,11 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
     else:
         raise CheckpointImportError(
             f"model {name!r}: only {sorted(MONOLITHIC)} or hydra with {sorted(BACKBONES)} map"
+        )
+    if not settings.get("regress_forces", True):
+        raise CheckpointImportError(
+            "regress_forces False (an energy-only model without a force head, e.g. an IS2RE "
+            "one) does not map: our EquiformerV2 always predicts forces"
         )
     settings.setdefault("use_pbc", True)
     if settings.get("grid_resolution") is None:
