@@ -40,7 +40,11 @@ reruns the job, which may then move the run aside."""
 
 
 def publish(source: Path, target: Path) -> None:
-    """Make ``target`` a copy of ``source`` (a hard link where possible), atomically."""
+    """Make ``target`` a copy of ``source`` (a hard link where possible), atomically. Nothing
+    to do when it is one already (renaming a second link of the same file over it would leave
+    the temporary name behind: rename(2) does nothing for two links of one file)."""
+    if target.exists() and os.path.samefile(source, target):
+        return
     with atomic_files.atomic_path(target, "publishing") as tmp:
         tmp.unlink(missing_ok=True)
         try:

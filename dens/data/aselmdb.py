@@ -43,6 +43,13 @@ import torch
 from dens import paths
 from dens.data.batch import Batch, Data
 from dens.data.structures import fixed_mask, structure_data
+from dens.data.validation import (
+    MAX_CELL_LENGTH,
+    MAX_COORDINATE,
+    SUPPORTED_MAX_Z,
+    InvalidStructureError,
+    check_structure,
+)
 from dens.errors import DataError, InvalidDataError, MissingDataError
 
 if TYPE_CHECKING:
@@ -482,9 +489,12 @@ def row_to_data(row: Mapping[str, Any], path: Path | str = "") -> Data:
     float32 positions and forces, float64 energy, ``md_split`` from the row key (False when
     absent). A row without energy or forces, or with a constraint other than FixAtoms/FixCom,
     raises InvalidDataError naming ``path`` and the row."""
-    where = f"{path}: row {row['id']}"
+    where = _row_name(row, path)
     missing = [key for key in ("energy", "forces") if row.get(key) is None]
     if missing:
+        # ase.db drops the results of a structure whose positions are not finite (NaN != NaN
+        # reads as a changed structure): name that cause rather than the missing labels.
+        _check_row(row, path)
         raise InvalidDataError(
             f"{where} has no {' and '.join(missing)} label; training data needs energy and forces"
         )
@@ -506,6 +516,60 @@ def row_to_data(row: Mapping[str, Any], path: Path | str = "") -> Data:
     )
 
 
+def _row_name(row: Mapping[str, Any], path: Path | str) -> str:
+    """``<file>: row <id>``, with the row's sid where it has one."""
+    sid = row.get("key_value_pairs", {}).get("sid")
+    return f"{path}: row {row['id']}" + ("" if sid is None else f" (sid {sid})")
+
+
+def _check_row(row: Mapping[str, Any], path: Path | str) -> None:
+    """dens.data.validation.check_structure of one stored row (InvalidStructureError naming the
+    file, the row, its sid, the atom and the value), with the converters' atomic-number range."""
+    pbc = np.asarray(row.get("pbc", np.zeros(3, dtype=bool)), dtype=bool)
+    periodic = bool(pbc.any())
+    check_structure(
+        np.asarray(row["numbers"]),
+        np.asarray(row["positions"], dtype=np.float64).reshape(-1, 3),
+        _row_name(row, path),
+        cell=np.asarray(row["cell"]) if periodic else None,
+        pbc=pbc if periodic else None,
+        energy=row.get("energy"),
+        forces=row.get("forces"),
+        max_atomic_number=SUPPORTED_MAX_Z,
+    )
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]], batch: Batch, path: Path | str) -> None:
+    """Every row of ``batch`` (``rows`` as `read_rows` returned them, in order) within the
+    bounds of dens.data.validation, checked at once on the batch's tensors: at least one atom
+    (two in a molecule), atomic numbers 1..SUPPORTED_MAX_Z, finite positions within
+    MAX_COORDINATE, finite forces and energy, a finite cell of vectors up to MAX_CELL_LENGTH.
+    The first row that fails is checked again with check_structure, whose InvalidStructureError
+    names the file, the row, its sid, the atom and the value. Vectorised: 20 ms for 3000 slabs
+    of 37 atoms on one busy core, 0.6 % of the 3.6 s AseLmdbDataset takes to read them
+    (measured)."""
+    natoms = batch.natoms
+    periodic = "cell" in batch
+    bad = natoms < (1 if periodic else 2)
+    atoms_bad = (batch.atomic_numbers < 1) | (batch.atomic_numbers > SUPPORTED_MAX_Z)
+    atoms_bad |= ~torch.isfinite(batch.pos).all(dim=1)
+    atoms_bad |= (batch.pos.abs() > MAX_COORDINATE).any(dim=1)
+    if "forces" in batch:
+        atoms_bad |= ~torch.isfinite(batch.forces).all(dim=1)
+    bad[batch.batch[atoms_bad]] = True
+    if "energy" in batch:
+        bad |= ~torch.isfinite(batch.energy)
+    if periodic:
+        cell = batch.cell.to(torch.float64)
+        bad |= ~torch.isfinite(cell).all(dim=2).all(dim=1)
+        bad |= (torch.linalg.vector_norm(cell, dim=2) > MAX_CELL_LENGTH).any(dim=1)
+    if not bad.any():
+        return
+    row = rows[int(torch.nonzero(bad)[0, 0])]
+    _check_row(row, path)
+    raise InvalidStructureError(f"{_row_name(row, path)}: outside dens.data.validation's bounds")
+
+
 class AseLmdbDataset(torch.utils.data.Dataset):
     """All rows of one aselmdb file as `Data` objects (see `row_to_data`), in row order.
 
@@ -517,7 +581,8 @@ class AseLmdbDataset(torch.utils.data.Dataset):
     when none was written).
 
     A missing or damaged file raises dens.errors.DataError naming it (see `check_aselmdb`), also
-    one that reads as fewer or more rows than its manifest records.
+    one that reads as fewer or more rows than its manifest records; a row outside the bounds of
+    dens.data.validation (`check_rows`) raises its InvalidStructureError naming the file and row.
     """
 
     def __init__(self, path: Path) -> None:
@@ -551,6 +616,7 @@ class AseLmdbDataset(torch.utils.data.Dataset):
                         f"the first row {sorted(keys)} (periodic and molecular rows mixed?)"
                     )
             self._rows = Batch.from_data_list(items)
+            check_rows(rows, self._rows, path)
             self.elements = torch.unique(self._rows.atomic_numbers).tolist()
 
     def __len__(self) -> int:

@@ -88,6 +88,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import LBFGS
 
 from dens.data.calculators import EMTCalculator
+from dens.data.validation import check_frames
 
 FMAX_EV_PER_A = 0.05
 MAX_STEP_A = 0.2
@@ -466,6 +467,22 @@ def _atoms(system: dict[str, Any], positions: np.ndarray, energy: float, forces:
     return atoms
 
 
+def _check_system(system: dict[str, Any], reference: float, where: str) -> None:
+    """Every frame of a generated system (relaxation, then MD; frame k is fid k) within
+    dens.data.validation's bounds as labelled (energy minus ``reference``), in one pass
+    (check_frames); a refusal names ``where`` and the frame."""
+    frames = system["frames"] + system["md_frames"]
+    check_frames(
+        system["numbers"],
+        np.stack([positions for positions, _, _ in frames]),
+        where,
+        energies=np.array([energy - reference for _, energy, _ in frames]),
+        forces=np.stack([forces for _, _, forces in frames]),
+        cell=np.asarray(system["cell"]),
+        pbc=np.ones(3, dtype=bool),
+    )
+
+
 def _rows(
     system: dict[str, Any], sid: int, reference: float, is2re: bool, md: bool
 ) -> Iterator[Atoms]:
@@ -588,13 +605,16 @@ def generate_catalysts(
         systems = [(t, r) for t, r in zip(tasks, results, strict=True) if t["split"] == split]
         use_md = md and split == "train"
 
-        def rows(systems=systems, position=position, spec=spec, use_md=use_md):
+        path = out_dir / f"{split}.aselmdb"
+
+        def rows(systems=systems, position=position, spec=spec, use_md=use_md, path=path):
             for task, system in systems:
                 sid = position * SID_STRIDE + task["index"]
+                _check_system(system, reference(system), f"{path}: sid {sid}")
                 yield from _rows(system, sid, reference(system), spec.is2re, use_md)
 
         metadata = {"dataset": family.label, "split": split, "method": "EMT"}
-        n_rows = write_aselmdb(out_dir / f"{split}.aselmdb", rows(), metadata)
+        n_rows = write_aselmdb(path, rows(), metadata)
         counts[split] = {
             "systems": len(systems),
             "rows": n_rows,

@@ -689,6 +689,11 @@ def _extract_tar(archive: Path, staging: Path, mode: str) -> int:
             # Python's own "data" filter (3.11.4+) re-checks the same and drops unsafe modes.
             tar.extract(member, staging, **_TAR_FILTER)
             count += 1
+        # The gzip CRC-32 and size (xz: its check) are verified only at the end of the stream,
+        # which the members end before: read it to the end, so damage inside a member's data is
+        # an error instead of a silently different file.
+        while tar.fileobj.read(1 << 20):
+            pass
     return count
 
 
@@ -755,7 +760,14 @@ def extract(
         }
         (staging / EXTRACTED_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         staging.rename(dest_dir)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+    except (
+        tarfile.TarError,
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        zlib.error,
+        lzma.LZMAError,
+    ) as error:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(error, FileNotFoundError | PermissionError | FileExistsError):
             raise

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from dens.data.aselmdb import write_aselmdb
 from dens.data.calculators import GFN2xTBCalculator
-from dens.data.validation import MAX_COORDINATE, check_structure
+from dens.data.validation import check_frames
 from dens.errors import InvalidDataError
 
 MD17_SMILES: dict[str, str] = {
@@ -270,9 +270,16 @@ def generate_md17(
                 temperatures[frame] = atoms.get_temperature()
                 bar.update(stride)
 
+    out_dir = Path(out_dir)
+    check_frames(
+        atoms.numbers,
+        positions,
+        f"{out_dir}: GFN2-xTB MD of {molecule}",
+        energies=energies,
+        forces=forces,
+    )
     split = split_indices(n_frames, n_train, n_val, n_test, seed)
     metadata = {"dataset": "mini-MD17", "molecule": molecule, "method": "GFN2-xTB"}
-    out_dir = Path(out_dir)
     paths = _write_split_files(
         out_dir, atoms.numbers, positions, energies, forces, split, seed, metadata, "gfn2-xtb"
     )
@@ -316,35 +323,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _check_frames(
-    path: Path,
-    numbers: np.ndarray,
-    positions: np.ndarray,
-    energies: np.ndarray,
-    forces: np.ndarray,
-) -> None:
-    """Every frame within dens.data.validation's bounds (InvalidStructureError naming the file,
-    frame, atom and value): the first frame fully, then non-finite or out-of-bounds values of
-    all frames at once (one pass over the arrays), the first such frame named."""
-    if not len(energies):
-        raise InvalidDataError(f"{path}: no frames")
-    check_structure(
-        numbers, positions[0], f"{path}: frame 0", energy=float(energies[0]), forces=forces[0]
-    )
-    finite = np.isfinite(positions).all(axis=(1, 2)) & np.isfinite(energies)
-    finite &= np.isfinite(forces).all(axis=(1, 2))
-    bad = np.flatnonzero(~finite | (np.abs(positions) > MAX_COORDINATE).any(axis=(1, 2)))
-    if bad.size:
-        frame = int(bad[0])
-        check_structure(
-            numbers,
-            positions[frame],
-            f"{path}: frame {frame}",
-            energy=float(energies[frame]),
-            forces=forces[frame],
-        )
 
 
 def convert_md17_npz(
@@ -393,8 +371,17 @@ def convert_md17_npz(
     for key, shape in expected.items():
         if actual[key] != shape:
             raise InvalidDataError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
-    _check_frames(npz_path, numbers, positions, energies, forces)
+    if not n_frames:
+        raise InvalidDataError(f"{npz_path}: no frames")
+    check_frames(numbers, positions, str(npz_path), energies=energies, forces=forces)
 
+    needed = n_train + n_val + (n_test or 0)
+    if n_frames < needed:
+        raise InvalidDataError(
+            f"{npz_path}: {n_frames} frames, fewer than the {needed} of the split (train "
+            f"{n_train}, val {n_val}, test {n_test or 'the rest'}): not a complete MD17 "
+            "trajectory; download it again"
+        )
     split = split_indices(n_frames, n_train, n_val, n_test, seed)
     metadata = {"dataset": "MD17", "source": npz_path.name}
     out_dir = Path(out_dir)
