@@ -463,7 +463,7 @@ def _npz_malformed(root: Path) -> dict[str, Path]:
     cases: dict[str, dict[str, object]] = {
         "nan position": {"R": np.where(np.arange(R.size).reshape(R.shape) == 400, np.nan, R)},
         "inf force": {"F": np.concatenate([F[:-1], np.full((1, 9, 3), np.inf)])},
-        "nan energy": {"E": np.concatenate([E[:500], [[np.nan]], E[501:]])},
+        "nan energy": {"E": np.concatenate([E[:10], [[np.nan]], E[11:]])},
         "no atom": {"R": R[:, :0], "F": F[:, :0], "z": z[:0]},
         "one atom": {"R": R[:, :1], "F": F[:, :1], "z": z[:1]},
         "Z=0": {"z": np.where(np.arange(9) == 3, 0, z)},
