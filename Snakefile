@@ -1,7 +1,9 @@
 """DeNS reproduction pipeline (Liao, Smidt, Shuaibi, Das; TMLR 2024).
 
-Targets: all (default: the report, hence every table, figure and learning curve), all_tables,
-table1 .. table10, figures, all_curves, report, and one target per
+Targets: all (default: the report, hence every table, figure and learning curve; and the
+published checkpoints at the paper scale or with config `mirror`), all_tables, table1 .. table10,
+figures, all_curves, report, published (the published DeNS checkpoints beside the paper's
+numbers: config/published.yaml), and one target per
 run: results/{scale}/runs/{experiment}/seed{seed}/metrics.json. The scale comes from the profile or
 `--config scale=NAME`; every path carries it. See README.md.
 """
@@ -38,6 +40,7 @@ include: "workflow/rules/relax.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/published.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -45,3 +48,5 @@ rule all:
     default_target: True
     input:
         rules.report.output,
+        # the published checkpoints where they can be downloaded (dens.published.in_all)
+        rules.published.input if PUBLISHED_IN_ALL else [],

@@ -175,10 +175,18 @@ def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str]
 
 
 def import_checkpoint(
-    source: Path, run_dir: Path, registry: Registry, experiment_name: str, seed: int = 0
+    source: Path,
+    run_dir: Path,
+    registry: Registry,
+    experiment_name: str,
+    seed: int = 0,
+    energy_reference_file: Path | None = None,
 ) -> dict[str, Any]:
     """Map the fairchem 1.x checkpoint ``source`` onto our model and write
-    ``run_dir/checkpoints/best.pt``; returns best.pt's state.
+    ``run_dir/checkpoints/best.pt``; returns best.pt's state. ``energy_reference_file``: the
+    published linear reference a checkpoint trained on energies minus one needs, instead of the
+    experiment's ``optim.energy_reference_file`` (which smaller scales set null; the target
+    ``published`` passes the downloaded file at every scale).
 
     Raises dens.models.common.fairchem_import.CheckpointImportError (named keys or
     settings) when the checkpoint cannot be mapped exactly, ModelNotAvailableError when the
@@ -191,6 +199,8 @@ def import_checkpoint(
     data_lin_ref = dataset_linear_reference(info["config"])
     references = None
     if lin_ref is None and data_lin_ref is not None:
+        if energy_reference_file is not None:
+            experiment["optim"]["energy_reference_file"] = str(energy_reference_file)
         references = published_references(experiment, registry.root, data_lin_ref)
     switches = {
         key: experiment["model"]["hyperparameters"][key] for key in ("attention", "layer_norm")

@@ -3,7 +3,7 @@
     dens experiments [--scale S]                       list every experiment
     dens sources EXPERIMENT [--scale S]                each value of the run with its source
     dens params EXPERIMENT                             trainable parameters (paper scale)
-    dens data download NAME --out FILE                 download and verify one archive
+    dens data download NAME --out FILE [--mirror URL]  download and verify one archive
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
@@ -13,7 +13,7 @@
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
     dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
-    dens table NAME --scale S --out-dir DIR
+    dens table NAME --scale S --out-dir DIR            (NAME published: dens.published)
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
     dens report --scale S --out FILE.html               every table, figure and curve
@@ -149,7 +149,7 @@ def cmd_params(args: argparse.Namespace) -> None:
 def cmd_data_download(args: argparse.Namespace) -> None:
     from dens.data.download import download_archive, get_archive, load_catalog
 
-    download_archive(get_archive(load_catalog(), args.archive), args.out)
+    download_archive(get_archive(load_catalog(), args.archive), args.out, args.mirror)
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:
@@ -262,7 +262,12 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from dens.checkpoint_import import import_checkpoint
 
     state = import_checkpoint(
-        args.checkpoint, args.run_dir, registry_from(args), args.experiment, args.seed
+        args.checkpoint,
+        args.run_dir,
+        registry_from(args),
+        args.experiment,
+        args.seed,
+        args.energy_reference_file,
     )
     print(
         f"{args.checkpoint} -> {args.run_dir}/checkpoints/best.pt: {state['num_parameters']} "
@@ -356,9 +361,15 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
+    from dens.published import TABLE, write_published_table
     from dens.tables import write_table
 
-    for path in write_table(registry_from(args), args.table, Path(args.out_dir)):
+    registry = registry_from(args)
+    if args.table == TABLE:  # the published checkpoints (config/published.yaml)
+        written = write_published_table(registry, Path(args.out_dir))
+    else:
+        written = write_table(registry, args.table, Path(args.out_dir))
+    for path in written:
         print(path)
 
 
@@ -381,7 +392,7 @@ def cmd_curves(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from dens.report import write_report
 
-    print(write_report(registry_from(args), Path(args.out)))
+    print(write_report(registry_from(args), Path(args.out), published=args.published))
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -447,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data_commands.add_parser("download", help="download and verify one archive")
     p.add_argument("archive", help="name in config/archives.yaml")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--mirror", help="fetch from this http(s) base URL instead of the owners' host (same path)"
+    )
     p.set_defaults(func=cmd_data_download)
     p = data_commands.add_parser("extract", help="extract one verified archive")
     p.add_argument("archive", help="name in config/archives.yaml")
@@ -501,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a fairchem 1.x checkpoint as a dens run (evaluate it, use it in ASE)",
     )
     p.add_argument("checkpoint", type=Path, help="the fairchem 1.x checkpoint file (.pt)")
+    p.add_argument(
+        "--energy-reference-file",
+        type=Path,
+        help="the linear energy reference (npz) of a checkpoint trained on energies minus one "
+        "(default: the experiment's optim.energy_reference_file)",
+    )
     _add_job_options(p)
     p.set_defaults(func=cmd_import_checkpoint)
 
@@ -533,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = commands.add_parser("table", help="write one paper table (CSV, Markdown, LaTeX)")
-    p.add_argument("table", help="table1a, table1b, table2 ... table10")
+    p.add_argument("table", help="table1a, table1b, table2 ... table10, or published")
     p.add_argument("--out-dir", required=True)
     _add_config_options(p)
     p.set_defaults(func=cmd_table)
@@ -553,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("report", help="the HTML report: every table, figure and curve")
     p.add_argument("--out", required=True, help="the .html file")
+    p.add_argument(
+        "--published",
+        action="store_true",
+        help="with the table of the published checkpoints (dens.published)",
+    )
     _add_config_options(p)
     p.set_defaults(func=cmd_report)
     return parser

@@ -16,8 +16,15 @@ Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snak
         relax/systems.jsonl, relax/relaxed.aselmdb          relaxed systems (dens.relaxation)
     results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
     results/{scale}/figures/{figure}.png|.pdf            the paper's figures
+    results/{scale}/published/{name}/      a published checkpoint imported as a run (never
+        checkpoints/best.pt, metrics.json,  mixed with trained runs; config/published.yaml):
+        relax/..., test/...                 the run-directory layout above, without seeds
+    results/{scale}/tables/published.csv|.md|.tex  the published checkpoints beside the paper
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
-    results/downloads/                                   archives of the paper scale (any scale)
+    results/downloads/                    downloads of the paper scale: archives, checkpoints
+    results/{scale}/downloads/            downloads of any other scale (downloads_dir), so that
+                                          a file served there for a test (a tiny checkpoint)
+                                          is never taken for the paper scale's
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
     from dens.config import Registry
 
 RESULTS = PurePosixPath("results")
-DOWNLOADS = RESULTS / "downloads"
+PAPER_SCALE = "paper"
 METRICS_FILES = {
     "evaluate": "metrics.json",
     "relax": "relax/metrics.json",
@@ -49,10 +56,36 @@ SUBMISSION_FILES = {"test": SUBMISSION_FILE, "relax": RELAX_SUBMISSION_FILE}
 """Evaluation-server file of each stage that writes one (S2EF test, IS2RE)."""
 SERVER_RESULTS_FILES = {"test": SERVER_RESULTS_FILE, "relax": RELAX_SERVER_RESULTS_FILE}
 """Server results file of each stage whose metrics an evaluation server can give."""
+PUBLISHED_FILES = {
+    "checkpoint": "checkpoints/best.pt",
+    "evaluate": METRICS_FILES["evaluate"],
+    "relax": METRICS_FILES["relax"],
+    "relax_submission": RELAX_SUBMISSION_FILE,
+    "test": METRICS_FILES["test"],
+    "submission": SUBMISSION_FILE,
+}
+"""Files of a published checkpoint's run (the names of a trained run's), by kind."""
 
 
 def results_dir(scale: str) -> PurePosixPath:
     return RESULTS / scale
+
+
+def downloads_dir(scale: str) -> PurePosixPath:
+    """Where the download rule saves files (config/archives.yaml) and extracts archives:
+    results/downloads at the paper scale, results/{scale}/downloads at any other."""
+    return RESULTS / "downloads" if scale == PAPER_SCALE else results_dir(scale) / "downloads"
+
+
+def published_dir(scale: str, name: str) -> PurePosixPath:
+    """The run of a published checkpoint (config/published.yaml ``name``): its best.pt,
+    metrics.json, relax/ and test/ as in a trained run's directory."""
+    return results_dir(scale) / "published" / name
+
+
+def published_file(scale: str, name: str, kind: str) -> PurePosixPath:
+    """A file of a published checkpoint's run, ``kind`` one of :data:`PUBLISHED_FILES`."""
+    return published_dir(scale, name) / PUBLISHED_FILES[kind]
 
 
 def data_dir(scale: str, dataset: str) -> PurePosixPath:

@@ -3,7 +3,9 @@
 One self-contained page (images embedded as base64 PNG, no JavaScript): a header naming the
 scale, its description, the configured seeds and the commit it was built from; then every table
 of config/tables.yaml rebuilt from the runs' metrics files exactly as ``dens table`` writes it
-(:func:`dens.tables.build_table`, links to its CSV and LaTeX files beside it); then the figures
+(:func:`dens.tables.build_table`, links to its CSV and LaTeX files beside it), and the table of
+the published checkpoints where asked (``--published``: the pipeline asks where its target
+``all`` includes them, dens.published.in_all); then the figures
 and the learning curves (:mod:`dens.curves`) with the captions of workflow/report/captions.yaml.
 A figure file that is missing stops the report with its path (the pipeline builds them first).
 """
@@ -71,8 +73,11 @@ def _figure(path: Path, caption: str, alt: str) -> str:
     )
 
 
-def report_sections(registry: Registry, root: Path) -> list[tuple[str, str, str]]:
-    """(anchor, heading, HTML body) of every table, figure and learning-curve figure."""
+def report_sections(
+    registry: Registry, root: Path, published: bool = False
+) -> list[tuple[str, str, str]]:
+    """(anchor, heading, HTML body) of every table, figure and learning-curve figure, and of the
+    table of the published checkpoints (dens.published) when ``published``."""
     scale = registry.scale_name
     captions: dict[str, Any] = read_yaml(registry.root / CAPTIONS)
     fill = {
@@ -98,14 +103,27 @@ def report_sections(registry: Registry, root: Path) -> list[tuple[str, str, str]
         )
         body = to_html(build_table(registry, name)) + f"<p class='note'>files: {links}</p>"
         tables.append((name, name, body))
+    if published:
+        from dens.published import TABLE, build_published_table, load_published
+
+        table = build_published_table(registry, load_published(registry))
+        files = {ext: paths.table_file(scale, TABLE, ext) for ext in ("csv", "tex", "md")}
+        links = " · ".join(
+            f"<a href='{os.path.relpath(path, paths.results_dir(scale))}'>{ext}</a>"
+            for ext, path in files.items()
+        )
+        tables.append((TABLE, TABLE, to_html(table) + f"<p class='note'>files: {links}</p>"))
     sections = tables + figures
     return sections
 
 
-def write_report(registry: Registry, out: Path, root: Path = Path(".")) -> Path:
-    """Write the report of the registry's scale to ``out`` (an .html file)."""
+def write_report(
+    registry: Registry, out: Path, root: Path = Path("."), published: bool = False
+) -> Path:
+    """Write the report of the registry's scale to ``out`` (an .html file); ``published``: with
+    the table of the published checkpoints."""
     scale = registry.scale_name
-    sections = report_sections(registry, root)
+    sections = report_sections(registry, root, published)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     seeds = ", ".join(str(seed) for seed in registry.options["seeds"])
     header = (

@@ -131,6 +131,11 @@ float64: fairchem's make_submission_file.py (``write_is2re_relaxations``) stores
 the trajectories' last frames as they are."""
 
 
+IS2RE_VAL_PREFIX = "is2re_val_"
+"""A split file named is2re_val_<split> holds that challenge split's IS2RE validation systems
+(config/datasets.yaml role relax_val), scored like the test splits but with public labels."""
+
+
 def challenge_for(family: str, task: str = "s2ef") -> Challenge:
     """The evaluation-server challenge of a dataset family (config/datasets.yaml ``family``) for
     ``task`` "s2ef" (:data:`CHALLENGES`) or "is2re" (:data:`IS2RE_CHALLENGES`)."""
@@ -159,12 +164,14 @@ def challenge_split(
     file_split: str, keys: Mapping[str, Any], challenge: Challenge, where: str
 ) -> str:
     """The challenge split of a test row (module notes): ``subsplit``, the file's split name
-    (without the challenge's ``file_prefix``) or ``category``; InvalidDataError naming ``where``
-    if none is a split of the challenge."""
+    (without the challenge's ``file_prefix`` or :data:`IS2RE_VAL_PREFIX`) or ``category``;
+    InvalidDataError naming ``where`` if none is a split of the challenge."""
     if "subsplit" in keys:
         split = str(keys["subsplit"]).removeprefix("test_")
     elif file_split.removeprefix(challenge.file_prefix) in challenge.splits:
         split = file_split.removeprefix(challenge.file_prefix)
+    elif file_split.removeprefix(IS2RE_VAL_PREFIX) in challenge.splits:  # relax_val splits
+        split = file_split.removeprefix(IS2RE_VAL_PREFIX)
     else:
         split = str(keys.get("category", ""))
     if split not in challenge.splits:

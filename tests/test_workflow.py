@@ -147,3 +147,40 @@ def test_oc22_training_jobs_read_the_published_linear_reference_at_the_paper_sca
     mini = snakemake("--profile", "profiles/local", target.replace("paper", "mini"))
     assert mini.returncode == 0, mini.stderr
     assert npz not in mini.stdout
+
+
+def test_published_target_imports_and_scores_the_checkpoints_apart_from_trained_runs() -> None:
+    """Target `published` (config/published.yaml): downloads into the scale's own folder from
+    the mirror, imports each checkpoint under results/{scale}/published/, scores it, relaxes the
+    IS2RE validation splits of All+MD and OC22, writes their S2EF test submissions and the
+    table; the OC22 import gets the downloaded linear reference. At the paper scale the
+    downloads are results/downloads and the owners' URLs."""
+    mirror = "http://127.0.0.1:9/copy"
+    result = snakemake(
+        "--profile", "profiles/local", "--forceall", "published", "--config", "scale=smoke",
+        f"mirror={mirror}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout) == {
+        "download_archive": 5,  # four checkpoints and OC22's linear reference
+        "prepare_oc20_2m": 1,
+        "prepare_oc20_all_md": 1,
+        "prepare_oc22": 1,
+        "import_checkpoint": 4,
+        "evaluate_published": 4,
+        "relax_published": 2,
+        "submission_published": 2,
+        "published_table": 1,
+        "published": 1,
+        "total": 22,
+    }
+    out = result.stdout
+    assert f"--out results/smoke/downloads/eq2_dens_oc22.pt --mirror {mirror}" in out
+    assert "--energy-reference-file results/smoke/downloads/oc22_linfit_coeffs.npz" in out
+    relax = "--run-dir results/smoke/published/eq2_dens_oc22 results/smoke/data/oc22/is2re_val_id"
+    assert relax in out and "results/smoke/runs/" not in out
+    paper = snakemake(
+        "--profile", "profiles/slurm", "results/paper/published/eq2_dens_oc22/metrics.json"
+    )
+    assert paper.returncode == 0, paper.stderr
+    assert "--out results/downloads/eq2_dens_oc22.pt > " in paper.stdout

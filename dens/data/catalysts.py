@@ -42,19 +42,22 @@ mini-OC20 (``prepare_oc20_generated``)
     Splits (disjoint by system): train and val_id on the in-domain metals and adsorbates
     (``OC20.metals`` / ``OC20.adsorbates``), val_ood_ads on held-out adsorbates, val_ood_cat
     on held-out metals, val_ood_both on both; s2ef_test and is2re_test cycle through the four
-    categories (key-value ``category``). A dataset whose name ends in ``-md`` (oc20-all-md), or
+    categories (key-value ``category``); is2re_val_id, is2re_val_ood_ads, is2re_val_ood_cat
+    and is2re_val_ood_both (IS2RE validation, ``relax_val_systems`` each) one category each. A
+    dataset whose name ends in ``-md`` (oc20-all-md), or
     whose settings say ``md: true``, gets the MD frames in its train split.
 mini-OC22 (``prepare_oc22_generated``)
     The same machinery with other choices: every atom free (no constraint at all), total
     energies as labels (``reference_energy`` 0), (110) and (100) slabs, another split of the
     metals and adsorbates into in-domain and held-out (``OC22``), a third of the systems with
     two adsorbates, and its own random streams. Splits: train, val_id, s2ef_test_id,
-    is2re_test_id in domain; val_ood, s2ef_test_ood, is2re_test_ood cycling through held-out
-    adsorbate, held-out metal and both.
+    is2re_test_id, is2re_val_id in domain; val_ood, s2ef_test_ood, is2re_test_ood,
+    is2re_val_ood cycling through held-out adsorbate, held-out metal and both.
 
 Sizes (the scale's ``data.oc20`` / ``data.oc22``, validated by workflow/schemas/scale.schema.yaml
 ``oc_data``): systems per split by role (``train_systems``, ``val_systems``, ``test_systems``,
-``relax_systems``), ``relax_steps``, ``md_steps``, ``md_stride``, ``surface_cell``, ``layers``
+``relax_systems``; ``relax_val_systems`` for the IS2RE validation splits, needed only where a
+dataset has them), ``relax_steps``, ``md_steps``, ``md_stride``, ``surface_cell``, ``layers``
 and ``seed``. Each system draws its composition and geometry from its own random stream,
 numpy's ``default_rng([seed, family, split, index])``, so a split is the same whichever other
 splits a dataset has (oc20-2m's train equals oc20-all-md's relaxation frames) and the data do
@@ -181,6 +184,12 @@ OC20 = Family(
         "val_ood_both": Split("val_systems", False, ("ood_both",)),
         "s2ef_test": Split("test_systems", False, CATEGORIES),
         "is2re_test": Split("relax_systems", True, CATEGORIES),
+        # IS2RE validation (role relax_val), after the splits above: their sids and streams
+        # leave every split before them as it was
+        "is2re_val_id": Split("relax_val_systems", True, ("id",)),
+        "is2re_val_ood_ads": Split("relax_val_systems", True, ("ood_ads",)),
+        "is2re_val_ood_cat": Split("relax_val_systems", True, ("ood_cat",)),
+        "is2re_val_ood_both": Split("relax_val_systems", True, ("ood_both",)),
     },
 )
 
@@ -202,6 +211,8 @@ OC22 = Family(
         "s2ef_test_ood": Split("test_systems", False, CATEGORIES[1:]),
         "is2re_test_id": Split("relax_systems", True, ("id",)),
         "is2re_test_ood": Split("relax_systems", True, CATEGORIES[1:]),
+        "is2re_val_id": Split("relax_val_systems", True, ("id",)),
+        "is2re_val_ood": Split("relax_val_systems", True, CATEGORIES[1:]),
     },
 )
 
@@ -218,6 +229,8 @@ SIZE_KEYS = (
     "layers",
     "seed",
 )
+OPTIONAL_SIZE_KEYS = ("relax_val_systems",)
+"""Sizes only the splits that use them need (the IS2RE validation splits)."""
 SID_STRIDE = 1_000_000
 """sid = (position of the split in the family's table + 1) * SID_STRIDE + system index."""
 
@@ -528,7 +541,7 @@ def _sizes(settings: Mapping[str, Any]) -> dict[str, int]:
             f"dataset {settings['name']}: the scale's data.{settings['family']} lacks "
             f"{', '.join(missing)} (workflow/schemas/scale.schema.yaml, oc_data)"
         )
-    return {key: int(settings[key]) for key in SIZE_KEYS}
+    return {key: int(settings[key]) for key in SIZE_KEYS + OPTIONAL_SIZE_KEYS if key in settings}
 
 
 def generate_catalysts(
@@ -537,6 +550,7 @@ def generate_catalysts(
     """Generate the splits `settings["splits"]` names of mini-OC20 (`family_name` "oc20") or
     mini-OC22 ("oc22") into `out_dir` (module notes); returns the provenance written last."""
     from dens.data.aselmdb import write_aselmdb
+    from dens.errors import ConfigError
 
     start = time.perf_counter()
     family = FAMILIES[family_name]
@@ -551,6 +565,11 @@ def generate_catalysts(
     tasks = []
     for split in splits:
         spec = family.splits[split]
+        if spec.size_key not in sizes:
+            raise ConfigError(
+                f"dataset {settings['name']}: split {split} needs data.{family_name}."
+                f"{spec.size_key} in the scale (workflow/schemas/scale.schema.yaml, oc_data)"
+            )
         for index in range(sizes[spec.size_key]):
             tasks.append(
                 {

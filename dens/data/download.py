@@ -1,7 +1,9 @@
 """Download, verify and extract the paper-scale dataset archives (config/archives.yaml).
 
 Data flow (README.md): download -> verify (checksum) -> extract -> LMDB. This module covers the
-first three steps and nothing else: it never executes, imports or unpickles anything it fetched.
+first three steps and nothing else: it never executes or imports anything it fetched, and
+unpickles nothing but a torch checkpoint's header through torch's weights-only unpickler (which
+admits tensors and plain containers only; :func:`content_problem`).
 It is a library: the command line is ``dens data download NAME --out FILE`` and
 ``dens data extract NAME --archive-path FILE --out DIR`` (dens/cli.py), which Snakemake's data
 rules run.
@@ -20,12 +22,19 @@ rules run.
 - :func:`verify` hashes a file; on a mismatch it moves the file aside to ``<file>.corrupt`` and
   raises :class:`ChecksumMismatchError` naming the file and both digests. With no published
   checksum it warns loudly (:class:`UnverifiedDownloadWarning`) and checks the file against the
-  digest recorded the first time it was seen (``<file>.<algorithm>``, trust on first use).
+  digest recorded the first time it was seen (``<file>.<algorithm>``, trust on first use); a
+  later download of such a file (after the copy was deleted or found changed) must give the
+  recorded digest again, so a file changed at its source is refused, not pinned anew.
 - Before such a first digest is recorded, :func:`content_problem` checks what a checksum cannot:
   the size the catalog states (:func:`size_range`) and the format, read to its end (an npz: a zip
   of ``.npy`` arrays holding the catalog's arrays with consistent shapes; a tar/zip: a listing
-  readable to the end). An HTML page, a truncated body or a wrong file is never recorded: it
-  raises :class:`MalformedDownloadError` naming the URL (or file) and what was wrong.
+  readable to the end; a pt: a zip-format torch checkpoint whose members pass their CRC and
+  that ``torch.load(weights_only=True)`` reads, holding ``state_dict`` and ``config``). An
+  HTML page, a truncated body or a wrong file is never recorded: it raises
+  :class:`MalformedDownloadError` naming the URL (or file) and what was wrong.
+- :func:`mirrored_url`: an archive's URL on a mirror (config ``mirror``: a copy of the owners'
+  servers, e.g. on a cluster without internet access, or a test's local server); the checksums
+  stay the catalog's.
 - :func:`extract` unpacks tar / tar.gz / tar.xz / zip into a staging directory, refusing members
   that would land outside it (``..``, absolute paths, links pointing outside, device files), and
   writes the completion marker last before renaming the staging directory into place, so a
@@ -70,7 +79,10 @@ ALGORITHMS: dict[str, int] = {"md5": 32, "sha256": 64}
 #: Archive formats :func:`extract` unpacks.
 EXTRACTABLE_FORMATS: tuple[str, ...] = ("tar", "tar.gz", "tar.xz", "zip")
 #: Formats of files used as downloaded (no extraction).
-PLAIN_FORMATS: tuple[str, ...] = ("npz",)
+PLAIN_FORMATS: tuple[str, ...] = ("npz", "pt")
+#: What a published model checkpoint (format pt) must hold before its digest is recorded: the
+#: keys of an ocp / fairchem 1.x trainer checkpoint that dens.checkpoint_import reads.
+CHECKPOINT_KEYS: tuple[str, ...] = ("state_dict", "config")
 #: Written into an extracted directory after its last member; its presence means "complete".
 EXTRACTED_MARKER = ".dens-extracted.json"
 #: A dimension of an npz array in the catalog: a fixed length, or a name all arrays agree on.
@@ -340,6 +352,32 @@ def _archive_problem(path: Path, fmt: str) -> str | None:
     return None
 
 
+def _checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with a torch checkpoint: not a zip (torch.save's format since torch 1.6;
+    a cut file has no central directory), a member failing its CRC, a pickle the weights-only
+    unpickler refuses (a global other than tensors and plain containers), or a top level
+    without :data:`CHECKPOINT_KEYS`. The tensors are memory-mapped, not read."""
+    import pickle
+
+    import torch
+
+    with zipfile.ZipFile(path) as zf:
+        if (bad := zf.testzip()) is not None:  # reads every member to its end
+            return f"its member {bad!r} is corrupt (CRC mismatch)"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"torch.load(weights_only=True) refuses it ({first})"
+    except RuntimeError as error:
+        return f"torch cannot read it ({str(error).strip().splitlines()[0]})"
+    if not isinstance(checkpoint, dict):
+        return f"it holds a {type(checkpoint).__name__}, not a trainer checkpoint (a dict)"
+    if missing := [key for key in CHECKPOINT_KEYS if key not in checkpoint]:
+        return f"it lacks {missing} (it has {sorted(map(str, checkpoint))})"
+    return None
+
+
 def content_problem(
     path: str | os.PathLike[str],
     fmt: str,
@@ -351,7 +389,8 @@ def content_problem(
     The checks a file without a published checksum passes before its digest is recorded: not
     an HTML page; its byte count within :func:`size_range` of the catalog's ``size``; its format
     read to the end (npz: see :func:`_npz_problem`, with the catalog's ``arrays``; tar, tar.gz,
-    tar.xz, zip: a listing readable to the end). Nothing is executed, extracted or unpickled.
+    tar.xz, zip: a listing readable to the end; pt: :func:`_checkpoint_problem`). Nothing is
+    executed or extracted; only a checkpoint's pickle is read, by the weights-only unpickler.
     """
     path = Path(path)
     actual = path.stat().st_size
@@ -366,6 +405,8 @@ def content_problem(
     try:
         if fmt == "npz":
             return _npz_problem(path, arrays)
+        if fmt == "pt":
+            return _checkpoint_problem(path)
         if fmt in EXTRACTABLE_FORMATS:
             return _archive_problem(path, fmt)
     except _UNREADABLE as error:
@@ -555,8 +596,11 @@ def download(
     to http(s) URLs: any other target raises :class:`DownloadError` at once. If ``dest`` already
     exists and verifies,
     nothing is fetched; if it does not verify it is moved to ``<dest>.corrupt`` and fetched
-    again. Bytes stream into ``<dest>.part``; a failed or interrupted transfer resumes from the
-    part file (HTTP Range), or restarts when the server ignores Range. ``timeout`` (s) bounds
+    again. Without a published checksum, a body fetched when a digest is already recorded
+    (``<dest>.<algorithm>``) must have that digest: else it is moved to ``<dest>.corrupt`` and
+    :class:`ChecksumMismatchError` names the file (the source changed since it was pinned).
+    Bytes stream into ``<dest>.part``; a failed or interrupted transfer resumes from the part
+    file (HTTP Range), or restarts when the server ignores Range. ``timeout`` (s) bounds
     the connection and every read; up to ``retries`` consecutive failed attempts are retried
     after ``backoff * 2**(n-1)`` s (capped at ``max_backoff``); an attempt that made progress
     resets the count. HTTP errors other than 408/425/429/5xx fail at once.
@@ -610,6 +654,22 @@ def download(
         raise ChecksumMismatchError(
             dest, expected_checksum, actual, algorithm, _move_aside(part.path, dest), url
         )
+    record = _sidecar(dest, algorithm)
+    if expected_checksum is None and record.exists():  # pinned by an earlier download
+        pinned = normalize_digest(record.read_text().split()[0], algorithm)
+        if actual != pinned:
+            raise ChecksumMismatchError(
+                dest,
+                pinned,
+                actual,
+                algorithm,
+                _move_aside(part.path, dest),
+                f"{url}; no published checksum: compared with the digest recorded in {record} "
+                "at its first download",
+            )
+        os.replace(part.path, dest)
+        _warn_unverified(dest, algorithm, actual, record, first=False)
+        return dest
     if expected_checksum is None and (problem := content_problem(part.path, fmt, size, arrays)):
         part.path.unlink()
         raise MalformedDownloadError(
@@ -618,7 +678,6 @@ def download(
         )
     os.replace(part.path, dest)
     if expected_checksum is None:
-        record = _sidecar(dest, algorithm)
         record.write_text(f"{actual}  {dest.name}\n")
         _warn_unverified(dest, algorithm, actual, record, first=True)
     return dest
@@ -638,6 +697,7 @@ def archive_format(name: str) -> str:
         (".tar", "tar"),
         (".zip", "zip"),
         (".npz", "npz"),
+        (".pt", "pt"),
     ):
         if lowered.endswith(suffix):
             return fmt
@@ -801,6 +861,8 @@ class Archive:
     download_size: str | None = None
     #: npz only: array name -> shape (lengths, or dimension names the arrays agree on).
     arrays: dict[str, tuple[Dimension, ...]] | None = None
+    #: A model checkpoint the paper's authors published (format pt; config/published.yaml).
+    published_checkpoint: bool = False
 
     @property
     def filename(self) -> str:
@@ -853,6 +915,7 @@ def load_catalog(
                 if "arrays" in entry
                 else None
             ),
+            published_checkpoint=entry.get("published_checkpoint", False),
         )
     return catalog
 
@@ -870,14 +933,34 @@ def get_archive(catalog: dict[str, Archive], name: str, source: str = CATALOG) -
     )
 
 
+def mirrored_url(url: str, mirror: str | None) -> str:
+    """``url`` on the ``mirror``, an http(s) base URL that replaces its scheme and host (and
+    prefixes its path with the mirror's own): ``https://dl.fbaipublicfiles.com/a/b.pt`` on
+    ``http://127.0.0.1:8000/copy`` is ``http://127.0.0.1:8000/copy/a/b.pt``. None: ``url``."""
+    if mirror is None:
+        return url
+    base = urllib.parse.urlsplit(mirror)
+    if base.scheme not in ("http", "https") or not base.netloc or base.query or base.fragment:
+        raise ConfigError(
+            f"mirror {mirror!r}: not an http(s) base URL such as http://host:port/path"
+        )
+    parts = urllib.parse.urlsplit(url)
+    path = base.path.rstrip("/") + parts.path
+    return urllib.parse.urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+
+
 def download_archive(
-    archive: Archive, dest: str | os.PathLike[str], **download_options: float | int | bool
+    archive: Archive,
+    dest: str | os.PathLike[str],
+    mirror: str | None = None,
+    **download_options: float | int | bool,
 ) -> Path:
-    """Download one catalog archive to ``dest`` (:func:`download`): verified against its
-    published checksum, or, where none is published, checked against the catalog's format,
-    download size and npz arrays before its digest is recorded. Returns ``dest``."""
+    """Download one catalog archive to ``dest`` (:func:`download`), from its URL or the same
+    path on ``mirror`` (:func:`mirrored_url`): verified against its published checksum, or,
+    where none is published, checked against the catalog's format, download size and npz
+    arrays before its digest is recorded. Returns ``dest``."""
     return download(
-        archive.url,
+        mirrored_url(archive.url, mirror),
         dest,
         archive.digest,
         archive.algorithm or "sha256",

@@ -15,7 +15,9 @@ Sources:
   dens.data.legacy_lmdb's restricted unpickler, which never runs code from the file; every row
   passes dens.data.validation (a refusal names the file, the row and its sid). Splits that
   gather several release sub-splits (``s2ef_test``, ``is2re_test``) store the sub-split's name in
-  the row key ``subsplit``.
+  the row key ``subsplit``; the IS2RE validation splits (role ``relax_val``: OC20
+  ``is2re_val_id`` ... ``is2re_val_ood_both``, OC22 ``is2re_val_id`` / ``is2re_val_ood``) are one
+  release sub-split each, named by their file (dens.submission.challenge_split).
 
 Design: one shard per source file (one ``*.extxyz.xz`` or one ``*.lmdb``), converted by one of
 ``processes`` worker processes into ``<out_dir>/.work/<split>/shard-NNNN.aselmdb``: written
@@ -66,7 +68,12 @@ LEGACY_SOURCES: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
         "is2re_test": [
             (sub, ("is2re", "all", sub))
             for sub in ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
-        ]
+        ],
+        # validation (role relax_val): one split per release sub-split, labels public
+        **{
+            f"is2re_{sub}": [(sub, ("is2re", "all", sub))]
+            for sub in ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+        },
     },
     "oc22_s2ef_total_lmdbs": {
         split: [(sub, ("s2ef-total", sub))]
@@ -81,6 +88,8 @@ LEGACY_SOURCES: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
     "oc22_is2re_total_lmdbs": {
         "is2re_test_id": [("test_id", ("is2re-total", "test_id"))],
         "is2re_test_ood": [("test_ood", ("is2re-total", "test_ood"))],
+        "is2re_val_id": [("val_id", ("is2re-total", "val_id"))],
+        "is2re_val_ood": [("val_ood", ("is2re-total", "val_ood"))],
     },
 }
 

@@ -42,6 +42,7 @@ from dens.data.download import (
     get_archive,
     is_extracted,
     load_catalog,
+    mirrored_url,
     verify,
 )
 
@@ -778,13 +779,31 @@ def test_archive_catalog_covers_every_paper_scale_split() -> None:
         if archive.name.startswith("md17_"):
             assert archive.digest is None and "none published" in archive.checksum_source
             assert archive.arrays == MD17_ARRAYS  # checked before the first digest is recorded
+        elif archive.published_checkpoint:  # the DeNS README publishes neither digest nor size
+            assert archive.digest is None and "none published" in archive.checksum_source
+            assert archive.format == "pt" and archive.download_size is None
         elif not archive.dataset:  # a reference file at a pinned git commit (reference_for)
             assert archive.algorithm == "sha256" and "commit" in archive.checksum_source
         else:
             assert archive.algorithm == "md5" and len(archive.digest or "") == 32
     assert [a.name for a in catalog.values() if a.md_split] == ["oc20_s2ef_md"]
-    unsized = [a.name for a in catalog.values() if a.digest is None and not a.download_size]
+    unsized = [
+        a.name
+        for a in catalog.values()
+        if a.digest is None and not a.download_size and not a.published_checkpoint
+    ]
     assert unsized == ["md17_uracil"]  # the one size the sGDML listing copy lacks
+    checkpoints = [a.name for a in catalog.values() if a.published_checkpoint]
+    assert checkpoints == [
+        "eq2_dens_epochs_12_2M",
+        "eq2_dens_epochs_30_2M",
+        "eq2_dens_allmd",
+        "eq2_dens_oc22",
+    ]
+    models = "https://dl.fbaipublicfiles.com/opencatalystproject/models/2024_07/"
+    for name in checkpoints:  # the DeNS README's links: <folder>/<archive name>.pt
+        folder = "oc22/s2ef" if name.endswith("oc22") else "oc20/s2ef"
+        assert catalog[name].url == f"{models}{folder}/{name}.pt"
     assert catalog["md17_benzene"].filename == "md17_benzene2017.npz"
 
 
@@ -1027,3 +1046,103 @@ def test_fetch_downloads_verifies_and_extracts_catalog_archives(
     # Without an extraction directory fetch returns the verified download.
     server.files["data/s2ef_demo.tar.gz"] = archive
     assert fetch(catalog["demo_tar"], dl, None, **FAST) == dl / "s2ef_demo.tar.gz"
+
+
+# ------------------------------------------------------------ published checkpoints (pt) ----
+
+
+def checkpoint_bytes(**changes: object) -> bytes:
+    """A small trainer checkpoint in the ocp / fairchem 1.x layout (state_dict with module.
+    prefixes, config, normalizers, EMA), saved by torch.save (zip format)."""
+    import torch
+
+    state = {
+        "state_dict": {"module.embedding.weight": torch.arange(6.0).reshape(2, 3)},
+        "config": {"model": "equiformer_v2_dens", "optim": {"max_epochs": 12}},
+        "normalizers": {"energy": {"mean": torch.tensor(0.0), "std": torch.tensor(1.0)}},
+        "ema": {"decay": 0.999, "shadow_params": [torch.zeros(2, 3)]},
+    }
+    state.update(changes)
+    state = {key: value for key, value in state.items() if value is not None}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+class NotWeightsOnly:
+    """A class a weights-only unpickler refuses to build."""
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (HTML_PAGE, "it is an HTML page"),
+        (_truncated(checkpoint_bytes()), r"not a readable pt file \(BadZipFile"),
+        (b"just text, no checkpoint\n", r"not a readable pt file \(BadZipFile"),
+        (checkpoint_bytes(config=None), r"it lacks \['config'\]"),
+        (checkpoint_bytes(extra=NotWeightsOnly()), r"torch.load\(weights_only=True\) refuses"),
+    ],
+)
+def test_unrecorded_checkpoint_is_checked_before_pinning(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    """A published checkpoint without a checksum is pinned only when torch's weights-only loader
+    reads it (zip format, every member's CRC) and it holds state_dict and config. Before format
+    pt, a checkpoint could not be listed at all (the catalog's formats had no pt)."""
+    good = tmp_path / "good.pt"
+    good.write_bytes(checkpoint_bytes())
+    assert content_problem(good, "pt") is None
+    bad = tmp_path / "eq2_dens_oc22.pt"
+    bad.write_bytes(content)
+    found = content_problem(bad, "pt")
+    assert found is not None and re.search(problem, found), found
+    with pytest.raises(MalformedDownloadError) as caught:
+        verify(bad, None, "sha256")  # the format told by the name
+    message = one_line(caught)
+    assert message.startswith(f"{bad} has no published checksum") and re.search(problem, message)
+    assert not (tmp_path / "eq2_dens_oc22.pt.sha256").exists()
+
+
+def test_mirrored_url_replaces_scheme_and_host() -> None:
+    url = "https://dl.fbaipublicfiles.com/opencatalystproject/models/2024_07/oc22/s2ef/x.pt"
+    assert mirrored_url(url, None) == url
+    assert mirrored_url(url, "http://127.0.0.1:8080") == (
+        "http://127.0.0.1:8080/opencatalystproject/models/2024_07/oc22/s2ef/x.pt"
+    )
+    assert mirrored_url(url, "https://copy.example.org/fair/") == (
+        "https://copy.example.org/fair/opencatalystproject/models/2024_07/oc22/s2ef/x.pt"
+    )
+    with pytest.raises(ConfigError, match="not an http"):
+        mirrored_url(url, "ftp://copy.example.org")
+
+
+@pytest.mark.integration
+def test_checkpoint_from_a_mirror_is_pinned_and_a_changed_one_refused(
+    server: Served, tmp_path: Path
+) -> None:
+    """The first good copy is pinned; after the file is deleted, bytes that changed at the source
+    are refused in one line naming the file, and the pin stays. Before, a download without a
+    published checksum recorded whatever digest the new body had."""
+    catalog = load_catalog(root=REPO)
+    archive = catalog["eq2_dens_oc22"]
+    path = "opencatalystproject/models/2024_07/oc22/s2ef/eq2_dens_oc22.pt"
+    server.files[path] = first = checkpoint_bytes()
+    dest = tmp_path / "eq2_dens_oc22.pt"
+    mirror = f"http://127.0.0.1:{server.port}"
+    with pytest.warns(UnverifiedDownloadWarning):
+        download_archive(archive, dest, mirror, **FAST)
+    record = tmp_path / "eq2_dens_oc22.pt.sha256"
+    assert record.read_text().split()[0] == hashlib.sha256(first).hexdigest()
+
+    dest.unlink()
+    server.files[path] = checkpoint_bytes(config={"model": "changed"})
+    with pytest.raises(ChecksumMismatchError) as caught:
+        download_archive(archive, dest, mirror, **FAST)
+    message = one_line(caught)
+    assert message.startswith(f"checksum mismatch for {dest} (") and "recorded in" in message
+    assert not dest.exists() and record.read_text().split()[0] == hashlib.sha256(first).hexdigest()
+
+    server.files[path] = first  # the pinned bytes again: accepted
+    with pytest.warns(UnverifiedDownloadWarning, match="matches the record"):
+        download_archive(archive, dest, mirror, **FAST)
+    assert dest.read_bytes() == first

@@ -10,9 +10,14 @@ import math
 import shlex
 
 from dens import paths
+from dens.config import read_yaml
 from dens.curves import curve_inputs, curve_tables
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
 from dens.figures import FIGURES
+from dens.published import in_all as published_in_all
+from dens.published import load_published
+from dens.published import split_files as published_split_files
+from dens.published import table_inputs as published_table_inputs
 from dens.tables import table_inputs
 
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
@@ -177,7 +182,12 @@ def train_launcher(wildcards, resources, threads):
 
 # Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.
 ARCHIVES = load_catalog(root=Path(workflow.basedir))
-DOWNLOADS = str(paths.DOWNLOADS)
+DOWNLOADS = str(paths.downloads_dir(SCALE))
+# `dens data download --mirror URL` where config `mirror` is set. A global of the shell command,
+# not a param: the mirror says where a file comes from, not what it is (its checksum does), so
+# changing it reruns nothing.
+MIRROR = REGISTRY.options["mirror"]
+MIRROR_OPTION = "" if MIRROR is None else f"--mirror {shlex.quote(MIRROR)} "
 
 
 def archive_file(name):
@@ -233,4 +243,55 @@ def figure_structures(wildcards):
     return [
         str(paths.split_file(SCALE, dataset, REGISTRY.splits(dataset, "train")[0]))
         for dataset in datasets
+    ]
+
+
+# Published checkpoints (published.smk): config/published.yaml, checked at DAG time.
+try:
+    PUBLISHED = load_published(REGISTRY)
+except ConfigError as error:
+    raise WorkflowError(f"invalid configuration: {error}") from None
+PUBLISHED_IN_ALL = published_in_all(REGISTRY)
+
+
+def published_dir(wildcards):
+    return str(paths.published_dir(SCALE, wildcards.published))
+
+
+def published_checkpoint(wildcards):
+    return PUBLISHED.checkpoints[wildcards.published]
+
+
+def published_splits(role):
+    """Input function: a published checkpoint's split files with ``role`` (evaluate, relax_val,
+    test)."""
+    return lambda wildcards: [
+        str(path)
+        for path in published_split_files(REGISTRY, published_checkpoint(wildcards), role)
+    ]
+
+
+def published_reference(wildcards):
+    """The linear energy reference a published checkpoint needs (config/published.yaml
+    energy_reference), downloaded at every scale; none where it needs none."""
+    name = published_checkpoint(wildcards).energy_reference
+    return [] if name is None else [archive_file(name)]
+
+
+def published_reference_option(wildcards, input):
+    if not input.reference:
+        return ""
+    return f"--energy-reference-file {shlex.quote(input.reference[0])} "
+
+
+def published_files(kind):
+    """Every published checkpoint's file of ``kind`` (dens.paths.PUBLISHED_FILES) that its entry
+    asks for."""
+    wanted = {"relax": "relax", "relax_submission": "relax", "test": "submission"}.get(
+        kind, "submission" if kind == "submission" else None
+    )
+    return [
+        str(paths.published_file(SCALE, name, kind))
+        for name, checkpoint in PUBLISHED.checkpoints.items()
+        if wanted is None or getattr(checkpoint, wanted)
     ]

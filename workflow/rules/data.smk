@@ -1,6 +1,9 @@
 # Data: download -> verify (checksum) -> extract -> aselmdb at scales whose source is `download`
 # (config/archives.yaml); generated on the machine at scales whose source is `generate`
-# (mini-MD17 from GFN2-xTB MD, mini-OC20/OC22 from EMT relaxations).
+# (mini-MD17 from GFN2-xTB MD, mini-OC20/OC22 from EMT relaxations). Downloads go to
+# results/downloads at the paper scale, results/{scale}/downloads at others (dens.paths
+# downloads_dir: the published checkpoints' jobs download at every scale), from the owners' URLs
+# or, with config `mirror`, the same paths on a mirror.
 
 
 rule download_archive:
@@ -20,7 +23,8 @@ rule download_archive:
         mem_mb=2000,
         runtime=job_minutes(60 * 24),
     shell:
-        "python -m dens data download {wildcards.archive} --out {output:q} > {log:q} 2>&1"
+        "python -m dens data download {wildcards.archive} --out {output:q} {MIRROR_OPTION}"
+        "> {log:q} 2>&1"
 
 
 rule extract_archive:

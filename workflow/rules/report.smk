@@ -1,6 +1,7 @@
 # Learning curves of every results table (dens.curves: validation force and energy MAE against
 # epoch from the runs' training logs) and the HTML report that gathers every table, figure and
-# curve of the scale (dens.report, captions in workflow/report/captions.yaml).
+# curve of the scale (dens.report, captions in workflow/report/captions.yaml), with the table of
+# the published checkpoints where `all` includes them (the paper scale, or config `mirror` set).
 
 
 rule curves:
@@ -37,10 +38,12 @@ rule report:
         figures=rules.figures.input,
         curves=rules.all_curves.input,
         captions="workflow/report/captions.yaml",
+        published=PUBLISHED_TABLE_FILES if PUBLISHED_IN_ALL else [],
     output:
         str(paths.report_file(SCALE)),
     params:
-        options=cli_options(),
+        # --published: with the table of the published checkpoints (where `all` builds it)
+        options=cli_options() + (" --published" if PUBLISHED_IN_ALL else ""),
     log:
         str(paths.job_log(SCALE, "report", "report")),
     conda:
