@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from dens import atomic_files
 from dens.data.batch import Batch, Data
+from dens.data.validation import check_elements_embedded
 from dens.inference import BuildModel, load_trained_model, predict
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer
@@ -240,6 +241,8 @@ def evaluate(
     checkpoint = trained.checkpoint
     experiment = checkpoint["experiment"]
     batch_size = batch_size or int(experiment["optim"]["eval_batch_size"])
+    for name, dataset in splits.items():
+        check_elements_embedded(dataset, trained.model, str(getattr(dataset, "path", name)))
     per_split = {
         name: mean_absolute_errors(trained.model, dataset, trained.normalizer, batch_size, device)
         for name, dataset in splits.items()

@@ -105,6 +105,7 @@ from dens.atomic_files import atomic_write
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.config import find_root
 from dens.data.batch import Batch, Data
+from dens.data.validation import check_elements_embedded
 from dens.denoising import (
     Corruption,
     DeNSSettings,
@@ -1173,6 +1174,8 @@ def train(
         _stop_flag(stop_at) as stop,
         build_trainee(experiment, build_model, device, world, amp) as trainee,
     ):
+        for role, dataset in (("training", train_set), ("validation", val_set)):
+            check_elements_embedded(dataset, trainee.model, _split_name(dataset, role))
         state = start_or_resume(run_dir, start, train_set, trainee, device, world)
         if world.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -1226,6 +1229,12 @@ def train(
         best_val_forces_mae_meV_per_A=state.best["val_forces_mae_meV_per_A"],
         train_time_s=state.timing["train_time_s"],
     )
+
+
+def _split_name(dataset: Sequence[Data], role: str) -> str:
+    """How an error names a dataset: its file (dens.data.aselmdb.AseLmdbDataset), else its role."""
+    path = getattr(dataset, "path", None)
+    return str(path) if path is not None else f"the {role} set"
 
 
 def _check_splittable(losses: LossSettings, val_set: Sequence[Data], world: World) -> None:

@@ -796,3 +796,30 @@ def test_batch_decision_resumes_exactly_and_saves_the_decision_generator(data, t
         )
     train(experiment, train_set, val_set, resumed, build_toy_model, progress=False)
     assert_same_run(straight, resumed)
+
+
+def test_a_split_with_elements_beyond_the_models_table_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    """An atomic number beyond the model's embedding table (here 1..20, the EMT data hold Cu,
+    Z = 29) is refused in one line naming the element, before a step is taken or a file is
+    written (before, nothing compared them: a real model's embedding lookup then failed with an
+    IndexError in the first batch, on CUDA a device-side assert)."""
+    from dens.data.validation import InvalidStructureError
+
+    def small_table(experiment: dict) -> torch.nn.Module:
+        model = build_toy_model(experiment)
+        model.max_num_elements = 21
+        return model
+
+    data = make_emt_dataset(12, seed=0)
+    with pytest.raises(InvalidStructureError, match=r"the training set: holds .*\(Z=29\).*1\.\.20"):
+        train(
+            toy_experiment(epochs=1, batch_size=4),
+            data[:8],
+            data[8:],
+            tmp_path / "run",
+            small_table,
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()

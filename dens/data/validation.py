@@ -240,6 +240,26 @@ def model_max_atomic_number(model: Any) -> int:
     return MAX_ATOMIC_NUMBER
 
 
+def check_elements_embedded(dataset: Any, model: Any, where: str) -> None:
+    """Refuse a dataset holding an atomic number beyond what ``model`` embeds
+    (``model_max_atomic_number``): its embedding table would be indexed out of range, an
+    IndexError deep in the forward pass on CPU and a device-side assert on CUDA. ``dataset``:
+    its ``elements`` where it knows them (dens.data.aselmdb.AseLmdbDataset), else a sequence of
+    Data whose atomic numbers are read; ``where`` names it (e.g. the split file)."""
+    elements = getattr(dataset, "elements", None)
+    if elements is None:
+        elements = {int(z) for data in dataset for z in data.atomic_numbers.tolist()}
+    top = model_max_atomic_number(model)
+    beyond = sorted(int(z) for z in elements if int(z) > top)
+    if beyond:
+        listed = ", ".join(f"{_symbol(z)} (Z={z})" for z in beyond[:5])
+        raise InvalidStructureError(
+            f"{where}: holds {listed}{' ...' if len(beyond) > 5 else ''}, beyond the model's "
+            f"embedding table (atomic numbers 1..{top}); use a model with a larger table "
+            "(max_num_elements / max_atomic_number) or leave these structures out"
+        )
+
+
 def model_cutoff(model: Any) -> float | None:
     """The radius (Å) within which ``model`` pairs atoms (``cutoff``; Equiformer
     ``max_radius``), None when it states none."""
