@@ -34,7 +34,21 @@ def test_split_roles_of_experiments() -> None:
     oc20 = "oc20-2m/eqv2-e12"
     assert len(paths.experiment_split_files(registry, oc20, "evaluate")) == 4
     files = paths.dataset_files(registry, "oc22")
-    assert files[-1].name == "provenance.json" and len(files) == 8
+    assert files[-1].name == "provenance.json" and len(files) == 10  # 9 splits (2 relax_val)
+
+
+def test_downloads_of_small_scales_never_mix_with_the_paper_scale() -> None:
+    """A tiny checkpoint a test serves for scale smoke lands in results/smoke/downloads, never
+    where the paper scale keeps the real one; published runs live apart from trained runs."""
+    assert str(paths.downloads_dir("paper")) == "results/downloads"
+    assert str(paths.downloads_dir("smoke")) == "results/smoke/downloads"
+    assert str(paths.published_file("smoke", "eq2_dens_oc22", "checkpoint")) == (
+        "results/smoke/published/eq2_dens_oc22/checkpoints/best.pt"
+    )
+    assert (
+        str(paths.published_file("paper", "x", "relax"))
+        == "results/paper/published/x/relax/metrics.json"
+    )
 
 
 def test_no_other_module_spells_out_results_paths() -> None:
