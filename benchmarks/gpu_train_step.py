@@ -6,8 +6,10 @@ float16 autocast + GradScaler) on batches of a prepared mini split, at the mini 
 2-block L6 M2 EquiformerV2 of benchmarks/bench_equiformer_v2_step.py. Per case: the median and
 min step time over ``--steps`` steps after ``--warmup`` steps, structures per second, the peak
 GPU memory, and whether every loss was finite and GradScaler skipped no step (with mixed
-precision). Where the DeNS variant of a case exists, the summary gives the DeNS / plain step time
-ratio measured in the same run. Writes one JSON file::
+precision); then the evaluation forward pass (dens.inference.predict) on the same batches, and its
+time over the training step's (``eval_over_train``: what evaluating a checkpoint costs per
+structure relative to training on it). Where the DeNS variant of a case exists, the summary
+gives the DeNS / plain step time ratio measured in the same run. Writes one JSON file::
 
     python benchmarks/gpu_train_step.py --data results/mini/data --out gpu_train_step.json
 
@@ -34,7 +36,9 @@ from dens.data.aselmdb import AseLmdbDataset
 from dens.data.batch import Batch
 from dens.denoising import DeNSSettings
 from dens.distributed import World
+from dens.inference import predict
 from dens.models import build_model, count_parameters
+from dens.normalization import Normalizer
 
 # (case, experiment at the mini scale, dataset, model overrides)
 CASES = [
@@ -94,7 +98,16 @@ def time_case(
     batches = (batches * math.ceil((steps + warmup) / len(batches)))[: steps + warmup]
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        return engine.loss_terms(network, batch, normalizer, losses, dens, trainee.generator, 1.0)
+        return engine.loss_terms(
+            network,
+            batch,
+            normalizer,
+            losses,
+            dens,
+            trainee.generator,
+            1.0,
+            trainee.decision_generator,
+        )
 
     trainee.model.train()
     times, finite, skipped, structures, atoms = [], True, 0, 0, 0
@@ -116,6 +129,7 @@ def time_case(
             finite &= all(math.isfinite(v) for v in values.values())
             skipped += int(amp and trainee.scaler.get_scale() < scale)
     median = statistics.median(times)
+    evaluation = evaluation_times(trainee.model, dataset, batches, normalizer, warmup, device)
     return {
         "mixed_precision": amp,
         "parameters": count_parameters(trainee.model),
@@ -128,7 +142,34 @@ def time_case(
         "all_losses_finite": finite,
         "grad_scaler_skipped_steps": skipped,
         "last_loss": values["total"],
+        "eval_median_ms": 1e3 * statistics.median(evaluation),
+        "eval_over_train": statistics.median(evaluation) / median,
     }
+
+
+def evaluation_times(
+    model: torch.nn.Module,
+    dataset: AseLmdbDataset,
+    batches: list[list[int]],
+    normalizer: Normalizer,
+    warmup: int,
+    device: torch.device,
+) -> list[float]:
+    """Seconds per batch of the evaluation forward pass (dens.inference.predict: eval mode, no
+    noise head, no gradients for direct-force models) on the same batches as the training steps,
+    float32, the warm-up batches untimed: what `dens evaluate` and relaxations cost per batch."""
+    model.eval()
+    times = []
+    for k, indices in enumerate(batches):
+        batch = Batch.from_data_list([dataset[i] for i in indices]).to(device)
+        synchronize(device)
+        start = time.perf_counter()
+        predict(model, batch, normalizer)
+        synchronize(device)
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    model.train()
+    return times
 
 
 def main() -> None:

@@ -88,6 +88,18 @@ def disk_error(cause: OSError, path: Path | str | None, operation: str) -> DiskE
     )
 
 
+def make_folder(folder: Path | str, operation: str) -> None:
+    """``mkdir -p folder``; a full, read-only or forbidden parent raises DiskError naming
+    ``operation`` (e.g. "creating run folder"), the folder, its parent and the free space."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        cause = disk_cause(error)
+        if cause is not None:
+            raise disk_error(cause, folder, operation) from error
+        raise
+
+
 def _discard(tmp: Path) -> None:
     """Remove ``tmp`` if it is there (on a read-only file system even a missing file's unlink
     fails, with EROFS: the error being reported is the write's)."""

@@ -335,7 +335,7 @@ def run_simulation(
         SimulationStopped (a Slurm job ends itself before its time limit: dens.slurm).
     """
     check_structure(numbers, positions, f"{label}: start")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_files.make_folder(out_dir, "creating simulation folder")
     state_path, trajectory_path = out_dir / STATE_FILE, out_dir / TRAJECTORY_FILE
     pairs = bonded_pairs(numbers, positions)
     reference_lengths = bond_lengths(reference_frames, pairs).mean(axis=0)
@@ -517,7 +517,7 @@ def simulate(
     if record.is_file() and json.loads(record.read_text()) != started_with:
         moved = move_aside(out_dir, "started with other settings, model or data")
         print(f"{out_dir} was started with other settings, model or data: moved to {moved}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_files.make_folder(out_dir, "creating simulation folder")
     (out_dir / "metrics.json").unlink(missing_ok=True)
     atomic_files.write_text(
         record, json.dumps(started_with, indent=2, sort_keys=True) + "\n", "starting simulations"

@@ -101,7 +101,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dens.atomic_files import atomic_write
+from dens.atomic_files import atomic_write, make_folder
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.config import find_root
 from dens.data.batch import Batch, Data
@@ -1178,7 +1178,7 @@ def train(
             check_elements_embedded(dataset, trainee.model, _split_name(dataset, role))
         state = start_or_resume(run_dir, start, train_set, trainee, device, world)
         if world.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(run_dir, "creating run folder")
             write_log(run_dir / "log.csv", state.history)
         report(state, None)
         while state.epoch < schedule.epochs:

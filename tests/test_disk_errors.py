@@ -214,6 +214,38 @@ def test_a_read_only_run_folder_fails_in_one_line_and_changes_nothing(
             _chmod_folders(run_dir, stat.S_IRWXU)
 
 
+def test_a_new_run_folder_in_a_read_only_parent_fails_in_one_line(
+    finished: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dens train` into a run folder that must be created where it may not be (a read-only
+    file system, else a chmod-protected parent): one line naming the operation, the folder and
+    the free space (before: "[Errno 13] Permission denied: '<folder>'", no operation or fix)."""
+    splits, _ = finished
+    parent = tmp_path / "parent"
+    mounted = _mount(parent, "size=1m")
+    if not mounted and os.geteuid() == 0:
+        pytest.skip("root may write into a chmod-protected folder and cannot mount here")
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,ro", str(parent)], check=True)
+        reason = "the file system is mounted read-only (EROFS)"
+    else:
+        parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        reason = "permission denied (EACCES)"
+    run_dir = parent / "run"
+    try:
+        code, stderr = dens_here(train_args(splits, run_dir), capsys)
+        assert code == 2, stderr
+        line = one_error_line(stderr)
+        assert line.startswith(f"dens: error: creating run folder run in {parent}/ failed"), line
+        assert f"{reason}; {free_space(parent)} there;" in line
+        assert not run_dir.exists()
+    finally:
+        if mounted:
+            _unmount(parent)
+        else:
+            parent.chmod(stat.S_IRWXU)
+
+
 def test_an_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "metrics.json"
     write_text(target, "old\n", "writing metrics")

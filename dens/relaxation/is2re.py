@@ -361,7 +361,7 @@ def relax_run(
     if len(set(keys)) != len(keys):
         raise InvalidDataError(f"{', '.join(map(str, files.values()))}: duplicate sids in a split")
 
-    (run_dir / "relax").mkdir(parents=True, exist_ok=True)
+    atomic_files.make_folder(run_dir / "relax", "creating relaxation folder")
     systems_file, state_file = run_dir / SYSTEMS_FILE, run_dir / STATE_FILE
     state = {
         "checkpoint_sha256": file_digest(checkpoint),
