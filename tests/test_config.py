@@ -47,6 +47,8 @@ OC_RUNS = [
 def test_every_paper_run_is_registered_with_its_exact_name() -> None:
     registry = load_registry({"scale": "paper"})
     expected = OC_RUNS + [f"md17-{m}/{run}" for m in MOLECULES for run in MD17_RUNS]
+    # and, not in the paper, NequIP with and without DeNS (the optional extra `nequip`)
+    expected += [f"md17-{m}/{run}" for m in MOLECULES for run in ("nequip", "nequip-dens")]
     assert sorted(registry.experiments) == sorted(expected)
 
 

@@ -5,7 +5,8 @@ All families share one interface: ``forward(data, force_input=None, predict_nois
 constructor takes the preset's keyword arguments plus the switches ``force_encoding`` and
 ``noise_head`` (DeNS) and ``attention`` / ``layer_norm`` (Table 5).
 
-Layout: one package per family (``equiformer/``, ``equiformer_v2/``, ``escn/``), the SO(2)
+Layout: one package per family (``equiformer/``, ``equiformer_v2/``, ``escn/``, and ``nequip/``:
+an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2)
 mathematics that EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2)
 convolution) in ``so2/``, shared blocks in ``common/``, graph construction in ``graph.py``.
 """
@@ -25,8 +26,12 @@ FAMILIES = {
     "equiformer": "dens.models.equiformer:Equiformer",
     "equiformer_v2": "dens.models.equiformer_v2:EquiformerV2",
     "escn": "dens.models.escn:ESCN",
+    "nequip": "dens.models.nequip:NequIP",
 }
 """Model family (config/experiments.yaml ``model.family``) -> "module:class"."""
+
+OPTIONAL_EXTRAS = {"nequip": "nequip"}
+"""Model family -> the pip extra that installs its package (``pip install -e '.[extra]'``)."""
 
 PENDING_FAMILIES: dict[str, str] = {}
 """Model families named by experiments but not implemented yet -> why (tables mark their rows
@@ -43,7 +48,16 @@ def model_class(family: str) -> type[nn.Module]:
     if family not in FAMILIES:
         raise ModelNotAvailableError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
     module, name = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as error:
+        extra = OPTIONAL_EXTRAS.get(family)
+        if extra is None or error.name is None or error.name.startswith("dens"):
+            raise
+        raise ModelNotAvailableError(
+            f"model family {family!r} needs the optional dependency {error.name!r}: "
+            f"pip install -e '.[{extra}]'"
+        ) from error
 
 
 def build_model(experiment: Mapping[str, Any]) -> nn.Module:

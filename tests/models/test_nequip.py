@@ -1,0 +1,239 @@
+"""The NequIP adapter (dens.models.nequip; the optional extra ``nequip``): the equivariance
+contract of every head, the DeNS modules entering through nequip's extension points, the
+registry presets and their parameter counts, the pairing of a DeNS model with its baseline, the
+dtype cast, the training engine's checkpoint/resume and the ASE calculator. The module is skipped
+without nequip (``pip install -e '.[nequip]'``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import ase.build
+import numpy as np
+import pytest
+import torch
+from ase.calculators.emt import EMT
+from e3nn import o3
+
+from dens.config import load_registry
+from dens.data.batch import Batch, Data
+from dens.data.structures import atoms_to_data
+from dens.errors import ModelNotAvailableError
+from dens.models import count_parameters, model_class
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_without_nequip_the_family_names_the_extra(monkeypatch) -> None:
+    """Fails if model_class lets the bare ImportError through (or imports nequip elsewhere)."""
+    for name in [
+        m for m in sys.modules if m == "nequip" or m.startswith(("nequip.", "dens.models.nequip"))
+    ]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nequip", None)  # import nequip -> ModuleNotFoundError
+    with pytest.raises(ModelNotAvailableError, match=r"pip install -e '\.\[nequip\]'"):
+        model_class("nequip")
+
+
+nequip = pytest.importorskip("nequip")
+from dens.models.nequip import NequIP  # noqa: E402
+
+SMALL = dict(num_layers=2, l_max=2, num_features=[8, 4, 2], radial_mlp_width=16,
+             avg_num_neighbors=5.0, model_dtype="float64")  # fmt: skip
+HEADS = [(False, False, False), (True, False, True), (False, True, False), (True, True, True)]
+"""(force_encoding, noise_head, parity): every head, both nequip feature parities."""
+
+
+def make_batch(sizes: tuple[int, ...] = (6, 5), seed: int = 0) -> Batch:
+    """Random H/C/N/O structures in a 4 Å cube, float64."""
+    gen = torch.Generator().manual_seed(seed)
+    data = []
+    for n in sizes:
+        z = torch.tensor([1, 6, 7, 8])[torch.randint(0, 4, (n,), generator=gen)]
+        pos = 4.0 * torch.rand(n, 3, generator=gen, dtype=torch.float64)
+        data.append(Data(pos=pos, atomic_numbers=z, natoms=torch.tensor([n])))
+    return Batch.from_data_list(data)
+
+
+def small_model(force_encoding: bool, noise_head: bool, **kwargs) -> NequIP:
+    torch.manual_seed(0)
+    kwargs = {**SMALL, **kwargs}
+    return NequIP(**kwargs, force_encoding=force_encoding, noise_head=noise_head).eval()
+
+
+def run(model: NequIP, batch: Batch, forces: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    return model(batch, forces if model.force_encoding else None, predict_noise=model.noise_head)
+
+
+@pytest.mark.parametrize(("force_encoding", "noise_head", "parity"), HEADS)
+def test_rotations_leave_energy_invariant_and_rotate_forces_and_noise(
+    force_encoding: bool, noise_head: bool, parity: bool
+) -> None:
+    """float64: energy invariant, forces and noise rotate with the structure and the encoded
+    forces, to ~1e-14 (measured <= 3e-15). A noise head reading scalars, or an encoding of the
+    unrotated forces, would leave O(0.1) errors."""
+    model = small_model(force_encoding, noise_head, parity=parity)
+    batch = make_batch()
+    forces = torch.randn(
+        batch.num_nodes, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    forces[::3] = 0.0  # atoms without an encoded force
+    torch.manual_seed(2)
+    rot = o3.rand_matrix(dtype=torch.float64)
+    moved = batch.clone()
+    moved.pos = batch.pos @ rot.T + torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
+    out, out_rot = run(model, batch, forces), run(model, moved, forces @ rot.T)
+    errors = {
+        "energy": (out_rot["energy"] - out["energy"]).abs().max().item(),
+        "forces": (out_rot["forces"] - out["forces"] @ rot.T).abs().max().item(),
+    }
+    if noise_head:
+        errors["noise"] = (out_rot["noise"] - out["noise"] @ rot.T).abs().max().item()
+        assert out["noise"].abs().max() > 1e-3  # a real vector output, not zeros
+    assert max(errors.values()) < 1e-12, errors
+
+
+def test_dens_modules_enter_through_nequip_extension_points() -> None:
+    """The nequip network is nequip's own, with the two DeNS modules inserted: the encoding after
+    the first interaction, the noise head before the last (scalars-only) one."""
+    model = small_model(True, True, num_layers=3)
+    names = [name for name, _ in model.nequip.model.func.named_children()]
+    assert names[names.index("layer0_convnet") + 1] == "dens_force_encoding"
+    assert names[names.index("layer2_convnet") - 1] == "dens_noise_head"
+    assert type(model.nequip).__module__.startswith("nequip.")
+    batch = make_batch()
+    forces = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
+    plain = model(batch)
+    assert torch.equal(model(batch, torch.zeros_like(forces))["energy"], plain["energy"])
+    assert not torch.allclose(model(batch, forces)["energy"], plain["energy"])
+
+
+def test_a_dens_model_starts_from_its_baseline_weights_and_leaves_the_stream_alone() -> None:
+    """Same seed: every parameter of the baseline is in the DeNS model with the same value, and
+    building either draws the same numbers from the global stream (one seed), so the engine's
+    later draws are paired too. Fails if the DeNS modules consumed the nequip builder's stream."""
+    torch.manual_seed(3)
+    base = NequIP(**SMALL)
+    after_base = torch.rand(4)
+    torch.manual_seed(3)
+    dens = NequIP(**SMALL, force_encoding=True, noise_head=True)
+    after_dens = torch.rand(4)
+    assert torch.equal(after_base, after_dens)
+    assert torch.get_default_dtype() == torch.float32
+    params = dict(dens.named_parameters())
+    for name, value in base.named_parameters():
+        assert torch.equal(params[name], value), name
+    assert len(params) > len(dict(base.named_parameters()))
+
+
+def test_refusals() -> None:
+    with pytest.raises(ValueError, match="no attention or layer normalisation"):
+        NequIP(**SMALL, attention=True)
+    with pytest.raises(ValueError, match="num_layers >= 2"):
+        NequIP(**{**SMALL, "num_layers": 1}, noise_head=True)
+    model = small_model(False, False)
+    batch = make_batch()
+    batch.atomic_numbers[0] = 3  # Li: below the table's size, not a type of the model
+    with pytest.raises(ValueError, match=r"atomic numbers \[3\] are not among"):
+        model(batch)
+    with pytest.raises(ValueError, match="noise_head=True"):
+        model(make_batch(), predict_noise=True)
+
+
+def test_to_dtype_casts_nequip_build_time_dtypes() -> None:
+    """A float32 build cast with .double() gives float64 outputs equal to a float64 build's
+    (nequip's _output_dtype attributes follow); without NequIP._apply it raises a dtype error."""
+    model64 = small_model(True, True)
+    model32 = small_model(True, True, model_dtype="float32")
+    model32.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
+    model32.double()
+    batch = make_batch()
+    forces = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
+    a, b = run(model64, batch, forces), run(model32, batch, forces)
+    for key in ("energy", "forces", "noise"):
+        assert b[key].dtype == torch.float64
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)
+
+
+def test_presets_and_parameter_counts() -> None:
+    """Preset arguments are constructor arguments; counts as config/models.yaml states them."""
+    import inspect
+
+    registry = load_registry({"scale": "paper"})
+    arguments = set(inspect.signature(NequIP).parameters)
+    switches = {"force_encoding", "noise_head", "attention", "layer_norm"}
+    # (preset, DeNS modules) -> count; the md17 baseline's 690,712 is left to `dens params`
+    # (a 6-layer build costs seconds)
+    expected = {("md17", True): 704_848, ("mini", False): 8_800, ("mini", True): 10_752}
+    for (preset, dens), count in expected.items():
+        values = registry.preset("nequip", preset)
+        assert set(values) == arguments - switches, preset
+        model = NequIP(**values, force_encoding=dens, noise_head=dens)
+        assert count_parameters(model) == count, (preset, dens)
+    assert model_class("nequip") is NequIP
+
+
+def ethanol_frames(n: int, seed: int) -> list[Data]:
+    """Rattled ethanol labelled with ASE's EMT (which has H, C, O parameters)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = ase.build.molecule("CH3CH2OH")
+        atoms.positions += rng.normal(0.0, 0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        out.append(atoms_to_data(atoms, labels=True))
+    return out
+
+
+def test_trains_resumes_and_serves_ase_through_the_registry(tmp_path: Path) -> None:
+    """The smoke-scale md17-ethanol/nequip-dens run: dens train's engine, a crash in epoch 2
+    resumed to the uninterrupted run's weights bit for bit, then the ASE calculator on best.pt
+    (forces = -dE/dx by finite differences)."""
+    from dens.calculator import DeNSCalculator
+    from dens.checkpoint import load_checkpoint
+    from dens.train import train
+
+    experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/nequip-dens")
+    experiment["optim"].update(epochs=2, batch_size=4, eval_batch_size=4)
+    frames = ethanol_frames(12, seed=0)
+    train_set, val_set = frames[:8], frames[8:]
+    straight = tmp_path / "straight"
+    train(experiment, train_set, val_set, straight, progress=False)
+
+    class Crashing(list):
+        reads = 0
+
+        def __getitem__(self, index):
+            Crashing.reads += 1
+            if Crashing.reads == len(train_set) * 2 + 3:  # normaliser fit, epoch 1, epoch 2
+                raise RuntimeError("simulated node failure")
+            return super().__getitem__(index)
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        train(experiment, Crashing(train_set), val_set, resumed, progress=False)
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["epoch"] == 1
+    train(experiment, train_set, val_set, resumed, progress=False)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    atoms = ase.build.molecule("CH3CH2OH")
+    atoms.calc = DeNSCalculator(straight / "checkpoints" / "best.pt", dtype=torch.float64)
+    forces = atoms.get_forces()
+    step = 1e-4
+    for index, axis in ((0, 0), (4, 2)):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[index, axis] += step
+        minus.positions[index, axis] -= step
+        plus.calc = minus.calc = atoms.calc
+        numeric = -(plus.get_potential_energy() - minus.get_potential_energy()) / (2 * step)
+        assert forces[index, axis] == pytest.approx(numeric, rel=1e-5, abs=1e-6)
