@@ -37,8 +37,9 @@ Where the additions enter, and the hooks nequip lacks:
   ``_output_dtype`` / ``model_dtype`` attributes), so ``model.to(dtype)`` alone leaves them
   behind; ``_apply`` below updates them. Missing hook: a way to cast a built model.
 - nequip's builders require its process-wide state (``set_global_state``: default dtype
-  float64, every global seed set to 123, TF32 off, a multiprocessing sharing strategy); the
-  adapter initialises it once and restores torch's default dtype and the random streams.
+  float64, every global seed set to 123, TF32 off, a multiprocessing sharing strategy, a
+  TorchScript fusion strategy); the adapter initialises it once and restores the process's own
+  settings (``_nequip_state``). Missing hook: building a model without global side effects.
 
 Energies and forces are in the engine's normalised units (dens.normalization): per-type scales
 1 and shifts 0 (constants), so the network's sum of atomic energies is E'. The graph is every
@@ -81,20 +82,30 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @contextlib.contextmanager
 def _nequip_state() -> Iterator[None]:
-    """nequip's global state initialised once, without changing torch's default dtype or the
-    torch / numpy / Python random streams of the caller."""
+    """nequip's global state initialised once (its builders assert it), then the process's own
+    restored: torch's default dtype, the torch / numpy / Python random streams, the
+    multiprocessing sharing strategy, the TorchScript fusion strategy and the fp32 precision."""
     if global_state_initialized():
         yield
         return
     dtype = torch.get_default_dtype()
     py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            set_global_state()
-    finally:
-        torch.set_default_dtype(dtype)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    sharing = torch.multiprocessing.get_sharing_strategy()
+    precision = getattr(torch.backends, "fp32_precision", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecations
+        fusion = torch.jit.set_fusion_strategy([("STATIC", 2), ("DYNAMIC", 10)])
+        try:
+            with torch.random.fork_rng(devices=[]):
+                set_global_state()
+        finally:
+            torch.set_default_dtype(dtype)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.multiprocessing.set_sharing_strategy(sharing)
+            torch.jit.set_fusion_strategy(fusion)
+            if precision is not None:
+                torch.backends.fp32_precision = precision
     yield
 
 
