@@ -55,7 +55,8 @@ def model_class(family: str) -> type[nn.Module]:
         if extra is None or error.name is None or error.name.startswith("dens"):
             raise
         raise ModelNotAvailableError(
-            f"model family {family!r} needs the optional dependency {error.name!r}: "
+            f"model family {family!r} needs the optional dependency "
+            f"{error.name.split('.')[0]!r}: "
             f"pip install -e '.[{extra}]'"
         ) from error
 
