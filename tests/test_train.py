@@ -812,12 +812,15 @@ def test_a_split_with_elements_beyond_the_models_table_is_refused_before_trainin
         model.max_num_elements = 21
         return model
 
+    class KnownElements(list):  # a dataset that knows its elements, as AseLmdbDataset does
+        elements = [29]
+
     data = make_emt_dataset(12, seed=0)
     with pytest.raises(InvalidStructureError, match=r"the training set: holds .*\(Z=29\).*1\.\.20"):
         train(
             toy_experiment(epochs=1, batch_size=4),
-            data[:8],
-            data[8:],
+            KnownElements(data[:8]),
+            KnownElements(data[8:]),
             tmp_path / "run",
             small_table,
             progress=False,

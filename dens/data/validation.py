@@ -244,11 +244,12 @@ def check_elements_embedded(dataset: Any, model: Any, where: str) -> None:
     """Refuse a dataset holding an atomic number beyond what ``model`` embeds
     (``model_max_atomic_number``): its embedding table would be indexed out of range, an
     IndexError deep in the forward pass on CPU and a device-side assert on CUDA. ``dataset``:
-    its ``elements`` where it knows them (dens.data.aselmdb.AseLmdbDataset), else a sequence of
-    Data whose atomic numbers are read; ``where`` names it (e.g. the split file)."""
+    checked where it knows its ``elements`` (dens.data.aselmdb.AseLmdbDataset: every split the
+    commands read); other datasets are not read here (a pass over a large or streamed dataset
+    is the caller's to pay). ``where`` names it (e.g. the split file)."""
     elements = getattr(dataset, "elements", None)
     if elements is None:
-        elements = {int(z) for data in dataset for z in data.atomic_numbers.tolist()}
+        return
     top = model_max_atomic_number(model)
     beyond = sorted(int(z) for z in elements if int(z) > top)
     if beyond:
