@@ -491,6 +491,21 @@ class Registry:
         found = {path: source(path) for path in leaf_paths(values)}
         return {path: text for path, text in found.items() if text}
 
+    def not_run_at_scale(self, name: str) -> str | None:
+        """Why this scale does not train the experiment, or None (it does): an MD17 experiment
+        whose molecule is not in the scale's ``md17_molecules`` (config/scales/<scale>.yaml;
+        absent or null: every molecule). The one place that says which runs a scale trains:
+        the tables and learning curves ask only for those runs (dens.tables.table_inputs,
+        dens.curves.curve_inputs), hence the DAG too."""
+        molecules = self.scale.get("md17_molecules")
+        molecule = self.dataset(self.experiment(name)["dataset"]).get("molecule")
+        if molecules is None or molecule is None or molecule in molecules:
+            return None
+        return (
+            f"scale {self.scale_name} trains the MD17 molecules {', '.join(molecules)} only "
+            f"(config/scales/{self.scale_name}.yaml md17_molecules)"
+        )
+
     def preset(self, family: str, preset: str) -> dict[str, Any]:
         presets = self.model_presets.get(family)
         if presets is None:

@@ -1,7 +1,8 @@
 """Learning curves: validation force and energy MAE against epoch, one figure per results table.
 
-For every row of a table that is trained at this scale (not cited, its model family and stage
-implemented: :func:`dens.tables.not_run_reason`), each configured seed's training log
+For every run of a table that is trained at this scale (not cited, its model family implemented
+and, for MD17, its molecule in the scale's ``md17_molecules``: :func:`dens.tables.not_run_reason`),
+each configured seed's training log
 (``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
 ``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
 (EMA weights where EMA is on). The figure has one column per metric and one row per dataset

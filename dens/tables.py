@@ -8,18 +8,20 @@ naming the file. S2EF test columns (source ``test``) read the evaluation server'
 ``test/server_results.json``, which the user drops in (dens.submission), where present, else the
 submission job's ``test/metrics.json``: scores from local labels where the test split has them
 (generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
-yet (dens.models.PENDING_FAMILIES, empty today) say ``not run`` and why; :func:`table_inputs`,
-the table job's inputs, leaves them out. Paper numbers come only from ``config/tables.yaml`` and
-appear only as ``paper``. Rows the paper cites from other work carry paper numbers only (unless
-``retrain_cited_baselines`` trains them). ``write_table`` writes three files per table into
-``results/{scale}/tables/``:
+yet (dens.models.PENDING_FAMILIES, empty today) or that the scale does not train (MD17 molecules
+outside its ``md17_molecules``: dens.config.Registry.not_run_at_scale) say ``not run`` and why;
+:func:`table_inputs`, the table job's inputs, leaves them out. Paper numbers come only from
+``config/tables.yaml`` and appear only as ``paper``. Rows the paper cites from other work carry
+paper numbers only (unless ``retrain_cited_baselines`` trains them). ``write_table`` writes
+three files per table into ``results/{scale}/tables/``:
 
 ``<name>.csv``: tidy, one line per cell, numbers only (full precision, never display strings).
   Result tables (kinds ``runs`` and ``molecules``) have the columns
       row            the paper's row label (method or ablation index)
       <flag columns> Tables 1b, 5, 6: one ``true``/``false`` column per check-mark column
       molecule       MD17 tables: the molecule; empty for per-method cells (training time,
-                     parameters: the mean over the molecules per seed) and other tables
+                     parameters: the mean over the molecules the scale trains, per seed)
+                     and other tables
       column         the metric column's name; unit its unit (``without_gpu``'s where used)
       ours           mean over the seeds (empty when not measured)
       ours_std       sample standard deviation over the seeds (empty with one seed)
@@ -103,9 +105,11 @@ class MetricsError(DensError, ValueError):
 
 # -- reading -----------------------------------------------------------------------------------
 def not_run_reason(registry: Registry, experiment: str) -> str | None:
-    """Why a run cannot be trained yet (its model family is in dens.models.PENDING_FAMILIES), or
-    None."""
-    return PENDING_FAMILIES.get(registry.experiment(experiment)["model"]["family"])
+    """Why a run has no metrics at this scale, or None: its model family is not implemented
+    yet (dens.models.PENDING_FAMILIES), or the scale does not train it (its MD17 molecule is not
+    in the scale's ``md17_molecules``: dens.config.Registry.not_run_at_scale)."""
+    pending = PENDING_FAMILIES.get(registry.experiment(experiment)["model"]["family"])
+    return pending if pending is not None else registry.not_run_at_scale(experiment)
 
 
 def _sources(table: dict[str, Any]) -> list[str]:
@@ -333,7 +337,7 @@ class Outcomes:
                     "dens.submission), then rerun the table."
                 )
         if self.not_run:
-            notes.append(f"{NOT_RUN}: no metrics can exist yet: {'; '.join(self.not_run)}.")
+            notes.append(f"{NOT_RUN}: no metrics at this scale: {'; '.join(self.not_run)}.")
         return notes
 
 
@@ -481,6 +485,22 @@ def _method_lines(
     return [[label, *flags, f"ours ({scale})", *ours], ["", *[""] * len(flags), "paper", *paper]]
 
 
+def _summary_experiments(
+    registry: Registry, row: dict[str, Any], table: dict[str, Any]
+) -> list[str]:
+    """The runs a per-method cell of an MD17 table averages: the row's experiments this scale
+    trains (:func:`not_run_reason` None), or all of them when it trains none (the cell then says
+    ``not run``)."""
+    experiments = registry.table_row_experiments(row, table)
+    run = [e for e in experiments if not_run_reason(registry, e) is None]
+    return run or experiments
+
+
+def _molecule(registry: Registry, experiment: str) -> str:
+    """The MD17 molecule of an experiment's dataset (config/datasets.yaml ``molecule``)."""
+    return registry.dataset(registry.experiment(experiment)["dataset"])["molecule"]
+
+
 def build_table(registry: Registry, name: str) -> Table:
     """Records and display of one table; every measured number read from metrics files."""
     table = registry.table(name)
@@ -517,6 +537,7 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
     records: list[dict[str, Any]] = []
     cited_rows = retrainable = single = 0
     outcomes = Outcomes()
+    averaged: dict[str, None] = {}  # molecules of per-method cells that average only some
     # display: per row, per (molecule, column index) our text and the paper's
     display: list[tuple[dict[str, Any], bool, dict[tuple[str, int, bool], tuple[str, str]]]] = []
     for row in table["rows"]:
@@ -544,9 +565,11 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
                 experiment = row["experiment"]
                 if kind == "molecules" and not is_summary:
                     experiment = experiment.format(molecule=molecule)
-                experiments = (
-                    registry.table_row_experiments(row, table) if is_summary else [experiment]
-                )
+                experiments = [experiment]
+                if is_summary:
+                    experiments = _summary_experiments(registry, row, table)
+                    if len(experiments) < len(registry.table_row_experiments(row, table)):
+                        averaged.update({_molecule(registry, e): None for e in experiments})
                 ours = measure(registry, experiments, column, experiment)
                 single += ours.n_seeds == 1 and ours.mean is not None
                 outcomes.add(ours, column)
@@ -660,6 +683,11 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
             + "."
         )
     notes += outcomes.notes(scale)
+    if averaged:
+        notes.append(
+            f"Per-method columns at scale {scale}: the mean over the molecules trained here "
+            f"({', '.join(averaged)}), not over all {len(molecules)}."
+        )
     notes.append(f"{MISSING} = no number.")
     return Table(["row", *flag_names, *RESULT_COLUMNS[1:]], records, table["caption"], parts, notes)
 

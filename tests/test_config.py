@@ -206,6 +206,50 @@ def test_md17_tables_read_one_run_per_molecule() -> None:
     assert table_inputs(registry, "table9") == []
 
 
+def test_the_smoke_scale_trains_two_md17_molecules_and_the_others_all_eight() -> None:
+    """config/scales/smoke.yaml md17_molecules: the MD17 tables ask only for aspirin's and
+    ethanol's runs at smoke (Table 10 too); mini and paper (no md17_molecules) every molecule.
+    Fails where the setting is ignored (8 molecules at smoke) or filters other scales."""
+    from dens.curves import curve_inputs
+
+    smoke, mini = load_registry({"scale": "smoke"}), load_registry({"scale": "mini"})
+    for name, per_molecule in (("table4", 4), ("table6", 5), ("table10", 2)):
+        read = experiments_read(smoke, name)
+        assert {e.split("/")[0] for e in read} == {"md17-aspirin", "md17-ethanol"}
+        assert len(read) == 2 * per_molecule
+    assert len(experiments_read(mini, "table4")) == 4 * len(MOLECULES)
+    assert experiments_read(smoke, "table1a") == experiments_read(mini, "table1a")  # OC: all
+    curves = {path.parts[3] for path in curve_inputs(smoke, "table5")}
+    assert curves == {"md17-aspirin", "md17-ethanol"}
+    reason = smoke.not_run_at_scale("md17-benzene/equiformer-l2")
+    assert reason == (
+        "scale smoke trains the MD17 molecules aspirin, ethanol only "
+        "(config/scales/smoke.yaml md17_molecules)"
+    )
+    assert smoke.not_run_at_scale("md17-ethanol/equiformer-l2") is None
+    assert smoke.not_run_at_scale("oc22/eqv2-122m") is None
+    assert mini.not_run_at_scale("md17-benzene/equiformer-l2") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["aspirin", "caffeine"], r"md17_molecules\.1: 'caffeine': 'caffeine' is not one of"),
+        ([], r"md17_molecules: \[\]: \[\] should be non-empty"),
+        (["ethanol", "ethanol"], r"md17_molecules: .* has non-unique elements"),
+    ],
+)
+def test_an_unknown_or_empty_md17_molecule_list_is_refused_naming_the_scale_file(
+    pipeline_copy: Path, value: list[str], message: str
+) -> None:
+    path = pipeline_copy / "config" / "scales" / "mini.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["md17_molecules"] = value
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match=r"config/scales/mini\.yaml.*" + message):
+        load_registry({"scale": "mini"}, root=pipeline_copy)
+
+
 def test_dens_modules_follow_the_experiment() -> None:
     """Force encoding and noise head are separate model switches driven by the dens entry:
     Table 6's no-force-encoding ablation keeps the noise head and drops the encoding."""

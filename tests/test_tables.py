@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dens import paths
 from dens.config import MOLECULES, load_registry
@@ -41,7 +42,18 @@ def cells(rows: list[dict[str, str]], row: str, column: str) -> dict[str, dict[s
     return {r["molecule"]: r for r in rows if r["row"] == row and r["column"] == column}
 
 
+def train_every_molecule(root: Path) -> None:
+    """The copy's smoke scale trains all eight MD17 molecules (md17_molecules removed, as at
+    mini and paper)."""
+    path = root / "config" / "scales" / "smoke.yaml"
+    document = yaml.safe_load(path.read_text())
+    del document["md17_molecules"]
+    path.write_text(yaml.safe_dump(document))
+
+
 def fill_table4(root: Path, seeds: list[int]) -> dict[tuple[str, int], dict[str, float]]:
+    """Metrics of every run of Table 4 (all eight molecules) at the copy's smoke scale."""
+    train_every_molecule(root)
     registry = load_registry({"scale": "smoke", "seeds": seeds}, root=root)
     written = {}
     for index, experiment in enumerate(experiments_of(registry, "table4")):
@@ -136,6 +148,45 @@ def test_table4_reads_well(pipeline_copy: Path) -> None:
     assert "| Equiformer (Lmax=2) | ours (smoke) | 0.012† | 1.23M† |" in md
     assert "| | paper | 17 | 3.50M |" in md
     assert "† single seed" in md_path.read_text()
+
+
+def test_molecules_the_scale_does_not_train_say_not_run_and_why(pipeline_copy: Path) -> None:
+    """config/scales/smoke.yaml md17_molecules [aspirin, ethanol]: Table 4 reads only their
+    runs; the other molecules' cells say "not run" and the footnote why (never blank, never a
+    missing-file error); per-method columns average the molecules trained. Fails on the old
+    behaviour: table_inputs asks for 8 molecules and write_table wants benzene's metrics."""
+    registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
+    read = experiments_of(registry, "table4")
+    assert {e.split("/")[0] for e in read} == {"md17-aspirin", "md17-ethanol"} and len(read) == 8
+    for index, experiment in enumerate(read):
+        write_metrics(
+            pipeline_copy, experiment, energy_mae_meV=1.0 + index, forces_mae_meV_per_A=2.0,
+            train_hours=0.01 * (index + 1), num_parameters=1000,
+        )  # fmt: skip
+    csv_path, md_path, tex_path = write_table(registry, "table4", pipeline_copy / "out")
+    rows = read_rows(csv_path)
+    reason = (
+        "scale smoke trains the MD17 molecules aspirin, ethanol only "
+        "(config/scales/smoke.yaml md17_molecules)"
+    )
+    forces = cells(rows, "Equiformer (Lmax=2) + DeNS", "forces")
+    assert set(forces) == set(MOLECULES)
+    for molecule, cell in forces.items():
+        if molecule in ("aspirin", "ethanol"):
+            assert cell["status"] == "single seed" and float(cell["ours"]) == 2.0
+        else:
+            assert cell["status"] == f"not run: {reason}" and cell["ours"] == ""
+            assert cell["origin"] == f"not run: {reason}" and float(cell["paper"]) > 0
+    hours = cells(rows, "Equiformer (Lmax=2)", "training time per molecule")[""]
+    l2 = [read.index(f"md17-{m}/equiformer-l2") for m in ("aspirin", "ethanol")]
+    assert float(hours["ours"]) == statistics.mean(0.01 * (i + 1) for i in l2)
+    md = md_path.read_text()
+    assert "| Equiformer (Lmax=2) + DeNS | ours (smoke) | 2.0† | not run | 2.0† | not run |" in md
+    assert f"not run: no metrics at this scale: {reason}." in md
+    assert "the mean over the molecules trained here (aspirin, ethanol), not over all 8." in md
+    assert r"ours (smoke) & 2.0$^\dagger$ & not run & 2.0$^\dagger$ & not run" in (
+        tex_path.read_text()
+    )
 
 
 def test_ablation_tables_show_check_marks(pipeline_copy: Path) -> None:

@@ -63,6 +63,25 @@ def test_paper_scale_dry_run_plans_every_job() -> None:
         assert "gres=gpu:8" in result.stdout and "nodes=16" in result.stdout  # 128-GPU All+MD
 
 
+def test_the_smoke_scale_trains_the_md17_runs_of_its_molecules_only() -> None:
+    """config/scales/smoke.yaml md17_molecules [aspirin, ethanol]: the default target plans
+    their 2 x 11 MD17 runs (and Table 10's simulations of them) besides the 14 OC runs, not 8 x 11;
+    Figure 5 still reads four molecules' datasets. A run of another molecule stays a target of
+    its own. Fails where the setting is ignored (102 training jobs, 8 simulations)."""
+    result = snakemake("--profile", "profiles/local", "--forceall", "--config", "scale=smoke")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert (counts["train"], counts["simulate"], counts["prepare_md17"]) == (14 + 2 * 11, 4, 4)
+    trained = set(re.findall(r"train (md17-[a-z_]+)/", result.stdout))
+    assert trained == {"md17-aspirin", "md17-ethanol"}
+    target = "results/smoke/runs/md17-benzene/equiformer-l2/seed0/metrics.json"
+    alone = snakemake(
+        "--profile", "profiles/local", "--forceall", target, "--config", "scale=smoke"
+    )
+    assert alone.returncode == 0, alone.stderr
+    assert job_counts(alone.stdout) == {"prepare_md17": 1, "train": 1, "total": 2}
+
+
 def test_cited_baselines_are_added_by_a_config_switch() -> None:
     result = snakemake(
         "--profile", "profiles/slurm", "all_tables", "--config", "retrain_cited_baselines=true"
