@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import atomic_files, paths
+from dens import paths
 from dens.config import Registry, read_yaml, validate
 from dens.errors import ConfigError
 from dens.tables import (
@@ -44,9 +44,7 @@ from dens.tables import (
     Table,
     format_number,
     read_metrics,
-    to_csv,
-    to_latex,
-    to_markdown,
+    write_renderings,
 )
 
 CONFIG = "config/published.yaml"
@@ -407,10 +405,6 @@ def build_published_table(registry: Registry, published: Published) -> Table:
 
 def write_published_table(registry: Registry, out_dir: Path) -> list[Path]:
     """Write published.csv, .md and .tex into ``out_dir``."""
-    table = build_published_table(registry, load_published(registry))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path, tex_path = (out_dir / f"{TABLE}.{ext}" for ext in ("csv", "md", "tex"))
-    to_csv(table, csv_path)
-    atomic_files.write_text(md_path, to_markdown(table), "writing table")
-    atomic_files.write_text(tex_path, to_latex(table), "writing table")
-    return [csv_path, md_path, tex_path]
+    return write_renderings(
+        build_published_table(registry, load_published(registry)), TABLE, out_dir
+    )

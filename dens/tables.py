@@ -912,6 +912,11 @@ def write_table(registry: Registry, name: str, out_dir: Path) -> list[Path]:
         table = build_table(registry, name)
     except KeyError as error:
         raise ConfigError(f"config/tables.yaml: tables.{name}: missing key {error}") from error
+    return write_renderings(table, name, out_dir)
+
+
+def write_renderings(table: Table, name: str, out_dir: Path) -> list[Path]:
+    """Write ``table`` as ``<name>.csv``, ``<name>.md`` and ``<name>.tex`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, tex_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex"))
     to_csv(table, csv_path)
