@@ -379,7 +379,12 @@ def test_table10_reads_the_simulations_metrics_beside_the_papers(pipeline_copy):
 
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     inputs = table_inputs(registry, "table10")
-    assert sum(path.parent.name == "simulate" for path in inputs) == 8  # 4 molecules x 2 rows
+    # smoke trains aspirin and ethanol of Table 10's four molecules (md17_molecules): 2 x 2 rows
+    simulated_molecules = {
+        part.removeprefix("md17-") for path in inputs for part in path.parts if "md17-" in part
+    }
+    assert simulated_molecules == {"aspirin", "ethanol"}
+    assert sum(path.parent.name == "simulate" for path in inputs) == 4
     for index, path in enumerate(inputs):
         values = (
             {"stability_ps": 0.005 + index / 1000, "hr_mae": 0.25 + index / 100}
