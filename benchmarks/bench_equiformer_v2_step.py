@@ -14,12 +14,14 @@ DENS_REPO set, so that ``dens`` is importable beside fairchem 1.x); the referenc
 ours (``dens.models.equiformer_v2.EquiformerV2``) is timed on the same inputs when importable::
 
     DENS_REPO=$PWD bash tests/fixtures/equiformer_v2/make_reference_venv.sh /tmp/refv2
-    /tmp/refv2/bin/python benchmarks/bench_equiformer_v2_step.py [--rounds 5] [--threads 2]
-        [--blocks 2] [--skip-ours | --skip-reference]
+    PYTHONPATH=$PWD /tmp/refv2/bin/python benchmarks/bench_equiformer_v2_step.py [--rounds 5]
+        [--threads 2] [--blocks 2] [--skip-ours | --skip-reference] [--smoke]
 
 ``--blocks 12`` is the paper's 83M model (the DeNS/plain ratio the paper reports, +7.4%, is for
 it); the rounds are interleaved (one step of each model per round) so that a changing machine
-load falls on all models alike.
+load falls on all models alike. Where fairchem 1.x is not importable the reference side is
+skipped with a note. ``--smoke`` runs the smallest size (1 block of the mini scale's sizes, 1
+round) to check that the script runs; its times mean nothing.
 """
 
 from __future__ import annotations
@@ -75,10 +77,33 @@ REFERENCE_ATTRIBUTES = {
     "proj_drop": 0.0,
     "weight_init": "uniform",
 }
+# --smoke: the mini scale's EquiformerV2 sizes (config/models.yaml, preset mini), 1 block
+SMOKE_ATTRIBUTES = {
+    "num_layers": 1,
+    "lmax_list": [2],
+    "mmax_list": [1],
+    "sphere_channels": 16,
+    "attn_hidden_channels": 8,
+    "num_heads": 2,
+    "attn_alpha_channels": 8,
+    "attn_value_channels": 4,
+    "ffn_hidden_channels": 16,
+    "edge_channels": 16,
+    "grid_resolution": 8,
+    "num_sphere_samples": 16,
+}
 ENERGY_COEF, FORCE_COEF, DENOISING_COEF = 2.0, 100.0, 10.0
 CORRUPT_RATIO, NOISE_STD = 0.5, 0.1
 
 Step = Callable[[], None]
+# what the reference side imports; torch_geometric first: absent, it fails fast (fairchem 2.x,
+# which the project's environment may hold, imports for seconds and lacks these models)
+REFERENCE_MODULES = (
+    "torch_geometric.data",
+    "fairchem.core.models.base",
+    "fairchem.core.models.equiformer_v2.equiformer_v2_dens",
+    "fairchem.core.models.equiformer_v2.equiformer_v2_deprecated",
+)
 
 
 def slab_batch(seed: int = 0) -> Batch:
@@ -134,12 +159,35 @@ def loss_of(out: dict, batch: Batch, mask: torch.Tensor | None, noise: torch.Ten
     return loss + DENOISING_COEF * l2mae(noise_pred[denoise], noise[denoise])
 
 
+def reference_missing(modules: tuple[str, ...] = REFERENCE_MODULES) -> str | None:
+    """Why the fairchem 1.x reference cannot run here (None when it can): the first of
+    ``modules`` that does not import."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            return f"fairchem 1.x is not importable here ({error})"
+    return None
+
+
+def reference_batch(batch: Batch):
+    """The same structures as a torch_geometric ``Batch``: fairchem 1.x reads its batches as
+    one (``HydraModel.forward`` calls ``data.values()``, fairchem 1.x core/models/base.py)."""
+    from torch_geometric.data import Batch as PygBatch
+    from torch_geometric.data import Data as PygData
+
+    return PygBatch.from_data_list(
+        [PygData(**{k: getattr(d, k) for k in d.keys()}) for d in batch.to_data_list()]
+    )
+
+
 def reference_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple]:
     """(step function, trainable parameters) of the fairchem 1.x models."""
     import fairchem.core.models.equiformer_v2.equiformer_v2_dens  # noqa: F401  (registers)
     from fairchem.core.models.base import HydraModel
     from fairchem.core.models.equiformer_v2.equiformer_v2_deprecated import EquiformerV2
 
+    batch = reference_batch(batch)
     plain = EquiformerV2(**REFERENCE_ATTRIBUTES).train()
     dens = HydraModel(
         backbone={
@@ -246,10 +294,16 @@ def main() -> None:
     parser.add_argument(
         "--skip-reference", action="store_true", help="time ours only (no fairchem 1.x needed)"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="smallest size: 1 mini block, 1 round (a run check)"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     REFERENCE_ATTRIBUTES["num_layers"] = args.blocks
+    if args.smoke:
+        REFERENCE_ATTRIBUTES.update(SMOKE_ATTRIBUTES)
+        args.blocks, args.rounds = 1, 1
     batch = slab_batch()
     mask, noise = dens_inputs(batch)
     print(
@@ -258,8 +312,11 @@ def main() -> None:
         "interleaved rounds after 1 warm-up"
     )
     sides = {}
-    if not args.skip_reference:
-        sides["reference"] = reference_steps(batch.clone(), mask, noise)
+    missing = "skipped (--skip-reference)" if args.skip_reference else reference_missing()
+    if missing is None:
+        sides["reference"] = reference_steps(batch, mask, noise)
+    else:
+        print(f"NOTE: reference not timed: {missing}")
     ours = "skipped (--skip-ours)" if args.skip_ours else our_steps(batch, mask, noise)
     if isinstance(ours, str):
         print(f"NOTE: ours not timed: {ours}")

@@ -146,11 +146,16 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def stdev(values: Sequence[float]) -> float:
+    """Sample standard deviation; 0 for a single value (one seed)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """Paired differences a - b over seeds: mean, sample std, t = mean / (std / sqrt(n)) (None
     when every difference is equal), how many seeds have a < b."""
     d = [x - y for x, y in zip(a, b, strict=True)]
-    std = statistics.stdev(d) if len(d) > 1 else 0.0
+    std = stdev(d)
     mean = statistics.mean(d)
     t = mean / (std / math.sqrt(len(d))) if std > 0 else None
     return {"differences": d, "mean": mean, "std": std, "t": t, "a_lower": sum(x < 0 for x in d)}
@@ -260,7 +265,9 @@ def main() -> None:
     parser.add_argument("--dens", default="md17-ethanol/equiformer-l2-dens")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel, 1 thread each")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="runs in parallel, 1 thread each (1: in process)"
+    )
     args = parser.parse_args()
     names = experiment_names(args.baseline, args.dens)
     out = (
@@ -273,10 +280,16 @@ def main() -> None:
     )
     shared = check_pairing(args.scale, names, args.seeds[0], args.epochs)
     jobs = [(v, s) for s in args.seeds for v in VARIANTS]
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_once, args.scale, names, *job, args.epochs, out) for job in jobs]
-        for future in futures:
-            future.result()
+    if args.workers == 1:  # in this process: no worker to spawn
+        for job in jobs:
+            run_once(args.scale, names, *job, args.epochs, out)
+    else:
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(run_once, args.scale, names, *job, args.epochs, out) for job in jobs
+            ]
+            for future in futures:
+                future.result()
     runs = {v: {s: read_run(out / v / f"seed{s}") for s in args.seeds} for v in VARIANTS}
     pairs = summarise(runs, args.seeds)
     summary: dict[str, Any] = {
@@ -305,8 +318,8 @@ def main() -> None:
         e = [runs[v][s]["test_energy_mae_meV"] for s in args.seeds]
         print(
             f"| {v} | {' '.join(f'{x:.1f}' for x in f)} | "
-            f"{statistics.mean(f):.1f} ± {statistics.stdev(f):.1f} | "
-            f"{statistics.mean(e):.1f} ± {statistics.stdev(e):.1f} |"
+            f"{statistics.mean(f):.1f} ± {stdev(f):.1f} | "
+            f"{statistics.mean(e):.1f} ± {stdev(e):.1f} |"
         )
     print(
         "\n| pair | test force diff, mean ± std (t; seeds where first is lower) | "

@@ -95,6 +95,8 @@ def time_case(
     dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
     losses = engine.loss_settings(optim)
     batches = engine.epoch_batches(len(dataset), int(optim["batch_size"]), 0, 0)
+    if not batches:
+        raise SystemExit(f"{len(dataset)} structures: fewer than a batch of {optim['batch_size']}")
     batches = (batches * math.ceil((steps + warmup) / len(batches)))[: steps + warmup]
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
