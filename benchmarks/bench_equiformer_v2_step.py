@@ -172,7 +172,8 @@ def reference_missing(modules: tuple[str, ...] = REFERENCE_MODULES) -> str | Non
 
 def reference_batch(batch: Batch):
     """The same structures as a torch_geometric ``Batch``: fairchem 1.x reads its batches as
-    one (``HydraModel.forward`` calls ``data.values()``, fairchem 1.x core/models/base.py)."""
+    one (``HydraModel.forward`` calls ``data.values()``: fairchem 31c0963,
+    src/fairchem/core/models/base.py:332)."""
     from torch_geometric.data import Batch as PygBatch
     from torch_geometric.data import Data as PygData
 
