@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -98,6 +99,16 @@ def make_folder(folder: Path | str, operation: str) -> None:
         if cause is not None:
             raise disk_error(cause, folder, operation) from error
         raise
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
+    """Hex digest (hashlib ``algorithm``) of a file's bytes, read in 1 MiB blocks: the one file
+    checksum of dens (downloads, manifests, checkpoints and sources recorded in provenance)."""
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def _discard(tmp: Path) -> None:

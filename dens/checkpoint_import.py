@@ -26,7 +26,6 @@ elements). ``imported_from["elements_source"]`` records which.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import sys
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from typing import Any
 
 import torch
 
+from dens.atomic_files import file_digest
 from dens.checkpoint import FORMAT_VERSION, save_checkpoint
 from dens.config import Registry
 from dens.data.validation import model_max_atomic_number
@@ -48,14 +48,6 @@ IMPORTERS = {
     "escn": "dens.models.escn.import_fairchem:load_fairchem_checkpoint",
 }
 """Model family -> "module:function" returning (model, info) for a fairchem 1.x checkpoint."""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def importer(family: str) -> Any:
@@ -209,7 +201,7 @@ def import_checkpoint(
     experiment["model"] = {"family": family, "preset": None, "hyperparameters": hyperparameters}
     imported_from = {
         "file": source.name,
-        "sha256": sha256(source),
+        "sha256": file_digest(source),
         "reference": "fairchem 1.x",
         "model_config": info["config"]["model"],
         "ema_weights": bool(info["ema"]),

@@ -50,7 +50,6 @@ momenta, energy and forces of each saved frame), ``init<k>/state.npz``, and ``me
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -70,6 +69,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from tqdm import tqdm
 
 from dens import atomic_files
+from dens.atomic_files import file_digest
 from dens.data.validation import check_structure
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
@@ -452,14 +452,6 @@ def initial_indices(n_structures: int, count: int, seed: int) -> list[int]:
     return sorted(int(index) for index in chosen)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_fingerprint(path: Path) -> dict[str, Any]:
     """Name and size of a data file, and the SHA-256 of the provenance.json beside it (a
     regenerated dataset has a new one)."""
@@ -467,7 +459,7 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
     return {
         "file": path.name,
         "bytes": path.stat().st_size,
-        "provenance_sha256": _sha256(provenance) if provenance.is_file() else None,
+        "provenance_sha256": file_digest(provenance) if provenance.is_file() else None,
     }
 
 
@@ -596,7 +588,7 @@ def simulate_run(
         settings,
         Path(run_dir) / "simulate",
         seed,
-        {"checkpoint_sha256": _sha256(checkpoint)},
+        {"checkpoint_sha256": file_digest(checkpoint)},
         label=name,
         stop_at=stop_at,
     )

@@ -27,7 +27,6 @@ it and how to rebuild it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from dens import paths
+from dens.atomic_files import file_digest, write_text
 from dens.data.batch import Batch, Data
 from dens.data.structures import fixed_mask, structure_data
 from dens.data.validation import (
@@ -272,14 +272,6 @@ def check_pages(path: Path) -> int:
     return rows
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(2**23):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(path: Path) -> dict[str, Any]:
     """Record a freshly written aselmdb file's size, row count and sha256 in its manifest
     (`manifest_path`), after checking its pages (`check_pages`); return the manifest. Called
@@ -289,12 +281,9 @@ def write_manifest(path: Path) -> dict[str, Any]:
         "file": path.name,
         "bytes": path.stat().st_size,
         "rows": check_pages(path),
-        "sha256": _sha256(path),
+        "sha256": file_digest(path),
     }
-    target = manifest_path(path)
-    partial = target.with_name(target.name + ".tmp")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    partial.replace(target)
+    write_text(manifest_path(path), json.dumps(manifest, indent=2) + "\n", "writing manifest")
     return manifest
 
 
@@ -336,7 +325,7 @@ def check_aselmdb(path: Path) -> dict[str, Any] | None:
     if size != manifest["bytes"]:
         raise _damaged(path, f"{size} bytes, {manifest['bytes']} {recorded}")
     if size <= SHA256_LIMIT_BYTES:
-        if _sha256(path) != manifest["sha256"]:
+        if file_digest(path) != manifest["sha256"]:
             raise _damaged(path, f"its sha256 is not the one {recorded[3:]}")
         return manifest
     rows = check_pages(path)

@@ -69,6 +69,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from dens.atomic_files import file_digest
 from dens.config import ConfigError, find_root, read_yaml, validate
 from dens.errors import DensError
 
@@ -158,15 +159,6 @@ def normalize_digest(digest: str, algorithm: str) -> str:
             f"{digest!r} is not a {algorithm} hex digest ({ALGORITHMS[algorithm]} hex characters)"
         )
     return value
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    """Hex digest of a file's bytes, read in 1 MiB blocks."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _sidecar(path: Path, algorithm: str) -> Path:

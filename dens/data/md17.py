@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import json
 import time
 import zipfile
@@ -45,6 +44,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from tqdm import tqdm
 
+from dens.atomic_files import file_digest
 from dens.data.aselmdb import write_aselmdb
 from dens.data.calculators import GFN2xTBCalculator
 from dens.data.validation import check_frames
@@ -317,14 +317,6 @@ def generate_md17(
     return paths
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert_md17_npz(
     npz_path: Path,
     out_dir: Path,
@@ -391,7 +383,7 @@ def convert_md17_npz(
     provenance = {
         "dataset": "MD17",
         "source": npz_path.name,
-        "source_sha256": _sha256(npz_path),
+        "source_sha256": file_digest(npz_path),
         "theory": theory,
         "n_atoms": n_atoms,
         "n_frames": n_frames,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -55,6 +54,7 @@ import torch
 from tqdm import tqdm
 
 from dens import atomic_files, paths
+from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
@@ -157,15 +157,6 @@ def read_initial_structures(
 
 
 # -- resuming ------------------------------------------------------------------------------------
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (the checkpoint the results were computed with)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_finished(path: Path) -> dict[str, dict[str, Any]]:
     """The systems a previous invocation finished (``systems.jsonl``), by key; a last line cut
     short by a kill is ignored."""
