@@ -267,8 +267,13 @@ def test_two_srun_tasks_train_one_run(slurm: SlurmCluster, tmp_path: Path) -> No
 
 
 # -- a run longer than the time limit -------------------------------------------------------------
-SCALE = "continuation"  # smoke, but 200 epochs: about 2-3 minutes of training on a busy machine
-EPOCHS = 200
+SCALE = "continuation"  # smoke, with as many MD17 epochs as TRAINING_S of training takes here
+CALIBRATION_EPOCHS = 10
+# A one-minute job trains for at most 40 s (it stops 15 s before its limit, and starting takes
+# seconds), so 60 s of training steps (plus validation) need two job starts even if the Slurm job
+# runs them 1.5 times as fast as the calibration did. A fixed epoch count did not: 200 epochs
+# took over a minute on a loaded 2-core machine and under 40 s on a faster one (one job start).
+TRAINING_S = 60.0
 MAX_JOB_HOURS = "0.017"  # one minute, the partition's limit
 CHECKPOINT = Path(f"results/{SCALE}/runs/{RUN}/seed0/checkpoints/best.pt")
 JOB_LOG = Path(f"results/{SCALE}/logs/train/{RUN}/seed0.log")
@@ -278,12 +283,58 @@ STOPS = re.compile(r"stopped by the job's time limit after epoch (\d+) \+ (\d+) 
 TIMEOUT_S = 1200
 
 
-def write_scale(root: Path) -> None:
-    """config/scales/continuation.yaml: the smoke scale with MD17 runs of EPOCHS epochs."""
+def write_scale(root: Path, epochs: int) -> None:
+    """config/scales/continuation.yaml: the smoke scale with MD17 runs of `epochs` epochs."""
     smoke = yaml.safe_load((root / "config/scales/smoke.yaml").read_text())
-    smoke["description"] = f"smoke with {EPOCHS}-epoch MD17 runs (Slurm continuation test)"
-    smoke["optim"]["md17"]["epochs"] = EPOCHS
+    smoke["description"] = f"smoke with {epochs}-epoch MD17 runs (Slurm continuation test)"
+    smoke["optim"]["md17"]["epochs"] = epochs
     (root / f"config/scales/{SCALE}.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+
+
+def local_training(root: Path, run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `dens train RUN` at scale SCALE on the data the pipeline prepared, outside Slurm;
+    its output goes to run_dir/stdout.log."""
+    data = root / "results" / SCALE / "data" / "md17-ethanol"
+    command = [sys.executable, "-m", "dens", "train", RUN, "--scale", SCALE, "--threads", "1"]
+    command += ["--train", str(data / "train.aselmdb"), "--val", str(data / "val.aselmdb")]
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "stdout.log", "wb") as output:
+        return subprocess.Popen(
+            [*command, "--run-dir", str(run_dir)],
+            cwd=root,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def finish(training: subprocess.Popen[bytes], run_dir: Path) -> None:
+    """Wait for a local_training process; fail with its output if it failed."""
+    returncode = training.wait(timeout=TIMEOUT_S)
+    output = (run_dir / "stdout.log").read_text(errors="replace")
+    assert returncode == 0, f"dens train into {run_dir} failed:\n{output[-3000:]}"
+
+
+def calibrated_epochs(root: Path, run_dir: Path, env: dict[str, str]) -> int:
+    """Epochs that take about TRAINING_S of training on this machine: the smoke MD17 data is
+    prepared (locally, as the later Slurm run would), CALIBRATION_EPOCHS epochs are trained and
+    timed by their log.csv epoch_time_s (training steps only; validation makes the real run
+    longer, which only adds job starts)."""
+    write_scale(root, CALIBRATION_EPOCHS)
+    data = Path(f"results/{SCALE}/data/md17-ethanol/provenance.json")
+    subprocess.run(
+        ["snakemake", "--cores", "1", "--config", f"scale={SCALE}", "--", str(data)],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    finish(local_training(root, run_dir, env), run_dir)
+    with open(run_dir / "log.csv", newline="") as handle:
+        seconds = [float(row["epoch_time_s"]) for row in csv.DictReader(handle)]
+    per_epoch = sorted(seconds)[len(seconds) // 2]  # the median: the first epoch warms up
+    return max(CALIBRATION_EPOCHS, round(TRAINING_S / per_epoch))
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -303,7 +354,6 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
     workdir = tmp_path / "repo"
     workdir.mkdir()
     copy_working_tree(workdir)
-    write_scale(workdir)
     resources = profile_default_resources(workdir / PROFILE)
     resources["slurm_partition"] = slurm.short_partition
     del resources["slurm_account"]
@@ -313,6 +363,12 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])),
     }
+    epochs = calibrated_epochs(workdir, tmp_path / "calibration", env)
+    print(f"{epochs} epochs: about {TRAINING_S:.0f} s of training")
+    write_scale(workdir, epochs)
+    # the uninterrupted run to compare with trains while the Slurm job waits for its requeues
+    reference = tmp_path / "uninterrupted"
+    uninterrupted = local_training(workdir, reference, env)
     command = [
         str(venv_bin / "snakemake"),
         "--profile",
@@ -349,41 +405,14 @@ def test_a_run_longer_than_the_time_limit_continues_in_requeued_jobs(
     assert len(starts) >= 2, f"the run finished in one job: {history}\n{job_log[-3000:]}"
     assert len({job for job, _ in starts}) == 1, starts  # one Slurm job, requeued
     assert [int(start) for _, start in starts] == list(range(1, len(starts) + 1))
-    stops = re.findall(
-        r"stopped by the job's time limit after epoch (\d+) \+ (\d+) batches", history
-    )
+    stops = STOPS.findall(history)
     assert len(stops) == len(starts) - 1, history
     # the last job's log shows the earlier starts and stops, and where it resumed
     assert all(line in job_log for line in history.splitlines()[:-1]), job_log[-3000:]
     epoch, batches = stops[-1]
     assert f"{epoch} epochs and {batches} batches done, same experiment" in job_log
 
-    reference = tmp_path / "uninterrupted"
-    data = workdir / "results" / SCALE / "data" / "md17-ethanol"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dens",
-            "train",
-            RUN,
-            "--scale",
-            SCALE,
-            "--threads",
-            "1",
-            "--train",
-            str(data / "train.aselmdb"),
-            "--val",
-            str(data / "val.aselmdb"),
-            "--run-dir",
-            str(reference),
-        ],
-        cwd=workdir,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
+    finish(uninterrupted, reference)
     continued = torch.load(workdir / CHECKPOINT, weights_only=True)
     straight = torch.load(reference / "checkpoints" / "best.pt", weights_only=True)
     assert continued["epoch"] == straight["epoch"]
