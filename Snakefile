@@ -12,7 +12,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from dens.config import ConfigError, load_registry
+from dens.errors import ConfigError
+from dens.pipeline.registry import load_registry
 
 
 # config/config.yaml is read by load_registry (defaults under the profile's and --config's values),
@@ -48,5 +49,5 @@ rule all:
     default_target: True
     input:
         rules.report.output,
-        # the published checkpoints where they can be downloaded (dens.published.in_all)
+        # the published checkpoints where they can be downloaded (dens.pipeline.published.in_all)
         rules.published.input if PUBLISHED_IN_ALL else [],

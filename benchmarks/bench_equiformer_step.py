@@ -21,9 +21,9 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from dens.config import load_registry
 from dens.data.batch import Batch, Data
 from dens.models.equiformer import Equiformer
+from dens.pipeline.registry import load_registry
 
 ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
 

@@ -24,10 +24,10 @@ import torch
 
 from dens.calculator import DeNSCalculator
 from dens.inference import load_trained_model
+from dens.pipeline.is2re import read_initial_structures
+from dens.pipeline.submission import IS2RE_CHALLENGES
 from dens.relaxation.driver import System, relax_systems
-from dens.relaxation.is2re import read_initial_structures
 from dens.relaxation.lbfgs import LBFGSSettings
-from dens.submission import IS2RE_CHALLENGES
 
 RUN = Path("results/mini/runs/oc20-all-md/eqv2-dens-160m/seed0")
 SPLIT = Path("results/mini/data/oc20-all-md/is2re_test.aselmdb")

@@ -42,11 +42,12 @@ from typing import Any
 
 import torch
 
-from dens import paths
-from dens.config import Registry, find_root, load_registry
+from dens.config_files import find_root
 from dens.data.aselmdb import AseLmdbDataset
 from dens.evaluate import evaluate
 from dens.models import build_model
+from dens.pipeline import paths
+from dens.pipeline.registry import Registry, load_registry
 from dens.train import train
 
 VARIANTS = ("baseline", "dens", "dens-p0")

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from dens import train as engine
-from dens.config import load_registry
 from dens.data.aselmdb import AseLmdbDataset
 from dens.data.batch import Batch
 from dens.denoising import DeNSSettings
@@ -39,6 +38,7 @@ from dens.distributed import World
 from dens.inference import predict
 from dens.models import build_model, count_parameters
 from dens.normalization import Normalizer
+from dens.pipeline.registry import load_registry
 
 # (case, experiment at the mini scale, dataset, model overrides)
 CASES = [

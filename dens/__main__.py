@@ -3,6 +3,6 @@
 
 import sys
 
-from dens.cli import main
+from dens.pipeline.cli import main
 
 sys.exit(main())

@@ -52,13 +52,12 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dens import paths
 from dens.atomic_files import atomic_write
 from dens.errors import CheckpointError, MissingDataError
 
@@ -100,31 +99,9 @@ def save_checkpoint(state: Mapping[str, Any], path: Path) -> None:
         torch.save(state, handle)
 
 
-def _pipeline_target(path: Path) -> PurePosixPath | None:
-    """checkpoints/best.pt of the run, relative to the pipeline directory, when `path` is a
-    checkpoint in the pipeline's layout (dens.paths.checkpoint_file), else None."""
-    parts = PurePosixPath(Path(path).as_posix()).parts
-    if len(parts) < 7 or not parts[-3].startswith("seed") or parts[-2] != "checkpoints":
-        return None
-    for start in range(len(parts) - 7, -1, -1):
-        if parts[start : start + 3 : 2] != (paths.RESULTS.name, "runs"):
-            continue
-        scale, experiment, seed = parts[start + 1], "/".join(parts[start + 3 : -3]), parts[-3][4:]
-        kind = PurePosixPath(parts[-1]).stem
-        if PurePosixPath(*parts[start:]) == paths.checkpoint_file(scale, experiment, seed, kind):
-            return paths.checkpoint_file(scale, experiment, seed)
-    return None
-
-
-def retrain_hint(path: Path) -> str:
-    """How to make a checkpoint again: retrain its run (its Snakemake target when it has one)."""
-    path = Path(path)
-    target = _pipeline_target(path)
-    if target is None:
-        return "retrain the run that wrote it (delete its run directory and rerun `dens train`)"
-    return (
-        f"retrain the run: delete {path.parent.parent}/ and rerun snakemake (`snakemake {target}`)"
-    )
+RETRAIN = "retrain the run that wrote it (delete its run directory and rerun `dens train`)"
+"""How to make a damaged checkpoint again (the pipeline names the run's Snakemake target
+instead: dens.pipeline.remedies)."""
 
 
 def check_checkpoint(path: Path) -> None:
@@ -154,7 +131,7 @@ def check_checkpoint(path: Path) -> None:
         reason = str(err) or type(err).__name__
         if reason == "File is not a zip file":
             reason = f"not a complete torch archive: no zip directory at its end; {size} bytes"
-        raise CheckpointError(f"{path} is damaged ({reason}); {retrain_hint(path)}") from err
+        raise CheckpointError(f"{path} is damaged ({reason})", path, RETRAIN) from err
 
 
 def _unpickler_reason(error: Exception) -> str:
@@ -172,7 +149,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     (MissingDataError, CheckpointError)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingDataError(f"checkpoint not found: {path}")
+        raise MissingDataError(f"checkpoint not found: {path}", path)
     check_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -180,18 +157,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is not a dens checkpoint: torch.load(weights_only=True) refused it "
             f"({_unpickler_reason(err)}); a dens checkpoint holds only tensors and plain "
-            f"containers; {retrain_hint(path)}"
+            f"containers",
+            path,
+            RETRAIN,
         ) from err
     except PermissionError:
         raise
     except (RuntimeError, EOFError, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is damaged ({reason}); {retrain_hint(path)}") from err
+        raise CheckpointError(f"{path} is damaged ({reason})", path, RETRAIN) from err
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} is not a dens checkpoint of format {FORMAT_VERSION} "
-            f"(format_version={version!r}); {retrain_hint(path)}"
+            f"(format_version={version!r})",
+            path,
+            RETRAIN,
         )
     return state
 
@@ -210,7 +191,5 @@ def find_checkpoint(path: Path) -> Path:
     if path.is_dir() or (not path.exists() and path.suffix != ".pt"):
         path = path / "checkpoints" / "best.pt"
     if not path.is_file():
-        target = _pipeline_target(path)
-        how = "train the run first" if target is None else f"train it with `snakemake {target}`"
-        raise MissingDataError(f"no checkpoint at {path} ({how})")
+        raise MissingDataError(f"no checkpoint at {path}", path, "train the run first")
     return path

@@ -3,6 +3,10 @@ experiment or value at fault. The ``dens`` command prints them as one line (exit
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 
 class DensError(Exception):
     """Base class of the errors ``dens`` reports to a user as one line."""
@@ -22,8 +26,35 @@ class ModelNotAvailableError(NotAvailableError):
 
 
 class DataError(DensError):
-    """A data file (a prepared aselmdb split, a checkpoint) is missing or damaged; the message
-    names the file and the command that rebuilds it."""
+    """A data file (a prepared aselmdb split, a checkpoint) is missing or damaged: the message
+    names the file (``path``), and ends with how to make it again (``remedy``, when given). The
+    pipeline's ``dens`` command replaces a generic remedy with the Snakemake target that remakes
+    a file of its layout (dens.pipeline.remedies)."""
+
+    def __init__(
+        self, message: str, path: str | os.PathLike | None = None, remedy: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        remedy = (_remedy_for(self) if _remedy_for is not None else None) or self.remedy
+        return f"{message}; {remedy}" if remedy else message
+
+
+_remedy_for: Callable[[DataError], str | None] | None = None
+
+
+def name_remedies(remedy_for: Callable[[DataError], str | None] | None) -> None:
+    """Let ``remedy_for(error)`` say how to make a missing or damaged file again, in place of the
+    library's generic remedy wherever it returns one (None: keep it). The pipeline's ``dens``
+    command names the Snakemake target of a file in its layout (dens.pipeline.remedies); a fault
+    handler's precomputed line (dens.data.aselmdb) takes it too, which a rewrite of the printed
+    message could not."""
+    global _remedy_for
+    _remedy_for = remedy_for
 
 
 class MissingDataError(DataError, FileNotFoundError):

@@ -7,7 +7,8 @@ splits are the ones the dataset's ``evaluate`` role names (config/datasets.yaml)
 split, OC20 S2EF-2M's four validation splits, OC22's val_id and val_ood. With several splits the
 top-level MAEs are the mean over splits (each split weighted equally, as OC20 reports its four
 sub-splits; Table 1) and ``splits`` holds each split's own (OC22 reports ID and OOD apart; Table
-3). Test splits without public labels go to the evaluation server instead (dens.submission).
+3). Test splits without public labels go to the evaluation server instead
+(dens.pipeline.submission).
 
 Metrics (the MD17/OC20 conventions, Section 4):
     energy MAE (meV)       mean over structures of |E_hat - E| against the dataset's label:
@@ -231,8 +232,8 @@ def evaluate(
     batch_size: defaults to the experiment's optim.eval_batch_size.
     metrics_path: defaults to run_dir/metrics.json.
     Training wall time, throughput and device-hours come from run_dir/log.csv
-    (``training_cost``); a run imported from a fairchem checkpoint (dens.checkpoint_import) has
-    none, and its metrics say where it came from (``imported_from``) instead.
+    (``training_cost``); a run imported from a fairchem checkpoint (dens.pipeline.checkpoint_import)
+    has none, and its metrics say where it came from (``imported_from``) instead.
     """
     if not splits:
         raise ValueError("evaluate needs at least one split")
@@ -247,7 +248,7 @@ def evaluate(
         name: mean_absolute_errors(trained.model, dataset, trained.normalizer, batch_size, device)
         for name, dataset in splits.items()
     }
-    imported = checkpoint.get("imported_from")  # dens.checkpoint_import: no training here
+    imported = checkpoint.get("imported_from")  # dens.pipeline.checkpoint_import: no training here
     log = [] if imported else _training_log(run_dir)
     metrics = {
         "experiment": experiment["name"],

@@ -1,6 +1,6 @@
 """A training run's directory: what the run was started with, and its outputs.
 
-A run (one experiment, scale and training seed: dens.paths.run_dir) resumes from
+A run (one experiment, scale and training seed: dens.pipeline.paths.run_dir) resumes from
 checkpoints/last.pt only when it was started with the same experiment, data and code
 (``started_with``); otherwise the old run is moved aside, never deleted (``move_aside``). The
 best epoch's checkpoint is kept inside the run and checkpoints/best.pt, the file the pipeline
@@ -24,7 +24,7 @@ from typing import Any
 from dens import atomic_files
 from dens.checkpoint import FORMAT_VERSION
 from dens.data.batch import Data
-from dens.paths import METRICS_FILES
+from dens.run_files import METRICS_FILES
 
 BEST_EPOCH_FILE = "best-epoch.pt"
 """The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline

@@ -51,8 +51,6 @@ momenta, energy and forces of each saved frame), ``init<k>/state.npz``, and ``me
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -73,7 +71,7 @@ from dens.atomic_files import file_digest
 from dens.data.validation import check_structure
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
-from dens.slurm import TIME_LIMIT
+from dens.stopping import TIME_LIMIT, StopRequested
 
 TIMESTEP_FS = 0.5
 """MD time step (Fu et al.; MDsim configs/simulate/*.yml ``timestep: 0.5``)."""
@@ -88,24 +86,6 @@ BOND_DEVIATION_A = 0.5
 HR_RANGE_A = (1e-6, 10.0)
 HR_BINS = 500
 """h(r): 500 bins on [1e-6, 10] Å (MDsim observable.ipynb, MD17)."""
-STOPPED_EXIT_CODE = os.EX_TEMPFAIL  # 75, as dens.train's: rerunning the job continues
-
-
-class SimulationStopped(SystemExit):
-    """The ``stop_at`` time came: the state was saved and rerunning continues the trajectory
-    (exit status 75, as a stopped training's; ``reason`` is dens.slurm.TIME_LIMIT)."""
-
-    reason = TIME_LIMIT
-
-    def __init__(self, label: str, step: int) -> None:
-        super().__init__(STOPPED_EXIT_CODE)
-        self.where = f"by {TIME_LIMIT} at step {step} of {label}"
-        print(
-            f"stopped {self.where}; the state is saved and rerunning the job continues the "
-            "trajectory there",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 @dataclass(frozen=True)
@@ -332,7 +312,7 @@ def run_simulation(
     The start passes dens.data.validation (InvalidStructureError naming ``label``, the atom and
     the value) before anything is written.
     stop_at: a wall-clock time (time.time()) at which to save the state and raise
-        SimulationStopped (a Slurm job ends itself before its time limit: dens.slurm).
+        StopRequested (a Slurm job ends itself before its time limit: dens.pipeline.slurm).
     """
     check_structure(numbers, positions, f"{label}: start")
     atomic_files.make_folder(out_dir, "creating simulation folder")
@@ -385,7 +365,11 @@ def run_simulation(
         while stable and step < settings.steps:
             if stop_at is not None and time.time() >= stop_at:
                 save_state()
-                raise SimulationStopped(label, step)
+                raise StopRequested(
+                    TIME_LIMIT,
+                    f"at step {step} of {label}",
+                    "the state is saved and rerunning the job continues the trajectory there",
+                )
             dynamics.step()
             step += 1
             bar.update(1)
@@ -482,7 +466,7 @@ def simulate(
     seed: the run's training seed; seeds the choice of initial configurations and velocities.
     model: what identifies the force field (a checkpoint's SHA-256): a simulation directory
         started with another model, settings or data is moved aside and started afresh.
-    stop_at: see :func:`run_simulation` (SimulationStopped; the next call continues).
+    stop_at: see :func:`run_simulation` (StopRequested; the next call continues).
 
     metrics.json: stability_ps and hr_mae (means over the simulations), simulated_ps and steps
     (totals), stable_simulations, the settings, and one entry per simulation.

@@ -10,7 +10,8 @@ One explicit loop, read top to bottom in `train`:
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
-            on SIGTERM or at stop_at: save last.pt (mid-epoch), exit with PREEMPTED_EXIT_CODE
+            on SIGTERM or at stop_at: save last.pt (mid-epoch), exit with
+            dens.stopping.STOPPED_EXIT_CODE
         validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
         MAE; last.pt
 
@@ -85,7 +86,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import platform
 import signal
 import sys
@@ -103,7 +103,7 @@ from tqdm import tqdm
 
 from dens.atomic_files import atomic_write, make_folder
 from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from dens.config import find_root
+from dens.config_files import find_root
 from dens.data.batch import Batch, Data
 from dens.data.validation import check_elements_embedded
 from dens.denoising import (
@@ -128,12 +128,11 @@ from dens.normalization import (
     load_element_references,
 )
 from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
-from dens.slurm import TIME_LIMIT
+from dens.stopping import SIGTERM, TIME_LIMIT, StopRequested
 
 BuildModel = Callable[[dict], nn.Module]
 
 NORMALIZER_SAMPLES = 100_000
-PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL  # 75: "try again later"; the rerun resumes from last.pt
 
 LOG_COLUMNS = (
     "epoch",
@@ -164,32 +163,16 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; last.pt still holds the last good state."""
 
 
-SIGTERM = "SIGTERM"
-
-
-class TrainingPreempted(SystemExit):
-    """SIGTERM arrived, or the time given by ``stop_at`` (the job's time limit) came: last.pt was
-    saved and the process should exit with PREEMPTED_EXIT_CODE (uncaught, this SystemExit does
-    exactly that). ``reason`` is SIGTERM or TIME_LIMIT. The log says where the run stopped and
-    that a rerun resumes there."""
-
-    def __init__(
-        self, checkpoint: Path, progress: Progress, reason: str, announce: bool = True
-    ) -> None:
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.checkpoint = checkpoint
-        self.reason = reason
-        self.where = (
-            f"by {reason} after epoch {progress.epoch} + {progress.batch_in_epoch} batches "
-            f"(step {progress.step})"
-        )
-        if not announce:  # processes other than rank 0 stop silently
-            return
-        print(
-            f"stopped {self.where}; saved {checkpoint}; rerunning the job resumes there",
-            file=sys.stderr,
-            flush=True,
-        )
+def _training_stopped(
+    checkpoint: Path, progress: Progress, reason: str, announce: bool
+) -> StopRequested:
+    """The stop of a training whose last.pt (``checkpoint``) was just saved."""
+    return StopRequested(
+        reason,
+        f"after epoch {progress.epoch} + {progress.batch_in_epoch} batches (step {progress.step})",
+        f"saved {checkpoint}; rerunning the job resumes there",
+        announce,
+    )
 
 
 @dataclass(frozen=True)
@@ -465,7 +448,7 @@ def training_normalizer(
     - ``optim.energy_reference_file`` (optional): a published linear reference
       (dens.normalization.load_element_references; the official OC22 config's ``lin_ref``,
       fairchem ``configs/oc22/linref/oc22_linfit_coeffs.npz``), a path relative to the pipeline
-      directory ``root`` (default dens.config.find_root(); e.g. under results/downloads/) or
+      directory ``root`` (default dens.config_files.find_root(); e.g. under results/downloads/) or
       absolute. It is the per-element reference instead of one fitted here (optim.
       energy_reference, if set, must then be "linear").
     - ``optim.normalizer`` (optional) {energy_mean, energy_std, force_std}: the official
@@ -1143,11 +1126,11 @@ def train(
         on CUDA, off on CPU.
     stop_at: a wall-clock time (time.time()) at which to stop as on SIGTERM, with last.pt saved
         (a Slurm job ends itself this way before its time limit and continues in a requeued job:
-        dens.slurm).
+        dens.pipeline.slurm).
     Under torchrun or srun the processes train together (dens.distributed; module notes).
     Writes run_dir/log.csv and run_dir/checkpoints/{last,best}.pt, every time it returns (a
     finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
-    TrainingPreempted (a SystemExit with PREEMPTED_EXIT_CODE) on SIGTERM or at ``stop_at``.
+    dens.stopping.StopRequested (a SystemExit with STOPPED_EXIT_CODE) on SIGTERM or at ``stop_at``.
     """
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
@@ -1198,7 +1181,7 @@ def train(
             )
             if not finished:
                 save_last(last_path, start, state, trainee, len(train_set), device, world)
-                raise TrainingPreempted(last_path, state, stop.reason, announce=world.is_main)
+                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
             val_start = time.perf_counter()
             val = validate(
                 trainee.eval_model,
@@ -1217,7 +1200,7 @@ def train(
             save_last(last_path, start, state, trainee, len(train_set), device, world)
             report(state, val)
             if _anyone(stop.is_set(), world, device) and state.epoch < schedule.epochs:
-                raise TrainingPreempted(last_path, state, stop.reason, announce=world.is_main)
+                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
         if world.is_main:
             publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
 

@@ -23,6 +23,18 @@ def pipeline_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def pipeline_remedies():
+    """The remedies the ``dens`` command names (dens.pipeline.remedies): a missing or damaged file
+    of the pipeline's layout gets its Snakemake target, as in a pipeline job."""
+    from dens.errors import name_remedies
+    from dens.pipeline.remedies import remedy_for
+
+    name_remedies(remedy_for)
+    yield
+    name_remedies(None)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run ~50x faster with one intra-op thread on a busy 2-core machine."""

@@ -27,9 +27,9 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
-from dens import paths
-from dens.config import load_registry
 from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
+from dens.pipeline import paths
+from dens.pipeline.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"

@@ -203,8 +203,8 @@ def test_normalizer_carries_the_training_elements():
 def test_calculator_of_a_run_directory_needs_no_other_argument(tmp_path):
     """An ethanol run of the registered Equiformer (smoke preset, untrained weights): built from
     its directory alone; it answers for ethanol and refuses CH3Cl and Si2H6."""
-    from dens.config import load_registry
     from dens.models import build_model
+    from dens.pipeline.registry import load_registry
 
     experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")
     model = build_model(experiment)
@@ -286,9 +286,9 @@ def test_malformed_structures_are_refused_in_one_line(run, case, message):
 def test_atomic_numbers_beyond_the_models_table_are_refused(tmp_path):
     """The registered Equiformer embeds Z < 64: Gd (64) is refused before the model indexes its
     table, whatever the training elements."""
-    from dens.config import load_registry
     from dens.data.validation import model_cutoff, model_max_atomic_number
     from dens.models import build_model
+    from dens.pipeline.registry import load_registry
 
     experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")
     model = build_model(experiment)

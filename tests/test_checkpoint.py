@@ -18,10 +18,10 @@ from dens.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dens.cli import main
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import CheckpointError, DataError, DensError, MissingDataError
 from dens.normalization import NUM_ELEMENTS, Normalizer
+from dens.pipeline.cli import main
 
 RUN = Path("results/smoke/runs/md17-ethanol/equiformer-l2/seed0")
 TARGET = RUN / "checkpoints" / "best.pt"
@@ -82,6 +82,7 @@ def test_intact_checkpoint_loads(tmp_path: Path, original: bytes) -> None:
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 0.5, 0.9, -22, -1])
+@pytest.mark.usefixtures("pipeline_remedies")
 def test_truncated_checkpoint_names_the_file_and_the_retraining(
     tmp_path: Path, original: bytes, size: float
 ) -> None:
@@ -111,7 +112,9 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
     path = run_checkpoint(tmp_path, b"this is not a zip archive\n" * 100)
     with pytest.raises(CheckpointError, match=r"not a complete torch archive"):
         load_checkpoint(path)
-    # Outside the pipeline's layout the hint is generic.
+    # Outside the pipeline's layout, or without the pipeline, the remedy is the library's.
+    with pytest.raises(CheckpointError, match=r"retrain the run that wrote it"):
+        load_checkpoint(path)
     other = tmp_path / "model.pt"
     other.write_bytes(b"junk")
     with pytest.raises(CheckpointError, match=r"retrain the run that wrote it"):
@@ -147,7 +150,7 @@ def test_checkpoint_saved_without_crc32_still_loads(tmp_path: Path) -> None:
     assert load_checkpoint(path)["kind"] == "best"
 
 
-def test_missing_checkpoint(tmp_path: Path) -> None:
+def test_missing_checkpoint(tmp_path: Path, pipeline_remedies: None) -> None:
     with pytest.raises(MissingDataError) as error:
         load_checkpoint(tmp_path / "none.pt")
     assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, DensError)
@@ -155,7 +158,7 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(MissingDataError) as error:
         find_checkpoint(tmp_path / RUN)
     assert str(error.value) == (
-        f"no checkpoint at {tmp_path / TARGET} (train it with `snakemake {TARGET}`)"
+        f"no checkpoint at {tmp_path / TARGET}; train it with `snakemake {TARGET}`"
     )
 
 

@@ -1,5 +1,5 @@
 """`dens import-checkpoint`: a fairchem 1.x checkpoint becomes a run that `dens evaluate` and the
-ASE calculator read like a trained one (dens.checkpoint_import), on the committed reference
+ASE calculator read like a trained one (dens.pipeline.checkpoint_import), on the committed reference
 fixture (tests/fixtures/equiformer_v2/README.md): labels written from the reference's own
 outputs, so our evaluation of the imported run must find (almost) no error."""
 
@@ -100,7 +100,7 @@ def test_a_checkpoint_of_another_family_is_refused_by_name(tmp_path: Path) -> No
 
 def test_energy_lin_ref_of_an_oc22_model_becomes_element_references() -> None:
     """fairchem's OC22 EquiformerV2 adds sum_i lin_ref[Z_i] (normalised units) to its energy."""
-    from dens.checkpoint_import import imported_normalizer
+    from dens.pipeline.checkpoint_import import imported_normalizer
 
     lin_ref = torch.zeros(90)
     lin_ref[8], lin_ref[22] = -0.25, -0.5  # O, Ti
@@ -135,9 +135,9 @@ def test_a_checkpoint_trained_on_linearly_referenced_energies_gets_the_reference
     imported with none (which put the OC22 energies off by sum_i coeff[Z_i], hundreds of eV)."""
     import dataclasses
 
-    from dens.checkpoint_import import import_checkpoint
-    from dens.config import load_registry
     from dens.models.common.fairchem_import import CheckpointImportError
+    from dens.pipeline.checkpoint_import import import_checkpoint
+    from dens.pipeline.registry import load_registry
 
     source = lin_ref_checkpoint(tmp_path)
     paper = load_registry({"scale": "paper"})
@@ -167,10 +167,10 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
     Before: an imported run stored no elements and answered for any."""
     import dataclasses
 
-    from dens import paths
-    from dens.checkpoint_import import import_checkpoint
-    from dens.config import load_registry
     from dens.errors import UnsupportedStructureError
+    from dens.pipeline import paths
+    from dens.pipeline.checkpoint_import import import_checkpoint
+    from dens.pipeline.registry import load_registry
 
     checkpoint = FIXTURE / "checkpoint_l4m2_equiformer_v2.pt"
     registry = dataclasses.replace(load_registry({"scale": "mini"}), root=tmp_path)
@@ -295,7 +295,7 @@ BAD_FILES = {  # kind -> what the one line says
 
 @pytest.fixture(scope="module")
 def mini_registry():
-    from dens.config import load_registry
+    from dens.pipeline.registry import load_registry
 
     return load_registry({"scale": "mini"})
 
@@ -308,12 +308,12 @@ def test_a_bad_checkpoint_file_is_refused_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
     mini_registry,
 ) -> None:
-    """In-process (dens.cli.main, what `python -m dens` runs, with the registry read once: a
-    process per case costs seconds of CI): exit status 2, one line on stderr naming the file, no
+    """In-process (dens.pipeline.cli.main, what `python -m dens` runs, with the registry read once:
+    a process per case costs seconds of CI): exit status 2, one line on stderr naming the file, no
     run written. Before, torch's exceptions came through as tracebacks (RuntimeError, EOFError,
     KeyError, IsADirectoryError) and the DeNS layout's config["model"] (a str) as an
     AttributeError."""
-    from dens import cli
+    from dens.pipeline import cli
 
     monkeypatch.setattr(cli, "registry_from", lambda args: mini_registry)
     main = cli.main

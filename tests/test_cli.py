@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dens.cli import main
 from dens.models import PENDING_FAMILIES
+from dens.pipeline.cli import main
 
 PAPER_PARAMETERS = {  # Table 4 of the paper
     "md17-aspirin/equiformer-l2": 3.50e6,

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from dens.config import MOLECULES, ConfigError, load_registry
+from dens.errors import ConfigError
+from dens.pipeline.registry import MOLECULES, load_registry
 
 MD17_RUNS = [
     "equiformer-l2",
@@ -93,7 +94,7 @@ def test_scale_overrides_epochs_batch_and_model_but_not_names() -> None:
 
 
 def test_epochs_fraction_keeps_the_order_of_run_lengths() -> None:
-    from dens.config import scaled_optim
+    from dens.pipeline.registry import scaled_optim
 
     for epochs, expected in ((12, 2), (20, 3), (30, 5), (2, 1), (1, 1)):
         optim = {"epochs": epochs, "lr": 1e-3}
@@ -106,7 +107,7 @@ def test_epochs_fraction_keeps_the_order_of_run_lengths() -> None:
 
 def test_multistep_milestones_shrink_with_the_epochs() -> None:
     """eSCN's lr decays at 11.7, 15 and 18.3 of 20 epochs: at 1 epoch, at the same fractions."""
-    from dens.config import scaled_optim
+    from dens.pipeline.registry import scaled_optim
 
     optim = {"epochs": 20, "decay_epochs": [11.7, 15, 18.3], "lr_schedule": "multistep"}
     scaled = scaled_optim(optim, {"epochs": 1})
@@ -180,8 +181,8 @@ def test_misspelled_pipeline_option_is_refused() -> None:
 
 
 def experiments_read(registry, table: str) -> set[str]:
-    """The experiments whose metrics files a table job reads (dens.tables.table_inputs)."""
-    from dens.tables import table_inputs
+    """The experiments whose metrics files a table job reads (dens.pipeline.tables.table_inputs)."""
+    from dens.pipeline.tables import table_inputs
 
     return {"/".join(path.parts[3:5]) for path in table_inputs(registry, table)}
 
@@ -198,7 +199,7 @@ def test_cited_baselines_are_trained_only_on_request() -> None:
 
 
 def test_md17_tables_read_one_run_per_molecule() -> None:
-    from dens.tables import table_inputs
+    from dens.pipeline.tables import table_inputs
 
     registry = load_registry({"scale": "mini"})
     assert len(experiments_read(registry, "table4")) == 4 * len(MOLECULES)
@@ -210,7 +211,7 @@ def test_the_smoke_scale_trains_two_md17_molecules_and_the_others_all_eight() ->
     """config/scales/smoke.yaml md17_molecules: the MD17 tables ask only for aspirin's and
     ethanol's runs at smoke (Table 10 too); mini and paper (no md17_molecules) every molecule.
     Fails where the setting is ignored (8 molecules at smoke) or filters other scales."""
-    from dens.curves import curve_inputs
+    from dens.pipeline.curves import curve_inputs
 
     smoke, mini = load_registry({"scale": "smoke"}), load_registry({"scale": "mini"})
     for name, per_molecule in (("table4", 4), ("table6", 5), ("table10", 2)):
@@ -372,7 +373,7 @@ def test_layers_merge_in_order_and_a_source_belongs_to_the_layer_that_set_the_va
     """Later layers win (mappings key by key, null replaces); a value changed without a new
     source loses the old one (it would cite a file that says otherwise); a layer may cite a
     value set before it (the MD17 script templates cite their per-molecule values)."""
-    from dens.config import merge_layers
+    from dens.pipeline.registry import merge_layers
 
     family = {
         "optim": {"lr": 1.0, "epochs": 10},
@@ -395,7 +396,7 @@ def test_layers_merge_in_order_and_a_source_belongs_to_the_layer_that_set_the_va
 
 
 def test_matrix_extends_and_placeholders(tmp_path: Path) -> None:
-    from dens.config import expand_experiments
+    from dens.pipeline.registry import expand_experiments
 
     templates = {
         "base": {"optim": {"epochs": 5}, "value_sources": {"optim.lr": "script@{molecule}"}},
@@ -432,7 +433,7 @@ def test_a_typo_in_a_template_names_the_template(pipeline_copy: Path) -> None:
 def test_every_paper_scale_value_has_a_source() -> None:
     """Each model, optimiser, DeNS, relaxation and resource value of every experiment at the
     paper scale cites the official file (and line) or the paper's table it comes from."""
-    from dens.config import leaf_paths
+    from dens.pipeline.registry import leaf_paths
 
     registry = load_registry({"scale": "paper"})
     missing = []

@@ -32,8 +32,8 @@ from test_train_cli import write_split
 
 from dens.atomic_files import atomic_write, free_space, write_text
 from dens.checkpoint import load_checkpoint
-from dens.cli import _user_error, main
 from dens.errors import DiskError
+from dens.pipeline.cli import _user_error, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ["md17-ethanol/equiformer-l2", "--scale", "smoke", "--device", "cpu"]

@@ -30,8 +30,8 @@ from dens.data.batch import Batch, Data
 from dens.denoising import Corruption, DeNSSettings, corrupt
 from dens.distributed import World, first_host, process_group
 from dens.errors import ConfigError
+from dens.stopping import STOPPED_EXIT_CODE
 from dens.train import (
-    PREEMPTED_EXIT_CODE,
     build_trainee,
     fit_normalizer,
     forward_loss,
@@ -288,7 +288,7 @@ def test_sigterm_on_one_process_stops_all_and_the_rerun_resumes_exactly(tmp_path
     stopped = torchrun(script, tmp_path / "interrupted", normalizer_reads + 2 * 2 + 1)
     assert stopped.returncode != 0
     assert stopped.stderr.count("stopped by SIGTERM after epoch 0 + 3 batches") == 1  # rank 0
-    assert f"exitcode  : {PREEMPTED_EXIT_CODE}" in stopped.stderr
+    assert f"exitcode  : {STOPPED_EXIT_CODE}" in stopped.stderr
     state = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 3, 3)
     assert len(state["rng"]) == 2 and not torch.equal(

@@ -17,10 +17,10 @@ import torch
 import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from dens.cli import main
 from dens.data.aselmdb import write_aselmdb
 from dens.data.download import ChecksumMismatchError, DownloadError, UnsafeArchiveError
 from dens.errors import DensError
+from dens.pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATE = ["evaluate", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
@@ -247,7 +247,7 @@ def test_download_errors_are_dens_errors() -> None:
 
 
 def test_device_defaults_to_the_gpu_where_one_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dens.cli import _resolve_device, build_parser
+    from dens.pipeline.cli import _resolve_device, build_parser
 
     args = build_parser().parse_args(EVALUATE + ["--run-dir", "run", "x.aselmdb"])
     assert args.device is None

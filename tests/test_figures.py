@@ -1,4 +1,4 @@
-"""dens.figures: Figures 3-5 as PNG and PDF, one structure (a distinct system) per row."""
+"""dens.pipeline.figures: Figures 3-5 as PNG and PDF, one structure (a distinct system) per row."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import ConfigError
-from dens.figures import FIGURES, draw_figure, read_structures
+from dens.pipeline.figures import FIGURES, draw_figure, read_structures
 
 
 def training_split(path: Path, systems: int, frames: int = 2) -> Path:

@@ -14,9 +14,9 @@ Each case runs in a forked child (a signal or a hang cannot take the test worker
 the library entry the command calls (AseLmdbDataset for `dens train/evaluate`, load_trained_model
 and load_checkpoint, convert_md17_npz for `dens data prepare`, read_s2ef_frames, extract for
 `dens data extract`, DeNSCalculator, `dens relax` itself), an error printed the way `dens` prints
-it (dens.cli: one line for the errors it owns, a traceback for any other); a handful of cases
-run as `python -m dens ...` subprocesses. Outcomes: ``ok`` (success: the data read back equal to
-the undamaged file's, or a finite answer from finite input), ``error`` (exit 2, one line naming
+it (dens.pipeline.cli: one line for the errors it owns, a traceback for any other); a handful of
+cases run as `python -m dens ...` subprocesses. Outcomes: ``ok`` (success: the data read back equal
+to the undamaged file's, or a finite answer from finite input), ``error`` (exit 2, one line naming
 the file), ``signal``, ``traceback``, ``other``. With DENS_FUZZ_RECORD=FILE each case's outcome
 is appended to FILE (JSON lines), for counting outcomes on another checkout.
 """
@@ -66,12 +66,12 @@ class Outcome:
 
 def _as_dens(call: Callable[[], str | None]) -> int:
     """Run ``call`` and print its result as `dens` would: exit 0 (``ok <note>``), 2 and one line
-    for an error dens.cli prints as one line, 1 and a traceback for any other."""
+    for an error dens.pipeline.cli prints as one line, 1 and a traceback for any other."""
     try:
         note = call()
     except Exception as error:
-        from dens import cli
         from dens.errors import DensError
+        from dens.pipeline import cli
 
         user_error = getattr(cli, "_user_error", None)  # older checkouts: DensError only
         shown = (
@@ -235,7 +235,7 @@ def manifest(path: Path) -> Path | None:
 def md17_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A smoke run of md17-ethanol/equiformer-l2 trained by `dens train` (2 epochs, 16 + 4
     structures): its run directory, splits and checkpoints."""
-    from dens.cli import main
+    from dens.pipeline.cli import main
 
     root = tmp_path_factory.mktemp("md17_run")
     train = write_split(root / "train.aselmdb", 16, seed=1)
@@ -739,9 +739,9 @@ def oc22_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained smoke oc22/eqv2-dens-127m run (best.pt of the registered model, trained on
     Cu, C and O as far as its normaliser says)."""
     from dens.checkpoint import FORMAT_VERSION, save_checkpoint
-    from dens.config import load_registry
     from dens.models import build_model
     from dens.normalization import NUM_ELEMENTS, Normalizer
+    from dens.pipeline.registry import load_registry
 
     experiment = load_registry({"scale": "smoke"}).resolve(RELAX)
     counts = torch.zeros(2, NUM_ELEMENTS)
@@ -782,7 +782,7 @@ def relax_splits(directory: Path, atoms: ase.Atoms) -> list[Path]:
 
 def _relax(run: Path, splits: list[Path]) -> Callable[[], str]:
     def call() -> str:
-        from dens.cli import main
+        from dens.pipeline.cli import main
 
         with _no_cuda():
             argv = ["relax", RELAX, *SMOKE, "--run-dir", str(run), *map(str, splits)]

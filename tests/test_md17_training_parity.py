@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from dens.config import load_registry
 from dens.data.batch import Batch, Data
 from dens.denoising import (
     KCAL_PER_MOL_PER_EV,
@@ -33,6 +32,7 @@ from dens.models.equiformer.official_import import (
     official_model_kwargs,
 )
 from dens.normalization import NUM_ELEMENTS, Normalizer
+from dens.pipeline.registry import load_registry
 from dens.train import batch_loss, loss_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "equiformer_md17" / "reference_outputs.pt"

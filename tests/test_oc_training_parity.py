@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 
-from dens.config import load_registry
 from dens.data.batch import Batch
 from dens.data.structures import structure_data
 from dens.denoising import Corruption, DeNSSettings, LossSettings
@@ -31,6 +30,7 @@ from dens.models.equiformer_v2 import network as eqv2_network
 from dens.models.escn import import_fairchem as escn_import
 from dens.models.escn import network as escn_network
 from dens.normalization import NUM_ELEMENTS, Normalizer
+from dens.pipeline.registry import load_registry
 from dens.train import batch_loss, loss_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

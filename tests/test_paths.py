@@ -1,12 +1,12 @@
-"""dens.paths: the only place that turns scale, experiment and split into a path."""
+"""dens.pipeline.paths: the only place that turns scale, experiment and split into a path."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path, PurePosixPath
 
-from dens import paths
-from dens.config import load_registry
+from dens.pipeline import paths
+from dens.pipeline.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_downloads_of_small_scales_never_mix_with_the_paper_scale() -> None:
 
 
 def test_no_other_module_spells_out_results_paths() -> None:
-    """The package and the rules get paths from dens.paths: no "results" string literal in
+    """The package and the rules get paths from dens.pipeline.paths: no "results" string literal in
     dens/ outside it, no results/ path in a rule (comments aside)."""
     offenders = []
     for path in REPO.glob("dens/**/*.py"):

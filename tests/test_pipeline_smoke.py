@@ -24,12 +24,12 @@ import torch
 from pipeline_copy import REPO, copy_repository, snakemake
 from test_config import OC_RUNS as EVERY_OC_RUN
 
-from dens.config import MOLECULES, load_registry
-from dens.curves import curve_tables
 from dens.data.download import load_catalog
-from dens.figures import FIGURES
-from dens.published import NO_IS2RE_PAPER, load_published
-from dens.report import write_report
+from dens.pipeline.curves import curve_tables
+from dens.pipeline.figures import FIGURES
+from dens.pipeline.published import NO_IS2RE_PAPER, load_published
+from dens.pipeline.registry import MOLECULES, load_registry
+from dens.pipeline.report import write_report
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,10 @@ def test_every_exported_name_resolves() -> None:
 
 
 def test_import_dens_does_not_import_torch() -> None:
-    code = "import sys, dens, dens.config, dens.paths; print('torch' in sys.modules)"
+    code = (
+        "import sys, dens, dens.pipeline.registry, dens.pipeline.paths; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,5 +1,5 @@
-"""The published checkpoints' configuration (config/published.yaml, dens.published), the IS2RE
-validation splits they relax, and the data generator's promise that adding those splits leaves
+"""The published checkpoints' configuration (config/published.yaml, dens.pipeline.published), the
+IS2RE validation splits they relax, and the data generator's promise that adding those splits leaves
 every other split as it was. The target end to end: tests/test_pipeline_smoke.py."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import ase.db
 import pytest
 import yaml
 
-from dens.config import ConfigError, Registry, load_registry
 from dens.data import catalysts
-from dens.published import AVERAGE, in_all, load_published, provenance_summary
-from dens.submission import challenge_for, challenge_split
+from dens.errors import ConfigError
+from dens.pipeline.published import AVERAGE, in_all, load_published, provenance_summary
+from dens.pipeline.registry import Registry, load_registry
+from dens.pipeline.submission import challenge_for, challenge_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,11 +25,12 @@ from dens.data.structures import atoms_to_data
 from dens.data.validation import InvalidStructureError
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
-from dens.relaxation import driver, is2re
-from dens.relaxation.driver import RelaxationStopped, System, relax_systems
+from dens.pipeline import is2re
+from dens.pipeline.submission import IS2RE_CHALLENGES, ServerResultsError, read_server_results
+from dens.relaxation import driver
+from dens.relaxation.driver import System, relax_systems
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings
-from dens.slurm import TIME_LIMIT
-from dens.submission import IS2RE_CHALLENGES, ServerResultsError, read_server_results
+from dens.stopping import TIME_LIMIT, StopRequested
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OC20, OC22 = IS2RE_CHALLENGES["oc20"], IS2RE_CHALLENGES["oc22"]
@@ -158,8 +159,9 @@ def test_systems_leave_when_done_and_new_ones_enter() -> None:
 
 
 def test_a_relaxation_stopped_at_its_time_limit_keeps_what_finished(monkeypatch) -> None:
-    """stop_at (a Slurm job ending itself before its limit, dens.slurm) raises RelaxationStopped
-    (exit status 75) before the next model call; what finished before it was yielded."""
+    """stop_at (a Slurm job ending itself before its limit, dens.pipeline.slurm) raises
+    StopRequested (exit status 75) before the next model call; what finished before it was
+    yielded."""
     systems = [toy_system(key, z, n=3) for key, z in (("stiff", 8), ("far", 2))]
     settings = LBFGSSettings(max_steps=40, fmax=1e-3, maxstep=0.2)
     (alone,) = relax_systems(systems[:1], harmonic, settings, batch_size=1)
@@ -169,7 +171,7 @@ def test_a_relaxation_stopped_at_its_time_limit_keeps_what_finished(monkeypatch)
     clock = SimpleNamespace(time=lambda: 2.0 * (next(checks) >= rounds + 2))
     monkeypatch.setattr(driver, "time", clock)
     finished = []
-    with pytest.raises(RelaxationStopped) as stopped:
+    with pytest.raises(StopRequested) as stopped:
         for result in relax_systems(systems, harmonic, settings, batch_size=1, stop_at=1.0):
             finished.append(result.key)
     assert stopped.value.code == 75 and stopped.value.reason == TIME_LIMIT

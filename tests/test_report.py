@@ -1,5 +1,5 @@
-"""Learning curves (dens.curves) and the HTML report (dens.report) from hand-written run files;
-the smoke pipeline test builds both from real runs."""
+"""Learning curves (dens.pipeline.curves) and the HTML report (dens.pipeline.report) from
+hand-written run files; the smoke pipeline test builds both from real runs."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from dens import paths
-from dens.config import load_registry
-from dens.curves import METRICS, curve_inputs, curve_tables, draw_curves, read_curves
 from dens.errors import ConfigError
-from dens.report import write_report
-from dens.tables import build_table, to_html
+from dens.pipeline import paths
+from dens.pipeline.curves import METRICS, curve_inputs, curve_tables, draw_curves, read_curves
+from dens.pipeline.registry import load_registry
+from dens.pipeline.report import write_report
+from dens.pipeline.tables import build_table, to_html
 
 LOG_FIELDS = ["epoch", "val_energy_mae_meV", "val_forces_mae_meV_per_A"]
 

@@ -20,14 +20,13 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.trajectory import Trajectory
 
 import dens.simulate as simulate_module
-from dens.cli import main
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import ConfigError, InvalidDataError, MissingDataError
+from dens.pipeline.cli import main
 from dens.simulate import (
     HR_BINS,
     HR_RANGE_A,
     SimulationSettings,
-    SimulationStopped,
     bond_lengths,
     bonded_pairs,
     distance_histogram,
@@ -36,7 +35,7 @@ from dens.simulate import (
     run_simulation,
     simulate,
 )
-from dens.slurm import TIME_LIMIT
+from dens.stopping import TIME_LIMIT, StopRequested
 
 ETHANOL = ase.build.molecule("CH3CH2OH")  # C C O H(O) H... : 9 atoms, 8 bonds
 
@@ -229,15 +228,15 @@ def test_a_killed_simulation_resumes_the_same_trajectory(tmp_path, monkeypatch, 
 def test_a_simulation_stopped_at_its_time_limit_continues_the_same_trajectory(
     tmp_path, monkeypatch
 ):
-    """stop_at (a Slurm job ending itself before its limit, dens.slurm) saves the state mid-way
-    between frames and exits with status 75; the next call continues bit for bit."""
+    """stop_at (a Slurm job ending itself before its limit, dens.pipeline.slurm) saves the state
+    mid-way between frames and exits with status 75; the next call continues bit for bit."""
     frames, h = reference_of(ETHANOL.positions)
     args = (ETHANOL.numbers, ETHANOL.positions, frames, h, settings(0.05))
     whole = run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "whole", seed=3)
     checks = iter(range(10_000))  # the clock passes stop_at at the 48th check (before step 48)
     clock = SimpleNamespace(time=lambda: 2.0 if next(checks) >= 47 else 0.0)
     monkeypatch.setattr(simulate_module, "time", clock)
-    with pytest.raises(SimulationStopped) as stopped:
+    with pytest.raises(StopRequested) as stopped:
         run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "cut", seed=3, stop_at=1.0)
     assert stopped.value.code == 75 and stopped.value.reason == TIME_LIMIT
     with np.load(tmp_path / "cut" / "state.npz") as state:
@@ -335,9 +334,9 @@ def test_dens_simulate_runs_an_equiformer_run(tmp_path, splits, capsys, one_torc
     """An ethanol run of the registered Equiformer (smoke preset, untrained weights) simulated
     for the smoke scale's 20 steps through `dens simulate` (DeNSCalculator)."""
     from dens.checkpoint import FORMAT_VERSION, save_checkpoint
-    from dens.config import load_registry
     from dens.models import build_model
     from dens.normalization import NUM_ELEMENTS, Normalizer
+    from dens.pipeline.registry import load_registry
 
     experiment = load_registry({"scale": "smoke"}).resolve("md17-ethanol/equiformer-l2")
     model = build_model(experiment)
@@ -373,9 +372,9 @@ def test_dens_simulate_runs_an_equiformer_run(tmp_path, splits, capsys, one_torc
 
 # -- Table 10 --------------------------------------------------------------------------------------
 def test_table10_reads_the_simulations_metrics_beside_the_papers(pipeline_copy):
-    from dens import paths
-    from dens.config import load_registry
-    from dens.tables import table_inputs, write_table
+    from dens.pipeline import paths
+    from dens.pipeline.registry import load_registry
+    from dens.pipeline.tables import table_inputs, write_table
 
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     inputs = table_inputs(registry, "table10")

@@ -1,5 +1,5 @@
-"""dens.submission: the evaluation server's S2EF submission file, local test scores, the server's
-results read back."""
+"""dens.pipeline.submission: the evaluation server's S2EF submission file, local test scores, the
+server's results read back."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from toy_model import build_toy_model, toy_experiment, train_toy_run
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
-from dens.submission import (
+from dens.pipeline.submission import (
     CHALLENGES,
     ServerResultsError,
     read_server_results,
@@ -272,7 +272,7 @@ def test_submission_command_writes_both_files(
     run_dir: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     """`dens submission` on an OC22 experiment at scale smoke, predicting with the toy run."""
-    from dens import cli, submission
+    from dens.pipeline import cli, submission
 
     files = []
     for index, split in enumerate(("s2ef_test_id", "s2ef_test_ood")):

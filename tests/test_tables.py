@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dens import paths
-from dens.config import MOLECULES, load_registry
 from dens.models import PENDING_FAMILIES
-from dens.submission import ServerResultsError
-from dens.tables import MetricsError, table_inputs, write_table
+from dens.pipeline import paths
+from dens.pipeline.registry import MOLECULES, load_registry
+from dens.pipeline.submission import ServerResultsError
+from dens.pipeline.tables import MetricsError, table_inputs, write_table
 
 
 def write_metrics(root: Path, experiment: str, seed: int = 0, **metrics: float) -> None:
@@ -32,8 +32,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def experiments_of(registry, table: str) -> list[str]:
-    """The experiments whose metrics a table job reads, in row order (dens.tables.table_inputs:
-    results/{scale}/runs/{experiment}/seed{S}/...)."""
+    """The experiments whose metrics a table job reads, in row order
+    (dens.pipeline.tables.table_inputs: results/{scale}/runs/{experiment}/seed{S}/...)."""
     return list(dict.fromkeys("/".join(path.parts[3:5]) for path in table_inputs(registry, table)))
 
 
@@ -473,6 +473,7 @@ def test_training_time_in_gpu_hours_or_cpu_device_hours(
 
 
 def test_tables_module_imports_no_torch() -> None:
-    """The Snakefile imports dens.tables (table_inputs) to build the DAG: no torch import there."""
-    code = "import sys, dens.tables; assert 'torch' not in sys.modules, 'torch imported'"
+    """The Snakefile imports dens.pipeline.tables (table_inputs) to build the DAG: no torch import
+    there."""
+    code = "import sys, dens.pipeline.tables; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -33,13 +33,11 @@ from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint a
 from dens.models.escn.import_fairchem import load_fairchem_checkpoint as load_escn
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.runs import BEST_EPOCH_FILE
+from dens.stopping import STOPPED_EXIT_CODE, TIME_LIMIT, StopRequested
 from dens.train import (
     LOG_COLUMNS,
-    PREEMPTED_EXIT_CODE,
-    TIME_LIMIT,
     NonFiniteLossError,
     Schedule,
-    TrainingPreempted,
     batch_loss,
     build_optimizer,
     draw_corruption,
@@ -238,7 +236,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches_uninterrupted_run(straight_r
     train_set, val_set = data
     # SIGTERM while loading the 4th batch of epoch 2: that step finishes, then last.pt is saved.
     at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2
-    with pytest.raises(TrainingPreempted) as stopped:
+    with pytest.raises(StopRequested) as stopped:
         train(
             EXPERIMENT,
             Interrupting(train_set, at, sigterm),
@@ -247,7 +245,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches_uninterrupted_run(straight_r
             build_toy_model,
             progress=False,
         )
-    assert stopped.value.code == PREEMPTED_EXIT_CODE == 75
+    assert stopped.value.code == STOPPED_EXIT_CODE == 75
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
@@ -261,9 +259,9 @@ def test_stop_at_a_time_saves_and_resume_matches_uninterrupted_run(straight_run,
     """``stop_at`` (how a Slurm job ends itself before its time limit) stops like SIGTERM: the
     first step finishes, last.pt is saved, and the resumed run equals the uninterrupted one."""
     train_set, val_set = data
-    with pytest.raises(TrainingPreempted) as stopped:
+    with pytest.raises(StopRequested) as stopped:
         train(EXPERIMENT, *data, tmp_path, build_toy_model, progress=False, stop_at=time.time())
-    assert stopped.value.code == PREEMPTED_EXIT_CODE and stopped.value.reason == TIME_LIMIT
+    assert stopped.value.code == STOPPED_EXIT_CODE and stopped.value.reason == TIME_LIMIT
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 1, 1)
@@ -304,7 +302,7 @@ def test_sigterm_exit_status_of_a_process(data, tmp_path):
     )
     assert process.stdout.readline().strip() == "training"
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == PREEMPTED_EXIT_CODE
+    assert process.wait(timeout=60) == STOPPED_EXIT_CODE
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (state["epoch"], state["batch_in_epoch"]) == (0, 2)
 
@@ -572,7 +570,7 @@ def test_cosine_epoch_timm_run_trains_each_epoch_at_its_lr_and_resumes_mid_epoch
 
     stopped = tmp_path / "stopped"
     at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2  # SIGTERM while loading epoch 2's 4th batch
-    with pytest.raises(TrainingPreempted):
+    with pytest.raises(StopRequested):
         train(
             experiment,
             Interrupting(train_set, at, sigterm),
@@ -785,7 +783,7 @@ def test_batch_decision_resumes_exactly_and_saves_the_decision_generator(data, t
 
     resumed = tmp_path / "resumed"
     at = NORMALIZER_READS + 5 * 4 + 2  # SIGTERM while loading the 6th batch of epoch 1
-    with pytest.raises(TrainingPreempted):
+    with pytest.raises(StopRequested):
         train(
             experiment,
             Interrupting(train_set, at, sigterm),

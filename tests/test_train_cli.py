@@ -12,8 +12,8 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from dens.cli import main
 from dens.data.aselmdb import write_aselmdb
+from dens.pipeline.cli import main
 
 EXPERIMENT = ["md17-ethanol/equiformer-l2", "--scale", "smoke", "--device", "cpu"]
 SCORES = ("energy_mae_meV", "forces_mae_meV_per_A", "zero_forces_mae_meV_per_A", "n_test")

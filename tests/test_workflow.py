@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dens.config import load_registry
 from dens.models import PENDING_FAMILIES
+from dens.pipeline.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -31,7 +31,7 @@ def job_counts(output: str) -> dict[str, int]:
 
 def test_paper_scale_dry_run_plans_every_job() -> None:
     """Every run a table reads, except cited baselines and runs of model families or stages not
-    implemented yet (their cells say "not run"; dens.tables.table_inputs)."""
+    implemented yet (their cells say "not run"; dens.pipeline.tables.table_inputs)."""
     result = snakemake("--profile", "profiles/slurm", "all_tables")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)

@@ -33,13 +33,12 @@ import signal
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
-from dens import paths
 from dens.atomic_files import file_digest, write_text
 from dens.data.batch import Batch, Data
 from dens.data.structures import fixed_mask, structure_data
@@ -131,32 +130,13 @@ def _read_meta(raw: bytes) -> _Meta | str:
     return _Meta(page_size, last_page, txnid, depth, entries, root)
 
 
-def _relative_layout(path: Path) -> tuple[str, str, str] | None:
-    """(scale, dataset, split) when `path` is a prepared split in the pipeline's layout
-    (dens.paths.split_file), else None."""
-    parts = PurePosixPath(path.as_posix()).parts
-    if len(parts) < 5:
-        return None
-    scale, dataset, split = parts[-4], parts[-2], PurePosixPath(parts[-1]).stem
-    if PurePosixPath(*parts[-5:]) != paths.split_file(scale, dataset, split):
-        return None
-    return scale, dataset, split
-
-
-def rebuild_hint(path: Path) -> str:
-    """How to rebuild an aselmdb file: its dataset's Snakemake job when it is a prepared split."""
-    layout = _relative_layout(Path(path))
-    if layout is None:
-        return "rebuild it (delete it and rerun the job that wrote it, e.g. `dens data prepare`)"
-    scale, dataset, _ = layout
-    return (
-        f"rebuild it: delete {Path(path).parent}/ and rerun snakemake "
-        f"(or `snakemake --force {paths.provenance_file(scale, dataset)}`)"
-    )
+REBUILD = "rebuild it (delete it and rerun the job that wrote it, e.g. `dens data prepare`)"
+"""How to make a damaged aselmdb file again (the pipeline names the dataset's Snakemake target
+instead: dens.pipeline.remedies)."""
 
 
 def _damaged(path: Path, reason: str) -> DataError:
-    return DataError(f"{path} is damaged ({reason}); {rebuild_hint(path)}")
+    return DataError(f"{path} is damaged ({reason})", path, REBUILD)
 
 
 def manifest_path(path: Path) -> Path:
@@ -169,9 +149,7 @@ def _read_header(path: Path) -> _Meta:
     """The meta page LMDB uses, after checking that `path` exists and is a complete LMDB file:
     both meta pages intact and at least (last page + 1) * page size bytes."""
     if not path.is_file():
-        layout = _relative_layout(path)
-        make = "" if layout is None else f"; make it with `snakemake {paths.split_file(*layout)}`"
-        raise MissingDataError(f"aselmdb file not found: {path}{make}")
+        raise MissingDataError(f"aselmdb file not found: {path}", path)
     size = path.stat().st_size
     if size == 0:
         raise _damaged(path, "empty: 0 bytes")
@@ -296,13 +274,13 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{target} is damaged ({error}); {rebuild_hint(path)}") from error
+        raise DataError(f"{target} is damaged ({error})", path, REBUILD) from error
     fields = {"file": str, "bytes": int, "rows": int, "sha256": str}
     if not isinstance(manifest, dict) or any(
         not isinstance(manifest.get(key), kind) for key, kind in fields.items()
     ):
         raise DataError(
-            f"{target} is damaged (not a manifest of {', '.join(fields)}); {rebuild_hint(path)}"
+            f"{target} is damaged (not a manifest of {', '.join(fields)})", path, REBUILD
         )
     return manifest
 
@@ -363,10 +341,8 @@ def _naming_faults(path: Path) -> Iterator[None]:
     libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
     libc.sigaction.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
     handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(_on_fault)
-    _fault_line[0] = (
-        f"dens: error: {path} is damaged (a memory fault while LMDB read it); "
-        f"{rebuild_hint(path)}\n"
-    ).encode()
+    fault = DataError(f"{path} is damaged (a memory fault while LMDB read it)", path, REBUILD)
+    _fault_line[0] = f"dens: error: {fault}\n".encode()
     saved = {}
     for name in names:
         number = int(getattr(signal, name))

@@ -5,11 +5,11 @@ first three steps and nothing else: it never executes or imports anything it fet
 unpickles nothing but a torch checkpoint's header through torch's weights-only unpickler (which
 admits tensors and plain containers only; :func:`content_problem`).
 It is a library: the command line is ``dens data download NAME --out FILE`` and
-``dens data extract NAME --archive-path FILE --out DIR`` (dens/cli.py), which Snakemake's data
-rules run.
+``dens data extract NAME --archive-path FILE --out DIR`` (dens/pipeline/cli.py), which Snakemake's
+data rules run.
 
 - :func:`load_catalog` reads config/archives.yaml, validates it against
-  workflow/schemas/archives.schema.yaml (a violation raises :class:`dens.config.ConfigError`
+  workflow/schemas/archives.schema.yaml (a violation raises :class:`dens.errors.ConfigError`
   naming the file, the key path and the value) and returns ``{name: Archive}``;
   :func:`get_archive` looks one up, suggesting close names for an unknown one.
 
@@ -70,8 +70,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dens.atomic_files import file_digest
-from dens.config import ConfigError, find_root, read_yaml, validate
-from dens.errors import DensError
+from dens.config_files import find_root, read_yaml, validate
+from dens.errors import ConfigError, DensError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ EXTRACTABLE_FORMATS: tuple[str, ...] = ("tar", "tar.gz", "tar.xz", "zip")
 #: Formats of files used as downloaded (no extraction).
 PLAIN_FORMATS: tuple[str, ...] = ("npz", "pt")
 #: What a published model checkpoint (format pt) must hold before its digest is recorded: the
-#: keys of an ocp / fairchem 1.x trainer checkpoint that dens.checkpoint_import reads.
+#: keys of an ocp / fairchem 1.x trainer checkpoint that dens.pipeline.checkpoint_import reads.
 CHECKPOINT_KEYS: tuple[str, ...] = ("state_dict", "config")
 #: Written into an extracted directory after its last member; its presence means "complete".
 EXTRACTED_MARKER = ".dens-extracted.json"
@@ -872,9 +872,9 @@ def load_catalog(
     """Read and validate an archive catalog -> ``{name: Archive}`` in file order.
 
     ``path`` defaults to ``<root>/config/archives.yaml``; a relative ``path`` is read relative to
-    the working directory. ``root`` (default :func:`dens.config.find_root`) is the repository
+    the working directory. ``root`` (default :func:`dens.config_files.find_root`) is the repository
     root whose workflow/schemas/archives.schema.yaml the document is validated against. A missing
-    or malformed file, or a schema violation, raises :class:`dens.config.ConfigError` naming the
+    or malformed file, or a schema violation, raises :class:`dens.errors.ConfigError` naming the
     file (relative to ``root`` when inside it), the key path and the offending value.
     """
     root = find_root() if root is None else Path(root)
@@ -913,7 +913,7 @@ def load_catalog(
 
 
 def get_archive(catalog: dict[str, Archive], name: str, source: str = CATALOG) -> Archive:
-    """The archive called ``name``; an unknown name raises :class:`dens.config.ConfigError`
+    """The archive called ``name``; an unknown name raises :class:`dens.errors.ConfigError`
     naming it, the catalog file ``source`` and the closest defined names."""
     if name in catalog:
         return catalog[name]

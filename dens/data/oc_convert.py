@@ -17,7 +17,7 @@ Sources:
   gather several release sub-splits (``s2ef_test``, ``is2re_test``) store the sub-split's name in
   the row key ``subsplit``; the IS2RE validation splits (role ``relax_val``: OC20
   ``is2re_val_id`` ... ``is2re_val_ood_both``, OC22 ``is2re_val_id`` / ``is2re_val_ood``) are one
-  release sub-split each, named by their file (dens.submission.challenge_split).
+  release sub-split each, named by their file (dens.pipeline.submission.challenge_split).
 
 Design: one shard per source file (one ``*.extxyz.xz`` or one ``*.lmdb``), converted by one of
 ``processes`` worker processes into ``<out_dir>/.work/<split>/shard-NNNN.aselmdb``: written
@@ -46,9 +46,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dens.config import ConfigError, find_root, read_yaml
+from dens.config_files import find_root, read_yaml
 from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
-from dens.errors import DataError
+from dens.errors import ConfigError, DataError
 
 WORK = ".work"
 #: Rows copied per LMDB write transaction while merging.

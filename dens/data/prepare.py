@@ -2,8 +2,8 @@
 
 A preparer gets the dataset's settings at the scale (``Registry.data_settings``: name, family,
 splits by role, source generate/download, generator sizes and seed), the output directory
-(results/{scale}/data/<dataset>, dens.paths), the downloaded inputs at the paper scale and the
-number of processes it may use, and writes every split of config/datasets.yaml plus
+(results/{scale}/data/<dataset>, dens.pipeline.paths), the downloaded inputs at the paper scale and
+the number of processes it may use, and writes every split of config/datasets.yaml plus
 provenance.json (last: its presence marks the dataset complete). `prepare_dataset` then writes
 each split's manifest beside it (``<split>.aselmdb.manifest.json``, dens.data.aselmdb); a split
 without one is still read, checked page by page instead of by its sha256.

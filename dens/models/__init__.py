@@ -62,8 +62,8 @@ def model_class(family: str) -> type[nn.Module]:
 
 
 def build_model(experiment: Mapping[str, Any]) -> nn.Module:
-    """The model of a resolved experiment (:meth:`dens.config.Registry.resolve`): its family's
-    class built with the resolved hyper-parameters (preset, overrides and switches)."""
+    """The model of a resolved experiment (:meth:`dens.pipeline.registry.Registry.resolve`): its
+    family's class built with the resolved hyper-parameters (preset, overrides and switches)."""
     model = experiment["model"]
     return model_class(model["family"])(**model["hyperparameters"])
 

@@ -12,8 +12,6 @@ system of it is done; here they leave, so the batch stays full while the stream 
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -25,28 +23,11 @@ from torch import Tensor
 from dens.data.batch import Batch, Data
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_structure
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings
-from dens.slurm import TIME_LIMIT
+from dens.stopping import TIME_LIMIT, StopRequested
 
 Predict = Callable[[Batch], tuple[Tensor, Tensor]]
 """Model of a batch: energy [B] (eV) and forces [N, 3] (eV/Å), e.g. dens.inference.TrainedModel
 .predict."""
-
-
-class RelaxationStopped(SystemExit):
-    """The ``stop_at`` time came (exit status 75, as a stopped training's; ``reason`` is
-    dens.slurm.TIME_LIMIT): finished systems are kept, the ones in the batch start again."""
-
-    reason = TIME_LIMIT
-
-    def __init__(self, in_batch: int) -> None:
-        super().__init__(os.EX_TEMPFAIL)
-        self.where = f"by {TIME_LIMIT} with {in_batch} system(s) in the batch"
-        print(
-            f"relaxation stopped {self.where}; rerunning the job relaxes them and the systems "
-            "not started, not the finished ones",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +88,7 @@ def relax_systems(
     """Relax every system of ``systems`` (module notes) and yield each as it finishes (in the
     order they finish). settings: OC20's by default. The model sees positions in the dtype of
     the systems' ``pos``. At the wall-clock time ``stop_at`` (time.time(); a Slurm job ending
-    itself before its limit, dens.slurm) it raises RelaxationStopped before the next model
+    itself before its limit, dens.pipeline.slurm) it raises StopRequested before the next model
     call: the systems still in the batch start afresh when the relaxation is run again. Each
     system passes dens.data.validation as it enters (InvalidStructureError naming its key)."""
     settings = settings or LBFGSSettings()
@@ -138,7 +119,11 @@ def relax_systems(
         if not active:
             return
         if stop_at is not None and time.time() >= stop_at:
-            raise RelaxationStopped(len(active))
+            raise StopRequested(
+                TIME_LIMIT,
+                f"with {len(active)} system(s) in the batch",
+                "rerunning the job relaxes them and the systems not started, not the finished ones",
+            )
         if batch is None:
             batch = Batch.from_data_list([s.data for s in active]).to(device)
         batch.pos = optimizer.positions.to(active[0].data.pos.dtype)

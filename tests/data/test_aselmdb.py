@@ -112,6 +112,7 @@ def test_intact_file_passes_and_loads(tmp_path: Path, original: bytes) -> None:
         (-1, r"truncated: \d+ of \d+ bytes"),
     ],
 )
+@pytest.mark.usefixtures("pipeline_remedies")
 def test_truncated_file_is_one_error_naming_it_and_the_rebuild(
     tmp_path: Path, original: bytes, size: int, reason: str
 ) -> None:
@@ -134,7 +135,9 @@ def test_foreign_file_is_not_an_lmdb_file(tmp_path: Path) -> None:
         check_aselmdb(path)
 
 
-def test_missing_file_names_it_and_its_snakemake_target(tmp_path: Path) -> None:
+def test_missing_file_names_it_and_its_snakemake_target(
+    tmp_path: Path, pipeline_remedies: None
+) -> None:
     with pytest.raises(MissingDataError) as error:
         AseLmdbDataset(tmp_path / SPLIT)
     assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, DensError)
@@ -276,9 +279,11 @@ def damage(path: Path, rng: random.Random, kind: str, spans: list[tuple[int, int
 
 READER = """
 import json, sys
-from dens.cli import _refuse_empty
+from dens.pipeline.cli import _refuse_empty
 from dens.data import aselmdb
-from dens.errors import DensError
+from dens.errors import DensError, name_remedies
+from dens.pipeline.remedies import remedy_for
+name_remedies(remedy_for)  # as `dens train` does
 for path, limit in json.loads(sys.argv[1]):
     aselmdb.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
     try:
@@ -393,7 +398,12 @@ def test_fault_while_lmdb_reads_is_one_line_not_a_signal(tmp_path: Path, origina
     past its end and dies of SIGBUS, status -7 before) prints one line naming the file and exits
     with status 2."""
     path = damaged_copy(tmp_path, original, len(original) // 2)
-    code = f"from dens.data.aselmdb import read_rows\nread_rows({str(path)!r})\n"
+    code = (
+        "from dens.errors import name_remedies\n"
+        "from dens.pipeline.remedies import remedy_for\n"
+        "from dens.data.aselmdb import read_rows\n"
+        f"name_remedies(remedy_for)\nread_rows({str(path)!r})\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )

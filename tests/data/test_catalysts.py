@@ -19,7 +19,7 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.optimize import LBFGS
 
-from dens.config import validate
+from dens.config_files import validate
 from dens.data import catalysts
 from dens.data.aselmdb import AseLmdbDataset
 from dens.errors import ConfigError

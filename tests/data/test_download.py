@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dens.config import ConfigError, read_yaml, validate
+from dens.config_files import read_yaml, validate
 from dens.data.download import (
     EXTRACTABLE_FORMATS,
     EXTRACTED_MARKER,
@@ -45,6 +45,7 @@ from dens.data.download import (
     mirrored_url,
     verify,
 )
+from dens.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"backoff": 0.0, "progress": False, "timeout": 10.0}

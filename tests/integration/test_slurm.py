@@ -16,8 +16,8 @@ that holds it.
   step's SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID and finds the rendezvous host with
   `scontrol show hostnames`.
 - A training run longer than the partition's time limit finishes through requeued continuations
-  of its Slurm job (dens.slurm), through `snakemake --profile profiles/slurm`, and ends exactly
-  where an uninterrupted run ends.
+  of its Slurm job (dens.pipeline.slurm), through `snakemake --profile profiles/slurm`, and ends
+  exactly where an uninterrupted run ends.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ import pytest
 import torch
 from e3nn import o3
 
-from dens.config import load_registry
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, NotAvailableError
 from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
@@ -18,6 +17,7 @@ from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer import Equiformer
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
 from dens.models.equiformer.network import ForceEncoding
+from dens.pipeline.registry import load_registry
 
 SMALL_L2 = dict(
     irreps_node_embedding="8x0e+4x1e+2x2e",

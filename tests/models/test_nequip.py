@@ -16,11 +16,11 @@ import torch
 from ase.calculators.emt import EMT
 from e3nn import o3
 
-from dens.config import load_registry
 from dens.data.batch import Batch, Data
 from dens.data.structures import atoms_to_data
 from dens.errors import ModelNotAvailableError
 from dens.models import count_parameters, model_class
+from dens.pipeline.registry import load_registry
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,5 +1,5 @@
 # Helpers shared by the rules (all functions live here, as `snakemake --lint` asks): input files of
-# a job (paths come from dens.paths, the only place that turns scale, experiment and split into a
+# a job (paths come from dens.pipeline.paths, the only place that turns scale, experiment and split into a
 # path) and cluster resources per job.
 #
 # The shell commands call `python -m dens`, the package from this checkout (the working directory),
@@ -9,16 +9,17 @@ import json
 import math
 import shlex
 
-from dens import paths
-from dens.config import read_yaml
-from dens.curves import curve_inputs, curve_tables
+from dens import run_files
+from dens.pipeline import paths
+from dens.config_files import read_yaml
+from dens.pipeline.curves import curve_inputs, curve_tables
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
-from dens.figures import FIGURES
-from dens.published import in_all as published_in_all
-from dens.published import load_published
-from dens.published import split_files as published_split_files
-from dens.published import table_inputs as published_table_inputs
-from dens.tables import table_inputs
+from dens.pipeline.figures import FIGURES
+from dens.pipeline.published import in_all as published_in_all
+from dens.pipeline.published import load_published
+from dens.pipeline.published import split_files as published_split_files
+from dens.pipeline.published import table_inputs as published_table_inputs
+from dens.pipeline.tables import table_inputs
 
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
 ENV = "../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
@@ -122,7 +123,7 @@ def train_resource(name, hours_factor=1.0):
 
 def job_minutes(minutes):
     """A job's time limit: ``minutes``, capped at the configured max_job_hours (a cluster refuses
-    longer jobs; training and simulation jobs continue in requeued jobs, dens.slurm)."""
+    longer jobs; training and simulation jobs continue in requeued jobs, dens.pipeline.slurm)."""
     hours = REGISTRY.options["max_job_hours"]
     return minutes if hours is None else min(minutes, max(1, math.floor(60 * hours)))
 
@@ -134,7 +135,7 @@ def continuation_margin_s(minutes):
 
 
 def continuation_option(wildcards, resources):
-    """`dens train` option that ends the job before its limit and requeues it (dens.slurm), when a
+    """`dens train` option that ends the job before its limit and requeues it (dens.pipeline.slurm), when a
     limit is configured; nothing otherwise."""
     if REGISTRY.options["max_job_hours"] is None:
         return ""
@@ -285,7 +286,7 @@ def published_reference_option(wildcards, input):
 
 
 def published_files(kind):
-    """Every published checkpoint's file of ``kind`` (dens.paths.PUBLISHED_FILES) that its entry
+    """Every published checkpoint's file of ``kind`` (dens.run_files.PUBLISHED_FILES) that its entry
     asks for."""
     wanted = {"relax": "relax", "relax_submission": "relax", "test": "submission"}.get(
         kind, "submission" if kind == "submission" else None

@@ -1,7 +1,7 @@
 # Data: download -> verify (checksum) -> extract -> aselmdb at scales whose source is `download`
 # (config/archives.yaml); generated on the machine at scales whose source is `generate`
 # (mini-MD17 from GFN2-xTB MD, mini-OC20/OC22 from EMT relaxations). Downloads go to
-# results/downloads at the paper scale, results/{scale}/downloads at others (dens.paths
+# results/downloads at the paper scale, results/{scale}/downloads at others (dens.pipeline.paths
 # downloads_dir: the published checkpoints' jobs download at every scale), from the owners' URLs
 # or, with config `mirror`, the same paths on a mirror.
 

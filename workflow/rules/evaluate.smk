@@ -5,7 +5,7 @@
 # `submission` rule predicts the S2EF test splits and writes test/submission.npz, the file the
 # evaluation server takes, and test/metrics.json, scored locally where the test rows have labels
 # (the generated data of scales mini and smoke); the server's results go into
-# test/server_results.json by hand (format: dens.submission) and fill the tables' test columns.
+# test/server_results.json by hand (format: dens.pipeline.submission) and fill the tables' test columns.
 
 
 if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.smk)

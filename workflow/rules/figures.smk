@@ -1,6 +1,6 @@
 # Figures 3-5 (App. G): structures of OC20, OC22 and MD17 with Gaussian noise of several scales
 # added to all atoms, drawn over the original positions (lighter), one structure per row, from each
-# dataset's training split; PNG and PDF (dens.figures).
+# dataset's training split; PNG and PDF (dens.pipeline.figures).
 
 
 rule figure:

@@ -1,4 +1,4 @@
-# The published EquiformerV2 + DeNS checkpoints (config/published.yaml, dens.published): target
+# The published EquiformerV2 + DeNS checkpoints (config/published.yaml, dens.pipeline.published): target
 # `published`. Each checkpoint is downloaded by download_archive (config/archives.yaml, checked
 # before its digest is pinned; at scales other than paper into results/{scale}/downloads, from
 # config `mirror` where set), imported as a run under results/{scale}/published/<name>/ (never
@@ -13,7 +13,7 @@ rule import_checkpoint:
     input:
         checkpoint=lambda wildcards: archive_file(wildcards.published),
         reference=published_reference,
-        # the dataset prepared: the import records its train split's elements (dens.checkpoint_import)
+        # the dataset prepared: the import records its train split's elements (dens.pipeline.checkpoint_import)
         provenance=lambda wildcards: str(
             paths.provenance_file(SCALE, published_checkpoint(wildcards).dataset)
         ),

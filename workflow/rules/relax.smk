@@ -1,10 +1,10 @@
 # Relaxations (IS2RE, Tables 2 and 3): relax the initial structures of the dataset's relax splits
 # with a trained run's model (no noise, no force input), a batch of systems at a time with the
 # batched L-BFGS (the experiment's `relax` settings in config/experiments.yaml under the scale's
-# `relax`: dens.config.Registry.relax_settings), and score the relaxed energies or write the
-# evaluation server's file (dens.relaxation.is2re). A killed job resumes when run again: the
+# `relax`: dens.pipeline.registry.Registry.relax_settings), and score the relaxed energies or write the
+# evaluation server's file (dens.pipeline.is2re). A killed job resumes when run again: the
 # systems it finished (relax/systems.jsonl) are not relaxed again. With max_job_hours set (the
-# Slurm profile) a job stops before its limit and requeues itself (dens.slurm); its log keeps
+# Slurm profile) a job stops before its limit and requeues itself (dens.pipeline.slurm); its log keeps
 # every start.
 
 

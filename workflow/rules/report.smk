@@ -1,6 +1,6 @@
-# Learning curves of every results table (dens.curves: validation force and energy MAE against
+# Learning curves of every results table (dens.pipeline.curves: validation force and energy MAE against
 # epoch from the runs' training logs) and the HTML report that gathers every table, figure and
-# curve of the scale (dens.report, captions in workflow/report/captions.yaml), with the table of
+# curve of the scale (dens.pipeline.report, captions in workflow/report/captions.yaml), with the table of
 # the published checkpoints where `all` includes them (the paper scale, or config `mirror` set).
 
 

@@ -3,7 +3,7 @@
 # dataset (dens.simulate; no noise and no force input). Length and number of simulations per
 # run: simulation.md17 in config/scales/<scale>.yaml. A killed job resumes its trajectories; with
 # max_job_hours set (the Slurm profile) a job stops before its limit and requeues itself
-# (dens.slurm), and its log keeps every start.
+# (dens.pipeline.slurm), and its log keeps every start.
 
 
 rule simulate:

@@ -1,6 +1,6 @@
 # The paper's tables, built only from the metrics files runs wrote (mean and standard deviation over
 # the configured seeds), with the paper's numbers (config/tables.yaml): a tidy CSV of numbers for
-# analysis, Markdown and LaTeX (booktabs) for reading (dens.tables).
+# analysis, Markdown and LaTeX (booktabs) for reading (dens.pipeline.tables).
 
 
 rule table:

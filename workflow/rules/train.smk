@@ -8,7 +8,7 @@
 # per GPU with srun across its nodes (train_launcher), so it needs the Slurm profile; by hand on
 # one node: torchrun --standalone --nproc-per-node N -m dens train ... (dens.distributed).
 # With max_job_hours set (the Slurm profile), a job asks for at most that; a longer run stops before
-# the limit, saves last.pt and requeues its job, which resumes there (dens.slurm); the log keeps
+# the limit, saves last.pt and requeues its job, which resumes there (dens.pipeline.slurm); the log keeps
 # every start of the job (it is emptied only at the first).
 # Where the scale sets evaluate_in_train_job (mini, smoke), the job also scores the run's best
 # checkpoint on the dataset's `evaluate` splits into metrics.json (dens train --evaluate), which

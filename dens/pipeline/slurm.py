@@ -29,10 +29,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from dens.errors import ConfigError
+from dens.stopping import TIME_LIMIT, StopRequested
 
 SQUEUE_FORMAT = "%e"  # the job's end time: start + time limit
-TIME_LIMIT = "the job's time limit"
-"""The ``reason`` of a stop at ``stop_at`` (dens.train.TrainingPreempted, dens.simulate)."""
 HISTORY_FILE = "slurm_starts.log"
 """Per run (training) or per simulation directory: one line per start and stop of its job."""
 REQUEUE_WAIT_S = 300
@@ -98,8 +97,9 @@ def continuation(
 ) -> Iterator[float | None]:
     """Yields the time (time.time()) at which the work inside should stop, ``margin_s`` seconds
     before this Slurm job's end, or None when ``margin_s`` is None (no continuation). A stop at
-    that time (a SystemExit whose ``reason`` is TIME_LIMIT) requeues the job, from the process
-    that ``announce``s (rank 0 of a multi-process training), and waits for Slurm to end it.
+    that time (dens.stopping.StopRequested whose ``reason`` is TIME_LIMIT) requeues the job, from
+    the process that ``announce``s (rank 0 of a multi-process training), and waits for Slurm to end
+    it.
 
     ``history`` (in the run's directory) gets a line per start and per stop of the job, and each
     start prints the earlier ones first: Snakemake empties a job's log when the requeued job
@@ -121,10 +121,9 @@ def continuation(
         )
     try:
         yield end - margin_s
-    except SystemExit as stopped:
-        if getattr(stopped, "reason", None) == TIME_LIMIT and announce:
-            where = getattr(stopped, "where", "")
-            _record(history, f"Slurm job {job}, start {start}: stopped {where}; requeued")
+    except StopRequested as stopped:
+        if stopped.reason == TIME_LIMIT and announce:
+            _record(history, f"Slurm job {job}, start {start}: stopped {stopped.where}; requeued")
             requeue(job)
             time.sleep(REQUEUE_WAIT_S)
         raise

@@ -36,12 +36,12 @@ import torch
 
 from dens.atomic_files import file_digest
 from dens.checkpoint import FORMAT_VERSION, save_checkpoint
-from dens.config import Registry
 from dens.data.validation import model_max_atomic_number
 from dens.errors import ModelNotAvailableError
 from dens.models import count_parameters
 from dens.models.common.fairchem_import import CheckpointImportError
 from dens.normalization import NUM_ELEMENTS, Normalizer, load_element_references
+from dens.pipeline.registry import Registry
 
 IMPORTERS = {
     "equiformer_v2": "dens.models.equiformer_v2.import_fairchem:load_fairchem_checkpoint",
@@ -140,9 +140,9 @@ def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str]
     import ase.db
     import lmdb
 
-    from dens import paths
-    from dens.data.aselmdb import check_aselmdb, rebuild_hint
+    from dens.data.aselmdb import REBUILD, check_aselmdb
     from dens.errors import DataError
+    from dens.pipeline import paths
 
     files = [
         registry.root / paths.split_file(registry.scale_name, dataset, split)
@@ -161,7 +161,7 @@ def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str]
             finally:
                 db.close()
         except lmdb.Error as error:
-            raise DataError(f"{path} is damaged (LMDB: {error}); {rebuild_hint(path)}") from error
+            raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
     where = ", ".join(str(path) for path in files)
     return sorted(elements), f"the atomic numbers of {dataset}'s train split ({where})"
 

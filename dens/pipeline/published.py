@@ -7,8 +7,8 @@ splits it is scored on, whether it relaxes the IS2RE validation splits (dataset 
 ``relax_val``) and writes an S2EF test submission, the linear energy reference it needs, and the
 paper's numbers with their source. :func:`load_published` reads and checks it against the
 catalog and the registry; workflow/rules/published.smk turns each checkpoint into jobs on
-``results/{scale}/published/<name>/`` (dens.paths.published_dir: the run-directory layout of a
-trained run, without seeds).
+``results/{scale}/published/<name>/`` (dens.pipeline.paths.published_dir: the run-directory layout
+of a trained run, without seeds).
 
 The table ``published`` (:func:`build_published_table`, written by ``dens table published`` as
 CSV, Markdown and LaTeX into results/{scale}/tables/, and in the HTML report where the target is
@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import paths
-from dens.config import Registry, read_yaml, validate
+from dens.config_files import read_yaml, validate
 from dens.errors import ConfigError
-from dens.tables import (
+from dens.pipeline import paths
+from dens.pipeline.registry import Registry
+from dens.pipeline.tables import (
     MISSING,
     MetricsError,
     Part,

@@ -4,7 +4,7 @@ The labels of the OC20 S2EF and OC22 S2EF-Total test splits are not public; the 
 columns (Tables 2 and 3) come from the EvalAI evaluation server. :func:`write_submission`
 predicts a trained run's test splits (dens.inference: best weights, no noise, no force input)
 and writes the file the server takes, ``test/submission.npz`` in the run directory
-(dens.paths.SUBMISSION_FILE), in the layout of fairchem 1.x (``OCPTrainer.predict`` and
+(dens.run_files.SUBMISSION_FILE), in the layout of fairchem 1.x (``OCPTrainer.predict`` and
 ``save_results``, then ``scripts/make_submission_file.py``): one compressed npz per challenge
 holding every split of the challenge under split-prefixed keys,
 
@@ -33,8 +33,8 @@ over the challenge's splits (each weighted equally, as the OC20 leaderboard aver
 ``metrics_source: null`` when the rows have no labels (paper scale).
 
 The server's results are read back from ``test/server_results.json`` in the run directory
-(dens.paths.SERVER_RESULTS_FILE), a file the user writes from the numbers EvalAI shows for the
-submission, validated against workflow/schemas/server_results.schema.yaml::
+(dens.run_files.SERVER_RESULTS_FILE), a file the user writes from the numbers EvalAI shows
+for the submission, validated against workflow/schemas/server_results.schema.yaml::
 
     {"challenge": "oc20_s2ef",                  # or "oc22_s2ef_total"
      "submission": "EvalAI submission 123456, 2024-05-01",   # optional: where it comes from
@@ -43,15 +43,16 @@ submission, validated against workflow/schemas/server_results.schema.yaml::
                        "forces_cos": 0.512, "efwt": 0.0081},  # forces_cos, efwt optional
                 "ood_ads": {...}, "ood_cat": {...}, "ood_both": {...}}}
 
-Every split of the challenge must be there; the tables (dens.tables) prefer it to local labels.
+Every split of the challenge must be there; the tables (dens.pipeline.tables) prefer it to local
+labels.
 
-IS2RE (:data:`IS2RE_CHALLENGES`, Tables 2 and 3: relaxed energies from dens.relaxation.is2re)
+IS2RE (:data:`IS2RE_CHALLENGES`, Tables 2 and 3: relaxed energies from dens.pipeline.is2re)
 works the same way with its own files in the run directory: ``relax/submission.npz``
-(dens.paths.RELAX_SUBMISSION_FILE) holds ``<split>_ids`` (the systems' sids as str, sorted) and
-``<split>_energy`` (float64, eV: the relaxed energy, OC20 adsorption / OC22 total), the layout of
-fairchem's ``make_submission_file.py --is2re-relaxations``; a relax split's rows are assigned to
-challenge splits like test rows (file prefix ``is2re_test_``). The server's IS2RE results go to
-``relax/server_results.json`` (dens.paths.RELAX_SERVER_RESULTS_FILE)::
+(dens.run_files.RELAX_SUBMISSION_FILE) holds ``<split>_ids`` (the systems' sids as str,
+sorted) and ``<split>_energy`` (float64, eV: the relaxed energy, OC20 adsorption / OC22 total), the
+layout of fairchem's ``make_submission_file.py --is2re-relaxations``; a relax split's rows are
+assigned to challenge splits like test rows (file prefix ``is2re_test_``). The server's IS2RE
+results go to ``relax/server_results.json`` (dens.run_files.RELAX_SERVER_RESULTS_FILE)::
 
     {"challenge": "oc20_is2re",                 # or "oc22_is2re_total"
      "units": {"energy": "eV"},
@@ -71,8 +72,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dens import atomic_files, paths
-from dens.config import find_root, validate
+from dens import atomic_files, run_files
+from dens.config_files import find_root, validate
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, DataError, DensError, InvalidDataError
 from dens.evaluate import ErrorSums
@@ -126,7 +127,7 @@ IS2RE_CHALLENGES = {
         "is2re_test_",
     ),
 }
-"""IS2RE challenge of each dataset family (relaxed energies, dens.relaxation.is2re). Energies are
+"""IS2RE challenge of each dataset family (relaxed energies, dens.pipeline.is2re). Energies are
 float64: fairchem's make_submission_file.py (``write_is2re_relaxations``) stores the energies of
 the trajectories' last frames as they are."""
 
@@ -187,7 +188,7 @@ def read_test_rows(path: Path, challenge: Challenge) -> Iterator[TestStructure]:
     import ase.db
     import lmdb
 
-    from dens.data.aselmdb import check_aselmdb, rebuild_hint
+    from dens.data.aselmdb import REBUILD, check_aselmdb
     from dens.data.structures import atoms_to_data
 
     path = Path(path)
@@ -216,7 +217,7 @@ def read_test_rows(path: Path, challenge: Challenge) -> Iterator[TestStructure]:
         finally:
             db.close()
     except lmdb.Error as error:
-        raise DataError(f"{path} is damaged (LMDB: {error}); {rebuild_hint(path)}") from error
+        raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
 
 
 # -- predicting ------------------------------------------------------------------------------------
@@ -371,7 +372,7 @@ def write_submission(
     batch_size = batch_size or int(experiment["optim"]["eval_batch_size"])
     predictions = predict_test(trained, files, challenge, batch_size, device)
     arrays = submission_arrays(predictions, challenge)
-    save_npz(run_dir / paths.SUBMISSION_FILE, arrays)
+    save_npz(run_dir / run_files.SUBMISSION_FILE, arrays)
     labelled = all(len(p.label_energy) == len(p.ids) for p in predictions.values())
     metrics = {
         "experiment": experiment["name"],
@@ -379,7 +380,7 @@ def write_submission(
         "seed": experiment["seed"],
         "dataset": experiment["dataset"],
         "challenge": challenge.key,
-        "submission": paths.SUBMISSION_FILE,
+        "submission": run_files.SUBMISSION_FILE,
         "precision": np.dtype(challenge.dtype).name,
         "split_files": {name: str(path) for name, path in files.items()},
         "num_structures": {split: len(p.ids) for split, p in predictions.items()},
@@ -388,7 +389,7 @@ def write_submission(
         "device": str(device),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    path = run_dir / paths.METRICS_FILES["test"]
+    path = run_dir / run_files.METRICS_FILES["test"]
     atomic_files.write_text(path, json.dumps(metrics, indent=2) + "\n", "writing metrics")
     return metrics
 
@@ -408,7 +409,7 @@ def read_server_results(
     """The server's results of a submission (module notes; S2EF or IS2RE) as test metrics in meV
     and meV/Å, per split and as the mean over the splits, with ``metrics_source: "evaluation
     server"``. ServerResultsError names the file and the key of any problem. root: where
-    workflow/schemas/ is (default: dens.config.find_root())."""
+    workflow/schemas/ is (default: dens.config_files.find_root())."""
     path = Path(path)
     try:
         document = json.loads(path.read_text(), parse_constant=_refuse_constant)

@@ -6,7 +6,7 @@ weights (dens.inference: no noise, no force input) by the batched L-BFGS of
 dens.relaxation.driver, and the energy the model predicts for the relaxed structure is the IS2RE
 prediction, as fairchem 1.x's ``OCPTrainer.run_relaxations`` does.
 
-Outputs in ``<run>/relax/`` (dens.paths):
+Outputs in ``<run>/relax/`` (dens.pipeline.paths):
 
 ``systems.jsonl``
     One JSON line per finished system, appended (and flushed to disk) as each one leaves the
@@ -25,7 +25,7 @@ Outputs in ``<run>/relax/`` (dens.paths):
     ``y_relaxed`` where known, ``source_split``): readable by ``ase db`` and fairchem's
     AseDBDataset.
 ``submission.npz``
-    The evaluation server's IS2RE file (dens.submission, ``IS2RE_CHALLENGES``).
+    The evaluation server's IS2RE file (dens.pipeline.submission, ``IS2RE_CHALLENGES``).
 ``metrics.json`` (written last)
     Where every row has a relaxed-energy label (generated data; OC22 IS2RE-Total where the
     release has them): ``energy_mae_meV`` and ``ewt`` (the fraction within 0.02 eV, OC20's
@@ -53,15 +53,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dens import atomic_files, paths
+from dens import atomic_files, run_files
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
-from dens.relaxation.driver import Predict, Relaxed, System, relax_systems
-from dens.relaxation.lbfgs import LBFGSSettings
-from dens.submission import (
+from dens.pipeline.submission import (
     LOCAL_LABELS,
     Challenge,
     SplitPredictions,
@@ -70,6 +68,8 @@ from dens.submission import (
     split_means,
     submission_arrays,
 )
+from dens.relaxation.driver import Predict, Relaxed, System, relax_systems
+from dens.relaxation.lbfgs import LBFGSSettings
 
 EWT_THRESHOLD_EV = 0.02
 """OC20's IS2RE energy-within-threshold: |predicted - DFT relaxed energy| < 0.02 eV."""
@@ -110,7 +110,7 @@ def read_initial_structures(
     import lmdb
     from ase.data import chemical_symbols
 
-    from dens.data.aselmdb import check_aselmdb, rebuild_hint
+    from dens.data.aselmdb import REBUILD, check_aselmdb
     from dens.data.structures import atoms_to_data
 
     path = Path(path)
@@ -150,7 +150,7 @@ def read_initial_structures(
         finally:
             db.close()
     except lmdb.Error as error:
-        raise DataError(f"{path} is damaged (LMDB: {error}); {rebuild_hint(path)}") from error
+        raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
     if not out:
         raise InvalidDataError(f"{path}: no rows to relax")
     return out
@@ -206,7 +206,7 @@ def relax_structures(
 ) -> Iterator[dict[str, Any]]:
     """Relax the ``structures`` not yet in ``systems_file`` and append each finished one to it
     (flushed and synced); yield the new records. A tqdm bar on stderr counts all systems.
-    stop_at: see dens.relaxation.driver.relax_systems (RelaxationStopped)."""
+    stop_at: see dens.relaxation.driver.relax_systems (StopRequested)."""
     finished = read_finished(systems_file)
     if systems_file.is_file():  # cut off a line the killed job left unfinished
         content = systems_file.read_bytes()
@@ -306,7 +306,7 @@ def relax_run(
     """Relax the first ``max_systems`` (default all) rows of each relax split file ``files``
     ({split name: aselmdb}) with ``run_dir``'s best checkpoint, ``batch_size`` systems at a
     time; write the outputs of the module notes (resuming from ``systems.jsonl``) and return the
-    metrics. stop_at: stop then (RelaxationStopped) and continue in the next call."""
+    metrics. stop_at: stop then (StopRequested) and continue in the next call."""
     from dens.checkpoint import find_checkpoint
 
     if not files:
@@ -391,7 +391,7 @@ def relax_run(
     for record in records:
         predictions[record["split"]].ids.append(record["sid"])
         predictions[record["split"]].energy.append(record["energy"])
-    save_npz(run_dir / paths.RELAX_SUBMISSION_FILE, submission_arrays(predictions, challenge))
+    save_npz(run_dir / run_files.RELAX_SUBMISSION_FILE, submission_arrays(predictions, challenge))
 
     steps = np.array([r["steps"] for r in records])
     experiment = trained.experiment
@@ -401,7 +401,7 @@ def relax_run(
         "seed": experiment["seed"],
         "dataset": experiment["dataset"],
         "challenge": challenge.key,
-        "submission": paths.RELAX_SUBMISSION_FILE,
+        "submission": run_files.RELAX_SUBMISSION_FILE,
         "split_files": {name: str(path) for name, path in files.items()},
         "num_systems": {split: len(p.ids) for split, p in predictions.items()},
         "systems_with_unseen_elements": unseen,
@@ -420,5 +420,5 @@ def relax_run(
         "device": str(device),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    _write_json(run_dir / paths.METRICS_FILES["relax"], metrics)
+    _write_json(run_dir / run_files.METRICS_FILES["relax"], metrics)
     return metrics

@@ -32,39 +32,18 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from dens.run_files import (  # the names of files inside a run: dens.run_files owns them
+    METRICS_FILES,
+    PUBLISHED_FILES,
+    SERVER_RESULTS_FILES,
+    SUBMISSION_FILES,
+)
+
 if TYPE_CHECKING:
-    from dens.config import Registry
+    from dens.pipeline.registry import Registry
 
 RESULTS = PurePosixPath("results")
 PAPER_SCALE = "paper"
-METRICS_FILES = {
-    "evaluate": "metrics.json",
-    "relax": "relax/metrics.json",
-    "simulate": "simulate/metrics.json",
-    "test": "test/metrics.json",
-}
-"""Metrics file of each stage that writes one, relative to the run directory."""
-SUBMISSION_FILE = "test/submission.npz"
-"""S2EF test predictions in the evaluation server's format (dens.submission), in a run directory."""
-SERVER_RESULTS_FILE = "test/server_results.json"
-"""The evaluation server's S2EF test results (dens.submission), in a run directory."""
-RELAX_SUBMISSION_FILE = "relax/submission.npz"
-"""IS2RE relaxed energies in the evaluation server's format (dens.submission), in a run dir."""
-RELAX_SERVER_RESULTS_FILE = "relax/server_results.json"
-"""The evaluation server's IS2RE results (dens.submission), in a run directory."""
-SUBMISSION_FILES = {"test": SUBMISSION_FILE, "relax": RELAX_SUBMISSION_FILE}
-"""Evaluation-server file of each stage that writes one (S2EF test, IS2RE)."""
-SERVER_RESULTS_FILES = {"test": SERVER_RESULTS_FILE, "relax": RELAX_SERVER_RESULTS_FILE}
-"""Server results file of each stage whose metrics an evaluation server can give."""
-PUBLISHED_FILES = {
-    "checkpoint": "checkpoints/best.pt",
-    "evaluate": METRICS_FILES["evaluate"],
-    "relax": METRICS_FILES["relax"],
-    "relax_submission": RELAX_SUBMISSION_FILE,
-    "test": METRICS_FILES["test"],
-    "submission": SUBMISSION_FILE,
-}
-"""Files of a published checkpoint's run (the names of a trained run's), by kind."""
 
 
 def results_dir(scale: str) -> PurePosixPath:
@@ -168,12 +147,12 @@ def figure_file(scale: str, figure: str, ext: str = "png") -> PurePosixPath:
 
 
 def curves_file(scale: str, table: str, ext: str) -> PurePosixPath:
-    """Learning curves of a table's runs (dens.curves), ``ext`` png or pdf."""
+    """Learning curves of a table's runs (dens.pipeline.curves), ``ext`` png or pdf."""
     return results_dir(scale) / "figures" / "curves" / f"{table}.{ext}"
 
 
 def report_file(scale: str) -> PurePosixPath:
-    """The HTML report of a scale: every table, figure and learning curve (dens.report)."""
+    """The HTML report of a scale: every table, figure and learning curve (dens.pipeline.report)."""
     return results_dir(scale) / "report.html"
 
 

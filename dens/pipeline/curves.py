@@ -1,8 +1,8 @@
 """Learning curves: validation force and energy MAE against epoch, one figure per results table.
 
 For every run of a table that is trained at this scale (not cited, its model family implemented
-and, for MD17, its molecule in the scale's ``md17_molecules``: :func:`dens.tables.not_run_reason`),
-each configured seed's training log
+and, for MD17, its molecule in the scale's ``md17_molecules``:
+:func:`dens.pipeline.tables.not_run_reason`), each configured seed's training log
 (``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
 ``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
 (EMA weights where EMA is on). The figure has one column per metric and one row per dataset
@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import paths
-from dens.config import Registry
 from dens.errors import ConfigError
-from dens.tables import not_run_reason
+from dens.pipeline import paths
+from dens.pipeline.registry import Registry
+from dens.pipeline.tables import not_run_reason
 
 METRICS = {
     "val_forces_mae_meV_per_A": "validation force MAE (meV/Å)",

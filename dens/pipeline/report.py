@@ -3,11 +3,12 @@
 One self-contained page (images embedded as base64 PNG, no JavaScript): a header naming the
 scale, its description, the configured seeds and the commit it was built from; then every table
 of config/tables.yaml rebuilt from the runs' metrics files exactly as ``dens table`` writes it
-(:func:`dens.tables.build_table`, links to its CSV and LaTeX files beside it), and the table of
-the published checkpoints where asked (``--published``: the pipeline asks where its target
-``all`` includes them, dens.published.in_all); then the figures
-and the learning curves (:mod:`dens.curves`) with the captions of workflow/report/captions.yaml.
-A figure file that is missing stops the report with its path (the pipeline builds them first).
+(:func:`dens.pipeline.tables.build_table`, links to its CSV and LaTeX files beside it), and the
+table of the published checkpoints where asked (``--published``: the pipeline asks where its target
+``all`` includes them, dens.pipeline.published.in_all); then the figures
+and the learning curves (:mod:`dens.pipeline.curves`) with the captions of
+workflow/report/captions.yaml. A figure file that is missing stops the report with its path (the
+pipeline builds them first).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from dens import paths
-from dens.config import Registry, read_yaml
-from dens.curves import curve_tables
+from dens.config_files import read_yaml
 from dens.errors import ConfigError
-from dens.figures import FIGURES
-from dens.tables import build_table, to_html
+from dens.pipeline import paths
+from dens.pipeline.curves import curve_tables
+from dens.pipeline.figures import FIGURES
+from dens.pipeline.registry import Registry
+from dens.pipeline.tables import build_table, to_html
 
 CAPTIONS = Path("workflow") / "report" / "captions.yaml"
 STYLE = """
@@ -77,7 +79,7 @@ def report_sections(
     registry: Registry, root: Path, published: bool = False
 ) -> list[tuple[str, str, str]]:
     """(anchor, heading, HTML body) of every table, figure and learning-curve figure, and of the
-    table of the published checkpoints (dens.published) when ``published``."""
+    table of the published checkpoints (dens.pipeline.published) when ``published``."""
     scale = registry.scale_name
     captions: dict[str, Any] = read_yaml(registry.root / CAPTIONS)
     fill = {
@@ -104,7 +106,7 @@ def report_sections(
         body = to_html(build_table(registry, name)) + f"<p class='note'>files: {links}</p>"
         tables.append((name, name, body))
     if published:
-        from dens.published import TABLE, build_published_table, load_published
+        from dens.pipeline.published import TABLE, build_published_table, load_published
 
         table = build_published_table(registry, load_published(registry))
         files = {ext: paths.table_file(scale, TABLE, ext) for ext in ("csv", "tex", "md")}

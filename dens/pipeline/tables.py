@@ -2,15 +2,16 @@
 
 Every measured number comes from a metrics file a run wrote (``metrics.json``,
 ``test/metrics.json``, ``relax/metrics.json`` or ``simulate/metrics.json`` in
-``results/{scale}/runs/<experiment>/seed<S>/``, dens.paths), one file per configured training seed
-(``seeds`` in config/config.yaml); a missing file, split or metric raises :class:`MetricsError`
-naming the file. S2EF test columns (source ``test``) read the evaluation server's results,
-``test/server_results.json``, which the user drops in (dens.submission), where present, else the
-submission job's ``test/metrics.json``: scores from local labels where the test split has them
-(generated data), else ``awaiting server``. Cells of runs whose model family is not implemented
-yet (dens.models.PENDING_FAMILIES, empty today) or that the scale does not train (MD17 molecules
-outside its ``md17_molecules``: dens.config.Registry.not_run_at_scale) say ``not run`` and why;
-:func:`table_inputs`, the table job's inputs, leaves them out. Paper numbers come only from
+``results/{scale}/runs/<experiment>/seed<S>/``, dens.pipeline.paths), one file per configured
+training seed (``seeds`` in config/config.yaml); a missing file, split or metric raises
+:class:`MetricsError` naming the file. S2EF test columns (source ``test``) read the evaluation
+server's results, ``test/server_results.json``, which the user drops in (dens.pipeline.submission),
+where present, else the submission job's ``test/metrics.json``: scores from local labels where the
+test split has them (generated data), else ``awaiting server``. Cells of runs whose model family is
+not implemented yet (dens.models.PENDING_FAMILIES, empty today) or that the scale does not train
+(MD17 molecules outside its ``md17_molecules``:
+dens.pipeline.registry.Registry.not_run_at_scale) say ``not run`` and why; :func:`table_inputs`,
+the table job's inputs, leaves them out. Paper numbers come only from
 ``config/tables.yaml`` and appear only as ``paper``. Rows the paper cites from other work carry
 paper numbers only (unless ``retrain_cited_baselines`` trains them). ``write_table`` writes
 three files per table into ``results/{scale}/tables/``:
@@ -37,7 +38,7 @@ three files per table into ``results/{scale}/tables/``:
   Settings tables (kind ``settings``: 7, 8, 9) have one line per (hyper-parameter, column):
   ``row``, ``key`` (path in the resolved experiment), ``column``, ``experiment``, ``ours`` (the
   value configured at this scale, numeric where numeric), ``paper``, ``source`` (where the
-  value comes from: dens.config.Registry.value_sources) and ``scale``.
+  value comes from: dens.pipeline.registry.Registry.value_sources) and ``scale``.
 
 ``<name>.md`` and ``<name>.tex`` (booktabs): for reading. Each method takes two lines, ``ours
 (<scale>)`` and ``paper`` under it (cited rows: one ``paper (cited)`` line); MD17 tables have the
@@ -66,10 +67,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import atomic_files, paths
-from dens.config import Registry
+from dens import atomic_files, run_files
 from dens.errors import ConfigError, DensError
 from dens.models import PENDING_FAMILIES
+from dens.pipeline import paths
+from dens.pipeline.registry import Registry
 
 MISSING = "—"
 SINGLE_SEED = "†"
@@ -107,7 +109,7 @@ class MetricsError(DensError, ValueError):
 def not_run_reason(registry: Registry, experiment: str) -> str | None:
     """Why a run has no metrics at this scale, or None: its model family is not implemented
     yet (dens.models.PENDING_FAMILIES), or the scale does not train it (its MD17 molecule is not
-    in the scale's ``md17_molecules``: dens.config.Registry.not_run_at_scale)."""
+    in the scale's ``md17_molecules``: dens.pipeline.registry.Registry.not_run_at_scale)."""
     pending = PENDING_FAMILIES.get(registry.experiment(experiment)["model"]["family"])
     return pending if pending is not None else registry.not_run_at_scale(experiment)
 
@@ -132,7 +134,7 @@ def table_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
                     continue
                 for seed in registry.options["seeds"]:
                     files.append(paths.metrics_file(scale, experiment, seed, source))
-                    if source not in paths.SERVER_RESULTS_FILES:
+                    if source not in run_files.SERVER_RESULTS_FILES:
                         continue
                     server = paths.server_results_file(scale, experiment, seed, source)
                     if (registry.root / server).is_file():
@@ -169,8 +171,8 @@ def _server_or_local_metrics(
 ) -> tuple[dict[str, Any], bool]:
     """A run's S2EF test (source "test") or IS2RE (source "relax") metrics and whether they come
     from the server: the server's results file where present, else the job's metrics file
-    (dens.submission)."""
-    from dens.submission import challenge_for, read_server_results
+    (dens.pipeline.submission)."""
+    from dens.pipeline.submission import challenge_for, read_server_results
 
     scale = registry.scale_name
     server = registry.root / paths.server_results_file(scale, experiment, seed, source)
@@ -316,12 +318,12 @@ class Outcomes:
             shown = "; ".join(f"{name} in {unit}" for name, unit in self.without_gpu.items())
             notes.append(f"{WITHOUT_GPU} trained without a GPU: {shown}.")
         for source, what in (("test", "S2EF test"), ("relax", "IS2RE")):
-            directory = paths.METRICS_FILES[source].split("/")[0]
+            directory = run_files.METRICS_FILES[source].split("/")[0]
             if f"{source}:{LOCAL_SOURCE}" in self.server_sources:
                 notes.append(
                     f"{what} columns from {LOCAL_SOURCE}: the generated {what} splits of scale "
                     f"{scale} carry labels, scored like the evaluation server scores the "
-                    f"submission file's predictions ({paths.METRICS_FILES[source]})."
+                    f"submission file's predictions ({run_files.METRICS_FILES[source]})."
                 )
             if f"{source}:{SERVER_SOURCE}" in self.server_sources:
                 notes.append(
@@ -334,7 +336,7 @@ class Outcomes:
                 notes.append(
                     f"{AWAITING}: the {what} test labels are not public; upload {submission} to "
                     f"the {SERVER_SOURCE} and write its results to {server} (format: "
-                    "dens.submission), then rerun the table."
+                    "dens.pipeline.submission), then rerun the table."
                 )
         if self.not_run:
             notes.append(f"{NOT_RUN}: no metrics at this scale: {'; '.join(self.not_run)}.")
@@ -694,7 +696,7 @@ def _results_table(registry: Registry, table: dict[str, Any]) -> Table:
 
 def _settings_table(registry: Registry, table: dict[str, Any]) -> Table:
     """Configured values at this scale beside the paper's, per hyper-parameter and column; where
-    the configured values come from (dens.config.Registry.value_sources) in the CSV
+    the configured values come from (dens.pipeline.registry.Registry.value_sources) in the CSV
     and, per hyper-parameter, in a footnote (the column name written as <column>)."""
     scale = registry.scale_name
     resolved = [registry.resolve(column["experiment"]) for column in table["columns"]]

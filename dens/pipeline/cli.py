@@ -8,19 +8,20 @@
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
     dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
                                   (one process per GPU: torchrun or srun, see dens.distributed;
-                                  --continue-before-time-limit S: across Slurm jobs, dens.slurm)
+                                  --continue-before-time-limit S: across Slurm jobs,
+                                  dens.pipeline.slurm)
     dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
     dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
-    dens table NAME --scale S --out-dir DIR            (NAME published: dens.published)
+    dens table NAME --scale S --out-dir DIR            (NAME published: dens.pipeline.published)
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
     dens report --scale S --out FILE.html               every table, figure and curve
 
 Each command parses its arguments and calls the library; the pipeline's rules hand jobs their
-input files (dens.paths). Errors a user can cause are the library's own (dens.errors) and are
-printed as one line.
+input files (dens.pipeline.paths). Errors a user can cause are the library's own (dens.errors) and
+are printed as one line.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dens.config import Registry, load_registry
-from dens.errors import ConfigError, DensError, DeviceError, InvalidDataError, MissingDataError
+from dens.errors import (
+    ConfigError,
+    DensError,
+    DeviceError,
+    InvalidDataError,
+    MissingDataError,
+    name_remedies,
+)
+from dens.pipeline.registry import Registry, load_registry
+from dens.pipeline.remedies import remedy_for
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -115,7 +124,7 @@ def cmd_experiments(args: argparse.Namespace) -> None:
 
 def cmd_sources(args: argparse.Namespace) -> None:
     """Each value of the resolved run (and its relaxation settings) with where it comes from."""
-    from dens.config import leaf_paths
+    from dens.pipeline.registry import leaf_paths
 
     registry = registry_from(args)
     resolved = registry.resolve(args.experiment)
@@ -168,9 +177,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dens import slurm
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
+    from dens.pipeline import slurm
     from dens.runs import keep_outputs
     from dens.train import train
 
@@ -238,11 +247,11 @@ def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None)
 def _refuse_empty(dataset: Any, role: str) -> None:
     """An aselmdb split without a structure raises InvalidDataError naming the file, before a
     run trains for hours on it (an empty validation split) or scores nothing."""
-    from dens.data.aselmdb import rebuild_hint
+    from dens.data.aselmdb import REBUILD
 
     if len(dataset) == 0:
         raise InvalidDataError(
-            f"{dataset.path}: the {role} split holds no structure; {rebuild_hint(dataset.path)}"
+            f"{dataset.path}: the {role} split holds no structure", dataset.path, REBUILD
         )
 
 
@@ -259,7 +268,7 @@ def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: st
 
 
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
-    from dens.checkpoint_import import import_checkpoint
+    from dens.pipeline.checkpoint_import import import_checkpoint
 
     state = import_checkpoint(
         args.checkpoint,
@@ -276,7 +285,7 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_submission(args: argparse.Namespace) -> None:
-    from dens.submission import challenge_for, write_submission
+    from dens.pipeline.submission import challenge_for, write_submission
 
     experiment = registry_from(args).resolve(args.experiment)
     challenge = challenge_for(experiment["dataset_family"])
@@ -294,10 +303,10 @@ def cmd_submission(args: argparse.Namespace) -> None:
 
 
 def cmd_relax(args: argparse.Namespace) -> None:
-    from dens import slurm
-    from dens.relaxation.is2re import relax_run
+    from dens.pipeline import slurm
+    from dens.pipeline.is2re import relax_run
+    from dens.pipeline.submission import challenge_for
     from dens.relaxation.lbfgs import LBFGSSettings
-    from dens.submission import challenge_for
 
     registry = registry_from(args)
     experiment = registry.resolve(args.experiment)
@@ -336,7 +345,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from dens import slurm
+    from dens.pipeline import slurm
     from dens.simulate import SimulationSettings, simulate_run
 
     registry = registry_from(args)
@@ -361,8 +370,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from dens.published import TABLE, write_published_table
-    from dens.tables import write_table
+    from dens.pipeline.published import TABLE, write_published_table
+    from dens.pipeline.tables import write_table
 
     registry = registry_from(args)
     if args.table == TABLE:  # the published checkpoints (config/published.yaml)
@@ -374,7 +383,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from dens.figures import draw_figure
+    from dens.pipeline.figures import draw_figure
 
     registry = registry_from(args)
     draw_figure(
@@ -383,14 +392,14 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_curves(args: argparse.Namespace) -> None:
-    from dens.curves import draw_curves
+    from dens.pipeline.curves import draw_curves
 
     for path in draw_curves(registry_from(args), args.table, Path(args.out)):
         print(path)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from dens.report import write_report
+    from dens.pipeline.report import write_report
 
     print(write_report(registry_from(args), Path(args.out), published=args.published))
 
@@ -430,7 +439,7 @@ def _add_continuation_option(parser: argparse.ArgumentParser, state: str) -> Non
         type=float,
         metavar="SECONDS",
         help=f"in a Slurm job: stop this long before the job's time limit, save {state} and "
-        "requeue the job, which resumes there (dens.slurm)",
+        "requeue the job, which resumes there (dens.pipeline.slurm)",
     )
 
 
@@ -576,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--published",
         action="store_true",
-        help="with the table of the published checkpoints (dens.published)",
+        help="with the table of the published checkpoints (dens.pipeline.published)",
     )
     _add_config_options(p)
     p.set_defaults(func=cmd_report)
@@ -604,8 +613,18 @@ def _user_error(error: BaseException) -> BaseException | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; an error a user can cause is printed as one line (exit status 2)."""
+    """Run one command; an error a user can cause is printed as one line (exit status 2), a
+    missing or damaged file of the pipeline's layout with its Snakemake target
+    (dens.pipeline.remedies, named for the command's duration)."""
     args = build_parser().parse_args(argv)
+    name_remedies(remedy_for)
+    try:
+        return _run(args)
+    finally:
+        name_remedies(None)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if hasattr(args, "device"):
             args.device = _resolve_device(args.device)

@@ -21,7 +21,6 @@ import copy
 import difflib
 import functools
 import itertools
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,9 +30,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from dens.config_files import find_root, read_yaml, validate
 from dens.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MOLECULES = (
     "aspirin",
     "benzene",
@@ -44,71 +43,6 @@ MOLECULES = (
     "toluene",
     "uracil",
 )
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a missing or malformed file raises :class:`ConfigError` naming it (a
-    syntax error on one line: the file, the line and column, what is wrong).
-
-    Safe loading through libyaml (``CSafeLoader``) where PyYAML has it: every job reads the
-    370 kB of config/experiments.yaml, which takes ~7 times longer in pure Python."""
-    try:
-        with open(path) as handle:
-            return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: file not found") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: {_yaml_problem(error)}") from error
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """A YAML syntax error in one line: ``line L, column C: not valid YAML: <problem> (<context>
-    at line L', column C')``, lines and columns counted from 1."""
-    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
-        return f"not valid YAML: {' '.join(str(error).split())}"
-    mark = error.problem_mark
-    text = f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {error.problem}"
-    if error.context and error.context_mark is not None:
-        start = error.context_mark
-        text += f" ({error.context} at line {start.line + 1}, column {start.column + 1})"
-    return text
-
-
-def refuse_non_finite(document: Any, source: str) -> None:
-    """Refuse a NaN or an infinity anywhere in a configuration document (YAML's ``.nan``,
-    ``.inf``, or a number too large for a float): JSON schema bounds let NaN through (every
-    comparison with it is false), and a run would train on it. Raises :class:`ConfigError`
-    ``source: key.path: .nan: ...`` (list items by their index)."""
-    stack: list[tuple[str, Any]] = [("", document)]
-    while stack:
-        key, value = stack.pop()
-        if isinstance(value, dict):
-            items = [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
-            stack += reversed(items)  # the first in file order is reported
-        elif isinstance(value, list):
-            stack += reversed([(f"{key}.{i}" if key else str(i), v) for i, v in enumerate(value)])
-        elif isinstance(value, float) and not math.isfinite(value):
-            spelled = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
-            raise ConfigError(
-                f"{source}: {key or '(top level)'}: {spelled}: not a finite number (every number "
-                "of the configuration must be finite)"
-            )
-
-
-def validate(document: Any, schema_name: str, source: str, root: Path) -> None:
-    """Validate ``document`` against ``workflow/schemas/<schema_name>.schema.yaml``.
-
-    Raises :class:`ConfigError` with ``source: key.path: value: reason`` (the most relevant error),
-    first for a non-finite number anywhere in it (:func:`refuse_non_finite`).
-    """
-    refuse_non_finite(document, source)
-    schema = read_yaml(root / "workflow" / "schemas" / f"{schema_name}.schema.yaml")
-    validator = jsonschema.Draft202012Validator(schema)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
-    if error is None:
-        return
-    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-    raise ConfigError(f"{source}: {key}: {error.instance!r}: {error.message}")
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> ConfigError:
@@ -246,9 +180,9 @@ def covers(source_key: str, path: str) -> bool:
 
 def merge_layers(layers: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
     """An experiment and the sources of its values from its layers (the templates it extends,
-    then its own entry), each merged over the ones before (dens.config.deep_merge: mappings key
-    by key; a null, a number or a list replaces). A source belongs to the layer that set the
-    value: a layer that sets a value drops every earlier source of it (of a mapping above it
+    then its own entry), each merged over the ones before (dens.pipeline.registry.deep_merge:
+    mappings key by key; a null, a number or a list replaces). A source belongs to the layer that
+    set the value: a layer that sets a value drops every earlier source of it (of a mapping above it
     too, as that one no longer covers every value below it), then adds its own
     ``value_sources``, so that a value changed without a new source has none."""
     experiment: dict[str, Any] = {}
@@ -495,8 +429,8 @@ class Registry:
         """Why this scale does not train the experiment, or None (it does): an MD17 experiment
         whose molecule is not in the scale's ``md17_molecules`` (config/scales/<scale>.yaml;
         absent or null: every molecule). The one place that says which runs a scale trains:
-        the tables and learning curves ask only for those runs (dens.tables.table_inputs,
-        dens.curves.curve_inputs), hence the DAG too."""
+        the tables and learning curves ask only for those runs (dens.pipeline.tables.table_inputs,
+        dens.pipeline.curves.curve_inputs), hence the DAG too."""
         molecules = self.scale.get("md17_molecules")
         molecule = self.dataset(self.experiment(name)["dataset"]).get("molecule")
         if molecules is None or molecule is None or molecule in molecules:
@@ -525,13 +459,6 @@ class Registry:
         if row.get("cited") and not self.options["retrain_cited_baselines"]:
             return []
         return row_experiments(row, table)
-
-
-def find_root(start: Path | None = None) -> Path:
-    """The pipeline directory: the working directory if it holds ``config/experiments.yaml``
-    (Snakemake jobs run there; a copy of the repository works too), else this package's checkout."""
-    start = Path.cwd() if start is None else start
-    return start if (start / "config" / "experiments.yaml").is_file() else REPO_ROOT
 
 
 def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry:
