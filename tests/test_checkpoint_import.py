@@ -276,6 +276,8 @@ def write_bad(kind: str, path: Path) -> None:
         torch.save(tiny_without("state_dict"), path)
     elif kind == "config without model":
         torch.save(tiny_without("config.model", "config.model_attributes"), path)
+    elif kind == "empty state_dict and config":
+        torch.save({"state_dict": {}, "config": {}}, path)
     elif kind != "missing":
         raise ValueError(kind)
 
@@ -289,6 +291,8 @@ BAD_FILES = {  # kind -> what the one line says
     "no config": "not a fairchem checkpoint (no 'config'",
     "no state_dict": "not a fairchem checkpoint (no 'state_dict'",
     "config without model": "the checkpoint's config has no 'model' section",
+    "empty state_dict and config": "not a fairchem checkpoint (its 'state_dict' and its 'config' "
+    "are empty)",
     "missing": "checkpoint not found",
 }
 

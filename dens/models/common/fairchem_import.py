@@ -80,11 +80,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{path}: not a fairchem checkpoint (it holds a {type(checkpoint).__name__}, not a "
             "dict with 'state_dict' and 'config')"
         )
-    missing = [key for key in ("state_dict", "config") if not checkpoint.get(key)]
+    missing = [key for key in ("state_dict", "config") if key not in checkpoint]
     if missing:
         raise CheckpointImportError(
             f"{path}: not a fairchem checkpoint (no {' and no '.join(map(repr, missing))}; "
             f"its keys: {', '.join(sorted(map(str, checkpoint)))})"
+        )
+    empty = [key for key in ("state_dict", "config") if not checkpoint[key]]
+    if empty:
+        raise CheckpointImportError(
+            f"{path}: not a fairchem checkpoint (its {' and its '.join(map(repr, empty))} "
+            f"{'are' if len(empty) > 1 else 'is'} empty)"
         )
     if not isinstance(checkpoint["config"], Mapping):
         raise CheckpointImportError(f"{path}: the checkpoint's 'config' is not a mapping")
