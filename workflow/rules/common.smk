@@ -1,19 +1,21 @@
 # Helpers shared by the rules (all functions live here, as `snakemake --lint` asks): input files of
-# a job (paths come from dens.pipeline.paths, the only place that turns scale, experiment and split into a
-# path) and cluster resources per job.
+# a job (paths come from dens.pipeline.paths, the only place that turns scale, experiment and split
+# into a path) and cluster resources per job (JOB_SIZES, set once per kind of job).
 #
 # The shell commands call `python -m dens`, the package from this checkout (the working directory),
-# so the conda environment (workflow/envs/dens.yaml) needs only the dependencies. The command is
+# so the conda environment (envs/dens.yaml) needs only the dependencies. The command is
 # written out in each shell directive rather than held in a variable, which lint would flag.
 import json
 import math
 import shlex
 
+from dataclasses import dataclass
+
 from dens import run_files
-from dens.pipeline import paths
 from dens.config_files import read_yaml
-from dens.pipeline.curves import curve_inputs, curve_tables
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
+from dens.pipeline import paths
+from dens.pipeline.curves import curve_inputs, curve_tables
 from dens.pipeline.figures import FIGURES
 from dens.pipeline.published import in_all as published_in_all
 from dens.pipeline.published import load_published
@@ -22,7 +24,45 @@ from dens.pipeline.published import table_inputs as published_table_inputs
 from dens.pipeline.tables import table_inputs
 
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
-ENV = "../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
+ENV = "../../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """What a job asks of the cluster: memory (MB), a time limit (minutes, capped by
+    max_job_hours: job_minutes) and whether it runs on a GPU."""
+
+    mem_mb: int
+    minutes: int
+    gpu: bool = False
+
+
+JOB_SIZES = {  # kind of job: (at the CPU scales mini and smoke, at the paper scale)
+    "download": (JobSize(2000, 60 * 24), JobSize(2000, 60 * 24)),
+    "extract": (JobSize(2000, 60 * 12), JobSize(2000, 60 * 12)),
+    "prepare": (JobSize(4000, 120), JobSize(64000, 60 * 48)),
+    "import_checkpoint": (JobSize(4000, 60), JobSize(16000, 60)),
+    "evaluate": (JobSize(8000, 60), JobSize(8000, 60 * 12, gpu=True)),
+    "submission": (JobSize(4000, 60), JobSize(32000, 60 * 24, gpu=True)),
+    "relax": (JobSize(16000, 60), JobSize(16000, 60 * 24, gpu=True)),
+    "simulate": (JobSize(8000, 60), JobSize(8000, 60 * 24, gpu=True)),
+    "table": (JobSize(1000, 10), JobSize(1000, 10)),
+    "published_table": (JobSize(4000, 10), JobSize(4000, 10)),
+    "figure": (JobSize(2000, 10), JobSize(2000, 10)),
+}
+"""Training jobs are sized per experiment instead (train_resource: the paper's GPUs and hours)."""
+
+
+def job_resources(kind):
+    """The resources of a job of ``kind`` (JOB_SIZES) at this scale, for a rule's ``resources:``
+    (``**job_resources(kind)``): mem_mb, runtime and, for a kind that runs on a GPU at the paper
+    scale, gres (empty at the CPU scales)."""
+    cpu, gpu = JOB_SIZES[kind]
+    size = gpu if REGISTRY.scale["gpus"] else cpu
+    resources = {"mem_mb": size.mem_mb, "runtime": job_minutes(size.minutes)}
+    if gpu.gpu:
+        resources["gres"] = "gpu:1" if size.gpu else ""
+    return resources
 
 
 def run_dir(experiment, seed):
@@ -96,6 +136,7 @@ def gpu_resources(experiment, hours_factor=1.0):
     resources = REGISTRY.experiment(experiment)["resources"]
     if not REGISTRY.scale["gpus"]:
         return {
+            "mem_mb": 4000,
             "nodes": 1,
             "tasks": 1,
             "tasks_per_gpu": 1,
@@ -105,6 +146,7 @@ def gpu_resources(experiment, hours_factor=1.0):
         }
     gpus = resources["gpus"]
     return {
+        "mem_mb": 64000,
         "nodes": math.ceil(gpus / GPUS_PER_NODE),
         "tasks": gpus,
         "tasks_per_gpu": 1,  # one training process per GPU

@@ -20,8 +20,7 @@ rule download_archive:
     threads: 1
     retries: 2
     resources:
-        mem_mb=2000,
-        runtime=job_minutes(60 * 24),
+        **job_resources("download"),
     shell:
         "python -m dens data download {wildcards.archive} --out {output:q} {MIRROR_OPTION}"
         "> {log:q} 2>&1"
@@ -40,8 +39,7 @@ rule extract_archive:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=job_minutes(60 * 12),
+        **job_resources("extract"),
     shell:
         "python -m dens data extract {wildcards.archive} --archive-path {input:q} --out {output:q} "
         "> {log:q} 2>&1"
@@ -82,8 +80,7 @@ for _splits, _names in _LAYOUTS.items():
         threads: dataset_threads
         priority: longest_first
         resources:
-            mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
-            runtime=lambda wildcards: job_minutes(120 if not REGISTRY.scale["gpus"] else 60 * 48),
+            **job_resources("prepare"),
         shell:
             "python -m dens data prepare {wildcards.dataset} {params.options} --threads {threads} "
             "--out-dir {params.out_dir:q} {input:q} > {log:q} 2>&1"

@@ -28,9 +28,7 @@ if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.s
             ENV
         threads: 1
         resources:
-            mem_mb=8000,
-            gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-            runtime=lambda wildcards: job_minutes(60 * 12 if REGISTRY.scale["gpus"] else 60),
+            **job_resources("evaluate"),
         shell:
             "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
             "--threads {threads} "
@@ -55,9 +53,7 @@ rule submission:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wildcards: 32000 if REGISTRY.scale["gpus"] else 4000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("submission"),
     shell:
         "python -m dens submission {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} "

@@ -19,8 +19,7 @@ rule figure:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=job_minutes(10),
+        **job_resources("figure"),
     shell:
         "python -m dens figure {wildcards.figure} {params.options} --out {output.png:q} {input:q} "
         "> {log:q} 2>&1"

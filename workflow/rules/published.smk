@@ -34,8 +34,7 @@ rule import_checkpoint:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wildcards: 16000 if REGISTRY.scale["gpus"] else 4000,
-        runtime=job_minutes(60),
+        **job_resources("import_checkpoint"),
     shell:
         "python -m dens import-checkpoint {input.checkpoint:q} {params.experiment:q} "
         "{params.options} {params.reference}--run-dir {params.run_dir:q} > {log:q} 2>&1"
@@ -61,9 +60,7 @@ rule evaluate_published:
         ENV
     threads: 1
     resources:
-        mem_mb=8000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 12 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("evaluate"),
     shell:
         "python -m dens evaluate {params.experiment:q} {params.options} --threads {threads} "
         "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
@@ -95,9 +92,7 @@ rule relax_published:
         ENV
     threads: 1
     resources:
-        mem_mb=16000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("relax"),
     shell:
         "{params.unless_requeued}: > {log:q}; "
         "python -m dens relax {params.experiment:q} {params.options} --threads {threads} "
@@ -125,9 +120,7 @@ rule submission_published:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda wildcards: 32000 if REGISTRY.scale["gpus"] else 4000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("submission"),
     shell:
         "python -m dens submission {params.experiment:q} {params.options} --threads {threads} "
         "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
@@ -155,8 +148,7 @@ rule published_table:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=job_minutes(10),
+        **job_resources("published_table"),
     shell:
         "python -m dens table published {params.options} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"

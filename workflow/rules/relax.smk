@@ -31,9 +31,7 @@ rule relax:
         ENV
     threads: 1
     resources:
-        mem_mb=16000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("relax"),
     shell:
         "{params.unless_requeued}: > {log:q}; "
         "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "

@@ -20,8 +20,7 @@ rule curves:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=job_minutes(10),
+        **job_resources("figure"),
     shell:
         "python -m dens curves {wildcards.table} {params.options} --out {output.png:q} "
         "> {log:q} 2>&1"
@@ -50,7 +49,6 @@ rule report:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=job_minutes(10),
+        **job_resources("figure"),
     shell:
         "python -m dens report {params.options} --out {output:q} > {log:q} 2>&1"

@@ -28,9 +28,7 @@ rule simulate:
         ENV
     threads: 1
     resources:
-        mem_mb=8000,
-        gres=lambda wildcards: "gpu:1" if REGISTRY.scale["gpus"] else "",
-        runtime=lambda wildcards: job_minutes(60 * 24 if REGISTRY.scale["gpus"] else 60),
+        **job_resources("simulate"),
     shell:
         "{params.unless_requeued}: > {log:q}; "
         "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "

@@ -22,8 +22,7 @@ rule table:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=job_minutes(10),
+        **job_resources("table"),
     shell:
         "python -m dens table {wildcards.table} {params.options} --out-dir {params.out_dir:q} "
         "> {log:q} 2>&1"

@@ -51,7 +51,7 @@ rule train:
     threads: 1 if not REGISTRY.scale["gpus"] else 8
     priority: longest_first
     resources:
-        mem_mb=lambda wildcards: 4000 if not REGISTRY.scale["gpus"] else 64000,
+        mem_mb=train_resource("mem_mb"),
         nodes=train_resource("nodes"),
         tasks=train_resource("tasks"),
         tasks_per_gpu=train_resource("tasks_per_gpu"),
