@@ -111,6 +111,19 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
     return hasher.hexdigest()
 
 
+def file_fingerprint(path: Path | str) -> dict[str, Any]:
+    """What identifies a prepared data file cheaply: its name and size, and the SHA-256 of the
+    provenance.json beside it (None where there is none): a regenerated dataset has a new one.
+    A run resumes, and a simulation continues, only on data with the same fingerprint."""
+    path = Path(path)
+    provenance = path.with_name("provenance.json")
+    return {
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "provenance_sha256": file_digest(provenance) if provenance.is_file() else None,
+    }
+
+
 def _discard(tmp: Path) -> None:
     """Remove ``tmp`` if it is there (on a read-only file system even a missing file's unlink
     fails, with EROFS: the error being reported is the write's)."""

@@ -13,7 +13,6 @@ back what Snakemake deleted before the job that moved it (``move_aside``).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -78,15 +77,13 @@ def _dens_version() -> str:
 
 
 def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
+    """The dataset's size and, for a file, atomic_files.file_fingerprint (the provenance's
+    digest only where there is one: the keys runs saved in last.pt since they started)."""
     fingerprint: dict[str, Any] = {"structures": len(dataset)}
     path = getattr(dataset, "path", None)
     if path is not None:
-        path = Path(path)
-        fingerprint["file"] = path.name
-        fingerprint["bytes"] = path.stat().st_size
-        provenance = path.with_name("provenance.json")
-        if provenance.is_file():
-            fingerprint["provenance_sha256"] = hashlib.sha256(provenance.read_bytes()).hexdigest()
+        file = atomic_files.file_fingerprint(path)
+        fingerprint.update({key: value for key, value in file.items() if value is not None})
     return fingerprint
 
 

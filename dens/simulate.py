@@ -67,7 +67,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from tqdm import tqdm
 
 from dens import atomic_files
-from dens.atomic_files import file_digest
+from dens.atomic_files import file_digest, file_fingerprint
 from dens.data.validation import check_structure
 from dens.errors import ConfigError, InvalidDataError
 from dens.runs import move_aside
@@ -436,17 +436,6 @@ def initial_indices(n_structures: int, count: int, seed: int) -> list[int]:
     return sorted(int(index) for index in chosen)
 
 
-def _file_fingerprint(path: Path) -> dict[str, Any]:
-    """Name and size of a data file, and the SHA-256 of the provenance.json beside it (a
-    regenerated dataset has a new one)."""
-    provenance = path.with_name("provenance.json")
-    return {
-        "file": path.name,
-        "bytes": path.stat().st_size,
-        "provenance_sha256": file_digest(provenance) if provenance.is_file() else None,
-    }
-
-
 def simulate(
     calculator: Calculator,
     initial_files: Sequence[Path],
@@ -485,8 +474,8 @@ def simulate(
         "settings": asdict(settings),
         "seed": seed,
         "model": dict(model),
-        "initial": [_file_fingerprint(Path(path)) for path in initial_files],
-        "reference": [_file_fingerprint(Path(path)) for path in reference_files],
+        "initial": [file_fingerprint(path) for path in initial_files],
+        "reference": [file_fingerprint(path) for path in reference_files],
         "initial_indices": indices,
     }
     record = out_dir / "started_with.json"

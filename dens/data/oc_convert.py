@@ -46,6 +46,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dens import atomic_files
 from dens.config_files import find_root, read_yaml
 from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
 from dens.errors import ConfigError, DataError
@@ -276,9 +277,7 @@ def convert_shard(task: ShardTask) -> tuple[str, int, int]:
     rows = write_rows(partial, _rows(task))
     os.replace(partial, task.shard)
     record = {**_source_id(task.source), "archive": task.archive, "rows": rows}
-    tmp = task.record.with_name(task.record.name + ".tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, task.record)
+    atomic_files.write_text(task.record, json.dumps(record) + "\n", "recording a converted shard")
     return task.split, task.index, rows
 
 
@@ -424,7 +423,9 @@ def prepare_oc_downloaded(
             )
         os.replace(partial, target)
         record = {"rows": rows, "sources": [_source_id(t.source) for t in plan.tasks]}
-        (work / f"{plan.name}.json").write_text(json.dumps(record) + "\n")
+        atomic_files.write_text(
+            work / f"{plan.name}.json", json.dumps(record) + "\n", "recording a converted split"
+        )
         shutil.rmtree(work / plan.name, ignore_errors=True)
         merged[plan.name], counts[plan.name] = target, rows
     for name, path in merged.items():
@@ -458,7 +459,7 @@ def prepare_oc_downloaded(
         "processes": processes,
         "wall_time_s": time.perf_counter() - start,
     }
-    tmp = out_dir / "provenance.json.tmp"
-    tmp.write_text(json.dumps(provenance, indent=2) + "\n")
-    os.replace(tmp, out_dir / "provenance.json")
+    atomic_files.write_text(
+        out_dir / "provenance.json", json.dumps(provenance, indent=2) + "\n", "writing provenance"
+    )
     shutil.rmtree(work, ignore_errors=True)
