@@ -217,6 +217,16 @@ MAE_KEYS = (
 )
 
 
+RUN_IDENTITY = {"experiment": "name", "scale": "scale", "seed": "seed", "dataset": "dataset"}
+"""Metrics-file key: key of the resolved experiment."""
+
+
+def run_identity(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that open every metrics file of a run (evaluation, S2EF test submission, IS2RE
+    relaxation): the experiment's name, scale, seed and dataset."""
+    return {key: experiment[name] for key, name in RUN_IDENTITY.items()}
+
+
 def evaluate(
     run_dir: Path,
     splits: Mapping[str, Sequence[Data]],
@@ -251,10 +261,7 @@ def evaluate(
     imported = checkpoint.get("imported_from")  # dens.pipeline.checkpoint_import: no training here
     log = [] if imported else _training_log(run_dir)
     metrics = {
-        "experiment": experiment["name"],
-        "scale": experiment["scale"],
-        "seed": experiment["seed"],
-        "dataset": experiment["dataset"],
+        **run_identity(experiment),
         "split": "+".join(per_split),
         **{key: sum(e[key] for e in per_split.values()) / len(per_split) for key in MAE_KEYS},
         "n_test": sum(e["num_structures"] for e in per_split.values()),

@@ -57,6 +57,7 @@ from dens import atomic_files, run_files
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
+from dens.evaluate import run_identity
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
 from dens.pipeline.submission import (
@@ -396,10 +397,7 @@ def relax_run(
     steps = np.array([r["steps"] for r in records])
     experiment = trained.experiment
     metrics = {
-        "experiment": experiment["name"],
-        "scale": experiment["scale"],
-        "seed": experiment["seed"],
-        "dataset": experiment["dataset"],
+        **run_identity(experiment),
         "challenge": challenge.key,
         "submission": run_files.RELAX_SUBMISSION_FILE,
         "split_files": {name: str(path) for name, path in files.items()},

@@ -76,7 +76,7 @@ from dens import atomic_files, run_files
 from dens.config_files import find_root, validate
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, DataError, DensError, InvalidDataError
-from dens.evaluate import ErrorSums
+from dens.evaluate import ErrorSums, run_identity
 from dens.inference import BuildModel, TrainedModel, load_trained_model
 from dens.models import build_model as build_registered_model
 
@@ -375,10 +375,7 @@ def write_submission(
     save_npz(run_dir / run_files.SUBMISSION_FILE, arrays)
     labelled = all(len(p.label_energy) == len(p.ids) for p in predictions.values())
     metrics = {
-        "experiment": experiment["name"],
-        "scale": experiment["scale"],
-        "seed": experiment["seed"],
-        "dataset": experiment["dataset"],
+        **run_identity(experiment),
         "challenge": challenge.key,
         "submission": run_files.SUBMISSION_FILE,
         "precision": np.dtype(challenge.dtype).name,
