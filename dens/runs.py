@@ -23,19 +23,11 @@ from typing import Any
 from dens import atomic_files
 from dens.checkpoint import FORMAT_VERSION
 from dens.data.batch import Data
-from dens.run_files import METRICS_FILES
+from dens.layout import TRAIN_OUTPUTS, RunDirectory
 
 BEST_EPOCH_FILE = "best-epoch.pt"
 """The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
 declares and Snakemake may delete before a rerun) is published from it."""
-
-
-KEPT_DIR = ".kept"
-"""Second names (hard links, else copies) of a run's ``TRAIN_OUTPUTS``, inside the run."""
-TRAIN_OUTPUTS = ("checkpoints/best.pt", "log.csv", METRICS_FILES["evaluate"])
-"""The files of a run the training job declares (workflow/rules/train.smk; metrics.json where
-the scale scores the run in that job), relative to the run: Snakemake deletes them before it
-reruns the job, which may then move the run aside."""
 
 
 def publish(source: Path, target: Path) -> None:
@@ -88,14 +80,14 @@ def _dataset_fingerprint(dataset: Sequence[Data]) -> dict[str, Any]:
 
 
 def keep_outputs(run_dir: Path) -> None:
-    """Give each of the run's ``TRAIN_OUTPUTS`` that exists a second name, ``KEPT_DIR``/<its
-    path> (``publish``: a hard link, no space taken, where the file system has them), after the
-    training job wrote it: Snakemake deletes the declared names before a rerun of the job
-    (``remove_existing_output``), the second names stay."""
+    """Give each of the run's ``TRAIN_OUTPUTS`` (dens.layout) that exists a second name in its
+    ``kept_dir``, <run>/.kept/<its path> (``publish``: a hard link, no space taken, where the
+    file system has them), after the training job wrote it: Snakemake deletes the declared names
+    before a rerun of the job (``remove_existing_output``), the second names stay."""
     for name in TRAIN_OUTPUTS:
         path = run_dir / name
         if path.is_file():
-            kept = run_dir / KEPT_DIR / name
+            kept = RunDirectory(run_dir).kept_dir / name
             if kept.is_file() and os.path.samefile(path, kept):
                 continue  # already its second name: nothing to write (a full or read-only disk)
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -112,13 +104,14 @@ def move_aside(run_dir: Path, reason: str) -> Path:
     run_dir.rename(target)
     restored = []
     for name in TRAIN_OUTPUTS:
-        kept = target / KEPT_DIR / name
+        kept = RunDirectory(target).kept_dir / name
         if kept.is_file() and not (target / name).exists():
             publish(kept, target / name)
             restored.append(name)
     note = f"moved aside from {run_dir}: {reason}\n"
     if restored:
-        note += f"restored from {KEPT_DIR}/ (deleted by Snakemake before the job): "
+        note += f"restored from {RunDirectory(target).kept_dir.name}/ (deleted by Snakemake before "
+        note += "the job): "
         note += ", ".join(restored) + "\n"
     (target / "MOVED_ASIDE.txt").write_text(note)
     return target

@@ -85,7 +85,7 @@ def slab(seed: int) -> ase.Atoms:
 
 def split_file(root: Path, dataset: str, split: str) -> Path:
     """A split of the smoke scale's ``dataset`` in the pipeline directory ``root``."""
-    return root / paths.split_file("smoke", dataset, split)
+    return root / paths.dataset("smoke", dataset).split(split)
 
 
 @pytest.fixture(scope="module")

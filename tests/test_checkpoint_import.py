@@ -181,7 +181,7 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
     assert "may be used on elements the model's embedding range 1..89" in capsys.readouterr().err
 
     _, structures = labelled_split
-    train = tmp_path / paths.split_file("mini", registry.resolve(experiment)["dataset"], "train")
+    train = tmp_path / paths.dataset("mini", registry.resolve(experiment)["dataset"]).split("train")
     train.parent.mkdir(parents=True)
     write_aselmdb(train, structures)
     state = import_checkpoint(checkpoint, tmp_path / "run", registry, experiment)

@@ -12,17 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_layout() -> None:
-    assert paths.split_file("mini", "md17-aspirin", "train") == PurePosixPath(
+    assert paths.dataset("mini", "md17-aspirin").split("train") == PurePosixPath(
         "results/mini/data/md17-aspirin/train.aselmdb"
     )
-    assert paths.metrics_file("paper", "oc22/eqv2-127m", 2, "relax") == PurePosixPath(
+    assert paths.run("paper", "oc22/eqv2-127m", 2).metrics("relax") == PurePosixPath(
         "results/paper/runs/oc22/eqv2-127m/seed2/relax/metrics.json"
     )
     assert (
-        str(paths.run_dir("smoke", "{experiment}", "{seed}"))
+        str(paths.run("smoke", "{experiment}", "{seed}").path)
         == "results/smoke/runs/{experiment}/seed{seed}"
     )
-    assert paths.checkpoint_file("mini", "a/b", 0).name == "best.pt"
+    assert paths.run("mini", "a/b", 0).checkpoint().name == "best.pt"
 
 
 def test_split_roles_of_experiments() -> None:
@@ -42,11 +42,11 @@ def test_downloads_of_small_scales_never_mix_with_the_paper_scale() -> None:
     where the paper scale keeps the real one; published runs live apart from trained runs."""
     assert str(paths.downloads_dir("paper")) == "results/downloads"
     assert str(paths.downloads_dir("smoke")) == "results/smoke/downloads"
-    assert str(paths.published_file("smoke", "eq2_dens_oc22", "checkpoint")) == (
+    assert str(paths.published_run("smoke", "eq2_dens_oc22").published("checkpoint")) == (
         "results/smoke/published/eq2_dens_oc22/checkpoints/best.pt"
     )
     assert (
-        str(paths.published_file("paper", "x", "relax"))
+        str(paths.published_run("paper", "x").published("relax"))
         == "results/paper/published/x/relax/metrics.json"
     )
 

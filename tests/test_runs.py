@@ -9,7 +9,8 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
-from dens.runs import KEPT_DIR, TRAIN_OUTPUTS, keep_outputs, move_aside, publish, started_with
+from dens.layout import TRAIN_OUTPUTS, RunDirectory
+from dens.runs import keep_outputs, move_aside, publish, started_with
 
 
 def dataset(tmp_path, name: str = "train") -> AseLmdbDataset:
@@ -68,7 +69,9 @@ def test_outputs_snakemake_deleted_come_back_when_the_run_is_moved_aside(tmp_pat
     for name in TRAIN_OUTPUTS:
         assert (moved / name).read_text() == name
     assert "restored from .kept/" in (moved / "MOVED_ASIDE.txt").read_text()
-    assert (moved / KEPT_DIR / "log.csv").stat().st_ino == (moved / "log.csv").stat().st_ino
+    assert (RunDirectory(moved).kept_dir / "log.csv").stat().st_ino == (
+        moved / "log.csv"
+    ).stat().st_ino
 
 
 def test_an_output_never_written_is_not_invented(tmp_path) -> None:

@@ -399,8 +399,8 @@ def test_table10_reads_the_simulations_metrics_beside_the_papers(pipeline_copy):
         for row in rows
         if row["row"] == "Equiformer (Lmax=2) + DeNS" and row["molecule"] == "ethanol"
     }
-    simulated = pipeline_copy / paths.metrics_file(
-        "smoke", "md17-ethanol/equiformer-l2-dens", 0, "simulate"
+    simulated = pipeline_copy / paths.run("smoke", "md17-ethanol/equiformer-l2-dens", 0).metrics(
+        "simulate"
     )
     expected = json.loads(simulated.read_text())
     assert float(ethanol["stability"]["ours"]) == expected["stability_ps"]

@@ -145,7 +145,7 @@ def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str]
     from dens.pipeline import paths
 
     files = [
-        registry.root / paths.split_file(registry.scale_name, dataset, split)
+        registry.root / paths.dataset(registry.scale_name, dataset).split(split)
         for split in registry.splits(dataset, "train")
     ]
     if not files or not all(path.is_file() for path in files):

@@ -53,12 +53,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dens import atomic_files, run_files
+from dens import atomic_files, layout
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
 from dens.evaluate import run_identity
 from dens.inference import BuildModel, load_trained_model
+from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
 from dens.pipeline.submission import (
     LOCAL_LABELS,
@@ -74,9 +75,6 @@ from dens.relaxation.lbfgs import LBFGSSettings
 
 EWT_THRESHOLD_EV = 0.02
 """OC20's IS2RE energy-within-threshold: |predicted - DFT relaxed energy| < 0.02 eV."""
-SYSTEMS_FILE = "relax/systems.jsonl"
-STATE_FILE = "relax/state.json"
-RELAXED_FILE = "relax/relaxed.aselmdb"
 
 
 @dataclass(frozen=True)
@@ -353,8 +351,9 @@ def relax_run(
     if len(set(keys)) != len(keys):
         raise InvalidDataError(f"{', '.join(map(str, files.values()))}: duplicate sids in a split")
 
-    atomic_files.make_folder(run_dir / "relax", "creating relaxation folder")
-    systems_file, state_file = run_dir / SYSTEMS_FILE, run_dir / STATE_FILE
+    run = RunDirectory(run_dir)
+    atomic_files.make_folder(run.stage_dir("relax"), "creating relaxation folder")
+    systems_file, state_file = run.relax_systems, run.relax_state
     state = {
         "checkpoint_sha256": file_digest(checkpoint),
         "settings": dataclasses.asdict(settings),
@@ -387,19 +386,19 @@ def relax_run(
     finished = read_finished(systems_file)
     records = [finished[key] for key in keys]
 
-    write_relaxed(run_dir / RELAXED_FILE, structures, finished)
+    write_relaxed(run.relaxed_structures, structures, finished)
     predictions = {split: SplitPredictions() for split in challenge.splits}
     for record in records:
         predictions[record["split"]].ids.append(record["sid"])
         predictions[record["split"]].energy.append(record["energy"])
-    save_npz(run_dir / run_files.RELAX_SUBMISSION_FILE, submission_arrays(predictions, challenge))
+    save_npz(run.submission("relax"), submission_arrays(predictions, challenge))
 
     steps = np.array([r["steps"] for r in records])
     experiment = trained.experiment
     metrics = {
         **run_identity(experiment),
         "challenge": challenge.key,
-        "submission": run_files.RELAX_SUBMISSION_FILE,
+        "submission": layout.SUBMISSION_FILES["relax"],
         "split_files": {name: str(path) for name, path in files.items()},
         "num_systems": {split: len(p.ids) for split, p in predictions.items()},
         "systems_with_unseen_elements": unseen,
@@ -418,5 +417,5 @@ def relax_run(
         "device": str(device),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    _write_json(run_dir / run_files.METRICS_FILES["relax"], metrics)
+    _write_json(run.metrics("relax"), metrics)
     return metrics

@@ -3,23 +3,18 @@ split) into a path.
 
 Paths are relative to the pipeline directory (the Snakefile's directory, or the working
 directory of a job), as Snakemake wants them; join them to ``Registry.root`` to open a file.
-Called with wildcard strings (``run_dir(scale, "{experiment}")``) they give Snakemake patterns.
+Called with wildcard strings (``run(scale, "{experiment}", "{seed}")``) they give Snakemake
+patterns. :func:`run`, :func:`published_run` and :func:`dataset` return the directory objects of
+dens.layout, which name every file inside (checkpoints, log, metrics, submissions, relaxation
+files; splits, manifests, provenance).
 
-    results/{scale}/data/{dataset}/{split}.aselmdb       prepared splits (dens.data)
-    results/{scale}/data/{dataset}/provenance.json       how they were made; written last
-    results/{scale}/runs/{experiment}/seed{seed}/        one training run (one seed)
-        checkpoints/best.pt, checkpoints/last.pt, log.csv
-        metrics.json, relax/metrics.json, simulate/metrics.json
-        test/submission.npz, test/metrics.json    S2EF test predictions for the evaluation server
-        test/server_results.json                  the server's results, dropped in by the user
-        relax/submission.npz, relax/server_results.json     the same for IS2RE (dens.relaxation)
-        relax/systems.jsonl, relax/relaxed.aselmdb          relaxed systems (dens.relaxation)
-    results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables
-    results/{scale}/figures/{figure}.png|.pdf            the paper's figures
+    results/{scale}/data/{dataset}/              a prepared dataset (dens.layout.DatasetDirectory)
+    results/{scale}/runs/{experiment}/seed{seed}/    one training run (dens.layout.RunDirectory)
     results/{scale}/published/{name}/      a published checkpoint imported as a run (never
-        checkpoints/best.pt, metrics.json,  mixed with trained runs; config/published.yaml):
-        relax/..., test/...                 the run-directory layout above, without seeds
-    results/{scale}/tables/published.csv|.md|.tex  the published checkpoints beside the paper
+                                          mixed with trained runs; config/published.yaml)
+    results/{scale}/tables/{table}.csv|.md|.tex           the paper's tables, and `published`
+    results/{scale}/figures/{figure}.png|.pdf            the paper's figures; curves/ per table
+    results/{scale}/report.html                          every table, figure and curve
     results/{scale}/logs/{rule}/..., benchmarks/{rule}/...  one log and benchmark per job
     results/downloads/                    downloads of the paper scale: archives, checkpoints
     results/{scale}/downloads/            downloads of any other scale (downloads_dir), so that
@@ -32,12 +27,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from dens.run_files import (  # the names of files inside a run: dens.run_files owns them
-    METRICS_FILES,
-    PUBLISHED_FILES,
-    SERVER_RESULTS_FILES,
-    SUBMISSION_FILES,
-)
+from dens.layout import DatasetDirectory, RunDirectory
 
 if TYPE_CHECKING:
     from dens.pipeline.registry import Registry
@@ -56,82 +46,81 @@ def downloads_dir(scale: str) -> PurePosixPath:
     return RESULTS / "downloads" if scale == PAPER_SCALE else results_dir(scale) / "downloads"
 
 
-def published_dir(scale: str, name: str) -> PurePosixPath:
+def run(scale: str, experiment: str, seed: int | str) -> RunDirectory[PurePosixPath]:
+    """One training run: an experiment at a scale with one training seed (the files inside:
+    dens.layout.RunDirectory)."""
+    return RunDirectory(results_dir(scale) / "runs" / experiment / f"seed{seed}")
+
+
+def published_run(scale: str, name: str) -> RunDirectory[PurePosixPath]:
     """The run of a published checkpoint (config/published.yaml ``name``): its best.pt,
     metrics.json, relax/ and test/ as in a trained run's directory."""
-    return results_dir(scale) / "published" / name
+    return RunDirectory(results_dir(scale) / "published" / name)
 
 
-def published_file(scale: str, name: str, kind: str) -> PurePosixPath:
-    """A file of a published checkpoint's run, ``kind`` one of :data:`PUBLISHED_FILES`."""
-    return published_dir(scale, name) / PUBLISHED_FILES[kind]
+def dataset(scale: str, name: str) -> DatasetDirectory[PurePosixPath]:
+    """A prepared dataset: one aselmdb file per split and its provenance (dens.layout)."""
+    return DatasetDirectory(results_dir(scale) / "data" / name)
 
 
-def data_dir(scale: str, dataset: str) -> PurePosixPath:
-    return results_dir(scale) / "data" / dataset
-
-
-def split_file(scale: str, dataset: str, split: str) -> PurePosixPath:
-    """One prepared split of a dataset (aselmdb)."""
-    return data_dir(scale, dataset) / f"{split}.aselmdb"
-
-
-def provenance_file(scale: str, dataset: str) -> PurePosixPath:
-    return data_dir(scale, dataset) / "provenance.json"
-
-
-def dataset_files(registry: Registry, dataset: str) -> list[PurePosixPath]:
-    """Every prepared split of ``dataset`` at the registry's scale, then its provenance record."""
-    scale = registry.scale_name
-    files = [split_file(scale, dataset, split) for split in registry.split_names(dataset)]
-    return files + [provenance_file(scale, dataset)]
+def dataset_files(registry: Registry, name: str) -> list[PurePosixPath]:
+    """Every prepared split of dataset ``name`` at the registry's scale, then its provenance."""
+    directory = dataset(registry.scale_name, name)
+    return [directory.split(split) for split in registry.split_names(name)] + [directory.provenance]
 
 
 def experiment_split_files(registry: Registry, experiment: str, role: str) -> list[PurePosixPath]:
     """The splits an experiment's dataset assigns to ``role`` (train, val, test, relax; see
     config/datasets.yaml), as files at the registry's scale; [] if the dataset has no such role."""
-    dataset = registry.experiment(experiment)["dataset"]
-    return [
-        split_file(registry.scale_name, dataset, split) for split in registry.splits(dataset, role)
-    ]
+    name = registry.experiment(experiment)["dataset"]
+    directory = dataset(registry.scale_name, name)
+    return [directory.split(split) for split in registry.splits(name, role)]
+
+
+# Until the table, curve and published-table modules name files through run(), dataset() and
+# published_run():
+def published_file(scale: str, name: str, kind: str) -> PurePosixPath:
+    return published_run(scale, name).published(kind)
+
+
+def split_file(scale: str, name: str, split: str) -> PurePosixPath:
+    return dataset(scale, name).split(split)
+
+
+def provenance_file(scale: str, name: str) -> PurePosixPath:
+    return dataset(scale, name).provenance
 
 
 def run_dir(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    """One training run: an experiment at a scale with one training seed."""
-    return results_dir(scale) / "runs" / experiment / f"seed{seed}"
-
-
-def checkpoint_file(
-    scale: str, experiment: str, seed: int | str, kind: str = "best"
-) -> PurePosixPath:
-    return run_dir(scale, experiment, seed) / "checkpoints" / f"{kind}.pt"
+    return run(scale, experiment, seed).path
 
 
 def training_log(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    return run_dir(scale, experiment, seed) / "log.csv"
-
-
-def metrics_file(
-    scale: str, experiment: str, seed: int | str, stage: str = "evaluate"
-) -> PurePosixPath:
-    """metrics.json of a run's evaluation, relaxation or simulation."""
-    return run_dir(scale, experiment, seed) / METRICS_FILES[stage]
+    return run(scale, experiment, seed).log
 
 
 def submission_file(
     scale: str, experiment: str, seed: int | str, stage: str = "test"
 ) -> PurePosixPath:
-    """The file a run's predictions are uploaded to the evaluation server in (stage "test": S2EF
-    test, "relax": IS2RE)."""
-    return run_dir(scale, experiment, seed) / SUBMISSION_FILES[stage]
+    return run(scale, experiment, seed).submission(stage)
+
+
+def checkpoint_file(
+    scale: str, experiment: str, seed: int | str, kind: str = "best"
+) -> PurePosixPath:
+    return run(scale, experiment, seed).checkpoint(kind)
+
+
+def metrics_file(
+    scale: str, experiment: str, seed: int | str, stage: str = "evaluate"
+) -> PurePosixPath:
+    return run(scale, experiment, seed).metrics(stage)
 
 
 def server_results_file(
     scale: str, experiment: str, seed: int | str, stage: str = "test"
 ) -> PurePosixPath:
-    """Where the user puts the evaluation server's results of a run's submission file (stage
-    "test": S2EF, "relax": IS2RE)."""
-    return run_dir(scale, experiment, seed) / SERVER_RESULTS_FILES[stage]
+    return run(scale, experiment, seed).server_results(stage)
 
 
 def tables_dir(scale: str) -> PurePosixPath:

@@ -21,7 +21,7 @@ def split_layout(path: Path) -> tuple[str, str, str] | None:
     if len(parts) < 5:
         return None
     scale, dataset, split = parts[-4], parts[-2], PurePosixPath(parts[-1]).stem
-    if PurePosixPath(*parts[-5:]) != paths.split_file(scale, dataset, split):
+    if PurePosixPath(*parts[-5:]) != paths.dataset(scale, dataset).split(split):
         return None
     return scale, dataset, split
 
@@ -37,8 +37,8 @@ def checkpoint_target(path: Path) -> PurePosixPath | None:
             continue
         scale, experiment, seed = parts[start + 1], "/".join(parts[start + 3 : -3]), parts[-3][4:]
         kind = PurePosixPath(parts[-1]).stem
-        if PurePosixPath(*parts[start:]) == paths.checkpoint_file(scale, experiment, seed, kind):
-            return paths.checkpoint_file(scale, experiment, seed)
+        if PurePosixPath(*parts[start:]) == paths.run(scale, experiment, seed).checkpoint(kind):
+            return paths.run(scale, experiment, seed).checkpoint()
     return None
 
 
@@ -52,10 +52,10 @@ def remedy_for(error: DataError) -> str | None:
     if split is not None:
         scale, dataset, name = split
         if missing:
-            return f"make it with `snakemake {paths.split_file(scale, dataset, name)}`"
+            return f"make it with `snakemake {paths.dataset(scale, dataset).split(name)}`"
         return (
             f"rebuild it: delete {error.path.parent}/ and rerun snakemake "
-            f"(or `snakemake --force {paths.provenance_file(scale, dataset)}`)"
+            f"(or `snakemake --force {paths.dataset(scale, dataset).provenance}`)"
         )
     target = checkpoint_target(error.path)
     if target is None:

@@ -4,7 +4,7 @@ The labels of the OC20 S2EF and OC22 S2EF-Total test splits are not public; the 
 columns (Tables 2 and 3) come from the EvalAI evaluation server. :func:`write_submission`
 predicts a trained run's test splits (dens.inference: best weights, no noise, no force input)
 and writes the file the server takes, ``test/submission.npz`` in the run directory
-(dens.run_files.SUBMISSION_FILE), in the layout of fairchem 1.x (``OCPTrainer.predict`` and
+(dens.layout.RunDirectory.submission), in the layout of fairchem 1.x (``OCPTrainer.predict`` and
 ``save_results``, then ``scripts/make_submission_file.py``): one compressed npz per challenge
 holding every split of the challenge under split-prefixed keys,
 
@@ -33,7 +33,7 @@ over the challenge's splits (each weighted equally, as the OC20 leaderboard aver
 ``metrics_source: null`` when the rows have no labels (paper scale).
 
 The server's results are read back from ``test/server_results.json`` in the run directory
-(dens.run_files.SERVER_RESULTS_FILE), a file the user writes from the numbers EvalAI shows
+(dens.layout.RunDirectory.server_results), a file the user writes from the numbers EvalAI shows
 for the submission, validated against workflow/schemas/server_results.schema.yaml::
 
     {"challenge": "oc20_s2ef",                  # or "oc22_s2ef_total"
@@ -48,11 +48,11 @@ labels.
 
 IS2RE (:data:`IS2RE_CHALLENGES`, Tables 2 and 3: relaxed energies from dens.pipeline.is2re)
 works the same way with its own files in the run directory: ``relax/submission.npz``
-(dens.run_files.RELAX_SUBMISSION_FILE) holds ``<split>_ids`` (the systems' sids as str,
+(RunDirectory.submission("relax")) holds ``<split>_ids`` (the systems' sids as str,
 sorted) and ``<split>_energy`` (float64, eV: the relaxed energy, OC20 adsorption / OC22 total), the
 layout of fairchem's ``make_submission_file.py --is2re-relaxations``; a relax split's rows are
 assigned to challenge splits like test rows (file prefix ``is2re_test_``). The server's IS2RE
-results go to ``relax/server_results.json`` (dens.run_files.RELAX_SERVER_RESULTS_FILE)::
+results go to ``relax/server_results.json`` (RunDirectory.server_results("relax"))::
 
     {"challenge": "oc20_is2re",                 # or "oc22_is2re_total"
      "units": {"energy": "eV"},
@@ -72,12 +72,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from dens import atomic_files, run_files
+from dens import atomic_files, layout
 from dens.config_files import find_root, validate
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, DataError, DensError, InvalidDataError
 from dens.evaluate import ErrorSums, run_identity
 from dens.inference import BuildModel, TrainedModel, load_trained_model
+from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
 
 LOCAL_LABELS = "local labels"
@@ -372,12 +373,12 @@ def write_submission(
     batch_size = batch_size or int(experiment["optim"]["eval_batch_size"])
     predictions = predict_test(trained, files, challenge, batch_size, device)
     arrays = submission_arrays(predictions, challenge)
-    save_npz(run_dir / run_files.SUBMISSION_FILE, arrays)
+    save_npz(RunDirectory(run_dir).submission(), arrays)
     labelled = all(len(p.label_energy) == len(p.ids) for p in predictions.values())
     metrics = {
         **run_identity(experiment),
         "challenge": challenge.key,
-        "submission": run_files.SUBMISSION_FILE,
+        "submission": layout.SUBMISSION_FILES["test"],
         "precision": np.dtype(challenge.dtype).name,
         "split_files": {name: str(path) for name, path in files.items()},
         "num_structures": {split: len(p.ids) for split, p in predictions.items()},
@@ -386,7 +387,7 @@ def write_submission(
         "device": str(device),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    path = run_dir / run_files.METRICS_FILES["test"]
+    path = RunDirectory(run_dir).metrics("test")
     atomic_files.write_text(path, json.dumps(metrics, indent=2) + "\n", "writing metrics")
     return metrics
 

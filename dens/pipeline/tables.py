@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dens import atomic_files, run_files
+from dens import atomic_files, layout
 from dens.errors import ConfigError, DensError
 from dens.models import PENDING_FAMILIES
 from dens.pipeline import paths
@@ -134,7 +134,7 @@ def table_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
                     continue
                 for seed in registry.options["seeds"]:
                     files.append(paths.metrics_file(scale, experiment, seed, source))
-                    if source not in run_files.SERVER_RESULTS_FILES:
+                    if source not in layout.SERVER_RESULTS_FILES:
                         continue
                     server = paths.server_results_file(scale, experiment, seed, source)
                     if (registry.root / server).is_file():
@@ -318,12 +318,12 @@ class Outcomes:
             shown = "; ".join(f"{name} in {unit}" for name, unit in self.without_gpu.items())
             notes.append(f"{WITHOUT_GPU} trained without a GPU: {shown}.")
         for source, what in (("test", "S2EF test"), ("relax", "IS2RE")):
-            directory = run_files.METRICS_FILES[source].split("/")[0]
+            directory = layout.METRICS_FILES[source].split("/")[0]
             if f"{source}:{LOCAL_SOURCE}" in self.server_sources:
                 notes.append(
                     f"{what} columns from {LOCAL_SOURCE}: the generated {what} splits of scale "
                     f"{scale} carry labels, scored like the evaluation server scores the "
-                    f"submission file's predictions ({run_files.METRICS_FILES[source]})."
+                    f"submission file's predictions ({layout.METRICS_FILES[source]})."
                 )
             if f"{source}:{SERVER_SOURCE}" in self.server_sources:
                 notes.append(

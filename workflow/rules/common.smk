@@ -11,7 +11,6 @@ import shlex
 
 from dataclasses import dataclass
 
-from dens import run_files
 from dens.config_files import read_yaml
 from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
 from dens.pipeline import paths
@@ -66,7 +65,7 @@ def job_resources(kind):
 
 
 def run_dir(experiment, seed):
-    return str(paths.run_dir(SCALE, experiment, seed))
+    return str(paths.run(SCALE, experiment, seed).path)
 
 
 def split_files(role):
@@ -284,7 +283,7 @@ def table_settings(wildcards):
 def figure_structures(wildcards):
     datasets = FIGURES[wildcards.figure][0]
     return [
-        str(paths.split_file(SCALE, dataset, REGISTRY.splits(dataset, "train")[0]))
+        str(paths.dataset(SCALE, dataset).split(REGISTRY.splits(dataset, "train")[0]))
         for dataset in datasets
     ]
 
@@ -298,7 +297,7 @@ PUBLISHED_IN_ALL = published_in_all(REGISTRY)
 
 
 def published_dir(wildcards):
-    return str(paths.published_dir(SCALE, wildcards.published))
+    return str(paths.published_run(SCALE, wildcards.published).path)
 
 
 def published_checkpoint(wildcards):
@@ -328,13 +327,13 @@ def published_reference_option(wildcards, input):
 
 
 def published_files(kind):
-    """Every published checkpoint's file of ``kind`` (dens.run_files.PUBLISHED_FILES) that its entry
+    """Every published checkpoint's file of ``kind`` (dens.layout.PUBLISHED_FILES) that its entry
     asks for."""
     wanted = {"relax": "relax", "relax_submission": "relax", "test": "submission"}.get(
         kind, "submission" if kind == "submission" else None
     )
     return [
-        str(paths.published_file(SCALE, name, kind))
+        str(paths.published_run(SCALE, name).published(kind))
         for name, checkpoint in PUBLISHED.checkpoints.items()
         if wanted is None or getattr(checkpoint, wanted)
     ]

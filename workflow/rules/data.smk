@@ -61,8 +61,8 @@ for _splits, _names in _LAYOUTS.items():
         input:
             dataset_inputs,
         output:
-            splits=[str(paths.split_file(SCALE, "{dataset}", split)) for split in _splits],
-            provenance=str(paths.provenance_file(SCALE, "{dataset}")),
+            splits=[str(paths.dataset(SCALE, "{dataset}").split(split)) for split in _splits],
+            provenance=str(paths.dataset(SCALE, "{dataset}").provenance),
         wildcard_constraints:
             dataset="|".join(_names),
         params:
@@ -70,7 +70,7 @@ for _splits, _names in _LAYOUTS.items():
             settings=lambda wildcards: json.dumps(
                 REGISTRY.data_settings(wildcards.dataset), sort_keys=True
             ),
-            out_dir=lambda wildcards: str(paths.data_dir(SCALE, wildcards.dataset)),
+            out_dir=lambda wildcards: str(paths.dataset(SCALE, wildcards.dataset).path),
         log:
             str(paths.job_log(SCALE, "data", "{dataset}")),
         benchmark:

@@ -13,10 +13,10 @@ if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.s
     rule evaluate:
         input:
             splits=split_files("evaluate"),
-            checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
-            log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
+            checkpoint=str(paths.run(SCALE, "{experiment}", "{seed}").checkpoint()),
+            log_csv=str(paths.run(SCALE, "{experiment}", "{seed}").log),
         output:
-            metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate")),
+            metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("evaluate")),
         params:
             options=cli_options(),
             run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
@@ -38,10 +38,10 @@ if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.s
 rule submission:
     input:
         splits=split_files("test"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+        checkpoint=str(paths.run(SCALE, "{experiment}", "{seed}").checkpoint()),
     output:
-        submission=str(paths.submission_file(SCALE, "{experiment}", "{seed}")),
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "test")),
+        submission=str(paths.run(SCALE, "{experiment}", "{seed}").submission()),
+        metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("test")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),

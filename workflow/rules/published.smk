@@ -15,10 +15,10 @@ rule import_checkpoint:
         reference=published_reference,
         # the dataset prepared: the import records its train split's elements (dens.pipeline.checkpoint_import)
         provenance=lambda wildcards: str(
-            paths.provenance_file(SCALE, published_checkpoint(wildcards).dataset)
+            paths.dataset(SCALE, published_checkpoint(wildcards).dataset).provenance
         ),
     output:
-        checkpoint=str(paths.published_file(SCALE, "{published}", "checkpoint")),
+        checkpoint=str(paths.published_run(SCALE, "{published}").published("checkpoint")),
     wildcard_constraints:
         published="|".join(PUBLISHED.checkpoints),
     params:
@@ -43,9 +43,9 @@ rule import_checkpoint:
 rule evaluate_published:
     input:
         splits=published_splits("evaluate"),
-        checkpoint=str(paths.published_file(SCALE, "{published}", "checkpoint")),
+        checkpoint=str(paths.published_run(SCALE, "{published}").published("checkpoint")),
     output:
-        metrics=str(paths.published_file(SCALE, "{published}", "evaluate")),
+        metrics=str(paths.published_run(SCALE, "{published}").published("evaluate")),
     wildcard_constraints:
         published="|".join(PUBLISHED.checkpoints),
     params:
@@ -69,10 +69,10 @@ rule evaluate_published:
 rule relax_published:
     input:
         splits=published_splits("relax_val"),
-        checkpoint=str(paths.published_file(SCALE, "{published}", "checkpoint")),
+        checkpoint=str(paths.published_run(SCALE, "{published}").published("checkpoint")),
     output:
-        metrics=str(paths.published_file(SCALE, "{published}", "relax")),
-        submission=str(paths.published_file(SCALE, "{published}", "relax_submission")),
+        metrics=str(paths.published_run(SCALE, "{published}").published("relax")),
+        submission=str(paths.published_run(SCALE, "{published}").published("relax_submission")),
     wildcard_constraints:
         published="|".join(name for name, c in PUBLISHED.checkpoints.items() if c.relax),
     params:
@@ -102,10 +102,10 @@ rule relax_published:
 rule submission_published:
     input:
         splits=published_splits("test"),
-        checkpoint=str(paths.published_file(SCALE, "{published}", "checkpoint")),
+        checkpoint=str(paths.published_run(SCALE, "{published}").published("checkpoint")),
     output:
-        submission=str(paths.published_file(SCALE, "{published}", "submission")),
-        metrics=str(paths.published_file(SCALE, "{published}", "test")),
+        submission=str(paths.published_run(SCALE, "{published}").published("submission")),
+        metrics=str(paths.published_run(SCALE, "{published}").published("test")),
     wildcard_constraints:
         published="|".join(name for name, c in PUBLISHED.checkpoints.items() if c.submission),
     params:

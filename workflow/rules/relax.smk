@@ -11,10 +11,10 @@
 rule relax:
     input:
         splits=split_files("relax"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+        checkpoint=str(paths.run(SCALE, "{experiment}", "{seed}").checkpoint()),
     output:
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "relax")),
-        submission=str(paths.submission_file(SCALE, "{experiment}", "{seed}", "relax")),
+        metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("relax")),
+        submission=str(paths.run(SCALE, "{experiment}", "{seed}").submission("relax")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),

@@ -11,9 +11,9 @@ rule simulate:
         train=split_files("train"),
         val=split_files("val"),
         test=split_files("test"),
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
+        checkpoint=str(paths.run(SCALE, "{experiment}", "{seed}").checkpoint()),
     output:
-        metrics=str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "simulate")),
+        metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("simulate")),
     params:
         options=cli_options(),
         run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),

@@ -23,10 +23,10 @@ rule train:
         references=reference_files,
         **({"evaluate": split_files("evaluate")} if EVALUATE_IN_TRAIN_JOB else {}),
     output:
-        checkpoint=str(paths.checkpoint_file(SCALE, "{experiment}", "{seed}")),
-        log_csv=str(paths.training_log(SCALE, "{experiment}", "{seed}")),
+        checkpoint=str(paths.run(SCALE, "{experiment}", "{seed}").checkpoint()),
+        log_csv=str(paths.run(SCALE, "{experiment}", "{seed}").log),
         **(
-            {"metrics": str(paths.metrics_file(SCALE, "{experiment}", "{seed}", "evaluate"))}
+            {"metrics": str(paths.run(SCALE, "{experiment}", "{seed}").metrics("evaluate"))}
             if EVALUATE_IN_TRAIN_JOB
             else {}
         ),

@@ -1,0 +1,149 @@
+"""The files inside a run directory and inside a dataset directory: the one place that names them.
+
+A run directory holds one training run (results/{scale}/runs/{experiment}/seed{seed}/ in the
+pipeline) or a published checkpoint imported as one (results/{scale}/published/{name}/); a
+dataset directory holds the prepared splits of one dataset (results/{scale}/data/{dataset}/).
+dens.pipeline.paths says where the directories are; :class:`RunDirectory` and
+:class:`DatasetDirectory` say what is inside. Their ``path`` is a ``Path`` for files on disk or a
+``PurePosixPath`` relative to the pipeline directory (Snakemake's patterns, wildcards included);
+every file they name has the same type. Imports only the standard library, so that the Snakefile
+reads it without torch.
+
+    <run>/checkpoints/best.pt, last.pt, best-epoch.pt   the weights evaluation uses; the
+                                  training state to resume; the best epoch's copy kept inside
+    <run>/log.csv, metrics.json   one row per epoch; the evaluation's metrics
+    <run>/test/submission.npz, metrics.json, server_results.json     S2EF test
+    <run>/relax/submission.npz, metrics.json, server_results.json    IS2RE
+    <run>/relax/systems.jsonl, state.json, relaxed.aselmdb            relaxation progress
+    <run>/simulate/metrics.json   MD17 simulations (their own files: dens.simulate)
+    <run>/.kept/                  second names of the training job's outputs (dens.runs)
+    <dataset>/<split>.aselmdb, <split>.aselmdb.manifest.json, provenance.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Generic, TypeVar
+
+P = TypeVar("P", bound=PurePath)
+
+METRICS_FILES = {
+    "evaluate": "metrics.json",
+    "relax": "relax/metrics.json",
+    "simulate": "simulate/metrics.json",
+    "test": "test/metrics.json",
+}
+"""Metrics file of each stage that writes one, relative to the run directory."""
+SUBMISSION_FILES = {"test": "test/submission.npz", "relax": "relax/submission.npz"}
+"""Evaluation-server file of each stage that writes one (S2EF test predictions, IS2RE relaxed
+energies; dens.pipeline.submission), relative to the run directory."""
+SERVER_RESULTS_FILES = {"test": "test/server_results.json", "relax": "relax/server_results.json"}
+"""The evaluation server's results of each stage's submission, which the user drops in."""
+PUBLISHED_FILES = {
+    "checkpoint": "checkpoints/best.pt",
+    "evaluate": METRICS_FILES["evaluate"],
+    "relax": METRICS_FILES["relax"],
+    "relax_submission": SUBMISSION_FILES["relax"],
+    "test": METRICS_FILES["test"],
+    "submission": SUBMISSION_FILES["test"],
+}
+"""Files of a published checkpoint's run (the names of a trained run's), by kind."""
+TRAIN_OUTPUTS = ("checkpoints/best.pt", "log.csv", METRICS_FILES["evaluate"])
+"""The files of a run the training job declares (workflow/rules/train.smk; metrics.json where
+the scale scores the run in that job): Snakemake deletes them before it reruns the job, which may
+then move the run aside (dens.runs.move_aside)."""
+MANIFEST_SUFFIX = ".manifest.json"
+"""A prepared split's manifest: ``<split>.aselmdb.manifest.json`` (dens.data.aselmdb)."""
+PROVENANCE_FILE = "provenance.json"
+"""How a dataset directory was made, written last by its preparation."""
+
+
+@dataclass(frozen=True)
+class RunDirectory(Generic[P]):
+    """A run's directory and every file inside it."""
+
+    path: P
+
+    def checkpoint(self, kind: str = "best") -> P:
+        """checkpoints/best.pt (the weights evaluation uses) or last.pt (the training state)."""
+        return self.path / "checkpoints" / f"{kind}.pt"
+
+    @property
+    def best_epoch_checkpoint(self) -> P:
+        """The best epoch's checkpoint, kept inside the run: checkpoints/best.pt (which Snakemake
+        may delete before a rerun) is published from it (dens.runs.publish)."""
+        return self.path / "checkpoints" / "best-epoch.pt"
+
+    @property
+    def log(self) -> P:
+        """log.csv: one row per epoch (dens.train.LOG_COLUMNS)."""
+        return self.path / "log.csv"
+
+    def stage_dir(self, stage: str) -> P:
+        """The folder of a stage's own files: ``relax``, ``simulate`` or ``test``."""
+        return self.path / stage
+
+    def metrics(self, stage: str = "evaluate") -> P:
+        """metrics.json of the run's evaluation, S2EF test, relaxation or simulation."""
+        return self.path / METRICS_FILES[stage]
+
+    def submission(self, stage: str = "test") -> P:
+        """The file uploaded to the evaluation server: S2EF test ("test") or IS2RE ("relax")."""
+        return self.path / SUBMISSION_FILES[stage]
+
+    def server_results(self, stage: str = "test") -> P:
+        """Where the user puts the evaluation server's results of ``submission(stage)``."""
+        return self.path / SERVER_RESULTS_FILES[stage]
+
+    def published(self, kind: str) -> P:
+        """A file of a published checkpoint's run, ``kind`` one of :data:`PUBLISHED_FILES`."""
+        return self.path / PUBLISHED_FILES[kind]
+
+    @property
+    def relax_systems(self) -> P:
+        """relax/systems.jsonl: one line per relaxed system, appended as systems finish."""
+        return self.stage_dir("relax") / "systems.jsonl"
+
+    @property
+    def relax_state(self) -> P:
+        """relax/state.json: the systems in the batch when the relaxation stopped."""
+        return self.stage_dir("relax") / "state.json"
+
+    @property
+    def relaxed_structures(self) -> P:
+        """relax/relaxed.aselmdb: the relaxed structures."""
+        return self.stage_dir("relax") / "relaxed.aselmdb"
+
+    @property
+    def kept_dir(self) -> P:
+        """.kept/: second names of the training job's outputs (dens.runs.keep_outputs)."""
+        return self.path / ".kept"
+
+
+@dataclass(frozen=True)
+class DatasetDirectory(Generic[P]):
+    """A prepared dataset's directory: one aselmdb file per split, a manifest beside each, and the
+    provenance record written last."""
+
+    path: P
+
+    def split(self, name: str) -> P:
+        return self.path / f"{name}.aselmdb"
+
+    def manifest(self, name: str) -> P:
+        return manifest_of(self.split(name))
+
+    @property
+    def provenance(self) -> P:
+        return self.path / PROVENANCE_FILE
+
+
+def manifest_of(split_file: P) -> P:
+    """The manifest beside an aselmdb file: ``<name>.aselmdb.manifest.json``."""
+    return split_file.with_name(split_file.name + MANIFEST_SUFFIX)
+
+
+def provenance_of(split_file: P) -> P:
+    """The provenance record of the dataset an aselmdb file belongs to (beside it)."""
+    return split_file.with_name(PROVENANCE_FILE)
