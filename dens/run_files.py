@@ -16,12 +16,12 @@ SUBMISSION_FILE = "test/submission.npz"
 """S2EF test predictions in the evaluation server's format (dens.pipeline.submission), in a run
 directory."""
 SERVER_RESULTS_FILE = "test/server_results.json"
-"""The evaluation server's S2EF test results (dens.pipeline.submission), in a run directory."""
+"""The evaluation server's S2EF test results (dens.pipeline.challenges), in a run directory."""
 RELAX_SUBMISSION_FILE = "relax/submission.npz"
 """IS2RE relaxed energies in the evaluation server's format (dens.pipeline.submission), in a run
 dir."""
 RELAX_SERVER_RESULTS_FILE = "relax/server_results.json"
-"""The evaluation server's IS2RE results (dens.pipeline.submission), in a run directory."""
+"""The evaluation server's IS2RE results (dens.pipeline.challenges), in a run directory."""
 SUBMISSION_FILES = {"test": SUBMISSION_FILE, "relax": RELAX_SUBMISSION_FILE}
 """Evaluation-server file of each stage that writes one (S2EF test, IS2RE)."""
 SERVER_RESULTS_FILES = {"test": SERVER_RESULTS_FILE, "relax": RELAX_SERVER_RESULTS_FILE}

@@ -181,8 +181,9 @@ def test_misspelled_pipeline_option_is_refused() -> None:
 
 
 def experiments_read(registry, table: str) -> set[str]:
-    """The experiments whose metrics files a table job reads (dens.pipeline.tables.table_inputs)."""
-    from dens.pipeline.tables import table_inputs
+    """The experiments whose metrics files a table job reads
+    (dens.pipeline.tables.read.table_inputs)."""
+    from dens.pipeline.tables.read import table_inputs
 
     return {"/".join(path.parts[3:5]) for path in table_inputs(registry, table)}
 
@@ -199,7 +200,7 @@ def test_cited_baselines_are_trained_only_on_request() -> None:
 
 
 def test_md17_tables_read_one_run_per_molecule() -> None:
-    from dens.pipeline.tables import table_inputs
+    from dens.pipeline.tables.read import table_inputs
 
     registry = load_registry({"scale": "mini"})
     assert len(experiments_read(registry, "table4")) == 4 * len(MOLECULES)

@@ -15,9 +15,10 @@ import yaml
 
 from dens.data import catalysts
 from dens.errors import ConfigError
+from dens.pipeline.challenges import challenge_for
 from dens.pipeline.published import AVERAGE, in_all, load_published, provenance_summary
 from dens.pipeline.registry import Registry, load_registry
-from dens.pipeline.submission import challenge_for, challenge_split
+from dens.pipeline.submission import challenge_split
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,8 @@ from dens.pipeline import paths
 from dens.pipeline.curves import METRICS, curve_inputs, curve_tables, draw_curves, read_curves
 from dens.pipeline.registry import load_registry
 from dens.pipeline.report import write_report
-from dens.pipeline.tables import build_table, to_html
+from dens.pipeline.tables.build import build_table
+from dens.pipeline.tables.render import to_html
 
 LOG_FIELDS = ["epoch", "val_energy_mae_meV", "val_forces_mae_meV_per_A"]
 

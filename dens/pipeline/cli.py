@@ -285,7 +285,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_submission(args: argparse.Namespace) -> None:
-    from dens.pipeline.submission import challenge_for, write_submission
+    from dens.pipeline.challenges import challenge_for
+    from dens.pipeline.submission import write_submission
 
     experiment = registry_from(args).resolve(args.experiment)
     challenge = challenge_for(experiment["dataset_family"])
@@ -304,8 +305,8 @@ def cmd_submission(args: argparse.Namespace) -> None:
 
 def cmd_relax(args: argparse.Namespace) -> None:
     from dens.pipeline import slurm
+    from dens.pipeline.challenges import challenge_for
     from dens.pipeline.is2re import relax_run
-    from dens.pipeline.submission import challenge_for
     from dens.relaxation.lbfgs import LBFGSSettings
 
     registry = registry_from(args)

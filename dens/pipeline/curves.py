@@ -2,7 +2,7 @@
 
 For every run of a table that is trained at this scale (not cited, its model family implemented
 and, for MD17, its molecule in the scale's ``md17_molecules``:
-:func:`dens.pipeline.tables.not_run_reason`), each configured seed's training log
+:func:`dens.pipeline.tables.read.not_run_reason`), each configured seed's training log
 (``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
 ``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
 (EMA weights where EMA is on). The figure has one column per metric and one row per dataset
@@ -20,7 +20,7 @@ from typing import Any
 from dens.errors import ConfigError
 from dens.pipeline import paths
 from dens.pipeline.registry import Registry
-from dens.pipeline.tables import not_run_reason
+from dens.pipeline.tables.read import not_run_reason
 
 METRICS = {
     "val_forces_mae_meV_per_A": "validation force MAE (meV/Å)",

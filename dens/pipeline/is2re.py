@@ -59,13 +59,11 @@ from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomi
 from dens.errors import DataError, InvalidDataError
 from dens.inference import BuildModel, load_trained_model
 from dens.models import build_model as build_registered_model
+from dens.pipeline.challenges import LOCAL_LABELS, Challenge, split_means
 from dens.pipeline.submission import (
-    LOCAL_LABELS,
-    Challenge,
     SplitPredictions,
     challenge_split,
     save_npz,
-    split_means,
     submission_arrays,
 )
 from dens.relaxation.driver import Predict, Relaxed, System, relax_systems

@@ -38,15 +38,10 @@ from dens.config_files import read_yaml, validate
 from dens.errors import ConfigError
 from dens.pipeline import paths
 from dens.pipeline.registry import Registry
-from dens.pipeline.tables import (
-    MISSING,
-    MetricsError,
-    Part,
-    Table,
-    format_number,
-    read_metrics,
-    write_renderings,
-)
+from dens.pipeline.tables.cells import format_number
+from dens.pipeline.tables.layout import MISSING, Part, Table
+from dens.pipeline.tables.read import MetricsError, read_metrics
+from dens.pipeline.tables.render import write_renderings
 
 CONFIG = "config/published.yaml"
 TABLE = "published"

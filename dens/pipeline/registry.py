@@ -429,8 +429,9 @@ class Registry:
         """Why this scale does not train the experiment, or None (it does): an MD17 experiment
         whose molecule is not in the scale's ``md17_molecules`` (config/scales/<scale>.yaml;
         absent or null: every molecule). The one place that says which runs a scale trains:
-        the tables and learning curves ask only for those runs (dens.pipeline.tables.table_inputs,
-        dens.pipeline.curves.curve_inputs), hence the DAG too."""
+        the tables and learning curves ask only for those runs
+        (dens.pipeline.tables.read.table_inputs, dens.pipeline.curves.curve_inputs), hence the DAG
+        too."""
         molecules = self.scale.get("md17_molecules")
         molecule = self.dataset(self.experiment(name)["dataset"]).get("molecule")
         if molecules is None or molecule is None or molecule in molecules:
