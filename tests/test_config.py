@@ -208,6 +208,22 @@ def test_md17_tables_read_one_run_per_molecule() -> None:
     assert table_inputs(registry, "table9") == []
 
 
+def test_table_targets_come_from_the_tables_configured(pipeline_copy: Path) -> None:
+    """The pipeline's table targets (tables.smk) are the registry's: one per paper table, the
+    sub-tables of Table 1 under one target; a table added to config/tables.yaml gets its own."""
+    registry = load_registry({"scale": "smoke"})
+    targets = registry.table_targets()
+    assert list(targets) == [f"table{n}" for n in range(1, 11)]
+    assert targets["table1"] == ["table1a", "table1b"] and targets["table10"] == ["table10"]
+    assert [name for names in targets.values() for name in names] == list(registry.tables)
+    path = pipeline_copy / "config" / "tables.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["tables"]["table3b"] = document["tables"]["table3"]
+    path.write_text(yaml.safe_dump(document, allow_unicode=True))
+    extended = load_registry({"scale": "smoke"}, root=pipeline_copy).table_targets()
+    assert extended["table3"] == ["table3", "table3b"]
+
+
 def test_the_smoke_scale_trains_two_md17_molecules_and_the_others_all_eight() -> None:
     """config/scales/smoke.yaml md17_molecules: the MD17 tables ask only for aspirin's and
     ethanol's runs at smoke (Table 10 too); mini and paper (no md17_molecules) every molecule.

@@ -455,6 +455,16 @@ class Registry:
             raise _unknown("table", name, self.tables)
         return self.tables[name]
 
+    def table_targets(self) -> dict[str, list[str]]:
+        """The paper's tables as pipeline targets, in configuration order: each target and the
+        tables of config/tables.yaml it writes. A table's target is its name without the letter
+        of a sub-table (``table1`` writes ``table1a`` and ``table1b``; the schema allows names
+        ``table<N>`` and ``table<N>a``/``b``)."""
+        targets: dict[str, list[str]] = {}
+        for name in self.tables:
+            targets.setdefault(re.sub(r"[ab]$", "", name), []).append(name)
+        return targets
+
     def table_row_experiments(self, row: dict[str, Any], table: dict[str, Any]) -> list[str]:
         """Experiments a table row reads (one per molecule for MD17 tables); [] if not trained."""
         if row.get("cited") and not self.options["retrain_cited_baselines"]:
