@@ -14,7 +14,7 @@
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
     dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
-    dens table NAME --scale S --out-dir DIR            (NAME published: dens.pipeline.published)
+    dens table NAME --scale S --out-dir DIR            (published: dens.pipeline.tables.published)
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
     dens report --scale S --out FILE.html               every table, figure and curve
@@ -371,8 +371,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from dens.pipeline.published import TABLE, write_published_table
+    from dens.pipeline.published import TABLE
     from dens.pipeline.tables import write_table
+    from dens.pipeline.tables.published import write_published_table
 
     registry = registry_from(args)
     if args.table == TABLE:  # the published checkpoints (config/published.yaml)

@@ -106,7 +106,8 @@ def report_sections(
         body = to_html(build_table(registry, name)) + f"<p class='note'>files: {links}</p>"
         tables.append((name, name, body))
     if published:
-        from dens.pipeline.published import TABLE, build_published_table, load_published
+        from dens.pipeline.published import TABLE, load_published
+        from dens.pipeline.tables.published import build_published_table
 
         table = build_published_table(registry, load_published(registry))
         files = {ext: paths.table_file(scale, TABLE, ext) for ext in ("csv", "tex", "md")}
