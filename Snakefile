@@ -1,10 +1,11 @@
 """DeNS reproduction pipeline (Liao, Smidt, Shuaibi, Das; TMLR 2024).
 
 Targets: all (default: the report, hence every table, figure and learning curve; and the
-published checkpoints at the paper scale or with config `mirror`), all_tables, table1 .. table10,
-figures, all_curves, report, published (the published DeNS checkpoints beside the paper's
-numbers: config/published.yaml), and one target per
-run: results/{scale}/runs/{experiment}/seed{seed}/metrics.json. The scale comes from the profile or
+published checkpoints at the paper scale or with config `mirror`), all_tables, one target per
+table of the paper (config/tables.yaml: table1 writes table1a and table1b), figures, all_curves,
+report, published (the published DeNS checkpoints beside the paper's numbers:
+config/published.yaml), and one target per run:
+results/{scale}/runs/{experiment}/seed{seed}/metrics.json. The scale comes from the profile or
 `--config scale=NAME`; every path carries it. See README.md.
 """
 

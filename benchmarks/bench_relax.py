@@ -24,8 +24,8 @@ import torch
 
 from dens.calculator import DeNSCalculator
 from dens.inference import load_trained_model
+from dens.pipeline.challenges import IS2RE_CHALLENGES
 from dens.pipeline.is2re import read_initial_structures
-from dens.pipeline.submission import IS2RE_CHALLENGES
 from dens.relaxation.driver import System, relax_systems
 from dens.relaxation.lbfgs import LBFGSSettings
 

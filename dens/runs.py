@@ -1,6 +1,6 @@
 """A training run's directory: what the run was started with, and its outputs.
 
-A run (one experiment, scale and training seed: dens.pipeline.paths.run_dir) resumes from
+A run (one experiment, scale and training seed: dens.pipeline.paths.run) resumes from
 checkpoints/last.pt only when it was started with the same experiment, data and code
 (``started_with``); otherwise the old run is moved aside, never deleted (``move_aside``). The
 best epoch's checkpoint is kept inside the run and checkpoints/best.pt, the file the pipeline

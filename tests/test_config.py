@@ -181,8 +181,9 @@ def test_misspelled_pipeline_option_is_refused() -> None:
 
 
 def experiments_read(registry, table: str) -> set[str]:
-    """The experiments whose metrics files a table job reads (dens.pipeline.tables.table_inputs)."""
-    from dens.pipeline.tables import table_inputs
+    """The experiments whose metrics files a table job reads
+    (dens.pipeline.tables.read.table_inputs)."""
+    from dens.pipeline.tables.read import table_inputs
 
     return {"/".join(path.parts[3:5]) for path in table_inputs(registry, table)}
 
@@ -199,12 +200,28 @@ def test_cited_baselines_are_trained_only_on_request() -> None:
 
 
 def test_md17_tables_read_one_run_per_molecule() -> None:
-    from dens.pipeline.tables import table_inputs
+    from dens.pipeline.tables.read import table_inputs
 
     registry = load_registry({"scale": "mini"})
     assert len(experiments_read(registry, "table4")) == 4 * len(MOLECULES)
     assert len(experiments_read(registry, "table6")) == 5 * len(MOLECULES)
     assert table_inputs(registry, "table9") == []
+
+
+def test_table_targets_come_from_the_tables_configured(pipeline_copy: Path) -> None:
+    """The pipeline's table targets (tables.smk) are the registry's: one per paper table, the
+    sub-tables of Table 1 under one target; a table added to config/tables.yaml gets its own."""
+    registry = load_registry({"scale": "smoke"})
+    targets = registry.table_targets()
+    assert list(targets) == [f"table{n}" for n in range(1, 11)]
+    assert targets["table1"] == ["table1a", "table1b"] and targets["table10"] == ["table10"]
+    assert [name for names in targets.values() for name in names] == list(registry.tables)
+    path = pipeline_copy / "config" / "tables.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["tables"]["table3b"] = document["tables"]["table3"]
+    path.write_text(yaml.safe_dump(document, allow_unicode=True))
+    extended = load_registry({"scale": "smoke"}, root=pipeline_copy).table_targets()
+    assert extended["table3"] == ["table3", "table3b"]
 
 
 def test_the_smoke_scale_trains_two_md17_molecules_and_the_others_all_eight() -> None:

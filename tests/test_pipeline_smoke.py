@@ -27,9 +27,10 @@ from test_config import OC_RUNS as EVERY_OC_RUN
 from dens.data.download import load_catalog
 from dens.pipeline.curves import curve_tables
 from dens.pipeline.figures import FIGURES
-from dens.pipeline.published import NO_IS2RE_PAPER, load_published
+from dens.pipeline.published import load_published
 from dens.pipeline.registry import MOLECULES, load_registry
 from dens.pipeline.report import write_report
+from dens.pipeline.tables.published import NO_IS2RE_PAPER
 
 
 @pytest.fixture(scope="module")

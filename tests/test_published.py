@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,13 @@ import yaml
 
 from dens.data import catalysts
 from dens.errors import ConfigError
-from dens.pipeline.published import AVERAGE, in_all, load_published, provenance_summary
+from dens.pipeline import paths
+from dens.pipeline.challenges import challenge_for
+from dens.pipeline.published import AVERAGE, in_all, load_published
 from dens.pipeline.registry import Registry, load_registry
-from dens.pipeline.submission import challenge_for, challenge_split
+from dens.pipeline.submission import challenge_split
+from dens.pipeline.tables.published import build_published_table, provenance_summary, table_inputs
+from dens.pipeline.tables.read import MetricsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +99,39 @@ def test_a_bad_published_entry_is_refused_naming_it(
     with pytest.raises(ConfigError, match="config/published.yaml") as caught:
         load_published(dataclasses.replace(smoke, root=root))
     assert message in str(caught.value)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+
+
+def test_the_published_table_reads_metrics_files_only(smoke: Registry, tmp_path: Path) -> None:
+    """The table takes each checkpoint's sha256 from its metrics.json (``imported_from``, which
+    dens evaluate copies from the imported best.pt): no checkpoint is read, none is an input."""
+    registry = dataclasses.replace(smoke, root=tmp_path)
+    published = load_published(smoke)
+    inputs = table_inputs(registry, published)
+    assert inputs and not any(path.suffix == ".pt" for path in inputs)
+    for name, checkpoint in published.checkpoints.items():
+        split = {"forces_mae_meV_per_A": 20.0, "energy_mae_meV": 250.0, "ewt": 0.1}
+        metrics = {**split, "splits": dict.fromkeys(checkpoint.evaluate, split)}
+        _write_json(
+            tmp_path / paths.published_run("smoke", name).published("evaluate"),
+            {**metrics, "imported_from": {"sha256": f"sha-of-{name}"}},
+        )
+        relax = {"metrics_source": "local labels", **split, "splits": {"id": split}}
+        _write_json(tmp_path / paths.published_run("smoke", name).published("relax"), relax)
+        provenance = {"dataset": checkpoint.dataset, "method": "EMT", "seed": 0, "splits": {}}
+        _write_json(tmp_path / paths.dataset("smoke", checkpoint.dataset).provenance, provenance)
+    table = build_published_table(registry, published)
+    shas = {(r["checkpoint"], r["checkpoint_sha256"]) for r in table.records}
+    assert shas == {(name, f"sha-of-{name}") for name in published.checkpoints}
+    first = next(iter(published.checkpoints))
+    metrics_file = tmp_path / paths.published_run("smoke", first).published("evaluate")
+    _write_json(metrics_file, {**json.loads(metrics_file.read_text()), "imported_from": None})
+    with pytest.raises(MetricsError, match=f"{metrics_file}: no imported_from.sha256"):
+        build_published_table(registry, published)
 
 
 def test_provenance_names_the_generator_or_the_archives_and_their_checksums() -> None:

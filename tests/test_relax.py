@@ -26,7 +26,7 @@ from dens.data.validation import InvalidStructureError
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
 from dens.pipeline import is2re
-from dens.pipeline.submission import IS2RE_CHALLENGES, ServerResultsError, read_server_results
+from dens.pipeline.challenges import IS2RE_CHALLENGES, ServerResultsError, read_server_results
 from dens.relaxation import driver
 from dens.relaxation.driver import System, relax_systems
 from dens.relaxation.lbfgs import BatchedLBFGS, LBFGSSettings

@@ -15,7 +15,8 @@ from dens.pipeline import paths
 from dens.pipeline.curves import METRICS, curve_inputs, curve_tables, draw_curves, read_curves
 from dens.pipeline.registry import load_registry
 from dens.pipeline.report import write_report
-from dens.pipeline.tables import build_table, to_html
+from dens.pipeline.tables.build import build_table
+from dens.pipeline.tables.render import to_html
 
 LOG_FIELDS = ["epoch", "val_energy_mae_meV", "val_forces_mae_meV_per_A"]
 
@@ -45,7 +46,7 @@ def test_curves_read_every_trained_runs_log(pipeline_copy: Path) -> None:
     assert len(data) == len(written) * 3 * len(METRICS)
     assert set(data["seed"]) == {0, 1}
     assert set(data["DeNS"]) == {"with DeNS", "without DeNS"}
-    log = paths.training_log("smoke", "oc20-2m/eqv2-dens-e12", 1)
+    log = paths.run("smoke", "oc20-2m/eqv2-dens-e12", 1).log
     forces = data[
         (data["seed"] == 1)
         & (data["experiment"] == "eqv2-dens-e12")

@@ -374,7 +374,8 @@ def test_dens_simulate_runs_an_equiformer_run(tmp_path, splits, capsys, one_torc
 def test_table10_reads_the_simulations_metrics_beside_the_papers(pipeline_copy):
     from dens.pipeline import paths
     from dens.pipeline.registry import load_registry
-    from dens.pipeline.tables import table_inputs, write_table
+    from dens.pipeline.tables import write_table
+    from dens.pipeline.tables.read import table_inputs
 
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     inputs = table_inputs(registry, "table10")

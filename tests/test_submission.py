@@ -17,12 +17,8 @@ from toy_model import build_toy_model, toy_experiment, train_toy_run
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import InvalidDataError
 from dens.inference import load_trained_model
-from dens.pipeline.submission import (
-    CHALLENGES,
-    ServerResultsError,
-    read_server_results,
-    write_submission,
-)
+from dens.pipeline.challenges import CHALLENGES, ServerResultsError, read_server_results
+from dens.pipeline.submission import write_submission
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OC20, OC22 = CHALLENGES["oc20"], CHALLENGES["oc22"]

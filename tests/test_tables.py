@@ -15,9 +15,10 @@ import yaml
 
 from dens.models import PENDING_FAMILIES
 from dens.pipeline import paths
+from dens.pipeline.challenges import ServerResultsError
 from dens.pipeline.registry import MOLECULES, load_registry
-from dens.pipeline.submission import ServerResultsError
-from dens.pipeline.tables import MetricsError, table_inputs, write_table
+from dens.pipeline.tables import write_table
+from dens.pipeline.tables.read import MetricsError, table_inputs
 
 
 def write_metrics(root: Path, experiment: str, seed: int = 0, **metrics: float) -> None:
@@ -33,7 +34,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def experiments_of(registry, table: str) -> list[str]:
     """The experiments whose metrics a table job reads, in row order
-    (dens.pipeline.tables.table_inputs: results/{scale}/runs/{experiment}/seed{S}/...)."""
+    (dens.pipeline.tables.read.table_inputs: results/{scale}/runs/{experiment}/seed{S}/...)."""
     return list(dict.fromkeys("/".join(path.parts[3:5]) for path in table_inputs(registry, table)))
 
 
@@ -321,14 +322,14 @@ def test_table2_test_columns_from_local_labels_then_the_server(
 
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
     server = run_file(pipeline_copy, RUN_160M, "test/server_results.json")
-    assert paths.server_results_file("smoke", RUN_160M, 0) not in table_inputs(registry, "table2")
+    assert paths.run("smoke", RUN_160M, 0).server_results() not in table_inputs(registry, "table2")
     write_json(
         server,
         server_results(
             "oc20_s2ef", {"id": 0.2, "ood_ads": 0.21, "ood_cat": 0.22, "ood_both": 0.23}
         ),
     )
-    assert paths.server_results_file("smoke", RUN_160M, 0) in table_inputs(registry, "table2")
+    assert paths.run("smoke", RUN_160M, 0).server_results() in table_inputs(registry, "table2")
     rows, md, _ = table2(pipeline_copy)
     assert float(rows["S2EF test energy"]["ours"]) == pytest.approx(215.0)
     assert float(rows["S2EF test forces"]["ours"]) == pytest.approx(12.5)
@@ -374,7 +375,7 @@ def test_table2_awaits_the_server_without_labels(
         },
     )
     registry = load_registry({"scale": "smoke"}, root=pipeline_copy)
-    assert paths.server_results_file("smoke", RUN_160M, 0, "relax") in table_inputs(
+    assert paths.run("smoke", RUN_160M, 0).server_results("relax") in table_inputs(
         registry, "table2"
     )
     rows, md, _ = table2(pipeline_copy)
@@ -473,7 +474,13 @@ def test_training_time_in_gpu_hours_or_cpu_device_hours(
 
 
 def test_tables_module_imports_no_torch() -> None:
-    """The Snakefile imports dens.pipeline.tables (table_inputs) to build the DAG: no torch import
-    there."""
-    code = "import sys, dens.pipeline.tables; assert 'torch' not in sys.modules, 'torch imported'"
+    """The Snakefile imports the tables (dens.pipeline.tables.read.table_inputs) to build the DAG,
+    and the report, the curves and the figures read only metrics files, training logs and the
+    registry: none of them imports torch or the inference stack."""
+    modules = ["dens.pipeline.tables", "dens.pipeline.report", "dens.pipeline.curves"]
+    code = (
+        f"import sys, {', '.join(modules)}, dens.pipeline.figures; "
+        "stack = [m for m in ('torch', 'dens.inference', 'dens.evaluate') if m in sys.modules]; "
+        "assert not stack, stack"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

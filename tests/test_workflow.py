@@ -31,7 +31,7 @@ def job_counts(output: str) -> dict[str, int]:
 
 def test_paper_scale_dry_run_plans_every_job() -> None:
     """Every run a table reads, except cited baselines and runs of model families or stages not
-    implemented yet (their cells say "not run"; dens.pipeline.tables.table_inputs)."""
+    implemented yet (their cells say "not run"; dens.pipeline.tables.read.table_inputs)."""
     result = snakemake("--profile", "profiles/slurm", "all_tables")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)

@@ -14,7 +14,7 @@
     dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
     dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
     dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
-    dens table NAME --scale S --out-dir DIR            (NAME published: dens.pipeline.published)
+    dens table NAME --scale S --out-dir DIR            (published: dens.pipeline.tables.published)
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
     dens report --scale S --out FILE.html               every table, figure and curve
@@ -285,7 +285,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_submission(args: argparse.Namespace) -> None:
-    from dens.pipeline.submission import challenge_for, write_submission
+    from dens.pipeline.challenges import challenge_for
+    from dens.pipeline.submission import write_submission
 
     experiment = registry_from(args).resolve(args.experiment)
     challenge = challenge_for(experiment["dataset_family"])
@@ -304,8 +305,8 @@ def cmd_submission(args: argparse.Namespace) -> None:
 
 def cmd_relax(args: argparse.Namespace) -> None:
     from dens.pipeline import slurm
+    from dens.pipeline.challenges import challenge_for
     from dens.pipeline.is2re import relax_run
-    from dens.pipeline.submission import challenge_for
     from dens.relaxation.lbfgs import LBFGSSettings
 
     registry = registry_from(args)
@@ -370,8 +371,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from dens.pipeline.published import TABLE, write_published_table
+    from dens.pipeline.published import TABLE
     from dens.pipeline.tables import write_table
+    from dens.pipeline.tables.published import write_published_table
 
     registry = registry_from(args)
     if args.table == TABLE:  # the published checkpoints (config/published.yaml)

@@ -2,7 +2,7 @@
 
 For every run of a table that is trained at this scale (not cited, its model family implemented
 and, for MD17, its molecule in the scale's ``md17_molecules``:
-:func:`dens.pipeline.tables.not_run_reason`), each configured seed's training log
+:func:`dens.pipeline.tables.read.not_run_reason`), each configured seed's training log
 (``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
 ``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
 (EMA weights where EMA is on). The figure has one column per metric and one row per dataset
@@ -20,7 +20,7 @@ from typing import Any
 from dens.errors import ConfigError
 from dens.pipeline import paths
 from dens.pipeline.registry import Registry
-from dens.pipeline.tables import not_run_reason
+from dens.pipeline.tables.read import not_run_reason
 
 METRICS = {
     "val_forces_mae_meV_per_A": "validation force MAE (meV/Å)",
@@ -50,7 +50,7 @@ def curve_runs(registry: Registry, name: str) -> list[tuple[str, str, int]]:
 def curve_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
     """The training logs a table's curves read."""
     scale = registry.scale_name
-    return [paths.training_log(scale, e, seed) for _, e, seed in curve_runs(registry, name)]
+    return [paths.run(scale, e, seed).log for _, e, seed in curve_runs(registry, name)]
 
 
 def read_curves(registry: Registry, name: str, root: Path = Path(".")) -> Any:
@@ -61,7 +61,7 @@ def read_curves(registry: Registry, name: str, root: Path = Path(".")) -> Any:
 
     frames = []
     for label, experiment, seed in curve_runs(registry, name):
-        path = root / paths.training_log(registry.scale_name, experiment, seed)
+        path = root / paths.run(registry.scale_name, experiment, seed).log
         if not path.is_file():
             raise ConfigError(f"{path}: training log of {experiment} seed {seed} not found")
         log = pd.read_csv(path)

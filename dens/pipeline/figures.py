@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,19 +75,11 @@ def _view(positions: np.ndarray, tilt_deg: float) -> np.ndarray:
     return positions @ rotation.T
 
 
-def draw_figure(
-    name: str, structure_files: Sequence[Path], out: Path, scale: str, seed: int = 0
-) -> list[Path]:
-    """Draw one figure to ``out`` (PNG) and the same path with suffix .pdf; return both. Rows:
-    ``rows`` structures of ``structure_files[k]``, the training split of the figure's k-th
-    dataset (``FIGURES``) at ``scale``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from ase.data import covalent_radii
-    from ase.data.colors import jmol_colors
-
+def _figure_rows(
+    name: str, structure_files: Sequence[Path]
+) -> tuple[Figure, list[tuple[str, tuple[np.ndarray, np.ndarray]]]]:
+    """A figure and its rows: (dataset, (positions, atomic numbers)), ``rows`` structures of
+    each of its datasets' training splits ``structure_files``."""
     if name not in FIGURES:
         raise ConfigError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
     figure = FIGURES[name]
@@ -101,6 +93,60 @@ def draw_figure(
         for dataset, path in zip(figure.datasets, structure_files, strict=True)
         for structure in read_structures(Path(path), figure.rows)
     ]
+    return figure, rows
+
+
+def _draw_row(
+    axes: Sequence[Any],
+    figure: Figure,
+    dataset: str,
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    eps: np.ndarray,
+) -> None:
+    """One structure: as it is, then with noise ``sigma * eps`` per column over the original
+    positions drawn lighter."""
+    from ase.data import covalent_radii
+    from ase.data.colors import jmol_colors
+
+    colors = jmol_colors[numbers]
+    lighter = 1.0 - 0.35 * (1.0 - colors)  # the same hue, washed out towards white
+    sizes = 90.0 * covalent_radii[numbers] ** 2
+    original = _view(positions, figure.tilt_deg)
+    for axis, sigma in zip(axes, [0.0, *figure.sigmas], strict=True):
+        layers = [(_view(positions + sigma * eps, figure.tilt_deg), colors, 1.0, 0.4)]
+        if sigma > 0:
+            layers.insert(0, (original, lighter, 0.45, 0.0))
+        for projected, face, alpha, edge in layers:
+            order = np.argsort(projected[:, 2])  # back to front
+            axis.scatter(
+                *projected[order, :2].T,
+                s=sizes[order],
+                c=face[order],
+                alpha=alpha,
+                edgecolors="k",
+                linewidths=edge,
+            )
+        axis.set_aspect("equal")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+        axis.set_title(f"{dataset}: original" if sigma == 0 else f"σ = {sigma} Å", fontsize=8)
+
+
+def draw_figure(
+    name: str, structure_files: Sequence[Path], out: Path, scale: str, seed: int = 0
+) -> list[Path]:
+    """Draw one figure to ``out`` (PNG) and the same path with suffix .pdf; return both. Rows:
+    ``rows`` structures of ``structure_files[k]``, the training split of the figure's k-th
+    dataset (``FIGURES``) at ``scale``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, rows = _figure_rows(name, structure_files)
     rng = np.random.default_rng(seed)
     columns = len(figure.sigmas) + 1
     fig, axes = plt.subplots(
@@ -108,31 +154,7 @@ def draw_figure(
     )
     for row, (dataset, (positions, numbers)) in enumerate(rows):
         eps = rng.standard_normal(positions.shape)
-        colors = jmol_colors[numbers]
-        lighter = 1.0 - 0.35 * (1.0 - colors)  # the same hue, washed out towards white
-        sizes = 90.0 * covalent_radii[numbers] ** 2
-        original = _view(positions, figure.tilt_deg)
-        for column, sigma in enumerate([0.0, *figure.sigmas]):
-            axis = axes[row, column]
-            layers = [(_view(positions + sigma * eps, figure.tilt_deg), colors, 1.0, 0.4)]
-            if sigma > 0:
-                layers.insert(0, (original, lighter, 0.45, 0.0))
-            for projected, face, alpha, edge in layers:
-                order = np.argsort(projected[:, 2])  # back to front
-                axis.scatter(
-                    *projected[order, :2].T,
-                    s=sizes[order],
-                    c=face[order],
-                    alpha=alpha,
-                    edgecolors="k",
-                    linewidths=edge,
-                )
-            axis.set_aspect("equal")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            for spine in axis.spines.values():
-                spine.set_visible(False)
-            axis.set_title(f"{dataset}: original" if sigma == 0 else f"σ = {sigma} Å", fontsize=8)
+        _draw_row(axes[row], figure, dataset, positions, numbers, eps)
     fig.suptitle(
         f"{figure.title}: Gaussian noise added to all atoms; lighter: original positions "
         f"(scale {scale})",

@@ -61,13 +61,11 @@ from dens.evaluate import run_identity
 from dens.inference import BuildModel, load_trained_model
 from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
+from dens.pipeline.challenges import LOCAL_LABELS, Challenge, split_means
 from dens.pipeline.submission import (
-    LOCAL_LABELS,
-    Challenge,
     SplitPredictions,
     challenge_split,
     save_npz,
-    split_means,
     submission_arrays,
 )
 from dens.relaxation.driver import Predict, Relaxed, System, relax_systems

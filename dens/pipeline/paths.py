@@ -77,52 +77,6 @@ def experiment_split_files(registry: Registry, experiment: str, role: str) -> li
     return [directory.split(split) for split in registry.splits(name, role)]
 
 
-# Until the table, curve and published-table modules name files through run(), dataset() and
-# published_run():
-def published_file(scale: str, name: str, kind: str) -> PurePosixPath:
-    return published_run(scale, name).published(kind)
-
-
-def split_file(scale: str, name: str, split: str) -> PurePosixPath:
-    return dataset(scale, name).split(split)
-
-
-def provenance_file(scale: str, name: str) -> PurePosixPath:
-    return dataset(scale, name).provenance
-
-
-def run_dir(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    return run(scale, experiment, seed).path
-
-
-def training_log(scale: str, experiment: str, seed: int | str) -> PurePosixPath:
-    return run(scale, experiment, seed).log
-
-
-def submission_file(
-    scale: str, experiment: str, seed: int | str, stage: str = "test"
-) -> PurePosixPath:
-    return run(scale, experiment, seed).submission(stage)
-
-
-def checkpoint_file(
-    scale: str, experiment: str, seed: int | str, kind: str = "best"
-) -> PurePosixPath:
-    return run(scale, experiment, seed).checkpoint(kind)
-
-
-def metrics_file(
-    scale: str, experiment: str, seed: int | str, stage: str = "evaluate"
-) -> PurePosixPath:
-    return run(scale, experiment, seed).metrics(stage)
-
-
-def server_results_file(
-    scale: str, experiment: str, seed: int | str, stage: str = "test"
-) -> PurePosixPath:
-    return run(scale, experiment, seed).server_results(stage)
-
-
 def tables_dir(scale: str) -> PurePosixPath:
     return results_dir(scale) / "tables"
 

@@ -429,8 +429,9 @@ class Registry:
         """Why this scale does not train the experiment, or None (it does): an MD17 experiment
         whose molecule is not in the scale's ``md17_molecules`` (config/scales/<scale>.yaml;
         absent or null: every molecule). The one place that says which runs a scale trains:
-        the tables and learning curves ask only for those runs (dens.pipeline.tables.table_inputs,
-        dens.pipeline.curves.curve_inputs), hence the DAG too."""
+        the tables and learning curves ask only for those runs
+        (dens.pipeline.tables.read.table_inputs, dens.pipeline.curves.curve_inputs), hence the DAG
+        too."""
         molecules = self.scale.get("md17_molecules")
         molecule = self.dataset(self.experiment(name)["dataset"]).get("molecule")
         if molecules is None or molecule is None or molecule in molecules:
@@ -453,6 +454,16 @@ class Registry:
         if name not in self.tables:
             raise _unknown("table", name, self.tables)
         return self.tables[name]
+
+    def table_targets(self) -> dict[str, list[str]]:
+        """The paper's tables as pipeline targets, in configuration order: each target and the
+        tables of config/tables.yaml it writes. A table's target is its name without the letter
+        of a sub-table (``table1`` writes ``table1a`` and ``table1b``; the schema allows names
+        ``table<N>`` and ``table<N>a``/``b``)."""
+        targets: dict[str, list[str]] = {}
+        for name in self.tables:
+            targets.setdefault(re.sub(r"[ab]$", "", name), []).append(name)
+        return targets
 
     def table_row_experiments(self, row: dict[str, Any], table: dict[str, Any]) -> list[str]:
         """Experiments a table row reads (one per molecule for MD17 tables); [] if not trained."""

@@ -3,7 +3,7 @@
 The library's errors (dens.errors.DataError) end with a generic remedy ("rebuild it", "retrain
 the run that wrote it"); the ``dens`` command installs :func:`remedy_for`
 (dens.errors.name_remedies), which names the target for a prepared split
-(dens.pipeline.paths.split_file) or a run's checkpoint (dens.pipeline.paths.checkpoint_file).
+(dens.pipeline.paths.dataset) or a run's checkpoint (dens.pipeline.paths.run).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dens.pipeline import paths
 
 def split_layout(path: Path) -> tuple[str, str, str] | None:
     """(scale, dataset, split) when ``path`` is a prepared split in the pipeline's layout
-    (paths.split_file, under any directory), else None."""
+    (paths.dataset, under any directory), else None."""
     parts = PurePosixPath(Path(path).as_posix()).parts
     if len(parts) < 5:
         return None
@@ -28,7 +28,7 @@ def split_layout(path: Path) -> tuple[str, str, str] | None:
 
 def checkpoint_target(path: Path) -> PurePosixPath | None:
     """checkpoints/best.pt of the run, relative to the pipeline directory, when ``path`` is a
-    checkpoint in the pipeline's layout (paths.checkpoint_file, under any directory), else None."""
+    checkpoint in the pipeline's layout (paths.run, under any directory), else None."""
     parts = PurePosixPath(Path(path).as_posix()).parts
     if len(parts) < 7 or not parts[-3].startswith("seed") or parts[-2] != "checkpoints":
         return None

@@ -3,12 +3,11 @@
 One self-contained page (images embedded as base64 PNG, no JavaScript): a header naming the
 scale, its description, the configured seeds and the commit it was built from; then every table
 of config/tables.yaml rebuilt from the runs' metrics files exactly as ``dens table`` writes it
-(:func:`dens.pipeline.tables.build_table`, links to its CSV and LaTeX files beside it), and the
-table of the published checkpoints where asked (``--published``: the pipeline asks where its target
-``all`` includes them, dens.pipeline.published.in_all); then the figures
-and the learning curves (:mod:`dens.pipeline.curves`) with the captions of
-workflow/report/captions.yaml. A figure file that is missing stops the report with its path (the
-pipeline builds them first).
+(:func:`dens.pipeline.tables.build.build_table`, links to its CSV and LaTeX files beside it), and
+the table of the published checkpoints where asked (``--published``: the pipeline asks where its
+target ``all`` includes them, dens.pipeline.published.in_all); then the figures and the learning
+curves (:mod:`dens.pipeline.curves`) with the captions of workflow/report/captions.yaml. A figure
+file that is missing stops the report with its path (the pipeline builds them first).
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ from dens.pipeline import paths
 from dens.pipeline.curves import curve_tables
 from dens.pipeline.figures import FIGURES
 from dens.pipeline.registry import Registry
-from dens.pipeline.tables import build_table, to_html
+from dens.pipeline.tables.build import build_table
+from dens.pipeline.tables.render import to_html
 
 CAPTIONS = Path("workflow") / "report" / "captions.yaml"
 STYLE = """
@@ -106,7 +106,8 @@ def report_sections(
         body = to_html(build_table(registry, name)) + f"<p class='note'>files: {links}</p>"
         tables.append((name, name, body))
     if published:
-        from dens.pipeline.published import TABLE, build_published_table, load_published
+        from dens.pipeline.published import TABLE, load_published
+        from dens.pipeline.tables.published import build_published_table
 
         table = build_published_table(registry, load_published(registry))
         files = {ext: paths.table_file(scale, TABLE, ext) for ext in ("csv", "tex", "md")}

@@ -19,8 +19,8 @@ from dens.pipeline.figures import FIGURES
 from dens.pipeline.published import in_all as published_in_all
 from dens.pipeline.published import load_published
 from dens.pipeline.published import split_files as published_split_files
-from dens.pipeline.published import table_inputs as published_table_inputs
-from dens.pipeline.tables import table_inputs
+from dens.pipeline.tables.published import table_inputs as published_table_inputs
+from dens.pipeline.tables.read import table_inputs
 
 GPUS_PER_NODE = 8  # V100 nodes of the paper's cluster; multi-GPU runs span ceil(gpus / 8) nodes
 ENV = "../../envs/dens.yaml"  # conda environment of every rule (relative to workflow/rules/)
