@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dens.errors import DiskError
+from dens.layout import provenance_of
 
 # errno -> what it means for the user, in the words of the message.
 DISK_ERRNOS = {
@@ -116,7 +117,7 @@ def file_fingerprint(path: Path | str) -> dict[str, Any]:
     provenance.json beside it (None where there is none): a regenerated dataset has a new one.
     A run resumes, and a simulation continues, only on data with the same fingerprint."""
     path = Path(path)
-    provenance = path.with_name("provenance.json")
+    provenance = provenance_of(path)
     return {
         "file": path.name,
         "bytes": path.stat().st_size,

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from dens.atomic_files import atomic_write
 from dens.errors import CheckpointError, MissingDataError
+from dens.layout import RunDirectory
 
 FORMAT_VERSION = 1
 
@@ -189,7 +190,7 @@ def find_checkpoint(path: Path) -> Path:
     directory does not exist: the missing file is named)."""
     path = Path(path)
     if path.is_dir() or (not path.exists() and path.suffix != ".pt"):
-        path = path / "checkpoints" / "best.pt"
+        path = RunDirectory(path).checkpoint()
     if not path.is_file():
         raise MissingDataError(f"no checkpoint at {path}", path, "train the run first")
     return path

@@ -43,6 +43,7 @@ from dens import atomic_files
 from dens.data.batch import Batch, Data
 from dens.data.validation import check_elements_embedded
 from dens.inference import BuildModel, load_trained_model, predict
+from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer
 
@@ -150,7 +151,7 @@ def mean_absolute_errors(
 
 
 def _training_log(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "log.csv"
+    path = RunDirectory(run_dir).log
     if not path.is_file():
         raise FileNotFoundError(f"training log not found: {path} (train the run first)")
     with open(path, newline="") as handle:
@@ -267,7 +268,7 @@ def evaluate(
         "n_test": sum(e["num_structures"] for e in per_split.values()),
         "n_test_free_atoms": sum(e["num_free_atoms"] for e in per_split.values()),
         "splits": per_split,
-        "checkpoint": "best.pt",
+        "checkpoint": RunDirectory(run_dir).checkpoint().name,
         "weights": checkpoint["weights"],
         "best_epoch": checkpoint["epoch"],
         "val_forces_mae_meV_per_A": (checkpoint["val"] or {}).get("forces_mae_meV_per_A"),
@@ -278,6 +279,6 @@ def evaluate(
         "versions": _versions(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    path = Path(metrics_path) if metrics_path is not None else run_dir / "metrics.json"
+    path = Path(metrics_path) if metrics_path is not None else RunDirectory(run_dir).metrics()
     atomic_files.write_text(path, json.dumps(metrics, indent=2) + "\n", "writing metrics")
     return metrics

@@ -28,11 +28,13 @@ from typing import Generic, TypeVar
 
 P = TypeVar("P", bound=PurePath)
 
+METRICS_FILE = "metrics.json"
+"""The metrics file of a run and of each stage folder in it."""
 METRICS_FILES = {
-    "evaluate": "metrics.json",
-    "relax": "relax/metrics.json",
-    "simulate": "simulate/metrics.json",
-    "test": "test/metrics.json",
+    "evaluate": METRICS_FILE,
+    "relax": f"relax/{METRICS_FILE}",
+    "simulate": f"simulate/{METRICS_FILE}",
+    "test": f"test/{METRICS_FILE}",
 }
 """Metrics file of each stage that writes one, relative to the run directory."""
 SUBMISSION_FILES = {"test": "test/submission.npz", "relax": "relax/submission.npz"}

@@ -70,6 +70,7 @@ from dens import atomic_files
 from dens.atomic_files import file_digest, file_fingerprint
 from dens.data.validation import check_structure
 from dens.errors import ConfigError, InvalidDataError
+from dens.layout import METRICS_FILE, RunDirectory
 from dens.runs import move_aside
 from dens.stopping import TIME_LIMIT, StopRequested
 
@@ -483,7 +484,7 @@ def simulate(
         moved = move_aside(out_dir, "started with other settings, model or data")
         print(f"{out_dir} was started with other settings, model or data: moved to {moved}")
     atomic_files.make_folder(out_dir, "creating simulation folder")
-    (out_dir / "metrics.json").unlink(missing_ok=True)
+    (out_dir / METRICS_FILE).unlink(missing_ok=True)
     atomic_files.write_text(
         record, json.dumps(started_with, indent=2, sort_keys=True) + "\n", "starting simulations"
     )
@@ -529,7 +530,7 @@ def simulate(
         "simulations": [asdict(result) for result in results],
     }
     atomic_files.write_text(
-        out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n", "writing metrics"
+        out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n", "writing metrics"
     )
     return metrics
 
@@ -559,7 +560,7 @@ def simulate_run(
         initial_files,
         reference_files,
         settings,
-        Path(run_dir) / "simulate",
+        RunDirectory(Path(run_dir)).stage_dir("simulate"),
         seed,
         {"checkpoint_sha256": file_digest(checkpoint)},
         label=name,

@@ -23,14 +23,23 @@ def pipeline_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def pipeline_remedies():
-    """The remedies the ``dens`` command names (dens.pipeline.remedies): a missing or damaged file
-    of the pipeline's layout gets its Snakemake target, as in a pipeline job."""
-    from dens.errors import name_remedies
-    from dens.pipeline.remedies import remedy_for
+REMEDY_EXPERIMENT = "md17-ethanol/equiformer-l2"
+"""The experiment (scale smoke, seed 0) whose run and dataset files get their Snakemake targets
+under the ``pipeline_remedies`` fixture."""
 
-    name_remedies(remedy_for)
+
+@pytest.fixture
+def pipeline_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The remedies a ``dens`` command of a pipeline job names (dens.pipeline.remedies.for_job):
+    the job is REMEDIES_JOB, run in tmp_path as its pipeline directory, so that its run's
+    checkpoints and its dataset's splits under tmp_path/results/ get their Snakemake targets."""
+    import argparse
+
+    from dens.errors import name_remedies
+    from dens.pipeline.remedies import for_job
+
+    monkeypatch.chdir(tmp_path)
+    name_remedies(for_job(argparse.Namespace(scale="smoke", seed=0, experiment=REMEDY_EXPERIMENT)))
     yield
     name_remedies(None)
 

@@ -163,8 +163,12 @@ def test_missing_checkpoint(tmp_path: Path, pipeline_remedies: None) -> None:
 
 
 def test_damaged_checkpoint_through_dens_evaluate_is_one_line(
-    tmp_path: Path, original: bytes, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    original: bytes,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # the job's pipeline directory: its run is under results/
     path = run_checkpoint(tmp_path, original[: len(original) // 3])
     split = write_split(tmp_path / "test.aselmdb")
     code = main(

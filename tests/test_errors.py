@@ -226,6 +226,7 @@ def test_bad_invocation_is_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    monkeypatch.chdir(tmp_path)  # the job's pipeline directory: its files are under results/
     build, words = BAD[case]
     argv = build(tmp_path)
     code = main(argv)

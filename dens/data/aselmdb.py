@@ -50,6 +50,7 @@ from dens.data.validation import (
     check_structure,
 )
 from dens.errors import DataError, InvalidDataError, MissingDataError
+from dens.layout import manifest_of
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -90,7 +91,6 @@ _NODE = struct.Struct("<HHHH")
 _F_BIGDATA = 0x01
 _OVERFLOW_HEADER = struct.Struct("<QHHI")
 
-MANIFEST_SUFFIX = ".manifest.json"
 SHA256_LIMIT_BYTES = 16 * 2**30
 """Files up to this size are verified by their full sha256 against the manifest; larger ones by
 their size, `check_pages` and the row count. Measured on one core of the development machine
@@ -141,8 +141,7 @@ def _damaged(path: Path, reason: str) -> DataError:
 
 def manifest_path(path: Path) -> Path:
     """The manifest of an aselmdb file: ``<name>.aselmdb.manifest.json`` beside it."""
-    path = Path(path)
-    return path.with_name(path.name + MANIFEST_SUFFIX)
+    return manifest_of(Path(path))
 
 
 def _read_header(path: Path) -> _Meta:

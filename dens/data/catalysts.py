@@ -92,6 +92,7 @@ from ase.optimize import LBFGS
 
 from dens.data.calculators import EMTCalculator
 from dens.data.validation import check_frames
+from dens.layout import DatasetDirectory
 
 FMAX_EV_PER_A = 0.05
 MAX_STEP_A = 0.2
@@ -559,7 +560,7 @@ def generate_catalysts(
     md = family_name == "oc20" and _with_md(settings) and "train" in splits
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "provenance.json").unlink(missing_ok=True)
+    DatasetDirectory(out_dir).provenance.unlink(missing_ok=True)
 
     split_order = list(family.splits)
     tasks = []
@@ -705,7 +706,7 @@ def generate_catalysts(
         "versions": {package: version(package) for package in ("ase", "numpy")},
         "wall_time_s": time.perf_counter() - start,
     }
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    DatasetDirectory(out_dir).provenance.write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
 
 

@@ -49,6 +49,7 @@ from dens.data.aselmdb import write_aselmdb
 from dens.data.calculators import GFN2xTBCalculator
 from dens.data.validation import check_frames
 from dens.errors import InvalidDataError
+from dens.layout import DatasetDirectory
 
 MD17_SMILES: dict[str, str] = {
     "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
@@ -313,7 +314,7 @@ def generate_md17(
         "versions": _versions("tblite", "ase", "rdkit", "numpy"),
         "wall_time_s": time.perf_counter() - start,
     }
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    DatasetDirectory(out_dir).provenance.write_text(json.dumps(provenance, indent=2) + "\n")
     return paths
 
 
@@ -395,5 +396,5 @@ def convert_md17_npz(
         "versions": _versions("ase", "numpy"),
         "wall_time_s": time.perf_counter() - start,
     }
-    (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    DatasetDirectory(out_dir).provenance.write_text(json.dumps(provenance, indent=2) + "\n")
     return paths

@@ -50,6 +50,7 @@ from dens import atomic_files
 from dens.config_files import find_root, read_yaml
 from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
 from dens.errors import ConfigError, DataError
+from dens.layout import DatasetDirectory
 
 WORK = ".work"
 #: Rows copied per LMDB write transaction while merging.
@@ -386,7 +387,7 @@ def prepare_oc_downloaded(
     catalog = load_catalog(root=root)
     frames = _published_frames(root)
     out_dir = Path(out_dir)
-    (out_dir / "provenance.json").unlink(missing_ok=True)
+    DatasetDirectory(out_dir).provenance.unlink(missing_ok=True)
     plans = plan_dataset(settings, out_dir, inputs, catalog, frames)
     work = out_dir / WORK
     merged: dict[str, Path] = {}
@@ -460,6 +461,8 @@ def prepare_oc_downloaded(
         "wall_time_s": time.perf_counter() - start,
     }
     atomic_files.write_text(
-        out_dir / "provenance.json", json.dumps(provenance, indent=2) + "\n", "writing provenance"
+        DatasetDirectory(out_dir).provenance,
+        json.dumps(provenance, indent=2) + "\n",
+        "writing provenance",
     )
     shutil.rmtree(work, ignore_errors=True)

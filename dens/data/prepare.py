@@ -86,7 +86,8 @@ def prepare_dataset(
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
     ``processes`` worker processes, then each split's manifest (size, row count, sha256:
     dens.data.aselmdb.write_manifest) that every later reader checks the split against."""
-    from dens.data.aselmdb import MANIFEST_SUFFIX, SUFFIX, write_manifest
+    from dens.data.aselmdb import SUFFIX, write_manifest
+    from dens.layout import MANIFEST_SUFFIX
 
     out_dir = Path(out_dir)
     for stale in out_dir.glob(f"*{SUFFIX}{MANIFEST_SUFFIX}"):

@@ -38,6 +38,7 @@ from dens.atomic_files import file_digest
 from dens.checkpoint import FORMAT_VERSION, save_checkpoint
 from dens.data.validation import model_max_atomic_number
 from dens.errors import ModelNotAvailableError
+from dens.layout import RunDirectory
 from dens.models import count_parameters
 from dens.models.common.fairchem_import import CheckpointImportError
 from dens.normalization import NUM_ELEMENTS, Normalizer, load_element_references
@@ -240,5 +241,5 @@ def import_checkpoint(
         "num_parameters": count_parameters(model),
         "imported_from": imported_from,
     }
-    save_checkpoint(state, Path(run_dir) / "checkpoints" / "best.pt")
+    save_checkpoint(state, RunDirectory(Path(run_dir)).checkpoint())
     return state

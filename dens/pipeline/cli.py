@@ -6,14 +6,14 @@
     dens data download NAME --out FILE [--mirror URL]  download and verify one archive
     dens data extract NAME --archive-path FILE --out DIR
     dens data prepare DATASET [INPUTS...] --scale S --out-dir DIR
-    dens train EXPERIMENT --scale S --seed N --train FILE --val FILE --run-dir DIR
+    dens train EXPERIMENT --scale S --seed N --train FILE --val FILE [--run-dir DIR]
                                   (one process per GPU: torchrun or srun, see dens.distributed;
                                   --continue-before-time-limit S: across Slurm jobs,
                                   dens.pipeline.slurm)
-    dens evaluate EXPERIMENT --scale S --seed N --run-dir DIR SPLIT_FILE...
-    dens submission EXPERIMENT --scale S --seed N --run-dir DIR TEST_SPLIT_FILE...
-    dens relax EXPERIMENT --scale S --seed N --run-dir DIR RELAX_SPLIT_FILE...
-    dens simulate EXPERIMENT --scale S --seed N --run-dir DIR --initial TEST_SPLIT SPLIT...
+    dens evaluate EXPERIMENT --scale S --seed N [--run-dir DIR] SPLIT_FILE...
+    dens submission EXPERIMENT --scale S --seed N [--run-dir DIR] TEST_SPLIT_FILE...
+    dens relax EXPERIMENT --scale S --seed N [--run-dir DIR] RELAX_SPLIT_FILE...
+    dens simulate EXPERIMENT --scale S --seed N [--run-dir DIR] --initial TEST_SPLIT SPLIT...
     dens table NAME --scale S --out-dir DIR            (published: dens.pipeline.tables.published)
     dens figure NAME --scale S --out FILE STRUCTURE_FILE...
     dens curves TABLE --scale S --out FILE.png          learning curves of a table's runs
@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dens.errors import (
@@ -40,8 +40,9 @@ from dens.errors import (
     MissingDataError,
     name_remedies,
 )
+from dens.layout import RunDirectory
+from dens.pipeline import paths, remedies
 from dens.pipeline.registry import Registry, load_registry
-from dens.pipeline.remedies import remedy_for
 
 
 def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registry:
@@ -279,7 +280,8 @@ def cmd_import_checkpoint(args: argparse.Namespace) -> None:
         args.energy_reference_file,
     )
     print(
-        f"{args.checkpoint} -> {args.run_dir}/checkpoints/best.pt: {state['num_parameters']} "
+        f"{args.checkpoint} -> {RunDirectory(Path(args.run_dir)).checkpoint()}: "
+        f"{state['num_parameters']} "
         f"parameters ({state['weights']} weights), labelled {args.experiment}"
     )
 
@@ -320,7 +322,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
         )
     lbfgs = {k: relax[k] for k in ("max_steps", "fmax", "maxstep", "memory", "damping", "alpha")}
     _set_threads(args.threads)
-    history = Path(args.run_dir) / "relax" / slurm.HISTORY_FILE
+    history = RunDirectory(Path(args.run_dir)).stage_dir("relax") / slurm.HISTORY_FILE
     with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
         metrics = relax_run(
             Path(args.run_dir),
@@ -336,7 +338,8 @@ def cmd_relax(args: argparse.Namespace) -> None:
     scored = (
         f"; {metrics['metrics_source']}: relaxed-energy MAE {metrics['energy_mae_meV']:.1f} meV"
         if metrics["metrics_source"]
-        else "; no labels: upload relax/submission.npz to the evaluation server"
+        else f"; no labels: upload {RunDirectory(Path(args.run_dir)).submission('relax')} to the "
+        "evaluation server"
     )
     print(
         f"{args.experiment}: {challenge.name} relaxations ({counts}), "
@@ -358,7 +361,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         )
     settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
     _set_threads(args.threads)
-    history = Path(args.run_dir) / "simulate" / slurm.HISTORY_FILE
+    history = RunDirectory(Path(args.run_dir)).stage_dir("simulate") / slurm.HISTORY_FILE
     with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
         metrics = simulate_run(
             args.run_dir, args.initial, args.reference, settings, args.seed, args.device, stop_at
@@ -427,7 +430,12 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="training seed of the run (its directory: seed<S>)"
     )
-    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the run's directory (default: the pipeline's, results/{scale}/runs/{experiment}/"
+        "seed{seed}, relative to the working directory)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch")
     parser.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda where available)"
@@ -506,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="after training, score the best checkpoint on these split files (aselmdb) into "
         "metrics.json in the same process, as `dens evaluate` would (one training process only)",
     )
-    _add_continuation_option(p, "last.pt")
+    _add_continuation_option(
+        p, f"the training state ({RunDirectory(PurePosixPath()).checkpoint('last')})"
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="score a trained run on held-out splits")
@@ -619,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     missing or damaged file of the pipeline's layout with its Snakemake target
     (dens.pipeline.remedies, named for the command's duration)."""
     args = build_parser().parse_args(argv)
-    name_remedies(remedy_for)
+    if getattr(args, "run_dir", "") is None:  # a job of the pipeline: its run's directory
+        args.run_dir = Path(paths.run(args.scale, args.experiment, args.seed).path)
+    name_remedies(remedies.for_job(args))
     try:
         return _run(args)
     finally:

@@ -7,6 +7,7 @@ preparation (size, sha256, row count) or page by page."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 import subprocess
@@ -178,7 +179,8 @@ def test_truncated_split_through_dens_evaluate_is_one_line(tmp_path: Path, origi
     result = subprocess.run(
         [sys.executable, "-m", "dens", "evaluate", "md17-ethanol/equiformer-l2"]
         + ["--scale", "smoke", "--device", "cpu", "--run-dir", str(run_dir), str(path)],
-        cwd=REPO,
+        cwd=tmp_path,  # the job's pipeline directory: its dataset's splits are under results/
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -281,10 +283,13 @@ READER = """
 import json, sys
 from dens.pipeline.cli import _refuse_empty
 from dens.data import aselmdb
+import argparse, os, pathlib
 from dens.errors import DensError, name_remedies
-from dens.pipeline.remedies import remedy_for
-name_remedies(remedy_for)  # as `dens train` does
+from dens.pipeline.remedies import for_job
+job = argparse.Namespace(scale="smoke", seed=0, experiment="md17-ethanol/equiformer-l2")
+name_remedies(for_job(job))  # as `dens train` of that job does
 for path, limit in json.loads(sys.argv[1]):
+    os.chdir(pathlib.Path(path).parents[4])  # the case's pipeline directory
     aselmdb.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
     try:
         dataset = aselmdb.AseLmdbDataset(path)
@@ -399,13 +404,21 @@ def test_fault_while_lmdb_reads_is_one_line_not_a_signal(tmp_path: Path, origina
     with status 2."""
     path = damaged_copy(tmp_path, original, len(original) // 2)
     code = (
+        "import argparse\n"
         "from dens.errors import name_remedies\n"
-        "from dens.pipeline.remedies import remedy_for\n"
+        "from dens.pipeline.remedies import for_job\n"
         "from dens.data.aselmdb import read_rows\n"
-        f"name_remedies(remedy_for)\nread_rows({str(path)!r})\n"
+        "job = argparse.Namespace(scale='smoke', seed=0, experiment='md17-ethanol/equiformer-l2')\n"
+        f"name_remedies(for_job(job))\nread_rows({str(path)!r})\n"
     )
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        cwd=tmp_path,  # the pipeline directory of the job
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert result.stderr == (

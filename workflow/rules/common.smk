@@ -64,10 +64,6 @@ def job_resources(kind):
     return resources
 
 
-def run_dir(experiment, seed):
-    return str(paths.run(SCALE, experiment, seed).path)
-
-
 def split_files(role):
     """Input function: the experiment's split files with ``role`` (config/datasets.yaml)."""
     return lambda wildcards: [

@@ -19,7 +19,6 @@ if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.s
             metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("evaluate")),
         params:
             options=cli_options(),
-            run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         log:
             str(paths.job_log(SCALE, "evaluate", "{experiment}/seed{seed}")),
         benchmark:
@@ -32,7 +31,7 @@ if not EVALUATE_IN_TRAIN_JOB:  # else the train job writes metrics.json (train.s
         shell:
             "python -m dens evaluate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
             "--threads {threads} "
-            "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
+            "{input.splits:q} > {log:q} 2>&1"
 
 
 rule submission:
@@ -44,7 +43,6 @@ rule submission:
         metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("test")),
     params:
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
     log:
         str(paths.job_log(SCALE, "submission", "{experiment}/seed{seed}")),
     benchmark:
@@ -57,4 +55,4 @@ rule submission:
     shell:
         "python -m dens submission {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} "
-        "--run-dir {params.run_dir:q} {input.splits:q} > {log:q} 2>&1"
+        "{input.splits:q} > {log:q} 2>&1"

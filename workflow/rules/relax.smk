@@ -17,7 +17,6 @@ rule relax:
         submission=str(paths.run(SCALE, "{experiment}", "{seed}").submission("relax")),
     params:
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         relax=lambda wildcards: json.dumps(
             REGISTRY.relax_settings(wildcards.experiment), sort_keys=True
         ),
@@ -36,4 +35,4 @@ rule relax:
         "{params.unless_requeued}: > {log:q}; "
         "python -m dens relax {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
         "--threads {threads} {params.continuation}"
-        "--run-dir {params.run_dir:q} {input.splits:q} >> {log:q} 2>&1"
+        "{input.splits:q} >> {log:q} 2>&1"

@@ -16,7 +16,6 @@ rule simulate:
         metrics=str(paths.run(SCALE, "{experiment}", "{seed}").metrics("simulate")),
     params:
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         settings=lambda wildcards: json.dumps(REGISTRY.scale["simulation"], sort_keys=True),
         continuation=continuation_option,
         unless_requeued=UNLESS_REQUEUED,
@@ -32,6 +31,6 @@ rule simulate:
     shell:
         "{params.unless_requeued}: > {log:q}; "
         "python -m dens simulate {wildcards.experiment:q} {params.options} --seed {wildcards.seed} "
-        "--threads {threads} --run-dir {params.run_dir:q} --initial {input.test:q} "
+        "--threads {threads} --initial {input.test:q} "
         "{params.continuation}{input.train:q} {input.val:q} {input.test:q} "
         ">> {log:q} 2>&1"

@@ -33,7 +33,6 @@ rule train:
     params:
         settings=resolved_settings,
         options=cli_options(),
-        run_dir=lambda wildcards: run_dir(wildcards.experiment, wildcards.seed),
         launch=train_launcher,
         continuation=continuation_option,
         unless_requeued=UNLESS_REQUEUED,
@@ -67,4 +66,4 @@ rule train:
         "{params.unless_requeued}: > {log:q}; "
         "{params.launch}python -m dens train {wildcards.experiment:q} {params.options} "
         "--seed {wildcards.seed} --threads {threads} --train {input.train:q} --val {input.val:q} "
-        "{params.continuation}{params.evaluate}--run-dir {params.run_dir:q} 2>> {log:q} | tee -a {log:q}"
+        "{params.continuation}{params.evaluate}2>> {log:q} | tee -a {log:q}"

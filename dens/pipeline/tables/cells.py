@@ -147,7 +147,6 @@ class Outcomes:
     def _server_notes(self, scale: str, source: str, what: str) -> list[str]:
         """Where the numbers of a source the evaluation server scores come from."""
         notes = []
-        directory = layout.METRICS_FILES[source].split("/")[0]
         if f"{source}:{LOCAL_LABELS}" in self.server_sources:
             notes.append(
                 f"{what} columns from {LOCAL_LABELS}: the generated {what} splits of scale "
@@ -156,7 +155,8 @@ class Outcomes:
             )
         if f"{source}:{SERVER}" in self.server_sources:
             notes.append(
-                f"{what} columns from the {SERVER}'s results ({directory}/server_results.json)."
+                f"{what} columns from the {SERVER}'s results "
+                f"({layout.SERVER_RESULTS_FILES[source]})."
             )
         if source in self.awaiting:
             submission = paths.run(scale, "<experiment>", "<S>").submission(source)
