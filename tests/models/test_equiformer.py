@@ -10,13 +10,13 @@ from e3nn import o3
 
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, NotAvailableError
-from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.common.radial_basis import radial_basis
-from dens.models.common.so3_features import format_irreps, from_e3nn, parse_irreps
-from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer import Equiformer
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.equiformer.network import ForceEncoding
+from dens.models.equiformer.radial_basis import radial_basis
+from dens.models.equiformer.so3_features import format_irreps, from_e3nn, parse_irreps
+from dens.models.equiformer.so3_linear import SO3Linear
 from dens.pipeline.registry import load_registry
 
 SMALL_L2 = dict(

@@ -41,14 +41,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.common.fairchem_import import (
+from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+from dens.models.so3.fairchem_import import (
     CheckpointImportError,
     ema_parameters,
     fold_unused_force_encoding,
     load_exactly,
+    normalizers,
     read_checkpoint,
+    strip_prefix,
 )
-from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
 # reference config key -> our constructor argument (same meaning)
 SAME_ARGUMENTS = (
@@ -301,16 +303,6 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
     return arguments, heads
 
 
-def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the "module." prefixes of (nested) DistributedDataParallel wrappers."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        out[key] = value
-    return out
-
-
 def is_reference_buffer(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in REFERENCE_BUFFERS
 
@@ -360,23 +352,3 @@ def load_exactly_with_offset(
     ):
         raise CheckpointImportError("distance_expansion.offset differs from ours (cutoff?)")
     load_exactly(model, state, "EquiformerV2", origin)
-
-
-def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:
-    """{"energy": {"mean", "std"}, "forces": {...}, ...} as floats, from the checkpoint's
-    normalizers (fairchem 1.x: mean / rmsd; older: target / grad_target) or else the config."""
-    out: dict[str, dict] = {}
-    saved = checkpoint.get("normalizers") or {}
-    aliases = {"target": "energy", "grad_target": "forces"}
-    for key, value in saved.items():
-        if isinstance(value, Mapping) and "mean" in value:
-            std = value.get("rmsd", value.get("std"))
-            out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
-    dataset = config.get("dataset") or {}
-    if isinstance(dataset, Mapping):  # fairchem 1.x: {"train": ...}; ocp: the train dataset
-        dataset = dataset.get("train", dataset)
-    transforms = (dataset.get("transforms") if isinstance(dataset, Mapping) else None) or {}
-    for key, value in (transforms.get("normalizer") or {}).items():
-        if key not in out and isinstance(value, Mapping) and "mean" in value:
-            out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}
-    return out

@@ -36,18 +36,18 @@ from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.drop import ChannelDropout, GraphDropPath
 from dens.models.equiformer_v2.edge_degree_embedding import EdgeDegreeEmbedding
-from dens.models.equiformer_v2.edge_graph import EdgeGraph
 from dens.models.equiformer_v2.feed_forward import FeedForwardNetwork
-from dens.models.equiformer_v2.gaussian_smearing import GaussianSmearing
 from dens.models.equiformer_v2.graph_attention import SO2GraphAttention
 from dens.models.equiformer_v2.layer_norm import EquivariantLayerNormSH
-from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.graph import periodic_graph
 from dens.models.so2.coefficients import truncation_rescale
 from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
 from dens.models.so2.so2_convolution import RadialFunction
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
+from dens.models.so3.edge_graph import EdgeGraph
+from dens.models.so3.gaussian_smearing import GaussianSmearing
+from dens.models.so3.so3_linear import SO3Linear
 
 # fairchem 1.x defaults (statistics of OC20 IS2RE 100k), used by every official config.
 AVG_NUM_NODES = 77.81317

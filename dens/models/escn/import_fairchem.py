@@ -22,15 +22,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.common.fairchem_import import (
+from dens.models.escn.network import ESCN
+from dens.models.so3.fairchem_import import (
     CheckpointImportError,
     ema_parameters,
     fold_unused_force_encoding,
     load_exactly,
+    normalizers,
     read_checkpoint,
+    strip_prefix,
 )
-from dens.models.equiformer_v2.import_fairchem import normalizers, strip_prefix
-from dens.models.escn.network import ESCN
 
 MODELS = {"escn", "escn_dens"}
 # reference config key -> our constructor argument, with fairchem 1.x eSCN's defaults

@@ -44,9 +44,6 @@ from torch.nn import functional as F
 from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs, force_spherical_harmonics
-from dens.models.equiformer_v2.edge_graph import gather_nodes, sum_to_nodes
-from dens.models.equiformer_v2.gaussian_smearing import GaussianSmearing
-from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.escn.edge_block import EdgeBlock
 from dens.models.escn.output_heads import EnergyBlock, ForceBlock, SphereSampler
 from dens.models.escn.so2_block import SO2Block
@@ -54,6 +51,9 @@ from dens.models.graph import periodic_graph
 from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
+from dens.models.so3.edge_graph import gather_nodes, sum_to_nodes
+from dens.models.so3.gaussian_smearing import GaussianSmearing
+from dens.models.so3.so3_linear import SO3Linear
 
 ENERGY_SCALE = 0.001  # fairchem 1.x eSCN: "scale energy to help balance numerical precision"
 

@@ -1,6 +1,6 @@
-"""What every message-passing module of EquiformerV2 reads about the edges, computed once per
-forward pass from the (possibly noisy) positions, and the two maps between node and edge
-arrays (gather, sum), written as flat index_add so that their gradients stay cheap on CPU
+"""What every message-passing module of EquiformerV2 and eSCN reads about the edges, computed
+once per forward pass from the (possibly noisy) positions, and the two maps between node and
+edge arrays (gather, sum), written as flat index_add so that their gradients stay cheap on CPU
 (autograd's own index_select backward goes through a per-element scatter)."""
 
 from __future__ import annotations

@@ -123,6 +123,36 @@ def refusal(error: pickle.UnpicklingError) -> str:
     return "refused by weights-only loading; nothing in the file was run"
 
 
+def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the "module." prefixes of (nested) DistributedDataParallel wrappers."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        out[key] = value
+    return out
+
+
+def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:
+    """{"energy": {"mean", "std"}, "forces": {...}, ...} as floats, from the checkpoint's
+    normalizers (fairchem 1.x: mean / rmsd; older: target / grad_target) or else the config."""
+    out: dict[str, dict] = {}
+    saved = checkpoint.get("normalizers") or {}
+    aliases = {"target": "energy", "grad_target": "forces"}
+    for key, value in saved.items():
+        if isinstance(value, Mapping) and "mean" in value:
+            std = value.get("rmsd", value.get("std"))
+            out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
+    dataset = config.get("dataset") or {}
+    if isinstance(dataset, Mapping):  # fairchem 1.x: {"train": ...}; ocp: the train dataset
+        dataset = dataset.get("train", dataset)
+    transforms = (dataset.get("transforms") if isinstance(dataset, Mapping) else None) or {}
+    for key, value in (transforms.get("normalizer") or {}).items():
+        if key not in out and isinstance(value, Mapping) and "mean" in value:
+            out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}
+    return out
+
+
 def ema_parameters(
     state: dict[str, Tensor], names: Sequence[str], shadow: Sequence[Tensor]
 ) -> dict[str, Tensor]:
