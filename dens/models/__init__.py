@@ -6,10 +6,10 @@ constructor takes the preset's keyword arguments plus the switches ``force_encod
 ``noise_head`` (DeNS) and ``attention`` / ``layer_norm`` (Table 5).
 
 Layout: one package per family (``equiformer/``, ``equiformer_v2/``, ``escn/``, and ``nequip/``:
-an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2)
-mathematics that EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2)
-convolution) in ``so2/``, the blocks they share on features as one array [N, (lmax + 1)^2, C]
-(edge graph, Gaussian smearing, SO(3)-linear layer, fairchem import helpers) in ``so3/``, what
+an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2) mathematics that
+EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2) convolution) in
+``so2/``, the blocks they share on features as one array [N, (lmax + 1)^2, C] (DeNS input stage,
+edge graph, Gaussian smearing, SO(3)-linear layer, fairchem import helpers) in ``so3/``, what
 every family uses (initialisation, input checks, segment softmax) in ``common/``, graph
 construction in ``graph.py``.
 """

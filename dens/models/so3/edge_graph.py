@@ -8,15 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from dens.data.batch import Batch
+from dens.models.graph import periodic_graph
+from dens.models.so2.edge_frame import edge_frame, random_helper
+from dens.models.so2.wigner import EdgeWigner
 
 
 @dataclass(frozen=True)
 class EdgeGraph:
     """src, dst: [E] (messages flow src -> dst); atomic_numbers: [N]; distance_basis: [E, B]
     (Gaussian smearing of |edge_vec|); to_frame: [E, K, (lmax + 1)^2] (lab -> edge frame, kept
-    orders, ``dens.models.so2.EdgeWigner``); from_frame: [E, (lmax + 1)^2, K] (back to the lab,
-    with the truncation rescale); num_nodes: N."""
+    orders, ``dens.models.so2.EdgeWigner``); from_frame: [E, (lmax + 1)^2, K] (back to the lab:
+    EquiformerV2 with the truncation rescale, eSCN without); num_nodes: N."""
 
     src: Tensor
     dst: Tensor
@@ -25,6 +30,40 @@ class EdgeGraph:
     to_frame: Tensor
     from_frame: Tensor
     num_nodes: int
+
+
+def build_edge_graph(
+    data: Batch,
+    pos: Tensor,
+    cutoff: float,
+    max_neighbors: int,
+    wigner: EdgeWigner,
+    distance_expansion: nn.Module,
+    random_roll: bool,
+    degeneracy_tolerance: float | None = None,
+    rescale: Tensor | None = None,
+) -> EdgeGraph:
+    """The graph of the structures at ``pos`` (``dens.models.graph.periodic_graph``: cutoff in Å,
+    at most max_neighbors per atom, ties within ``degeneracy_tolerance`` Å^2 kept), its distance
+    basis (``distance_expansion`` of the edge lengths) and the edge frames' rotations, rolled
+    about their edges at random when ``random_roll`` (``dens.models.so2.edge_frame``); the
+    rotations carry no gradient, as in the reference. ``rescale`` [K]: EquiformerV2's truncation
+    rescale of the map back to the lab (``dens.models.so2.truncation_rescale``); None for eSCN."""
+    src, dst, vec = periodic_graph(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
+    with torch.no_grad():
+        edge = vec.detach()
+        helper = random_helper(edge) if random_roll else None
+        to_frame = wigner(edge_frame(edge, helper)).to(pos.dtype)
+    from_frame = to_frame if rescale is None else to_frame * rescale.to(pos.dtype).unsqueeze(-1)
+    return EdgeGraph(
+        src=src,
+        dst=dst,
+        atomic_numbers=data.atomic_numbers,
+        distance_basis=distance_expansion(vec.norm(dim=-1)),
+        to_frame=to_frame,
+        from_frame=from_frame.transpose(1, 2),
+        num_nodes=pos.shape[0],
+    )
 
 
 def sum_to_nodes(x: Tensor, index: Tensor, num_nodes: int) -> Tensor:
