@@ -31,7 +31,10 @@ FAMILIES = {
     "escn": "dens.models.escn:ESCN",
     "nequip": "dens.models.nequip:NequIP",
 }
-"""Model family (config/experiments.yaml ``model.family``) -> "module:class"."""
+"""Model family (config/experiments.yaml ``model.family``) -> "module:class": the one registration
+of a family, whose code lives in its own package; the configuration's families are checked
+against it (dens.pipeline.registry), and tests/test_model_families.py lists the other places
+that name one."""
 
 OPTIONAL_EXTRAS = {"nequip": "nequip"}
 """Model family -> the pip extra that installs its package (``pip install -e '.[extra]'``)."""
