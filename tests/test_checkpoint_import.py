@@ -135,7 +135,7 @@ def test_a_checkpoint_trained_on_linearly_referenced_energies_gets_the_reference
     imported with none (which put the OC22 energies off by sum_i coeff[Z_i], hundreds of eV)."""
     import dataclasses
 
-    from dens.models.common.fairchem_import import CheckpointImportError
+    from dens.models.so3.fairchem_import import CheckpointImportError
     from dens.pipeline.checkpoint_import import import_checkpoint
     from dens.pipeline.registry import load_registry
 
@@ -447,8 +447,8 @@ def test_heads_and_backbones_without_a_counterpart_are_refused_in_one_line(
 ) -> None:
     """As the OMat24 models carry them (a stress head on every one, fairchem 1.x
     configs/omat24/*/eqV2_*.yml): one line naming the head or backbone and what maps."""
-    from dens.models.common.fairchem_import import CheckpointImportError
     from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint
+    from dens.models.so3.fairchem_import import CheckpointImportError
 
     checkpoint = torch.load(FIXTURE / "checkpoint_l4m2_equiformer_v2_dens.pt", weights_only=True)
     model = checkpoint["config"]["model"]

@@ -310,21 +310,8 @@ def test_readme_experiment_example_is_a_valid_extra_experiment(tmp_path) -> None
 
 
 # -- model.overrides: constructor arguments of the family, checked when the DAG is built ----------
-SWITCHES = {"force_encoding", "noise_head", "attention", "layer_norm"}
-
-
-def test_equiformer_presets_list_every_constructor_argument_but_the_switches() -> None:
-    """What an override may change is what a preset lists: every argument of the constructor
-    except the switches experiments set by other keys (model.attention, dens ...)."""
-    import inspect
-
-    from dens.models.equiformer import Equiformer
-
-    arguments = set(inspect.signature(Equiformer).parameters) - SWITCHES
-    presets = yaml.safe_load((Path(__file__).parents[1] / "config" / "models.yaml").read_text())
-    for name, preset in presets["equiformer"].items():
-        assert set(preset) == arguments, name
-    assert SWITCHES <= set(inspect.signature(Equiformer).parameters)
+# (that every family's presets list its constructor arguments but the switches:
+# tests/models/test_model_contract.py)
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,8 @@ from dens.data.batch import Batch
 from dens.data.structures import structure_data
 from dens.denoising import Corruption, DeNSSettings, LossSettings
 from dens.models.equiformer_v2 import import_fairchem as eqv2_import
-from dens.models.equiformer_v2 import network as eqv2_network
 from dens.models.escn import import_fairchem as escn_import
-from dens.models.escn import network as escn_network
+from dens.models.so3 import edge_graph
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.pipeline.registry import load_registry
 from dens.train import batch_loss, loss_settings
@@ -129,9 +128,10 @@ def corruption(record: dict, batch: Batch) -> Corruption:
     )
 
 
-def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict, network) -> None:
+def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict) -> None:
     """Make the model rotate each edge with the frame the reference drew, found by (target,
-    edge vector): our graph lists the same edges in another order."""
+    edge vector): our graph lists the same edges in another order (both families build their
+    graph with dens.models.so3.edge_graph.build_edge_graph)."""
     b, graph = record["batch"], record["graph"]
     pos = record["draws"]["corrupted_pos"] if "draws" in record else b["pos"]
     src, dst = graph["edge_index"]
@@ -143,7 +143,7 @@ def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict, network)
         for e, (d, v) in enumerate(zip(dst, vectors, strict=True))
     }
     frames = graph["edge_rot_mat"]
-    original = network.periodic_graph
+    original = edge_graph.periodic_graph
     seen: dict = {}
 
     def periodic_graph(*args, **kwargs):
@@ -159,8 +159,8 @@ def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict, network)
         assert len(keys) == len(rows) and all(k in rows for k in keys), "graphs differ"
         return frames[[rows[k] for k in keys]].to(vec.dtype)
 
-    monkeypatch.setattr(network, "periodic_graph", periodic_graph)
-    monkeypatch.setattr(network, "edge_frame", edge_frame)
+    monkeypatch.setattr(edge_graph, "periodic_graph", periodic_graph)
+    monkeypatch.setattr(edge_graph, "edge_frame", edge_frame)
 
 
 def engine_model(record: dict, monkeypatch: pytest.MonkeyPatch):
@@ -169,14 +169,14 @@ def engine_model(record: dict, monkeypatch: pytest.MonkeyPatch):
     path = FIXTURES / record["meta"]["checkpoint"]
     if record["meta"]["model"].startswith("escn"):
         model, _ = escn_import.load_fairchem_checkpoint(path, dtype=torch.float64)
-        use_reference_frames(monkeypatch, record, escn_network)
+        use_reference_frames(monkeypatch, record)
 
         def convert(grads: dict) -> dict:
             return escn_import.split_constants(grads)[0]
 
     else:
         model, info = eqv2_import.load_fairchem_checkpoint(path, dtype=torch.float64)
-        use_reference_frames(monkeypatch, record, eqv2_network)
+        use_reference_frames(monkeypatch, record)
         _, heads = eqv2_import.model_arguments(info["config"]["model"])
 
         def convert(grads: dict) -> dict:

@@ -6,9 +6,12 @@ constructor takes the preset's keyword arguments plus the switches ``force_encod
 ``noise_head`` (DeNS) and ``attention`` / ``layer_norm`` (Table 5).
 
 Layout: one package per family (``equiformer/``, ``equiformer_v2/``, ``escn/``, and ``nequip/``:
-an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2)
-mathematics that EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2)
-convolution) in ``so2/``, shared blocks in ``common/``, graph construction in ``graph.py``.
+an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2) mathematics that
+EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2) convolution) in
+``so2/``, the blocks they share on features as one array [N, (lmax + 1)^2, C] (DeNS input stage,
+edge graph, Gaussian smearing, SO(3)-linear layer, fairchem import helpers) in ``so3/``, what
+every family uses (initialisation, input checks, segment softmax) in ``common/``, graph
+construction in ``graph.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ FAMILIES = {
     "escn": "dens.models.escn:ESCN",
     "nequip": "dens.models.nequip:NequIP",
 }
-"""Model family (config/experiments.yaml ``model.family``) -> "module:class"."""
+"""Model family (config/experiments.yaml ``model.family``) -> "module:class": the one registration
+of a family, whose code lives in its own package; the configuration's families are checked
+against it (dens.pipeline.registry), and tests/test_model_families.py lists the other places
+that name one."""
 
 OPTIONAL_EXTRAS = {"nequip": "nequip"}
 """Model family -> the pip extra that installs its package (``pip install -e '.[extra]'``)."""

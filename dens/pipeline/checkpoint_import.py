@@ -40,7 +40,7 @@ from dens.data.validation import model_max_atomic_number
 from dens.errors import ModelNotAvailableError
 from dens.layout import RunDirectory
 from dens.models import count_parameters
-from dens.models.common.fairchem_import import CheckpointImportError
+from dens.models.so3.fairchem_import import CheckpointImportError
 from dens.normalization import NUM_ELEMENTS, Normalizer, load_element_references
 from dens.pipeline.registry import Registry
 
@@ -181,7 +181,7 @@ def import_checkpoint(
     experiment's ``optim.energy_reference_file`` (which smaller scales set null; the target
     ``published`` passes the downloaded file at every scale).
 
-    Raises dens.models.common.fairchem_import.CheckpointImportError (named keys or
+    Raises dens.models.so3.fairchem_import.CheckpointImportError (named keys or
     settings) when the checkpoint cannot be mapped exactly, ModelNotAvailableError when the
     experiment's family has no importer."""
     source = Path(source)

@@ -32,6 +32,7 @@ import yaml
 
 from dens.config_files import find_root, read_yaml, validate
 from dens.errors import ConfigError
+from dens.models import FAMILIES, PENDING_FAMILIES
 
 MOLECULES = (
     "aspirin",
@@ -570,6 +571,7 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     model_presets = read_yaml(config_dir / "models.yaml")
     validate(model_presets, "models", "config/models.yaml", root)
     preset_sources = model_presets.pop("sources", {})
+    check_model_families(model_presets, preset_sources, scale, str(scale_path.relative_to(root)))
     check_model_overrides(
         model_presets, scale, str(scale_path.relative_to(root)), experiments, sources
     )
@@ -624,6 +626,38 @@ def _override_error(where: str, key: str, family: str, known: Iterable[str]) -> 
     return ConfigError(
         f"{where}: {key!r}: not an argument of {family}{hint} (known: {', '.join(known)})"
     )
+
+
+def check_model_families(
+    model_presets: dict[str, Any],
+    preset_sources: dict[str, Any],
+    scale: dict[str, Any],
+    scale_source: str,
+) -> None:
+    """The model families the configuration names are those ``dens.models`` registers
+    (``FAMILIES``, and ``PENDING_FAMILIES`` still to come), the one place a family is
+    registered: config/models.yaml gives presets for every registered family and for no other,
+    its sources and a scale's ``models`` name no other. (An experiment's family is checked when
+    it is resolved: its preset must exist.)"""
+    known = set(FAMILIES) | set(PENDING_FAMILIES)
+    named = (
+        ("config/models.yaml", model_presets),
+        ("config/models.yaml: sources", preset_sources),
+        (f"{scale_source}: models", scale.get("models", {})),
+    )
+    for where, families in named:
+        for family in families:
+            if family not in known:
+                raise ConfigError(
+                    f"{where}: {_unknown('model family', family, known)} "
+                    "(dens.models.FAMILIES registers the families)"
+                )
+    missing = sorted(set(FAMILIES) - set(model_presets))
+    if missing:
+        raise ConfigError(
+            f"config/models.yaml: no presets for the model families {', '.join(missing)} "
+            "(registered in dens.models.FAMILIES)"
+        )
 
 
 def check_model_overrides(

@@ -1,4 +1,7 @@
-"""Tests of the Equiformer model (dens/models/equiformer.py) and its building blocks."""
+"""The Equiformer model (dens/models/equiformer/) and its building blocks, what only this family
+has: its blocks on per-degree lists, the Table 5 variants, forces as -dE/dx, the force encoding of
+Algorithm 1, dropout. The contract of every family (equivariance of every head, DeNS switches,
+presets and parameter counts) is tests/models/test_model_contract.py."""
 
 from __future__ import annotations
 
@@ -7,29 +10,20 @@ import math
 import pytest
 import torch
 from e3nn import o3
+from model_cases import FAMILY_CASES
 
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, NotAvailableError
-from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.common.radial_basis import radial_basis
-from dens.models.common.so3_features import format_irreps, from_e3nn, parse_irreps
-from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer import Equiformer
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.equiformer.network import ForceEncoding
+from dens.models.equiformer.radial_basis import radial_basis
+from dens.models.equiformer.so3_features import format_irreps, from_e3nn, parse_irreps
+from dens.models.equiformer.so3_linear import SO3Linear
 from dens.pipeline.registry import load_registry
 
-SMALL_L2 = dict(
-    irreps_node_embedding="8x0e+4x1e+2x2e",
-    num_layers=2,
-    number_of_basis=8,
-    fc_neurons=[8],
-    irreps_feature="16x0e",
-    irreps_feature_dens="16x0e+4x1e+2x2e",
-    irreps_head="4x0e+2x1e+1x2e",
-    num_heads=2,
-    irreps_mlp_mid="16x0e+8x1e+4x2e",
-)
+SMALL_L2 = FAMILY_CASES["equiformer"].tiny
 SMALL_L3 = dict(
     SMALL_L2,
     irreps_node_embedding="8x0e+4x1e+2x2e+2x3e",
@@ -111,11 +105,6 @@ def equivariance_errors(model: Equiformer, batch: Batch, seed: int = 1) -> dict[
 
 
 DENS = {"force_encoding": True, "noise_head": True}
-
-
-def dens_modules(dens: bool) -> dict[str, bool]:
-    """Both DeNS modules on or off (a DeNS experiment with force encoding, or a baseline)."""
-    return {"force_encoding": dens, "noise_head": dens}
 
 
 def equiformer_preset(name: str) -> dict:
@@ -266,11 +255,12 @@ def test_force_encoding_zero_rows_and_gradients() -> None:
 
 
 @pytest.mark.parametrize("lmax", ["l2", "l3"])
-@pytest.mark.parametrize("dens", [False, True])
 @pytest.mark.parametrize(("attention", "layer_norm"), VARIANTS)
-def test_equivariance_small(lmax: str, dens: bool, attention: bool, layer_norm: bool) -> None:
-    """Energy invariant, forces and noise rotate with R, under x -> R x + t (float64)."""
-    model = small_model(lmax, **dens_modules(dens), attention=attention, layer_norm=layer_norm)
+def test_equivariance_of_the_table5_variants(lmax: str, attention: bool, layer_norm: bool) -> None:
+    """Energy invariant, forces and noise rotate with R, under x -> R x + t (float64), with and
+    without attention and layer norm (DeNS Table 5), Lmax 2 and 3, DeNS modules on (the
+    contract checks every head of the default l2 model with and without them)."""
+    model = small_model(lmax, **DENS, attention=attention, layer_norm=layer_norm)
     errors = equivariance_errors(model, make_batch())
     for key, err in errors.items():
         assert err < 1e-10, (key, err)
@@ -382,20 +372,14 @@ def test_output_shapes_float32() -> None:
 
 
 def test_invalid_inputs_are_named() -> None:
+    """Beyond the DeNS inputs (the contract): atom types, parity, periodic cells, presets."""
     model = small_model()
     batch = make_batch()
-    with pytest.raises(ValueError, match="predict_noise needs a model built with noise_head"):
-        model(batch, predict_noise=True)
-    with pytest.raises(ValueError, match="force_input given"):
-        model(batch, force_input=torch.zeros(batch.num_nodes, 3, dtype=torch.float64))
     bad = batch.clone()
     bad.atomic_numbers = bad.atomic_numbers.clone()
     bad.atomic_numbers[0] = 80
     with pytest.raises(ValueError, match="atomic_numbers"):
         model(bad)
-    dens_model = small_model(**DENS)
-    with pytest.raises(ValueError, match="force_input must be"):
-        dens_model(batch, force_input=torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="odd parity"):
         Equiformer(**{**SMALL_L2, "irreps_node_embedding": "8x0e+4x1o"})
     periodic = batch.clone()
@@ -406,77 +390,4 @@ def test_invalid_inputs_are_named() -> None:
         equiformer_preset("l9")
 
 
-PAPER_PARAMS = {  # DeNS paper Table 4 (official code: 3,496,001 / 4,000,577 / ...)
-    ("l2", False): 3.50e6,
-    ("l2", True): 4.00e6,
-    ("l3", False): 5.50e6,
-    ("l3", True): 6.35e6,
-}
-OUR_PARAMS = {  # the official code's counts, the force-embedding bias included
-    ("l2", False): 3_496_001,
-    ("l2", True): 4_000_577,
-    ("l3", False): 5_500_865,
-    ("l3", True): 6_354_241,
-    ("shrunk", False): 119_025,
-    ("shrunk", True): 156_881,
-}
-
-
-@pytest.mark.parametrize(("preset", "dens"), sorted(OUR_PARAMS))
-def test_parameter_counts(preset: str, dens: bool) -> None:
-    model = Equiformer(**equiformer_preset(preset), **dens_modules(dens))
-    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert n == OUR_PARAMS[(preset, dens)]
-    if (preset, dens) in PAPER_PARAMS:
-        assert math.isclose(n, PAPER_PARAMS[(preset, dens)], rel_tol=0.03)
-
-
 # ---------------------------------------------------------------- DeNS modules and initial weights
-
-
-@pytest.mark.parametrize("lmax", ["l2", "l3"])
-def test_shared_parameters_start_equal_whatever_dens_modules_exist(lmax: str) -> None:
-    """A fair DeNS-vs-baseline comparison: with one seed, every parameter the variants share
-    (same name and shape) starts from the same value, and the global random stream after
-    construction (dropout, data order) is the same."""
-    variants = {}
-    states = {}
-    for name, switches in {
-        "baseline": dens_modules(False),
-        "dens": DENS,
-        "no_force_encoding": {"force_encoding": False, "noise_head": True},
-    }.items():
-        torch.manual_seed(7)
-        variants[name] = dict(Equiformer(**SMALL[lmax], **switches).named_parameters())
-        states[name] = torch.get_rng_state()
-    baseline = variants["baseline"]
-    for name, params in variants.items():
-        assert torch.equal(states[name], states["baseline"]), name
-        shared = [k for k in params if k in baseline and params[k].shape == baseline[k].shape]
-        assert len(shared) > 0.8 * len(baseline), (name, len(shared), len(baseline))
-        for key in shared:
-            assert torch.equal(params[key], baseline[key]), (name, key)
-    # The energy head has the same shape in every variant, though it follows a wider last block.
-    assert torch.equal(variants["dens"]["energy_out.weight.0"], baseline["energy_out.weight.0"])
-
-
-def test_force_encoding_and_noise_head_are_separate_switches() -> None:
-    """Table 6's 'no force encoding' ablation: a noise head, no force-encoding weights."""
-    model = small_model(force_encoding=False, noise_head=True)
-    assert model.force_encoding is None and model.noise_head is not None
-    assert not any(name.startswith("force_encoding") for name, _ in model.named_parameters())
-    batch = make_batch()
-    out = model(batch, predict_noise=True)
-    assert out["noise"].shape == (batch.num_nodes, 3)
-    with pytest.raises(ValueError, match="no force encoding"):
-        model(batch, force_input=torch.zeros(batch.num_nodes, 3, dtype=torch.float64))
-    errors = equivariance_errors(model, batch)
-    assert max(errors.values()) < 1e-9, errors
-    with_encoding = small_model(**DENS)
-    encoding_weights = sum(p.numel() for p in with_encoding.force_encoding.parameters())
-    assert encoding_weights > 0
-    assert count(with_encoding) - count(model) == encoding_weights
-
-
-def count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

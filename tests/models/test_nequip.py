@@ -1,8 +1,9 @@
-"""The NequIP adapter (dens.models.nequip; the optional extra ``nequip``): the equivariance
-contract of every head, the DeNS modules entering through nequip's extension points, the
-registry presets and their parameter counts, the pairing of a DeNS model with its baseline, the
-dtype cast, the training engine's checkpoint/resume and the ASE calculator. The module is skipped
-without nequip (``pip install -e '.[nequip]'``)."""
+"""The NequIP adapter (dens.models.nequip; the optional extra ``nequip``), what only this family
+has: the extra it names when nequip is missing, equivariance without odd-parity copies, the DeNS
+modules entering through nequip's extension points, its refusals, the dtype cast, the training
+engine's checkpoint/resume and the ASE calculator. The contract of every family (equivariance of
+every head, DeNS switches, presets and parameter counts) is tests/models/test_model_contract.py.
+The module is skipped without nequip (``pip install -e '.[nequip]'``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from e3nn import o3
 from dens.data.batch import Batch, Data
 from dens.data.structures import atoms_to_data
 from dens.errors import ModelNotAvailableError
-from dens.models import count_parameters, model_class
+from dens.models import model_class
 from dens.pipeline.registry import load_registry
 
 
@@ -43,23 +44,11 @@ def test_without_nequip_the_family_names_the_extra(monkeypatch) -> None:
 
 
 nequip = pytest.importorskip("nequip")
+from model_cases import FAMILY_CASES, molecules  # noqa: E402
+
 from dens.models.nequip import NequIP  # noqa: E402
 
-SMALL = dict(num_layers=2, l_max=2, num_features=[8, 4, 2], radial_mlp_width=16,
-             avg_num_neighbors=5.0, model_dtype="float64")  # fmt: skip
-HEADS = [(False, False, False), (True, False, True), (False, True, False), (True, True, True)]
-"""(force_encoding, noise_head, parity): every head, both nequip feature parities."""
-
-
-def make_batch(sizes: tuple[int, ...] = (6, 5), seed: int = 0) -> Batch:
-    """Random H/C/N/O structures in a 4 Å cube, float64."""
-    gen = torch.Generator().manual_seed(seed)
-    data = []
-    for n in sizes:
-        z = torch.tensor([1, 6, 7, 8])[torch.randint(0, 4, (n,), generator=gen)]
-        pos = 4.0 * torch.rand(n, 3, generator=gen, dtype=torch.float64)
-        data.append(Data(pos=pos, atomic_numbers=z, natoms=torch.tensor([n])))
-    return Batch.from_data_list(data)
+SMALL = FAMILY_CASES["nequip"].tiny
 
 
 def small_model(force_encoding: bool, noise_head: bool, **kwargs) -> NequIP:
@@ -72,15 +61,16 @@ def run(model: NequIP, batch: Batch, forces: torch.Tensor | None) -> dict[str, t
     return model(batch, forces if model.force_encoding else None, predict_noise=model.noise_head)
 
 
-@pytest.mark.parametrize(("force_encoding", "noise_head", "parity"), HEADS)
-def test_rotations_leave_energy_invariant_and_rotate_forces_and_noise(
-    force_encoding: bool, noise_head: bool, parity: bool
+@pytest.mark.parametrize(("force_encoding", "noise_head"), [(False, False), (True, True)])
+def test_without_odd_parity_copies_every_head_is_equivariant(
+    force_encoding: bool, noise_head: bool
 ) -> None:
-    """float64: energy invariant, forces and noise rotate with the structure and the encoded
-    forces, to ~1e-14 (measured <= 3e-15). A noise head reading scalars, or an encoding of the
-    unrotated forces, would leave O(0.1) errors."""
-    model = small_model(force_encoding, noise_head, parity=parity)
-    batch = make_batch()
+    """parity=False (the mini preset's features; the contract builds nequip's default, both
+    parities), float64: energy invariant, forces and noise rotate with the structure and the
+    encoded forces, to ~1e-14 (measured <= 3e-15). A noise head reading scalars, or an encoding
+    of the unrotated forces, would leave O(0.1) errors."""
+    model = small_model(force_encoding, noise_head, parity=False)
+    batch = molecules()
     forces = torch.randn(
         batch.num_nodes, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
     )
@@ -108,29 +98,6 @@ def test_dens_modules_enter_through_nequip_extension_points() -> None:
     assert names[names.index("layer0_convnet") + 1] == "dens_force_encoding"
     assert names[names.index("layer2_convnet") - 1] == "dens_noise_head"
     assert type(model.nequip).__module__.startswith("nequip.")
-    batch = make_batch()
-    forces = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
-    plain = model(batch)
-    assert torch.equal(model(batch, torch.zeros_like(forces))["energy"], plain["energy"])
-    assert not torch.allclose(model(batch, forces)["energy"], plain["energy"])
-
-
-def test_a_dens_model_starts_from_its_baseline_weights_and_leaves_the_stream_alone() -> None:
-    """Same seed: every parameter of the baseline is in the DeNS model with the same value, and
-    building either draws the same numbers from the global stream (one seed), so the engine's
-    later draws are paired too. Fails if the DeNS modules consumed the nequip builder's stream."""
-    torch.manual_seed(3)
-    base = NequIP(**SMALL)
-    after_base = torch.rand(4)
-    torch.manual_seed(3)
-    dens = NequIP(**SMALL, force_encoding=True, noise_head=True)
-    after_dens = torch.rand(4)
-    assert torch.equal(after_base, after_dens)
-    assert torch.get_default_dtype() == torch.float32
-    params = dict(dens.named_parameters())
-    for name, value in base.named_parameters():
-        assert torch.equal(params[name], value), name
-    assert len(params) > len(dict(base.named_parameters()))
 
 
 def test_refusals() -> None:
@@ -139,12 +106,10 @@ def test_refusals() -> None:
     with pytest.raises(ValueError, match="num_layers >= 2"):
         NequIP(**{**SMALL, "num_layers": 1}, noise_head=True)
     model = small_model(False, False)
-    batch = make_batch()
+    batch = molecules()
     batch.atomic_numbers[0] = 3  # Li: below the table's size, not a type of the model
     with pytest.raises(ValueError, match=r"atomic numbers \[3\] are not among"):
         model(batch)
-    with pytest.raises(ValueError, match="noise_head=True"):
-        model(make_batch(), predict_noise=True)
 
 
 def test_to_dtype_casts_nequip_build_time_dtypes() -> None:
@@ -154,30 +119,12 @@ def test_to_dtype_casts_nequip_build_time_dtypes() -> None:
     model32 = small_model(True, True, model_dtype="float32")
     model32.load_state_dict({k: v.float() for k, v in model64.state_dict().items()})
     model32.double()
-    batch = make_batch()
+    batch = molecules()
     forces = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
     a, b = run(model64, batch, forces), run(model32, batch, forces)
     for key in ("energy", "forces", "noise"):
         assert b[key].dtype == torch.float64
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6)
-
-
-def test_presets_and_parameter_counts() -> None:
-    """Preset arguments are constructor arguments; counts as config/models.yaml states them."""
-    import inspect
-
-    registry = load_registry({"scale": "paper"})
-    arguments = set(inspect.signature(NequIP).parameters)
-    switches = {"force_encoding", "noise_head", "attention", "layer_norm"}
-    # (preset, DeNS modules) -> count; the md17 baseline's 690,712 is left to `dens params`
-    # (a 6-layer build costs seconds)
-    expected = {("md17", True): 704_848, ("mini", False): 8_800, ("mini", True): 10_752}
-    for (preset, dens), count in expected.items():
-        values = registry.preset("nequip", preset)
-        assert set(values) == arguments - switches, preset
-        model = NequIP(**values, force_encoding=dens, noise_head=dens)
-        assert count_parameters(model) == count, (preset, dens)
-    assert model_class("nequip") is NequIP
 
 
 def ethanol_frames(n: int, seed: int) -> list[Data]:

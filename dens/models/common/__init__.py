@@ -1,3 +1,3 @@
-"""Building blocks shared by the model families: features as per-degree tensor lists
-(so3_features), SO(3)-linear layers, gates, equivariant layer norm and dropout, radial bases,
-and per-part initialisation (initialization)."""
+"""What every model family uses: per-part initialisation (initialization), the checks of a
+batch and of the DeNS inputs (inputs), and the attention softmax over each node's incoming edges
+(segment_softmax: Equiformer and EquiformerV2)."""

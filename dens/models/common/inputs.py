@@ -1,12 +1,8 @@
-"""What every model family checks of its inputs, and the DeNS force-encoding input (Eq. 5) the
-SO(2)-based families share."""
+"""What every model family checks of its inputs: the batch and the DeNS inputs."""
 
 from __future__ import annotations
 
-import math
-
 import torch
-from e3nn import o3
 from torch import Tensor
 
 from dens.data.batch import Batch
@@ -50,14 +46,3 @@ def check_inputs(
             )
     if predict_noise and not noise_head:
         raise ValueError(f"{model}: predict_noise needs a model built with noise_head=True")
-
-
-def force_spherical_harmonics(forces: Tensor, lmax: int) -> Tensor:
-    """||f|| Y^(L)(f / ||f||) for L = 0..lmax (Eq. 5; component normalisation, divided by
-    sqrt(3) as the official EquiformerV2-DeNS code): [N, 3] -> [N, (lmax + 1)^2, 1]; zero rows
-    stay zero."""
-    sh = o3.spherical_harmonics(
-        list(range(lmax + 1)), forces, normalize=True, normalization="component"
-    )
-    norm = forces.norm(dim=-1, keepdim=True) / math.sqrt(3.0)
-    return (sh * norm).unsqueeze(-1)

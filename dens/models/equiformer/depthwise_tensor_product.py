@@ -26,8 +26,8 @@ import torch
 from e3nn import o3
 from torch import Tensor, nn
 
-from dens.models.common.so3_features import Channels
-from dens.models.common.so3_linear import init_weight_
+from dens.models.equiformer.so3_features import Channels
+from dens.models.equiformer.so3_linear import init_weight_
 
 
 class DepthwiseTensorProduct(nn.Module):

@@ -21,13 +21,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dens.models.common.equivariant_dropout import EquivariantDropout
-from dens.models.common.gate_activation import Gate, second_moment_scale, smooth_leaky_relu
-from dens.models.common.radial_basis import RadialMLP
 from dens.models.common.segment_softmax import segment_softmax
-from dens.models.common.so3_features import Channels, scatter_sum
-from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.equivariant_dropout import EquivariantDropout
+from dens.models.equiformer.gate_activation import Gate, second_moment_scale, smooth_leaky_relu
+from dens.models.equiformer.radial_basis import RadialMLP
+from dens.models.equiformer.so3_features import Channels, scatter_sum
+from dens.models.equiformer.so3_linear import SO3Linear
 
 
 class GraphAttention(nn.Module):

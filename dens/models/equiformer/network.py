@@ -39,16 +39,16 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from dens.data.batch import Batch
-from dens.models.common.equivariant_dropout import EquivariantDropout, GraphDropPath
-from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.common.gate_activation import Gate, ScaledSiLU
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs
-from dens.models.common.radial_basis import RadialMLP, radial_basis
-from dens.models.common.so3_features import Channels, add_features, parse_irreps, scatter_sum
-from dens.models.common.so3_linear import SO3Linear, init_weight_
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.equivariant_dropout import EquivariantDropout, GraphDropPath
+from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
+from dens.models.equiformer.gate_activation import Gate, ScaledSiLU
 from dens.models.equiformer.graph_attention import GraphAttention
+from dens.models.equiformer.radial_basis import RadialMLP, radial_basis
+from dens.models.equiformer.so3_features import Channels, add_features, parse_irreps, scatter_sum
+from dens.models.equiformer.so3_linear import SO3Linear, init_weight_
 from dens.models.graph import molecular_graph
 
 # Statistics the official code uses for MD17 (QM9 with cutoff 5 Å).

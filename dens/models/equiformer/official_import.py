@@ -37,12 +37,12 @@ import torch
 from e3nn import o3
 from torch import Tensor
 
-from dens.models.common.equivariant_layer_norm import EquivariantLayerNorm
-from dens.models.common.radial_basis import RadialMLP
-from dens.models.common.so3_linear import SO3Linear
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
+from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.equiformer.graph_attention import GraphAttention
 from dens.models.equiformer.network import Equiformer
+from dens.models.equiformer.radial_basis import RadialMLP
+from dens.models.equiformer.so3_linear import SO3Linear
 
 _SKIPPED_SUFFIXES = ("output_mask", "rbf.means", "rbf.betas")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dens.models.equiformer_v2.edge_graph import EdgeGraph, sum_to_nodes
 from dens.models.so2.so2_convolution import RadialFunction
+from dens.models.so3.edge_graph import EdgeGraph, sum_to_nodes
 
 
 class EdgeDegreeEmbedding(nn.Module):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.so2.sphere_grid import SphereGrid
+from dens.models.so3.so3_linear import SO3Linear
 
 
 class FeedForwardNetwork(nn.Module):

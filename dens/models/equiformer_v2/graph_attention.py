@@ -20,10 +20,10 @@ from torch import Tensor, nn
 
 from dens.models.common.segment_softmax import segment_softmax
 from dens.models.equiformer_v2.activation import SeparableS2Activation, SmoothLeakyReLU
-from dens.models.equiformer_v2.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
-from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.so2.so2_convolution import SO2Convolution
 from dens.models.so2.sphere_grid import SphereGrid
+from dens.models.so3.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
+from dens.models.so3.so3_linear import SO3Linear
 
 
 class SO2GraphAttention(nn.Module):

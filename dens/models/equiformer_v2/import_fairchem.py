@@ -41,14 +41,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.common.fairchem_import import (
-    CheckpointImportError,
-    ema_parameters,
-    fold_unused_force_encoding,
-    load_exactly,
-    read_checkpoint,
-)
 from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+from dens.models.so3 import fairchem_import as fairchem
+from dens.models.so3.fairchem_import import CheckpointImportError
 
 # reference config key -> our constructor argument (same meaning)
 SAME_ARGUMENTS = (
@@ -69,20 +64,21 @@ SAME_ARGUMENTS = (
     "weight_init",
     "enforce_max_neighbors_strictly",
 )
-# settings the reference allows but only these values map onto our model
+# settings the reference allows but only these values map onto our model: (value, fairchem 1.x's
+# constructor default)
 REQUIRED = {
-    "use_pbc": True,
-    "norm_type": "layer_norm_sh",
-    "use_grid_mlp": True,
-    "use_sep_s2_act": True,
-    "use_gate_act": False,
-    "use_s2_act_attn": False,
-    "use_attn_renorm": True,
-    "use_m_share_rad": False,
-    "use_atom_edge_embedding": True,
-    "share_atom_edge_embedding": False,
-    "distance_function": "gaussian",
-    "use_noise_schedule_sigma_encoding": False,
+    "use_pbc": (True, True),
+    "norm_type": ("layer_norm_sh", "rms_norm_sh"),
+    "use_grid_mlp": (True, False),
+    "use_sep_s2_act": (True, True),
+    "use_gate_act": (False, False),
+    "use_s2_act_attn": (False, False),
+    "use_attn_renorm": (True, True),
+    "use_m_share_rad": (False, False),
+    "use_atom_edge_embedding": (True, True),
+    "share_atom_edge_embedding": (False, False),
+    "distance_function": ("gaussian", "gaussian"),
+    "use_noise_schedule_sigma_encoding": (False, False),
 }
 REFERENCE_DISTANCE_BASIS = 600  # fairchem 1.x ignores num_distance_basis and uses 600 Gaussians
 # last key components of the reference's constant buffers (recomputed by our constructor)
@@ -157,30 +153,22 @@ def load_fairchem_checkpoint(
     per-element references E_ref / E_std of ``load_energy_lin_ref`` models such as fairchem's OC22
     EquiformerV2, or None) and ``use_energy_lin_ref``: the reference adds sum_i energy_lin_ref[Z_i]
     to its normalised energy at prediction when set; our model never does, the caller may."""
-    checkpoint, config = read_checkpoint(path)
+    checkpoint, config = fairchem.read_checkpoint(path)
     arguments, heads = model_arguments(config["model"])
     if any(checkpoint.get("elementrefs") or {}):
         raise CheckpointImportError(
             f"{path}: elementrefs {sorted(checkpoint['elementrefs'])} (fairchem 1.x linear "
             "references subtracted from the training labels) are not mapped"
         )
-    state = strip_prefix(checkpoint["state_dict"])
-    if use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"):
-        state = with_ema(state, checkpoint["ema"]["shadow_params"])
-        ema = True
-    else:
-        ema = False
+    state, ema = fairchem.checkpoint_state(checkpoint, use_ema, tracked_parameters)
     mapped, origin = map_keys(state, heads)
     energy_lin_ref = mapped.pop("energy_lin_ref", None)
-    fold_unused_force_encoding(mapped, arguments)
+    fairchem.fold_unused_force_encoding(mapped, arguments)
     model = EquiformerV2(**arguments)
     load_exactly_with_offset(model, mapped, origin)
     model = model.to(dtype).eval()
     info = {
-        "config": config,
-        "normalizers": normalizers(checkpoint, config),
-        "ema": ema,
-        "hyperparameters": arguments,
+        **fairchem.import_info(checkpoint, config, arguments, ema),
         "energy_lin_ref": energy_lin_ref,
         "use_energy_lin_ref": bool(model_settings(config["model"]).get("use_energy_lin_ref")),
     }
@@ -240,36 +228,11 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
             "regress_forces False (an energy-only model without a force head, e.g. an IS2RE "
             "one) does not map: our EquiformerV2 always predicts forces"
         )
-    settings.setdefault("use_pbc", True)
     if settings.get("grid_resolution") is None:
         raise CheckpointImportError(
             "grid_resolution None (fairchem's non-square grid) does not map"
         )
-    defaults = {  # fairchem 1.x constructor defaults for the keys checked
-        "norm_type": "rms_norm_sh",
-        "use_grid_mlp": False,
-        "use_sep_s2_act": True,
-        "use_gate_act": False,
-        "use_s2_act_attn": False,
-        "use_attn_renorm": True,
-        "use_m_share_rad": False,
-        "use_atom_edge_embedding": True,
-        "share_atom_edge_embedding": False,
-        "distance_function": "gaussian",
-        "use_noise_schedule_sigma_encoding": False,
-    }
-    wrong = {
-        key: settings.get(key, defaults.get(key))
-        for key, value in REQUIRED.items()
-        if settings.get(key, defaults.get(key)) != value
-    }
-    if wrong:
-        raise CheckpointImportError(
-            f"settings our EquiformerV2 does not have: {wrong} (maps only {REQUIRED})"
-        )
-    lmax_list, mmax_list = settings.get("lmax_list", [6]), settings.get("mmax_list", [2])
-    if len(lmax_list) != 1 or len(mmax_list) != 1:
-        raise CheckpointImportError(f"several resolutions (lmax_list {lmax_list}) do not map")
+    lmax, mmax, switches = fairchem.reference_arguments(settings, REQUIRED, "EquiformerV2", dens)
     fairchem_defaults = {
         "num_layers": 12,
         "sphere_channels": 128,
@@ -289,41 +252,29 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
     }
     arguments = {key: settings.get(key, fairchem_defaults.get(key)) for key in SAME_ARGUMENTS}
     arguments.update(
-        lmax=int(lmax_list[0]),
-        mmax=int(mmax_list[0]),
+        lmax=lmax,
+        mmax=mmax,
         cutoff=float(settings.get("max_radius", 5.0)),
         num_distance_basis=REFERENCE_DISTANCE_BASIS,
         avg_num_nodes=float(settings.get("avg_num_nodes") or AVG_NUM_NODES),
         avg_degree=float(settings.get("avg_degree") or AVG_DEGREE),
-        force_encoding=dens and bool(settings.get("use_force_encoding", True)),
-        noise_head=dens,
+        **switches,
     )
     return arguments, heads
-
-
-def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the "module." prefixes of (nested) DistributedDataParallel wrappers."""
-    out = {}
-    for key, value in state.items():
-        while key.startswith("module."):
-            key = key[len("module.") :]
-        out[key] = value
-    return out
 
 
 def is_reference_buffer(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in REFERENCE_BUFFERS
 
 
-def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
-    """Replace the parameters by the EMA's, matched in parameter order (the state_dict order
-    without buffers and the frozen ``energy_lin_ref``, which the EMA does not track)."""
-    names = [
+def tracked_parameters(state: Mapping[str, Tensor]) -> list[str]:
+    """The parameters fairchem's EMA tracks, in order: the state_dict without buffers and the
+    frozen ``energy_lin_ref``."""
+    return [
         key
         for key in state
         if not is_reference_buffer(key) and key.rsplit(".", 1)[-1] != "energy_lin_ref"
     ]
-    return ema_parameters(state, names, shadow)
 
 
 def map_keys(
@@ -359,24 +310,4 @@ def load_exactly_with_offset(
         offset.double(), model.distance_expansion.offset.double(), atol=1e-5
     ):
         raise CheckpointImportError("distance_expansion.offset differs from ours (cutoff?)")
-    load_exactly(model, state, "EquiformerV2", origin)
-
-
-def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:
-    """{"energy": {"mean", "std"}, "forces": {...}, ...} as floats, from the checkpoint's
-    normalizers (fairchem 1.x: mean / rmsd; older: target / grad_target) or else the config."""
-    out: dict[str, dict] = {}
-    saved = checkpoint.get("normalizers") or {}
-    aliases = {"target": "energy", "grad_target": "forces"}
-    for key, value in saved.items():
-        if isinstance(value, Mapping) and "mean" in value:
-            std = value.get("rmsd", value.get("std"))
-            out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
-    dataset = config.get("dataset") or {}
-    if isinstance(dataset, Mapping):  # fairchem 1.x: {"train": ...}; ocp: the train dataset
-        dataset = dataset.get("train", dataset)
-    transforms = (dataset.get("transforms") if isinstance(dataset, Mapping) else None) or {}
-    for key, value in (transforms.get("normalizer") or {}).items():
-        if key not in out and isinstance(value, Mapping) and "mean" in value:
-            out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}
-    return out
+    fairchem.load_exactly(model, state, "EquiformerV2", origin)

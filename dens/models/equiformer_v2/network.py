@@ -28,26 +28,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
-from dens.models.common.inputs import check_inputs, force_spherical_harmonics
 from dens.models.equiformer_v2.drop import ChannelDropout, GraphDropPath
 from dens.models.equiformer_v2.edge_degree_embedding import EdgeDegreeEmbedding
-from dens.models.equiformer_v2.edge_graph import EdgeGraph
 from dens.models.equiformer_v2.feed_forward import FeedForwardNetwork
-from dens.models.equiformer_v2.gaussian_smearing import GaussianSmearing
 from dens.models.equiformer_v2.graph_attention import SO2GraphAttention
 from dens.models.equiformer_v2.layer_norm import EquivariantLayerNormSH
-from dens.models.equiformer_v2.so3_linear import SO3Linear
-from dens.models.graph import periodic_graph
 from dens.models.so2.coefficients import truncation_rescale
-from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
+from dens.models.so2.edge_frame import check_edge_roll
 from dens.models.so2.so2_convolution import RadialFunction
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
+from dens.models.so3.edge_graph import EdgeGraph
+from dens.models.so3.gaussian_smearing import GaussianSmearing
+from dens.models.so3.input_stage import check_sizes, input_stage
+from dens.models.so3.so3_linear import SO3Linear
 
 # fairchem 1.x defaults (statistics of OC20 IS2RE 100k), used by every official config.
 AVG_NUM_NODES = 77.81317
@@ -173,16 +171,9 @@ class EquiformerV2(nn.Module):
                 "(DeNS Table 5 ablates them for Equiformer on MD17 only); "
                 f"got attention={attention}, layer_norm={layer_norm}"
             )
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 1 <= mmax <= lmax:
-            raise ValueError(f"need 1 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
+        check_sizes(num_layers, lmax, mmax, cutoff, max_neighbors)
         if weight_init not in ("uniform", "normal"):
             raise ValueError(f"weight_init must be 'uniform' or 'normal', got {weight_init!r}")
-        if cutoff <= 0 or max_neighbors < 1:
-            raise ValueError(
-                f"need cutoff > 0 and max_neighbors >= 1, got {cutoff}, {max_neighbors}"
-            )
         self.lmax, self.mmax, self.sphere_channels = lmax, mmax, sphere_channels
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
         self.degeneracy_tolerance = None if enforce_max_neighbors_strictly else DEGENERACY_TOLERANCE
@@ -263,17 +254,6 @@ class EquiformerV2(nn.Module):
             part("denoising_pos_block", lambda: attention_block(1, 0.0)) if noise_head else None
         )
 
-    def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
-        check_inputs(
-            "EquiformerV2",
-            data,
-            self.max_num_elements,
-            force_input,
-            self.force_embedding is not None,
-            predict_noise,
-            self.denoising_pos_block is not None,
-        )
-
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW leaves undecayed (dens.train.weight_decay_exempt), as the official
         EquiformerV2 lists them (fairchem 1.x 31c0963 ``equiformer_v2_deprecated.py``:653-680;
@@ -292,48 +272,13 @@ class EquiformerV2(nn.Module):
             exempt.update(f"{module_name}.{name}" for name in names)
         return exempt
 
-    def encode_forces(self, forces: Tensor) -> Tensor:
-        """DeNS force encoding (Eq. 5): [N, 3] -> [N, (lmax + 1)^2, C]; zero rows give the bias."""
-        return self.force_embedding(force_spherical_harmonics(forces, self.lmax))
-
-    def edge_graph(self, data: Batch, pos: Tensor) -> EdgeGraph:
-        """Graph of the structures at ``pos`` with distance basis and edge-frame rotations (the
-        rotations carry no gradient, as in the reference)."""
-        src, dst, vec = periodic_graph(
-            data, pos, self.cutoff, self.max_neighbors, self.degeneracy_tolerance
-        )
-        with torch.no_grad():
-            edge = vec.detach()
-            helper = random_helper(edge) if rolls(self.edge_roll, self.training) else None
-            to_frame = self.wigner(edge_frame(edge, helper)).to(pos.dtype)
-        from_frame = (to_frame * self.truncation_rescale.to(pos.dtype).unsqueeze(-1)).transpose(
-            1, 2
-        )
-        return EdgeGraph(
-            src=src,
-            dst=dst,
-            atomic_numbers=data.atomic_numbers,
-            distance_basis=self.distance_expansion(vec.norm(dim=-1)),
-            to_frame=to_frame,
-            from_frame=from_frame,
-            num_nodes=pos.shape[0],
-        )
-
     def forward(
         self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False
     ) -> dict[str, Tensor]:
         """data: Batch with pos [N, 3], atomic_numbers [N], batch [N], natoms [B], cell [B, 3, 3]
         and pbc [B, 3] (periodic); force_input: [N, 3] forces to encode (zero rows: none)."""
-        self._check_inputs(data, force_input, predict_noise)
-        pos, batch = data.pos, data.batch
-        num_nodes, num_graphs = pos.shape[0], data.natoms.shape[0]
-        graph = self.edge_graph(data, pos)
-
-        x = pos.new_zeros(num_nodes, (self.lmax + 1) ** 2, self.sphere_channels)
-        x[:, 0] = self.sphere_embedding(data.atomic_numbers)
-        if self.force_embedding is not None:
-            forces = pos.new_zeros(num_nodes, 3) if force_input is None else force_input
-            x = x + self.encode_forces(forces.to(pos.dtype))
+        x, graph = input_stage(self, "EquiformerV2", data, force_input, predict_noise)
+        batch, num_graphs = data.batch, data.natoms.shape[0]
         x = x + self.edge_degree_embedding(graph)
         for block in self.blocks:
             x = block(x, graph, batch, num_graphs)

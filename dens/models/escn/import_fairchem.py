@@ -22,15 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.common.fairchem_import import (
-    CheckpointImportError,
-    ema_parameters,
-    fold_unused_force_encoding,
-    load_exactly,
-    read_checkpoint,
-)
-from dens.models.equiformer_v2.import_fairchem import normalizers, strip_prefix
 from dens.models.escn.network import ESCN
+from dens.models.so3 import fairchem_import as fairchem
+from dens.models.so3.fairchem_import import CheckpointImportError
 
 MODELS = {"escn", "escn_dens"}
 # reference config key -> our constructor argument, with fairchem 1.x eSCN's defaults
@@ -75,22 +69,15 @@ def load_fairchem_checkpoint(
     ``info``: ``config``, ``normalizers`` ({"energy": {"mean", "std"}, "forces": ..., as floats}),
     ``ema`` (whether EMA weights were loaded), ``hyperparameters`` (our constructor's
     arguments). Raises CheckpointImportError naming what does not map."""
-    checkpoint, config = read_checkpoint(path)
+    checkpoint, config = fairchem.read_checkpoint(path)
     arguments = model_arguments(config["model"])
-    state, constants = split_constants(strip_prefix(checkpoint["state_dict"]))
-    ema = bool(use_ema and checkpoint.get("ema") and checkpoint["ema"].get("shadow_params"))
-    if ema:
-        state = with_ema(state, checkpoint["ema"]["shadow_params"])
-    fold_unused_force_encoding(state, arguments)
+    state, ema = fairchem.checkpoint_state(checkpoint, use_ema, tracked_parameters)
+    state, constants = split_constants(state)
+    fairchem.fold_unused_force_encoding(state, arguments)
     model = ESCN(**arguments)
     compare_constants(model, constants)
-    load_exactly(model, state, "eSCN")
-    info = {
-        "config": config,
-        "normalizers": normalizers(checkpoint, config),
-        "ema": ema,
-        "hyperparameters": arguments,
-    }
+    fairchem.load_exactly(model, state, "eSCN")
+    info = fairchem.import_info(checkpoint, config, arguments, ema)
     return model.to(dtype).eval(), info
 
 
@@ -100,29 +87,17 @@ def model_arguments(model_config: Mapping[str, Any]) -> dict[str, Any]:
     name = settings.pop("name", None) or settings.pop("model", None)
     if name not in MODELS:
         raise CheckpointImportError(f"model {name!r}: only {sorted(MODELS)} map onto eSCN")
-    wrong = {
-        key: settings.get(key, default)
-        for key, (value, default) in REQUIRED.items()
-        if settings.get(key, default) != value
-    }
-    if wrong:
-        raise CheckpointImportError(
-            f"settings our eSCN does not have: {wrong} "
-            f"(maps only { {k: v for k, (v, _) in REQUIRED.items()} })"
-        )
-    lmax_list, mmax_list = settings.get("lmax_list", [6]), settings.get("mmax_list", [2])
-    if len(lmax_list) != 1 or len(mmax_list) != 1:
-        raise CheckpointImportError(f"several resolutions (lmax_list {lmax_list}) do not map")
+    lmax, mmax, switches = fairchem.reference_arguments(
+        settings, REQUIRED, "eSCN", name == "escn_dens"
+    )
     arguments = {ours: settings.get(key, default) for key, (ours, default) in ARGUMENTS.items()}
-    dens = name == "escn_dens"
     arguments.update(
-        lmax=int(lmax_list[0]),
-        mmax=int(mmax_list[0]),
+        lmax=lmax,
+        mmax=mmax,
         cutoff=float(arguments["cutoff"]),
         distance_resolution=float(arguments["distance_resolution"]),
         basis_width=float(arguments["basis_width"]),
-        force_encoding=dens and bool(settings.get("use_force_encoding", True)),
-        noise_head=dens,
+        **switches,
     )
     return arguments
 
@@ -142,10 +117,10 @@ def split_constants(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], _Co
     return params, constants
 
 
-def with_ema(state: dict[str, Tensor], shadow: list[Tensor]) -> dict[str, Tensor]:
-    """The EMA's averages in place of the parameters, matched in parameter order (fairchem's
-    EMA tracks the trainable parameters: the state_dict's parameters, constants left out)."""
-    return ema_parameters(state, list(state), shadow)
+def tracked_parameters(state: Mapping[str, Tensor]) -> list[str]:
+    """The parameters fairchem's EMA tracks, in order: the trainable ones, the state_dict's
+    parameters without the saved constants."""
+    return list(split_constants(state)[0])
 
 
 def compare_constants(model: ESCN, constants: _Constants) -> None:

@@ -43,17 +43,16 @@ from torch.nn import functional as F
 
 from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
-from dens.models.common.inputs import check_inputs, force_spherical_harmonics
-from dens.models.equiformer_v2.edge_graph import gather_nodes, sum_to_nodes
-from dens.models.equiformer_v2.gaussian_smearing import GaussianSmearing
-from dens.models.equiformer_v2.so3_linear import SO3Linear
 from dens.models.escn.edge_block import EdgeBlock
 from dens.models.escn.output_heads import EnergyBlock, ForceBlock, SphereSampler
 from dens.models.escn.so2_block import SO2Block
-from dens.models.graph import periodic_graph
-from dens.models.so2.edge_frame import check_edge_roll, edge_frame, random_helper, rolls
+from dens.models.so2.edge_frame import check_edge_roll
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
+from dens.models.so3.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
+from dens.models.so3.gaussian_smearing import GaussianSmearing
+from dens.models.so3.input_stage import check_sizes, input_stage
+from dens.models.so3.so3_linear import SO3Linear
 
 ENERGY_SCALE = 0.001  # fairchem 1.x eSCN: "scale energy to help balance numerical precision"
 
@@ -86,14 +85,14 @@ class MessageBlock(nn.Module):
         self.so2_block_target = SO2Block(channels, hidden_channels, edge_channels, lmax, mmax)
         self.edge_grid = edge_grid
 
-    def forward(self, x: Tensor, graph: dict[str, Tensor]) -> Tensor:
-        src, dst, z = graph["src"], graph["dst"], graph["atomic_numbers"]
-        x_edge = self.edge_block(graph["distance_basis"], z[src], z[dst])
-        to_frame = graph["to_frame"]
+    def forward(self, x: Tensor, graph: EdgeGraph) -> Tensor:
+        src, dst, z = graph.src, graph.dst, graph.atomic_numbers
+        x_edge = self.edge_block(graph.distance_basis, z[src], z[dst])
+        to_frame = graph.to_frame
         message = self.so2_block_source(
             torch.bmm(to_frame, gather_nodes(x, src)), x_edge
         ) + self.so2_block_target(torch.bmm(to_frame, gather_nodes(x, dst)), x_edge)
-        message = torch.bmm(graph["from_frame"], self.edge_grid.silu(message))
+        message = torch.bmm(graph.from_frame, self.edge_grid.silu(message))
         return sum_to_nodes(message, dst, x.shape[0])
 
 
@@ -110,7 +109,7 @@ class LayerBlock(nn.Module):
         self.fc3_sphere = nn.Linear(channels, channels, bias=False)
         self.node_grid = node_grid
 
-    def forward(self, x: Tensor, graph: dict[str, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, graph: EdgeGraph) -> Tensor:
         message = self.message_block(x, graph)
         # fc1 is linear in the channels, so it commutes with sampling: apply it to the
         # coefficients and sample once instead of sampling x and the messages separately
@@ -172,16 +171,10 @@ class ESCN(nn.Module):
                 f"ablates them for Equiformer on MD17 only); got attention={attention}, "
                 f"layer_norm={layer_norm}"
             )
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 1 <= mmax <= lmax:
-            raise ValueError(f"need 1 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
-        if cutoff <= 0 or max_neighbors < 1:
-            raise ValueError(
-                f"need cutoff > 0 and max_neighbors >= 1, got {cutoff}, {max_neighbors}"
-            )
+        check_sizes(num_layers, lmax, mmax, cutoff, max_neighbors)
         self.lmax, self.mmax, self.sphere_channels = lmax, mmax, sphere_channels
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
+        self.degeneracy_tolerance = None  # at most max_neighbors, strictly, as fairchem's eSCN
         self.edge_roll = check_edge_roll(edge_roll)
         self.max_num_elements = max_num_elements
 
@@ -193,6 +186,7 @@ class ESCN(nn.Module):
             )
         self.distance_expansion = GaussianSmearing(cutoff, num_distance_basis, basis_width)
         self.wigner = EdgeWigner(lmax, mmax)
+        self.truncation_rescale = None  # the edge frames' map back to the lab is W^T, unscaled
         edge_grid = SphereGrid(
             lmax,
             mmax,
@@ -248,17 +242,6 @@ class ESCN(nn.Module):
             part("denoising_pos_block", lambda: ForceBlock(sphere_channels)) if noise_head else None
         )
 
-    def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:
-        check_inputs(
-            "eSCN",
-            data,
-            self.max_num_elements,
-            force_input,
-            self.force_embedding is not None,
-            predict_noise,
-            self.denoising_pos_block is not None,
-        )
-
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW leaves undecayed (dens.train.weight_decay_exempt), as the official
         eSCN lists them: every parameter whose name contains "embedding", "frequencies" or
@@ -273,43 +256,13 @@ class ESCN(nn.Module):
             if "embedding" in name or "frequencies" in name or "bias" in name
         }
 
-    def encode_forces(self, forces: Tensor) -> Tensor:
-        """DeNS force encoding (Eq. 5): [N, 3] -> [N, (lmax + 1)^2, C]; zero rows give the bias."""
-        return self.force_embedding(force_spherical_harmonics(forces, self.lmax))
-
-    def edge_graph(self, data: Batch, pos: Tensor) -> dict[str, Tensor]:
-        """src, dst [E]; atomic_numbers [N]; distance_basis [E, B]; to_frame [E, K, (L+1)^2]
-        (kept rows of the edge frames' Wigner-D, no gradient as in the reference) and
-        from_frame, its transpose (no rescaling in eSCN)."""
-        src, dst, vec = periodic_graph(data, pos, self.cutoff, self.max_neighbors)
-        with torch.no_grad():
-            edge = vec.detach()
-            helper = random_helper(edge) if rolls(self.edge_roll, self.training) else None
-            to_frame = self.wigner(edge_frame(edge, helper)).to(pos.dtype)
-        return {
-            "src": src,
-            "dst": dst,
-            "atomic_numbers": data.atomic_numbers,
-            "distance_basis": self.distance_expansion(vec.norm(dim=-1)),
-            "to_frame": to_frame,
-            "from_frame": to_frame.transpose(1, 2),
-        }
-
     def forward(
         self, data: Batch, force_input: Tensor | None = None, predict_noise: bool = False
     ) -> dict[str, Tensor]:
         """data: Batch with pos [N, 3], atomic_numbers [N], batch [N], natoms [B], cell [B, 3, 3]
         and pbc [B, 3] (periodic); force_input: [N, 3] forces to encode (zero rows: none)."""
-        self._check_inputs(data, force_input, predict_noise)
-        pos = data.pos
-        num_nodes, num_graphs = pos.shape[0], data.natoms.shape[0]
-        graph = self.edge_graph(data, pos)
-
-        x = pos.new_zeros(num_nodes, (self.lmax + 1) ** 2, self.sphere_channels)
-        x[:, 0] = self.sphere_embedding(data.atomic_numbers)
-        if self.force_embedding is not None:
-            forces = pos.new_zeros(num_nodes, 3) if force_input is None else force_input
-            x = x + self.encode_forces(forces.to(pos.dtype))
+        x, graph = input_stage(self, "eSCN", data, force_input, predict_noise)
+        num_graphs = data.natoms.shape[0]
         for i, block in enumerate(self.layer_blocks):
             x = block(x, graph) if i == 0 else x + block(x, graph)
 

@@ -1,13 +1,16 @@
 """What the importers of fairchem 1.x checkpoints (EquiformerV2, eSCN) share: the error they
-raise, the checked read of the file, the EMA swap, the fold of an unused force encoding and the
-exact load that names every key it cannot map."""
+raise, the checked read of the file, the arguments both derive alike from the reference's config
+(the settings that must hold, one resolution, the DeNS switches), the state_dict without DDP
+prefixes and with the EMA averages swapped in, the fold of an
+unused force encoding, the exact load that names every key it cannot map and the ``info`` both
+return."""
 
 from __future__ import annotations
 
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,82 @@ def refusal(error: pickle.UnpicklingError) -> str:
     return "refused by weights-only loading; nothing in the file was run"
 
 
+def strip_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the "module." prefixes of (nested) DistributedDataParallel wrappers."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        out[key] = value
+    return out
+
+
+def normalizers(checkpoint: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, dict]:
+    """{"energy": {"mean", "std"}, "forces": {...}, ...} as floats, from the checkpoint's
+    normalizers (fairchem 1.x: mean / rmsd; older: target / grad_target) or else the config."""
+    out: dict[str, dict] = {}
+    saved = checkpoint.get("normalizers") or {}
+    aliases = {"target": "energy", "grad_target": "forces"}
+    for key, value in saved.items():
+        if isinstance(value, Mapping) and "mean" in value:
+            std = value.get("rmsd", value.get("std"))
+            out[aliases.get(key, key)] = {"mean": float(value["mean"]), "std": float(std)}
+    dataset = config.get("dataset") or {}
+    if isinstance(dataset, Mapping):  # fairchem 1.x: {"train": ...}; ocp: the train dataset
+        dataset = dataset.get("train", dataset)
+    transforms = (dataset.get("transforms") if isinstance(dataset, Mapping) else None) or {}
+    for key, value in (transforms.get("normalizer") or {}).items():
+        if key not in out and isinstance(value, Mapping) and "mean" in value:
+            out[key] = {"mean": float(value["mean"]), "std": float(value["stdev"])}
+    return out
+
+
+def reference_arguments(
+    settings: Mapping[str, Any],
+    required: Mapping[str, tuple[Any, Any]],
+    family: str,
+    dens: bool,
+) -> tuple[int, int, dict[str, bool]]:
+    """lmax, mmax and the DeNS switches (force_encoding, noise_head) of a reference model's
+    settings; ``dens``: the model is a DeNS one. CheckpointImportError naming the settings that
+    differ from ``required`` ({key: (the value that maps, fairchem 1.x's default)}) and for several
+    resolutions (``lmax_list`` of more than one entry)."""
+    wrong = {
+        key: settings.get(key, default)
+        for key, (value, default) in required.items()
+        if settings.get(key, default) != value
+    }
+    if wrong:
+        raise CheckpointImportError(
+            f"settings our {family} does not have: {wrong} "
+            f"(maps only { {key: value for key, (value, _) in required.items()} })"
+        )
+    lmax_list, mmax_list = settings.get("lmax_list", [6]), settings.get("mmax_list", [2])
+    if len(lmax_list) != 1 or len(mmax_list) != 1:
+        raise CheckpointImportError(f"several resolutions (lmax_list {lmax_list}) do not map")
+    switches = {
+        "force_encoding": dens and bool(settings.get("use_force_encoding", True)),
+        "noise_head": dens,
+    }
+    return int(lmax_list[0]), int(mmax_list[0]), switches
+
+
+def checkpoint_state(
+    checkpoint: Mapping[str, Any],
+    use_ema: bool,
+    tracked: Callable[[Mapping[str, Tensor]], list[str]],
+) -> tuple[dict[str, Tensor], bool]:
+    """The checkpoint's state_dict without the "module." prefixes (``strip_prefix``) and, when
+    ``use_ema`` and the checkpoint holds EMA averages (``ema["shadow_params"]``), with them in
+    place of the parameters ``tracked(state)`` names (the ones fairchem's EMA tracks, in order);
+    and whether EMA weights were put in."""
+    state = strip_prefix(checkpoint["state_dict"])
+    ema = checkpoint.get("ema")
+    if not (use_ema and ema and ema.get("shadow_params")):
+        return state, False
+    return ema_parameters(state, tracked(state), ema["shadow_params"]), True
+
+
 def ema_parameters(
     state: dict[str, Tensor], names: Sequence[str], shadow: Sequence[Tensor]
 ) -> dict[str, Tensor]:
@@ -178,3 +257,19 @@ def load_exactly(
             )
         )
     model.load_state_dict(state, strict=True)
+
+
+def import_info(
+    checkpoint: Mapping[str, Any],
+    config: Mapping[str, Any],
+    arguments: Mapping[str, Any],
+    ema: bool,
+) -> dict[str, Any]:
+    """The ``info`` every importer returns: ``config`` (the checkpoint's), ``normalizers``,
+    ``ema`` (whether EMA weights were loaded) and ``hyperparameters`` (our constructor's)."""
+    return {
+        "config": config,
+        "normalizers": normalizers(checkpoint, config),
+        "ema": ema,
+        "hyperparameters": arguments,
+    }

@@ -1,6 +1,6 @@
 """Gaussian basis of edge lengths: exp(-(d - mu_k)^2 / (2 (w Delta)^2)), mu_k evenly spaced on
 [0, cutoff], Delta their spacing, width factor w (fairchem 1.x scn/smearing.py ``GaussianSmearing``,
-built by EquiformerV2 with 600 functions and w = 2)."""
+built by EquiformerV2 with 600 functions and w = 2, by eSCN with cutoff / 0.02 functions)."""
 
 from __future__ import annotations
 

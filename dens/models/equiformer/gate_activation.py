@@ -18,7 +18,7 @@ import torch
 from e3nn.math import normalize2mom
 from torch import Tensor, nn
 
-from dens.models.common.so3_features import Channels
+from dens.models.equiformer.so3_features import Channels
 
 
 def smooth_leaky_relu(x: Tensor, negative_slope: float = 0.2) -> Tensor:

@@ -1,6 +1,6 @@
 """Degree-wise linear map of spherical-harmonic features stored as one array.
 
-Features of EquiformerV2 are arrays [N, (lmax + 1)^2, C] (l-primary coefficients, see
+Features of EquiformerV2 and eSCN are arrays [N, (lmax + 1)^2, C] (l-primary coefficients, see
 ``dens.models.so2.coefficients``). A linear map commuting with rotations mixes channels with one
 matrix per degree and adds a bias to l = 0 only: fairchem 1.x ``SO3_LinearV2``
 (equiformer_v2/so3.py), same parameter names and shapes (``weight`` [lmax + 1, C_out, C_in]).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dens.models.common.so3_features import Channels
+from dens.models.equiformer.so3_features import Channels
 
 
 class EquivariantLayerNorm(nn.Module):

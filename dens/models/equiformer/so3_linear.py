@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dens.models.common.so3_features import Channels
+from dens.models.equiformer.so3_features import Channels
 
 WEIGHT_INITS = ("normal", "uniform")
 
