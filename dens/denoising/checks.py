@@ -1,0 +1,34 @@
+"""Argument checks shared by the DeNS settings, corruption and losses (dens.denoising)."""
+
+import math
+
+from torch import Tensor
+
+from dens.data.batch import Batch
+
+
+def _check_real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _require(data: Batch, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if getattr(data, name, None) is None]
+    if missing:
+        raise ValueError(f"batch lacks attribute(s) {missing} required by DeNS")
+
+
+def _check_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensor.shape)}")
