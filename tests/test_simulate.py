@@ -19,7 +19,6 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.trajectory import Trajectory
 
-import dens.simulate as simulate_module
 from dens.data.aselmdb import write_aselmdb
 from dens.errors import ConfigError, InvalidDataError, MissingDataError
 from dens.pipeline.cli import main
@@ -35,6 +34,7 @@ from dens.simulate import (
     run_simulation,
     simulate,
 )
+from dens.simulate import integration as integration_module
 from dens.stopping import TIME_LIMIT, StopRequested
 
 ETHANOL = ase.build.molecule("CH3CH2OH")  # C C O H(O) H... : 9 atoms, 8 bonds
@@ -197,7 +197,7 @@ def test_a_killed_simulation_resumes_the_same_trajectory(tmp_path, monkeypatch, 
         with pytest.raises(Killed):
             run_simulation(DiesAfter(ETHANOL.positions, 47), *args, tmp_path / "killed", seed=3)
     else:  # the third frame is appended to the trajectory, the state is not saved
-        save_state = simulate_module._save_state
+        save_state = integration_module._save_state
         calls = iter(range(100))
 
         def dies_on_the_third(*a, **k):
@@ -205,10 +205,10 @@ def test_a_killed_simulation_resumes_the_same_trajectory(tmp_path, monkeypatch, 
                 raise Killed
             save_state(*a, **k)
 
-        monkeypatch.setattr(simulate_module, "_save_state", dies_on_the_third)
+        monkeypatch.setattr(integration_module, "_save_state", dies_on_the_third)
         with pytest.raises(Killed):
             run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "killed", seed=3)
-        monkeypatch.setattr(simulate_module, "_save_state", save_state)
+        monkeypatch.setattr(integration_module, "_save_state", save_state)
         with Trajectory(tmp_path / "killed" / "trajectory.traj") as trajectory:
             assert len(trajectory) == 3  # one frame more than the saved state knows
     with np.load(tmp_path / "killed" / "state.npz") as state:
@@ -235,7 +235,7 @@ def test_a_simulation_stopped_at_its_time_limit_continues_the_same_trajectory(
     whole = run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "whole", seed=3)
     checks = iter(range(10_000))  # the clock passes stop_at at the 48th check (before step 48)
     clock = SimpleNamespace(time=lambda: 2.0 if next(checks) >= 47 else 0.0)
-    monkeypatch.setattr(simulate_module, "time", clock)
+    monkeypatch.setattr(integration_module, "time", clock)
     with pytest.raises(StopRequested) as stopped:
         run_simulation(Springs(ETHANOL.positions), *args, tmp_path / "cut", seed=3, stop_at=1.0)
     assert stopped.value.code == 75 and stopped.value.reason == TIME_LIMIT

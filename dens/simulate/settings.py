@@ -1,0 +1,80 @@
+"""Settings of the MD17 simulations (dens.simulate): the scale's ``simulation.md17`` entry and
+the fixed values of Fu et al."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dens.errors import ConfigError
+
+TIMESTEP_FS = 0.5
+"""MD time step (Fu et al.; MDsim configs/simulate/*.yml ``timestep: 0.5``)."""
+TEMPERATURE_K = 500.0
+"""Thermostat and initial-velocity temperature (MDsim ``temperature: 500.``, ``T_init: 500.``)."""
+THERMOSTAT_TIME_FS = 10.0
+"""Nose-Hoover damping time: MDsim's ``ttime: 20`` time steps of 0.5 fs."""
+BOND_SKIN_A = 0.3
+"""Added to each atom's covalent radius when finding bonds (ASE NeighborList's default skin)."""
+BOND_DEVIATION_A = 0.5
+"""A simulation is unstable once a bond deviates by more than this from its reference length."""
+HR_RANGE_A = (1e-6, 10.0)
+HR_BINS = 500
+"""h(r): 500 bins on [1e-6, 10] Å (MDsim observable.ipynb, MD17)."""
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """One scale's simulation settings (``simulation.md17`` in config/scales/<scale>.yaml) and
+    the fixed ones of Fu et al. (module constants)."""
+
+    length_ps: float
+    initial_configurations: int
+    frame_every: int
+    timestep_fs: float = TIMESTEP_FS
+    temperature_K: float = TEMPERATURE_K
+    thermostat_time_fs: float = THERMOSTAT_TIME_FS
+    bond_deviation_A: float = BOND_DEVIATION_A
+
+    def __post_init__(self) -> None:
+        checks = {
+            "length_ps": (self.length_ps > 0, "> 0"),
+            "initial_configurations": (self.initial_configurations >= 1, ">= 1"),
+            "frame_every": (self.frame_every >= 1, ">= 1 step"),
+            "timestep_fs": (self.timestep_fs > 0, "> 0"),
+            "temperature_K": (self.temperature_K > 0, "> 0"),
+            "thermostat_time_fs": (self.thermostat_time_fs > 0, "> 0"),
+            "bond_deviation_A": (self.bond_deviation_A > 0, "> 0"),
+        }
+        for key, (ok, requirement) in checks.items():
+            if not ok:
+                raise ConfigError(
+                    f"simulation setting {key}: {getattr(self, key)!r}, must be {requirement}"
+                )
+        if self.steps < 1:
+            raise ConfigError(
+                f"simulation setting length_ps: {self.length_ps} ps is less than one "
+                f"{self.timestep_fs} fs step"
+            )
+
+    @classmethod
+    def from_scale(cls, scale: Mapping[str, Any], scale_name: str) -> SimulationSettings:
+        """The settings of a scale's ``simulation.md17`` entry."""
+        try:
+            entry = scale["simulation"]["md17"]
+        except KeyError as error:
+            raise ConfigError(
+                f"config/scales/{scale_name}.yaml: no simulation.md17 entry (length_ps, "
+                "initial_configurations, frame_every)"
+            ) from error
+        return cls(
+            length_ps=float(entry["length_ps"]),
+            initial_configurations=int(entry["initial_configurations"]),
+            frame_every=int(entry["frame_every"]),
+        )
+
+    @property
+    def steps(self) -> int:
+        """Number of MD steps of a simulation that stays stable."""
+        return round(self.length_ps * 1000.0 / self.timestep_fs)
