@@ -77,6 +77,60 @@ def _check_system(system: System) -> None:
     )
 
 
+def _next_systems(stream: Iterator[System], count: int) -> tuple[list[System], bool]:
+    """Up to ``count`` systems from ``stream``, and whether it ran out."""
+    entering: list[System] = []
+    while len(entering) < count:
+        system = next(stream, None)
+        if system is None:
+            return entering, True
+        entering.append(system)
+    return entering, False
+
+
+def _enter(optimizer: BatchedLBFGS, entering: list[System]) -> None:
+    """Check the systems ``entering`` and add them to the optimiser with an empty history."""
+    for system in entering:
+        _check_system(system)
+    optimizer.add(
+        [s.start() for s in entering],
+        [s.data.fixed for s in entering],
+    )
+
+
+def _check_time(stop_at: float | None, active: int) -> None:
+    """StopRequested once the wall-clock time reaches ``stop_at``."""
+    if stop_at is not None and time.time() >= stop_at:
+        raise StopRequested(
+            TIME_LIMIT,
+            f"with {active} system(s) in the batch",
+            "rerunning the job relaxes them and the systems not started, not the finished ones",
+        )
+
+
+def _relaxed(
+    active: list[System],
+    optimizer: BatchedLBFGS,
+    energy: Tensor,
+    forces: Tensor,
+    largest: Tensor,
+    converged: Tensor,
+    done: Tensor,
+) -> Iterator[Relaxed]:
+    """The systems ``done`` [B] marks, at their current positions."""
+    for index in done.nonzero().flatten().tolist():
+        atoms = optimizer.batch == index
+        yield Relaxed(
+            key=active[index].key,
+            positions=optimizer.positions[atoms].cpu().numpy(),
+            energy=float(energy[index]),
+            forces=forces[atoms].to(torch.float64).cpu().numpy(),
+            max_force=float(largest[index]),
+            steps=int(optimizer.steps[index]),
+            converged=bool(converged[index]),
+        )
+
+
 def relax_systems(
     systems: Iterable[System],
     predict: Predict,
@@ -101,29 +155,15 @@ def relax_systems(
     exhausted = False
     while True:
         entering: list[System] = []
-        while not exhausted and len(active) + len(entering) < batch_size:
-            system = next(stream, None)
-            if system is None:
-                exhausted = True
-            else:
-                entering.append(system)
+        if not exhausted:
+            entering, exhausted = _next_systems(stream, batch_size - len(active))
         if entering:
-            for system in entering:
-                _check_system(system)
-            optimizer.add(
-                [s.start() for s in entering],
-                [s.data.fixed for s in entering],
-            )
+            _enter(optimizer, entering)
             active += entering
             batch = None
         if not active:
             return
-        if stop_at is not None and time.time() >= stop_at:
-            raise StopRequested(
-                TIME_LIMIT,
-                f"with {len(active)} system(s) in the batch",
-                "rerunning the job relaxes them and the systems not started, not the finished ones",
-            )
+        _check_time(stop_at, len(active))
         if batch is None:
             batch = Batch.from_data_list([s.data for s in active]).to(device)
         batch.pos = optimizer.positions.to(active[0].data.pos.dtype)
@@ -133,17 +173,7 @@ def relax_systems(
         done = converged | (optimizer.steps >= settings.max_steps)
         if done.any():
             leaving_atoms = done[optimizer.batch]
-            for index in done.nonzero().flatten().tolist():
-                atoms = optimizer.batch == index
-                yield Relaxed(
-                    key=active[index].key,
-                    positions=optimizer.positions[atoms].cpu().numpy(),
-                    energy=float(energy[index]),
-                    forces=forces[atoms].to(torch.float64).cpu().numpy(),
-                    max_force=float(largest[index]),
-                    steps=int(optimizer.steps[index]),
-                    converged=bool(converged[index]),
-                )
+            yield from _relaxed(active, optimizer, energy, forces, largest, converged, done)
             optimizer.remove(done)
             active = [s for s, d in zip(active, done.tolist(), strict=True) if not d]
             forces = forces[~leaving_atoms]

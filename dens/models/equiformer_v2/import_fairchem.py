@@ -182,8 +182,54 @@ def model_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
     return dict(model_config)
 
 
-def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Our constructor's arguments from config['model'], and the hydra heads {name: module}."""
+FAIRCHEM_DEFAULTS = {
+    "num_layers": 12,
+    "sphere_channels": 128,
+    "attn_hidden_channels": 128,
+    "num_heads": 8,
+    "attn_alpha_channels": 32,
+    "attn_value_channels": 16,
+    "ffn_hidden_channels": 512,
+    "edge_channels": 128,
+    "max_neighbors": 500,
+    "max_num_elements": 90,
+    "alpha_drop": 0.1,
+    "drop_path_rate": 0.05,
+    "proj_drop": 0.0,
+    "weight_init": "normal",
+    "enforce_max_neighbors_strictly": True,
+}
+"""fairchem 1.x's EquiformerV2 defaults of the SAME_ARGUMENTS a config may leave out."""
+
+
+def _hydra_heads(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """The heads {name: registered module} of a hydra config, each one we map and summed."""
+    heads = {head: spec.get("module") for head, spec in (model_config.get("heads") or {}).items()}
+    unknown = {
+        head: module for head, module in heads.items() if registered_name(module) not in KEY_TABLE
+    }
+    if unknown:
+        raise CheckpointImportError(
+            "hydra "
+            + "; ".join(
+                f"head {head!r} ({module}: {UNMAPPED_HEADS.get(module, 'an unknown head')})"
+                for head, module in unknown.items()
+            )
+            + " does not map: our EquiformerV2 predicts energy, forces and the DeNS noise "
+            f"(maps heads: {', '.join(sorted(KEY_TABLE))} or their class paths)"
+        )
+    heads = {head: registered_name(module) for head, module in heads.items()}
+    for head, spec in model_config["heads"].items():
+        if spec.get("reduce", "sum") != "sum":
+            raise CheckpointImportError(f"head {head!r}: reduce {spec['reduce']!r} (only sum)")
+    return heads
+
+
+def _model_settings_and_heads(
+    model_config: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """The model settings (a hydra model's backbone's), the hydra heads and whether it is a
+    DeNS model."""
     name = registered_name(model_config.get("name") or model_config.get("model"))
     if name == "hydra":
         backbone = dict(model_config.get("backbone") or {})
@@ -194,35 +240,17 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
                 f"hydra backbone {given!r} does not map (maps: {', '.join(sorted(BACKBONES))} "
                 "or their class paths)"
             )
-        heads = {
-            head: spec.get("module") for head, spec in (model_config.get("heads") or {}).items()
-        }
-        unknown = {
-            head: module
-            for head, module in heads.items()
-            if registered_name(module) not in KEY_TABLE
-        }
-        if unknown:
-            raise CheckpointImportError(
-                "hydra "
-                + "; ".join(
-                    f"head {head!r} ({module}: {UNMAPPED_HEADS.get(module, 'an unknown head')})"
-                    for head, module in unknown.items()
-                )
-                + " does not map: our EquiformerV2 predicts energy, forces and the DeNS noise "
-                f"(maps heads: {', '.join(sorted(KEY_TABLE))} or their class paths)"
-            )
-        heads = {head: registered_name(module) for head, module in heads.items()}
-        for head, spec in model_config["heads"].items():
-            if spec.get("reduce", "sum") != "sum":
-                raise CheckpointImportError(f"head {head!r}: reduce {spec['reduce']!r} (only sum)")
-        settings, dens = backbone, kind == "equiformer_v2_dens_backbone"
-    elif name in MONOLITHIC:
-        settings, heads, dens = dict(model_config), {}, name == "equiformer_v2_dens"
-    else:
-        raise CheckpointImportError(
-            f"model {name!r}: only {sorted(MONOLITHIC)} or hydra with {sorted(BACKBONES)} map"
-        )
+        return backbone, _hydra_heads(model_config), kind == "equiformer_v2_dens_backbone"
+    if name in MONOLITHIC:
+        return dict(model_config), {}, name == "equiformer_v2_dens"
+    raise CheckpointImportError(
+        f"model {name!r}: only {sorted(MONOLITHIC)} or hydra with {sorted(BACKBONES)} map"
+    )
+
+
+def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Our constructor's arguments from config['model'], and the hydra heads {name: module}."""
+    settings, heads, dens = _model_settings_and_heads(model_config)
     if not settings.get("regress_forces", True):
         raise CheckpointImportError(
             "regress_forces False (an energy-only model without a force head, e.g. an IS2RE "
@@ -233,24 +261,7 @@ def model_arguments(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], di
             "grid_resolution None (fairchem's non-square grid) does not map"
         )
     lmax, mmax, switches = fairchem.reference_arguments(settings, REQUIRED, "EquiformerV2", dens)
-    fairchem_defaults = {
-        "num_layers": 12,
-        "sphere_channels": 128,
-        "attn_hidden_channels": 128,
-        "num_heads": 8,
-        "attn_alpha_channels": 32,
-        "attn_value_channels": 16,
-        "ffn_hidden_channels": 512,
-        "edge_channels": 128,
-        "max_neighbors": 500,
-        "max_num_elements": 90,
-        "alpha_drop": 0.1,
-        "drop_path_rate": 0.05,
-        "proj_drop": 0.0,
-        "weight_init": "normal",
-        "enforce_max_neighbors_strictly": True,
-    }
-    arguments = {key: settings.get(key, fairchem_defaults.get(key)) for key in SAME_ARGUMENTS}
+    arguments = {key: settings.get(key, FAIRCHEM_DEFAULTS.get(key)) for key in SAME_ARGUMENTS}
     arguments.update(
         lmax=lmax,
         mmax=mmax,

@@ -45,6 +45,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     file, a pickle that needs a global weights-only loading refuses (named), a checkpoint
     without ``state_dict``, ``config`` or ``config["model"]``."""
     path = Path(path)
+    size = _check_file(path)
+    checkpoint = _load(path, size)
+    _check_contents(path, checkpoint)
+    return dict(checkpoint), _merged_config(path, checkpoint)
+
+
+def _check_file(path: Path) -> int:
+    """The size in bytes of the file at ``path``, after checking that it exists and starts as a
+    torch.save checkpoint (MissingDataError, CheckpointImportError)."""
     if not path.exists():
         raise MissingDataError(f"checkpoint not found: {path}")
     if not path.is_file():
@@ -68,8 +77,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{path} is truncated or damaged ({size} bytes: its zip archive has no central "
             "directory); download it again"
         )
+    return size
+
+
+def _load(path: Path, size: int) -> Any:
+    """``torch.load(weights_only=True)`` of the checkpoint at ``path`` (``size`` bytes), its
+    errors as CheckpointImportError."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointImportError(f"{path}: {refusal(error)}") from None
     except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
@@ -78,6 +93,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             f"{path} is truncated or damaged ({size} bytes; torch.load: {detail}); download it "
             "again"
         ) from None
+
+
+def _check_contents(path: Path, checkpoint: Any) -> None:
+    """CheckpointImportError unless ``checkpoint`` is a mapping with a non-empty
+    ``state_dict`` and a non-empty ``config`` mapping."""
     if not isinstance(checkpoint, Mapping):
         raise CheckpointImportError(
             f"{path}: not a fairchem checkpoint (it holds a {type(checkpoint).__name__}, not a "
@@ -97,6 +117,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     if not isinstance(checkpoint["config"], Mapping):
         raise CheckpointImportError(f"{path}: the checkpoint's 'config' is not a mapping")
+
+
+def _merged_config(path: Path, checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's config with ``config["model"]`` one mapping (name and arguments)."""
     config = dict(checkpoint["config"])
     model = config.get("model")
     if isinstance(model, str):
@@ -104,7 +128,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(model, Mapping):
         raise CheckpointImportError(f"{path}: the checkpoint's config has no 'model' section")
     config["model"] = dict(model)
-    return dict(checkpoint), config
+    return config
 
 
 def refusal(error: pickle.UnpicklingError) -> str:
