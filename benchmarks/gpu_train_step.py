@@ -20,6 +20,7 @@ gives the DeNS / plain step time ratio measured in the same run. Writes one JSON
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -33,12 +34,12 @@ import torch
 from dens import train as engine
 from dens.data.aselmdb import AseLmdbDataset
 from dens.data.batch import Batch
-from dens.denoising import DeNSSettings
 from dens.distributed import World
 from dens.inference import predict
 from dens.models import build_model, count_parameters
 from dens.normalization import Normalizer
 from dens.pipeline.registry import load_registry
+from dens.training.settings import TrainSettings
 
 # (case, experiment at the mini scale, dataset, model overrides)
 CASES = [
@@ -89,14 +90,14 @@ def time_case(
 ) -> dict[str, Any]:
     """Step times of the engine's training step on ``device`` (module notes)."""
     cuda = device.type == "cuda"
-    optim = experiment["optim"]
-    trainee = engine.build_trainee(experiment, build_model, device, World(), amp)
-    normalizer = engine.fit_normalizer(dataset, optim.get("energy_reference", "mean"), 0)
-    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
-    losses = engine.loss_settings(optim)
-    batches = engine.epoch_batches(len(dataset), int(optim["batch_size"]), 0, 0)
+    settings = TrainSettings.from_experiment(experiment)
+    optim = settings.optim
+    new_model = functools.partial(build_model, experiment)
+    trainee = engine.build_trainee(settings, new_model, device, World(), amp)
+    normalizer = engine.fit_normalizer(dataset, settings.labels.reference, 0)
+    batches = engine.epoch_batches(len(dataset), optim.batch_size, 0, 0)
     if not batches:
-        raise SystemExit(f"{len(dataset)} structures: fewer than a batch of {optim['batch_size']}")
+        raise SystemExit(f"{len(dataset)} structures: fewer than a batch of {optim.batch_size}")
     batches = (batches * math.ceil((steps + warmup) / len(batches)))[: steps + warmup]
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
@@ -104,8 +105,8 @@ def time_case(
             network,
             batch,
             normalizer,
-            losses,
-            dens,
+            settings.loss,
+            settings.denoising,
             trainee.generator,
             1.0,
             trainee.decision_generator,
@@ -135,7 +136,7 @@ def time_case(
     return {
         "mixed_precision": amp,
         "parameters": count_parameters(trainee.model),
-        "batch_size": int(optim["batch_size"]),
+        "batch_size": optim.batch_size,
         "atoms_per_batch": atoms / len(times),
         "median_ms": 1e3 * median,
         "min_ms": 1e3 * min(times),

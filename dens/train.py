@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import platform
 import signal
@@ -129,6 +130,7 @@ from dens.normalization import (
 )
 from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
 from dens.stopping import SIGTERM, TIME_LIMIT, StopRequested
+from dens.training.settings import LabelSettings, OptimSettings, TrainSettings
 
 BuildModel = Callable[[dict], nn.Module]
 
@@ -189,7 +191,7 @@ class TrainResult:
 # Pieces of the loop
 
 
-def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> float:
+def learning_rate(step: int, optim: OptimSettings, steps_per_epoch: int) -> float:
     """LR of optimiser step `step` (0-based). ``lr_schedule: cosine_epoch_timm`` (the official
     MD17 code) is constant within an epoch: `timm_cosine_lr` of epoch step // steps_per_epoch.
     The others are per step: f(step + 1) with t = steps completed,
@@ -208,26 +210,26 @@ def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> 
     warm-up is
 
         f(t) = lr * decay_rate^k,   k = |{d in decay_epochs: int(d * steps_per_epoch) <= t}|."""
-    if optim.get("lr_schedule", "cosine") == "cosine_epoch_timm":
+    if optim.lr_schedule == "cosine_epoch_timm":
         return timm_cosine_lr(step // steps_per_epoch, optim)
-    lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
-    warmup = round(float(optim["warmup_epochs"]) * steps_per_epoch)
-    total = int(optim["epochs"]) * steps_per_epoch
+    lr, min_lr = optim.lr, optim.min_lr
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    total = optim.epochs * steps_per_epoch
     done = step + 1
     if done <= warmup:
-        start = float(optim.get("warmup_start_factor", 0.0))
+        start = optim.warmup_start_factor
         return lr * (start + (1.0 - start) * done / warmup)
-    if optim.get("lr_schedule", "cosine") == "multistep":
-        passed = sum(int(d * steps_per_epoch) <= done for d in optim["decay_epochs"])
-        return lr * float(optim["decay_rate"]) ** passed
-    if optim.get("lr_schedule", "cosine") == "cosine_total":
+    if optim.lr_schedule == "multistep":  # decay_epochs and decay_rate set (OptimSettings)
+        passed = sum(int(d * steps_per_epoch) <= done for d in optim.decay_epochs)
+        return lr * optim.decay_rate**passed
+    if optim.lr_schedule == "cosine_total":
         progress = min(done / total, 1.0)
     else:
         progress = (done - warmup) / max(total - warmup, 1)
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def timm_cosine_lr(epoch: int, optim: Mapping[str, Any]) -> float:
+def timm_cosine_lr(epoch: int, optim: OptimSettings) -> float:
     """LR of (0-based) ``epoch`` under ``lr_schedule: cosine_epoch_timm``: timm 0.4.12's
     ``CosineLRScheduler`` as the official MD17 code builds and steps it (atomicarchitects/
     equiformer 64cb7866, pinned timm==0.4.12 in env/env_equiformer.yml:376). main_md17.py:196 /
@@ -246,9 +248,8 @@ def timm_cosine_lr(epoch: int, optim: Mapping[str, Any]) -> float:
     defaults: --warmup-lr 1e-6, --min-lr 1e-6, --warmup-epochs 10 (main_md17.py:73-81,
     main_md17_dens.py:83-91); --decay-rate only scales later cycles, which a run never
     reaches (its loop is ``range(args.epochs)``)."""
-    lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
-    warmup_epochs, warmup_lr = float(optim["warmup_epochs"]), float(optim["warmup_lr"])
-    epochs = int(optim["epochs"])
+    lr, min_lr, epochs = optim.lr, optim.min_lr, optim.epochs
+    warmup_epochs, warmup_lr = optim.warmup_epochs, optim.warmup_lr  # set (OptimSettings)
     if epoch < warmup_epochs:
         return warmup_lr + epoch * ((lr - warmup_lr) / warmup_epochs)
     if epoch >= epochs:
@@ -274,14 +275,12 @@ def weight_decay_exempt(model: nn.Module) -> set[str]:
     return {name for name, p in named if p.ndim <= 1 or name.endswith(".bias")}
 
 
-def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim: OptimSettings) -> torch.optim.AdamW:
     """AdamW with ``optim.weight_decay`` on the parameters ``weight_decay_exempt`` does not
     name and none on those it names; ``amsgrad`` (default false) as the official eSCN configs
     set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``). The fused implementation
     updates all parameters in one kernel: on CPU a step of the mini Equiformer's 112 tensors
     takes 0.4 ms instead of 2.6 ms with the default loop (measured)."""
-    if optim["optimizer"] != "adamw":
-        raise ValueError(f"optim.optimizer must be 'adamw', got {optim['optimizer']!r}")
     exempt = weight_decay_exempt(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -289,12 +288,10 @@ def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.A
             continue
         (no_decay if name in exempt else decay).append(param)
     groups = [
-        {"params": decay, "weight_decay": float(optim["weight_decay"])},
+        {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=float(optim["lr"]), amsgrad=bool(optim.get("amsgrad")), fused=True
-    )
+    return torch.optim.AdamW(groups, lr=optim.lr, amsgrad=optim.amsgrad, fused=True)
 
 
 @torch.no_grad()
@@ -307,20 +304,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
             averaged.lerp_(current, 1.0 - decay)
         else:
             averaged.copy_(current)
-
-
-def loss_settings(optim: Mapping[str, Any]) -> LossSettings:
-    """LossSettings from optim: energy/force coefficients, force_loss; optional noise_loss and
-    loss_reduction (dens.denoising defaults otherwise). The energy loss is always |E' - E_hat|."""
-    if optim.get("energy_loss", "mae") != "mae":
-        raise ValueError(f"optim.energy_loss must be 'mae', got {optim['energy_loss']!r}")
-    optional = {"noise_metric": optim.get("noise_loss"), "reduction": optim.get("loss_reduction")}
-    return LossSettings(
-        energy_coefficient=optim["energy_coefficient"],
-        force_coefficient=optim["force_coefficient"],
-        force_metric=optim["force_loss"],
-        **{key: value for key, value in optional.items() if value is not None},
-    )
 
 
 def draw_corruption(
@@ -441,54 +424,43 @@ def fit_normalizer(
 
 
 def training_normalizer(
-    optim: Mapping[str, Any], train_set: Sequence[Data], seed: int, root: Path | None = None
+    labels: LabelSettings, train_set: Sequence[Data], seed: int, root: Path | None = None
 ) -> Normalizer:
     """The label normaliser of a run (start of training; resumed runs keep last.pt's).
 
-    - ``optim.energy_reference_file`` (optional): a published linear reference
+    - ``labels.energy_reference_file``: a published linear reference
       (dens.normalization.load_element_references; the official OC22 config's ``lin_ref``,
       fairchem ``configs/oc22/linref/oc22_linfit_coeffs.npz``), a path relative to the pipeline
       directory ``root`` (default dens.config_files.find_root(); e.g. under results/downloads/) or
-      absolute. It is the per-element reference instead of one fitted here (optim.
-      energy_reference, if set, must then be "linear").
-    - ``optim.normalizer`` (optional) {energy_mean, energy_std, force_std}: the official
-      configs' normaliser (``dataset.transforms.normalizer``; fairchem divides forces by their
-      own std), used as given: E' = (E - sum_i ref[Z_i] - energy_mean) / energy_std, f' = f /
-      force_std, with ref from the file or 0.
-    - neither: ``fit_normalizer`` with optim.energy_reference (default "mean"); forces share
+      absolute. It is the per-element reference instead of one fitted here.
+    - ``labels.normalizer`` {energy_mean, energy_std, force_std}: the official configs'
+      normaliser (``dataset.transforms.normalizer``; fairchem divides forces by their own std),
+      used as given: E' = (E - sum_i ref[Z_i] - energy_mean) / energy_std, f' = f / force_std,
+      with ref from the file or 0.
+    - neither: ``fit_normalizer`` with ``labels.reference`` ("mean" or "linear"); forces share
       the energy std.
     """
-    reference: EnergyReference | Tensor = optim.get("energy_reference", "mean")
-    path = optim.get("energy_reference_file")
+    reference: EnergyReference | Tensor = labels.reference
+    path = labels.energy_reference_file
     if path is not None:
-        if optim.get("energy_reference", "linear") != "linear":
-            raise ConfigError(
-                f"optim.energy_reference_file {path!r} is a linear reference; "
-                f"optim.energy_reference {optim['energy_reference']!r} contradicts it"
-            )
         full = Path(path) if Path(path).is_absolute() else (root or find_root()) / path
         if not full.is_file():
             raise ConfigError(f"optim.energy_reference_file: {full} does not exist")
         reference = load_element_references(full)
-    given = optim.get("normalizer")
+    given = labels.normalizer
     if given is None:
         return fit_normalizer(train_set, reference, seed)
-    if isinstance(reference, str) and reference != "mean":
-        raise ConfigError(
-            "optim.normalizer with energy_reference 'linear' needs optim.energy_reference_file: "
-            "the given mean and std belong to a fixed reference, not one fitted here"
-        )
     elements = getattr(train_set, "elements", None)
     if elements is None:
         counts = _energy_sample(train_set, seed)[1]
         elements = torch.nonzero(counts.sum(dim=0) > 0).flatten().tolist()
     refs = reference if isinstance(reference, Tensor) else torch.zeros(NUM_ELEMENTS)
     return Normalizer(
-        mean=float(given["energy_mean"]),
-        std=float(given["energy_std"]),
+        mean=given.energy_mean,
+        std=given.energy_std,
         element_references=refs.to(torch.float64),
         elements=tuple(sorted({int(z) for z in elements})),
-        force_std=float(given["force_std"]),
+        force_std=given.force_std,
     )
 
 
@@ -577,25 +549,9 @@ class Schedule:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
+    def of(cls, optim: OptimSettings, train_size: int, processes: int = 1) -> Schedule:
         """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
-        schedule = optim.get("lr_schedule", "cosine")
-        if schedule not in ("cosine", "cosine_total", "multistep", "cosine_epoch_timm"):
-            raise ValueError(
-                "optim.lr_schedule must be 'cosine', 'cosine_total', 'multistep' or "
-                f"'cosine_epoch_timm', got {optim['lr_schedule']!r}"
-            )
-        if schedule == "multistep" and ("decay_epochs" not in optim or "decay_rate" not in optim):
-            raise ConfigError("optim.lr_schedule 'multistep' needs decay_epochs and decay_rate")
-        if schedule == "cosine_epoch_timm" and "warmup_lr" not in optim:
-            raise ConfigError("optim.lr_schedule 'cosine_epoch_timm' needs warmup_lr")
-        if schedule == "cosine_epoch_timm" and math.ceil(optim["warmup_epochs"]) >= optim["epochs"]:
-            raise ConfigError(
-                f"optim.lr_schedule 'cosine_epoch_timm' sets the lr per epoch: with "
-                f"warmup_epochs {optim['warmup_epochs']} every one of the {optim['epochs']} "
-                "epochs trains at a warm-up lr (warmup_epochs 0 starts at lr)"
-            )
-        batch_size = int(optim["batch_size"])
+        batch_size = optim.batch_size
         if batch_size % processes:
             raise ConfigError(
                 f"optim.batch_size {batch_size} is the global batch, split equally over the "
@@ -605,7 +561,7 @@ class Schedule:
             raise ValueError(
                 f"training set of {train_size} structures is smaller than batch_size {batch_size}"
             )
-        return cls(int(optim["epochs"]), batch_size, train_size // batch_size)
+        return cls(optim.epochs, batch_size, train_size // batch_size)
 
 
 @dataclass
@@ -657,9 +613,8 @@ class Trainee:
 
 def corruption_seed(seed: int, rank: int) -> int:
     """Seed of the DeNS generator of process ``rank``: (seed, rank) packed into 64 bits, so every
-    process draws its own corruption, rank 0 with ``seed`` as a single process does."""
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"seed {seed}: training seeds are integers in [0, 2**32)")
+    process draws its own corruption, rank 0 with ``seed`` as a single process does (a seed is in
+    [0, 2**32): TrainSettings.seed)."""
     return seed + (rank << 32)
 
 
@@ -670,29 +625,29 @@ def decision_seed(seed: int) -> int:
 
 
 def build_trainee(
-    experiment: Mapping[str, Any],
-    build_model: BuildModel,
+    settings: TrainSettings,
+    new_model: Callable[[], nn.Module],
     device: torch.device,
     world: World | None = None,
     mixed_precision: bool = False,
 ) -> Trainee:
-    """The model built after torch.manual_seed(seed) (the same on every process), its EMA copy,
-    AdamW, the gradient scaler, the generator seeded from (seed, rank), the network that
-    averages gradients over processes (``World.wrap``) and the decision generator seeded alike
-    on every process (``decision_seed``)."""
+    """The model (``new_model()``: the experiment's network) built after
+    torch.manual_seed(seed) (the same on every process), its EMA copy, AdamW, the gradient
+    scaler, the generator seeded from (seed, rank), the network that averages gradients over
+    processes (``World.wrap``) and the decision generator seeded alike on every process
+    (``decision_seed``)."""
     world = world or World()
-    seed = int(experiment["seed"])
-    optim = experiment["optim"]
+    seed = settings.seed
     torch.manual_seed(seed)
-    model = build_model(experiment).to(device)
+    model = new_model().to(device)
     ema = None
-    if optim.get("ema_decay") is not None:
-        ema = build_model(experiment).to(device).requires_grad_(False)
+    if settings.optim.ema_decay is not None:
+        ema = new_model().to(device).requires_grad_(False)
         ema.load_state_dict(model.state_dict())
     generator = torch.Generator(device).manual_seed(corruption_seed(seed, world.rank))
     decisions = torch.Generator().manual_seed(decision_seed(seed))
     scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
-    optimizer = build_optimizer(model, optim)
+    optimizer = build_optimizer(model, settings.optim)
     network = world.wrap(model, device)
     return Trainee(model, ema, optimizer, scaler, generator, network, decisions)
 
@@ -712,6 +667,7 @@ def use_mixed_precision(requested: bool | None, device: torch.device, recipe: bo
 
 
 def start_or_resume(
+    settings: TrainSettings,
     run_dir: Path,
     start: Mapping[str, Any],
     train_set: Sequence[Data],
@@ -727,12 +683,9 @@ def start_or_resume(
     last_path = run_dir / "checkpoints" / "last.pt"
     state = _last_state(run_dir, start) if world.is_main else None
     if not world.from_main(state is not None):
-        experiment = start["experiment"]
         normalizer = None
         if world.is_main:
-            normalizer = training_normalizer(
-                experiment["optim"], train_set, int(experiment["seed"])
-            )
+            normalizer = training_normalizer(settings.labels, train_set, settings.seed)
         return Progress(world.from_main(normalizer))
     if state is None:
         state = load_checkpoint(last_path)
@@ -880,19 +833,19 @@ def forward_loss(
     return terms["total"], values, totals[-1] > 0
 
 
-def update(trainee: Trainee, loss: Tensor, optim: Mapping[str, Any]) -> None:
+def update(trainee: Trainee, loss: Tensor, optim: OptimSettings) -> None:
     """Backward (DistributedDataParallel averages the gradients over processes), gradient
     clipping, AdamW, EMA. With mixed precision the loss is scaled for backward and the gradients
     unscaled before clipping; GradScaler skips a step whose gradients are not finite."""
     trainee.optimizer.zero_grad(set_to_none=True)
     trainee.scaler.scale(loss).backward()
     trainee.scaler.unscale_(trainee.optimizer)
-    if optim.get("grad_clip_norm") is not None:
-        nn.utils.clip_grad_norm_(trainee.model.parameters(), float(optim["grad_clip_norm"]))
+    if optim.grad_clip_norm is not None:
+        nn.utils.clip_grad_norm_(trainee.model.parameters(), optim.grad_clip_norm)
     trainee.scaler.step(trainee.optimizer)
     trainee.scaler.update()
     if trainee.ema is not None:
-        update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
+        update_ema(trainee.ema, trainee.model, optim.ema_decay)
 
 
 def free_atoms_per_process(batch: Batch, losses: LossSettings, world: World) -> float | None:
@@ -906,13 +859,11 @@ def free_atoms_per_process(batch: Batch, losses: LossSettings, world: World) -> 
 
 
 def train_epoch(
-    experiment: Mapping[str, Any],
+    settings: TrainSettings,
     train_set: Sequence[Data],
     schedule: Schedule,
     progress: Progress,
     trainee: Trainee,
-    losses: LossSettings,
-    dens: DeNSSettings | None,
     stop_flag: StopFlag,
     *,
     world: World,
@@ -927,13 +878,14 @@ def train_epoch(
     Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
     batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
     AdamW, EMA."""
-    optim, seed, epoch = experiment["optim"], int(experiment["seed"]), progress.epoch
+    seed, epoch = settings.seed, progress.epoch
+    losses, denoising = settings.loss, settings.denoising
     if progress.batch_in_epoch == 0:
         progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
         progress.epoch_sums |= {term: 0.0 for term in _LOSS_TERMS}
     sums = progress.epoch_sums
     epoch_start = time.perf_counter() - sums["time_s"]
-    coefficient = 0.0 if dens is None else dens_coefficient(dens, epoch, schedule.epochs)
+    coefficient = 0.0 if denoising is None else dens_coefficient(denoising, epoch, schedule.epochs)
     batches = epoch_batches(len(train_set), schedule.batch_size, seed, epoch)
     loader = DataLoader(
         train_set,
@@ -947,7 +899,7 @@ def train_epoch(
         loader,
         total=schedule.steps_per_epoch,
         initial=progress.batch_in_epoch,
-        desc=f"{experiment['name']} epoch {epoch + 1}/{schedule.epochs}",
+        desc=f"{settings.name} epoch {epoch + 1}/{schedule.epochs}",
         disable=not show_progress,
         leave=False,
     )
@@ -958,7 +910,7 @@ def train_epoch(
             batch,
             progress.normalizer,
             losses,
-            dens,
+            denoising,
             trainee.generator,
             coefficient,
             trainee.decision_generator,
@@ -968,17 +920,17 @@ def train_epoch(
     for batch in bar:
         step_start = time.perf_counter()
         batch = batch.to(device)
-        lr = learning_rate(progress.step, optim, schedule.steps_per_epoch)
+        lr = learning_rate(progress.step, settings.optim, schedule.steps_per_epoch)
         for group in trainee.optimizer.param_groups:
             group["lr"] = lr
         total, values, stop = forward_loss(trainee, batch, loss, world, stop_flag.is_set())
         if not all(math.isfinite(v) for v in values.values()):
             raise NonFiniteLossError(
-                f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
+                f"experiment {settings.name!r}: non-finite loss {values} at epoch "
                 f"{epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, global "
                 f"step {progress.step}; last.pt keeps the last good state"
             )
-        update(trainee, total, optim)
+        update(trainee, total, settings.optim)
         progress.step += 1
         progress.batch_in_epoch += 1
         for term in _LOSS_TERMS:
@@ -1015,10 +967,9 @@ def validate(
 
 
 def end_epoch(
-    experiment: Mapping[str, Any],
+    settings: TrainSettings,
     schedule: Schedule,
     progress: Progress,
-    dens: DeNSSettings | None,
     val: Mapping[str, float],
     hardware: Mapping[str, Any],
 ) -> bool:
@@ -1034,10 +985,10 @@ def end_epoch(
         {
             "epoch": progress.epoch + 1,
             "step": progress.step,
-            "lr": learning_rate(progress.step - 1, experiment["optim"], steps),
+            "lr": learning_rate(progress.step - 1, settings.optim, steps),
             "lambda_dens": 0.0
-            if dens is None
-            else dens_coefficient(dens, progress.epoch, schedule.epochs),
+            if settings.denoising is None
+            else dens_coefficient(settings.denoising, progress.epoch, schedule.epochs),
             "train_loss": sums["total"] / steps,
             "train_energy_loss": sums["energy"] / steps,
             "train_forces_loss": sums["forces"] / steps,
@@ -1062,11 +1013,11 @@ def end_epoch(
 
 
 def _reporter(
-    experiment: Mapping[str, Any], schedule: Schedule, enabled: bool
+    settings: TrainSettings, schedule: Schedule, enabled: bool
 ) -> Callable[[Progress, Mapping[str, float] | None], None]:
     """One line per epoch on stdout (the pipeline shows it in the Snakemake console): the run,
     the epoch, the validation MAEs and an estimate of the time left from the mean epoch time."""
-    name = f"{experiment['name']} seed{experiment['seed']}"
+    name = f"{settings.name} seed{settings.seed}"
 
     def report(progress: Progress, val: Mapping[str, float] | None) -> None:
         if not enabled:
@@ -1135,16 +1086,14 @@ def train(
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
     best_epoch_path = run_dir / "checkpoints" / BEST_EPOCH_FILE
-    optim = experiment["optim"]
+    settings = TrainSettings.from_experiment(experiment)
     world = World.from_environment()
-    schedule = Schedule.of(optim, len(train_set), world.size)
+    schedule = Schedule.of(settings.optim, len(train_set), world.size)
     device = world.device(torch.device(device))
-    amp = use_mixed_precision(mixed_precision, device, bool(optim.get("mixed_precision", True)))
-    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
-    losses = loss_settings(optim)
-    _check_splittable(losses, val_set, world)
+    amp = use_mixed_precision(mixed_precision, device, settings.optim.mixed_precision)
+    _check_splittable(settings.loss, val_set, world)
     start = started_with(experiment, train_set, val_set)
-    report = _reporter(experiment, schedule, progress and world.is_main)
+    report = _reporter(settings, schedule, progress and world.is_main)
     hardware = {
         "world_size": world.size,
         "device": device.type,
@@ -1155,24 +1104,24 @@ def train(
     with (
         process_group(world, device),
         _stop_flag(stop_at) as stop,
-        build_trainee(experiment, build_model, device, world, amp) as trainee,
+        build_trainee(
+            settings, functools.partial(build_model, experiment), device, world, amp
+        ) as trainee,
     ):
         for role, dataset in (("training", train_set), ("validation", val_set)):
             check_elements_embedded(dataset, trainee.model, _split_name(dataset, role))
-        state = start_or_resume(run_dir, start, train_set, trainee, device, world)
+        state = start_or_resume(settings, run_dir, start, train_set, trainee, device, world)
         if world.is_main:
             make_folder(run_dir, "creating run folder")
             write_log(run_dir / "log.csv", state.history)
         report(state, None)
         while state.epoch < schedule.epochs:
             finished = train_epoch(
-                experiment,
+                settings,
                 train_set,
                 schedule,
                 state,
                 trainee,
-                losses,
-                dens,
                 stop,
                 world=world,
                 device=device,
@@ -1187,12 +1136,12 @@ def train(
                 trainee.eval_model,
                 val_set,
                 state.normalizer,
-                int(optim["eval_batch_size"]),
+                settings.evaluation.batch_size,
                 device,
                 world,
             )
             state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
-            best = end_epoch(experiment, schedule, state, dens, val, hardware)
+            best = end_epoch(settings, schedule, state, val, hardware)
             if world.is_main and best:
                 save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_epoch_path)
             if world.is_main:

@@ -36,12 +36,12 @@ from dens.train import (
     fit_normalizer,
     forward_loss,
     free_atoms_per_process,
-    loss_settings,
     loss_terms,
     train,
     update,
     use_mixed_precision,
 )
+from dens.training.settings import TrainSettings, loss_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -121,7 +121,12 @@ def one_step(case: str, world: World, share_of: World | None = None) -> dict[str
     data = structures()
     normalizer = fit_normalizer(data, "mean", 0)
     batch = Batch.from_data_list(list((share_of or world).share(data)))
-    trainee = build_trainee(experiment, build_toy_model, torch.device("cpu"), world)
+    trainee = build_trainee(
+        TrainSettings.from_experiment(experiment),
+        lambda: build_toy_model(experiment),
+        torch.device("cpu"),
+        world,
+    )
     settings = DeNSSettings.from_config(experiment["dens"]) if with_dens else None
     losses = loss_settings(experiment["optim"])
     dens.train.corrupt = functools.partial(corrupt_by_structure, chosen=frozenset(chosen))
@@ -131,7 +136,7 @@ def one_step(case: str, world: World, share_of: World | None = None) -> dict[str
         return loss_terms(network, batch, normalizer, losses, settings, None, 5.0, None, count)
 
     total, values, stop = forward_loss(trainee, batch, loss, world, stop=world.rank == 1)
-    update(trainee, total, experiment["optim"])
+    update(trainee, total, TrainSettings.from_experiment(experiment).optim)
     corrupted = 0
     if settings is not None:
         corrupted = int(dens.train.corrupt(batch, settings, None, batch.forces).corrupted.sum())
@@ -397,7 +402,9 @@ def test_mixed_precision_switch_and_autocast_only_when_on():
         )
 
     for enabled in (False, True):  # CPU float16 autocast here only shows the switch at work
-        trainee = build_trainee(experiment, build_toy_model, cpu, mixed_precision=enabled)
+        settings = TrainSettings.from_experiment(experiment)
+        new_model = functools.partial(build_toy_model, experiment)
+        trainee = build_trainee(settings, new_model, cpu, mixed_precision=enabled)
         assert trainee.scaler.is_enabled() is enabled
         forward_loss(trainee, data, loss, World(), stop=False)
     assert seen == [False, True]

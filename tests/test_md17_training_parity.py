@@ -33,7 +33,8 @@ from dens.models.equiformer.official_import import (
 )
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.pipeline.registry import load_registry
-from dens.train import batch_loss, loss_settings
+from dens.train import batch_loss
+from dens.training.settings import loss_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "equiformer_md17" / "reference_outputs.pt"
 EXPERIMENTS = {"dens": "md17-aspirin/equiformer-l2-dens", "baseline": "md17-aspirin/equiformer-l2"}

@@ -31,7 +31,8 @@ from dens.models.escn import import_fairchem as escn_import
 from dens.models.escn import network as escn_network
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.pipeline.registry import load_registry
-from dens.train import batch_loss, loss_settings
+from dens.train import batch_loss
+from dens.training.settings import loss_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
