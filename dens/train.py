@@ -309,16 +309,17 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def draw_corruption(
     batch: Batch,
     normalizer: Normalizer,
-    dens: DeNSSettings,
+    denoising: DeNSSettings,
     generator: torch.Generator,
     decision_generator: torch.Generator | None = None,
 ) -> Corruption:
     """This batch's DeNS draw (dens.denoising.corrupt): the forces to encode in
-    ``dens.force_encoding_units`` ("normalized": f / the normaliser's force std), ``generator``
-    (this process's) for the masks and the noise and, with ``dens.decision == "batch"``,
+    ``denoising.force_encoding_units`` ("normalized": f / the normaliser's force std), ``generator``
+    (this process's) for the masks and the noise and, with ``denoising.decision == "batch"``,
     ``decision_generator`` (the same on every process) for the batch's DeNS decision."""
-    forces = force_encoding_input(batch.forces, normalizer.force_scale, dens.force_encoding_units)
-    return corrupt(batch, dens, generator, forces=forces, batch_generator=decision_generator)
+    units = denoising.force_encoding_units
+    forces = force_encoding_input(batch.forces, normalizer.force_scale, units)
+    return corrupt(batch, denoising, generator, forces=forces, batch_generator=decision_generator)
 
 
 def batch_loss(
@@ -326,7 +327,7 @@ def batch_loss(
     batch: Batch,
     normalizer: Normalizer,
     losses: LossSettings,
-    dens: DeNSSettings | None,
+    denoising: DeNSSettings | None,
     corruption: Corruption | None,
     coefficient: float,
     free_atoms_per_process: float | None = None,
@@ -334,19 +335,19 @@ def batch_loss(
     """The training loss of one batch given its DeNS draw: {"total", "energy", "forces",
     "dens"} 0-dim tensors.
 
-    Without DeNS (``dens`` and ``corruption`` None): Eq. 1 on the batch, no force input, no
+    Without DeNS (``denoising`` and ``corruption`` None): Eq. 1 on the batch, no force input, no
     noise. With DeNS: the model runs on ``corruption.pos`` with ``corruption.force_input``
     encoded and the noise head on, and the batch takes Eq. 1 / Eq. 6 (dens.denoising.dens_loss).
     ``corruption`` comes from ``draw_corruption`` in training, or is built directly (draws
     injected from the official code). Energy targets are normalised in float64, then cast to
     the model's dtype. ``free_atoms_per_process``: see dens.denoising.dens_loss.
     """
-    if (dens is None) != (corruption is None):
+    if (denoising is None) != (corruption is None):
         raise ValueError("batch_loss needs both dens settings and a corruption, or neither")
     energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
     energy_target = energy_target.to(batch.pos.dtype)
     force_target = normalizer.normalize_forces(batch.forces)
-    if dens is None or corruption is None:
+    if denoising is None or corruption is None:
         prediction = model(batch)
         return original_task_loss(
             prediction, batch, energy_target, force_target, losses, free_atoms_per_process
@@ -361,7 +362,7 @@ def batch_loss(
         energy_target,
         force_target,
         losses,
-        dens,
+        denoising,
         coefficient,
         free_atoms_per_process,
     )
@@ -372,7 +373,7 @@ def loss_terms(
     batch: Batch,
     normalizer: Normalizer,
     losses: LossSettings,
-    dens: DeNSSettings | None,
+    denoising: DeNSSettings | None,
     generator: torch.Generator,
     coefficient: float,
     decision_generator: torch.Generator | None = None,
@@ -381,10 +382,10 @@ def loss_terms(
     """The training loss of one batch with its DeNS draw sampled here: ``draw_corruption`` (with
     DeNS) then ``batch_loss``."""
     corruption = None
-    if dens is not None:
-        corruption = draw_corruption(batch, normalizer, dens, generator, decision_generator)
+    if denoising is not None:
+        corruption = draw_corruption(batch, normalizer, denoising, generator, decision_generator)
     return batch_loss(
-        model, batch, normalizer, losses, dens, corruption, coefficient, free_atoms_per_process
+        model, batch, normalizer, losses, denoising, corruption, coefficient, free_atoms_per_process
     )
 
 
@@ -611,6 +612,40 @@ class Trainee:
         self.network = self.model
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a run works with from its start to its end (where it stands is ``Progress``): the
+    settings, the trainee, the run's length, what it was started with (``started_with``: last.pt
+    resumes only with the same), its directory, the datasets, the device and the processes, the
+    hardware columns of log.csv (world_size, device, device_name, mixed_precision), the data
+    loader's workers and whether this process shows a progress bar and console lines."""
+
+    settings: TrainSettings
+    trainee: Trainee
+    schedule: Schedule
+    start: Mapping[str, Any]
+    run_dir: Path
+    train_set: Sequence[Data]
+    val_set: Sequence[Data]
+    device: torch.device
+    world: World
+    hardware: Mapping[str, Any]
+    num_workers: int = 0
+    show_progress: bool = False
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_epoch_path(self) -> Path:
+        return self.run_dir / "checkpoints" / BEST_EPOCH_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.csv"
+
+
 def corruption_seed(seed: int, rank: int) -> int:
     """Seed of the DeNS generator of process ``rank``: (seed, rank) packed into 64 bits, so every
     process draws its own corruption, rank 0 with ``seed`` as a single process does (a seed is in
@@ -666,26 +701,18 @@ def use_mixed_precision(requested: bool | None, device: torch.device, recipe: bo
     return requested
 
 
-def start_or_resume(
-    settings: TrainSettings,
-    run_dir: Path,
-    start: Mapping[str, Any],
-    train_set: Sequence[Data],
-    trainee: Trainee,
-    device: torch.device,
-    world: World,
-) -> Progress:
-    """Resume from run_dir/checkpoints/last.pt when it was started with the same ``start``
+def start_or_resume(run: TrainingRun) -> Progress:
+    """Resume from the run's last.pt when it was started with the same ``run.start``
     (``started_with``); otherwise move the old run aside (``move_aside``) and start afresh:
     the normaliser (``training_normalizer``), step 0. Says which in the log (stderr). Rank 0
     decides, moves and makes the normaliser; the other processes follow (they read last.pt
     themselves, each restoring its own RNG states)."""
-    last_path = run_dir / "checkpoints" / "last.pt"
-    state = _last_state(run_dir, start) if world.is_main else None
+    world, trainee, last_path = run.world, run.trainee, run.last_path
+    state = _last_state(run.run_dir, run.start) if world.is_main else None
     if not world.from_main(state is not None):
         normalizer = None
         if world.is_main:
-            normalizer = training_normalizer(settings.labels, train_set, settings.seed)
+            normalizer = training_normalizer(run.settings.labels, run.train_set, run.settings.seed)
         return Progress(world.from_main(normalizer))
     if state is None:
         state = load_checkpoint(last_path)
@@ -703,7 +730,7 @@ def start_or_resume(
     trainee.optimizer.load_state_dict(state["optimizer"])
     if state.get("grad_scaler"):  # {} when saved without mixed precision
         trainee.scaler.load_state_dict(state["grad_scaler"])
-    _set_rng_state(rng[world.rank], trainee, device)
+    _set_rng_state(rng[world.rank], trainee, run.device)
     progress = Progress(
         normalizer=Normalizer.from_dict(state["normalizer"]),
         epoch=state["epoch"],
@@ -744,30 +771,24 @@ def _last_state(run_dir: Path, start: Mapping[str, Any]) -> dict[str, Any] | Non
     return None
 
 
-def last_checkpoint(
-    start: Mapping[str, Any],
-    progress: Progress,
-    trainee: Trainee,
-    train_size: int,
-    device: torch.device,
-    world: World,
-) -> dict[str, Any]:
+def last_checkpoint(run: TrainingRun, progress: Progress) -> dict[str, Any]:
     """The state of last.pt (layout: dens.checkpoint); every process takes part (each one's RNG
     states are gathered)."""
+    trainee = run.trainee
     return {
         "format_version": FORMAT_VERSION,
         "kind": "last",
-        "experiment": dict(start["experiment"]),
-        "started_with": dict(start),
+        "experiment": dict(run.start["experiment"]),
+        "started_with": dict(run.start),
         "epoch": progress.epoch,
         "batch_in_epoch": progress.batch_in_epoch,
         "step": progress.step,
-        "train_size": train_size,
+        "train_size": len(run.train_set),
         "model": trainee.model.state_dict(),
         "ema": None if trainee.ema is None else trainee.ema.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
         "normalizer": progress.normalizer.to_dict(),
-        "rng": world.gather(_rng_state(trainee, device)),
+        "rng": run.world.gather(_rng_state(trainee, run.device)),
         "grad_scaler": trainee.scaler.state_dict(),
         "epoch_sums": progress.epoch_sums,
         "best": progress.best,
@@ -777,30 +798,23 @@ def last_checkpoint(
     }
 
 
-def save_last(
-    path: Path,
-    start: Mapping[str, Any],
-    progress: Progress,
-    trainee: Trainee,
-    train_size: int,
-    device: torch.device,
-    world: World,
-) -> None:
+def save_last(run: TrainingRun, progress: Progress) -> None:
     """Rank 0 writes last.pt; no process goes on (or stops) before the file is complete."""
-    state = last_checkpoint(start, progress, trainee, train_size, device, world)
-    if world.is_main:
-        save_checkpoint(state, path)
-    world.barrier()
+    state = last_checkpoint(run, progress)
+    if run.world.is_main:
+        save_checkpoint(state, run.last_path)
+    run.world.barrier()
 
 
 def best_checkpoint(
-    experiment: Mapping[str, Any], progress: Progress, trainee: Trainee, val: Mapping[str, float]
+    run: TrainingRun, progress: Progress, val: Mapping[str, float]
 ) -> dict[str, Any]:
     """The state of best.pt: the inference weights of this epoch (layout: dens.checkpoint)."""
+    trainee = run.trainee
     return {
         "format_version": FORMAT_VERSION,
         "kind": "best",
-        "experiment": dict(experiment),
+        "experiment": dict(run.start["experiment"]),
         "epoch": progress.epoch,
         "step": progress.step,
         "model": trainee.eval_model.state_dict(),
@@ -858,19 +872,7 @@ def free_atoms_per_process(batch: Batch, losses: LossSettings, world: World) -> 
     return world.sum(free).item() / world.size
 
 
-def train_epoch(
-    settings: TrainSettings,
-    train_set: Sequence[Data],
-    schedule: Schedule,
-    progress: Progress,
-    trainee: Trainee,
-    stop_flag: StopFlag,
-    *,
-    world: World,
-    device: torch.device,
-    num_workers: int,
-    show_progress: bool,
-) -> bool:
+def train_epoch(run: TrainingRun, progress: Progress, stop_flag: StopFlag) -> bool:
     """Optimise the rest of epoch ``progress.epoch`` (from ``progress.batch_in_epoch``);
     return False if SIGTERM or stop_at (on any process) stopped it before its last batch. Updates
     ``progress`` in place.
@@ -878,61 +880,19 @@ def train_epoch(
     Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
     batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
     AdamW, EMA."""
-    seed, epoch = settings.seed, progress.epoch
-    losses, denoising = settings.loss, settings.denoising
+    schedule, world = run.schedule, run.world
     if progress.batch_in_epoch == 0:
         progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
         progress.epoch_sums |= {term: 0.0 for term in _LOSS_TERMS}
     sums = progress.epoch_sums
     epoch_start = time.perf_counter() - sums["time_s"]
-    coefficient = 0.0 if denoising is None else dens_coefficient(denoising, epoch, schedule.epochs)
-    batches = epoch_batches(len(train_set), schedule.batch_size, seed, epoch)
-    loader = DataLoader(
-        train_set,
-        batch_sampler=[world.share(b) for b in batches[progress.batch_in_epoch :]],
-        collate_fn=Batch.from_data_list,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-    )
-    trainee.model.train()
-    bar = tqdm(
-        loader,
-        total=schedule.steps_per_epoch,
-        initial=progress.batch_in_epoch,
-        desc=f"{settings.name} epoch {epoch + 1}/{schedule.epochs}",
-        disable=not show_progress,
-        leave=False,
-    )
-
-    def loss(network: nn.Module, batch: Batch) -> dict[str, Tensor]:
-        return loss_terms(
-            network,
-            batch,
-            progress.normalizer,
-            losses,
-            denoising,
-            trainee.generator,
-            coefficient,
-            trainee.decision_generator,
-            free_atoms_per_process(batch, losses, world),
-        )
-
+    loss = _loss_of_epoch(run, progress)
+    run.trainee.model.train()
+    bar = _epoch_bar(run, progress)
     for batch in bar:
         step_start = time.perf_counter()
-        batch = batch.to(device)
-        lr = learning_rate(progress.step, settings.optim, schedule.steps_per_epoch)
-        for group in trainee.optimizer.param_groups:
-            group["lr"] = lr
-        total, values, stop = forward_loss(trainee, batch, loss, world, stop_flag.is_set())
-        if not all(math.isfinite(v) for v in values.values()):
-            raise NonFiniteLossError(
-                f"experiment {settings.name!r}: non-finite loss {values} at epoch "
-                f"{epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, global "
-                f"step {progress.step}; last.pt keeps the last good state"
-            )
-        update(trainee, total, settings.optim)
-        progress.step += 1
-        progress.batch_in_epoch += 1
+        batch = batch.to(run.device)
+        values, lr, stop = _step(run, progress, batch, loss, stop_flag.is_set())
         for term in _LOSS_TERMS:
             sums[term] += values[term]
         sums["samples"] += int(batch.natoms.numel()) * world.size
@@ -945,20 +905,90 @@ def train_epoch(
     return True
 
 
-def validate(
-    model: nn.Module,
-    val_set: Sequence[Data],
-    normalizer: Normalizer,
-    batch_size: int,
-    device: torch.device,
-    world: World,
-) -> dict[str, float]:
+LossFunction = Callable[[nn.Module, Batch], dict[str, Tensor]]
+
+
+def _loss_of_epoch(run: TrainingRun, progress: Progress) -> LossFunction:
+    """The loss of a batch in epoch ``progress.epoch`` (lambda_DeNS of this epoch), the DeNS draw
+    from the trainee's generators."""
+    settings, trainee = run.settings, run.trainee
+    coefficient = dens_weight(settings.denoising, progress.epoch, run.schedule.epochs)
+
+    def loss(network: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        return loss_terms(
+            network,
+            batch,
+            progress.normalizer,
+            settings.loss,
+            settings.denoising,
+            trainee.generator,
+            coefficient,
+            trainee.decision_generator,
+            free_atoms_per_process(batch, settings.loss, run.world),
+        )
+
+    return loss
+
+
+def dens_weight(denoising: DeNSSettings | None, epoch: int, epochs: int) -> float:
+    """lambda_DeNS of (0-based) ``epoch`` (dens.denoising.dens_coefficient); 0 without DeNS."""
+    return 0.0 if denoising is None else dens_coefficient(denoising, epoch, epochs)
+
+
+def _epoch_bar(run: TrainingRun, progress: Progress) -> tqdm:
+    """The batches of the rest of the epoch (this process's share of each global batch, in the
+    order seeded by (seed, epoch)) behind a progress bar."""
+    seed, epoch, schedule = run.settings.seed, progress.epoch, run.schedule
+    batches = epoch_batches(len(run.train_set), schedule.batch_size, seed, epoch)
+    loader = DataLoader(
+        run.train_set,
+        batch_sampler=[run.world.share(b) for b in batches[progress.batch_in_epoch :]],
+        collate_fn=Batch.from_data_list,
+        num_workers=run.num_workers,
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
+    )
+    return tqdm(
+        loader,
+        total=schedule.steps_per_epoch,
+        initial=progress.batch_in_epoch,
+        desc=f"{run.settings.name} epoch {epoch + 1}/{schedule.epochs}",
+        disable=not run.show_progress,
+        leave=False,
+    )
+
+
+def _step(
+    run: TrainingRun, progress: Progress, batch: Batch, loss: LossFunction, stop: bool
+) -> tuple[dict[str, float], float, bool]:
+    """One optimiser step: the loss terms (averaged over processes), the lr and whether any
+    process asked to stop; NonFiniteLossError on a NaN/inf loss, before any weight changes."""
+    trainee = run.trainee
+    lr = learning_rate(progress.step, run.settings.optim, run.schedule.steps_per_epoch)
+    for group in trainee.optimizer.param_groups:
+        group["lr"] = lr
+    total, values, stop = forward_loss(trainee, batch, loss, run.world, stop)
+    if not all(math.isfinite(v) for v in values.values()):
+        raise NonFiniteLossError(
+            f"experiment {run.settings.name!r}: non-finite loss {values} at epoch "
+            f"{progress.epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, "
+            f"global step {progress.step}; last.pt keeps the last good state"
+        )
+    update(trainee, total, run.settings.optim)
+    progress.step += 1
+    progress.batch_in_epoch += 1
+    return values, lr, stop
+
+
+def validate(run: TrainingRun, progress: Progress) -> dict[str, float]:
     """Validation energy and force MAE (dens.evaluate.mean_absolute_errors) of the whole
-    ``val_set``: each process scores its contiguous ``Shard`` (eval_batch_size structures per
-    forward pass) and the error sums are added up over processes."""
+    validation set with the inference weights (EMA where on): each process scores its contiguous
+    ``Shard`` (eval_batch_size structures per forward pass) and the error sums are added up over
+    processes."""
+    model, world, device = run.trainee.eval_model, run.world, run.device
+    batch_size, normalizer = run.settings.evaluation.batch_size, progress.normalizer
     if world.size == 1:
-        return mean_absolute_errors(model, val_set, normalizer, batch_size, device)
-    part = mean_absolute_errors(model, Shard(val_set, world), normalizer, batch_size, device)
+        return mean_absolute_errors(model, run.val_set, normalizer, batch_size, device)
+    part = mean_absolute_errors(model, Shard(run.val_set, world), normalizer, batch_size, device)
     structures, free = part["num_structures"], part["num_free_atoms"]
     energy, forces = part["energy_mae_meV"] * structures, part["forces_mae_meV_per_A"] * free
     sums = torch.tensor([energy, forces, structures, free], dtype=torch.float64, device=device)
@@ -966,17 +996,10 @@ def validate(
     return {"energy_mae_meV": energy / structures, "forces_mae_meV_per_A": forces / max(free, 1)}
 
 
-def end_epoch(
-    settings: TrainSettings,
-    schedule: Schedule,
-    progress: Progress,
-    val: Mapping[str, float],
-    hardware: Mapping[str, Any],
-) -> bool:
-    """Close the epoch: its log.csv row (``hardware``: its world_size, device, device_name and
-    mixed_precision columns); return True if it is the best so far (lowest validation force
-    MAE)."""
-    sums, steps = progress.epoch_sums, schedule.steps_per_epoch
+def end_epoch(run: TrainingRun, progress: Progress, val: Mapping[str, float]) -> bool:
+    """Close the epoch: its log.csv row; return True if it is the best so far (lowest
+    validation force MAE)."""
+    sums, steps, settings = progress.epoch_sums, run.schedule.steps_per_epoch, run.settings
     epoch_time = sums["time_s"]
     progress.timing["train_time_s"] += epoch_time
     progress.timing["step_time_s"] += sums["step_time_s"]
@@ -986,9 +1009,7 @@ def end_epoch(
             "epoch": progress.epoch + 1,
             "step": progress.step,
             "lr": learning_rate(progress.step - 1, settings.optim, steps),
-            "lambda_dens": 0.0
-            if settings.denoising is None
-            else dens_coefficient(settings.denoising, progress.epoch, schedule.epochs),
+            "lambda_dens": dens_weight(settings.denoising, progress.epoch, run.schedule.epochs),
             "train_loss": sums["total"] / steps,
             "train_energy_loss": sums["energy"] / steps,
             "train_forces_loss": sums["forces"] / steps,
@@ -997,7 +1018,7 @@ def end_epoch(
             "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
             "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
             "epoch_time_s": epoch_time,
-            **hardware,
+            **run.hardware,
         }
     )
     progress.epoch += 1
@@ -1012,15 +1033,13 @@ def end_epoch(
     return True
 
 
-def _reporter(
-    settings: TrainSettings, schedule: Schedule, enabled: bool
-) -> Callable[[Progress, Mapping[str, float] | None], None]:
+def _reporter(run: TrainingRun) -> Callable[[Progress, Mapping[str, float] | None], None]:
     """One line per epoch on stdout (the pipeline shows it in the Snakemake console): the run,
     the epoch, the validation MAEs and an estimate of the time left from the mean epoch time."""
-    name = f"{settings.name} seed{settings.seed}"
+    name, schedule = f"{run.settings.name} seed{run.settings.seed}", run.schedule
 
     def report(progress: Progress, val: Mapping[str, float] | None) -> None:
-        if not enabled:
+        if not run.show_progress:
             return
         if val is None:
             done = "starting" if progress.epoch == progress.batch_in_epoch == 0 else "resuming"
@@ -1083,9 +1102,6 @@ def train(
     finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
     dens.stopping.StopRequested (a SystemExit with STOPPED_EXIT_CODE) on SIGTERM or at ``stop_at``.
     """
-    run_dir = Path(run_dir)
-    last_path = run_dir / "checkpoints" / "last.pt"
-    best_epoch_path = run_dir / "checkpoints" / BEST_EPOCH_FILE
     settings = TrainSettings.from_experiment(experiment)
     world = World.from_environment()
     schedule = Schedule.of(settings.optim, len(train_set), world.size)
@@ -1093,74 +1109,89 @@ def train(
     amp = use_mixed_precision(mixed_precision, device, settings.optim.mixed_precision)
     _check_splittable(settings.loss, val_set, world)
     start = started_with(experiment, train_set, val_set)
-    report = _reporter(settings, schedule, progress and world.is_main)
-    hardware = {
-        "world_size": world.size,
-        "device": device.type,
-        "device_name": _device_name(device),
-        "mixed_precision": amp,
-    }
-
+    new_model = functools.partial(build_model, experiment)
     with (
         process_group(world, device),
         _stop_flag(stop_at) as stop,
-        build_trainee(
-            settings, functools.partial(build_model, experiment), device, world, amp
-        ) as trainee,
+        build_trainee(settings, new_model, device, world, amp) as trainee,
     ):
-        for role, dataset in (("training", train_set), ("validation", val_set)):
-            check_elements_embedded(dataset, trainee.model, _split_name(dataset, role))
-        state = start_or_resume(settings, run_dir, start, train_set, trainee, device, world)
-        if world.is_main:
-            make_folder(run_dir, "creating run folder")
-            write_log(run_dir / "log.csv", state.history)
+        run = TrainingRun(
+            settings,
+            trainee,
+            schedule,
+            start,
+            Path(run_dir),
+            train_set,
+            val_set,
+            device,
+            world,
+            _hardware(world, device, amp),
+            num_workers,
+            progress and world.is_main,
+        )
+        state = _begin(run)
+        report = _reporter(run)
         report(state, None)
         while state.epoch < schedule.epochs:
-            finished = train_epoch(
-                settings,
-                train_set,
-                schedule,
-                state,
-                trainee,
-                stop,
-                world=world,
-                device=device,
-                num_workers=num_workers,
-                show_progress=progress and world.is_main,
-            )
-            if not finished:
-                save_last(last_path, start, state, trainee, len(train_set), device, world)
-                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
-            val_start = time.perf_counter()
-            val = validate(
-                trainee.eval_model,
-                val_set,
-                state.normalizer,
-                settings.evaluation.batch_size,
-                device,
-                world,
-            )
-            state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
-            best = end_epoch(settings, schedule, state, val, hardware)
-            if world.is_main and best:
-                save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_epoch_path)
-            if world.is_main:
-                write_log(run_dir / "log.csv", state.history)
-            save_last(last_path, start, state, trainee, len(train_set), device, world)
-            report(state, val)
-            if _anyone(stop.is_set(), world, device) and state.epoch < schedule.epochs:
-                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
+            _epoch(run, state, stop, report)
         if world.is_main:
-            publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
-
+            publish(run.best_epoch_path, run.run_dir / "checkpoints" / "best.pt")
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         epochs=state.epoch,
         steps=state.step,
         best_epoch=state.best["epoch"],
         best_val_forces_mae_meV_per_A=state.best["val_forces_mae_meV_per_A"],
         train_time_s=state.timing["train_time_s"],
     )
+
+
+def _begin(run: TrainingRun) -> Progress:
+    """Check the datasets' elements against the model, start or resume, write log.csv as it
+    stands."""
+    for role, dataset in (("training", run.train_set), ("validation", run.val_set)):
+        check_elements_embedded(dataset, run.trainee.model, _split_name(dataset, role))
+    progress = start_or_resume(run)
+    if run.world.is_main:
+        make_folder(run.run_dir, "creating run folder")
+        write_log(run.log_path, progress.history)
+    return progress
+
+
+def _epoch(
+    run: TrainingRun,
+    progress: Progress,
+    stop: StopFlag,
+    report: Callable[[Progress, Mapping[str, float] | None], None],
+) -> None:
+    """Train one epoch (the rest of it after a resume), validate, log, save best.pt where it is
+    the best and last.pt; raise StopRequested where asked to stop (last.pt saved)."""
+    world = run.world
+    if not train_epoch(run, progress, stop):
+        save_last(run, progress)
+        raise _training_stopped(run.last_path, progress, stop.reason, announce=world.is_main)
+    val_start = time.perf_counter()
+    val = validate(run, progress)
+    progress.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
+    best = end_epoch(run, progress, val)
+    if world.is_main and best:
+        save_checkpoint(best_checkpoint(run, progress, val), run.best_epoch_path)
+    if world.is_main:
+        write_log(run.log_path, progress.history)
+    save_last(run, progress)
+    report(progress, val)
+    if _anyone(stop.is_set(), world, run.device) and progress.epoch < run.schedule.epochs:
+        raise _training_stopped(run.last_path, progress, stop.reason, announce=world.is_main)
+
+
+def _hardware(world: World, device: torch.device, mixed_precision: bool) -> dict[str, Any]:
+    """The columns of a log.csv row that say what trained it."""
+    return {
+        "world_size": world.size,
+        "device": device.type,
+        "device_name": _device_name(device),
+        "mixed_precision": mixed_precision,
+    }
 
 
 def _split_name(dataset: Sequence[Data], role: str) -> str:
