@@ -158,7 +158,7 @@ def _training_log(run_dir: Path) -> list[dict[str, str]]:
 
 
 def training_cost(log: Sequence[Mapping[str, str]]) -> dict[str, Any]:
-    """What training took, from the rows of log.csv (dens.train.LOG_COLUMNS):
+    """What training took, from the rows of log.csv (dens.training.log.LOG_COLUMNS):
 
     train_time_s, train_hours          wall time: the sum of the epoch times (with validation)
     train_samples_per_s                structures per second of optimiser steps, all devices

@@ -34,21 +34,12 @@ from dens.models.escn.import_fairchem import load_fairchem_checkpoint as load_es
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.runs import BEST_EPOCH_FILE
 from dens.stopping import STOPPED_EXIT_CODE, TIME_LIMIT, StopRequested
-from dens.train import (
-    LOG_COLUMNS,
-    NonFiniteLossError,
-    Schedule,
-    batch_loss,
-    build_optimizer,
-    draw_corruption,
-    epoch_batches,
-    learning_rate,
-    loss_terms,
-    train,
-    training_normalizer,
-    update_ema,
-    weight_decay_exempt,
-)
+from dens.train import NonFiniteLossError, train
+from dens.training.labels import training_normalizer
+from dens.training.log import LOG_COLUMNS
+from dens.training.losses import batch_loss, draw_corruption, loss_terms
+from dens.training.optimizer import build_optimizer, update_ema, weight_decay_exempt
+from dens.training.schedule import Schedule, epoch_batches, learning_rate
 from dens.training.settings import LabelSettings, OptimSettings, loss_settings
 
 

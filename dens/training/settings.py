@@ -121,7 +121,7 @@ class OptimSettings:
     (multistep). batch_size is the global batch of all training processes. grad_clip_norm: the
     gradient norm is clipped to it (None: no clipping); ema_decay: the EMA of the weights after
     every step (None: no EMA); amsgrad: AdamW's variant; mixed_precision: float16 autocast +
-    GradScaler on CUDA (dens.train.use_mixed_precision).
+    GradScaler on CUDA (dens.training.trainee.use_mixed_precision).
     """
 
     optimizer: Literal["adamw"]
