@@ -11,6 +11,7 @@ One explicit loop, read top to bottom in `train`:
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
+            every optim.val_every_steps steps (if set): validate, a log.csv row (mid_epoch)
             on SIGTERM or at stop_at: save last.pt (mid-epoch), exit with
             dens.stopping.STOPPED_EXIT_CODE
         validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
@@ -80,6 +81,11 @@ averaged over processes, as are the NaN/inf check and a SIGTERM (any process's),
 processes stop at the same step.
 Validation is split over the processes and the error sums are added up. Rank 0 alone writes
 checkpoints, log.csv and the console lines; the others wait for last.pt before stopping.
+
+Validation draws none of the training's random numbers (torch's global generators are restored
+after it: dens.training.epoch.validate), so the validations inside epochs that
+optim.val_every_steps adds (learning curves with points between epoch ends) leave the weights,
+best.pt (still chosen at epoch ends) and every metric as they are without them.
 
 Mixed precision (``optim.mixed_precision``, ``dens train --[no-]mixed-precision``): float16
 autocast of the forward pass and the loss with a GradScaler (the loss is scaled for backward and

@@ -775,6 +775,77 @@ def test_normalizer_from_the_config_and_a_linear_reference_file(tmp_path):
         training_normalizer(missing, data, 0, tmp_path)
 
 
+def build_drawing_toy_model(experiment: dict) -> torch.nn.Module:
+    """The toy model drawing from torch's global generator in every forward pass, training and
+    evaluation alike (as a model with dropout, or EquiformerV2 with edge_roll "random"): its
+    energy is scaled by 1 + 0.1 u, u uniform."""
+    model = build_toy_model(experiment)
+
+    def scale(module, inputs, out):
+        return {**out, "energy": out["energy"] * (1 + 0.1 * torch.rand(()))}
+
+    model.register_forward_hook(scale)
+    return model
+
+
+def without_columns(rows: list[dict[str, str]], columns: set[str]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in columns} for row in rows]
+
+
+def test_validation_inside_epochs_changes_no_weight_and_resumes_exactly(data, tmp_path):
+    """optim.val_every_steps adds log.csv rows (kind mid_epoch) every 3 steps inside the epochs
+    (steps 3, 6 | 9, 12, 15 of two 8-step epochs); the training is the run's without them, bit
+    for bit, although the model draws from torch's global generator in training and in
+    validation (validation restores it); a run stopped at step 12, right after such a
+    validation, keeps its row and resumes to the same run, no row twice."""
+    train_set, val_set = data
+    plain = toy_experiment(dens=True, epochs=2, lr=3e-2)
+    curves = toy_experiment(dens=True, epochs=2, lr=3e-2, val_every_steps=3)
+    for name, experiment in (("plain", plain), ("curves", curves)):
+        train(experiment, *data, tmp_path / name, build_drawing_toy_model, progress=False)
+    rows = read_log(tmp_path / "curves")
+    assert [(int(r["step"]), r["kind"]) for r in rows] == [
+        (3, "mid_epoch"),
+        (6, "mid_epoch"),
+        (8, "epoch"),
+        (9, "mid_epoch"),
+        (12, "mid_epoch"),
+        (15, "mid_epoch"),
+        (16, "epoch"),
+    ]
+    assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2, 2]
+    epoch_rows = [row for row in rows if row["kind"] == "epoch"]
+    assert without_columns(epoch_rows, TIMING_COLUMNS) == without_columns(
+        read_log(tmp_path / "plain"), TIMING_COLUMNS
+    )
+    assert len({r["val_forces_mae_meV_per_A"] for r in rows}) == len(rows)  # points of a curve
+    last, best = (
+        {run: load_checkpoint(tmp_path / run / "checkpoints" / kind) for run in ("plain", "curves")}
+        for kind in ("last.pt", "best.pt")
+    )
+    for key in ("model", "ema", "optimizer", "rng"):
+        assert_identical(last["plain"][key], last["curves"][key], key)
+    assert_identical(best["plain"]["model"], best["curves"]["model"], "best.pt")
+    assert best["plain"]["epoch"] == best["curves"]["epoch"]
+
+    stopped = tmp_path / "stopped"
+    at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2  # SIGTERM while loading epoch 2's 4th batch
+    with pytest.raises(StopRequested):
+        train(
+            curves,
+            Interrupting(train_set, at, sigterm),
+            val_set,
+            stopped,
+            build_drawing_toy_model,
+            progress=False,
+        )
+    state = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
+    assert [int(row["step"]) for row in read_log(stopped)] == [3, 6, 8, 9, 12]
+    train(curves, train_set, val_set, stopped, build_drawing_toy_model, progress=False)
+    assert_same_run(tmp_path / "curves", stopped)
+
+
 def test_batch_decision_resumes_exactly_and_saves_the_decision_generator(data, tmp_path):
     """With dens.decision "batch" and the free-atom reduction, a run stopped by SIGTERM mid-epoch
     resumes bit for bit (last.pt keeps the decision generator's state too)."""

@@ -1,11 +1,13 @@
-"""One epoch of a run: its optimiser steps (``train_epoch``), validation (``validate``) and
-log.csv row (``end_epoch``)."""
+"""One epoch of a run: its optimiser steps (``train_epoch``, with the validations inside the
+epoch that optim.val_every_steps asks for), validation (``validate``) and log.csv row
+(``end_epoch``)."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from tqdm import tqdm
 from dens.data.batch import Batch
 from dens.distributed import Shard
 from dens.evaluate import mean_absolute_errors
+from dens.training.log import EPOCH_END, MID_EPOCH, write_log
 from dens.training.losses import (
     LOSS_TERMS,
     LossFunction,
@@ -39,7 +42,9 @@ def train_epoch(run: TrainingRun, progress: Progress, stop_flag: StopFlag) -> bo
 
     Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
     batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
-    AdamW, EMA."""
+    AdamW, EMA; every optim.val_every_steps steps (not at the epoch's last) a validation and its
+    log.csv row, before a stop asked for at that step (so a resumed run neither repeats nor
+    misses it)."""
     schedule, world = run.schedule, run.world
     if progress.batch_in_epoch == 0:
         progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
@@ -57,6 +62,8 @@ def train_epoch(run: TrainingRun, progress: Progress, stop_flag: StopFlag) -> bo
             sums[term] += values[term]
         sums["samples"] += int(batch.natoms.numel()) * world.size
         sums["step_time_s"] += time.perf_counter() - step_start
+        if _validation_due(run, progress):
+            _validate_mid_epoch(run, progress, epoch_start)
         sums["time_s"] = time.perf_counter() - epoch_start
         bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
         if stop and progress.batch_in_epoch < schedule.steps_per_epoch:
@@ -131,11 +138,37 @@ def _step(
     return values, lr, stop
 
 
+def _validation_due(run: TrainingRun, progress: Progress) -> bool:
+    """Whether the step just taken is one of optim.val_every_steps's inside the epoch (the
+    epoch's last step is validated by ``end_epoch``'s caller)."""
+    every = run.settings.evaluation.every_steps
+    inside = progress.batch_in_epoch < run.schedule.steps_per_epoch
+    return every is not None and inside and progress.step % every == 0
+
+
+def _validate_mid_epoch(run: TrainingRun, progress: Progress, epoch_start: float) -> None:
+    """A validation inside the epoch: its log.csv row (kind MID_EPOCH), written at once; no
+    checkpoint (best.pt is chosen at epoch ends)."""
+    val = validate(run, progress)
+    elapsed = time.perf_counter() - epoch_start
+    progress.history.append(log_row(run, progress, val, MID_EPOCH, elapsed))
+    if run.world.is_main:
+        write_log(run.log_path, progress.history)
+
+
 def validate(run: TrainingRun, progress: Progress) -> dict[str, float]:
     """Validation energy and force MAE (dens.evaluate.mean_absolute_errors) of the whole
     validation set with the inference weights (EMA where on): each process scores its contiguous
     ``Shard`` (eval_batch_size structures per forward pass) and the error sums are added up over
-    processes."""
+    processes. torch's global generators (CPU, and this process's GPU) are restored afterwards:
+    a model that draws from them in eval mode (edge_roll "random") leaves the training's draws
+    (dropout, edge rolls) as they were, so validating more often changes no weight."""
+    devices = [run.device] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _errors(run, progress)
+
+
+def _errors(run: TrainingRun, progress: Progress) -> dict[str, float]:
     model, world, device = run.trainee.eval_model, run.world, run.device
     batch_size, normalizer = run.settings.evaluation.batch_size, progress.normalizer
     if world.size == 1:
@@ -148,31 +181,39 @@ def validate(run: TrainingRun, progress: Progress) -> dict[str, float]:
     return {"energy_mae_meV": energy / structures, "forces_mae_meV_per_A": forces / max(free, 1)}
 
 
+def log_row(
+    run: TrainingRun, progress: Progress, val: Mapping[str, float], kind: str, epoch_time: float
+) -> dict[str, Any]:
+    """The log.csv row (dens.training.log.LOG_COLUMNS) of a validation after
+    ``progress.batch_in_epoch`` steps of epoch ``progress.epoch``: the training losses are the
+    means over those steps, ``epoch_time`` the epoch's wall time so far."""
+    sums, done, settings = progress.epoch_sums, progress.batch_in_epoch, run.settings
+    return {
+        "epoch": progress.epoch + 1,
+        "step": progress.step,
+        "kind": kind,
+        "lr": learning_rate(progress.step - 1, settings.optim, run.schedule.steps_per_epoch),
+        "lambda_dens": dens_weight(settings.denoising, progress.epoch, run.schedule.epochs),
+        "train_loss": sums["total"] / done,
+        "train_energy_loss": sums["energy"] / done,
+        "train_forces_loss": sums["forces"] / done,
+        "train_dens_loss": sums["dens"] / done,
+        "val_energy_mae_meV": val["energy_mae_meV"],
+        "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
+        "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
+        "epoch_time_s": epoch_time,
+        **run.hardware,
+    }
+
+
 def end_epoch(run: TrainingRun, progress: Progress, val: Mapping[str, float]) -> bool:
-    """Close the epoch: its log.csv row; return True if it is the best so far (lowest
-    validation force MAE)."""
-    sums, steps, settings = progress.epoch_sums, run.schedule.steps_per_epoch, run.settings
-    epoch_time = sums["time_s"]
-    progress.timing["train_time_s"] += epoch_time
+    """Close the epoch: its log.csv row (kind EPOCH_END); return True if it is the best so far
+    (lowest validation force MAE)."""
+    sums = progress.epoch_sums
+    progress.timing["train_time_s"] += sums["time_s"]
     progress.timing["step_time_s"] += sums["step_time_s"]
     progress.timing["samples_seen"] += sums["samples"]
-    progress.history.append(
-        {
-            "epoch": progress.epoch + 1,
-            "step": progress.step,
-            "lr": learning_rate(progress.step - 1, settings.optim, steps),
-            "lambda_dens": dens_weight(settings.denoising, progress.epoch, run.schedule.epochs),
-            "train_loss": sums["total"] / steps,
-            "train_energy_loss": sums["energy"] / steps,
-            "train_forces_loss": sums["forces"] / steps,
-            "train_dens_loss": sums["dens"] / steps,
-            "val_energy_mae_meV": val["energy_mae_meV"],
-            "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
-            "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
-            "epoch_time_s": epoch_time,
-            **run.hardware,
-        }
-    )
+    progress.history.append(log_row(run, progress, val, EPOCH_END, sums["time_s"]))
     progress.epoch += 1
     progress.batch_in_epoch = 0
     progress.epoch_sums = {}

@@ -1,19 +1,25 @@
-"""What a run tells: its log.csv (``LOG_COLUMNS``, ``write_log``) and a console line per epoch
-(``reporter``)."""
+"""What a run tells: its log.csv (``LOG_COLUMNS``, ``write_log``; ``is_epoch_end`` tells an
+epoch's row from a mid-epoch validation's) and a console line per epoch (``reporter``)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dens.atomic_files import atomic_write
-from dens.training.state import Progress, TrainingRun
+
+if TYPE_CHECKING:
+    from dens.training.state import Progress, TrainingRun
+
+EPOCH_END, MID_EPOCH = "epoch", "mid_epoch"
+"""log.csv's ``kind``: the row of an epoch's end, or of a validation inside an epoch."""
 
 LOG_COLUMNS = (
     "epoch",
     "step",
+    "kind",
     "lr",
     "lambda_dens",
     "train_loss",
@@ -29,10 +35,20 @@ LOG_COLUMNS = (
     "device_name",
     "mixed_precision",
 )
-"""log.csv, one row per epoch: train_samples_per_s counts the structures of the global batches per
-second of optimiser steps (all processes together); epoch_time_s is the wall time of the epoch
-with its validation; world_size, device ("cuda" or "cpu") and device_name (the GPU model, or the
-CPU architecture) say what trained it: throughput per device and device-hours (dens.evaluate)."""
+"""log.csv, one row per epoch (kind EPOCH_END) and, with optim.val_every_steps, one per
+validation inside an epoch (kind MID_EPOCH; rows written before this column have it empty, and
+are epoch ends), in the order of their step. epoch is the (1-based) epoch the row belongs to;
+step the optimiser steps taken; lr that of the last step; the train_* losses are means over the
+epoch's steps so far; train_samples_per_s counts the structures of the global batches per second
+of optimiser steps (all processes together); epoch_time_s is the wall time of the epoch (so far,
+at a mid-epoch row) with its validations; world_size, device ("cuda" or "cpu") and device_name
+(the GPU model, or the CPU architecture) say what trained it: throughput per device and
+device-hours (dens.evaluate.training_cost, which reads the epoch rows)."""
+
+
+def is_epoch_end(row: Mapping[str, Any]) -> bool:
+    """Whether a log.csv row (as written, or as read back by csv.DictReader) closes an epoch."""
+    return row.get("kind") in (None, "", EPOCH_END)
 
 
 def write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -55,7 +71,8 @@ def reporter(run: TrainingRun) -> Callable[[Progress, Mapping[str, float] | None
             done = "starting" if progress.epoch == progress.batch_in_epoch == 0 else "resuming"
             line = f"{name}: {done} at epoch {progress.epoch + 1}/{schedule.epochs}"
         else:
-            seconds = progress.timing["train_time_s"] / max(len(progress.history), 1)
+            epochs = sum(map(is_epoch_end, progress.history))
+            seconds = progress.timing["train_time_s"] / max(epochs, 1)
             left = seconds * (schedule.epochs - progress.epoch)
             line = (
                 f"{name}: epoch {progress.epoch}/{schedule.epochs}, val force MAE "

@@ -165,9 +165,13 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """Validation during training: batch_size structures per forward pass."""
+    """Validation during training: batch_size structures per forward pass; every_steps: also
+    validate after every that many optimiser steps (counted over the run) inside an epoch, a
+    log.csv row each (None: at epoch ends only). The best checkpoint is chosen at epoch ends
+    only."""
 
     batch_size: int = setting(key="eval_batch_size", minimum=1)
+    every_steps: int | None = setting(None, key="val_every_steps", minimum=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
