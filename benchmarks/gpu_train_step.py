@@ -1,11 +1,11 @@
 """Training steps on one CUDA GPU: float32 vs float16 mixed precision, with and without DeNS.
 
-Each case is a real training step of the training engine (dens.train: forward_loss + update, i.e.
-the loss of Eq. 1 / Eq. 6 with the DeNS corruption, backward, AdamW, EMA, and with mixed precision
-float16 autocast + GradScaler) on batches of a prepared mini split, at the mini presets and at the
-2-block L6 M2 EquiformerV2 of benchmarks/bench_equiformer_v2_step.py. Per case: the median and
-min step time over ``--steps`` steps after ``--warmup`` steps, structures per second, the peak
-GPU memory, and whether every loss was finite and GradScaler skipped no step (with mixed
+Each case is a real training step of the training engine (dens.training.trainee: forward_loss +
+update, i.e. the loss of Eq. 1 / Eq. 6 with the DeNS corruption, backward, AdamW, EMA, and with
+mixed precision float16 autocast + GradScaler) on batches of a prepared mini split, at the mini
+presets and at the 2-block L6 M2 EquiformerV2 of benchmarks/bench_equiformer_v2_step.py. Per case:
+the median and min step time over ``--steps`` steps after ``--warmup`` steps, structures per second,
+the peak GPU memory, and whether every loss was finite and GradScaler skipped no step (with mixed
 precision); then the evaluation forward pass (dens.inference.predict) on the same batches, and its
 time over the training step's (``eval_over_train``: what evaluating a checkpoint costs per
 structure relative to training on it). Where the DeNS variant of a case exists, the summary
@@ -20,6 +20,7 @@ gives the DeNS / plain step time ratio measured in the same run. Writes one JSON
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -30,15 +31,18 @@ from typing import Any
 
 import torch
 
-from dens import train as engine
 from dens.data.aselmdb import AseLmdbDataset
 from dens.data.batch import Batch
-from dens.denoising import DeNSSettings
 from dens.distributed import World
 from dens.inference import predict
 from dens.models import build_model, count_parameters
 from dens.normalization import Normalizer
 from dens.pipeline.registry import load_registry
+from dens.training.labels import fit_normalizer
+from dens.training.losses import loss_terms
+from dens.training.schedule import epoch_batches
+from dens.training.settings import TrainSettings
+from dens.training.trainee import build_trainee, forward_loss, update
 
 # (case, experiment at the mini scale, dataset, model overrides)
 CASES = [
@@ -89,23 +93,23 @@ def time_case(
 ) -> dict[str, Any]:
     """Step times of the engine's training step on ``device`` (module notes)."""
     cuda = device.type == "cuda"
-    optim = experiment["optim"]
-    trainee = engine.build_trainee(experiment, build_model, device, World(), amp)
-    normalizer = engine.fit_normalizer(dataset, optim.get("energy_reference", "mean"), 0)
-    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
-    losses = engine.loss_settings(optim)
-    batches = engine.epoch_batches(len(dataset), int(optim["batch_size"]), 0, 0)
+    settings = TrainSettings.from_experiment(experiment)
+    optim = settings.optim
+    new_model = functools.partial(build_model, experiment)
+    trainee = build_trainee(settings, new_model, device, World(), amp)
+    normalizer = fit_normalizer(dataset, settings.labels.reference, 0)
+    batches = epoch_batches(len(dataset), optim.batch_size, 0, 0)
     if not batches:
-        raise SystemExit(f"{len(dataset)} structures: fewer than a batch of {optim['batch_size']}")
+        raise SystemExit(f"{len(dataset)} structures: fewer than a batch of {optim.batch_size}")
     batches = (batches * math.ceil((steps + warmup) / len(batches)))[: steps + warmup]
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        return engine.loss_terms(
+        return loss_terms(
             network,
             batch,
             normalizer,
-            losses,
-            dens,
+            settings.loss,
+            settings.denoising,
             trainee.generator,
             1.0,
             trainee.decision_generator,
@@ -120,9 +124,9 @@ def time_case(
             torch.cuda.reset_peak_memory_stats()
         synchronize(device)
         start = time.perf_counter()
-        total, values, _ = engine.forward_loss(trainee, batch, loss, World(), False)
+        total, values, _ = forward_loss(trainee, batch, loss, World(), False)
         scale = trainee.scaler.get_scale() if amp else 1.0
-        engine.update(trainee, total, optim)
+        update(trainee, total, optim)
         synchronize(device)
         if k >= warmup:
             times.append(time.perf_counter() - start)
@@ -135,7 +139,7 @@ def time_case(
     return {
         "mixed_precision": amp,
         "parameters": count_parameters(trainee.model),
-        "batch_size": int(optim["batch_size"]),
+        "batch_size": optim.batch_size,
         "atoms_per_batch": atoms / len(times),
         "median_ms": 1e3 * median,
         "min_ms": 1e3 * min(times),

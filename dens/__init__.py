@@ -10,7 +10,8 @@ The public API, what README.md's "DeNS in your own training loop" uses::
 - Models (dens.models): ``build_model``, ``count_parameters``, ``Equiformer``.
 - Data (dens.data): ``atoms_to_data``, ``AseLmdbDataset``; labels: ``Normalizer``.
 - Use of a trained run (dens.inference, dens.calculator): ``load_trained_model``,
-  ``DeNSCalculator``. The training loop is ``dens.train.train`` (the module shares its name).
+  ``DeNSCalculator``. The training loop is ``dens.train.train`` (the module shares its name;
+  its pieces are in dens.training).
 
 Names are imported on first use, so ``import dens`` (which the Snakefile does) stays cheap.
 """

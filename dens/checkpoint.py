@@ -27,7 +27,8 @@ Layout of run_dir/checkpoints/last.pt (written by dens.train after every epoch a
     grad_scaler      GradScaler state_dict of mixed precision ({} without; absent before it)
     epoch_sums       running sums of the unfinished epoch's loss terms (see dens.train)
     best             {"epoch": int, "val_forces_mae_meV_per_A": float} (epoch 0 = none yet)
-    history          list of the log.csv rows (dicts), one per completed epoch
+    history          list of the log.csv rows (dicts): one per completed epoch, and one per
+                     validation inside an epoch (optim.val_every_steps) taken so far
     timing           {"train_time_s", "step_time_s", "samples_seen"}
     num_parameters   trainable parameters of the model
 

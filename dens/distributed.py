@@ -171,7 +171,7 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
 
 class Shard(Sequence):
     """This process's contiguous part of a dataset (validation is split across processes and
-    the sums are added up: dens.train.validate)."""
+    the sums are added up: dens.training.epoch.validate)."""
 
     def __init__(self, dataset: Sequence[Any], world: World) -> None:
         self.dataset = dataset

@@ -46,6 +46,7 @@ from dens.inference import BuildModel, load_trained_model, predict
 from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
 from dens.normalization import Normalizer
+from dens.training.log import is_epoch_end
 
 _VERSIONED = ("dens", "torch", "e3nn", "ase", "numpy", "fairchem-core")
 
@@ -159,7 +160,8 @@ def _training_log(run_dir: Path) -> list[dict[str, str]]:
 
 
 def training_cost(log: Sequence[Mapping[str, str]]) -> dict[str, Any]:
-    """What training took, from the rows of log.csv (dens.train.LOG_COLUMNS):
+    """What training took, from the epoch rows of log.csv (dens.training.log.LOG_COLUMNS; the
+    rows of validations inside an epoch are left out, ``is_epoch_end``):
 
     train_time_s, train_hours          wall time: the sum of the epoch times (with validation)
     train_samples_per_s                structures per second of optimiser steps, all devices
@@ -172,6 +174,7 @@ def training_cost(log: Sequence[Mapping[str, str]]) -> dict[str, Any]:
     Every epoch has the same number of samples, so a run's rate is the harmonic mean of its
     epochs'. Rows written before the device columns existed count as one device of unknown
     kind (no GPU-hours)."""
+    log = [row for row in log if is_epoch_end(row)]
     seconds = [float(row["epoch_time_s"]) for row in log]
     devices = [int(row.get("world_size") or 1) for row in log]
     rates = [float(row["train_samples_per_s"]) for row in log]
@@ -272,7 +275,7 @@ def evaluate(
         "weights": checkpoint["weights"],
         "best_epoch": checkpoint["epoch"],
         "val_forces_mae_meV_per_A": (checkpoint["val"] or {}).get("forces_mae_meV_per_A"),
-        "epochs_trained": len(log),
+        "epochs_trained": sum(map(is_epoch_end, log)),
         **(training_cost(log) if log else {"imported_from": imported}),
         "num_parameters": checkpoint["num_parameters"],
         "device": str(device),

@@ -43,8 +43,8 @@ class Normalizer:
 
     `force_std`: a force scale of its own, f' = f / force_std, as the official OC20/OC22 configs
     normalise forces apart from energies (OC22: energy std 25.1 eV, force std 0.148 eV/Å; given
-    to training by optim.normalizer, dens.train.training_normalizer) and checkpoints imported
-    from fairchem 1.x; None (a fitted normaliser) = `std`.
+    to training by optim.normalizer, dens.training.labels.training_normalizer) and checkpoints
+    imported from fairchem 1.x; None (a fitted normaliser) = `std`.
     """
 
     mean: float

@@ -2,6 +2,7 @@
 
 One explicit loop, read top to bottom in `train`:
 
+    TrainSettings.from_experiment         (the experiment's optim and dens, read and checked once)
     build_trainee; start_or_resume                  (model, EMA, AdamW; or last.pt)
     for each epoch:                       (order: a permutation seeded by (seed, epoch))
         train_epoch: lambda_DeNS <- dens_coefficient (constant, or MD17's linear decay, per
@@ -10,10 +11,19 @@ One explicit loop, read top to bottom in `train`:
             loss <- Eq. 1, or with DeNS the mixed Eq. 1 / Eq. 6 batch (`loss_terms`)
             stop with NonFiniteLossError if the loss is NaN/inf (last good checkpoint kept)
             backward, clip the gradient norm, AdamW step, EMA update
+            every optim.val_every_steps steps (if set): validate, a log.csv row (mid_epoch)
             on SIGTERM or at stop_at: save last.pt (mid-epoch), exit with
             dens.stopping.STOPPED_EXIT_CODE
         validate (EMA weights if EMA is on); end_epoch: log.csv row; best.pt by val force
         MAE; last.pt
+
+Its pieces are the modules of dens.training: settings (``TrainSettings``), schedule
+(``learning_rate``, ``epoch_batches``), optimizer (``weight_decay_exempt``, ``update_ema``),
+labels (``training_normalizer``), losses (``batch_loss``, ``draw_corruption``, ``loss_terms``,
+``free_atoms_per_process``), trainee (``build_trainee``, ``corruption_seed``, ``decision_seed``,
+``use_mixed_precision``), state (``Progress``, the run context ``TrainingRun``,
+``start_or_resume`` and the checkpoints), epoch (``train_epoch``, ``validate``, ``end_epoch``),
+log (log.csv, console lines) and stop (SIGTERM, ``stop_at``).
 
 Labels are normalised (`dens.normalization.Normalizer`, in float64, ``training_normalizer``):
 E' = (E - mean) / std per structure (optionally after per-element references, fitted or from a
@@ -72,6 +82,11 @@ processes stop at the same step.
 Validation is split over the processes and the error sums are added up. Rank 0 alone writes
 checkpoints, log.csv and the console lines; the others wait for last.pt before stopping.
 
+Validation draws none of the training's random numbers (torch's global generators are restored
+after it: dens.training.epoch.validate), so the validations inside epochs that
+optim.val_every_steps adds (learning curves with points between epoch ends) leave the weights,
+best.pt (still chosen at epoch ends) and every metric as they are without them.
+
 Mixed precision (``optim.mixed_precision``, ``dens train --[no-]mixed-precision``): float16
 autocast of the forward pass and the loss with a GradScaler (the loss is scaled for backward and
 the gradients unscaled before clipping; a step with inf/nan gradients is skipped), as the
@@ -83,96 +98,37 @@ CPU is refused. Validation and evaluation run in float32.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import math
+import functools
 import platform
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch import nn
 
-from dens.atomic_files import atomic_write, make_folder
-from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from dens.config_files import find_root
-from dens.data.batch import Batch, Data
+from dens.atomic_files import make_folder
+from dens.checkpoint import save_checkpoint
+from dens.data.batch import Data
 from dens.data.validation import check_elements_embedded
-from dens.denoising import (
-    Corruption,
-    DeNSSettings,
-    LossSettings,
-    corrupt,
-    dens_coefficient,
-    dens_loss,
-    force_encoding_input,
-    original_task_loss,
-)
-from dens.distributed import Shard, World, process_group
+from dens.denoising import LossSettings
+from dens.distributed import World, process_group
 from dens.errors import ConfigError
-from dens.evaluate import mean_absolute_errors
 from dens.models import build_model as build_registered_model
-from dens.models import count_parameters
-from dens.normalization import (
-    NUM_ELEMENTS,
-    EnergyReference,
-    Normalizer,
-    load_element_references,
-)
-from dens.runs import BEST_EPOCH_FILE, move_aside, publish, started_with
-from dens.stopping import SIGTERM, TIME_LIMIT, StopRequested
+from dens.runs import publish, started_with
+from dens.training.epoch import NonFiniteLossError, end_epoch, train_epoch, validate
+from dens.training.log import reporter, write_log
+from dens.training.schedule import Schedule
+from dens.training.settings import TrainSettings
+from dens.training.state import Progress, TrainingRun, best_checkpoint, save_last, start_or_resume
+from dens.training.stop import StopFlag, stop_flag, training_stopped
+from dens.training.trainee import build_trainee, use_mixed_precision
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train"]
 
 BuildModel = Callable[[dict], nn.Module]
-
-NORMALIZER_SAMPLES = 100_000
-
-LOG_COLUMNS = (
-    "epoch",
-    "step",
-    "lr",
-    "lambda_dens",
-    "train_loss",
-    "train_energy_loss",
-    "train_forces_loss",
-    "train_dens_loss",
-    "val_energy_mae_meV",
-    "val_forces_mae_meV_per_A",
-    "train_samples_per_s",
-    "epoch_time_s",
-    "world_size",
-    "device",
-    "device_name",
-    "mixed_precision",
-)
-"""log.csv, one row per epoch: train_samples_per_s counts the structures of the global batches per
-second of optimiser steps (all processes together); epoch_time_s is the wall time of the epoch
-with its validation; world_size, device ("cuda" or "cpu") and device_name (the GPU model, or the
-CPU architecture) say what trained it: throughput per device and device-hours (dens.evaluate)."""
-_LOSS_TERMS = ("total", "energy", "forces", "dens")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; last.pt still holds the last good state."""
-
-
-def _training_stopped(
-    checkpoint: Path, progress: Progress, reason: str, announce: bool
-) -> StopRequested:
-    """The stop of a training whose last.pt (``checkpoint``) was just saved."""
-    return StopRequested(
-        reason,
-        f"after epoch {progress.epoch} + {progress.batch_in_epoch} batches (step {progress.step})",
-        f"saved {checkpoint}; rerunning the job resumes there",
-        announce,
-    )
 
 
 @dataclass(frozen=True)
@@ -183,922 +139,6 @@ class TrainResult:
     best_epoch: int
     best_val_forces_mae_meV_per_A: float
     train_time_s: float
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces of the loop
-
-
-def learning_rate(step: int, optim: Mapping[str, Any], steps_per_epoch: int) -> float:
-    """LR of optimiser step `step` (0-based). ``lr_schedule: cosine_epoch_timm`` (the official
-    MD17 code) is constant within an epoch: `timm_cosine_lr` of epoch step // steps_per_epoch.
-    The others are per step: f(step + 1) with t = steps completed,
-    W = round(warmup_epochs * steps_per_epoch), T = epochs * steps_per_epoch, s =
-    ``warmup_start_factor`` (default 0):
-
-        f(t) = lr * (s + (1 - s) t / W)                               for t <= W (warm-up)
-        f(t) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi * p))          for t > W,
-
-    with p = (t - W) / (T - W) for ``lr_schedule: cosine`` (the cosine starts after the warm-up
-    and reaches min_lr at the last step; a per-step variant of timm's, not the official MD17
-    one) or p = t / T for ``cosine_total`` (the cosine runs over all steps and the warm-up
-    replaces its start: fairchem 1.x ``CosineLRLambda``, the official OC20/OC22 configs with
-    warmup_factor 0.2 and lr_min_factor 0.01). ``multistep`` (fairchem 1.x
-    ``multistep_lr_lambda``, the official eSCN and DeNS eSCN configs; min_lr unused) after the
-    warm-up is
-
-        f(t) = lr * decay_rate^k,   k = |{d in decay_epochs: int(d * steps_per_epoch) <= t}|."""
-    if optim.get("lr_schedule", "cosine") == "cosine_epoch_timm":
-        return timm_cosine_lr(step // steps_per_epoch, optim)
-    lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
-    warmup = round(float(optim["warmup_epochs"]) * steps_per_epoch)
-    total = int(optim["epochs"]) * steps_per_epoch
-    done = step + 1
-    if done <= warmup:
-        start = float(optim.get("warmup_start_factor", 0.0))
-        return lr * (start + (1.0 - start) * done / warmup)
-    if optim.get("lr_schedule", "cosine") == "multistep":
-        passed = sum(int(d * steps_per_epoch) <= done for d in optim["decay_epochs"])
-        return lr * float(optim["decay_rate"]) ** passed
-    if optim.get("lr_schedule", "cosine") == "cosine_total":
-        progress = min(done / total, 1.0)
-    else:
-        progress = (done - warmup) / max(total - warmup, 1)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def timm_cosine_lr(epoch: int, optim: Mapping[str, Any]) -> float:
-    """LR of (0-based) ``epoch`` under ``lr_schedule: cosine_epoch_timm``: timm 0.4.12's
-    ``CosineLRScheduler`` as the official MD17 code builds and steps it (atomicarchitects/
-    equiformer 64cb7866, pinned timm==0.4.12 in env/env_equiformer.yml:376). main_md17.py:196 /
-    main_md17_dens.py:198 call ``create_scheduler(args, optimizer)`` (timm
-    scheduler/scheduler_factory.py:25-40: t_initial = epochs, lr_min = --min-lr, warmup_t =
-    --warmup-epochs, warmup_lr_init = --warmup-lr, cycle_limit 1, t_in_epochs, no noise) and
-    main_md17.py:229 / main_md17_dens.py:236 call ``lr_scheduler.step(epoch)`` once before each
-    epoch's training, so every step of the epoch trains at (cosine_lr.py:68-95, warmup_prefix
-    False: the cosine is of the epoch itself, not of the epochs after the warm-up)
-
-        lr(e) = warmup_lr + e * (lr - warmup_lr) / warmup_epochs               for e < warmup_epochs
-        lr(e) = min_lr + (lr - min_lr) / 2 * (1 + cos(pi * e / epochs))       for e < epochs
-        lr(e) = min_lr                              for e >= epochs (past the one cycle)
-
-    in timm's order of operations, so the values are timm's to the last bit. The official
-    defaults: --warmup-lr 1e-6, --min-lr 1e-6, --warmup-epochs 10 (main_md17.py:73-81,
-    main_md17_dens.py:83-91); --decay-rate only scales later cycles, which a run never
-    reaches (its loop is ``range(args.epochs)``)."""
-    lr, min_lr = float(optim["lr"]), float(optim["min_lr"])
-    warmup_epochs, warmup_lr = float(optim["warmup_epochs"]), float(optim["warmup_lr"])
-    epochs = int(optim["epochs"])
-    if epoch < warmup_epochs:
-        return warmup_lr + epoch * ((lr - warmup_lr) / warmup_epochs)
-    if epoch >= epochs:
-        return min_lr
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
-
-
-def weight_decay_exempt(model: nn.Module) -> set[str]:
-    """Names of the trainable parameters AdamW does not decay, as the official code of the
-    model's family decides:
-
-    - a model with ``no_weight_decay()`` (EquiformerV2, eSCN: the fairchem trainer): exactly the
-      parameters whose names end with a name it lists (fairchem 1.x 31c0963
-      ``trainers/base_trainer.py``:707-725; ocp 5d0f59e, the base of the official DeNS trainer,
-      ``ocpmodels/trainers/base_trainer.py``:573-590); no rule on dimensions or biases;
-    - any other model (the MD17 Equiformer: timm ``create_optimizer`` in atomicarchitects/
-      equiformer ``optim_factory.py``, ``add_weight_decay``): parameters of <= 1 dimension and
-      names ending in ".bias"."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if hasattr(model, "no_weight_decay"):
-        listed = tuple(model.no_weight_decay())
-        return {name for name, _ in named if name.endswith(listed)}
-    return {name for name, p in named if p.ndim <= 1 or name.endswith(".bias")}
-
-
-def build_optimizer(model: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
-    """AdamW with ``optim.weight_decay`` on the parameters ``weight_decay_exempt`` does not
-    name and none on those it names; ``amsgrad`` (default false) as the official eSCN configs
-    set it (fairchem 1.x ``optimizer_params: {amsgrad: True}``). The fused implementation
-    updates all parameters in one kernel: on CPU a step of the mini Equiformer's 112 tensors
-    takes 0.4 ms instead of 2.6 ms with the default loop (measured)."""
-    if optim["optimizer"] != "adamw":
-        raise ValueError(f"optim.optimizer must be 'adamw', got {optim['optimizer']!r}")
-    exempt = weight_decay_exempt(model)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name in exempt else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": float(optim["weight_decay"])},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=float(optim["lr"]), amsgrad=bool(optim.get("amsgrad")), fused=True
-    )
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, entry by entry of the state dicts."""
-    for averaged, current in zip(
-        ema.state_dict().values(), model.state_dict().values(), strict=True
-    ):
-        if averaged.dtype.is_floating_point:
-            averaged.lerp_(current, 1.0 - decay)
-        else:
-            averaged.copy_(current)
-
-
-def loss_settings(optim: Mapping[str, Any]) -> LossSettings:
-    """LossSettings from optim: energy/force coefficients, force_loss; optional noise_loss and
-    loss_reduction (dens.denoising defaults otherwise). The energy loss is always |E' - E_hat|."""
-    if optim.get("energy_loss", "mae") != "mae":
-        raise ValueError(f"optim.energy_loss must be 'mae', got {optim['energy_loss']!r}")
-    optional = {"noise_metric": optim.get("noise_loss"), "reduction": optim.get("loss_reduction")}
-    return LossSettings(
-        energy_coefficient=optim["energy_coefficient"],
-        force_coefficient=optim["force_coefficient"],
-        force_metric=optim["force_loss"],
-        **{key: value for key, value in optional.items() if value is not None},
-    )
-
-
-def draw_corruption(
-    batch: Batch,
-    normalizer: Normalizer,
-    dens: DeNSSettings,
-    generator: torch.Generator,
-    decision_generator: torch.Generator | None = None,
-) -> Corruption:
-    """This batch's DeNS draw (dens.denoising.corrupt): the forces to encode in
-    ``dens.force_encoding_units`` ("normalized": f / the normaliser's force std), ``generator``
-    (this process's) for the masks and the noise and, with ``dens.decision == "batch"``,
-    ``decision_generator`` (the same on every process) for the batch's DeNS decision."""
-    forces = force_encoding_input(batch.forces, normalizer.force_scale, dens.force_encoding_units)
-    return corrupt(batch, dens, generator, forces=forces, batch_generator=decision_generator)
-
-
-def batch_loss(
-    model: nn.Module,
-    batch: Batch,
-    normalizer: Normalizer,
-    losses: LossSettings,
-    dens: DeNSSettings | None,
-    corruption: Corruption | None,
-    coefficient: float,
-    free_atoms_per_process: float | None = None,
-) -> dict[str, Tensor]:
-    """The training loss of one batch given its DeNS draw: {"total", "energy", "forces",
-    "dens"} 0-dim tensors.
-
-    Without DeNS (``dens`` and ``corruption`` None): Eq. 1 on the batch, no force input, no
-    noise. With DeNS: the model runs on ``corruption.pos`` with ``corruption.force_input``
-    encoded and the noise head on, and the batch takes Eq. 1 / Eq. 6 (dens.denoising.dens_loss).
-    ``corruption`` comes from ``draw_corruption`` in training, or is built directly (draws
-    injected from the official code). Energy targets are normalised in float64, then cast to
-    the model's dtype. ``free_atoms_per_process``: see dens.denoising.dens_loss.
-    """
-    if (dens is None) != (corruption is None):
-        raise ValueError("batch_loss needs both dens settings and a corruption, or neither")
-    energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
-    energy_target = energy_target.to(batch.pos.dtype)
-    force_target = normalizer.normalize_forces(batch.forces)
-    if dens is None or corruption is None:
-        prediction = model(batch)
-        return original_task_loss(
-            prediction, batch, energy_target, force_target, losses, free_atoms_per_process
-        )
-    inputs = batch.clone()
-    inputs.pos = corruption.pos
-    prediction = model(inputs, corruption.force_input, predict_noise=True)
-    return dens_loss(
-        prediction,
-        batch,
-        corruption,
-        energy_target,
-        force_target,
-        losses,
-        dens,
-        coefficient,
-        free_atoms_per_process,
-    )
-
-
-def loss_terms(
-    model: nn.Module,
-    batch: Batch,
-    normalizer: Normalizer,
-    losses: LossSettings,
-    dens: DeNSSettings | None,
-    generator: torch.Generator,
-    coefficient: float,
-    decision_generator: torch.Generator | None = None,
-    free_atoms_per_process: float | None = None,
-) -> dict[str, Tensor]:
-    """The training loss of one batch with its DeNS draw sampled here: ``draw_corruption`` (with
-    DeNS) then ``batch_loss``."""
-    corruption = None
-    if dens is not None:
-        corruption = draw_corruption(batch, normalizer, dens, generator, decision_generator)
-    return batch_loss(
-        model, batch, normalizer, losses, dens, corruption, coefficient, free_atoms_per_process
-    )
-
-
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of epoch `epoch` (0-based): a permutation seeded by (seed, epoch), cut into
-    full batches (the last partial batch is dropped, as in the official MD17 code)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_samples, generator=generator).tolist()
-    return [order[k : k + batch_size] for k in range(0, num_samples - batch_size + 1, batch_size)]
-
-
-def _energy_sample(train_set: Sequence[Data], seed: int) -> tuple[Tensor, Tensor]:
-    """Energies [S] (float64, eV) and element counts [S, 119] of the training set, in one pass;
-    above NORMALIZER_SAMPLES structures, of a random subset of that size seeded by `seed` (a
-    pass over the millions of OC20/OC22 frames would take about an hour at aselmdb read
-    speed)."""
-    indices: Sequence[int] = range(len(train_set))
-    if len(train_set) > NORMALIZER_SAMPLES:
-        generator = torch.Generator().manual_seed(seed)
-        indices = torch.randperm(len(train_set), generator=generator)[:NORMALIZER_SAMPLES].tolist()
-    energies, counts = [], []
-    for index in indices:
-        data = train_set[index]
-        energies.append(float(data.energy))
-        counts.append(torch.bincount(data.atomic_numbers, minlength=NUM_ELEMENTS))
-    return torch.tensor(energies, dtype=torch.float64), torch.stack(counts)
-
-
-def fit_normalizer(
-    train_set: Sequence[Data], reference: EnergyReference | Tensor, seed: int
-) -> Normalizer:
-    """Energy statistics (Normalizer.fit) of the training set (``_energy_sample``). The
-    elements recorded are the whole set's where the dataset knows them (``elements``, as
-    AseLmdbDataset does), so a rare element outside the subset is still known."""
-    energies, counts = _energy_sample(train_set, seed)
-    return Normalizer.fit(energies, counts, reference, getattr(train_set, "elements", None))
-
-
-def training_normalizer(
-    optim: Mapping[str, Any], train_set: Sequence[Data], seed: int, root: Path | None = None
-) -> Normalizer:
-    """The label normaliser of a run (start of training; resumed runs keep last.pt's).
-
-    - ``optim.energy_reference_file`` (optional): a published linear reference
-      (dens.normalization.load_element_references; the official OC22 config's ``lin_ref``,
-      fairchem ``configs/oc22/linref/oc22_linfit_coeffs.npz``), a path relative to the pipeline
-      directory ``root`` (default dens.config_files.find_root(); e.g. under results/downloads/) or
-      absolute. It is the per-element reference instead of one fitted here (optim.
-      energy_reference, if set, must then be "linear").
-    - ``optim.normalizer`` (optional) {energy_mean, energy_std, force_std}: the official
-      configs' normaliser (``dataset.transforms.normalizer``; fairchem divides forces by their
-      own std), used as given: E' = (E - sum_i ref[Z_i] - energy_mean) / energy_std, f' = f /
-      force_std, with ref from the file or 0.
-    - neither: ``fit_normalizer`` with optim.energy_reference (default "mean"); forces share
-      the energy std.
-    """
-    reference: EnergyReference | Tensor = optim.get("energy_reference", "mean")
-    path = optim.get("energy_reference_file")
-    if path is not None:
-        if optim.get("energy_reference", "linear") != "linear":
-            raise ConfigError(
-                f"optim.energy_reference_file {path!r} is a linear reference; "
-                f"optim.energy_reference {optim['energy_reference']!r} contradicts it"
-            )
-        full = Path(path) if Path(path).is_absolute() else (root or find_root()) / path
-        if not full.is_file():
-            raise ConfigError(f"optim.energy_reference_file: {full} does not exist")
-        reference = load_element_references(full)
-    given = optim.get("normalizer")
-    if given is None:
-        return fit_normalizer(train_set, reference, seed)
-    if isinstance(reference, str) and reference != "mean":
-        raise ConfigError(
-            "optim.normalizer with energy_reference 'linear' needs optim.energy_reference_file: "
-            "the given mean and std belong to a fixed reference, not one fitted here"
-        )
-    elements = getattr(train_set, "elements", None)
-    if elements is None:
-        counts = _energy_sample(train_set, seed)[1]
-        elements = torch.nonzero(counts.sum(dim=0) > 0).flatten().tolist()
-    refs = reference if isinstance(reference, Tensor) else torch.zeros(NUM_ELEMENTS)
-    return Normalizer(
-        mean=float(given["energy_mean"]),
-        std=float(given["energy_std"]),
-        element_references=refs.to(torch.float64),
-        elements=tuple(sorted({int(z) for z in elements})),
-        force_std=float(given["force_std"]),
-    )
-
-
-def write_log(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    """Write the run's log.csv atomically (dens.atomic_files)."""
-    with atomic_write(path, "writing training log", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-class StopFlag(threading.Event):
-    """Set by SIGTERM or at the ``stop_at`` time; ``reason`` says which came first."""
-
-    reason = SIGTERM
-
-    def stop(self, reason: str) -> None:
-        if not self.is_set():
-            self.reason = reason
-            self.set()
-
-
-@contextlib.contextmanager
-def _stop_flag(stop_at: float | None) -> Iterator[StopFlag]:
-    """A flag set by SIGTERM, or by a timer at the wall-clock time ``stop_at`` (time.time()),
-    while the block runs (the handler is restored and the timer cancelled afterwards)."""
-    flag = StopFlag()
-    timer = None
-    if stop_at is not None:
-        timer = threading.Timer(max(0.0, stop_at - time.time()), flag.stop, (TIME_LIMIT,))
-        timer.daemon = True
-        timer.start()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.stop(SIGTERM))
-    try:
-        yield flag
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _rng_state(trainee: Trainee, device: torch.device) -> dict[str, Any]:
-    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
-    return {
-        "dens": trainee.generator.get_state(),
-        "dens_decision": trainee.decision_generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": cuda,
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any], trainee: Trainee, device: torch.device) -> None:
-    """The RNG states of last.pt; one written before the batch decision (no "dens_decision")
-    leaves the decision generator at its seed (it draws only with dens.decision "batch", which
-    such a run did not have)."""
-    trainee.generator.set_state(state["dens"])
-    if "dens_decision" in state:
-        trainee.decision_generator.set_state(state["dens_decision"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"]:
-        torch.cuda.set_rng_state(state["cuda"][0], device)
-
-
-def _differences(a: Any, b: Any, where: str = "experiment") -> list[str]:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(key), b.get(key), f"{where}.{key}")
-        return out
-    return [] if a == b else [f"{where}: {a!r} in last.pt, {b!r} now"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The steps of a run
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How long a run is: epochs, batches of batch_size (the last partial batch is dropped)."""
-
-    epochs: int
-    batch_size: int
-    steps_per_epoch: int
-
-    @classmethod
-    def of(cls, optim: Mapping[str, Any], train_size: int, processes: int = 1) -> Schedule:
-        """The schedule of ``optim``; batch_size is the global batch of all ``processes``."""
-        schedule = optim.get("lr_schedule", "cosine")
-        if schedule not in ("cosine", "cosine_total", "multistep", "cosine_epoch_timm"):
-            raise ValueError(
-                "optim.lr_schedule must be 'cosine', 'cosine_total', 'multistep' or "
-                f"'cosine_epoch_timm', got {optim['lr_schedule']!r}"
-            )
-        if schedule == "multistep" and ("decay_epochs" not in optim or "decay_rate" not in optim):
-            raise ConfigError("optim.lr_schedule 'multistep' needs decay_epochs and decay_rate")
-        if schedule == "cosine_epoch_timm" and "warmup_lr" not in optim:
-            raise ConfigError("optim.lr_schedule 'cosine_epoch_timm' needs warmup_lr")
-        if schedule == "cosine_epoch_timm" and math.ceil(optim["warmup_epochs"]) >= optim["epochs"]:
-            raise ConfigError(
-                f"optim.lr_schedule 'cosine_epoch_timm' sets the lr per epoch: with "
-                f"warmup_epochs {optim['warmup_epochs']} every one of the {optim['epochs']} "
-                "epochs trains at a warm-up lr (warmup_epochs 0 starts at lr)"
-            )
-        batch_size = int(optim["batch_size"])
-        if batch_size % processes:
-            raise ConfigError(
-                f"optim.batch_size {batch_size} is the global batch, split equally over the "
-                f"{processes} training processes: it must be a multiple of {processes}"
-            )
-        if train_size < batch_size:
-            raise ValueError(
-                f"training set of {train_size} structures is smaller than batch_size {batch_size}"
-            )
-        return cls(int(optim["epochs"]), batch_size, train_size // batch_size)
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in last.pt (dens.checkpoint lists the fields)."""
-
-    normalizer: Normalizer
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    step: int = 0
-    epoch_sums: dict[str, float] = field(default_factory=dict)
-    best: dict[str, Any] = field(
-        default_factory=lambda: {"epoch": 0, "val_forces_mae_meV_per_A": math.inf}
-    )
-    history: list[dict[str, Any]] = field(default_factory=list)
-    timing: dict[str, float] = field(
-        default_factory=lambda: {"train_time_s": 0.0, "step_time_s": 0.0, "samples_seen": 0}
-    )
-
-
-@dataclass
-class Trainee:
-    """What a run optimises: the model, its EMA copy (None without EMA), AdamW, the gradient
-    scaler of mixed precision (a pass-through when off), the DeNS corruption generator of this
-    process, ``network``: what the training forward pass calls (the model, inside
-    DistributedDataParallel with several processes), and the DeNS decision generator (CPU, the
-    same on every process: dens.decision "batch")."""
-
-    model: nn.Module
-    ema: nn.Module | None
-    optimizer: torch.optim.AdamW
-    scaler: torch.amp.GradScaler
-    generator: torch.Generator
-    network: nn.Module
-    decision_generator: torch.Generator
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.model if self.ema is None else self.ema
-
-    def __enter__(self) -> Trainee:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Drop DistributedDataParallel while the process group still exists: a gloo group
-        destroyed first hangs the process when the wrapper is freed afterwards."""
-        self.network = self.model
-
-
-def corruption_seed(seed: int, rank: int) -> int:
-    """Seed of the DeNS generator of process ``rank``: (seed, rank) packed into 64 bits, so every
-    process draws its own corruption, rank 0 with ``seed`` as a single process does."""
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"seed {seed}: training seeds are integers in [0, 2**32)")
-    return seed + (rank << 32)
-
-
-def decision_seed(seed: int) -> int:
-    """Seed of the DeNS decision generator (dens.decision "batch"): the same on every process,
-    and apart from every process's corruption seed (``corruption_seed``; bit 63 set)."""
-    return corruption_seed(seed, 0) + (1 << 63)
-
-
-def build_trainee(
-    experiment: Mapping[str, Any],
-    build_model: BuildModel,
-    device: torch.device,
-    world: World | None = None,
-    mixed_precision: bool = False,
-) -> Trainee:
-    """The model built after torch.manual_seed(seed) (the same on every process), its EMA copy,
-    AdamW, the gradient scaler, the generator seeded from (seed, rank), the network that
-    averages gradients over processes (``World.wrap``) and the decision generator seeded alike
-    on every process (``decision_seed``)."""
-    world = world or World()
-    seed = int(experiment["seed"])
-    optim = experiment["optim"]
-    torch.manual_seed(seed)
-    model = build_model(experiment).to(device)
-    ema = None
-    if optim.get("ema_decay") is not None:
-        ema = build_model(experiment).to(device).requires_grad_(False)
-        ema.load_state_dict(model.state_dict())
-    generator = torch.Generator(device).manual_seed(corruption_seed(seed, world.rank))
-    decisions = torch.Generator().manual_seed(decision_seed(seed))
-    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision)
-    optimizer = build_optimizer(model, optim)
-    network = world.wrap(model, device)
-    return Trainee(model, ema, optimizer, scaler, generator, network, decisions)
-
-
-def use_mixed_precision(requested: bool | None, device: torch.device, recipe: bool = True) -> bool:
-    """The mixed-precision switch: None = the experiment's ``recipe`` (optim.mixed_precision) on
-    CUDA, off on CPU; True on CPU is refused (CPU autocast is not what the paper's GPUs ran, and
-    float16 kernels on CPU are slow)."""
-    if requested is None:
-        return recipe and device.type == "cuda"
-    if requested and device.type != "cuda":
-        raise ConfigError(
-            f"mixed precision (float16 autocast + GradScaler) runs on CUDA only, not on {device}; "
-            "leave it off on CPU"
-        )
-    return requested
-
-
-def start_or_resume(
-    run_dir: Path,
-    start: Mapping[str, Any],
-    train_set: Sequence[Data],
-    trainee: Trainee,
-    device: torch.device,
-    world: World,
-) -> Progress:
-    """Resume from run_dir/checkpoints/last.pt when it was started with the same ``start``
-    (``started_with``); otherwise move the old run aside (``move_aside``) and start afresh:
-    the normaliser (``training_normalizer``), step 0. Says which in the log (stderr). Rank 0
-    decides, moves and makes the normaliser; the other processes follow (they read last.pt
-    themselves, each restoring its own RNG states)."""
-    last_path = run_dir / "checkpoints" / "last.pt"
-    state = _last_state(run_dir, start) if world.is_main else None
-    if not world.from_main(state is not None):
-        experiment = start["experiment"]
-        normalizer = None
-        if world.is_main:
-            normalizer = training_normalizer(
-                experiment["optim"], train_set, int(experiment["seed"])
-            )
-        return Progress(world.from_main(normalizer))
-    if state is None:
-        state = load_checkpoint(last_path)
-    # One RNG dict per process (a dict: a checkpoint written before data parallelism).
-    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-    if len(rng) != world.size:
-        raise ConfigError(
-            f"{last_path} was written by {len(rng)} training process(es) and is resumed by "
-            f"{world.size}: resume it with {len(rng)} (its DeNS draws are per process), or move "
-            "the run directory away to start afresh"
-        )
-    trainee.model.load_state_dict(state["model"])
-    if trainee.ema is not None:
-        trainee.ema.load_state_dict(state["ema"])
-    trainee.optimizer.load_state_dict(state["optimizer"])
-    if state.get("grad_scaler"):  # {} when saved without mixed precision
-        trainee.scaler.load_state_dict(state["grad_scaler"])
-    _set_rng_state(rng[world.rank], trainee, device)
-    progress = Progress(
-        normalizer=Normalizer.from_dict(state["normalizer"]),
-        epoch=state["epoch"],
-        batch_in_epoch=state["batch_in_epoch"],
-        step=state["step"],
-        epoch_sums=state["epoch_sums"],
-        best=state["best"],
-        history=state["history"],
-        timing=state["timing"],
-    )
-    if world.is_main:
-        print(
-            f"resuming {last_path}: {progress.epoch} epochs and {progress.batch_in_epoch} "
-            "batches done, same experiment, data and code",
-            file=sys.stderr,
-        )
-    return progress
-
-
-def _last_state(run_dir: Path, start: Mapping[str, Any]) -> dict[str, Any] | None:
-    """last.pt if the run was started with ``start``; else None, after moving an old run
-    aside."""
-    last_path = run_dir / "checkpoints" / "last.pt"
-    if not last_path.is_file():
-        return None
-    state = load_checkpoint(last_path)
-    changed = _differences(state.get("started_with"), dict(start), "run")
-    if state["best"]["epoch"] > 0 and not (last_path.parent / BEST_EPOCH_FILE).is_file():
-        changed.append(f"{BEST_EPOCH_FILE} is missing")
-    if not changed:
-        return state
-    moved = move_aside(run_dir, "; ".join(changed))
-    print(
-        f"{last_path} was started with something else ({'; '.join(changed)}): "
-        f"moved the previous run to {moved} and starting afresh",
-        file=sys.stderr,
-    )
-    return None
-
-
-def last_checkpoint(
-    start: Mapping[str, Any],
-    progress: Progress,
-    trainee: Trainee,
-    train_size: int,
-    device: torch.device,
-    world: World,
-) -> dict[str, Any]:
-    """The state of last.pt (layout: dens.checkpoint); every process takes part (each one's RNG
-    states are gathered)."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": "last",
-        "experiment": dict(start["experiment"]),
-        "started_with": dict(start),
-        "epoch": progress.epoch,
-        "batch_in_epoch": progress.batch_in_epoch,
-        "step": progress.step,
-        "train_size": train_size,
-        "model": trainee.model.state_dict(),
-        "ema": None if trainee.ema is None else trainee.ema.state_dict(),
-        "optimizer": trainee.optimizer.state_dict(),
-        "normalizer": progress.normalizer.to_dict(),
-        "rng": world.gather(_rng_state(trainee, device)),
-        "grad_scaler": trainee.scaler.state_dict(),
-        "epoch_sums": progress.epoch_sums,
-        "best": progress.best,
-        "history": progress.history,
-        "timing": progress.timing,
-        "num_parameters": count_parameters(trainee.model),
-    }
-
-
-def save_last(
-    path: Path,
-    start: Mapping[str, Any],
-    progress: Progress,
-    trainee: Trainee,
-    train_size: int,
-    device: torch.device,
-    world: World,
-) -> None:
-    """Rank 0 writes last.pt; no process goes on (or stops) before the file is complete."""
-    state = last_checkpoint(start, progress, trainee, train_size, device, world)
-    if world.is_main:
-        save_checkpoint(state, path)
-    world.barrier()
-
-
-def best_checkpoint(
-    experiment: Mapping[str, Any], progress: Progress, trainee: Trainee, val: Mapping[str, float]
-) -> dict[str, Any]:
-    """The state of best.pt: the inference weights of this epoch (layout: dens.checkpoint)."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": "best",
-        "experiment": dict(experiment),
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "model": trainee.eval_model.state_dict(),
-        "weights": "model" if trainee.ema is None else "ema",
-        "normalizer": progress.normalizer.to_dict(),
-        "val": {key: val[key] for key in ("energy_mae_meV", "forces_mae_meV_per_A")},
-        "num_parameters": count_parameters(trainee.model),
-    }
-
-
-def forward_loss(
-    trainee: Trainee,
-    batch: Batch,
-    loss: Callable[[nn.Module, Batch], dict[str, Tensor]],
-    world: World,
-    stop: bool,
-) -> tuple[Tensor, dict[str, float], bool]:
-    """The loss of this process's share of a global batch (``loss(trainee.network, batch)``,
-    under float16 autocast with mixed precision), with its terms averaged over processes (the
-    global batch's loss with per-structure normalisation) and whether any process asked to
-    ``stop``, in one collective: (the tensor to back-propagate, the terms, stop)."""
-    device = batch.pos.device
-    with torch.autocast(device.type, dtype=torch.float16, enabled=trainee.scaler.is_enabled()):
-        terms = loss(trainee.network, batch)
-    # float64 holds float32 and float16 values exactly: one process logs what it did before.
-    stacked = [terms[term].detach().double() for term in _LOSS_TERMS]
-    flag = torch.tensor(float(stop), dtype=torch.float64, device=device)
-    totals = world.sum(torch.stack([*stacked, flag])).tolist()  # one sync
-    values = {term: totals[k] / world.size for k, term in enumerate(_LOSS_TERMS)}
-    return terms["total"], values, totals[-1] > 0
-
-
-def update(trainee: Trainee, loss: Tensor, optim: Mapping[str, Any]) -> None:
-    """Backward (DistributedDataParallel averages the gradients over processes), gradient
-    clipping, AdamW, EMA. With mixed precision the loss is scaled for backward and the gradients
-    unscaled before clipping; GradScaler skips a step whose gradients are not finite."""
-    trainee.optimizer.zero_grad(set_to_none=True)
-    trainee.scaler.scale(loss).backward()
-    trainee.scaler.unscale_(trainee.optimizer)
-    if optim.get("grad_clip_norm") is not None:
-        nn.utils.clip_grad_norm_(trainee.model.parameters(), float(optim["grad_clip_norm"]))
-    trainee.scaler.step(trainee.optimizer)
-    trainee.scaler.update()
-    if trainee.ema is not None:
-        update_ema(trainee.ema, trainee.model, float(optim["ema_decay"]))
-
-
-def free_atoms_per_process(batch: Batch, losses: LossSettings, world: World) -> float | None:
-    """With optim.loss_reduction "free_atoms" and several processes: the free atoms of the
-    global batch divided by the number of processes (one all-reduce), fairchem's DDPLoss
-    denominator (dens.denoising.dens_loss); None otherwise (each batch counts its own)."""
-    if world.size == 1 or losses.reduction != "free_atoms":
-        return None
-    free = (~batch.fixed.to(torch.bool)).sum().to(torch.float64).reshape(1)
-    return world.sum(free).item() / world.size
-
-
-def train_epoch(
-    experiment: Mapping[str, Any],
-    train_set: Sequence[Data],
-    schedule: Schedule,
-    progress: Progress,
-    trainee: Trainee,
-    losses: LossSettings,
-    dens: DeNSSettings | None,
-    stop_flag: StopFlag,
-    *,
-    world: World,
-    device: torch.device,
-    num_workers: int,
-    show_progress: bool,
-) -> bool:
-    """Optimise the rest of epoch ``progress.epoch`` (from ``progress.batch_in_epoch``);
-    return False if SIGTERM or stop_at (on any process) stopped it before its last batch. Updates
-    ``progress`` in place.
-
-    Per step: lr (warm-up + cosine, per step), the loss of this process's share of the global
-    batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
-    AdamW, EMA."""
-    optim, seed, epoch = experiment["optim"], int(experiment["seed"]), progress.epoch
-    if progress.batch_in_epoch == 0:
-        progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
-        progress.epoch_sums |= {term: 0.0 for term in _LOSS_TERMS}
-    sums = progress.epoch_sums
-    epoch_start = time.perf_counter() - sums["time_s"]
-    coefficient = 0.0 if dens is None else dens_coefficient(dens, epoch, schedule.epochs)
-    batches = epoch_batches(len(train_set), schedule.batch_size, seed, epoch)
-    loader = DataLoader(
-        train_set,
-        batch_sampler=[world.share(b) for b in batches[progress.batch_in_epoch :]],
-        collate_fn=Batch.from_data_list,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
-    )
-    trainee.model.train()
-    bar = tqdm(
-        loader,
-        total=schedule.steps_per_epoch,
-        initial=progress.batch_in_epoch,
-        desc=f"{experiment['name']} epoch {epoch + 1}/{schedule.epochs}",
-        disable=not show_progress,
-        leave=False,
-    )
-
-    def loss(network: nn.Module, batch: Batch) -> dict[str, Tensor]:
-        return loss_terms(
-            network,
-            batch,
-            progress.normalizer,
-            losses,
-            dens,
-            trainee.generator,
-            coefficient,
-            trainee.decision_generator,
-            free_atoms_per_process(batch, losses, world),
-        )
-
-    for batch in bar:
-        step_start = time.perf_counter()
-        batch = batch.to(device)
-        lr = learning_rate(progress.step, optim, schedule.steps_per_epoch)
-        for group in trainee.optimizer.param_groups:
-            group["lr"] = lr
-        total, values, stop = forward_loss(trainee, batch, loss, world, stop_flag.is_set())
-        if not all(math.isfinite(v) for v in values.values()):
-            raise NonFiniteLossError(
-                f"experiment {experiment['name']!r}: non-finite loss {values} at epoch "
-                f"{epoch + 1} (1-based), batch {progress.batch_in_epoch} of the epoch, global "
-                f"step {progress.step}; last.pt keeps the last good state"
-            )
-        update(trainee, total, optim)
-        progress.step += 1
-        progress.batch_in_epoch += 1
-        for term in _LOSS_TERMS:
-            sums[term] += values[term]
-        sums["samples"] += int(batch.natoms.numel()) * world.size
-        sums["step_time_s"] += time.perf_counter() - step_start
-        sums["time_s"] = time.perf_counter() - epoch_start
-        bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
-        if stop and progress.batch_in_epoch < schedule.steps_per_epoch:
-            return False
-    bar.close()
-    return True
-
-
-def validate(
-    model: nn.Module,
-    val_set: Sequence[Data],
-    normalizer: Normalizer,
-    batch_size: int,
-    device: torch.device,
-    world: World,
-) -> dict[str, float]:
-    """Validation energy and force MAE (dens.evaluate.mean_absolute_errors) of the whole
-    ``val_set``: each process scores its contiguous ``Shard`` (eval_batch_size structures per
-    forward pass) and the error sums are added up over processes."""
-    if world.size == 1:
-        return mean_absolute_errors(model, val_set, normalizer, batch_size, device)
-    part = mean_absolute_errors(model, Shard(val_set, world), normalizer, batch_size, device)
-    structures, free = part["num_structures"], part["num_free_atoms"]
-    energy, forces = part["energy_mae_meV"] * structures, part["forces_mae_meV_per_A"] * free
-    sums = torch.tensor([energy, forces, structures, free], dtype=torch.float64, device=device)
-    energy, forces, structures, free = world.sum(sums).tolist()
-    return {"energy_mae_meV": energy / structures, "forces_mae_meV_per_A": forces / max(free, 1)}
-
-
-def end_epoch(
-    experiment: Mapping[str, Any],
-    schedule: Schedule,
-    progress: Progress,
-    dens: DeNSSettings | None,
-    val: Mapping[str, float],
-    hardware: Mapping[str, Any],
-) -> bool:
-    """Close the epoch: its log.csv row (``hardware``: its world_size, device, device_name and
-    mixed_precision columns); return True if it is the best so far (lowest validation force
-    MAE)."""
-    sums, steps = progress.epoch_sums, schedule.steps_per_epoch
-    epoch_time = sums["time_s"]
-    progress.timing["train_time_s"] += epoch_time
-    progress.timing["step_time_s"] += sums["step_time_s"]
-    progress.timing["samples_seen"] += sums["samples"]
-    progress.history.append(
-        {
-            "epoch": progress.epoch + 1,
-            "step": progress.step,
-            "lr": learning_rate(progress.step - 1, experiment["optim"], steps),
-            "lambda_dens": 0.0
-            if dens is None
-            else dens_coefficient(dens, progress.epoch, schedule.epochs),
-            "train_loss": sums["total"] / steps,
-            "train_energy_loss": sums["energy"] / steps,
-            "train_forces_loss": sums["forces"] / steps,
-            "train_dens_loss": sums["dens"] / steps,
-            "val_energy_mae_meV": val["energy_mae_meV"],
-            "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
-            "train_samples_per_s": sums["samples"] / max(sums["step_time_s"], 1e-12),
-            "epoch_time_s": epoch_time,
-            **hardware,
-        }
-    )
-    progress.epoch += 1
-    progress.batch_in_epoch = 0
-    progress.epoch_sums = {}
-    if val["forces_mae_meV_per_A"] >= progress.best["val_forces_mae_meV_per_A"]:
-        return False
-    progress.best = {
-        "epoch": progress.epoch,
-        "val_forces_mae_meV_per_A": val["forces_mae_meV_per_A"],
-    }
-    return True
-
-
-def _reporter(
-    experiment: Mapping[str, Any], schedule: Schedule, enabled: bool
-) -> Callable[[Progress, Mapping[str, float] | None], None]:
-    """One line per epoch on stdout (the pipeline shows it in the Snakemake console): the run,
-    the epoch, the validation MAEs and an estimate of the time left from the mean epoch time."""
-    name = f"{experiment['name']} seed{experiment['seed']}"
-
-    def report(progress: Progress, val: Mapping[str, float] | None) -> None:
-        if not enabled:
-            return
-        if val is None:
-            done = "starting" if progress.epoch == progress.batch_in_epoch == 0 else "resuming"
-            line = f"{name}: {done} at epoch {progress.epoch + 1}/{schedule.epochs}"
-        else:
-            seconds = progress.timing["train_time_s"] / max(len(progress.history), 1)
-            left = seconds * (schedule.epochs - progress.epoch)
-            line = (
-                f"{name}: epoch {progress.epoch}/{schedule.epochs}, val force MAE "
-                f"{val['forces_mae_meV_per_A']:.4g} meV/Å, energy MAE "
-                f"{val['energy_mae_meV']:.4g} meV, {seconds:.1f} s/epoch, "
-                f"about {_duration(left)} left"
-            )
-        print(line, flush=True)
-
-    return report
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
 
 
 def train(
@@ -1132,86 +172,100 @@ def train(
     finished run asked again re-publishes them). Raises NonFiniteLossError on a NaN/inf loss and
     dens.stopping.StopRequested (a SystemExit with STOPPED_EXIT_CODE) on SIGTERM or at ``stop_at``.
     """
-    run_dir = Path(run_dir)
-    last_path = run_dir / "checkpoints" / "last.pt"
-    best_epoch_path = run_dir / "checkpoints" / BEST_EPOCH_FILE
-    optim = experiment["optim"]
+    settings = TrainSettings.from_experiment(experiment)
     world = World.from_environment()
-    schedule = Schedule.of(optim, len(train_set), world.size)
+    schedule = Schedule.of(settings.optim, len(train_set), world.size)
     device = world.device(torch.device(device))
-    amp = use_mixed_precision(mixed_precision, device, bool(optim.get("mixed_precision", True)))
-    dens = None if experiment["dens"] is None else DeNSSettings.from_config(experiment["dens"])
-    losses = loss_settings(optim)
-    _check_splittable(losses, val_set, world)
-    start = started_with(experiment, train_set, val_set)
-    report = _reporter(experiment, schedule, progress and world.is_main)
-    hardware = {
+    amp = use_mixed_precision(mixed_precision, device, settings.optim.mixed_precision)
+    _check_splittable(settings.loss, val_set, world)
+    new_model = functools.partial(build_model, experiment)
+    with (
+        process_group(world, device),
+        stop_flag(stop_at) as stop,
+        build_trainee(settings, new_model, device, world, amp) as trainee,
+    ):
+        run = TrainingRun(
+            settings,
+            trainee,
+            schedule,
+            started_with(experiment, train_set, val_set),
+            Path(run_dir),
+            train_set,
+            val_set,
+            device,
+            world,
+            _hardware(world, device, amp),
+            num_workers,
+            progress and world.is_main,
+        )
+        return _train(run, stop)
+
+
+def _train(run: TrainingRun, stop: StopFlag) -> TrainResult:
+    """Start or resume, train the epochs left, publish best.pt."""
+    progress = _begin(run)
+    report = reporter(run)
+    report(progress, None)
+    while progress.epoch < run.schedule.epochs:
+        _epoch(run, progress, stop, report)
+    if run.world.is_main:
+        publish(run.best_epoch_path, run.run_dir / "checkpoints" / "best.pt")
+    return TrainResult(
+        run_dir=run.run_dir,
+        epochs=progress.epoch,
+        steps=progress.step,
+        best_epoch=progress.best["epoch"],
+        best_val_forces_mae_meV_per_A=progress.best["val_forces_mae_meV_per_A"],
+        train_time_s=progress.timing["train_time_s"],
+    )
+
+
+def _begin(run: TrainingRun) -> Progress:
+    """Check the datasets' elements against the model, start or resume, write log.csv as it
+    stands."""
+    for role, dataset in (("training", run.train_set), ("validation", run.val_set)):
+        check_elements_embedded(dataset, run.trainee.model, _split_name(dataset, role))
+    progress = start_or_resume(run)
+    if run.world.is_main:
+        make_folder(run.run_dir, "creating run folder")
+        write_log(run.log_path, progress.history)
+    return progress
+
+
+def _epoch(
+    run: TrainingRun,
+    progress: Progress,
+    stop: StopFlag,
+    report: Callable[[Progress, Mapping[str, float] | None], None],
+) -> None:
+    """Train one epoch (the rest of it after a resume), validate, log, save best.pt where it is
+    the best and last.pt; raise StopRequested where asked to stop (last.pt saved)."""
+    world = run.world
+    if not train_epoch(run, progress, stop):
+        save_last(run, progress)
+        raise training_stopped(run.last_path, progress, stop.reason, announce=world.is_main)
+    val_start = time.perf_counter()
+    val = validate(run, progress)
+    progress.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
+    best = end_epoch(run, progress, val)
+    if world.is_main and best:
+        save_checkpoint(best_checkpoint(run, progress, val), run.best_epoch_path)
+    if world.is_main:
+        write_log(run.log_path, progress.history)
+    save_last(run, progress)
+    report(progress, val)
+    if _anyone(stop.is_set(), world, run.device) and progress.epoch < run.schedule.epochs:
+        raise training_stopped(run.last_path, progress, stop.reason, announce=world.is_main)
+
+
+def _hardware(world: World, device: torch.device, mixed_precision: bool) -> dict[str, Any]:
+    """The columns of a log.csv row that say what trained it."""
+    return {
         "world_size": world.size,
         "device": device.type,
         "device_name": _device_name(device),
-        "mixed_precision": amp,
+        "mixed_precision": mixed_precision,
     }
-
-    with (
-        process_group(world, device),
-        _stop_flag(stop_at) as stop,
-        build_trainee(experiment, build_model, device, world, amp) as trainee,
-    ):
-        for role, dataset in (("training", train_set), ("validation", val_set)):
-            check_elements_embedded(dataset, trainee.model, _split_name(dataset, role))
-        state = start_or_resume(run_dir, start, train_set, trainee, device, world)
-        if world.is_main:
-            make_folder(run_dir, "creating run folder")
-            write_log(run_dir / "log.csv", state.history)
-        report(state, None)
-        while state.epoch < schedule.epochs:
-            finished = train_epoch(
-                experiment,
-                train_set,
-                schedule,
-                state,
-                trainee,
-                losses,
-                dens,
-                stop,
-                world=world,
-                device=device,
-                num_workers=num_workers,
-                show_progress=progress and world.is_main,
-            )
-            if not finished:
-                save_last(last_path, start, state, trainee, len(train_set), device, world)
-                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
-            val_start = time.perf_counter()
-            val = validate(
-                trainee.eval_model,
-                val_set,
-                state.normalizer,
-                int(optim["eval_batch_size"]),
-                device,
-                world,
-            )
-            state.epoch_sums["time_s"] += time.perf_counter() - val_start  # epoch time incl. val
-            best = end_epoch(experiment, schedule, state, dens, val, hardware)
-            if world.is_main and best:
-                save_checkpoint(best_checkpoint(experiment, state, trainee, val), best_epoch_path)
-            if world.is_main:
-                write_log(run_dir / "log.csv", state.history)
-            save_last(last_path, start, state, trainee, len(train_set), device, world)
-            report(state, val)
-            if _anyone(stop.is_set(), world, device) and state.epoch < schedule.epochs:
-                raise _training_stopped(last_path, state, stop.reason, announce=world.is_main)
-        if world.is_main:
-            publish(best_epoch_path, run_dir / "checkpoints" / "best.pt")
-
-    return TrainResult(
-        run_dir=run_dir,
-        epochs=state.epoch,
-        steps=state.step,
-        best_epoch=state.best["epoch"],
-        best_val_forces_mae_meV_per_A=state.best["val_forces_mae_meV_per_A"],
-        train_time_s=state.timing["train_time_s"],
-    )
 
 
 def _split_name(dataset: Sequence[Data], role: str) -> str:

@@ -360,15 +360,16 @@ def test_unknown_scale_model_override_names_the_scale_file(pipeline_copy: Path) 
 
 def test_md17_runs_train_in_float32_and_oc_runs_in_mixed_precision_on_gpus() -> None:
     """The official MD17 code trains in float32, the official OC20/OC22 scripts with --amp: each
-    experiment's optim.mixed_precision says so at every scale (dens.train.use_mixed_precision)."""
-    from dens.train import use_mixed_precision
+    experiment's optim.mixed_precision says so at every scale
+    (dens.training.trainee.use_mixed_precision)."""
+    from dens.training.settings import TrainSettings
+    from dens.training.trainee import use_mixed_precision
 
     cuda = torch.device("cuda")
     for scale in ("paper", "mini"):
         registry = load_registry({"scale": scale})
         for name in registry.experiments:
-            optim = registry.resolve(name)["optim"]
-            recipe = bool(optim.get("mixed_precision", True))
+            recipe = TrainSettings.from_experiment(registry.resolve(name)).optim.mixed_precision
             assert use_mixed_precision(None, cuda, recipe) is (not name.startswith("md17-")), name
 
 

@@ -23,7 +23,6 @@ import torch
 import torch.multiprocessing as mp
 from toy_model import build_toy_model, make_emt_dataset, toy_experiment
 
-import dens.train
 from dens import distributed
 from dens.checkpoint import load_checkpoint
 from dens.data.batch import Batch, Data
@@ -31,17 +30,12 @@ from dens.denoising import Corruption, DeNSSettings, corrupt
 from dens.distributed import World, first_host, process_group
 from dens.errors import ConfigError
 from dens.stopping import STOPPED_EXIT_CODE
-from dens.train import (
-    build_trainee,
-    fit_normalizer,
-    forward_loss,
-    free_atoms_per_process,
-    loss_settings,
-    loss_terms,
-    train,
-    update,
-    use_mixed_precision,
-)
+from dens.train import train
+from dens.training import losses as training_losses
+from dens.training.labels import fit_normalizer
+from dens.training.losses import free_atoms_per_process, loss_terms
+from dens.training.settings import TrainSettings, loss_settings
+from dens.training.trainee import build_trainee, forward_loss, update, use_mixed_precision
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,28 +107,34 @@ def corrupt_by_structure(
 
 def one_step(case: str, world: World, share_of: World | None = None) -> dict[str, Any]:
     """One engine step (forward_loss + update) on this process's share of the global batch,
-    with ``dens.train.corrupt`` replaced by ``corrupt_by_structure``: the averaged gradient left
-    in the model, the loss terms, the agreed stop flag and the atoms corrupted here. ``share_of``:
-    train on that process's share alone (one process)."""
+    with ``dens.training.losses.corrupt`` replaced by ``corrupt_by_structure``: the averaged
+    gradient left in the model, the loss terms, the agreed stop flag and the atoms corrupted here.
+    ``share_of``: train on that process's share alone (one process)."""
     with_dens, chosen, reduction = CASES[case]
     experiment = toy_experiment(dens=with_dens, epochs=1, loss_reduction=reduction)
     data = structures()
     normalizer = fit_normalizer(data, "mean", 0)
     batch = Batch.from_data_list(list((share_of or world).share(data)))
-    trainee = build_trainee(experiment, build_toy_model, torch.device("cpu"), world)
+    trainee = build_trainee(
+        TrainSettings.from_experiment(experiment),
+        lambda: build_toy_model(experiment),
+        torch.device("cpu"),
+        world,
+    )
     settings = DeNSSettings.from_config(experiment["dens"]) if with_dens else None
     losses = loss_settings(experiment["optim"])
-    dens.train.corrupt = functools.partial(corrupt_by_structure, chosen=frozenset(chosen))
+    training_losses.corrupt = functools.partial(corrupt_by_structure, chosen=frozenset(chosen))
 
     def loss(network: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         count = free_atoms_per_process(batch, losses, world)
         return loss_terms(network, batch, normalizer, losses, settings, None, 5.0, None, count)
 
     total, values, stop = forward_loss(trainee, batch, loss, world, stop=world.rank == 1)
-    update(trainee, total, experiment["optim"])
+    update(trainee, total, TrainSettings.from_experiment(experiment).optim)
     corrupted = 0
     if settings is not None:
-        corrupted = int(dens.train.corrupt(batch, settings, None, batch.forces).corrupted.sum())
+        draw = training_losses.corrupt(batch, settings, None, batch.forces)
+        corrupted = int(draw.corrupted.sum())
     gradients = {
         name: None if p.grad is None else p.grad.clone()
         for name, p in trainee.model.named_parameters()
@@ -167,8 +167,8 @@ def two_processes(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture
 def restore_corrupt(monkeypatch):
-    """one_step replaces dens.train.corrupt; put it back after the test."""
-    monkeypatch.setattr(dens.train, "corrupt", dens.train.corrupt)
+    """one_step replaces dens.training.losses.corrupt; put it back after the test."""
+    monkeypatch.setattr(training_losses, "corrupt", training_losses.corrupt)
 
 
 def assert_gradients(got: dict, expected: dict, where: str) -> None:
@@ -397,7 +397,9 @@ def test_mixed_precision_switch_and_autocast_only_when_on():
         )
 
     for enabled in (False, True):  # CPU float16 autocast here only shows the switch at work
-        trainee = build_trainee(experiment, build_toy_model, cpu, mixed_precision=enabled)
+        settings = TrainSettings.from_experiment(experiment)
+        new_model = functools.partial(build_toy_model, experiment)
+        trainee = build_trainee(settings, new_model, cpu, mixed_precision=enabled)
         assert trainee.scaler.is_enabled() is enabled
         forward_loss(trainee, data, loss, World(), stop=False)
     assert seen == [False, True]

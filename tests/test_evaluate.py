@@ -169,6 +169,13 @@ def test_throughput_and_device_hours_from_the_training_log(run):
         True,
     )
 
+    # a validation inside an epoch (optim.val_every_steps) is no epoch: its time is counted in
+    # the epoch row after it
+    mid_epoch = {**epoch, "kind": "mid_epoch", "epoch_time_s": "900", "train_samples_per_s": "1"}
+    rows = [mid_epoch, {**epoch, "kind": "epoch", "epoch_time_s": "3600"}]
+    assert training_cost(rows) == training_cost([rows[1]])
+    assert training_cost(rows)["train_gpu_hours"] == pytest.approx(16.0)
+
     before_devices = training_cost([{"epoch_time_s": "7200", "train_samples_per_s": "5"}])
     assert before_devices["train_device"] == "unknown" and "train_gpu_hours" not in before_devices
     assert before_devices["train_device_hours"] == 2.0

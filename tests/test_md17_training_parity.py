@@ -3,7 +3,7 @@
 Reference: tests/fixtures/equiformer_md17/ (README.md), the official atomicarchitects/equiformer
 code at 64cb7866 (``main_md17_dens.py`` / ``main_md17.py`` training steps on the official
 models, mini Lmax=2 size, float64, its random draws recorded and injected here). Our side is
-the engine's ``dens.train.batch_loss`` with the recipe of config/experiments.yaml
+the engine's ``dens.training.losses.batch_loss`` with the recipe of config/experiments.yaml
 (md17-aspirin/equiformer-l2-dens and equiformer-l2): every loss term to 1e-6 relative and every
 parameter's gradient to 1e-5 relative (to the largest entry of that gradient), in float64.
 Also the energy of a pair crossing the 5 Å cutoff: the official model is discontinuous there
@@ -33,7 +33,8 @@ from dens.models.equiformer.official_import import (
 )
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.pipeline.registry import load_registry
-from dens.train import batch_loss, loss_settings
+from dens.training.losses import batch_loss
+from dens.training.settings import loss_settings
 
 FIXTURE = Path(__file__).parent / "fixtures" / "equiformer_md17" / "reference_outputs.pt"
 EXPERIMENTS = {"dens": "md17-aspirin/equiformer-l2-dens", "baseline": "md17-aspirin/equiformer-l2"}

@@ -4,14 +4,15 @@ Each fixture holds a training step the official loss code took in float64 (atomi
 e98b747 ``trainers/denoising_forces_trainer.py`` on fairchem 1.x models; README.md there): the
 weights (an earlier fixture's checkpoint), the batch, the DeNS draws, the edge frames, every loss
 term and every parameter's gradient. Our engine takes the same step through
-``dens.train.batch_loss`` with the paper-scale experiment's recipe (loss, DeNS and normaliser
-settings as a training job derives them), the draws given as a ``dens.denoising.Corruption`` and
-the reference's edge frames, in float64: every loss term to 1e-6 and every gradient tensor to
-1e-5 relative (measured: round-off, <= 1e-13). Each earlier behaviour of ours fails it where its
-recipe has it (the fixture README measures each): the per-structure reduction (loss 1-8e-2,
-gradients O(1)), forces divided by the energy std (OC22 with and without DeNS: loss 0.96), fixed
-atoms of the mask not force-encoded (OC20, All+MD, eSCN: gradients O(1)), normalised force
-encoding; and an All+MD or OC22 experiment with the OC20 2M lambda_E 2 instead of 4 (loss 0.5).
+``dens.training.losses.batch_loss`` with the paper-scale experiment's recipe (loss, DeNS and
+normaliser settings as a training job derives them), the draws given as a
+``dens.denoising.Corruption`` and the reference's edge frames, in float64: every loss term to 1e-6
+and every gradient tensor to 1e-5 relative (measured: round-off, <= 1e-13). Each earlier behaviour
+of ours fails it where its recipe has it (the fixture README measures each): the per-structure
+reduction (loss 1-8e-2, gradients O(1)), forces divided by the energy std (OC22 with and without
+DeNS: loss 0.96), fixed atoms of the mask not force-encoded (OC20, All+MD, eSCN: gradients O(1)),
+normalised force encoding; and an All+MD or OC22 experiment with the OC20 2M lambda_E 2 instead of 4
+(loss 0.5).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from dens.models.escn import import_fairchem as escn_import
 from dens.models.so3 import edge_graph
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.pipeline.registry import load_registry
-from dens.train import batch_loss, loss_settings
+from dens.training.losses import batch_loss
+from dens.training.settings import loss_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -18,10 +18,11 @@ from dens.pipeline.report import write_report
 from dens.pipeline.tables.build import build_table
 from dens.pipeline.tables.render import to_html
 
-LOG_FIELDS = ["epoch", "val_energy_mae_meV", "val_forces_mae_meV_per_A"]
+LOG_FIELDS = ["epoch", "step", "kind", "val_energy_mae_meV", "val_forces_mae_meV_per_A"]
+Row = tuple[int, int, str, float, float]
 
 
-def write_log(root: Path, log: Path, rows: list[tuple[int, float, float]]) -> None:
+def write_log(root: Path, log: Path, rows: list[Row]) -> None:
     path = root / log
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
@@ -30,10 +31,13 @@ def write_log(root: Path, log: Path, rows: list[tuple[int, float, float]]) -> No
         writer.writerows(rows)
 
 
-def fill_logs(root: Path, registry, table: str) -> dict[Path, list[tuple[int, float, float]]]:
+def fill_logs(root: Path, registry, table: str) -> dict[Path, list[Row]]:
+    """Three epochs of 10 steps per log, validated at each end and at step 5 of the first."""
     written = {}
     for index, log in enumerate(curve_inputs(registry, table)):
-        rows = [(epoch, 100.0 + index - epoch, 50.0 + index / epoch) for epoch in (1, 2, 3)]
+        rows = [(1, 5, "mid_epoch", 120.0 + index, 60.0 + index)]
+        for epoch in (1, 2, 3):
+            rows.append((epoch, 10 * epoch, "epoch", 100.0 + index - epoch, 50.0 + index / epoch))
         write_log(root, log, rows)
         written[log] = rows
     return written
@@ -43,7 +47,7 @@ def test_curves_read_every_trained_runs_log(pipeline_copy: Path) -> None:
     registry = load_registry({"scale": "smoke", "seeds": [0, 1]}, root=pipeline_copy)
     written = fill_logs(pipeline_copy, registry, "table1b")
     data = read_curves(registry, "table1b", pipeline_copy)
-    assert len(data) == len(written) * 3 * len(METRICS)
+    assert len(data) == len(written) * 4 * len(METRICS)  # every row, inside epochs too
     assert set(data["seed"]) == {0, 1}
     assert set(data["DeNS"]) == {"with DeNS", "without DeNS"}
     log = paths.run("smoke", "oc20-2m/eqv2-dens-e12", 1).log
@@ -52,7 +56,8 @@ def test_curves_read_every_trained_runs_log(pipeline_copy: Path) -> None:
         & (data["experiment"] == "eqv2-dens-e12")
         & (data["metric"] == METRICS["val_forces_mae_meV_per_A"])
     ]
-    assert list(forces["value"]) == [row[2] for row in written[log]]
+    assert list(forces["value"]) == [row[4] for row in written[log]]
+    assert list(forces["step"]) == [5, 10, 20, 30]
 
 
 def test_curves_figure_is_written_as_png_and_pdf(pipeline_copy: Path, tmp_path: Path) -> None:

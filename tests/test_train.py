@@ -34,22 +34,19 @@ from dens.models.escn.import_fairchem import load_fairchem_checkpoint as load_es
 from dens.normalization import NUM_ELEMENTS, Normalizer
 from dens.runs import BEST_EPOCH_FILE
 from dens.stopping import STOPPED_EXIT_CODE, TIME_LIMIT, StopRequested
-from dens.train import (
-    LOG_COLUMNS,
-    NonFiniteLossError,
-    Schedule,
-    batch_loss,
-    build_optimizer,
-    draw_corruption,
-    epoch_batches,
-    learning_rate,
-    loss_settings,
-    loss_terms,
-    train,
-    training_normalizer,
-    update_ema,
-    weight_decay_exempt,
-)
+from dens.train import NonFiniteLossError, train
+from dens.training.labels import training_normalizer
+from dens.training.log import LOG_COLUMNS
+from dens.training.losses import batch_loss, draw_corruption, loss_terms
+from dens.training.optimizer import build_optimizer, update_ema, weight_decay_exempt
+from dens.training.schedule import Schedule, epoch_batches, learning_rate
+from dens.training.settings import LabelSettings, OptimSettings, loss_settings
+
+
+def optim_settings(optim: dict[str, Any]) -> OptimSettings:
+    """The settings of the toy experiment's optim with the keys of ``optim`` replaced."""
+    return OptimSettings.from_optim(toy_experiment()["optim"] | optim)
+
 
 EXPERIMENT = toy_experiment(dens=True, epochs=4, lr=3e-2, energy_reference="linear")
 N_TRAIN = 32
@@ -417,7 +414,8 @@ def test_checkpoint_is_plain_and_rng_state_round_trips(tmp_path):
 
 def test_learning_rate_warmup_then_cosine():
     optim = {"lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 2, "epochs": 10}
-    lrs = [learning_rate(s, optim, steps_per_epoch=5) for s in range(50)]
+    settings = optim_settings(optim)
+    lrs = [learning_rate(s, settings, steps_per_epoch=5) for s in range(50)]
     assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
     assert all(a > b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] == 1e-6
@@ -425,7 +423,7 @@ def test_learning_rate_warmup_then_cosine():
         1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + math.cos(math.pi * 20 / 40))
     )
     fractional = {**optim, "warmup_epochs": 0.1}
-    assert learning_rate(0, fractional, steps_per_epoch=100) == pytest.approx(1e-4)
+    assert learning_rate(0, optim_settings(fractional), steps_per_epoch=100) == pytest.approx(1e-4)
 
 
 def test_learning_rate_cosine_total_as_fairchem_cosine_lr_lambda():
@@ -439,7 +437,8 @@ def test_learning_rate_cosine_total_as_fairchem_cosine_lr_lambda():
         "lr_schedule": "cosine_total",
         "epochs": 12,
     }
-    lrs = [learning_rate(s, optim, steps_per_epoch=100) for s in range(1200)]
+    settings = optim_settings(optim)
+    lrs = [learning_rate(s, settings, steps_per_epoch=100) for s in range(1200)]
     warmup = 10
     for t in range(1, 1201):  # fairchem's lambda at t steps done, times lr_initial
         if t <= warmup:
@@ -463,7 +462,8 @@ def test_learning_rate_multistep_as_fairchem_multistep_lr_lambda():
         "decay_rate": 0.3,
         "epochs": 20,
     }
-    lrs = [learning_rate(s, optim, steps_per_epoch=100) for s in range(2000)]
+    settings = optim_settings(optim)
+    lrs = [learning_rate(s, settings, steps_per_epoch=100) for s in range(2000)]
     milestones = [1170, 1500, 1830]
     for t in range(1, 2001):
         if t <= 1:
@@ -475,7 +475,7 @@ def test_learning_rate_multistep_as_fairchem_multistep_lr_lambda():
     assert lrs[-1] == pytest.approx(8e-4 * 0.3**3)
     with pytest.raises(ConfigError, match="needs decay_epochs and decay_rate"):
         incomplete = {k: v for k, v in optim.items() if k != "decay_rate"}
-        Schedule.of({**incomplete, "batch_size": 4}, train_size=8)
+        optim_settings(incomplete)
 
 
 LR_REFERENCE = Path(__file__).parent / "fixtures" / "lr_schedule" / "reference_lrs.json"
@@ -510,7 +510,8 @@ def test_learning_rate_cosine_epoch_timm_as_timm_cosine_scheduler_per_epoch():
         "lr_schedule": "cosine_epoch_timm",
     }
     steps = 7
-    lrs = [learning_rate(s, optim, steps_per_epoch=steps) for s in range(42 * steps)]
+    settings = optim_settings(optim)
+    lrs = [learning_rate(s, settings, steps_per_epoch=steps) for s in range(42 * steps)]
     for step, value in enumerate(lrs):
         expected = timm_cosine_written_out(step // steps, 5e-4, 1e-6, 1e-6, 10, 40)
         assert value == pytest.approx(expected, rel=1e-14, abs=0), step
@@ -520,10 +521,10 @@ def test_learning_rate_cosine_epoch_timm_as_timm_cosine_scheduler_per_epoch():
     assert lrs[39 * steps] > 1e-6 and lrs[40 * steps :] == [1e-6] * (2 * steps)
     with pytest.raises(ConfigError, match="'cosine_epoch_timm' needs warmup_lr"):
         no_warmup_lr = {k: v for k, v in optim.items() if k != "warmup_lr"}
-        Schedule.of({**no_warmup_lr, "batch_size": 4}, train_size=8)
+        optim_settings(no_warmup_lr)
     with pytest.raises(ConfigError, match="every one of the 1 epochs trains at a warm-up lr"):
-        Schedule.of({**optim, "epochs": 1, "warmup_epochs": 0.1, "batch_size": 4}, train_size=8)
-    assert Schedule.of({**optim, "epochs": 1, "warmup_epochs": 0, "batch_size": 4}, 8).epochs == 1
+        optim_settings({**optim, "epochs": 1, "warmup_epochs": 0.1})
+    assert Schedule.of(optim_settings({**optim, "epochs": 1, "warmup_epochs": 0}), 8).epochs == 1
 
 
 def test_learning_rate_cosine_epoch_timm_equals_the_official_md17_runs():
@@ -540,11 +541,11 @@ def test_learning_rate_cosine_epoch_timm_equals_the_official_md17_runs():
         assert (args["warmup_lr"], args["min_lr"], args["warmup_epochs"]) == (1e-6, 1e-6, 10)
         optim = {key: args[key] for key in ("lr", "min_lr", "warmup_lr", "warmup_epochs")}
         optim |= {"epochs": args["epochs"], "lr_schedule": "cosine_epoch_timm"}
-        steps = script["steps_per_epoch"]
+        steps, settings = script["steps_per_epoch"], optim_settings(optim)
         assert len(epoch_lrs) == args["epochs"]
         for epoch, expected in enumerate(epoch_lrs):
             for step in (epoch * steps, (epoch + 1) * steps - 1):
-                value = learning_rate(step, optim, steps_per_epoch=steps)
+                value = learning_rate(step, settings, steps_per_epoch=steps)
                 worst = max(worst, abs(value - expected) / expected)
     assert worst == 0.0
 
@@ -589,8 +590,9 @@ def test_cosine_epoch_timm_run_trains_each_epoch_at_its_lr_and_resumes_mid_epoch
 def test_amsgrad_is_an_optimizer_option():
     model = torch.nn.Linear(3, 2)
     optim = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01}
-    assert not build_optimizer(model, optim).param_groups[0]["amsgrad"]
-    assert build_optimizer(model, {**optim, "amsgrad": True}).param_groups[0]["amsgrad"]
+    assert not build_optimizer(model, optim_settings(optim)).param_groups[0]["amsgrad"]
+    with_amsgrad = optim_settings({**optim, "amsgrad": True})
+    assert build_optimizer(model, with_amsgrad).param_groups[0]["amsgrad"]
 
 
 def test_epoch_batches_are_seeded_permutations_without_the_last_partial_batch():
@@ -612,7 +614,7 @@ def test_update_ema_and_weight_decay_groups():
         expected = 0.75 * before[key] + 0.25 * model.state_dict()[key]
         assert torch.allclose(value, expected, rtol=1e-6, atol=1e-6)
 
-    optimizer = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1})
+    optimizer = build_optimizer(model, optim_settings({"lr": 1e-3, "weight_decay": 0.1}))
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -647,7 +649,7 @@ def test_weight_decay_groups_equal_the_official_trainers(name):
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == reference["parameters"]
     assert sorted(weight_decay_exempt(model)) == reference["exempt"]
-    optimizer = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01})
+    optimizer = build_optimizer(model, optim_settings({"lr": 1e-3, "weight_decay": 0.01}))
     decay, no_decay = optimizer.param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in no_decay["params"]) == reference["exempt"]
@@ -738,7 +740,7 @@ def test_normalizer_from_the_config_and_a_linear_reference_file(tmp_path):
         "energy_reference_file": "refs/linfit.npz",
         "energy_reference": "linear",
     }
-    normalizer = training_normalizer(optim, data, 0, root=tmp_path)
+    normalizer = training_normalizer(LabelSettings.from_optim(optim), data, 0, root=tmp_path)
     batch = Batch.from_data_list(data)
     numbers = batch.atomic_numbers
     ref = torch.zeros(len(data), dtype=torch.float64).index_add(
@@ -753,21 +755,95 @@ def test_normalizer_from_the_config_and_a_linear_reference_file(tmp_path):
     restored = Normalizer.from_dict(normalizer.to_dict())
     assert restored.force_scale == OC22_NORMALIZER["force_std"]
 
-    oc20 = training_normalizer({"normalizer": OC20_NORMALIZER}, data, 0, root=tmp_path)
+    oc20_labels = LabelSettings.from_optim({"normalizer": OC20_NORMALIZER})
+    oc20 = training_normalizer(oc20_labels, data, 0, root=tmp_path)
     assert (oc20.mean, oc20.std, oc20.force_scale) == tuple(OC20_NORMALIZER.values())
     assert not oc20.element_references.any()
-    fitted = training_normalizer({"energy_reference_file": "refs/linfit.npz"}, data, 0, tmp_path)
+    linear = LabelSettings.from_optim({"energy_reference_file": "refs/linfit.npz"})
+    fitted = training_normalizer(linear, data, 0, tmp_path)
     residual = batch.energy.double() - ref
     assert fitted.mean == pytest.approx(float(residual.mean()), rel=1e-12)
     assert fitted.std == pytest.approx(float(residual.std()), rel=1e-12)
     assert fitted.force_std is None
 
     with pytest.raises(ConfigError, match="needs optim.energy_reference_file"):
-        training_normalizer({**optim, "energy_reference_file": None}, data, 0, tmp_path)
+        LabelSettings.from_optim({**optim, "energy_reference_file": None})
     with pytest.raises(ConfigError, match="contradicts"):
-        training_normalizer({**optim, "energy_reference": "mean"}, data, 0, tmp_path)
+        LabelSettings.from_optim({**optim, "energy_reference": "mean"})
     with pytest.raises(ConfigError, match="does not exist"):
-        training_normalizer({**optim, "energy_reference_file": "nope.npz"}, data, 0, tmp_path)
+        missing = LabelSettings.from_optim({**optim, "energy_reference_file": "nope.npz"})
+        training_normalizer(missing, data, 0, tmp_path)
+
+
+def build_drawing_toy_model(experiment: dict) -> torch.nn.Module:
+    """The toy model drawing from torch's global generator in every forward pass, training and
+    evaluation alike (as a model with dropout, or EquiformerV2 with edge_roll "random"): its
+    energy is scaled by 1 + 0.1 u, u uniform."""
+    model = build_toy_model(experiment)
+
+    def scale(module, inputs, out):
+        return {**out, "energy": out["energy"] * (1 + 0.1 * torch.rand(()))}
+
+    model.register_forward_hook(scale)
+    return model
+
+
+def without_columns(rows: list[dict[str, str]], columns: set[str]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in columns} for row in rows]
+
+
+def test_validation_inside_epochs_changes_no_weight_and_resumes_exactly(data, tmp_path):
+    """optim.val_every_steps adds log.csv rows (kind mid_epoch) every 3 steps inside the epochs
+    (steps 3, 6 | 9, 12, 15 of two 8-step epochs); the training is the run's without them, bit
+    for bit, although the model draws from torch's global generator in training and in
+    validation (validation restores it); a run stopped at step 12, right after such a
+    validation, keeps its row and resumes to the same run, no row twice."""
+    train_set, val_set = data
+    plain = toy_experiment(dens=True, epochs=2, lr=3e-2)
+    curves = toy_experiment(dens=True, epochs=2, lr=3e-2, val_every_steps=3)
+    for name, experiment in (("plain", plain), ("curves", curves)):
+        train(experiment, *data, tmp_path / name, build_drawing_toy_model, progress=False)
+    rows = read_log(tmp_path / "curves")
+    assert [(int(r["step"]), r["kind"]) for r in rows] == [
+        (3, "mid_epoch"),
+        (6, "mid_epoch"),
+        (8, "epoch"),
+        (9, "mid_epoch"),
+        (12, "mid_epoch"),
+        (15, "mid_epoch"),
+        (16, "epoch"),
+    ]
+    assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2, 2, 2, 2]
+    epoch_rows = [row for row in rows if row["kind"] == "epoch"]
+    assert without_columns(epoch_rows, TIMING_COLUMNS) == without_columns(
+        read_log(tmp_path / "plain"), TIMING_COLUMNS
+    )
+    assert len({r["val_forces_mae_meV_per_A"] for r in rows}) == len(rows)  # points of a curve
+    last, best = (
+        {run: load_checkpoint(tmp_path / run / "checkpoints" / kind) for run in ("plain", "curves")}
+        for kind in ("last.pt", "best.pt")
+    )
+    for key in ("model", "ema", "optimizer", "rng"):
+        assert_identical(last["plain"][key], last["curves"][key], key)
+    assert_identical(best["plain"]["model"], best["curves"]["model"], "best.pt")
+    assert best["plain"]["epoch"] == best["curves"]["epoch"]
+
+    stopped = tmp_path / "stopped"
+    at = NORMALIZER_READS + N_TRAIN + 3 * 4 + 2  # SIGTERM while loading epoch 2's 4th batch
+    with pytest.raises(StopRequested):
+        train(
+            curves,
+            Interrupting(train_set, at, sigterm),
+            val_set,
+            stopped,
+            build_drawing_toy_model,
+            progress=False,
+        )
+    state = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 4, 12)
+    assert [int(row["step"]) for row in read_log(stopped)] == [3, 6, 8, 9, 12]
+    train(curves, train_set, val_set, stopped, build_drawing_toy_model, progress=False)
+    assert_same_run(tmp_path / "curves", stopped)
 
 
 def test_batch_decision_resumes_exactly_and_saves_the_decision_generator(data, tmp_path):

@@ -1,15 +1,17 @@
-"""Learning curves: validation force and energy MAE against epoch, one figure per results table.
+"""Learning curves: validation force and energy MAE against optimiser step, one figure per
+results table.
 
 For every run of a table that is trained at this scale (not cited, its model family implemented
 and, for MD17, its molecule in the scale's ``md17_molecules``:
 :func:`dens.pipeline.tables.read.not_run_reason`), each configured seed's training log
-(``runs/<experiment>/seed<S>/log.csv``, one row per epoch, written by :mod:`dens.train`) gives
-``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run monitors
-(EMA weights where EMA is on). The figure has one column per metric and one row per dataset
-(the molecule of an MD17 table); a line per experiment (table row), solid without DeNS and dashed
-with it,
-the mean over seeds with their standard deviation as a band when there are several. A run that
-trains one epoch (the mini and smoke scales) is one marker per table row.
+(``runs/<experiment>/seed<S>/log.csv``, written by :mod:`dens.train`: a row per epoch and, with
+``optim.val_every_steps``, a row per validation inside an epoch; dens.training.log.LOG_COLUMNS)
+gives ``val_forces_mae_meV_per_A`` and ``val_energy_mae_meV`` of the validation split the run
+monitors (EMA weights where EMA is on), every row at its ``step``. The figure has one column per
+metric and one row per dataset (the molecule of an MD17 table); a line per experiment (table
+row), solid without DeNS and dashed with it, the mean over seeds with their standard deviation
+as a band when there are several. The mini and smoke scales train one or two epochs and
+validate several times in each (their val_every_steps), so their curves have a shape too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ METRICS = {
     "val_forces_mae_meV_per_A": "validation force MAE (meV/Å)",
     "val_energy_mae_meV": "validation energy MAE (meV)",
 }
+AXES = ("step", "epoch")
+"""The columns of log.csv a curve is drawn against (step) or labelled with (epoch)."""
 
 
 def curve_tables(registry: Registry) -> list[str]:
@@ -55,8 +59,8 @@ def curve_inputs(registry: Registry, name: str) -> list[PurePosixPath]:
 
 def read_curves(registry: Registry, name: str, root: Path = Path(".")) -> Any:
     """A long pandas DataFrame: row (the table's label), dataset, experiment (its name within the
-    dataset), DeNS, seed, epoch, metric, value (one line per logged epoch and metric). A missing
-    log or column raises ConfigError naming the file."""
+    dataset), DeNS, seed, step, epoch, metric, value (one line per log row, epoch end or inside
+    an epoch, and metric). A missing log or column raises ConfigError naming the file."""
     import pandas as pd
 
     frames = []
@@ -65,10 +69,10 @@ def read_curves(registry: Registry, name: str, root: Path = Path(".")) -> Any:
         if not path.is_file():
             raise ConfigError(f"{path}: training log of {experiment} seed {seed} not found")
         log = pd.read_csv(path)
-        missing = sorted(set(METRICS) - set(log.columns))
+        missing = sorted({*METRICS, *AXES} - set(log.columns))
         if missing:
             raise ConfigError(f"{path}: no column(s) {', '.join(missing)}")
-        frame = log.melt(id_vars=["epoch"], value_vars=list(METRICS), var_name="metric")
+        frame = log.melt(id_vars=list(AXES), value_vars=list(METRICS), var_name="metric")
         frame["metric"] = frame["metric"].map(METRICS)
         frame["row"] = label
         frame["dataset"], frame["experiment"] = experiment.split("/", 1)
@@ -93,7 +97,7 @@ def draw_curves(registry: Registry, name: str, out: Path, root: Path = Path(".")
     grid = sns.relplot(
         data=data,
         kind="line",
-        x="epoch",
+        x="step",
         y="value",
         hue="experiment",
         style="DeNS",
@@ -107,16 +111,16 @@ def draw_curves(registry: Registry, name: str, out: Path, root: Path = Path(".")
         aspect=1.5,
     )
     grid.set_titles(row_template="{row_name}", col_template="{col_name}")
-    grid.set_axis_labels("epoch", "")
-    last_epoch = int(data["epoch"].max())
+    grid.set_axis_labels("optimiser step", "")
+    last_step = int(data["step"].max())
     for axis in grid.axes.flat:
-        axis.set_xlim(0.5, last_epoch + 0.5)
+        axis.set_xlim(0, last_step * 1.02 + 1)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axis.ticklabel_format(axis="y", useOffset=False)
     seeds = ", ".join(str(s) for s in sorted(data["seed"].unique()))
     band = "mean ± sd over seeds" if several_seeds else "one seed"
     grid.figure.suptitle(
-        f"{name}: validation MAE against epoch, scale {registry.scale_name} "
+        f"{name}: validation MAE against optimiser step, scale {registry.scale_name} "
         f"(seeds {seeds}; {band})",
         y=1.02,
     )

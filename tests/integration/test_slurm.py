@@ -334,7 +334,8 @@ def calibrated_epochs(root: Path, run_dir: Path, env: dict[str, str]) -> int:
     )
     finish(local_training(root, run_dir, env), run_dir)
     with open(run_dir / "log.csv", newline="") as handle:
-        seconds = [float(row["epoch_time_s"]) for row in csv.DictReader(handle)]
+        rows = [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]  # not mid-epoch
+    seconds = [float(row["epoch_time_s"]) for row in rows]
     fastest = min(seconds)  # this machine's speed when nothing else loads it
     return max(CALIBRATION_EPOCHS, round(TRAINING_S / fastest))
 

@@ -255,12 +255,13 @@ class EquiformerV2(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters AdamW leaves undecayed (dens.train.weight_decay_exempt), as the official
-        EquiformerV2 lists them (fairchem 1.x 31c0963 ``equiformer_v2_deprecated.py``:653-680;
-        atomicarchitects/DeNS e98b747 ``model/equiformer_v2/equiformer_v2.py``:565-585): all but
-        the weights of linear layers (nn.Linear, SO3Linear: their biases) and every parameter of
-        layer norms (nn.LayerNorm, EquivariantLayerNormSH: its ``affine_weight`` too). The
-        embeddings, ``alpha_dot`` and all other weights are decayed."""
+        """Parameters AdamW leaves undecayed (dens.training.optimizer.weight_decay_exempt), as
+        the official EquiformerV2 lists them (fairchem 1.x 31c0963
+        ``equiformer_v2_deprecated.py``:653-680; atomicarchitects/DeNS e98b747
+        ``model/equiformer_v2/equiformer_v2.py``:565-585): all but the weights of linear layers
+        (nn.Linear, SO3Linear: their biases) and every parameter of layer norms (nn.LayerNorm,
+        EquivariantLayerNormSH: its ``affine_weight`` too). The embeddings, ``alpha_dot`` and all
+        other weights are decayed."""
         exempt = set()
         for module_name, module in self.named_modules():
             if isinstance(module, (nn.Linear, SO3Linear)):

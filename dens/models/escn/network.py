@@ -243,9 +243,9 @@ class ESCN(nn.Module):
         )
 
     def no_weight_decay(self) -> set[str]:
-        """Parameters AdamW leaves undecayed (dens.train.weight_decay_exempt), as the official
-        eSCN lists them: every parameter whose name contains "embedding", "frequencies" or
-        "bias" (ocp 5d0f59e ``ocpmodels/models/base.py``:130-136, ``BaseModel.no_weight_decay``,
+        """Parameters AdamW leaves undecayed (dens.training.optimizer.weight_decay_exempt), as
+        the official eSCN lists them: every parameter whose name contains "embedding", "frequencies"
+        or "bias" (ocp 5d0f59e ``ocpmodels/models/base.py``:130-136, ``BaseModel.no_weight_decay``,
         which the DeNS eSCN inherits: atomicarchitects/DeNS e98b747 ``model/escn/
         escn_denoising.py``:53 subclasses ocpmodels' eSCN(BaseModel); fairchem 1.x 31c0963
         ``models/base.py``:179-185 keeps the rule in GraphModelMixin). Everything else, the
