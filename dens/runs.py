@@ -25,10 +25,6 @@ from dens.checkpoint import FORMAT_VERSION
 from dens.data.batch import Data
 from dens.layout import TRAIN_OUTPUTS, RunDirectory
 
-BEST_EPOCH_FILE = "best-epoch.pt"
-"""The best epoch's checkpoint, kept inside the run; checkpoints/best.pt (the file the pipeline
-declares and Snakemake may delete before a rerun) is published from it."""
-
 
 def publish(source: Path, target: Path) -> None:
     """Make ``target`` a copy of ``source`` (a hard link where possible), atomically. Nothing

@@ -209,7 +209,7 @@ def _train(run: TrainingRun, stop: StopFlag) -> TrainResult:
     while progress.epoch < run.schedule.epochs:
         _epoch(run, progress, stop, report)
     if run.world.is_main:
-        publish(run.best_epoch_path, run.run_dir / "checkpoints" / "best.pt")
+        publish(run.best_epoch_path, run.files.checkpoint("best"))
     return TrainResult(
         run_dir=run.run_dir,
         epochs=progress.epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path, PurePosixPath
 
 from dens.pipeline import paths
@@ -67,3 +68,63 @@ def test_no_other_module_spells_out_results_paths() -> None:
             if "results" in code or "/runs/" in code or "/data/" in code:
                 offenders.append(f"{path.relative_to(REPO)}:{number}")
     assert offenders == []
+
+
+def _run_and_dataset_file_names() -> set[str]:
+    """The names dens.layout gives the files inside a run and a dataset directory."""
+    from dens.layout import MANIFEST_SUFFIX, DatasetDirectory, RunDirectory
+
+    run, data = RunDirectory(PurePosixPath("run")), DatasetDirectory(PurePosixPath("data"))
+    files = [run.checkpoint("best"), run.checkpoint("last"), run.best_epoch_checkpoint, run.log]
+    files += [run.relax_systems, run.relax_state, run.relaxed_structures, run.kept_dir]
+    files += [run.metrics(stage) for stage in ("evaluate", "relax", "simulate", "test")]
+    files += [run.submission(stage) for stage in ("test", "relax")]
+    files += [run.server_results(stage) for stage in ("test", "relax")]
+    files += [data.provenance]
+    return {file.name for file in files} | {MANIFEST_SUFFIX}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that stand alone as statements (docstrings, attribute notes)."""
+    return {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+
+
+def test_no_other_module_spells_out_a_file_of_a_run_or_dataset() -> None:
+    """dens.layout names the files inside a run and a dataset directory (and dens.pipeline.paths
+    where those directories are): no other module of dens/ holds such a name as a string, alone
+    or as a path component ("log.csv", "checkpoints/best.pt", f"{x}/metrics.json"); prose in
+    messages and docstrings may mention them."""
+    names = _run_and_dataset_file_names()
+    pattern = re.compile(
+        r"^(?:{0})$|/(?:{0})\b".format("|".join(re.escape(name) for name in sorted(names)))
+    )
+    owners = {REPO / "dens" / "layout.py", REPO / "dens" / "pipeline" / "paths.py"}
+    offenders = []
+    for path in sorted(REPO.glob("dens/**/*.py")):
+        if path in owners:
+            continue
+        tree = ast.parse(path.read_text())
+        prose = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in prose and pattern.search(node.value):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert offenders == []
+
+
+def test_the_file_name_check_sees_a_spelled_out_name() -> None:
+    names = _run_and_dataset_file_names()
+    assert {"log.csv", "best.pt", "last.pt", "metrics.json", "provenance.json"} <= names
+    tree = ast.parse('path = run_dir / "log.csv"\nother = f"{run}/checkpoints/best.pt"\n')
+    found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+    pattern = re.compile(
+        r"^(?:{0})$|/(?:{0})\b".format("|".join(re.escape(name) for name in sorted(names)))
+    )
+    assert [value for value in found if pattern.search(value)] == [
+        "log.csv",
+        "/checkpoints/best.pt",
+    ]

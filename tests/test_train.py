@@ -29,10 +29,10 @@ from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.data.batch import Batch, Data
 from dens.denoising import Corruption, DeNSSettings
 from dens.errors import ConfigError
+from dens.layout import RunDirectory
 from dens.models.equiformer_v2.import_fairchem import load_fairchem_checkpoint as load_eqv2
 from dens.models.escn.import_fairchem import load_fairchem_checkpoint as load_escn
 from dens.normalization import NUM_ELEMENTS, Normalizer
-from dens.runs import BEST_EPOCH_FILE
 from dens.stopping import STOPPED_EXIT_CODE, TIME_LIMIT, StopRequested
 from dens.train import NonFiniteLossError, train
 from dens.training.labels import training_normalizer
@@ -316,7 +316,10 @@ def test_nan_label_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(data
             build_toy_model,
             progress=False,
         )
-    last, best = tmp_path / "checkpoints" / "last.pt", tmp_path / "checkpoints" / BEST_EPOCH_FILE
+    last, best = (
+        RunDirectory(tmp_path).checkpoint("last"),
+        RunDirectory(tmp_path).best_epoch_checkpoint,
+    )
     last_bytes, best_bytes = last.read_bytes(), best.read_bytes()
 
     poisoned = list(train_set)

@@ -17,9 +17,10 @@ from dens.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from dens.data.batch import Data
 from dens.distributed import World
 from dens.errors import ConfigError
+from dens.layout import RunDirectory
 from dens.models import count_parameters
 from dens.normalization import Normalizer
-from dens.runs import BEST_EPOCH_FILE, move_aside
+from dens.runs import move_aside
 from dens.training.labels import training_normalizer
 from dens.training.schedule import Schedule
 from dens.training.settings import TrainSettings
@@ -66,16 +67,20 @@ class TrainingRun:
     show_progress: bool = False
 
     @property
+    def files(self) -> RunDirectory[Path]:
+        return RunDirectory(self.run_dir)
+
+    @property
     def last_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        return self.files.checkpoint("last")
 
     @property
     def best_epoch_path(self) -> Path:
-        return self.run_dir / "checkpoints" / BEST_EPOCH_FILE
+        return self.files.best_epoch_checkpoint
 
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "log.csv"
+        return self.files.log
 
 
 def start_or_resume(run: TrainingRun) -> Progress:
@@ -130,13 +135,14 @@ def start_or_resume(run: TrainingRun) -> Progress:
 def _last_state(run_dir: Path, start: Mapping[str, Any]) -> dict[str, Any] | None:
     """last.pt if the run was started with ``start``; else None, after moving an old run
     aside."""
-    last_path = run_dir / "checkpoints" / "last.pt"
+    files = RunDirectory(run_dir)
+    last_path = files.checkpoint("last")
     if not last_path.is_file():
         return None
     state = load_checkpoint(last_path)
     changed = _differences(state.get("started_with"), dict(start), "run")
-    if state["best"]["epoch"] > 0 and not (last_path.parent / BEST_EPOCH_FILE).is_file():
-        changed.append(f"{BEST_EPOCH_FILE} is missing")
+    if state["best"]["epoch"] > 0 and not files.best_epoch_checkpoint.is_file():
+        changed.append(f"{files.best_epoch_checkpoint.name} is missing")
     if not changed:
         return state
     moved = move_aside(run_dir, "; ".join(changed))
