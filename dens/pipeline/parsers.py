@@ -72,6 +72,12 @@ def _add_continuation_option(parser: argparse.ArgumentParser, state: str) -> Non
     )
 
 
+def _with_config(p: argparse.ArgumentParser, func: Any) -> None:
+    """The end of a command's parser that loads the registry: the config options, its function."""
+    _add_config_options(p)
+    p.set_defaults(func=func)
+
+
 def add_experiments(commands: Any) -> None:
     p = commands.add_parser("experiments", help="list every experiment")
     _add_config_options(p, scale_default="paper")
@@ -144,20 +150,25 @@ def add_train(commands: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def add_evaluate(commands: Any) -> None:
-    p = commands.add_parser("evaluate", help="score a trained run on held-out splits")
+def _add_split_job(
+    commands: Any, name: str, about: str, splits: str, func: Any
+) -> argparse.ArgumentParser:
+    """The parser of a command of one run on split files: the job options, then the files."""
+    p = commands.add_parser(name, help=about)
     _add_job_options(p)
-    p.add_argument("splits", nargs="+", type=Path, help="split files (aselmdb)")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("splits", nargs="+", type=Path, help=splits)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_evaluate(commands: Any) -> None:
+    about = "score a trained run on held-out splits"
+    _add_split_job(commands, "evaluate", about, "split files (aselmdb)", cmd_evaluate)
 
 
 def add_submission(commands: Any) -> None:
-    p = commands.add_parser(
-        "submission", help="write the S2EF test submission file for the evaluation server"
-    )
-    _add_job_options(p)
-    p.add_argument("splits", nargs="+", type=Path, help="test split files (aselmdb)")
-    p.set_defaults(func=cmd_submission)
+    about = "write the S2EF test submission file for the evaluation server"
+    _add_split_job(commands, "submission", about, "test split files (aselmdb)", cmd_submission)
 
 
 def add_import_checkpoint(commands: Any) -> None:
@@ -177,13 +188,9 @@ def add_import_checkpoint(commands: Any) -> None:
 
 
 def add_relax(commands: Any) -> None:
-    p = commands.add_parser(
-        "relax", help="IS2RE: relax the initial structures of the relax splits with a run"
-    )
-    _add_job_options(p)
-    p.add_argument("splits", nargs="+", type=Path, help="relax split files (aselmdb)")
+    about = "IS2RE: relax the initial structures of the relax splits with a run"
+    p = _add_split_job(commands, "relax", about, "relax split files (aselmdb)", cmd_relax)
     _add_continuation_option(p, "the finished systems")
-    p.set_defaults(func=cmd_relax)
 
 
 def add_simulate(commands: Any) -> None:
@@ -212,8 +219,7 @@ def add_table(commands: Any) -> None:
     p = commands.add_parser("table", help="write one paper table (CSV, Markdown, LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10, or published")
     p.add_argument("--out-dir", required=True)
-    _add_config_options(p)
-    p.set_defaults(func=cmd_table)
+    _with_config(p, cmd_table)
 
 
 def add_figure(commands: Any) -> None:
@@ -221,16 +227,14 @@ def add_figure(commands: Any) -> None:
     p.add_argument("figure", help="figure3, figure4 or figure5")
     p.add_argument("--out", required=True, help="the PNG file (the PDF goes beside it)")
     p.add_argument("structures", nargs="+", help="each dataset's training split (aselmdb)")
-    _add_config_options(p)
-    p.set_defaults(func=cmd_figure)
+    _with_config(p, cmd_figure)
 
 
 def add_curves(commands: Any) -> None:
     p = commands.add_parser("curves", help="learning curves of one table's runs (PNG and PDF)")
     p.add_argument("table", help="a results table: table1a ... table6, table10")
     p.add_argument("--out", required=True, help="the .png file (the .pdf goes beside it)")
-    _add_config_options(p)
-    p.set_defaults(func=cmd_curves)
+    _with_config(p, cmd_curves)
 
 
 def add_report(commands: Any) -> None:
@@ -241,8 +245,7 @@ def add_report(commands: Any) -> None:
         action="store_true",
         help="with the table of the published checkpoints (dens.pipeline.published)",
     )
-    _add_config_options(p)
-    p.set_defaults(func=cmd_report)
+    _with_config(p, cmd_report)
 
 
 COMMANDS = (
