@@ -55,7 +55,7 @@ from dens import atomic_files
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
-from dens.inference import BuildModel, load_trained_model
+from dens.inference import BuildModel, TrainedModel, load_trained_model
 from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
 from dens.pipeline.challenges import Challenge
@@ -253,35 +253,17 @@ def relax_run(
     run_dir = Path(run_dir)
     checkpoint = find_checkpoint(run_dir)
     trained = load_trained_model(checkpoint, build_model, device)
-    structures = [
-        structure
-        for path in files.values()
-        for structure in read_initial_structures(
-            path,
-            challenge,
-            max_systems,
-            trained.normalizer.elements,
-            model_max_atomic_number(trained.model),
-        )
-    ]
+    structures = read_relax_splits(files, challenge, max_systems, trained)
     unseen = check_structures(structures, files, challenge)
     run = RunDirectory(run_dir)
     atomic_files.make_folder(run.stage_dir("relax"), "creating relaxation folder")
     start_afresh_if_changed(run, checkpoint, settings, max_systems, files)
     systems_file = run.relax_systems
     resumed = len(read_finished(systems_file))
-    new = list(
-        relax_structures(
-            structures,
-            trained.predict,
-            settings,
-            batch_size,
-            systems_file,
-            device,
-            progress,
-            stop_at,
-        )
+    relax = relax_structures(
+        structures, trained.predict, settings, batch_size, systems_file, device, progress, stop_at
     )
+    new = list(relax)
     wall = time.perf_counter() - start
     finished = read_finished(systems_file)
     records = [finished[s.system.key] for s in structures]
@@ -302,6 +284,24 @@ def relax_run(
     )
     write_json(run.metrics("relax"), metrics)
     return metrics
+
+
+def read_relax_splits(
+    files: Mapping[str, Path],
+    challenge: Challenge,
+    max_systems: int | None,
+    trained: TrainedModel,
+) -> list[InitialStructure]:
+    """The first ``max_systems`` rows of each relax split file, checked against the elements and
+    the atomic numbers of the ``trained`` model (:func:`read_initial_structures`)."""
+    max_atomic_number = model_max_atomic_number(trained.model)
+    return [
+        structure
+        for path in files.values()
+        for structure in read_initial_structures(
+            path, challenge, max_systems, trained.normalizer.elements, max_atomic_number
+        )
+    ]
 
 
 def check_structures(
