@@ -317,9 +317,9 @@ def test_a_bad_checkpoint_file_is_refused_in_one_line(
     run written. Before, torch's exceptions came through as tracebacks (RuntimeError, EOFError,
     KeyError, IsADirectoryError) and the DeNS layout's config["model"] (a str) as an
     AttributeError."""
-    from dens.pipeline import cli
+    from dens.pipeline import cli, commands
 
-    monkeypatch.setattr(cli, "registry_from", lambda args: mini_registry)
+    monkeypatch.setattr(commands, "registry_from", lambda args: mini_registry)
     main = cli.main
     path = tmp_path / "eq2_dens_epochs_12_2M.pt"
     write_bad(kind, path)

@@ -68,7 +68,7 @@ def test_a_library_module_never_imports_the_pipeline(path: Path) -> None:
 def test_the_library_and_the_pipeline_both_exist() -> None:
     assert len(LIBRARY) > 50
     assert module_name(PACKAGE / "denoising" / "__init__.py") == "dens.denoising"
-    assert (PACKAGE / "pipeline" / "registry.py").is_file()
+    assert (PACKAGE / "pipeline" / "registry" / "__init__.py").is_file()
 
 
 @pytest.mark.parametrize(

@@ -207,28 +207,47 @@ def import_checkpoint(
         "model_config": info["config"]["model"],
         "ema_weights": bool(info["ema"]),
     }
-    found = training_elements(registry, experiment["dataset"])
-    if found is None:
-        top = model_max_atomic_number(model)
-        elements, source = (
-            list(range(1, top + 1)),
-            (
-                f"the model's embedding range 1..{top} ({experiment['dataset']} has no prepared "
-                f"train split at scale {registry.scale_name}; the checkpoint's config lists no "
-                "elements)"
-            ),
-        )
-        print(
-            f"note: {experiment['name']} may be used on elements {source}; prepare the "
-            "dataset and import again to refuse elements absent from its training data",
-            file=sys.stderr,
-        )
-    else:
-        elements, source = found
-    imported_from["elements_source"] = source
+    elements, elements_source = model_elements(registry, experiment, model)
+    imported_from["elements_source"] = elements_source
     normalizer = imported_normalizer(info["normalizers"], lin_ref, references)
     normalizer = dataclasses.replace(normalizer, elements=tuple(elements))
-    state = {
+    state = best_state(experiment, model, info, normalizer, imported_from)
+    save_checkpoint(state, RunDirectory(Path(run_dir)).checkpoint())
+    return state
+
+
+def model_elements(
+    registry: Registry, experiment: Mapping[str, Any], model: torch.nn.Module
+) -> tuple[list[int], str]:
+    """The elements an imported model may be used on and where they come from: those of the
+    dataset's training data (:func:`training_elements`), else the model's embedding range (a
+    note on stderr says so)."""
+    found = training_elements(registry, experiment["dataset"])
+    if found is not None:
+        return found
+    top = model_max_atomic_number(model)
+    source = (
+        f"the model's embedding range 1..{top} ({experiment['dataset']} has no prepared "
+        f"train split at scale {registry.scale_name}; the checkpoint's config lists no "
+        "elements)"
+    )
+    print(
+        f"note: {experiment['name']} may be used on elements {source}; prepare the "
+        "dataset and import again to refuse elements absent from its training data",
+        file=sys.stderr,
+    )
+    return list(range(1, top + 1)), source
+
+
+def best_state(
+    experiment: dict[str, Any],
+    model: torch.nn.Module,
+    info: Mapping[str, Any],
+    normalizer: Normalizer,
+    imported_from: dict[str, Any],
+) -> dict[str, Any]:
+    """The imported run's best.pt: the weights as trained for no epoch of ours."""
+    return {
         "format_version": FORMAT_VERSION,
         "kind": "best",
         "experiment": experiment,
@@ -241,5 +260,3 @@ def import_checkpoint(
         "num_parameters": count_parameters(model),
         "imported_from": imported_from,
     }
-    save_checkpoint(state, RunDirectory(Path(run_dir)).checkpoint())
-    return state

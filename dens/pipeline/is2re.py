@@ -39,7 +39,6 @@ Outputs in ``<run>/relax/`` (dens.pipeline.paths):
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import sys
@@ -49,30 +48,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from dens import atomic_files, layout
+from dens import atomic_files
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
 from dens.errors import DataError, InvalidDataError
-from dens.evaluate import run_identity
-from dens.inference import BuildModel, load_trained_model
+from dens.inference import BuildModel, TrainedModel, load_trained_model
 from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
-from dens.pipeline.challenges import LOCAL_LABELS, Challenge, split_means
-from dens.pipeline.submission import (
-    SplitPredictions,
-    challenge_split,
-    save_npz,
-    submission_arrays,
-)
+from dens.pipeline.challenges import Challenge
+from dens.pipeline.is2re_outputs import relax_metrics, write_json, write_relaxed, write_submission
+from dens.pipeline.submission import challenge_split
 from dens.relaxation.driver import Predict, Relaxed, System, relax_systems
 from dens.relaxation.lbfgs import LBFGSSettings
-
-EWT_THRESHOLD_EV = 0.02
-"""OC20's IS2RE energy-within-threshold: |predicted - DFT relaxed energy| < 0.02 eV."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +95,8 @@ def read_initial_structures(
     value."""
     import ase.db
     import lmdb
-    from ase.data import chemical_symbols
 
     from dens.data.aselmdb import REBUILD, check_aselmdb
-    from dens.data.structures import atoms_to_data
 
     path = Path(path)
     check_aselmdb(path)
@@ -117,33 +105,7 @@ def read_initial_structures(
         db = ase.db.connect(path, readonly=True)
         try:
             for row in db.select(limit=limit):
-                where = f"{path}: row {row.id}"
-                keys = row.key_value_pairs
-                if "sid" not in keys:
-                    raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")
-                sid = keys["sid"]
-                atoms = row.toatoms()
-                check_atoms(atoms, f"{where} (sid {sid})", max_atomic_number)
-                unknown = set(atoms.numbers.tolist()) - set(elements or atoms.numbers.tolist())
-                try:
-                    data = atoms_to_data(atoms, torch.float32)
-                except ValueError as error:
-                    raise InvalidDataError(f"{where}: {error}") from error
-                label = keys.get("y_relaxed")
-                out.append(
-                    InitialStructure(
-                        System(
-                            f"{path.stem}/{sid}",
-                            data,
-                            torch.tensor(atoms.positions, dtype=torch.float64),
-                        ),
-                        challenge_split(path.stem, keys, challenge, where),
-                        sid,
-                        None if label is None else float(label),
-                        path.stem,
-                        tuple(chemical_symbols[z] for z in sorted(unknown)),
-                    )
-                )
+                out.append(_initial_structure(row, path, challenge, elements, max_atomic_number))
         finally:
             db.close()
     except lmdb.Error as error:
@@ -151,6 +113,42 @@ def read_initial_structures(
     if not out:
         raise InvalidDataError(f"{path}: no rows to relax")
     return out
+
+
+def _initial_structure(
+    row: Any,
+    path: Path,
+    challenge: Challenge,
+    elements: tuple[int, ...] | None,
+    max_atomic_number: int,
+) -> InitialStructure:
+    """One row of the relax split file ``path`` (an ase.db row), checked (see
+    :func:`read_initial_structures`)."""
+    from ase.data import chemical_symbols
+
+    from dens.data.structures import atoms_to_data
+
+    where = f"{path}: row {row.id}"
+    keys = row.key_value_pairs
+    if "sid" not in keys:
+        raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")
+    sid = keys["sid"]
+    atoms = row.toatoms()
+    check_atoms(atoms, f"{where} (sid {sid})", max_atomic_number)
+    unknown = set(atoms.numbers.tolist()) - set(elements or atoms.numbers.tolist())
+    try:
+        data = atoms_to_data(atoms, torch.float32)
+    except ValueError as error:
+        raise InvalidDataError(f"{where}: {error}") from error
+    label = keys.get("y_relaxed")
+    return InitialStructure(
+        System(f"{path.stem}/{sid}", data, torch.tensor(atoms.positions, dtype=torch.float64)),
+        challenge_split(path.stem, keys, challenge, where),
+        sid,
+        None if label is None else float(label),
+        path.stem,
+        tuple(chemical_symbols[z] for z in sorted(unknown)),
+    )
 
 
 # -- resuming ------------------------------------------------------------------------------------
@@ -185,10 +183,6 @@ def _record(result: Relaxed, structure: InitialStructure) -> dict[str, Any]:
         "positions": result.positions.tolist(),
         "forces": result.forces.tolist(),
     }
-
-
-def _write_json(path: Path, document: Any) -> None:
-    atomic_files.write_text(path, json.dumps(document, indent=2) + "\n", "writing relaxations")
 
 
 def relax_structures(
@@ -233,60 +227,7 @@ def relax_structures(
             yield record
 
 
-# -- outputs ---------------------------------------------------------------------------------------
-def write_relaxed(path: Path, structures: list[InitialStructure], records: Mapping) -> int:
-    """The relaxed structures (module notes) as an aselmdb file."""
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.constraints import FixAtoms
-
-    from dens.data.aselmdb import write_aselmdb
-
-    rows = []
-    for structure in structures:
-        record = records[structure.system.key]
-        data = structure.system.data
-        atoms = Atoms(
-            numbers=data.atomic_numbers.numpy(),
-            positions=np.asarray(record["positions"]),
-            cell=data.cell[0].double().numpy() if "cell" in data else None,
-            pbc=data.pbc[0].numpy() if "pbc" in data else False,
-            tags=data.tags.numpy() if "tags" in data else None,
-        )
-        if data.fixed.any():
-            atoms.set_constraint(FixAtoms(mask=data.fixed.numpy()))
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=record["energy"], forces=np.asarray(record["forces"])
-        )
-        atoms.info = {
-            "sid": structure.sid,
-            "split": structure.split,
-            "source_split": structure.source_split,
-            "steps": record["steps"],
-            "converged": record["converged"],
-            "max_force": record["max_force"],
-        }
-        if structure.label is not None:
-            atoms.info["y_relaxed"] = structure.label
-        rows.append(atoms)
-    return write_aselmdb(path, rows, {"content": "IS2RE relaxed structures (dens.relaxation)"})
-
-
-def is2re_metrics(records: list[dict[str, Any]], challenge: Challenge) -> dict[str, Any]:
-    """Per challenge split, the relaxed-energy MAE (meV) and EwT of labelled records, and their
-    mean over the splits."""
-    per_split = {}
-    for split in challenge.splits:
-        errors = np.array(
-            [r["energy"] - r["label"] for r in records if r["split"] == split], dtype=np.float64
-        )
-        per_split[split] = {
-            "energy_mae_meV": float(1000.0 * np.abs(errors).mean()),
-            "ewt": float((np.abs(errors) < EWT_THRESHOLD_EV).mean()),
-        }
-    return {**split_means(per_split), "splits": per_split}
-
-
+# -- the job -------------------------------------------------------------------------------------
 def relax_run(
     run_dir: Path,
     files: Mapping[str, Path],
@@ -312,17 +253,63 @@ def relax_run(
     run_dir = Path(run_dir)
     checkpoint = find_checkpoint(run_dir)
     trained = load_trained_model(checkpoint, build_model, device)
-    structures = [
+    structures = read_relax_splits(files, challenge, max_systems, trained)
+    unseen = check_structures(structures, files, challenge)
+    run = RunDirectory(run_dir)
+    atomic_files.make_folder(run.stage_dir("relax"), "creating relaxation folder")
+    start_afresh_if_changed(run, checkpoint, settings, max_systems, files)
+    systems_file = run.relax_systems
+    resumed = len(read_finished(systems_file))
+    relax = relax_structures(
+        structures, trained.predict, settings, batch_size, systems_file, device, progress, stop_at
+    )
+    new = list(relax)
+    wall = time.perf_counter() - start
+    finished = read_finished(systems_file)
+    records = [finished[s.system.key] for s in structures]
+    write_relaxed(run.relaxed_structures, structures, finished)
+    predictions = write_submission(run, records, challenge)
+    metrics = relax_metrics(
+        trained.experiment,
+        records,
+        challenge,
+        files,
+        predictions,
+        unseen,
+        settings,
+        batch_size,
+        max_systems,
+        (len(new), resumed, wall),
+        device,
+    )
+    write_json(run.metrics("relax"), metrics)
+    return metrics
+
+
+def read_relax_splits(
+    files: Mapping[str, Path],
+    challenge: Challenge,
+    max_systems: int | None,
+    trained: TrainedModel,
+) -> list[InitialStructure]:
+    """The first ``max_systems`` rows of each relax split file, checked against the elements and
+    the atomic numbers of the ``trained`` model (:func:`read_initial_structures`)."""
+    max_atomic_number = model_max_atomic_number(trained.model)
+    return [
         structure
         for path in files.values()
         for structure in read_initial_structures(
-            path,
-            challenge,
-            max_systems,
-            trained.normalizer.elements,
-            model_max_atomic_number(trained.model),
+            path, challenge, max_systems, trained.normalizer.elements, max_atomic_number
         )
     ]
+
+
+def check_structures(
+    structures: list[InitialStructure], files: Mapping[str, Path], challenge: Challenge
+) -> dict[str, int]:
+    """The systems of a relax job, checked: labelled all or none, of every challenge split, each
+    sid once in a split. Returns the systems per challenge split with elements the run was not
+    trained on (a warning on stderr names them)."""
     labelled = [s.label is not None for s in structures]
     if any(labelled) and not all(labelled):
         raise InvalidDataError(
@@ -348,9 +335,18 @@ def relax_run(
     keys = [s.system.key for s in structures]
     if len(set(keys)) != len(keys):
         raise InvalidDataError(f"{', '.join(map(str, files.values()))}: duplicate sids in a split")
+    return unseen
 
-    run = RunDirectory(run_dir)
-    atomic_files.make_folder(run.stage_dir("relax"), "creating relaxation folder")
+
+def start_afresh_if_changed(
+    run: RunDirectory,
+    checkpoint: Path,
+    settings: LBFGSSettings,
+    max_systems: int | None,
+    files: Mapping[str, Path],
+) -> None:
+    """``state.json`` of the run's relaxations: when what ``systems.jsonl`` was computed with
+    differs (module notes), the lines are discarded and the new state written."""
     systems_file, state_file = run.relax_systems, run.relax_state
     state = {
         "checkpoint_sha256": file_digest(checkpoint),
@@ -366,54 +362,4 @@ def relax_run(
         if systems_file.exists():
             print(f"{systems_file}: computed with other settings; relaxing afresh", file=sys.stderr)
         systems_file.unlink(missing_ok=True)
-        _write_json(state_file, state)
-    resumed = len(read_finished(systems_file))
-    new = list(
-        relax_structures(
-            structures,
-            trained.predict,
-            settings,
-            batch_size,
-            systems_file,
-            device,
-            progress,
-            stop_at,
-        )
-    )
-    wall = time.perf_counter() - start
-    finished = read_finished(systems_file)
-    records = [finished[key] for key in keys]
-
-    write_relaxed(run.relaxed_structures, structures, finished)
-    predictions = {split: SplitPredictions() for split in challenge.splits}
-    for record in records:
-        predictions[record["split"]].ids.append(record["sid"])
-        predictions[record["split"]].energy.append(record["energy"])
-    save_npz(run.submission("relax"), submission_arrays(predictions, challenge))
-
-    steps = np.array([r["steps"] for r in records])
-    experiment = trained.experiment
-    metrics = {
-        **run_identity(experiment),
-        "challenge": challenge.key,
-        "submission": layout.SUBMISSION_FILES["relax"],
-        "split_files": {name: str(path) for name, path in files.items()},
-        "num_systems": {split: len(p.ids) for split, p in predictions.items()},
-        "systems_with_unseen_elements": unseen,
-        "metrics_source": LOCAL_LABELS if all(labelled) else None,
-        **(is2re_metrics(records, challenge) if all(labelled) else {}),
-        "converged_fraction": float(np.mean([r["converged"] for r in records])),
-        "mean_steps": float(steps.mean()),
-        "max_steps_taken": int(steps.max()),
-        "optimizer": {"name": "batched L-BFGS (dens.relaxation)", **state["settings"]},
-        "batch_size": batch_size,
-        "max_systems_per_split": max_systems,
-        "systems_relaxed_now": len(new),
-        "systems_resumed": resumed,
-        "relax_wall_s": wall,
-        "systems_per_s": len(new) / wall if new else None,
-        "device": str(device),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    _write_json(run.metrics("relax"), metrics)
-    return metrics
+        write_json(state_file, state)

@@ -281,7 +281,7 @@ def damage(path: Path, rng: random.Random, kind: str, spans: list[tuple[int, int
 
 READER = """
 import json, sys
-from dens.pipeline.cli import _refuse_empty
+from dens.pipeline.commands import _refuse_empty
 from dens.data import aselmdb
 import argparse, os, pathlib
 from dens.errors import DensError, name_remedies
