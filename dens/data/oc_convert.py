@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from dens import atomic_files
 from dens.config_files import find_root, read_yaml
-from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
+from dens.data.download.catalog import CATALOG, Archive, load_catalog
+from dens.data.download.extract import is_extracted
 from dens.errors import ConfigError, DataError
 from dens.layout import DatasetDirectory
 

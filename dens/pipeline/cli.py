@@ -96,7 +96,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     dens.data.aselmdb, with how to rebuild them); raise MissingDataError naming the first that
     does not."""
     if getattr(args, "data_command", None) == "extract" and not args.archive_path.is_file():
-        from dens.data.download import get_archive, load_catalog
+        from dens.data.download.catalog import get_archive, load_catalog
 
         get_archive(load_catalog(), args.archive)  # an unknown name first
         raise MissingDataError(
@@ -157,13 +157,15 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from dens.data.download import download_archive, get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.transfer import download_archive
 
     download_archive(get_archive(load_catalog(), args.archive), args.out, args.mirror)
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:
-    from dens.data.download import extract, get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.extract import extract
 
     archive = get_archive(load_catalog(), args.archive)
     extract(args.archive_path, args.out, archive.format)

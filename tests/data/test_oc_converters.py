@@ -28,7 +28,8 @@ from oc_fixtures import (
 
 from dens.data import oc_convert
 from dens.data.aselmdb import AseLmdbDataset
-from dens.data.download import fetch, load_catalog
+from dens.data.download.catalog import load_catalog
+from dens.data.download.transfer import fetch
 from dens.data.legacy_lmdb import read_legacy_rows, safe_loads
 from dens.data.oc_convert import prepare_oc_downloaded
 from dens.data.s2ef_extxyz import read_s2ef_frames
