@@ -85,8 +85,9 @@ def prepare_dataset(
 ) -> None:
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
     ``processes`` worker processes, then each split's manifest (size, row count, sha256:
-    dens.data.aselmdb.write_manifest) that every later reader checks the split against."""
-    from dens.data.aselmdb import SUFFIX, write_manifest
+    dens.data.aselmdb_integrity.write_manifest) that every later reader checks the split against."""
+    from dens.data.aselmdb import SUFFIX
+    from dens.data.aselmdb_integrity import write_manifest
     from dens.layout import MANIFEST_SUFFIX
 
     out_dir = Path(out_dir)

@@ -108,7 +108,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
             if not path.exists():
                 raise MissingDataError(f"input not found: {path}")
     if args.command == "figure":
-        from dens.data.aselmdb import check_aselmdb
+        from dens.data.aselmdb_integrity import check_aselmdb
 
         for path in args.structures:
             check_aselmdb(Path(path))
@@ -250,7 +250,7 @@ def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None)
 def _refuse_empty(dataset: Any, role: str) -> None:
     """An aselmdb split without a structure raises InvalidDataError naming the file, before a
     run trains for hours on it (an empty validation split) or scores nothing."""
-    from dens.data.aselmdb import REBUILD
+    from dens.data.aselmdb_integrity import REBUILD
 
     if len(dataset) == 0:
         raise InvalidDataError(

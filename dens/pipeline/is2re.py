@@ -107,7 +107,7 @@ def read_initial_structures(
     import lmdb
     from ase.data import chemical_symbols
 
-    from dens.data.aselmdb import REBUILD, check_aselmdb
+    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
     from dens.data.structures import atoms_to_data
 
     path = Path(path)
