@@ -489,7 +489,7 @@ def _npz_malformed(root: Path) -> dict[str, Path]:
 
 def test_damaged_and_malformed_md17_npz(tmp_path: Path) -> None:
     """Before: 0-atom molecules and Z = 200 converted, a missing key a bare ValueError."""
-    import dens.data.md17  # noqa: F401 (imported once, not in every child: rdkit, tblite)
+    import dens.data.md17  # noqa: F401 (imported once, not in every child)
 
     original = md17_npz(tmp_path / "orig" / "md17_ethanol.npz")
     rng = random.Random(SEED)
