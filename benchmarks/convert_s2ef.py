@@ -2,8 +2,8 @@
 
 Generates ``--frames`` OC20-sized slab frames (a 4 x 4 x 4 fcc(111) slab + a C-O-H adsorbate,
 67 atoms) into ``--files`` ``*.extxyz.xz`` + ``*.txt.xz`` pairs, converts them with 1 and 2
-worker processes (dens.data.oc_convert.run_shards) and merges the shards
-(dens.data.oc_convert.merge_shards), and prints frames/s, the aselmdb bytes per frame and,
+worker processes (dens.data.oc_shards.run_shards) and merges the shards
+(dens.data.oc_shards.merge_shards), and prints frames/s, the aselmdb bytes per frame and,
 from those, an estimate of the time and disk for S2EF-2M and S2EF-All+MD with 16 processes
 (assuming per-process throughput scales linearly; the single-process merge is not parallel).
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests" / "data"))
 
 from oc_fixtures import slab_frames, write_s2ef_files  # noqa: E402
 
-from dens.data.oc_convert import ShardTask, merge_shards, run_shards  # noqa: E402
+from dens.data.oc_shards import ShardTask, merge_shards, run_shards  # noqa: E402
 
 # config/archives.yaml frames
 S2EF_2M = {"train": 2_000_000, "val (4 splits)": 999_866 + 999_838 + 999_809 + 999_944}

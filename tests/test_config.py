@@ -641,7 +641,7 @@ def test_a_non_finite_number_in_any_config_file_is_refused(
 
 
 def test_a_non_finite_option_or_catalog_value_is_refused(pipeline_copy: Path) -> None:
-    from dens.data.download import load_catalog
+    from dens.data.download.catalog import load_catalog
 
     with pytest.raises(
         ConfigError,

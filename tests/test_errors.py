@@ -18,7 +18,7 @@ import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from dens.data.aselmdb import write_aselmdb
-from dens.data.download import ChecksumMismatchError, DownloadError, UnsafeArchiveError
+from dens.data.download.errors import ChecksumMismatchError, DownloadError, UnsafeArchiveError
 from dens.errors import DensError
 from dens.pipeline.cli import main
 

@@ -24,7 +24,7 @@ import torch
 from pipeline_copy import REPO, copy_repository, snakemake
 from test_config import OC_RUNS as EVERY_OC_RUN
 
-from dens.data.download import load_catalog
+from dens.data.download.catalog import load_catalog
 from dens.pipeline.curves import curve_tables
 from dens.pipeline.figures import FIGURES
 from dens.pipeline.published import load_published

@@ -12,23 +12,20 @@ Both entry points write, under `out_dir`: `train.aselmdb`, `val.aselmdb`, `test.
 `frame` = index of the frame in the full trajectory), `split.json` (the frame indices of each
 split) and `provenance.json` (how the data were made or where they came from).
 
-- `generate_md17`: the embedded mini-MD17, made here without downloads: the molecule from
-  SMILES (RDKit, hydrogens added, 3D embedding with a fixed seed), pre-relaxed with
-  GFN2-xTB (tblite), then Langevin MD at 500 K with a 0.5 fs step (the MD17 temperature and
-  step), one frame every `stride` steps after `equilibration_steps`, energy and forces of
-  every frame from GFN2-xTB. Deterministic for a given seed.
+- `dens.data.md17_generate.generate_md17`: the embedded mini-MD17, made here without
+  downloads: the molecule from SMILES (RDKit, hydrogens added, 3D embedding with a fixed
+  seed), pre-relaxed with GFN2-xTB (tblite), then Langevin MD at 500 K with a 0.5 fs step (the
+  MD17 temperature and step), one frame every `stride` steps after `equilibration_steps`,
+  energy and forces of every frame from GFN2-xTB. Deterministic for a given seed.
 - `convert_md17_npz`: the original MD17 npz files (paper scale) with the paper's split.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -36,17 +33,9 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-from ase.optimize import BFGS
-from rdkit import Chem
-from rdkit.Chem import AllChem
-from tqdm import tqdm
 
 from dens.atomic_files import file_digest
 from dens.data.aselmdb import write_aselmdb
-from dens.data.calculators import GFN2xTBCalculator
 from dens.data.validation import check_frames
 from dens.errors import InvalidDataError
 from dens.layout import DatasetDirectory
@@ -71,16 +60,6 @@ MD17_NPZ_FILES: dict[str, str] = {name: f"md17_{name}.npz" for name in MD17_MOLE
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 KCAL_PER_MOL_IN_EV: float = units.kcal / units.mol
-EMBEDDING_SEED = 42
-RELAX_FMAX_EV_PER_A = 0.01
-RELAX_MAX_STEPS = 1000
-TEMPERATURE_K = 500.0
-TIMESTEP_FS = 0.5
-FRICTION_PER_FS = 0.01
-# tblite's default accuracy (1.0) leaves MD-step forces (SCC restarted from the previous
-# step) ~2e-4 eV/Å away from a fresh evaluation at the same positions; 0.1 brings that to
-# ~3e-5 eV/Å at no measurable cost for these molecules.
-TBLITE_ACCURACY = 0.1
 
 
 def _check_molecule(molecule: str) -> None:
@@ -164,160 +143,6 @@ def _versions(*packages: str) -> dict[str, str]:
     return {package: version(package) for package in packages}
 
 
-@contextmanager
-def _openmp_threads(n_threads: int) -> Iterator[int | None]:
-    """Pin the OpenMP runtime (libgomp) that tblite uses to `n_threads` while inside.
-
-    tblite evaluates GFN2-xTB with OpenMP; the summation order, hence the last bits of the
-    energies and forces, depends on the thread count, and a chaotic MD trajectory turns that
-    into different frames within a few hundred steps (seen for aspirin with 1 vs 2 threads).
-    One thread makes the data independent of the machine's cores (two threads gain only
-    ~15% for 21 atoms) and leaves the other cores to the other molecules' jobs. Yields the
-    pinned count, or None where no libgomp is found (then the count is not pinned).
-    """
-    library = ctypes.util.find_library("gomp")
-    if library is None:
-        yield None
-        return
-    gomp = ctypes.CDLL(library)
-    previous = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(n_threads)
-    try:
-        yield n_threads
-    finally:
-        gomp.omp_set_num_threads(previous)
-
-
-def _embed(molecule: str) -> Atoms:
-    """The molecule from its SMILES with hydrogens, 3D-embedded by RDKit (ETKDG, fixed seed)."""
-    mol = Chem.AddHs(Chem.MolFromSmiles(MD17_SMILES[molecule]))
-    if AllChem.EmbedMolecule(mol, randomSeed=EMBEDDING_SEED) != 0:
-        raise RuntimeError(f"RDKit could not embed {molecule} ({MD17_SMILES[molecule]})")
-    numbers = [atom.GetAtomicNum() for atom in mol.GetAtoms()]
-    return Atoms(numbers=numbers, positions=mol.GetConformer().GetPositions())
-
-
-def generate_md17(
-    molecule: str,
-    out_dir: Path,
-    n_train: int,
-    n_val: int,
-    n_test: int,
-    seed: int,
-    stride: int,
-    equilibration_steps: int,
-    progress: bool = True,
-) -> dict[str, Path]:
-    """Generate mini-MD17 for `molecule` with GFN2-xTB Langevin MD and write its splits.
-
-    After the pre-relaxation (BFGS to fmax 0.01 eV/Å), velocities are drawn from the
-    Maxwell-Boltzmann distribution at 500 K (no net momentum or rotation); the centre of mass
-    is held fixed (FixCom) and the Langevin thermostat (friction 0.01/fs) runs
-    `equilibration_steps` steps, then records `n_train + n_val + n_test` frames, one every
-    `stride` steps. Stored forces are GFN2-xTB's, without the FixCom projection. The frames
-    are split at random (`split_indices` with `seed`). `seed` fixes the velocities and the
-    thermostat noise, so the same arguments give the same frames; OpenMP is pinned to one
-    thread for that (see `_openmp_threads`). Returns {split: path of its aselmdb}.
-    """
-    _check_molecule(molecule)
-    if n_train < 1 or n_val < 0 or n_test < 0:
-        raise ValueError(
-            f"need n_train >= 1, n_val >= 0, n_test >= 0: {n_train}, {n_val}, {n_test}"
-        )
-    if stride < 1 or equilibration_steps < 0:
-        raise ValueError(
-            f"need stride >= 1 and equilibration_steps >= 0: {stride}, {equilibration_steps}"
-        )
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32): {seed}")
-
-    start = time.perf_counter()
-    n_frames = n_train + n_val + n_test
-    velocity_rng, thermostat_rng = (
-        np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(2)
-    )
-    atoms = _embed(molecule)
-    positions = np.empty((n_frames, len(atoms), 3))
-    energies = np.empty(n_frames)
-    forces = np.empty((n_frames, len(atoms), 3))
-    temperatures = np.empty(n_frames)
-    with _openmp_threads(1) as openmp_threads:
-        atoms.calc = GFN2xTBCalculator(method="GFN2-xTB", accuracy=TBLITE_ACCURACY, verbosity=0)
-        optimizer = BFGS(atoms, logfile=None)
-        if not optimizer.run(fmax=RELAX_FMAX_EV_PER_A, steps=RELAX_MAX_STEPS):
-            raise RuntimeError(f"GFN2-xTB pre-relaxation of {molecule} did not converge")
-        relaxed_energy = float(atoms.get_potential_energy())
-        thermalize_momenta(atoms, temperature_K=TEMPERATURE_K, rng=velocity_rng)
-        Stationary(atoms)
-        ZeroRotation(atoms)
-        atoms.set_constraint(FixCom())
-        dynamics = Langevin(
-            atoms,
-            timestep=TIMESTEP_FS * units.fs,
-            temperature_K=TEMPERATURE_K,
-            friction=FRICTION_PER_FS / units.fs,
-            fixcm=False,
-            rng=thermostat_rng,
-        )
-        total_steps = equilibration_steps + n_frames * stride
-        with tqdm(total=total_steps, desc=f"GFN2-xTB MD {molecule}", disable=not progress) as bar:
-            dynamics.run(equilibration_steps)
-            bar.update(equilibration_steps)
-            for frame in range(n_frames):
-                dynamics.run(stride)
-                positions[frame] = atoms.get_positions()
-                energies[frame] = atoms.get_potential_energy()
-                forces[frame] = atoms.get_forces(apply_constraint=False)
-                temperatures[frame] = atoms.get_temperature()
-                bar.update(stride)
-
-    out_dir = Path(out_dir)
-    check_frames(
-        atoms.numbers,
-        positions,
-        f"{out_dir}: GFN2-xTB MD of {molecule}",
-        energies=energies,
-        forces=forces,
-    )
-    split = split_indices(n_frames, n_train, n_val, n_test, seed)
-    metadata = {"dataset": "mini-MD17", "molecule": molecule, "method": "GFN2-xTB"}
-    paths = _write_split_files(
-        out_dir, atoms.numbers, positions, energies, forces, split, seed, metadata, "gfn2-xtb"
-    )
-    provenance = {
-        "dataset": "mini-MD17",
-        "molecule": molecule,
-        "smiles": MD17_SMILES[molecule],
-        "n_atoms": len(atoms),
-        "method": "GFN2-xTB",
-        "calculator": "tblite.ase.TBLite (dens.data.calculators.GFN2xTBCalculator)",
-        "tblite_accuracy": TBLITE_ACCURACY,
-        "embedding": {"tool": "RDKit EmbedMolecule (ETKDG)", "random_seed": EMBEDDING_SEED},
-        "pre_relaxation": {
-            "optimizer": "ase.optimize.BFGS",
-            "fmax_eV_per_A": RELAX_FMAX_EV_PER_A,
-            "steps": optimizer.nsteps,
-            "energy_eV": relaxed_energy,
-        },
-        "dynamics": "ase.md.langevin.Langevin with FixCom",
-        "temperature_K": TEMPERATURE_K,
-        "timestep_fs": TIMESTEP_FS,
-        "friction_per_fs": FRICTION_PER_FS,
-        "stride_steps": stride,
-        "equilibration_steps": equilibration_steps,
-        "seed": seed,
-        "n_frames": n_frames,
-        "split_sizes": {name: len(split[name]) for name in SPLITS},
-        "mean_kinetic_temperature_K": float(temperatures.mean()),
-        "units": {"energy": "eV", "forces": "eV/Angstrom", "positions": "Angstrom"},
-        "openmp_threads": openmp_threads,
-        "versions": _versions("tblite", "ase", "rdkit", "numpy"),
-        "wall_time_s": time.perf_counter() - start,
-    }
-    DatasetDirectory(out_dir).provenance.write_text(json.dumps(provenance, indent=2) + "\n")
-    return paths
-
-
 def convert_md17_npz(
     npz_path: Path,
     out_dir: Path,
@@ -337,35 +162,8 @@ def convert_md17_npz(
     """
     npz_path = Path(npz_path)
     start = time.perf_counter()
-    try:
-        with np.load(npz_path) as npz:
-            missing = [key for key in ("R", "z", "E", "F") if key not in npz.files]
-            if missing:
-                raise InvalidDataError(
-                    f"{npz_path} is not an MD17 npz: missing keys {missing} (has {npz.files})"
-                )
-            positions = np.asarray(npz["R"], dtype=np.float64)
-            numbers = np.asarray(npz["z"])
-            energies = np.asarray(npz["E"], dtype=np.float64).reshape(-1) * KCAL_PER_MOL_IN_EV
-            forces = np.asarray(npz["F"], dtype=np.float64) * KCAL_PER_MOL_IN_EV
-            theory = str(npz["theory"]) if "theory" in npz.files else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        if isinstance(error, InvalidDataError):
-            raise
-        raise InvalidDataError(
-            f"{npz_path}: not a readable MD17 npz ({type(error).__name__}: {error}); "
-            "download it again"
-        ) from error
-    if not np.issubdtype(numbers.dtype, np.integer):
-        raise InvalidDataError(f"{npz_path}: z must hold integers, got dtype {numbers.dtype}")
+    numbers, positions, energies, forces, theory = _read_md17_npz(npz_path)
     n_frames, n_atoms = len(positions), len(numbers)
-    expected = {"R": (n_frames, n_atoms, 3), "E": (n_frames,), "F": (n_frames, n_atoms, 3)}
-    actual = {"R": positions.shape, "E": energies.shape, "F": forces.shape}
-    for key, shape in expected.items():
-        if actual[key] != shape:
-            raise InvalidDataError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
-    if not n_frames:
-        raise InvalidDataError(f"{npz_path}: no frames")
     check_frames(numbers, positions, str(npz_path), energies=energies, forces=forces)
 
     needed = n_train + n_val + (n_test or 0)
@@ -398,3 +196,40 @@ def convert_md17_npz(
     }
     DatasetDirectory(out_dir).provenance.write_text(json.dumps(provenance, indent=2) + "\n")
     return paths
+
+
+def _read_md17_npz(
+    npz_path: Path,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str | None]:
+    """(z, R, E in eV, F in eV/Å, theory or None) of an MD17 npz whose keys and shapes agree;
+    anything else raises InvalidDataError naming the file."""
+    try:
+        with np.load(npz_path) as npz:
+            missing = [key for key in ("R", "z", "E", "F") if key not in npz.files]
+            if missing:
+                raise InvalidDataError(
+                    f"{npz_path} is not an MD17 npz: missing keys {missing} (has {npz.files})"
+                )
+            positions = np.asarray(npz["R"], dtype=np.float64)
+            numbers = np.asarray(npz["z"])
+            energies = np.asarray(npz["E"], dtype=np.float64).reshape(-1) * KCAL_PER_MOL_IN_EV
+            forces = np.asarray(npz["F"], dtype=np.float64) * KCAL_PER_MOL_IN_EV
+            theory = str(npz["theory"]) if "theory" in npz.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, InvalidDataError):
+            raise
+        raise InvalidDataError(
+            f"{npz_path}: not a readable MD17 npz ({type(error).__name__}: {error}); "
+            "download it again"
+        ) from error
+    if not np.issubdtype(numbers.dtype, np.integer):
+        raise InvalidDataError(f"{npz_path}: z must hold integers, got dtype {numbers.dtype}")
+    n_frames, n_atoms = len(positions), len(numbers)
+    expected = {"R": (n_frames, n_atoms, 3), "E": (n_frames,), "F": (n_frames, n_atoms, 3)}
+    actual = {"R": positions.shape, "E": energies.shape, "F": forces.shape}
+    for key, shape in expected.items():
+        if actual[key] != shape:
+            raise InvalidDataError(f"{npz_path}: {key} has shape {actual[key]}, expected {shape}")
+    if not n_frames:
+        raise InvalidDataError(f"{npz_path}: no frames")
+    return numbers, positions, energies, forces, theory

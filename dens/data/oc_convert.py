@@ -30,32 +30,29 @@ published count (config/archives.yaml ``frames``). The split files move to
 ``<out_dir>/<split>.aselmdb`` only when every split of the dataset is merged and checked, then
 provenance.json is written last and ``.work`` removed. Cost: the merge reads and writes each
 split once more, and until it finishes a split needs twice its size on disk (shards + merged).
+The shards and their merge are dens.data.oc_shards; this module plans them and writes the splits.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dens import atomic_files
 from dens.config_files import find_root, read_yaml
-from dens.data.download import CATALOG, Archive, is_extracted, load_catalog
+from dens.data.download.catalog import CATALOG, Archive, load_catalog
+from dens.data.download.extract import is_extracted
+from dens.data.oc_shards import ShardTask, _source_id, merge_shards, run_shards
 from dens.errors import ConfigError, DataError
 from dens.layout import DatasetDirectory
 
 WORK = ".work"
-#: Rows copied per LMDB write transaction while merging.
-MERGE_COMMIT_ROWS = 50_000
-_MAP_SIZE = 2**41  # the address space LMDB may map (sparse), as ase_db_backends uses
 
 #: Archives of pickled-Data LMDBs: split -> [(release sub-split, directory path suffix)]; the
 #: directory whose path ends in the suffix holds that sub-split's *.lmdb files.
@@ -96,28 +93,6 @@ LEGACY_SOURCES: dict[str, dict[str, list[tuple[str, tuple[str, ...]]]]] = {
 }
 
 
-@dataclass(frozen=True)
-class ShardTask:
-    """One source file -> one shard of a split."""
-
-    split: str
-    index: int
-    kind: str  # "extxyz" | "lmdb"
-    source: Path
-    archive: str
-    work_dir: Path
-    md_split: bool = False
-    extra: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def shard(self) -> Path:
-        return self.work_dir / f"shard-{self.index:05d}.aselmdb"
-
-    @property
-    def record(self) -> Path:
-        return self.work_dir / f"shard-{self.index:05d}.json"
-
-
 @dataclass
 class SplitPlan:
     name: str
@@ -153,11 +128,6 @@ def _find_dir(root: Path, suffix: tuple[str, ...]) -> Path:
     return found[0]
 
 
-def _source_id(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"source": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def plan_dataset(
     settings: Mapping[str, Any],
     out_dir: Path,
@@ -170,17 +140,7 @@ def plan_dataset(
     plans = {name: SplitPlan(name) for name in _split_names(settings["splits"])}
     order = {name: index for index, name in enumerate(catalog)}  # rows in catalog order
     for directory in sorted(map(Path, inputs), key=lambda p: (order.get(p.name, -1), p.name)):
-        archive = catalog.get(directory.name)
-        if archive is None:
-            raise ConfigError(
-                f"dataset {dataset}: input {directory} is no archive of {CATALOG} "
-                "(the directory name must be the archive name)"
-            )
-        splits = archive.dataset.get(dataset)
-        if splits is None:
-            raise ConfigError(f"{CATALOG}: archive {archive.name} provides no split of {dataset}")
-        if not is_extracted(directory):
-            raise DataError(f"{directory}: not a completely extracted archive (no marker)")
+        archive, splits = _input_archive(dataset, directory, catalog)
         published = frames.get(archive.name, {})
         for split in splits:
             if split not in plans:
@@ -190,40 +150,9 @@ def plan_dataset(
                 )
             plan = plans[split]
             plan.archives.append(archive.name)
-            if split in published and plan.expected is not None:
-                plan.expected += published[split]
-            elif len(splits) == 1 and published and plan.expected is not None:
-                plan.expected += sum(published.values())  # sub-splits of the release
-            else:
-                plan.expected = None
+            _count_expected(plan, split, splits, published)
             work_dir = Path(out_dir) / WORK / split
-            if archive.name in LEGACY_SOURCES:
-                subs = LEGACY_SOURCES[archive.name][split]
-                for sub, suffix in subs:
-                    for lmdb_file in sorted(_find_dir(directory, suffix).glob("*.lmdb")):
-                        extra = (("subsplit", sub),) if len(subs) > 1 else ()
-                        plan.tasks.append(
-                            ShardTask(
-                                split, len(plan.tasks), "lmdb", lmdb_file, archive.name,
-                                work_dir, extra=extra,
-                            )
-                        )  # fmt: skip
-            else:
-                if len(splits) != 1:
-                    raise ConfigError(
-                        f"{CATALOG}: extxyz archive {archive.name} must provide one split of "
-                        f"{dataset}, not {list(splits)}"
-                    )
-                files = sorted(directory.rglob("*.extxyz.xz"))
-                if not files:
-                    raise DataError(f"{directory}: no *.extxyz.xz files (archive {archive.name})")
-                for xz in files:
-                    plan.tasks.append(
-                        ShardTask(
-                            split, len(plan.tasks), "extxyz", xz, archive.name, work_dir,
-                            md_split=archive.md_split,
-                        )
-                    )  # fmt: skip
+            _add_tasks(plan, dataset, archive, splits, directory, work_dir)
     missing = [name for name, plan in plans.items() if not plan.tasks]
     if missing:
         raise ConfigError(
@@ -233,127 +162,77 @@ def plan_dataset(
     return plans
 
 
-# -------------------------------------------------------------------------------- shards ----
-
-
-def _rows(task: ShardTask) -> Iterator[Any]:
-    """The rows of one source file; each structure passes dens.data.validation (the extxyz
-    reader checks its frames itself; a legacy LMDB row is named by file, row and sid)."""
-    if task.kind == "extxyz":
-        from dens.data.s2ef_extxyz import read_s2ef_frames
-
-        yield from read_s2ef_frames(task.source, md_split=task.md_split)
-        return
-    from dens.data.legacy_lmdb import read_legacy_rows
-    from dens.data.validation import check_atoms
-
-    for index, row in enumerate(read_legacy_rows(task.source, **dict(task.extra))):
-        check_atoms(row[0], f"{task.source}: row {index} (sid {row[1].get('sid')})")
-        yield row
-
-
-def shard_done(task: ShardTask) -> int | None:
-    """Rows of a finished shard whose source is unchanged, else None."""
-    if not (task.record.is_file() and task.shard.is_file()):
-        return None
-    try:
-        record = json.loads(task.record.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if {k: record.get(k) for k in ("source", "bytes", "mtime_ns")} != _source_id(task.source):
-        return None
-    return int(record["rows"])
-
-
-def convert_shard(task: ShardTask) -> tuple[str, int, int]:
-    """Convert one source file into its shard unless already done -> (split, index, rows)."""
-    from dens.data.legacy_lmdb import write_rows
-
-    done = shard_done(task)
-    if done is not None:
-        return task.split, task.index, done
-    task.work_dir.mkdir(parents=True, exist_ok=True)
-    task.record.unlink(missing_ok=True)
-    partial = task.shard.with_name(task.shard.stem + ".partial.aselmdb")
-    rows = write_rows(partial, _rows(task))
-    os.replace(partial, task.shard)
-    record = {**_source_id(task.source), "archive": task.archive, "rows": rows}
-    atomic_files.write_text(task.record, json.dumps(record) + "\n", "recording a converted shard")
-    return task.split, task.index, rows
-
-
-def run_shards(tasks: Sequence[ShardTask], processes: int, progress: bool = True) -> dict:
-    """Convert every task (``processes`` worker processes) -> {(split, index): rows}."""
-    counts: dict[tuple[str, int], int] = {}
-    bar = tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress)
-    rows = 0
-    try:
-        if processes <= 1 or len(tasks) <= 1:
-            results: Iterator[tuple[str, int, int]] = map(convert_shard, tasks)
-            for split, index, n in results:
-                counts[split, index] = n
-                rows += n
-                bar.update()
-                bar.set_postfix(rows=rows)
-        else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(processes, len(tasks))) as pool:
-                for split, index, n in pool.imap_unordered(convert_shard, tasks):
-                    counts[split, index] = n
-                    rows += n
-                    bar.update()
-                    bar.set_postfix(rows=rows)
-    finally:
-        bar.close()
-    return counts
-
-
-# --------------------------------------------------------------------------------- merge ----
-
-
-def merge_shards(shards: Sequence[Path], out: Path, metadata: Mapping[str, Any]) -> int:
-    """Concatenate aselmdb shards into a new file ``out`` in one streaming pass: every row
-    record is copied as stored (zlib-compressed JSON, which holds no row id) under the next id;
-    ``nextid`` and ``metadata`` are written as ase_db_backends writes them. Returns the rows."""
-    import lmdb
-    from ase_db_backends.aselmdb import encode_key, encode_object
-
-    out = Path(out)
-    for stale in (out, out.with_name(out.name + "-lock")):
-        stale.unlink(missing_ok=True)
-    target = lmdb.open(str(out), subdir=False, map_size=_MAP_SIZE, meminit=False)
-    next_id = 1
-    try:
-        txn = target.begin(write=True)
-        pending = 0
-        for shard in shards:
-            source = lmdb.open(str(shard), subdir=False, readonly=True, lock=False)
-            try:
-                with source.begin() as read:
-                    ids = sorted(
-                        int(key) for key in read.cursor().iternext(values=False) if key.isdigit()
-                    )
-                    if read.get(b"deleted_ids") is not None:
-                        raise DataError(f"{shard}: shard has deleted rows; delete it and rerun")
-                    for row_id in ids:
-                        txn.put(encode_key(str(next_id)), read.get(encode_key(str(row_id))))
-                        next_id += 1
-                        pending += 1
-                        if pending >= MERGE_COMMIT_ROWS:
-                            txn.commit()
-                            txn, pending = target.begin(write=True), 0
-            finally:
-                source.close()
-        txn.put(encode_key("nextid"), encode_object(next_id, compress=True, json_encode=True))
-        txn.put(
-            encode_key("metadata"), encode_object(dict(metadata), compress=True, json_encode=True)
+def _input_archive(
+    dataset: str, directory: Path, catalog: Mapping[str, Archive]
+) -> tuple[Archive, tuple[str, ...]]:
+    """The catalog archive an input directory was extracted from (the directory's name) and the
+    splits of ``dataset`` it provides, after checking the extraction is complete."""
+    archive = catalog.get(directory.name)
+    if archive is None:
+        raise ConfigError(
+            f"dataset {dataset}: input {directory} is no archive of {CATALOG} "
+            "(the directory name must be the archive name)"
         )
-        txn.commit()
-        target.sync(True)
-    finally:
-        target.close()
-        out.with_name(out.name + "-lock").unlink(missing_ok=True)
-    return next_id - 1
+    splits = archive.dataset.get(dataset)
+    if splits is None:
+        raise ConfigError(f"{CATALOG}: archive {archive.name} provides no split of {dataset}")
+    if not is_extracted(directory):
+        raise DataError(f"{directory}: not a completely extracted archive (no marker)")
+    return archive, splits
+
+
+def _count_expected(
+    plan: SplitPlan, split: str, splits: Sequence[str], published: Mapping[str, int]
+) -> None:
+    """Add an archive's published frame count of ``split`` to the plan's expected rows (its
+    whole count where it provides one split made of the release's sub-splits); None when not
+    published."""
+    if split in published and plan.expected is not None:
+        plan.expected += published[split]
+    elif len(splits) == 1 and published and plan.expected is not None:
+        plan.expected += sum(published.values())  # sub-splits of the release
+    else:
+        plan.expected = None
+
+
+def _add_tasks(
+    plan: SplitPlan,
+    dataset: str,
+    archive: Archive,
+    splits: Sequence[str],
+    directory: Path,
+    work_dir: Path,
+) -> None:
+    """A shard task per source file of ``archive`` for the plan's split: each LMDB file of a
+    legacy archive's sub-split directories, or each ``*.extxyz.xz`` file of an extxyz one."""
+    split = plan.name
+    if archive.name in LEGACY_SOURCES:
+        subs = LEGACY_SOURCES[archive.name][split]
+        for sub, suffix in subs:
+            for lmdb_file in sorted(_find_dir(directory, suffix).glob("*.lmdb")):
+                extra = (("subsplit", sub),) if len(subs) > 1 else ()
+                plan.tasks.append(
+                    ShardTask(
+                        split, len(plan.tasks), "lmdb", lmdb_file, archive.name,
+                        work_dir, extra=extra,
+                    )
+                )  # fmt: skip
+        return
+    if len(splits) != 1:
+        raise ConfigError(
+            f"{CATALOG}: extxyz archive {archive.name} must provide one split of "
+            f"{dataset}, not {list(splits)}"
+        )
+    files = sorted(directory.rglob("*.extxyz.xz"))
+    if not files:
+        raise DataError(f"{directory}: no *.extxyz.xz files (archive {archive.name})")
+    for xz in files:
+        plan.tasks.append(
+            ShardTask(
+                split, len(plan.tasks), "extxyz", xz, archive.name, work_dir,
+                md_split=archive.md_split,
+            )
+        )  # fmt: skip
 
 
 def _published_frames(root: Path) -> dict[str, dict[str, int]]:
@@ -390,49 +269,79 @@ def prepare_oc_downloaded(
     DatasetDirectory(out_dir).provenance.unlink(missing_ok=True)
     plans = plan_dataset(settings, out_dir, inputs, catalog, frames)
     work = out_dir / WORK
+    merged, counts = _merged_earlier(plans, out_dir)
+    todo = [task for plan in plans.values() if plan.name not in merged for task in plan.tasks]
+    run_shards(todo, processes, progress)
+    for plan in plans.values():
+        if plan.name not in merged:
+            merged[plan.name], counts[plan.name] = _merge_split(settings["name"], plan, work)
+    for name, path in merged.items():
+        if path != out_dir / f"{name}.aselmdb":
+            os.replace(path, out_dir / f"{name}.aselmdb")
+    provenance = _provenance(settings, catalog, plans, counts, processes)
+    provenance["wall_time_s"] = time.perf_counter() - start
+    atomic_files.write_text(
+        DatasetDirectory(out_dir).provenance,
+        json.dumps(provenance, indent=2) + "\n",
+        "writing provenance",
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _merged_earlier(
+    plans: Mapping[str, SplitPlan], out_dir: Path
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """The splits merged in an earlier run from the same sources -> ({split: merged file},
+    {split: rows}): still in .work, or already moved (killed before provenance)."""
+    work = out_dir / WORK
     merged: dict[str, Path] = {}
     counts: dict[str, int] = {}
-    todo: list[ShardTask] = []
     for plan in plans.values():
         done = work / f"{plan.name}.json"
-        # merged in an earlier run: still in .work, or already moved (killed before provenance)
         for target in (work / f"{plan.name}.aselmdb", out_dir / f"{plan.name}.aselmdb"):
             if done.is_file() and target.is_file():
                 record = json.loads(done.read_text())
                 if record.get("sources") == [_source_id(t.source) for t in plan.tasks]:
                     merged[plan.name], counts[plan.name] = target, record["rows"]
                     break
-        if plan.name not in merged:
-            todo.extend(plan.tasks)
-    run_shards(todo, processes, progress)
-    for plan in plans.values():
-        if plan.name in merged:
-            continue
-        target = work / f"{plan.name}.aselmdb"
-        partial = work / f"{plan.name}.partial.aselmdb"
-        metadata = {
-            "dataset": settings["name"],
-            "split": plan.name,
-            "archives": plan.archives,
-        }
-        rows = merge_shards([t.shard for t in plan.tasks], partial, metadata)
-        if plan.expected is not None and rows != plan.expected:
-            raise DataError(
-                f"{settings['name']} split {plan.name}: converted {rows} frames but "
-                f"{CATALOG} publishes {plan.expected} for archive(s) {', '.join(plan.archives)}; "
-                "the extracted archives are incomplete or not the published ones"
-            )
-        os.replace(partial, target)
-        record = {"rows": rows, "sources": [_source_id(t.source) for t in plan.tasks]}
-        atomic_files.write_text(
-            work / f"{plan.name}.json", json.dumps(record) + "\n", "recording a converted split"
+    return merged, counts
+
+
+def _merge_split(dataset: str, plan: SplitPlan, work: Path) -> tuple[Path, int]:
+    """Merge a split's shards into ``.work/<split>.aselmdb``, check its row count against the
+    published one and record it; return (the merged file, its rows)."""
+    target = work / f"{plan.name}.aselmdb"
+    partial = work / f"{plan.name}.partial.aselmdb"
+    metadata = {
+        "dataset": dataset,
+        "split": plan.name,
+        "archives": plan.archives,
+    }
+    rows = merge_shards([t.shard for t in plan.tasks], partial, metadata)
+    if plan.expected is not None and rows != plan.expected:
+        raise DataError(
+            f"{dataset} split {plan.name}: converted {rows} frames but "
+            f"{CATALOG} publishes {plan.expected} for archive(s) {', '.join(plan.archives)}; "
+            "the extracted archives are incomplete or not the published ones"
         )
-        shutil.rmtree(work / plan.name, ignore_errors=True)
-        merged[plan.name], counts[plan.name] = target, rows
-    for name, path in merged.items():
-        if path != out_dir / f"{name}.aselmdb":
-            os.replace(path, out_dir / f"{name}.aselmdb")
-    provenance = {
+    os.replace(partial, target)
+    record = {"rows": rows, "sources": [_source_id(t.source) for t in plan.tasks]}
+    atomic_files.write_text(
+        work / f"{plan.name}.json", json.dumps(record) + "\n", "recording a converted split"
+    )
+    shutil.rmtree(work / plan.name, ignore_errors=True)
+    return target, rows
+
+
+def _provenance(
+    settings: Mapping[str, Any],
+    catalog: Mapping[str, Archive],
+    plans: Mapping[str, SplitPlan],
+    counts: Mapping[str, int],
+    processes: int,
+) -> dict[str, Any]:
+    """provenance.json of a converted dataset but its wall time (module notes)."""
+    return {
         "dataset": settings["name"],
         "family": settings["family"],
         "source": "download",
@@ -458,11 +367,4 @@ def prepare_oc_downloaded(
         "converter": "dens.data.oc_convert",
         "dens_version": _version(),
         "processes": processes,
-        "wall_time_s": time.perf_counter() - start,
     }
-    atomic_files.write_text(
-        DatasetDirectory(out_dir).provenance,
-        json.dumps(provenance, indent=2) + "\n",
-        "writing provenance",
-    )
-    shutil.rmtree(work, ignore_errors=True)

@@ -23,11 +23,12 @@ Preparer = Callable[[Mapping[str, Any], Path, Sequence[Path], int], None]
 def prepare_md17(
     settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path], processes: int = 1
 ) -> None:
-    """mini-MD17 generated with GFN2-xTB, or the paper's npz converted (dens.data.md17)."""
-    from dens.data import md17
+    """mini-MD17 generated with GFN2-xTB (dens.data.md17_generate), or the paper's npz converted
+    (dens.data.md17)."""
+    from dens.data import md17, md17_generate
 
     if settings["source"] == "generate":
-        md17.generate_md17(
+        md17_generate.generate_md17(
             settings["molecule"],
             out_dir,
             n_train=settings["n_train"],
@@ -85,8 +86,9 @@ def prepare_dataset(
 ) -> None:
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
     ``processes`` worker processes, then each split's manifest (size, row count, sha256:
-    dens.data.aselmdb.write_manifest) that every later reader checks the split against."""
-    from dens.data.aselmdb import SUFFIX, write_manifest
+    dens.data.aselmdb_integrity.write_manifest) that every later reader checks the split against."""
+    from dens.data.aselmdb import SUFFIX
+    from dens.data.aselmdb_integrity import write_manifest
     from dens.layout import MANIFEST_SUFFIX
 
     out_dir = Path(out_dir)

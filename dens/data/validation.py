@@ -81,6 +81,27 @@ def check_structure(
     positions = np.asarray(positions)
     periodic = np.zeros(3, dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool).reshape(3)
     n = len(numbers)
+    _check_numbers(numbers, periodic, where, max_atomic_number)
+    _check_positions(numbers, positions, where)
+    if cell is not None:
+        _check_cell(np.asarray(cell, dtype=np.float64), periodic, positions, where)
+    if energy is not None and not np.isfinite(float(energy)):
+        raise InvalidStructureError(f"{where}: energy {float(energy)} eV is not finite")
+    if forces is not None:
+        forces = np.asarray(forces)
+        if forces.shape != (n, 3):
+            raise InvalidStructureError(f"{where}: forces must be [{n}, 3], got {forces.shape}")
+        _refuse_rows(
+            ~np.isfinite(forces).all(axis=1), where, numbers, "force", forces, "eV/Å", "not finite"
+        )
+
+
+def _check_numbers(
+    numbers: np.ndarray, periodic: np.ndarray, where: str, max_atomic_number: int
+) -> None:
+    """Enough atoms for the models (2 in a molecule, 1 in a periodic cell), given as integer
+    atomic numbers [N] within 1..min(max_atomic_number, 118)."""
+    n = len(numbers)
     needed = 1 if periodic.any() else 2
     if n < needed:
         kind = "a periodic cell" if periodic.any() else "a molecule"
@@ -99,6 +120,11 @@ def check_structure(
             f"{where}: atom {i} has atomic number {z} ({_symbol(z)}), outside the supported "
             f"1..{top} ({_symbol(top)})"
         )
+
+
+def _check_positions(numbers: np.ndarray, positions: np.ndarray, where: str) -> None:
+    """Positions [N, 3], finite and within |x| <= MAX_COORDINATE."""
+    n = len(numbers)
     if positions.shape != (n, 3):
         raise InvalidStructureError(f"{where}: positions must be [{n}, 3], got {positions.shape}")
     _refuse_rows(
@@ -119,17 +145,6 @@ def check_structure(
         "Å",
         f"beyond |x| <= {MAX_COORDINATE:g} Å",
     )
-    if cell is not None:
-        _check_cell(np.asarray(cell, dtype=np.float64), periodic, positions, where)
-    if energy is not None and not np.isfinite(float(energy)):
-        raise InvalidStructureError(f"{where}: energy {float(energy)} eV is not finite")
-    if forces is not None:
-        forces = np.asarray(forces)
-        if forces.shape != (n, 3):
-            raise InvalidStructureError(f"{where}: forces must be [{n}, 3], got {forces.shape}")
-        _refuse_rows(
-            ~np.isfinite(forces).all(axis=1), where, numbers, "force", forces, "eV/Å", "not finite"
-        )
 
 
 def _refuse_rows(

@@ -141,7 +141,7 @@ def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str]
     import ase.db
     import lmdb
 
-    from dens.data.aselmdb import REBUILD, check_aselmdb
+    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
     from dens.errors import DataError
     from dens.pipeline import paths
 

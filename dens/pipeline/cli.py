@@ -76,7 +76,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     dens.data.aselmdb, with how to rebuild them); raise MissingDataError naming the first that
     does not."""
     if getattr(args, "data_command", None) == "extract" and not args.archive_path.is_file():
-        from dens.data.download import get_archive, load_catalog
+        from dens.data.download.catalog import get_archive, load_catalog
 
         get_archive(load_catalog(), args.archive)  # an unknown name first
         raise MissingDataError(
@@ -88,7 +88,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
             if not path.exists():
                 raise MissingDataError(f"input not found: {path}")
     if args.command == "figure":
-        from dens.data.aselmdb import check_aselmdb
+        from dens.data.aselmdb_integrity import check_aselmdb
 
         for path in args.structures:
             check_aselmdb(Path(path))

@@ -72,13 +72,15 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from dens.data.download import download_archive, get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.transfer import download_archive
 
     download_archive(get_archive(load_catalog(), args.archive), args.out, args.mirror)
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:
-    from dens.data.download import extract, get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.extract import extract
 
     archive = get_archive(load_catalog(), args.archive)
     extract(args.archive_path, args.out, archive.format)
@@ -163,7 +165,7 @@ def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None)
 def _refuse_empty(dataset: Any, role: str) -> None:
     """An aselmdb split without a structure raises InvalidDataError naming the file, before a
     run trains for hours on it (an empty validation split) or scores nothing."""
-    from dens.data.aselmdb import REBUILD
+    from dens.data.aselmdb_integrity import REBUILD
 
     if len(dataset) == 0:
         raise InvalidDataError(

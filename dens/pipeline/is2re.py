@@ -96,7 +96,7 @@ def read_initial_structures(
     import ase.db
     import lmdb
 
-    from dens.data.aselmdb import REBUILD, check_aselmdb
+    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
 
     path = Path(path)
     check_aselmdb(path)

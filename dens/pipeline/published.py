@@ -57,7 +57,7 @@ def load_published(registry: Registry) -> Published:
     """config/published.yaml, validated against its schema and checked against the archive
     catalog (a published_checkpoint archive per name; an npz energy reference), the registered
     experiments and their datasets' splits; a violation raises ConfigError naming the key."""
-    from dens.data.download import load_catalog
+    from dens.data.download.catalog import load_catalog
 
     root = registry.root
     document = read_yaml(root / CONFIG)

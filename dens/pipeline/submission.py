@@ -101,7 +101,7 @@ def read_test_rows(path: Path, challenge: Challenge) -> Iterator[TestStructure]:
     import ase.db
     import lmdb
 
-    from dens.data.aselmdb import REBUILD, check_aselmdb
+    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
     from dens.data.structures import atoms_to_data
 
     path = Path(path)

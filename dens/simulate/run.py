@@ -28,7 +28,7 @@ def read_frames(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
     files ``paths``, in order; all rows must be the same molecule (same numbers, same order)."""
     import ase.db
 
-    from dens.data.aselmdb import check_aselmdb
+    from dens.data.aselmdb_integrity import check_aselmdb
 
     numbers: np.ndarray | None = None
     frames: list[np.ndarray] = []

@@ -20,14 +20,13 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from dens.data import aselmdb
-from dens.data.aselmdb import (
-    AseLmdbDataset,
+from dens.data import aselmdb_integrity
+from dens.data.aselmdb import AseLmdbDataset, write_aselmdb
+from dens.data.aselmdb_integrity import (
     check_aselmdb,
     check_pages,
     manifest_path,
     read_manifest,
-    write_aselmdb,
     write_manifest,
 )
 from dens.errors import DataError, DensError, MissingDataError
@@ -282,7 +281,7 @@ def damage(path: Path, rng: random.Random, kind: str, spans: list[tuple[int, int
 READER = """
 import json, sys
 from dens.pipeline.commands import _refuse_empty
-from dens.data import aselmdb
+from dens.data import aselmdb, aselmdb_integrity
 import argparse, os, pathlib
 from dens.errors import DensError, name_remedies
 from dens.pipeline.remedies import for_job
@@ -290,7 +289,7 @@ job = argparse.Namespace(scale="smoke", seed=0, experiment="md17-ethanol/equifor
 name_remedies(for_job(job))  # as `dens train` of that job does
 for path, limit in json.loads(sys.argv[1]):
     os.chdir(pathlib.Path(path).parents[4])  # the case's pipeline directory
-    aselmdb.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
+    aselmdb_integrity.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
     try:
         dataset = aselmdb.AseLmdbDataset(path)
         _refuse_empty(dataset, "validation")
@@ -362,13 +361,13 @@ def test_manifest_records_the_split_and_a_mismatch_names_it(
     assert check_aselmdb(path) == manifest and check_pages(path) == 60
     # A manifest counting other rows: with the sha256 skipped, the row count refuses the file.
     manifest_path(path).write_text(json.dumps(manifest | {"rows": 61}))
-    aselmdb_limit = aselmdb.SHA256_LIMIT_BYTES
+    aselmdb_limit = aselmdb_integrity.SHA256_LIMIT_BYTES
     try:
-        aselmdb.SHA256_LIMIT_BYTES = 0
+        aselmdb_integrity.SHA256_LIMIT_BYTES = 0
         with pytest.raises(DataError, match=r"\(60 rows, 61 as recorded at preparation in"):
             AseLmdbDataset(path)
     finally:
-        aselmdb.SHA256_LIMIT_BYTES = aselmdb_limit
+        aselmdb_integrity.SHA256_LIMIT_BYTES = aselmdb_limit
     manifest_path(path).write_text(json.dumps(manifest | {"bytes": 5}))
     with pytest.raises(DataError, match=rf"{len(original)} bytes, 5 as recorded at preparation"):
         check_aselmdb(path)

@@ -22,6 +22,7 @@ from ase.optimize import LBFGS
 from dens.config_files import validate
 from dens.data import catalysts
 from dens.data.aselmdb import AseLmdbDataset
+from dens.data.catalyst_systems import OC20, OC22
 from dens.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,13 +106,13 @@ def test_oc20_held_out_metals_and_adsorbates(data):
     splits = data["oc20-all-md"]
     train_metals, train_ads = components(splits["train"])
     metals, ads = components(splits["val_id"])
-    assert metals <= set(catalysts.OC20.metals) and ads <= set(catalysts.OC20.adsorbates)
-    assert train_metals <= set(catalysts.OC20.metals)
-    assert train_ads <= set(catalysts.OC20.adsorbates)
+    assert metals <= set(OC20.metals) and ads <= set(OC20.adsorbates)
+    assert train_metals <= set(OC20.metals)
+    assert train_ads <= set(OC20.adsorbates)
     metals, ads = components(splits["val_ood_cat"])
-    assert not metals & train_metals and ads <= set(catalysts.OC20.adsorbates)
+    assert not metals & train_metals and ads <= set(OC20.adsorbates)
     metals, ads = components(splits["val_ood_ads"])
-    assert not ads & train_ads and metals <= set(catalysts.OC20.metals)
+    assert not ads & train_ads and metals <= set(OC20.metals)
     metals, ads = components(splits["val_ood_both"])
     assert not metals & train_metals and not ads & train_ads
 
@@ -123,12 +124,10 @@ def test_oc22_held_out_metals_or_adsorbates(data):
         for row in splits[split]:
             metal, ads = components([row])
             assert not metal <= train_metals or not ads <= train_ads, (split, row.adsorbate)
-            assert row.metal in catalysts.OC22.ood_metals or ads & set(
-                catalysts.OC22.ood_adsorbates
-            )
+            assert row.metal in OC22.ood_metals or ads & set(OC22.ood_adsorbates)
     for split in ("val_id", "s2ef_test_id", "is2re_test_id"):
         metals, ads = components(splits[split])
-        assert metals <= set(catalysts.OC22.metals) and ads <= set(catalysts.OC22.adsorbates)
+        assert metals <= set(OC22.metals) and ads <= set(OC22.adsorbates)
 
 
 @pytest.mark.parametrize("name", ["oc20-all-md", "oc22"])

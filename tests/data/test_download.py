@@ -23,28 +23,19 @@ import pytest
 import yaml
 
 from dens.config_files import read_yaml, validate
-from dens.data.download import (
-    EXTRACTABLE_FORMATS,
-    EXTRACTED_MARKER,
-    PLAIN_FORMATS,
-    Archive,
+from dens.data.download.catalog import Archive, get_archive, load_catalog, mirrored_url
+from dens.data.download.checksums import verify
+from dens.data.download.content import EXTRACTABLE_FORMATS, PLAIN_FORMATS, content_problem
+from dens.data.download.errors import (
     ChecksumMismatchError,
     DamagedArchiveError,
     DownloadError,
     MalformedDownloadError,
     UnsafeArchiveError,
     UnverifiedDownloadWarning,
-    content_problem,
-    download,
-    download_archive,
-    extract,
-    fetch,
-    get_archive,
-    is_extracted,
-    load_catalog,
-    mirrored_url,
-    verify,
 )
+from dens.data.download.extract import EXTRACTED_MARKER, extract, is_extracted
+from dens.data.download.transfer import download, download_archive, fetch
 from dens.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,12 +20,11 @@ from dens.data.batch import Batch
 from dens.data.md17 import (
     KCAL_PER_MOL_IN_EV,
     MD17_MOLECULES,
-    TBLITE_ACCURACY,
     convert_md17_npz,
-    generate_md17,
     md17_npz_url,
     split_indices,
 )
+from dens.data.md17_generate import TBLITE_ACCURACY, generate_md17
 from dens.errors import InvalidDataError
 
 SMALL = {"n_train": 6, "n_val": 2, "n_test": 4, "stride": 3, "equilibration_steps": 10}

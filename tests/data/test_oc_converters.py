@@ -1,6 +1,6 @@
 """Paper-scale OC20/OC22 converters on archives laid out like the released ones, served over HTTP
 on 127.0.0.1: download -> verify -> extract -> convert -> read back (dens.data.oc_convert,
-dens.data.s2ef_extxyz, dens.data.legacy_lmdb)."""
+dens.data.oc_shards, dens.data.s2ef_extxyz, dens.data.legacy_lmdb)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from oc_fixtures import (
     write_s2ef_files,
 )
 
-from dens.data import oc_convert
+from dens.data import oc_shards
 from dens.data.aselmdb import AseLmdbDataset
-from dens.data.download import fetch, load_catalog
+from dens.data.download.catalog import load_catalog
+from dens.data.download.transfer import fetch
 from dens.data.legacy_lmdb import read_legacy_rows, safe_loads
 from dens.data.oc_convert import prepare_oc_downloaded
 from dens.data.s2ef_extxyz import read_s2ef_frames
@@ -279,7 +280,7 @@ def test_finished_shards_are_not_redone_after_a_failure(
     out = tmp_path / "out"
     converted: list[Path] = []
     killed: list[Path] = []
-    original = oc_convert._rows
+    original = oc_shards._rows
 
     def failing(task):  # the val_id shard dies once, as if the job were killed there
         converted.append(task.source)
@@ -288,7 +289,7 @@ def test_finished_shards_are_not_redone_after_a_failure(
             raise RuntimeError("killed")
         return original(task)
 
-    monkeypatch.setattr(oc_convert, "_rows", failing)
+    monkeypatch.setattr(oc_shards, "_rows", failing)
     with pytest.raises(RuntimeError, match="killed"):
         prepare_oc_downloaded(SETTINGS, out, inputs, processes=1, catalog_root=root, progress=False)
     _assert_nothing_written(out)
@@ -504,8 +505,8 @@ def test_legacy_rows_outside_the_bounds_are_refused_naming_file_row_and_sid(
         good = legacy_records(slab_frames(3, seed=8), "s2ef")
         good[bad] = records[bad]
         path = write_legacy_lmdb(tmp_path / f"bad{bad}.lmdb", good)
-        task = oc_convert.ShardTask("train", 0, "lmdb", path, "a", tmp_path / "work")
+        task = oc_shards.ShardTask("train", 0, "lmdb", path, "a", tmp_path / "work")
         with pytest.raises(
             DataError, match=rf"bad{bad}\.lmdb: row {bad} \(sid 100{bad}\): {message}"
         ):
-            list(oc_convert._rows(task))
+            list(oc_shards._rows(task))

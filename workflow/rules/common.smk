@@ -12,7 +12,8 @@ import shlex
 from dataclasses import dataclass
 
 from dens.config_files import read_yaml
-from dens.data.download import EXTRACTABLE_FORMATS, load_catalog
+from dens.data.download.catalog import load_catalog
+from dens.data.download.content import EXTRACTABLE_FORMATS
 from dens.pipeline import paths
 from dens.pipeline.curves import curve_inputs, curve_tables
 from dens.pipeline.figures import FIGURES
