@@ -32,6 +32,10 @@ from dens.models.so2.coefficients import degree_order, order_major_index
 _SWAP_XY = ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, -1.0))
 
 
+ZERO_TOLERANCE = 1e-9
+"""Entries of the fitted swap matrix below this are zeros (the fit's noise is ~1e-16)."""
+
+
 def swap_matrix(lmax: int) -> Tensor:
     """Block-diagonal J = D(Q) for degrees 0..lmax, Q the x<->y exchange: float64
     [(lmax + 1)^2, (lmax + 1)^2]. Least squares on Y(Q r_i) = J Y(r_i) at fixed points r_i."""
@@ -45,7 +49,10 @@ def swap_matrix(lmax: int) -> Tensor:
     j = torch.linalg.lstsq(y, y_rot).solution.T  # y_rot = y @ J^T
     degree, _ = degree_order(lmax)
     block = degree.unsqueeze(0) == degree.unsqueeze(1)
-    return torch.where(block, j, torch.zeros_like(j))
+    # The fit's zeros come out as +-1e-17 noise that LAPACK varies from process to process (its
+    # nonzero entries are >= 1/32): exact zeros keep a run's numbers the same in every process.
+    exact = block & (j.abs() > ZERO_TOLERANCE)
+    return torch.where(exact, j, torch.zeros_like(j))
 
 
 class EdgeWigner(nn.Module):
