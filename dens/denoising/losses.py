@@ -123,53 +123,8 @@ def _per_structure_terms(
     return forces, coefficient * (noise_per_structure / free_count).sum() / num_structures
 
 
-def _mixed_loss(
-    prediction: dict[str, Tensor],
-    data: Batch,
-    corruption: Corruption | None,
-    energy_target: Tensor,
-    force_target: Tensor,
-    loss: LossSettings,
-    energy_dropped: Tensor | None,
-    hybrid: bool,
-    coefficient: float,
-    free_atoms_per_process: float | None,
-) -> dict[str, Tensor]:
-    """energy_dropped: bool [B], structures whose energy term is dropped (None: none).
-    hybrid: a DeNS batch with partial corruption, whose free-atom mean (reduction "free_atoms")
-    is this process's own, as the official hybrid loss's local torch.mean."""
-    coefficient = _check_loss_inputs(prediction, data, energy_target, force_target, coefficient)
-    free = ~data.fixed.to(torch.bool)
-    _check_shape("data.fixed", free, (data.batch.numel(),))
-    corrupted = _corrupted_atoms(corruption, free)
-    energy = _energy_term(prediction["energy"], energy_target, loss, energy_dropped)
-    force_atoms = free & ~corrupted
-    force_error = per_atom_error(prediction["forces"], force_target, loss.force_metric)
-    force_error = torch.where(force_atoms, force_error, torch.zeros_like(force_error))
-    noise_error = _noise_error(prediction, corruption, corrupted, loss, coefficient)
-
-    zero = prediction["energy"].new_zeros(())
-    if loss.reduction == "structure":
-        forces, dens_term = _per_structure_terms(
-            loss, data, free, force_error, noise_error, coefficient
-        )
-        dens_term = zero if dens_term is None else dens_term
-    elif loss.reduction == "atom":
-        forces = loss.force_coefficient * force_error.sum() / max(int(force_atoms.sum()), 1)
-        num_corrupted = int(corrupted.sum())
-        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / num_corrupted
-    else:
-        count = max(int(free.sum()), 1)
-        if not hybrid and free_atoms_per_process is not None:
-            count = free_atoms_per_process
-        forces = loss.force_coefficient * force_error.sum() / count
-        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / count
-    return {
-        "total": energy + forces + dens_term,
-        "energy": energy,
-        "forces": forces,
-        "dens": dens_term,
-    }
+_NO_DENS = DeNSSettings(p=0.0, sigma=1.0, corruption_ratio=1.0, coefficient=0.0)
+"""What ``original_task_loss`` passes ``dens_loss``: with no corruption no DeNS setting is read."""
 
 
 def _dropped_and_hybrid(
@@ -230,19 +185,39 @@ def dens_loss(
     Returns 0-dim tensors ``"energy"``, ``"forces"``, ``"dens"`` (each term's weighted share,
     already divided by B) and ``"total"`` = their sum, the tensor to back-propagate.
     """
-    dropped, hybrid = _dropped_and_hybrid(data, corruption, dens)
-    return _mixed_loss(
-        prediction,
-        data,
-        corruption,
-        energy_target,
-        force_target,
-        loss,
-        dropped,
-        hybrid,
-        coefficient,
-        free_atoms_per_process,
-    )
+    energy_dropped, hybrid = _dropped_and_hybrid(data, corruption, dens)
+    coefficient = _check_loss_inputs(prediction, data, energy_target, force_target, coefficient)
+    free = ~data.fixed.to(torch.bool)
+    _check_shape("data.fixed", free, (data.batch.numel(),))
+    corrupted = _corrupted_atoms(corruption, free)
+    energy = _energy_term(prediction["energy"], energy_target, loss, energy_dropped)
+    force_atoms = free & ~corrupted
+    force_error = per_atom_error(prediction["forces"], force_target, loss.force_metric)
+    force_error = torch.where(force_atoms, force_error, torch.zeros_like(force_error))
+    noise_error = _noise_error(prediction, corruption, corrupted, loss, coefficient)
+
+    zero = prediction["energy"].new_zeros(())
+    if loss.reduction == "structure":
+        forces, dens_term = _per_structure_terms(
+            loss, data, free, force_error, noise_error, coefficient
+        )
+        dens_term = zero if dens_term is None else dens_term
+    elif loss.reduction == "atom":
+        forces = loss.force_coefficient * force_error.sum() / max(int(force_atoms.sum()), 1)
+        num_corrupted = int(corrupted.sum())
+        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / num_corrupted
+    else:
+        count = max(int(free.sum()), 1)
+        if not hybrid and free_atoms_per_process is not None:
+            count = free_atoms_per_process
+        forces = loss.force_coefficient * force_error.sum() / count
+        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / count
+    return {
+        "total": energy + forces + dens_term,
+        "energy": energy,
+        "forces": forces,
+        "dens": dens_term,
+    }
 
 
 def original_task_loss(
@@ -258,15 +233,14 @@ def original_task_loss(
     Shapes, ``free_atoms_per_process`` and the returned terms are those of ``dens_loss``;
     ``"dens"`` is 0.
     """
-    return _mixed_loss(
+    return dens_loss(
         prediction,
         data,
         None,
         energy_target,
         force_target,
         loss,
-        None,
-        False,
+        _NO_DENS,
         0.0,
         free_atoms_per_process,
     )

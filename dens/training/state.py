@@ -44,6 +44,20 @@ class Progress:
         default_factory=lambda: {"train_time_s": 0.0, "step_time_s": 0.0, "samples_seen": 0}
     )
 
+    SAVED = ("epoch", "batch_in_epoch", "step", "epoch_sums", "best", "history", "timing")
+    """The fields saved in last.pt as they are (the normalizer is saved as its dict)."""
+
+    def to_state(self) -> dict[str, Any]:
+        """The fields as last.pt holds them."""
+        saved = {name: getattr(self, name) for name in self.SAVED}
+        return {"normalizer": self.normalizer.to_dict(), **saved}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Progress:
+        """Where the run of a last.pt's ``state`` stands."""
+        saved = {name: state[name] for name in cls.SAVED}
+        return cls(normalizer=Normalizer.from_dict(state["normalizer"]), **saved)
+
 
 @dataclass(frozen=True)
 class TrainingRun:
@@ -113,16 +127,7 @@ def start_or_resume(run: TrainingRun) -> Progress:
     if state.get("grad_scaler"):  # {} when saved without mixed precision
         trainee.scaler.load_state_dict(state["grad_scaler"])
     _set_rng_state(rng[world.rank], trainee, run.device)
-    progress = Progress(
-        normalizer=Normalizer.from_dict(state["normalizer"]),
-        epoch=state["epoch"],
-        batch_in_epoch=state["batch_in_epoch"],
-        step=state["step"],
-        epoch_sums=state["epoch_sums"],
-        best=state["best"],
-        history=state["history"],
-        timing=state["timing"],
-    )
+    progress = Progress.from_state(state)
     if world.is_main:
         print(
             f"resuming {last_path}: {progress.epoch} epochs and {progress.batch_in_epoch} "
@@ -194,20 +199,13 @@ def last_checkpoint(run: TrainingRun, progress: Progress) -> dict[str, Any]:
         "kind": "last",
         "experiment": dict(run.start["experiment"]),
         "started_with": dict(run.start),
-        "epoch": progress.epoch,
-        "batch_in_epoch": progress.batch_in_epoch,
-        "step": progress.step,
         "train_size": len(run.train_set),
         "model": trainee.model.state_dict(),
         "ema": None if trainee.ema is None else trainee.ema.state_dict(),
         "optimizer": trainee.optimizer.state_dict(),
-        "normalizer": progress.normalizer.to_dict(),
+        **progress.to_state(),
         "rng": run.world.gather(_rng_state(trainee, run.device)),
         "grad_scaler": trainee.scaler.state_dict(),
-        "epoch_sums": progress.epoch_sums,
-        "best": progress.best,
-        "history": progress.history,
-        "timing": progress.timing,
         "num_parameters": count_parameters(trainee.model),
     }
 

@@ -14,45 +14,47 @@ import torch
 from torch import Tensor, nn
 
 
-class GraphDropPath(nn.Module):
+class _ScaledBernoulliMask(nn.Module):
+    """Masks of Bernoulli(1 - p) draws scaled by 1/(1-p), so that the expectation is unchanged."""
+
+    setting = "dropout probability"
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"{self.setting} must be in [0, 1), got {drop_prob}")
+        self.drop_prob = drop_prob
+
+    @property
+    def active(self) -> bool:
+        """False in eval mode or with p = 0, where the module is the identity."""
+        return self.training and self.drop_prob > 0.0
+
+    def mask(self, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """A [shape] mask in ``like``'s dtype and device: 0 or 1/(1-p)."""
+        keep = 1.0 - self.drop_prob
+        return torch.bernoulli(like.new_full(shape, keep)) / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class GraphDropPath(_ScaledBernoulliMask):
     """x[l]: [N, 2l+1, C_l], batch: [N] (structure index of each node) -> same shapes."""
 
-    def __init__(self, drop_prob: float) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
+    setting = "drop_path_rate"
 
     def forward(self, x: list[Tensor], batch: Tensor, num_graphs: int) -> list[Tensor]:
-        if not self.training or self.drop_prob == 0.0:
+        if not self.active:
             return x
-        keep = 1.0 - self.drop_prob
-        mask = torch.bernoulli(x[0].new_full((num_graphs,), keep)) / keep
-        node_mask = mask[batch].view(-1, 1, 1)
+        node_mask = self.mask(x[0], (num_graphs,))[batch].view(-1, 1, 1)
         return [xl * node_mask for xl in x]
 
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
-
-class EquivariantDropout(nn.Module):
+class EquivariantDropout(_ScaledBernoulliMask):
     """x[l]: [N, 2l+1, C_l] -> same shapes, whole type-l vectors dropped."""
 
-    def __init__(self, drop_prob: float) -> None:
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {drop_prob}")
-        self.drop_prob = drop_prob
-
     def forward(self, x: list[Tensor]) -> list[Tensor]:
-        if not self.training or self.drop_prob == 0.0:
+        if not self.active:
             return x
-        keep = 1.0 - self.drop_prob
-        out = []
-        for xl in x:
-            mask = torch.bernoulli(xl.new_full((xl.shape[0], 1, xl.shape[-1]), keep)) / keep
-            out.append(xl * mask)
-        return out
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
+        return [xl * self.mask(xl, (xl.shape[0], 1, xl.shape[-1])) for xl in x]
