@@ -13,11 +13,14 @@ smaller than their tolerance, 1e-15 Å (below one unit in the last place of a co
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
+from ase.md.langevin import Langevin
 from tblite.ase import TBLite
 
 
@@ -58,3 +61,29 @@ class EMTCalculator(ExactStateCheck, EMT):
 
 class GFN2xTBCalculator(ExactStateCheck, TBLite):
     """tblite's ASE calculator (GFN2-xTB for mini-MD17) with the exact state check."""
+
+
+@dataclass(frozen=True)
+class LangevinMD:
+    """The Langevin dynamics (ase.md.langevin) that samples a generated dataset's MD frames:
+    temperature_K (K), timestep_fs (fs) and friction_per_fs (1/fs)."""
+
+    temperature_K: float
+    timestep_fs: float
+    friction_per_fs: float
+
+    def dynamics(self, atoms: Atoms, rng: np.random.Generator) -> Langevin:
+        """The dynamics of ``atoms``, random forces drawn from ``rng``; the centre of mass is not
+        held by the thermostat (fixcm=False: a FixCom constraint does that where wanted)."""
+        return Langevin(
+            atoms,
+            timestep=self.timestep_fs * units.fs,
+            temperature_K=self.temperature_K,
+            friction=self.friction_per_fs / units.fs,
+            fixcm=False,
+            rng=rng,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """The settings as provenance.json records them."""
+        return asdict(self)

@@ -14,21 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from ase import Atoms, units
-from ase.md.langevin import Langevin
+from ase import Atoms
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.optimize import LBFGS
 
-from dens.data.calculators import EMTCalculator
+from dens.data.calculators import EMTCalculator, LangevinMD
 from dens.data.catalyst_systems import FAMILIES, _build_system, _molecule, _slab
 
 FMAX_EV_PER_A = 0.05
 MAX_STEP_A = 0.2
 """LBFGS's cap on an atom's displacement per step."""
 GAS_FMAX_EV_PER_A = 0.01
-MD_TEMPERATURE_K = 400.0
-MD_TIMESTEP_FS = 1.0
-MD_FRICTION_PER_FS = 0.02
+MD = LangevinMD(temperature_K=400.0, timestep_fs=1.0, friction_per_fs=0.02)
 
 # OC20's gas-phase reference scheme: element -> {molecule: coefficient} (energies from EMT).
 GAS_REFERENCE_SCHEME = {
@@ -120,15 +117,8 @@ def _system_task(task: dict[str, Any]) -> dict[str, Any]:
         )
         md_atoms = atoms.copy()
         md_atoms.calc = EMTCalculator()
-        thermalize_momenta(md_atoms, temperature_K=MD_TEMPERATURE_K, rng=md_rng)
-        dynamics = Langevin(
-            md_atoms,
-            timestep=MD_TIMESTEP_FS * units.fs,
-            temperature_K=MD_TEMPERATURE_K,
-            friction=MD_FRICTION_PER_FS / units.fs,
-            fixcm=False,
-            rng=md_rng,
-        )
+        thermalize_momenta(md_atoms, temperature_K=MD.temperature_K, rng=md_rng)
+        dynamics = MD.dynamics(md_atoms, md_rng)
 
         def record() -> None:
             if dynamics.nsteps > 0:
@@ -265,9 +255,7 @@ def sampling_provenance(sizes: dict[str, int], md: bool) -> dict[str, Any]:
         "md": (
             {
                 "dynamics": "ase.md.langevin.Langevin from the relaxed train systems",
-                "temperature_K": MD_TEMPERATURE_K,
-                "timestep_fs": MD_TIMESTEP_FS,
-                "friction_per_fs": MD_FRICTION_PER_FS,
+                **MD.provenance(),
                 "steps": sizes["md_steps"],
                 "stride": sizes["md_stride"],
                 "flag": "md_split = True, train split only",

@@ -23,8 +23,8 @@ S2EF frames
     ``category``. Forces are EMT's on every atom (fixed ones too; as in OC20, training ignores
     fixed atoms).
 MD frames (oc20-all-md's train only)
-    From each relaxed train system, Langevin MD (``MD_TEMPERATURE_K``, ``MD_TIMESTEP_FS``,
-    friction ``MD_FRICTION_PER_FS``) for ``md_steps`` steps, a frame every ``md_stride`` steps,
+    From each relaxed train system, Langevin MD (dens.data.catalyst_sampling ``MD``: 400 K, 1 fs,
+    friction 0.02/fs) for ``md_steps`` steps, a frame every ``md_stride`` steps,
     flagged ``md_split = True`` (DeNS never corrupts them, App. B.1); their ``fid`` continues
     after the relaxation's.
 IS2RE rows

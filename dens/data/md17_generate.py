@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
@@ -27,7 +27,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from tqdm import tqdm
 
-from dens.data.calculators import GFN2xTBCalculator
+from dens.data.calculators import GFN2xTBCalculator, LangevinMD
 from dens.data.md17 import (
     MD17_SMILES,
     SPLITS,
@@ -42,9 +42,7 @@ from dens.layout import DatasetDirectory
 EMBEDDING_SEED = 42
 RELAX_FMAX_EV_PER_A = 0.01
 RELAX_MAX_STEPS = 1000
-TEMPERATURE_K = 500.0
-TIMESTEP_FS = 0.5
-FRICTION_PER_FS = 0.01
+MD = LangevinMD(temperature_K=500.0, timestep_fs=0.5, friction_per_fs=0.01)
 # tblite's default accuracy (1.0) leaves MD-step forces (SCC restarted from the previous
 # step) ~2e-4 eV/Å away from a fresh evaluation at the same positions; 0.1 brings that to
 # ~3e-5 eV/Å at no measurable cost for these molecules.
@@ -214,18 +212,11 @@ def _thermostat(
 ) -> Langevin:
     """Maxwell-Boltzmann velocities at 500 K without net momentum or rotation, the centre of
     mass held (FixCom), and the Langevin dynamics that runs them."""
-    thermalize_momenta(atoms, temperature_K=TEMPERATURE_K, rng=velocity_rng)
+    thermalize_momenta(atoms, temperature_K=MD.temperature_K, rng=velocity_rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     atoms.set_constraint(FixCom())
-    return Langevin(
-        atoms,
-        timestep=TIMESTEP_FS * units.fs,
-        temperature_K=TEMPERATURE_K,
-        friction=FRICTION_PER_FS / units.fs,
-        fixcm=False,
-        rng=thermostat_rng,
-    )
+    return MD.dynamics(atoms, thermostat_rng)
 
 
 def _provenance(
@@ -254,9 +245,7 @@ def _provenance(
             "energy_eV": md.relaxed_energy,
         },
         "dynamics": "ase.md.langevin.Langevin with FixCom",
-        "temperature_K": TEMPERATURE_K,
-        "timestep_fs": TIMESTEP_FS,
-        "friction_per_fs": FRICTION_PER_FS,
+        **MD.provenance(),
         "stride_steps": stride,
         "equilibration_steps": equilibration_steps,
         "seed": seed,
