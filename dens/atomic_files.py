@@ -51,7 +51,8 @@ def disk_cause(error: BaseException) -> OSError | None:
     return None
 
 
-def _size(num_bytes: int) -> str:
+def human_size(num_bytes: int) -> str:
+    """``num_bytes`` in binary units as dens prints sizes: ``512 B``, ``3.4 GiB``."""
     value = float(num_bytes)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -70,7 +71,7 @@ def free_space(folder: Path) -> str:
         usage = shutil.disk_usage(existing)
     except OSError as error:
         return f"free space unknown ({error.strerror})"
-    return f"{_size(usage.free)} free of {_size(usage.total)}"
+    return f"{human_size(usage.free)} free of {human_size(usage.total)}"
 
 
 def disk_error(cause: OSError, path: Path | str | None, operation: str) -> DiskError:

@@ -80,5 +80,6 @@ class UnsupportedStructureError(DensError, ValueError):
 
 class DiskError(DensError):
     """A file could not be written: the file system is full or read-only, or the folder is not
-    writable (dens.atomic_files); the message names the operation, the folder and its free
-    space."""
+    writable (dens.atomic_files), or what a step will write does not fit in its folder's free
+    space (dens.data.disk_space, checked before it starts); the message names the operation or
+    the file, the folder and its free space."""

@@ -83,7 +83,7 @@ def cmd_data_extract(args: argparse.Namespace) -> None:
     from dens.data.download.extract import extract
 
     archive = get_archive(load_catalog(), args.archive)
-    extract(args.archive_path, args.out, archive.format)
+    extract(args.archive_path, args.out, archive.format, archive.extracted_size)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> None:

@@ -900,6 +900,7 @@ REMOVED = object()
         ({"optional": 1}, "archives.broken.optional", 1),
         ({"frames": {"train": 10}}, "archives.broken", "'frames_source' is a dependency"),
         ({"size": {"download": "about 3 GB"}}, "archives.broken.size.download", "about 3 GB"),
+        ({"size": {"extracted": "17 gigs"}}, "archives.broken.size.extracted", "17 gigs"),
         ({"arrays": {"R": ["frames", 3]}}, "archives.broken.format", "tar"),
         (
             {"url": "https://example.org/x.npz", "format": "npz", "checksum": None},
@@ -933,6 +934,7 @@ REMOVED = object()
         "optional-not-bool",
         "frames-without-source",
         "size-not-a-size",
+        "extracted-size-not-a-size",
         "arrays-of-a-tar",
         "unverified-npz-without-arrays",
         "array-dimension-not-a-name",

@@ -40,6 +40,11 @@ data rules run.
   that would land outside it (``..``, absolute paths, links pointing outside, device files), and
   writes the completion marker last before renaming the staging directory into place, so a
   half-extracted directory is never taken as complete.
+- Disk first (dens.data.disk_space): before :func:`download` or :func:`extract` writes anything,
+  what the step needs (the catalog's ``size.download``, less a resumable part file; a plain
+  tar's own size; a compressed archive's ``size.extracted``) is compared with the space free in
+  its folder: too little raises :class:`dens.errors.DiskError` naming the folder, the space
+  needed and the space free; no size known logs a warning that the space was not checked.
 
 Modules: catalog (Archive, load_catalog, get_archive, mirrored_url), transfer (download,
 download_archive, fetch), checksums (verify, normalize_digest), content (content_problem,

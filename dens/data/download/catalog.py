@@ -29,6 +29,8 @@ class Archive:
     optional: bool = False
     #: ``size.download`` as the catalog states it (e.g. ``193M``), or None when unknown.
     download_size: str | None = None
+    #: ``size.extracted`` as the catalog states it (e.g. ``97G``), or None when unknown.
+    extracted_size: str | None = None
     #: npz only: array name -> shape (lengths, or dimension names the arrays agree on).
     arrays: dict[str, tuple[Dimension, ...]] | None = None
     #: A model checkpoint the paper's authors published (format pt; config/published.yaml).
@@ -80,6 +82,7 @@ def load_catalog(
             md_split=entry.get("md_split", False),
             optional=entry.get("optional", False),
             download_size=(entry["size"] or {}).get("download"),
+            extracted_size=(entry["size"] or {}).get("extracted"),
             arrays=(
                 {key: tuple(dims) for key, dims in entry["arrays"].items()}
                 if "arrays" in entry

@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from dens.data.disk_space import require_extract_space
 from dens.data.download.content import EXTRACTABLE_FORMATS, archive_format
 from dens.data.download.errors import DamagedArchiveError, UnsafeArchiveError
 
@@ -90,7 +91,10 @@ def _extract_zip(archive: Path, staging: Path) -> int:
 
 
 def extract(
-    archive: str | os.PathLike[str], dest_dir: str | os.PathLike[str], fmt: str | None = None
+    archive: str | os.PathLike[str],
+    dest_dir: str | os.PathLike[str],
+    fmt: str | None = None,
+    extracted_size: str | None = None,
 ) -> Path:
     """Unpack ``archive`` (tar, tar.gz, tar.xz or zip) into ``dest_dir`` and return it.
 
@@ -100,6 +104,10 @@ def extract(
     directory is removed). The marker :data:`EXTRACTED_MARKER` is written last, then the
     staging directory is renamed to ``dest_dir``. A ``dest_dir`` that already has the marker
     is returned as is; an empty one is replaced; a non-empty one without the marker is an error.
+    Before a member is written, members that would not fit in ``dest_dir``'s folder raise
+    :class:`dens.errors.DiskError` (dens.data.disk_space.require_extract_space: a plain tar
+    needs its own size, a compressed archive ``extracted_size``, the catalog's ``size.extracted``;
+    without it a warning says that the space was not checked).
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     fmt = fmt or archive_format(archive.name)
@@ -117,6 +125,7 @@ def extract(
     staging = dest_dir.with_name(dest_dir.name + ".partial")
     if staging.exists():
         shutil.rmtree(staging)
+    require_extract_space(archive, dest_dir, fmt, extracted_size)
     staging.mkdir(parents=True)
     try:
         _unpack_staged(archive, fmt, staging)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from dens.data.disk_space import require_download_space
 from dens.data.download.catalog import Archive, mirrored_url
 from dens.data.download.checksums import (
     ALGORITHMS,
@@ -220,12 +221,12 @@ def download(
     file (HTTP Range), or restarts when the server ignores Range. ``timeout`` (s) bounds
     the connection and every read; up to ``retries`` consecutive failed attempts are retried
     after ``backoff * 2**(n-1)`` s (capped at ``max_backoff``); an attempt that made progress
-    resets the count. HTTP errors other than 408/425/429/5xx fail at once.
+    resets the count. HTTP errors other than 408/425/429/5xx fail at once. Before anything is
+    written, a ``size`` (less a part file's bytes) that does not fit in ``dest``'s folder raises
+    :class:`dens.errors.DiskError` (dens.data.disk_space); with no ``size`` a warning says so.
     """
     expected_checksum, fmt = _check_request(url, dest, expected_checksum, algorithm, fmt)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-
     if dest.exists():
         try:
             verify(dest, expected_checksum, algorithm, fmt=fmt, size=size, arrays=arrays)
@@ -234,7 +235,8 @@ def download(
         else:
             logger.info("%s already present and verified; not downloading", dest)
             return dest
-
+    require_download_space(dest, size)  # before a byte or a folder is written
+    dest.parent.mkdir(parents=True, exist_ok=True)
     part = _PartFile(dest.with_name(dest.name + ".part"), algorithm)
     retry = _Retry(retries, backoff, max_backoff)
     _transfer(url, dest, part, retry, timeout=timeout, chunk_size=chunk_size, progress=progress)
@@ -392,4 +394,4 @@ def fetch(
     path = download_archive(archive, Path(download_dir) / archive.filename, **download_options)
     if extract_dir is None or archive.format not in EXTRACTABLE_FORMATS:
         return path
-    return extract(path, Path(extract_dir) / archive.name, archive.format)
+    return extract(path, Path(extract_dir) / archive.name, archive.format, archive.extracted_size)
