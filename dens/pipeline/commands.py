@@ -94,6 +94,16 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     prepare_dataset(settings, Path(args.out_dir), args.inputs, args.threads)
 
 
+def cmd_data_convert_group(args: argparse.Namespace) -> None:
+    from dens.data.oc_convert import convert_group
+
+    settings = registry_from(args).data_settings(args.dataset)
+    _set_threads(1)
+    convert_group(
+        settings, args.archive_dir, args.group, args.groups, Path(args.out_dir), args.threads
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World

@@ -11,6 +11,7 @@ from typing import Any
 from dens.layout import RunDirectory
 from dens.pipeline.commands import (
     cmd_curves,
+    cmd_data_convert_group,
     cmd_data_download,
     cmd_data_extract,
     cmd_data_prepare,
@@ -114,13 +115,33 @@ def add_data(commands: Any) -> None:
     p.add_argument("--archive-path", required=True, type=Path, help="the downloaded file")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_data_extract)
-    p = data_commands.add_parser("prepare", help="write a dataset's aselmdb splits")
+    p = data_commands.add_parser(
+        "prepare", help="write a dataset's split folders of aselmdb shards"
+    )
     p.add_argument("dataset", help="name in config/datasets.yaml")
-    p.add_argument("inputs", nargs="*", type=Path, help="downloaded archives (paper scale)")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="paper scale: the conversion jobs' group records (data convert-group), or extracted "
+        "archive directories (converted here), or the MD17 npz",
+    )
     p.add_argument("--out-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
     _add_config_options(p)
     p.set_defaults(func=cmd_data_prepare)
+    p = data_commands.add_parser(
+        "convert-group",
+        help="convert group G of an extracted OC20/OC22 archive's source files into shards",
+    )
+    p.add_argument("dataset", help="name in config/datasets.yaml")
+    p.add_argument("archive_dir", type=Path, help="the extracted archive directory")
+    p.add_argument("--group", required=True, type=int, help="0 .. groups - 1")
+    p.add_argument("--groups", required=True, type=int, help="G: the archive's conversion jobs")
+    p.add_argument("--out-dir", required=True, help="the dataset directory")
+    p.add_argument("--threads", type=int, default=1, help="worker processes")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_data_convert_group)
 
 
 def add_train(commands: Any) -> None:
