@@ -2,8 +2,9 @@
 
 A split folder (dens.layout ``DatasetDirectory.split``) holds nothing but its shards
 (``shard-000000.aselmdb``, ``shard-000001.aselmdb``, ...), whose name order is the row order:
-fairchem-core's ``AseDBDataset`` given the folder as ``src`` reads every file in it in that
-order, and so does dens.data.aselmdb.AseLmdbDataset. The manifest beside it,
+fairchem-core's ``AseDBDataset`` given the folder as ``src`` reads every file ``<folder>/*``
+matches in that order, and so does dens.data.aselmdb.AseLmdbDataset. (The glob skips hidden
+files: the ``.snakemake_timestamp`` Snakemake puts into a directory output is harmless.) The manifest beside it,
 ``<split>.manifest.json``, is written at preparation (`write_split_manifest`)::
 
     {"split": "train", "rows": 12,
@@ -37,11 +38,12 @@ from dens.layout import SHARD_SUFFIX, manifest_of
 
 def shard_files(folder: Path) -> list[Path]:
     """The shards of a split folder in name (row) order; anything else in it is an error naming
-    it (fairchem would read it as a shard)."""
+    it (fairchem would read it as a shard), but hidden files, which fairchem's glob skips too
+    (Snakemake's ``.snakemake_timestamp`` in a directory output)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingDataError(f"split folder not found: {folder}", folder)
-    files = sorted(folder.iterdir())
+    files = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
     other = [path.name for path in files if path.suffix != SHARD_SUFFIX or not path.is_file()]
     if other:
         raise DataError(

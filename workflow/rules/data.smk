@@ -125,5 +125,6 @@ for _splits, _names in _LAYOUTS.items():
         resources:
             **job_resources("prepare"),
         shell:
-            "python -m dens data prepare {wildcards.dataset} {params.options} --threads {threads} "
-            "--out-dir {params.out_dir:q} {input:q} > {log:q} 2>&1"
+            # the inputs right after the dataset: argparse takes a list positional in one piece
+            "python -m dens data prepare {wildcards.dataset} {input:q} {params.options} "
+            "--threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
