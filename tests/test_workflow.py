@@ -103,7 +103,7 @@ def test_one_ablation_is_a_target_of_its_own() -> None:
     assert result.returncode == 0, result.stderr
     # mini: the training job scores its run too (evaluate_in_train_job)
     assert job_counts(result.stdout) == {"prepare_md17": 1, "train": 1, "total": 2}
-    assert "--evaluate results/mini/data/md17-aspirin/test.aselmdb" in result.stdout
+    assert "--evaluate results/mini/data/md17-aspirin/test" in result.stdout
     paper = snakemake("--profile", "profiles/slurm", "--forceall", target.replace("mini", "paper"))
     assert paper.returncode == 0, paper.stderr
     counts = job_counts(paper.stdout)

@@ -4,8 +4,8 @@ A split folder (dens.layout ``DatasetDirectory.split``) holds nothing but its sh
 (``shard-000000.aselmdb``, ``shard-000001.aselmdb``, ...), whose name order is the row order:
 fairchem-core's ``AseDBDataset`` given the folder as ``src`` reads every file ``<folder>/*``
 matches in that order, and so does dens.data.aselmdb.AseLmdbDataset. (The glob skips hidden
-files: the ``.snakemake_timestamp`` Snakemake puts into a directory output is harmless.) The manifest beside it,
-``<split>.manifest.json``, is written at preparation (`write_split_manifest`)::
+files: the ``.snakemake_timestamp`` Snakemake puts into a directory output is harmless.) The
+manifest beside it, ``<split>.manifest.json``, is written at preparation (`write_split_manifest`)::
 
     {"split": "train", "rows": 12,
      "shards": [{"file": "shard-000000.aselmdb", "bytes": 40960, "rows": 8, "sha256": "..."},
