@@ -60,6 +60,12 @@ def test_paper_scale_dry_run_plans_every_job() -> None:
     if oc:
         assert counts["prepare_oc20_2m"] == counts["prepare_oc20_all_md"] == 1
         assert counts["prepare_oc22"] == 1
+        # one job per group of an archive's source files: ceil(published frames / frames per
+        # job), 3.54M frames in half of a 12 h conversion job (dens.data.oc_convert.
+        # frames_per_job): S2EF-2M train 1 + 4 val (each dataset converts its own); All+MD
+        # train 38 + MD 11 + 4 val + S2EF test 2 + IS2RE 1; OC22 3 + IS2RE 1 (no count published)
+        assert counts["convert_group"] == 5 + 56 + 4
+        assert "--group 37 --groups 38" in result.stdout
         assert "gres=gpu:8" in result.stdout and "nodes=16" in result.stdout  # 128-GPU All+MD
 
 
