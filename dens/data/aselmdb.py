@@ -13,7 +13,8 @@ fairchem's AseDBDataset puts into `atoms.info`.
 the page numbers, node offsets and sizes it finds in the file without bounds checks; one pointing
 past the file's end kills the process with SIGBUS): both LMDB meta pages intact, the file holding
 every page the newer one counts, and, against the manifest written at preparation
-(`write_manifest`: ``<split>.aselmdb.manifest.json`` beside the split, a separate file so the
+(dens.data.split_folder: ``<split>.manifest.json`` beside a split folder, or `write_manifest`'s
+``<name>.aselmdb.manifest.json`` beside a single file; a separate file so the
 aselmdb format stays fairchem's), its size and sha256 for files up to `SHA256_LIMIT_BYTES`;
 larger files and files without a manifest get `check_pages`, a walk of the B-tree checking every
 page reference and node bound LMDB would follow. `AseLmdbDataset` then checks the row count

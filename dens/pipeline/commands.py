@@ -158,8 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None) -> dict[str, Any]:
-    """{file stem: dataset} of aselmdb split files (a missing or damaged file raises DataError);
-    files in ``opened`` ({path: dataset}) are not read again."""
+    """{split name (path stem): dataset} of splits, folders of aselmdb shards or aselmdb files
+    (a missing or damaged shard raises DataError); splits in ``opened`` ({path: dataset}) are
+    not read again."""
     from dens.data.aselmdb import AseLmdbDataset
 
     opened = opened or {}

@@ -162,8 +162,8 @@ def add_train(commands: Any) -> None:
         type=Path,
         default=[],
         metavar="SPLIT",
-        help="after training, score the best checkpoint on these split files (aselmdb) into "
-        "metrics.json in the same process, as `dens evaluate` would (one training process only)",
+        help="after training, score the best checkpoint on these splits (folders of aselmdb "
+        "shards, or aselmdb files) into metrics.json in the same process, as `dens evaluate` would (one training process only)",
     )
     _add_continuation_option(
         p, f"the training state ({RunDirectory(PurePosixPath()).checkpoint('last')})"
@@ -184,12 +184,20 @@ def _add_split_job(
 
 def add_evaluate(commands: Any) -> None:
     about = "score a trained run on held-out splits"
-    _add_split_job(commands, "evaluate", about, "split files (aselmdb)", cmd_evaluate)
+    _add_split_job(
+        commands, "evaluate", about, "splits (folders of aselmdb shards, or files)", cmd_evaluate
+    )
 
 
 def add_submission(commands: Any) -> None:
     about = "write the S2EF test submission file for the evaluation server"
-    _add_split_job(commands, "submission", about, "test split files (aselmdb)", cmd_submission)
+    _add_split_job(
+        commands,
+        "submission",
+        about,
+        "test splits (folders of aselmdb shards, or files)",
+        cmd_submission,
+    )
 
 
 def add_import_checkpoint(commands: Any) -> None:
@@ -210,7 +218,9 @@ def add_import_checkpoint(commands: Any) -> None:
 
 def add_relax(commands: Any) -> None:
     about = "IS2RE: relax the initial structures of the relax splits with a run"
-    p = _add_split_job(commands, "relax", about, "relax split files (aselmdb)", cmd_relax)
+    p = _add_split_job(
+        commands, "relax", about, "relax splits (folders of aselmdb shards, or files)", cmd_relax
+    )
     _add_continuation_option(p, "the finished systems")
 
 
@@ -224,13 +234,15 @@ def add_simulate(commands: Any) -> None:
         action="append",
         required=True,
         type=Path,
-        help="split the initial configurations are drawn from (aselmdb; the test split)",
+        help="split the initial configurations are drawn from (split folder or aselmdb file; "
+        "the test split)",
     )
     p.add_argument(
         "reference",
         nargs="+",
         type=Path,
-        help="reference data for bond lengths and h(r) (aselmdb; every split of the dataset)",
+        help="reference data for bond lengths and h(r) (split folders or aselmdb files; every "
+        "split of the dataset)",
     )
     _add_continuation_option(p, "the simulation state")
     p.set_defaults(func=cmd_simulate)

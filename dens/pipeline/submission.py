@@ -21,7 +21,7 @@ with <split> one of the challenge's splits (dens.pipeline.challenges.CHALLENGES;
 ood_cat, ood_both; OC22: id, ood). Energy and forces are float16 for OC20 (the trainer's default
 ``prediction_dtype``) and float32 for OC22 (fairchem writes OC22 in float32; the official DeNS OC22
 config sets it too). A test row's split is its ``subsplit`` key without ``test_`` (the OC20 test
-LMDBs gathered into one file, dens.data.oc_convert), else the file's split name without
+LMDBs gathered into one split, dens.data.oc_convert), else the split's name without
 ``s2ef_test_`` when that is a challenge split (OC22), else its ``category`` key (generated
 mini-OC20, dens.data.catalysts).
 
