@@ -163,7 +163,8 @@ def add_train(commands: Any) -> None:
         default=[],
         metavar="SPLIT",
         help="after training, score the best checkpoint on these splits (folders of aselmdb "
-        "shards, or aselmdb files) into metrics.json in the same process, as `dens evaluate` would (one training process only)",
+        "shards, or aselmdb files) into metrics.json in the same process, as `dens evaluate` "
+        "would (one training process only)",
     )
     _add_continuation_option(
         p, f"the training state ({RunDirectory(PurePosixPath()).checkpoint('last')})"
