@@ -237,7 +237,7 @@ def archive_file(name):
 
 
 def convert_groups(archive):
-    """G, the conversion jobs (rule convert_group) of an archive: its published frames
+    """G, the convert_group jobs of an archive: its published frames
     (config/archives.yaml) over config convert_frames_per_job, by default what one job converts
     in half its time limit (dens.data.oc_convert.frames_per_job)."""
     per_job = REGISTRY.options["convert_frames_per_job"] or frames_per_job(
@@ -248,7 +248,7 @@ def convert_groups(archive):
 
 def dataset_inputs(wildcards):
     """What a dataset is made from at a scale whose source is `download`: the group records of
-    its extracted archives' conversion jobs (OC20/OC22, rule convert_group), or an archive used
+    its extracted archives' convert_group jobs (OC20/OC22), or an archive used
     as is (MD17's npz); nothing when generated."""
     if REGISTRY.data_settings(wildcards.dataset)["source"] != "download":
         return []
