@@ -260,7 +260,7 @@ class AseLmdbDataset(torch.utils.data.Dataset):
         from dens.data.split_folder import split_shards
 
         path = Path(path)
-        if path.is_file():
+        if not path.is_dir() and path.suffix:  # a file (a split folder's name has no suffix)
             _check_suffix(path)
         self.path = path
         self.metadata: dict[str, Any] = {}
