@@ -30,7 +30,7 @@ from dens.relaxation.driver import System, relax_systems
 from dens.relaxation.lbfgs import LBFGSSettings
 
 RUN = Path("results/mini/runs/oc20-all-md/eqv2-dens-160m/seed0")
-SPLIT = Path("results/mini/data/oc20-all-md/is2re_test.aselmdb")
+SPLIT = Path("results/mini/data/oc20-all-md/is2re_test")  # a split folder
 
 
 def systems(split: Path, run: Path, count: int, seed: int = 0) -> list[System]:

@@ -13,7 +13,7 @@ gives the DeNS / plain step time ratio measured in the same run. Writes one JSON
 
     python benchmarks/gpu_train_step.py --data results/mini/data --out gpu_train_step.json
 
-(--data holds md17-ethanol/train.aselmdb and oc20-2m/train.aselmdb, e.g. from
+(--data holds the split folders md17-ethanol/train and oc20-2m/train, e.g. from
 ``snakemake --profile profiles/local results/mini/data/{md17-ethanol,oc20-2m}/provenance.json``.)
 """
 
@@ -198,7 +198,7 @@ def main() -> None:
         if (args.cases and case not in args.cases) or (not args.cases and "83m" in case):
             continue
         if dataset not in datasets:
-            datasets[dataset] = AseLmdbDataset(args.data / dataset / "train.aselmdb")
+            datasets[dataset] = AseLmdbDataset(args.data / dataset / "train")
         experiment = experiment_of(name, overrides)
         for amp in (False, True) if device.type == "cuda" else (False,):
             key = f"{case} {'fp16-amp' if amp else 'fp32'}"

@@ -114,14 +114,20 @@ def file_digest(path: Path | str, algorithm: str = "sha256") -> str:
 
 
 def file_fingerprint(path: Path | str) -> dict[str, Any]:
-    """What identifies a prepared data file cheaply: its name and size, and the SHA-256 of the
-    provenance.json beside it (None where there is none): a regenerated dataset has a new one.
-    A run resumes, and a simulation continues, only on data with the same fingerprint."""
+    """What identifies a prepared data file (or split folder) cheaply: its name and size (a
+    folder's: the sum of its files'), and the SHA-256 of the provenance.json beside it (None where
+    there is none): a regenerated dataset has a new one. A run resumes, and a simulation
+    continues, only on data with the same fingerprint."""
     path = Path(path)
     provenance = provenance_of(path)
+    size = (
+        sum(item.stat().st_size for item in path.iterdir())
+        if path.is_dir()
+        else path.stat().st_size
+    )
     return {
         "file": path.name,
-        "bytes": path.stat().st_size,
+        "bytes": size,
         "provenance_sha256": file_digest(provenance) if provenance.is_file() else None,
     }
 

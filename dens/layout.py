@@ -17,7 +17,13 @@ reads it without torch.
     <run>/relax/systems.jsonl, state.json, relaxed.aselmdb            relaxation progress
     <run>/simulate/metrics.json   MD17 simulations (their own files: dens.simulate)
     <run>/.kept/                  second names of the training job's outputs (dens.runs)
-    <dataset>/<split>.aselmdb, <split>.aselmdb.manifest.json, provenance.json
+    <dataset>/<split>/shard-000000.aselmdb ...   a split: a folder of nothing but aselmdb shards,
+                                  whose name order is the row order (fairchem's AseDBDataset
+                                  reads such a folder as one dataset)
+    <dataset>/<split>.manifest.json, provenance.json   each shard's size, rows and sha256
+                                  (dens.data.split_folder); how the dataset was made
+    <dataset>/.work/<archive>/group-<g>.json, shard-NNNNNN.aselmdb, shard-NNNNNN.json
+                                  a paper-scale conversion in progress (dens.data.oc_convert)
 """
 
 from __future__ import annotations
@@ -56,7 +62,12 @@ TRAIN_OUTPUTS = ("checkpoints/best.pt", "log.csv", METRICS_FILES["evaluate"])
 the scale scores the run in that job): Snakemake deletes them before it reruns the job, which may
 then move the run aside (dens.runs.move_aside)."""
 MANIFEST_SUFFIX = ".manifest.json"
-"""A prepared split's manifest: ``<split>.aselmdb.manifest.json`` (dens.data.aselmdb)."""
+"""A prepared split's manifest: ``<split>.manifest.json`` beside its folder (and, for a single
+aselmdb file a library user wrote, ``<name>.aselmdb.manifest.json`` beside it)."""
+SHARD_SUFFIX = ".aselmdb"
+"""The suffix of every shard of a split folder (ase.db picks the backend by it)."""
+WORK_DIR = ".work"
+"""A dataset directory's folder of a conversion in progress, removed when the dataset is done."""
 PROVENANCE_FILE = "provenance.json"
 """How a dataset directory was made, written last by its preparation."""
 
@@ -125,27 +136,56 @@ class RunDirectory(Generic[P]):
 
 @dataclass(frozen=True)
 class DatasetDirectory(Generic[P]):
-    """A prepared dataset's directory: one aselmdb file per split, a manifest beside each, and the
-    provenance record written last."""
+    """A prepared dataset's directory: one folder of aselmdb shards per split, a manifest beside
+    each, and the provenance record written last."""
 
     path: P
 
     def split(self, name: str) -> P:
-        return self.path / f"{name}.aselmdb"
+        """The split's folder: nothing but its shards (:func:`shard_name`), in row order."""
+        return self.path / name
+
+    def shard(self, name: str, index: int) -> P:
+        """Shard ``index`` (0, 1, ...) of split ``name``."""
+        return self.split(name) / shard_name(index)
 
     def manifest(self, name: str) -> P:
         return manifest_of(self.split(name))
+
+    @property
+    def work(self) -> P:
+        """.work/: a paper-scale conversion in progress (removed when the dataset is done)."""
+        return self.path / WORK_DIR
+
+    def archive_work(self, archive: str) -> P:
+        """.work/<archive>/: the shards converted from one archive and their records."""
+        return self.work / archive
+
+    def group_record(self, archive: str, group: str | int) -> P:
+        """.work/<archive>/group-<g>.json: the shards and rows of one conversion job."""
+        return self.archive_work(archive) / f"group-{group}.json"
 
     @property
     def provenance(self) -> P:
         return self.path / PROVENANCE_FILE
 
 
-def manifest_of(split_file: P) -> P:
-    """The manifest beside an aselmdb file: ``<name>.aselmdb.manifest.json``."""
-    return split_file.with_name(split_file.name + MANIFEST_SUFFIX)
+def shard_name(index: int) -> str:
+    """``shard-NNNNNN.aselmdb``: zero-padded, so that name order is index order."""
+    return f"shard-{index:06d}{SHARD_SUFFIX}"
 
 
-def provenance_of(split_file: P) -> P:
-    """The provenance record of the dataset an aselmdb file belongs to (beside it)."""
-    return split_file.with_name(PROVENANCE_FILE)
+def shard_record_name(index: int) -> str:
+    """``shard-NNNNNN.json``: the record of a converted shard in .work (its source, its rows)."""
+    return f"shard-{index:06d}.json"
+
+
+def manifest_of(split: P) -> P:
+    """The manifest beside a split folder (``<split>.manifest.json``) or beside a single aselmdb
+    file (``<name>.aselmdb.manifest.json``)."""
+    return split.with_name(split.name + MANIFEST_SUFFIX)
+
+
+def provenance_of(split: P) -> P:
+    """The provenance record of the dataset a split belongs to (beside it)."""
+    return split.with_name(PROVENANCE_FILE)

@@ -84,8 +84,13 @@ def slab(seed: int) -> ase.Atoms:
 
 
 def split_file(root: Path, dataset: str, split: str) -> Path:
-    """A split of the smoke scale's ``dataset`` in the pipeline directory ``root``."""
+    """A split (folder) of the smoke scale's ``dataset`` in the pipeline directory ``root``."""
     return root / paths.dataset("smoke", dataset).split(split)
+
+
+def shard(root: Path, dataset: str, split: str) -> Path:
+    """The one shard of a split folder written here."""
+    return root / paths.dataset("smoke", dataset).shard(split, 0)
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +104,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "config", root / "config")
     shutil.copytree(REPO / "workflow" / "schemas", root / "workflow" / "schemas")
     for split, n in (("train", 8), ("val", 2), ("test", 2)):  # one batch of the smoke scale
-        write_aselmdb(split_file(root, "md17-ethanol", split), ethanol(n, seed=len(split)))
+        write_aselmdb(shard(root, "md17-ethanol", split), ethanol(n, seed=len(split)))
     slabs = [slab(seed) for seed in range(16)]
-    write_aselmdb(split_file(root, "oc20-2m", "train"), slabs)  # one batch of the mini scale's
-    write_aselmdb(split_file(root, "oc20-all-md", "train"), slabs[:4])
-    write_aselmdb(split_file(root, "oc20-all-md", "val_id"), slabs[4:])
-    write_aselmdb(split_file(root, "oc20-all-md", "is2re_test"), slabs[4:], required_results=())
+    write_aselmdb(shard(root, "oc20-2m", "train"), slabs)  # one batch of the mini scale's
+    write_aselmdb(shard(root, "oc20-all-md", "train"), slabs[:4])
+    write_aselmdb(shard(root, "oc20-all-md", "val_id"), slabs[4:])
+    write_aselmdb(shard(root, "oc20-all-md", "is2re_test"), slabs[4:], required_results=())
     experiment = load_registry({"scale": "smoke"}, root).resolve("oc20-all-md/eqv2-dens-160m", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -182,8 +182,7 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
 
     _, structures = labelled_split
     train = tmp_path / paths.dataset("mini", registry.resolve(experiment)["dataset"]).split("train")
-    train.parent.mkdir(parents=True)
-    write_aselmdb(train, structures)
+    write_aselmdb(train / "shard-000000.aselmdb", structures)  # a split folder of one shard
     state = import_checkpoint(checkpoint, tmp_path / "run", registry, experiment)
     assert state["normalizer"]["elements"] == [1, 6, 8, 29, 78]  # H, C, O, Cu, Pt
     assert str(train) in state["imported_from"]["elements_source"]

@@ -104,10 +104,14 @@ BAD: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         lambda tmp: (
             ["train", "md17-ethanol/equiformer-l2", "--scale", "smoke"]
             + ["--run-dir", str(tmp / "run"), "--device", "cpu"]
-            + ["--train", str(tmp / "results/smoke/data/md17-ethanol/train.aselmdb")]
-            + ["--val", str(tmp / "results/smoke/data/md17-ethanol/val.aselmdb")]
+            + ["--train", str(tmp / "results/smoke/data/md17-ethanol/train")]
+            + ["--val", str(tmp / "results/smoke/data/md17-ethanol/val")]
         ),
-        ["aselmdb file not found", "train.aselmdb", "snakemake results/smoke/data/md17-ethanol/"],
+        [
+            "split folder not found",
+            "md17-ethanol/train;",
+            "snakemake results/smoke/data/md17-ethanol/train`",
+        ],
     ),
     "empty validation split": (
         lambda tmp: (

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_layout() -> None:
     assert paths.dataset("mini", "md17-aspirin").split("train") == PurePosixPath(
-        "results/mini/data/md17-aspirin/train.aselmdb"
+        "results/mini/data/md17-aspirin/train"
     )
     assert paths.run("paper", "oc22/eqv2-127m", 2).metrics("relax") == PurePosixPath(
         "results/paper/runs/oc22/eqv2-127m/seed2/relax/metrics.json"
@@ -29,9 +29,7 @@ def test_layout() -> None:
 def test_split_roles_of_experiments() -> None:
     registry = load_registry({"scale": "mini"})
     md17 = "md17-aspirin/equiformer-l2"
-    assert [p.name for p in paths.experiment_split_files(registry, md17, "evaluate")] == [
-        "test.aselmdb"
-    ]
+    assert [p.name for p in paths.experiment_split_files(registry, md17, "evaluate")] == ["test"]
     oc20 = "oc20-2m/eqv2-e12"
     assert len(paths.experiment_split_files(registry, oc20, "evaluate")) == 4
     files = paths.dataset_files(registry, "oc22")

@@ -60,6 +60,12 @@ def test_paper_scale_dry_run_plans_every_job() -> None:
     if oc:
         assert counts["prepare_oc20_2m"] == counts["prepare_oc20_all_md"] == 1
         assert counts["prepare_oc22"] == 1
+        # one job per group of an archive's source files: ceil(published frames / frames per
+        # job), 3.54M frames in half of a 12 h conversion job (dens.data.oc_convert.
+        # frames_per_job): S2EF-2M train 1 + 4 val (each dataset converts its own); All+MD
+        # train 38 + MD 11 + 4 val + S2EF test 2 + IS2RE 1; OC22 3 + IS2RE 1 (no count published)
+        assert counts["convert_group"] == 5 + 56 + 4
+        assert "--group 37 --groups 38" in result.stdout
         assert "gres=gpu:8" in result.stdout and "nodes=16" in result.stdout  # 128-GPU All+MD
 
 
@@ -103,7 +109,7 @@ def test_one_ablation_is_a_target_of_its_own() -> None:
     assert result.returncode == 0, result.stderr
     # mini: the training job scores its run too (evaluate_in_train_job)
     assert job_counts(result.stdout) == {"prepare_md17": 1, "train": 1, "total": 2}
-    assert "--evaluate results/mini/data/md17-aspirin/test.aselmdb" in result.stdout
+    assert "--evaluate results/mini/data/md17-aspirin/test" in result.stdout
     paper = snakemake("--profile", "profiles/slurm", "--forceall", target.replace("mini", "paper"))
     assert paper.returncode == 0, paper.stderr
     counts = job_counts(paper.stdout)

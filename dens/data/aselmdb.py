@@ -13,7 +13,8 @@ fairchem's AseDBDataset puts into `atoms.info`.
 the page numbers, node offsets and sizes it finds in the file without bounds checks; one pointing
 past the file's end kills the process with SIGBUS): both LMDB meta pages intact, the file holding
 every page the newer one counts, and, against the manifest written at preparation
-(`write_manifest`: ``<split>.aselmdb.manifest.json`` beside the split, a separate file so the
+(dens.data.split_folder: ``<split>.manifest.json`` beside a split folder, or `write_manifest`'s
+``<name>.aselmdb.manifest.json`` beside a single file; a separate file so the
 aselmdb format stays fairchem's), its size and sha256 for files up to `SHA256_LIMIT_BYTES`;
 larger files and files without a manifest get `check_pages`, a walk of the B-tree checking every
 page reference and node bound LMDB would follow. `AseLmdbDataset` then checks the row count
@@ -35,12 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dens.data.aselmdb_integrity import (
-    _damaged,
-    _naming_faults,
-    check_aselmdb,
-    manifest_path,
-)
+from dens.data.aselmdb_integrity import _damaged, _naming_faults, manifest_path
 from dens.data.batch import Batch, Data
 from dens.data.structures import fixed_mask, structure_data
 from dens.data.validation import (
@@ -245,42 +241,40 @@ def check_rows(rows: Sequence[Mapping[str, Any]], batch: Batch, path: Path | str
 
 
 class AseLmdbDataset(torch.utils.data.Dataset):
-    """All rows of one aselmdb file as `Data` objects (see `row_to_data`), in row order.
+    """All rows of a split as `Data` objects (see `row_to_data`), in row order: a split folder
+    (its shards in name order, dens.data.split_folder) or a single aselmdb file.
 
     The rows are read into memory once, at construction (`read_rows`), and kept as one
     `Batch` (one tensor per field), about 0.7 kB per row of 21 atoms. Measured on one core: the
     mini-MD17 aspirin training split (950 rows) reads in 0.12 s, mini-OC20 All+MD's (3603 slabs
     of ~40 atoms) in 0.8 s. `dataset[i]` returns a
-    copy, so callers may modify it in place. `metadata` holds the file's metadata dict (empty
-    when none was written).
+    copy, so callers may modify it in place. `metadata` holds the first shard's metadata dict
+    (empty when none was written).
 
-    A missing or damaged file raises dens.errors.DataError naming it (see `check_aselmdb`), also
+    A missing or damaged shard raises dens.errors.DataError naming it (see `check_aselmdb`), also
     one that reads as fewer or more rows than its manifest records; a row outside the bounds of
-    dens.data.validation (`check_rows`) raises its InvalidStructureError naming the file and row.
+    dens.data.validation (`check_rows`) raises its InvalidStructureError naming the shard and row.
     """
 
     def __init__(self, path: Path) -> None:
-        import lmdb
+        from dens.data.split_folder import split_shards
 
         path = Path(path)
-        _check_suffix(path)
-        manifest = check_aselmdb(path)
+        if not path.is_dir() and path.suffix:  # a file (a split folder's name has no suffix)
+            _check_suffix(path)
         self.path = path
-        try:
-            metadata, rows = read_rows(path)
-        except lmdb.Error as err:
-            raise _damaged(path, f"LMDB: {err}") from err
-        if manifest is not None and len(rows) != manifest["rows"]:
-            raise _damaged(
-                path,
-                f"reads as {len(rows)} rows, {manifest['rows']} as recorded at preparation in "
-                f"{manifest_path(path).name}",
-            )
-        self.metadata: dict[str, Any] = dict(metadata)
-        items = [row_to_data(row, path) for row in rows]
+        self.metadata: dict[str, Any] = {}
+        items: list[Data] = []
+        batches: list[Batch] = []
+        for index, (shard, entry) in enumerate(split_shards(path)):
+            metadata, shard_items, batch = _read_shard(shard, entry)
+            if index == 0:
+                self.metadata = dict(metadata)
+            items += shard_items
+            batches += [] if batch is None else [batch]
         self._length = len(items)
         self.elements: list[int] = []
-        """The atomic numbers present in the file."""
+        """The atomic numbers present in the split."""
         if items:
             keys = set(items[0].keys())
             for index, item in enumerate(items):
@@ -289,8 +283,7 @@ class AseLmdbDataset(torch.utils.data.Dataset):
                         f"{path}: row {index + 1} has fields {sorted(item.keys())}, "
                         f"the first row {sorted(keys)} (periodic and molecular rows mixed?)"
                     )
-            self._rows = Batch.from_data_list(items)
-            check_rows(rows, self._rows, path)
+            self._rows = batches[0] if len(batches) == 1 else Batch.from_data_list(items)
             self.elements = torch.unique(self._rows.atomic_numbers).tolist()
 
     def __len__(self) -> int:
@@ -300,3 +293,31 @@ class AseLmdbDataset(torch.utils.data.Dataset):
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} rows of {self.path}")
         return self._rows.structure(index % self._length)
+
+
+def _read_shard(
+    shard: Path, entry: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[Data], Batch | None]:
+    """(metadata, rows as `Data`, their `Batch` checked by `check_rows`; None without rows) of
+    one checked shard; ``entry``: its manifest record, whose row count it must read as."""
+    import lmdb
+
+    try:
+        metadata, rows = read_rows(shard)
+    except lmdb.Error as err:
+        raise _damaged(shard, f"LMDB: {err}") from err
+    if entry is not None and len(rows) != entry["rows"]:
+        raise _damaged(
+            shard,
+            f"reads as {len(rows)} rows, {entry['rows']} as recorded at preparation in its "
+            "manifest",
+        )
+    items = [row_to_data(row, shard) for row in rows]
+    if not items:
+        return metadata, items, None
+    keys = set(items[0].keys())
+    if any(set(item.keys()) != keys for item in items):
+        return metadata, items, None  # named by the caller's check over all rows
+    batch = Batch.from_data_list(items)
+    check_rows(rows, batch, shard)
+    return metadata, items, batch

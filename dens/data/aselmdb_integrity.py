@@ -235,7 +235,8 @@ class _PageWalk:
 def write_manifest(path: Path) -> dict[str, Any]:
     """Record a freshly written aselmdb file's size, row count and sha256 in its manifest
     (`manifest_path`), after checking its pages (`check_pages`); return the manifest. Called
-    at preparation (dens.data.prepare) for every split; the aselmdb file itself is not changed."""
+    by library users for a single aselmdb file (split folders have their own manifest,
+    dens.data.split_folder); the aselmdb file itself is not changed."""
     path = Path(path)
     manifest = {
         "file": path.name,
@@ -269,29 +270,39 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 def check_aselmdb(path: Path) -> dict[str, Any] | None:
     """Raise DataError naming `path` unless it exists, is a complete LMDB file (both meta pages
-    intact, every page the newer one counts present) and matches its manifest: the same size and,
-    up to `SHA256_LIMIT_BYTES`, the same sha256; a file without a manifest or a larger one must
-    pass `check_pages` (and have the manifest's row count). Return the manifest (None without
-    one). Plain file I/O only, never mapping the file, so damage gives an error instead of the
-    SIGBUS that LMDB's memory map raises when it follows a page reference past the file's end."""
+    intact, every page the newer one counts present) and matches its manifest beside it
+    (`check_against`). Return the manifest (None without one). Plain file I/O only, never mapping
+    the file, so damage gives an error instead of the SIGBUS that LMDB's memory map raises when it
+    follows a page reference past the file's end. A split folder's shards are checked against the
+    folder's manifest instead (dens.data.split_folder)."""
     path = Path(path)
     _read_header(path)
     manifest = read_manifest(path)
+    check_against(path, manifest, manifest_path(path).name)
+    return manifest
+
+
+def check_against(path: Path, manifest: dict[str, Any] | None, where: str) -> None:
+    """Raise DataError naming `path` unless it has the manifest's size and, up to
+    `SHA256_LIMIT_BYTES`, its sha256; a file without a manifest, or a larger one, must pass
+    `check_pages` (and have the manifest's row count). ``where``: the manifest's file name, for
+    the message."""
+    path = Path(path)
+    _read_header(path)
     if manifest is None:
         check_pages(path)
-        return None
-    recorded = f"as recorded at preparation in {manifest_path(path).name}"
+        return
+    recorded = f"as recorded at preparation in {where}"
     size = path.stat().st_size
     if size != manifest["bytes"]:
         raise _damaged(path, f"{size} bytes, {manifest['bytes']} {recorded}")
     if size <= SHA256_LIMIT_BYTES:
         if file_digest(path) != manifest["sha256"]:
             raise _damaged(path, f"its sha256 is not the one {recorded[3:]}")
-        return manifest
+        return
     rows = check_pages(path)
     if rows != manifest["rows"]:
         raise _damaged(path, f"{rows} rows, {manifest['rows']} {recorded}")
-    return manifest
 
 
 _fault_line = [b""]

@@ -1,8 +1,8 @@
 """mini-OC20 and mini-OC22: adsorbate + metal-slab relaxations and MD computed with ASE's EMT.
 
 The embedded scales (smoke, mini) stand in for the Open Catalyst data with systems built and
-computed on the machine, in the layout of the paper's data (one aselmdb per split, rows as
-fairchem's AseDBDataset reads them):
+computed on the machine, in the layout of the paper's data (one folder of aselmdb shards per
+split, here one shard each; rows as fairchem's AseDBDataset reads them):
 
 System
     An fcc metal slab (``ase.build.fcc111`` / ``fcc100`` / ``fcc110``; ``surface_cell`` x
@@ -279,7 +279,8 @@ def _write_splits(
     out_dir: Path,
     md: bool,
 ) -> dict[str, dict[str, int]]:
-    """Write one aselmdb per split (every frame checked first); its counts per split."""
+    """Write each split as a folder of one aselmdb shard (every frame checked first); its counts
+    per split."""
     from dens.data.aselmdb import write_aselmdb
 
     split_order = list(family.splits)
@@ -291,7 +292,7 @@ def _write_splits(
         systems = [(t, r) for t, r in zip(tasks, results, strict=True) if t["split"] == split]
         use_md = md and split == "train"
 
-        path = out_dir / f"{split}.aselmdb"
+        path = DatasetDirectory(out_dir).shard(split, 0)
 
         def rows(systems=systems, position=position, spec=spec, use_md=use_md, path=path):
             for task, system in systems:

@@ -7,10 +7,11 @@ rest, with the random split of the official Equiformer code (TorchMD-Net's
 `numpy.random.default_rng(seed).permutation(n_frames)`, seed 1); `split_indices` is that
 split.
 
-Both entry points write, under `out_dir`: `train.aselmdb`, `val.aselmdb`, `test.aselmdb`
-(format: `dens.data.aselmdb`; energies in eV, forces in eV/Å, positions in Å; row key
-`frame` = index of the frame in the full trajectory), `split.json` (the frame indices of each
-split) and `provenance.json` (how the data were made or where they came from).
+Both entry points write, under `out_dir`: the split folders `train/`, `val/`, `test/`, each of
+one aselmdb shard (dens.layout; format: `dens.data.aselmdb`; energies in eV, forces in eV/Å,
+positions in Å; row key `frame` = index of the frame in the full trajectory), `split.json`
+(the frame indices of each split) and `provenance.json` (how the data were made or where they
+came from).
 
 - `dens.data.md17_generate.generate_md17`: the embedded mini-MD17, made here without
   downloads: the molecule from SMILES (RDKit, hydrogens added, 3D embedding with a fixed
@@ -111,11 +112,11 @@ def _write_split_files(
     metadata: dict[str, Any],
     calculator_name: str,
 ) -> dict[str, Path]:
-    """Write `{split}.aselmdb` for each split and `split.json`.
+    """Write each split as a folder of one aselmdb shard (dens.layout) and `split.json`.
 
     numbers int [N]; positions float [F,N,3] (Å); energies float [F] (eV); forces float
     [F,N,3] (eV/Å); split: frame indices per split; `calculator_name` labels the rows'
-    results (the `calculator` column of `ase db`). Returns {split: path}.
+    results (the `calculator` column of `ase db`). Returns {split: path of its folder}.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -131,8 +132,9 @@ def _write_split_files(
 
     paths = {}
     for name in SPLITS:
-        paths[name] = out_dir / f"{name}.aselmdb"
-        write_aselmdb(paths[name], frames(split[name]), metadata | {"split": name})
+        paths[name] = DatasetDirectory(out_dir).split(name)
+        shard = DatasetDirectory(out_dir).shard(name, 0)
+        write_aselmdb(shard, frames(split[name]), metadata | {"split": name})
     split_json = {"seed": seed, "n_frames": int(len(energies))}
     split_json |= {name: split[name].tolist() for name in SPLITS}
     (out_dir / "split.json").write_text(json.dumps(split_json) + "\n")

@@ -1,14 +1,15 @@
 """The shards of a paper-scale OC20/OC22 conversion (dens.data.oc_convert): one source file (an
-``*.extxyz.xz`` or an ``*.lmdb``) -> one shard aselmdb under ``.work/<split>/``, recorded with
-its source's size and mtime so that a rerun skips it; run on a pool of spawned worker
-processes; then the shards of a split merged, in order, into one aselmdb by copying the
-compressed row records as they are (dens.data.oc_convert's module notes, "Design").
+``*.extxyz.xz`` or an ``*.lmdb``) -> one shard aselmdb under ``.work/<archive>/``, recorded with
+its source's size and mtime so that a rerun skips it (`convert_shard`); a conversion job's files
+run in one process or on a pool of spawned worker processes (`run_shards`). The shards become
+the files of the split folders as they are, moved, never merged (dens.data.oc_convert's module
+notes, "Design").
 """
 
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,13 @@ from typing import Any
 from tqdm import tqdm
 
 from dens import atomic_files
-from dens.errors import DataError
-
-#: Rows copied per LMDB write transaction while merging.
-MERGE_COMMIT_ROWS = 50_000
-_MAP_SIZE = 2**41  # the address space LMDB may map (sparse), as ase_db_backends uses
+from dens.layout import shard_name, shard_record_name
 
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One source file -> one shard of a split."""
+    """One source file -> one shard of a split: source file ``index`` (0, 1, ...) of its archive's
+    sorted source files, converted into ``work_dir`` (the archive's folder in .work)."""
 
     split: str
     index: int
@@ -38,11 +36,11 @@ class ShardTask:
 
     @property
     def shard(self) -> Path:
-        return self.work_dir / f"shard-{self.index:05d}.aselmdb"
+        return self.work_dir / shard_name(self.index)
 
     @property
     def record(self) -> Path:
-        return self.work_dir / f"shard-{self.index:05d}.json"
+        return self.work_dir / shard_record_name(self.index)
 
 
 def _source_id(path: Path) -> dict[str, Any]:
@@ -123,51 +121,3 @@ def run_shards(tasks: Sequence[ShardTask], processes: int, progress: bool = True
     finally:
         bar.close()
     return counts
-
-
-# --------------------------------------------------------------------------------- merge ----
-
-
-def merge_shards(shards: Sequence[Path], out: Path, metadata: Mapping[str, Any]) -> int:
-    """Concatenate aselmdb shards into a new file ``out`` in one streaming pass: every row
-    record is copied as stored (zlib-compressed JSON, which holds no row id) under the next id;
-    ``nextid`` and ``metadata`` are written as ase_db_backends writes them. Returns the rows."""
-    import lmdb
-    from ase_db_backends.aselmdb import encode_key, encode_object
-
-    out = Path(out)
-    for stale in (out, out.with_name(out.name + "-lock")):
-        stale.unlink(missing_ok=True)
-    target = lmdb.open(str(out), subdir=False, map_size=_MAP_SIZE, meminit=False)
-    next_id = 1
-    try:
-        txn = target.begin(write=True)
-        pending = 0
-        for shard in shards:
-            source = lmdb.open(str(shard), subdir=False, readonly=True, lock=False)
-            try:
-                with source.begin() as read:
-                    ids = sorted(
-                        int(key) for key in read.cursor().iternext(values=False) if key.isdigit()
-                    )
-                    if read.get(b"deleted_ids") is not None:
-                        raise DataError(f"{shard}: shard has deleted rows; delete it and rerun")
-                    for row_id in ids:
-                        txn.put(encode_key(str(next_id)), read.get(encode_key(str(row_id))))
-                        next_id += 1
-                        pending += 1
-                        if pending >= MERGE_COMMIT_ROWS:
-                            txn.commit()
-                            txn, pending = target.begin(write=True), 0
-            finally:
-                source.close()
-        txn.put(encode_key("nextid"), encode_object(next_id, compress=True, json_encode=True))
-        txn.put(
-            encode_key("metadata"), encode_object(dict(metadata), compress=True, json_encode=True)
-        )
-        txn.commit()
-        target.sync(True)
-    finally:
-        target.close()
-        out.with_name(out.name + "-lock").unlink(missing_ok=True)
-    return next_id - 1

@@ -4,9 +4,12 @@ A preparer gets the dataset's settings at the scale (``Registry.data_settings``:
 splits by role, source generate/download, generator sizes and seed), the output directory
 (results/{scale}/data/<dataset>, dens.pipeline.paths), the downloaded inputs at the paper scale and
 the number of processes it may use, and writes every split of config/datasets.yaml plus
-provenance.json (last: its presence marks the dataset complete). `prepare_dataset` then writes
-each split's manifest beside it (``<split>.aselmdb.manifest.json``, dens.data.aselmdb); a split
-without one is still read, checked page by page instead of by its sha256.
+provenance.json (last: its presence marks the dataset complete). A split is a folder of aselmdb
+shards (dens.layout; one shard for generated data and MD17's npz, one per source file for
+downloaded OC20/OC22). `prepare_dataset` then writes the manifest beside each split folder that
+has none yet (``<split>.manifest.json``, dens.data.split_folder; the OC20/OC22 converter writes
+its own, checked against the catalog's published counts, before provenance.json); a split
+without one is still read, each shard checked page by page instead of by its sha256.
 """
 
 from __future__ import annotations
@@ -85,15 +88,29 @@ def prepare_dataset(
     settings: Mapping[str, Any], out_dir: Path, inputs: Sequence[Path] = (), processes: int = 1
 ) -> None:
     """Write the splits of one dataset (``settings`` from ``Registry.data_settings``) with up to
-    ``processes`` worker processes, then each split's manifest (size, row count, sha256:
-    dens.data.aselmdb_integrity.write_manifest) that every later reader checks the split against."""
-    from dens.data.aselmdb import SUFFIX
-    from dens.data.aselmdb_integrity import write_manifest
-    from dens.layout import MANIFEST_SUFFIX
+    ``processes`` worker processes, then each split's manifest (per shard size, row count,
+    sha256: dens.data.split_folder.write_split_manifest) that every later reader checks the split
+    against. Earlier split folders and manifests of the dataset are removed first."""
+    import shutil
+
+    from dens.data.split_folder import write_split_manifest
+    from dens.layout import DatasetDirectory
 
     out_dir = Path(out_dir)
-    for stale in out_dir.glob(f"*{SUFFIX}{MANIFEST_SUFFIX}"):
-        stale.unlink()
+    directory = DatasetDirectory(out_dir)
+    names = list(dict.fromkeys(_split_names(settings["splits"])))
+    for name in names:
+        directory.manifest(name).unlink(missing_ok=True)
+        if directory.split(name).is_dir():
+            shutil.rmtree(directory.split(name))
     PREPARERS[settings["family"]](settings, out_dir, [Path(p) for p in inputs], processes)
-    for split in sorted(out_dir.glob(f"*{SUFFIX}")):
-        write_manifest(split)
+    for name in names:
+        if not directory.manifest(name).is_file():
+            write_split_manifest(directory.split(name))
+
+
+def _split_names(splits: Mapping[str, Any]) -> list[str]:
+    """The split names of config/datasets.yaml ``splits`` (role -> name or list of names)."""
+    return [
+        name for value in splits.values() for name in ([value] if isinstance(value, str) else value)
+    ]

@@ -138,31 +138,19 @@ def published_references(experiment: Mapping[str, Any], root: Path, lin_ref: str
 def training_elements(registry: Registry, dataset: str) -> tuple[list[int], str] | None:
     """The atomic numbers of ``dataset``'s prepared train split(s) at the registry's scale and
     where they come from; None when a split is not prepared."""
-    import ase.db
-    import lmdb
-
-    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
-    from dens.errors import DataError
+    from dens.data.split_folder import split_rows
     from dens.pipeline import paths
 
     files = [
         registry.root / paths.dataset(registry.scale_name, dataset).split(split)
         for split in registry.splits(dataset, "train")
     ]
-    if not files or not all(path.is_file() for path in files):
+    if not files or not all(path.is_dir() for path in files):
         return None
     elements: set[int] = set()
     for path in files:
-        check_aselmdb(path)
-        try:
-            db = ase.db.connect(path, readonly=True)
-            try:
-                for row in db.select():
-                    elements.update(row.numbers.tolist())
-            finally:
-                db.close()
-        except lmdb.Error as error:
-            raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
+        for _, row in split_rows(path):
+            elements.update(row.numbers.tolist())
     where = ", ".join(str(path) for path in files)
     return sorted(elements), f"the atomic numbers of {dataset}'s train split ({where})"
 

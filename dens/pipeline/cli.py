@@ -87,11 +87,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
         for path in args.inputs:
             if not path.exists():
                 raise MissingDataError(f"input not found: {path}")
+    if getattr(args, "data_command", None) == "convert-group" and not args.archive_dir.is_dir():
+        raise MissingDataError(f"extracted archive not found: {args.archive_dir}")
     if args.command == "figure":
-        from dens.data.aselmdb_integrity import check_aselmdb
+        from dens.data.split_folder import check_split
 
         for path in args.structures:
-            check_aselmdb(Path(path))
+            check_split(Path(path))
 
 
 def build_parser() -> argparse.ArgumentParser:

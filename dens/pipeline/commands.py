@@ -94,6 +94,16 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     prepare_dataset(settings, Path(args.out_dir), args.inputs, args.threads)
 
 
+def cmd_data_convert_group(args: argparse.Namespace) -> None:
+    from dens.data.oc_convert import convert_group
+
+    settings = registry_from(args).data_settings(args.dataset)
+    _set_threads(1)
+    convert_group(
+        settings, args.archive_dir, args.group, args.groups, Path(args.out_dir), args.threads
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from dens.data.aselmdb import AseLmdbDataset
     from dens.distributed import World
@@ -148,8 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _open_splits(split_paths: list[Path], opened: dict[Path, Any] | None = None) -> dict[str, Any]:
-    """{file stem: dataset} of aselmdb split files (a missing or damaged file raises DataError);
-    files in ``opened`` ({path: dataset}) are not read again."""
+    """{split name (path stem): dataset} of splits, folders of aselmdb shards or aselmdb files
+    (a missing or damaged shard raises DataError); splits in ``opened`` ({path: dataset}) are
+    not read again."""
     from dens.data.aselmdb import AseLmdbDataset
 
     opened = opened or {}

@@ -49,20 +49,24 @@ FIGURES = {
 
 def read_structures(path: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Positions [N, 3] and atomic numbers [N] of the first frame of each of the first ``count``
-    systems (distinct ``sid``; rows without sid are systems of their own) of an aselmdb file."""
+    systems (distinct ``sid``; rows without sid are systems of their own) of a split (a folder
+    of aselmdb shards, read in order, or one aselmdb file)."""
     import ase.db
 
+    from dens.data.split_folder import check_split
+
     out, seen = [], set()
-    with ase.db.connect(str(path), readonly=True) as database:
-        for row in database.select():
-            sid = row.key_value_pairs.get("sid", row.id)
-            if sid in seen:
-                continue
-            seen.add(sid)
-            atoms = row.toatoms()
-            out.append((atoms.get_positions(), atoms.get_atomic_numbers()))
-            if len(out) == count:
-                return out
+    for shard in check_split(Path(path)):
+        with ase.db.connect(str(shard), readonly=True) as database:
+            for row in database.select():
+                sid = row.key_value_pairs.get("sid", (shard.name, row.id))
+                if sid in seen:
+                    continue
+                seen.add(sid)
+                atoms = row.toatoms()
+                out.append((atoms.get_positions(), atoms.get_atomic_numbers()))
+                if len(out) == count:
+                    return out
     raise ValueError(f"{path}: {len(out)} system(s), the figure needs {count}")
 
 

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from dens import atomic_files
 from dens.atomic_files import file_digest
 from dens.data.validation import MAX_ATOMIC_NUMBER, check_atoms, model_max_atomic_number
-from dens.errors import DataError, InvalidDataError
+from dens.errors import InvalidDataError
 from dens.inference import BuildModel, TrainedModel, load_trained_model
 from dens.layout import RunDirectory
 from dens.models import build_model as build_registered_model
@@ -86,30 +86,21 @@ def read_initial_structures(
     elements: tuple[int, ...] | None = None,
     max_atomic_number: int = MAX_ATOMIC_NUMBER,
 ) -> list[InitialStructure]:
-    """The first ``limit`` (default all) rows of one relax split file (aselmdb). Every row needs
+    """The first ``limit`` (default all) rows of one relax split (a folder of aselmdb shards, or
+    one aselmdb file). Every row needs
     a ``sid``; ``elements``: the atomic numbers the model was trained on (a row with others is
     relaxed all the same, as S2EF evaluation scores such rows, and says which in ``unseen``:
     mini-OC20's ood_cat / ood_both systems hold out whole metals). Every row passes
     dens.data.validation with atomic numbers up to ``max_atomic_number`` (the model's table):
     a refusal (InvalidStructureError) names the file, the row, its sid, the atom and the
     value."""
-    import ase.db
-    import lmdb
-
-    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
+    from dens.data.split_folder import split_rows
 
     path = Path(path)
-    check_aselmdb(path)
-    out: list[InitialStructure] = []
-    try:
-        db = ase.db.connect(path, readonly=True)
-        try:
-            for row in db.select(limit=limit):
-                out.append(_initial_structure(row, path, challenge, elements, max_atomic_number))
-        finally:
-            db.close()
-    except lmdb.Error as error:
-        raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
+    out = [
+        _initial_structure(row, path, challenge, elements, max_atomic_number, shard)
+        for shard, row in split_rows(path, limit)
+    ]
     if not out:
         raise InvalidDataError(f"{path}: no rows to relax")
     return out
@@ -121,14 +112,15 @@ def _initial_structure(
     challenge: Challenge,
     elements: tuple[int, ...] | None,
     max_atomic_number: int,
+    shard: Path,
 ) -> InitialStructure:
-    """One row of the relax split file ``path`` (an ase.db row), checked (see
+    """One row of the relax split ``path`` (an ase.db row of its file ``shard``), checked (see
     :func:`read_initial_structures`)."""
     from ase.data import chemical_symbols
 
     from dens.data.structures import atoms_to_data
 
-    where = f"{path}: row {row.id}"
+    where = f"{shard}: row {row.id}"
     keys = row.key_value_pairs
     if "sid" not in keys:
         raise InvalidDataError(f"{where}: no sid (the server's IS2RE ids are sids)")

@@ -11,6 +11,7 @@ from typing import Any
 from dens.layout import RunDirectory
 from dens.pipeline.commands import (
     cmd_curves,
+    cmd_data_convert_group,
     cmd_data_download,
     cmd_data_extract,
     cmd_data_prepare,
@@ -114,13 +115,33 @@ def add_data(commands: Any) -> None:
     p.add_argument("--archive-path", required=True, type=Path, help="the downloaded file")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_data_extract)
-    p = data_commands.add_parser("prepare", help="write a dataset's aselmdb splits")
+    p = data_commands.add_parser(
+        "prepare", help="write a dataset's split folders of aselmdb shards"
+    )
     p.add_argument("dataset", help="name in config/datasets.yaml")
-    p.add_argument("inputs", nargs="*", type=Path, help="downloaded archives (paper scale)")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="paper scale: the conversion jobs' group records (data convert-group), or extracted "
+        "archive directories (converted here), or the MD17 npz",
+    )
     p.add_argument("--out-dir", required=True)
     p.add_argument("--threads", type=int, default=1)
     _add_config_options(p)
     p.set_defaults(func=cmd_data_prepare)
+    p = data_commands.add_parser(
+        "convert-group",
+        help="convert group G of an extracted OC20/OC22 archive's source files into shards",
+    )
+    p.add_argument("dataset", help="name in config/datasets.yaml")
+    p.add_argument("archive_dir", type=Path, help="the extracted archive directory")
+    p.add_argument("--group", required=True, type=int, help="0 .. groups - 1")
+    p.add_argument("--groups", required=True, type=int, help="G: the archive's conversion jobs")
+    p.add_argument("--out-dir", required=True, help="the dataset directory")
+    p.add_argument("--threads", type=int, default=1, help="worker processes")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_data_convert_group)
 
 
 def add_train(commands: Any) -> None:
@@ -141,8 +162,9 @@ def add_train(commands: Any) -> None:
         type=Path,
         default=[],
         metavar="SPLIT",
-        help="after training, score the best checkpoint on these split files (aselmdb) into "
-        "metrics.json in the same process, as `dens evaluate` would (one training process only)",
+        help="after training, score the best checkpoint on these splits (folders of aselmdb "
+        "shards, or aselmdb files) into metrics.json in the same process, as `dens evaluate` "
+        "would (one training process only)",
     )
     _add_continuation_option(
         p, f"the training state ({RunDirectory(PurePosixPath()).checkpoint('last')})"
@@ -163,12 +185,20 @@ def _add_split_job(
 
 def add_evaluate(commands: Any) -> None:
     about = "score a trained run on held-out splits"
-    _add_split_job(commands, "evaluate", about, "split files (aselmdb)", cmd_evaluate)
+    _add_split_job(
+        commands, "evaluate", about, "splits (folders of aselmdb shards, or files)", cmd_evaluate
+    )
 
 
 def add_submission(commands: Any) -> None:
     about = "write the S2EF test submission file for the evaluation server"
-    _add_split_job(commands, "submission", about, "test split files (aselmdb)", cmd_submission)
+    _add_split_job(
+        commands,
+        "submission",
+        about,
+        "test splits (folders of aselmdb shards, or files)",
+        cmd_submission,
+    )
 
 
 def add_import_checkpoint(commands: Any) -> None:
@@ -189,7 +219,9 @@ def add_import_checkpoint(commands: Any) -> None:
 
 def add_relax(commands: Any) -> None:
     about = "IS2RE: relax the initial structures of the relax splits with a run"
-    p = _add_split_job(commands, "relax", about, "relax split files (aselmdb)", cmd_relax)
+    p = _add_split_job(
+        commands, "relax", about, "relax splits (folders of aselmdb shards, or files)", cmd_relax
+    )
     _add_continuation_option(p, "the finished systems")
 
 
@@ -203,13 +235,15 @@ def add_simulate(commands: Any) -> None:
         action="append",
         required=True,
         type=Path,
-        help="split the initial configurations are drawn from (aselmdb; the test split)",
+        help="split the initial configurations are drawn from (split folder or aselmdb file; "
+        "the test split)",
     )
     p.add_argument(
         "reference",
         nargs="+",
         type=Path,
-        help="reference data for bond lengths and h(r) (aselmdb; every split of the dataset)",
+        help="reference data for bond lengths and h(r) (split folders or aselmdb files; every "
+        "split of the dataset)",
     )
     _add_continuation_option(p, "the simulation state")
     p.set_defaults(func=cmd_simulate)

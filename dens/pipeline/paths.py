@@ -59,7 +59,8 @@ def published_run(scale: str, name: str) -> RunDirectory[PurePosixPath]:
 
 
 def dataset(scale: str, name: str) -> DatasetDirectory[PurePosixPath]:
-    """A prepared dataset: one aselmdb file per split and its provenance (dens.layout)."""
+    """A prepared dataset: a folder of aselmdb shards per split, manifests, provenance
+    (dens.layout)."""
     return DatasetDirectory(results_dir(scale) / "data" / name)
 
 

@@ -36,11 +36,14 @@ def for_job(args: argparse.Namespace) -> Remedy:
             return None
         at_fault = Path(error.path).resolve()
         texts = next((texts for path, texts in files() if path.resolve() == at_fault), None)
+        folder = Path(error.path).parent  # as the user named it: absolute or relative
+        if texts is None:  # a shard of a split folder
+            texts = next((t for path, t in files() if path.resolve() == at_fault.parent), None)
+            folder = folder.parent
         if texts is None:
             return None
         missing, damaged = texts
         text = missing if isinstance(error, MissingDataError) else damaged
-        folder = Path(error.path).parent  # as the user named it: absolute or relative
         return text.format(folder=folder, run_folder=folder.parent)
 
     return remedy

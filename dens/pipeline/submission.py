@@ -21,7 +21,7 @@ with <split> one of the challenge's splits (dens.pipeline.challenges.CHALLENGES;
 ood_cat, ood_both; OC22: id, ood). Energy and forces are float16 for OC20 (the trainer's default
 ``prediction_dtype``) and float32 for OC22 (fairchem writes OC22 in float32; the official DeNS OC22
 config sets it too). A test row's split is its ``subsplit`` key without ``test_`` (the OC20 test
-LMDBs gathered into one file, dens.data.oc_convert), else the file's split name without
+LMDBs gathered into one split, dens.data.oc_convert), else the split's name without
 ``s2ef_test_`` when that is a challenge split (OC22), else its ``category`` key (generated
 mini-OC20, dens.data.catalysts).
 
@@ -50,7 +50,7 @@ import torch
 
 from dens import atomic_files, layout
 from dens.data.batch import Batch, Data
-from dens.errors import DataError, InvalidDataError
+from dens.errors import InvalidDataError
 from dens.evaluate import ErrorSums, run_identity
 from dens.inference import BuildModel, TrainedModel, load_trained_model
 from dens.layout import RunDirectory
@@ -97,40 +97,30 @@ def challenge_split(
 
 
 def read_test_rows(path: Path, challenge: Challenge) -> Iterator[TestStructure]:
-    """The rows of one test split file (aselmdb) in order; labelled or not, all rows alike."""
-    import ase.db
-    import lmdb
-
-    from dens.data.aselmdb_integrity import REBUILD, check_aselmdb
+    """The rows of one test split (a folder of aselmdb shards, or one aselmdb file) in order;
+    labelled or not, all rows alike. A row's challenge split comes from the split's name."""
+    from dens.data.split_folder import split_rows
     from dens.data.structures import atoms_to_data
 
     path = Path(path)
-    check_aselmdb(path)
     labelled: bool | None = None
-    try:
-        db = ase.db.connect(path, readonly=True)
-        try:
-            for row in db.select():
-                where = f"{path}: row {row.id}"
-                keys = row.key_value_pairs
-                if "sid" not in keys:
-                    raise InvalidDataError(f"{where}: no sid (the server's ids are sid_fid)")
-                has_labels = row.get("energy") is not None and row.get("forces") is not None
-                if labelled is None:
-                    labelled = has_labels
-                if has_labels != labelled:
-                    raise InvalidDataError(f"{where}: labelled and unlabelled rows mixed")
-                atoms = row.toatoms()
-                yield TestStructure(
-                    atoms_to_data(atoms, torch.float32, labels=has_labels),
-                    f"{keys['sid']}_{keys['fid']}" if "fid" in keys else str(keys["sid"]),
-                    challenge_split(path.stem, keys, challenge, where),
-                    has_labels,
-                )
-        finally:
-            db.close()
-    except lmdb.Error as error:
-        raise DataError(f"{path} is damaged (LMDB: {error})", path, REBUILD) from error
+    for shard, row in split_rows(path):
+        where = f"{shard}: row {row.id}"
+        keys = row.key_value_pairs
+        if "sid" not in keys:
+            raise InvalidDataError(f"{where}: no sid (the server's ids are sid_fid)")
+        has_labels = row.get("energy") is not None and row.get("forces") is not None
+        if labelled is None:
+            labelled = has_labels
+        if has_labels != labelled:
+            raise InvalidDataError(f"{where}: labelled and unlabelled rows mixed")
+        atoms = row.toatoms()
+        yield TestStructure(
+            atoms_to_data(atoms, torch.float32, labels=has_labels),
+            f"{keys['sid']}_{keys['fid']}" if "fid" in keys else str(keys["sid"]),
+            challenge_split(path.stem, keys, challenge, where),
+            has_labels,
+        )
 
 
 # -- predicting ------------------------------------------------------------------------------------

@@ -24,16 +24,17 @@ from dens.simulate.settings import BOND_SKIN_A, HR_BINS, HR_RANGE_A, SimulationS
 
 
 def read_frames(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Atomic numbers [N] and positions [F, N, 3] (Å, float64) of every row of the aselmdb
-    files ``paths``, in order; all rows must be the same molecule (same numbers, same order)."""
+    """Atomic numbers [N] and positions [F, N, 3] (Å, float64) of every row of the splits
+    ``paths`` (split folders or aselmdb files), in order; all rows must be the same molecule
+    (same numbers, same order)."""
     import ase.db
 
-    from dens.data.aselmdb_integrity import check_aselmdb
+    from dens.data.split_folder import check_split
 
     numbers: np.ndarray | None = None
     frames: list[np.ndarray] = []
-    for path in map(Path, paths):
-        check_aselmdb(path)
+    shards = [shard for split in map(Path, paths) for shard in check_split(split)]
+    for path in shards:
         db = ase.db.connect(path, readonly=True)
         try:
             for row in db.select():

@@ -32,7 +32,8 @@ from dens.data.aselmdb_integrity import (
 from dens.errors import DataError, DensError, MissingDataError
 
 REPO = Path(__file__).resolve().parents[2]
-SPLIT = Path("results/smoke/data/md17-ethanol/test.aselmdb")
+SPLIT_DIR = Path("results/smoke/data/md17-ethanol/test")
+SPLIT = SPLIT_DIR / "shard-000000.aselmdb"  # the one shard of a prepared split folder
 
 
 def structures(n: int, seed: int = 0):
@@ -121,7 +122,7 @@ def test_truncated_file_is_one_error_naming_it_and_the_rebuild(
         check_aselmdb(path)
     message = str(error.value)
     assert message.startswith(f"{path} is damaged (") and "\n" not in message
-    assert f"delete {path.parent}/ and rerun snakemake" in message
+    assert f"delete {path.parent.parent}/ and rerun snakemake" in message
     assert "`snakemake --force results/smoke/data/md17-ethanol/provenance.json`" in message
 
 
@@ -139,10 +140,10 @@ def test_missing_file_names_it_and_its_snakemake_target(
     tmp_path: Path, pipeline_remedies: None
 ) -> None:
     with pytest.raises(MissingDataError) as error:
-        AseLmdbDataset(tmp_path / SPLIT)
+        AseLmdbDataset(tmp_path / SPLIT_DIR)
     assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, DensError)
     assert str(error.value) == (
-        f"aselmdb file not found: {tmp_path / SPLIT}; make it with `snakemake {SPLIT}`"
+        f"split folder not found: {tmp_path / SPLIT_DIR}; make it with `snakemake {SPLIT_DIR}`"
     )
 
 
@@ -288,7 +289,7 @@ from dens.pipeline.remedies import for_job
 job = argparse.Namespace(scale="smoke", seed=0, experiment="md17-ethanol/equiformer-l2")
 name_remedies(for_job(job))  # as `dens train` of that job does
 for path, limit in json.loads(sys.argv[1]):
-    os.chdir(pathlib.Path(path).parents[4])  # the case's pipeline directory
+    os.chdir(pathlib.Path(path).parents[5])  # the case's pipeline directory
     aselmdb_integrity.SHA256_LIMIT_BYTES = 16 * 2**30 if limit is None else limit
     try:
         dataset = aselmdb.AseLmdbDataset(path)
@@ -346,7 +347,7 @@ def test_random_damage_is_one_line_naming_the_file(
             assert mode != "sha256" and output == "60\n", (path, output)
         else:
             assert output.startswith(f"{path} is damaged (") and output.count("\n") == 1, output
-            assert f"delete {path.parent}/ and rerun snakemake" in output
+            assert f"delete {path.parent.parent}/ and rerun snakemake" in output
         outcomes.append(code)
     assert outcomes.count(2) >= (30 if mode == "sha256" else 15)
 
@@ -356,7 +357,7 @@ def test_manifest_records_the_split_and_a_mismatch_names_it(
 ) -> None:
     path = prepared_copy(tmp_path, original)
     manifest = read_manifest(path)
-    assert manifest_path(path).name == "test.aselmdb.manifest.json"
+    assert manifest_path(path).name == "shard-000000.aselmdb.manifest.json"
     assert manifest is not None and manifest["rows"] == 60 and manifest["bytes"] == len(original)
     assert check_aselmdb(path) == manifest and check_pages(path) == 60
     # A manifest counting other rows: with the sha256 skipped, the row count refuses the file.
@@ -372,7 +373,7 @@ def test_manifest_records_the_split_and_a_mismatch_names_it(
     with pytest.raises(DataError, match=rf"{len(original)} bytes, 5 as recorded at preparation"):
         check_aselmdb(path)
     manifest_path(path).write_text("{")
-    with pytest.raises(DataError, match=r"test\.aselmdb\.manifest\.json is damaged \("):
+    with pytest.raises(DataError, match=r"shard-000000\.aselmdb\.manifest\.json is damaged \("):
         check_aselmdb(path)
     # Rewriting the split removes its earlier manifest, which no longer describes it.
     write_aselmdb(path, structures(2))
@@ -422,24 +423,31 @@ def test_fault_while_lmdb_reads_is_one_line_not_a_signal(tmp_path: Path, origina
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert result.stderr == (
         f"dens: error: {path} is damaged (a memory fault while LMDB read it); rebuild it: "
-        f"delete {path.parent}/ and rerun snakemake "
+        f"delete {path.parent.parent}/ and rerun snakemake "
         "(or `snakemake --force results/smoke/data/md17-ethanol/provenance.json`)\n"
     )
 
 
 def test_prepare_dataset_writes_a_manifest_per_split(tmp_path: Path, monkeypatch) -> None:
-    """dens data prepare records each split's manifest after the preparer, replacing stale ones."""
+    """dens data prepare records each split folder's manifest after the preparer, replacing
+    stale ones."""
     from dens.data import prepare
+    from dens.data.split_folder import read_split_manifest
 
     def preparer(settings, out_dir, inputs, processes) -> None:
         for split, n in (("train", 3), ("val", 2)):
-            write_aselmdb(out_dir / f"{split}.aselmdb", structures(n))
+            write_aselmdb(out_dir / split / "shard-000000.aselmdb", structures(n))
 
     monkeypatch.setitem(prepare.PREPARERS, "fake", preparer)
-    (tmp_path / "old.aselmdb.manifest.json").write_text("{}")
-    prepare.prepare_dataset({"family": "fake"}, tmp_path)
+    (tmp_path / "train.manifest.json").write_text("{}")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "shard-000007.aselmdb").write_text("stale")
+    prepare.prepare_dataset(
+        {"family": "fake", "splits": {"train": "train", "val": ["val"]}}, tmp_path
+    )
     assert sorted(p.name for p in tmp_path.glob("*.json")) == [
-        "train.aselmdb.manifest.json",
-        "val.aselmdb.manifest.json",
+        "train.manifest.json",
+        "val.manifest.json",
     ]
-    assert [read_manifest(tmp_path / f"{s}.aselmdb")["rows"] for s in ("train", "val")] == [3, 2]
+    assert [read_split_manifest(tmp_path / s)["rows"] for s in ("train", "val")] == [3, 2]
+    assert [p.name for p in (tmp_path / "val").iterdir()] == ["shard-000000.aselmdb"]

@@ -9,7 +9,6 @@ import copy
 import json
 from pathlib import Path
 
-import ase.db
 import numpy as np
 import pytest
 import yaml
@@ -43,8 +42,10 @@ def split_names(name: str) -> list[str]:
 
 
 def rows(path: Path) -> list:
-    with ase.db.connect(path, readonly=True) as db:
-        return list(db.select())
+    """The ase.db rows of a split folder (its shards in order)."""
+    from dens.data.split_folder import split_rows
+
+    return [row for _, row in split_rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def generated(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def data(generated) -> dict[str, dict[str, list]]:
     return {
-        name: {split: rows(out / f"{split}.aselmdb") for split in split_names(name)}
+        name: {split: rows(out / split) for split in split_names(name)}
         for name, out in generated.items()
     }
 
@@ -73,14 +74,17 @@ def data(generated) -> dict[str, dict[str, list]]:
 def test_writes_exactly_the_splits_and_provenance_last(generated, data, name):
     out = generated[name]
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted([f"{s}.aselmdb" for s in split_names(name)] + ["provenance.json"])
+    assert files == sorted([*split_names(name), "provenance.json"])  # manifests: prepare_dataset
+    assert all(
+        [p.name for p in (out / s).iterdir()] == ["shard-000000.aselmdb"] for s in split_names(name)
+    )
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["method"] == "EMT"
     assert set(provenance["splits"]) == set(split_names(name))
     for split, split_rows in data[name].items():
         assert provenance["splits"][split]["rows"] == len(split_rows) > 0
         assert (out / "provenance.json").stat().st_mtime_ns >= (
-            out / f"{split}.aselmdb"
+            out / split / "shard-000000.aselmdb"
         ).stat().st_mtime_ns
     assert provenance["versions"]["ase"] and provenance["relaxation"]["fmax_eV_per_A"] == 0.05
 
@@ -184,7 +188,7 @@ def test_deterministic_and_independent_of_processes(generated, data, tmp_path):
         prepare = prepare or catalysts.prepare_oc20_generated
         prepare(settings(name), tmp_path / name, 2)
         for split, split_rows in data[name].items():
-            again = rows(tmp_path / name / f"{split}.aselmdb")
+            again = rows(tmp_path / name / split)
             assert len(again) == len(split_rows)
             for a, b in zip(split_rows, again, strict=True):
                 assert (a.sid, a.fid, a.energy) == (b.sid, b.fid, b.energy)
@@ -192,7 +196,7 @@ def test_deterministic_and_independent_of_processes(generated, data, tmp_path):
                 assert np.array_equal(a.forces, b.forces)
     # another seed, other systems
     prepare(settings("oc22", seed=1), tmp_path / "seed1", 1)
-    other = rows(tmp_path / "seed1" / "train.aselmdb")
+    other = rows(tmp_path / "seed1" / "train")
     assert other[0].energy != data["oc22"]["train"][0].energy
 
 
@@ -266,7 +270,7 @@ def test_is2re_rows(data, name, split):
 @pytest.mark.parametrize("name", ["oc20-all-md", "oc22"])
 def test_readable_by_dens_dataset(generated, name):
     for split in split_names(name):
-        dataset = AseLmdbDataset(generated[name] / f"{split}.aselmdb")
+        dataset = AseLmdbDataset(generated[name] / split)
         item = dataset[0]
         assert item.cell.shape == (1, 3, 3) and item.pbc.all()
         assert set(item.tags.tolist()) == {0, 1, 2}
@@ -278,7 +282,7 @@ def test_readable_by_dens_dataset(generated, name):
 def test_readable_by_fairchem_and_ase_db(generated, data):
     from fairchem.core.datasets import AseDBDataset
 
-    path = generated["oc20-all-md"] / "val_id.aselmdb"
+    path = generated["oc20-all-md"] / "val_id"
     dataset = AseDBDataset({"src": str(path)})
     assert len(dataset) == len(data["oc20-all-md"]["val_id"])
     row = data["oc20-all-md"]["val_id"][3]
@@ -288,7 +292,7 @@ def test_readable_by_fairchem_and_ase_db(generated, data):
     assert [type(c) for c in atoms.constraints] == [FixAtoms]
     np.testing.assert_allclose(atoms.cell, row.cell)
     assert atoms.get_potential_energy() == pytest.approx(row.energy)
-    relax = AseDBDataset({"src": str(generated["oc20-all-md"] / "is2re_test.aselmdb")})
+    relax = AseDBDataset({"src": str(generated["oc20-all-md"] / "is2re_test")})
     assert relax.get_atoms(0).info["pos_relaxed"].shape == (len(relax.get_atoms(0)), 3)
     assert dataset[0].sid  # the fairchem graph conversion
 

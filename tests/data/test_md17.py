@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ase.db
 import numpy as np
 import pytest
 import torch
@@ -31,11 +30,10 @@ SMALL = {"n_train": 6, "n_val": 2, "n_test": 4, "stride": 3, "equilibration_step
 
 
 def _rows(path: Path) -> list:
-    db = ase.db.connect(path, readonly=True)
-    try:
-        return list(db.select())
-    finally:
-        db.close()
+    """The ase.db rows of a split folder (its shards in order)."""
+    from dens.data.split_folder import split_rows
+
+    return [row for _, row in split_rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +74,7 @@ def test_generation_writes_splits_and_provenance(ethanol_dir: Path) -> None:
     frames = split["train"] + split["val"] + split["test"]
     assert sorted(frames) == list(range(12))
     for name in ("train", "val", "test"):
-        rows = _rows(ethanol_dir / f"{name}.aselmdb")
+        rows = _rows(ethanol_dir / name)
         assert [row.frame for row in rows] == split[name]
         assert all(row.natoms == 9 and row.formula == "C2H6O" for row in rows)
     assert not (ethanol_dir / "train.aselmdb-lock").exists()
@@ -95,7 +93,7 @@ def test_generation_writes_splits_and_provenance(ethanol_dir: Path) -> None:
 def test_generated_labels_are_gfn2_xtb_of_the_stored_positions(ethanol_dir: Path) -> None:
     from tblite.ase import TBLite
 
-    row = _rows(ethanol_dir / "test.aselmdb")[0]
+    row = _rows(ethanol_dir / "test")[0]
     atoms = Atoms(numbers=row.numbers, positions=row.positions)
     atoms.calc = TBLite(method="GFN2-xTB", accuracy=TBLITE_ACCURACY, verbosity=0)
     np.testing.assert_allclose(atoms.get_potential_energy(), row.energy, atol=1e-6)
@@ -107,9 +105,9 @@ def test_generated_labels_are_gfn2_xtb_of_the_stored_positions(ethanol_dir: Path
 def test_generation_is_deterministic_for_a_seed(ethanol_dir: Path, tmp_path: Path) -> None:
     generate_md17("ethanol", tmp_path / "same", seed=0, progress=False, **SMALL)
     generate_md17("ethanol", tmp_path / "other", seed=1, progress=False, **SMALL)
-    reference = _rows(ethanol_dir / "train.aselmdb")
-    same = _rows(tmp_path / "same" / "train.aselmdb")
-    other = _rows(tmp_path / "other" / "train.aselmdb")
+    reference = _rows(ethanol_dir / "train")
+    same = _rows(tmp_path / "same" / "train")
+    other = _rows(tmp_path / "other" / "train")
     for a, b in zip(reference, same, strict=True):
         assert a.frame == b.frame
         assert np.array_equal(a.positions, b.positions)
@@ -119,8 +117,8 @@ def test_generation_is_deterministic_for_a_seed(ethanol_dir: Path, tmp_path: Pat
 
 
 def test_dataset_yields_the_shared_data_convention(ethanol_dir: Path) -> None:
-    dataset = AseLmdbDataset(ethanol_dir / "train.aselmdb")
-    rows = _rows(ethanol_dir / "train.aselmdb")
+    dataset = AseLmdbDataset(ethanol_dir / "train")
+    rows = _rows(ethanol_dir / "train")
     assert len(dataset) == SMALL["n_train"] == len(rows)
     assert dataset.metadata["molecule"] == "ethanol"
     data = dataset[2]
@@ -270,7 +268,7 @@ def test_convert_md17_npz_refuses_malformed_molecules_naming_the_frame(
 def test_fairchem_and_ase_db_read_the_files(ethanol_dir: Path) -> None:
     from fairchem.core.datasets import AseDBDataset
 
-    path = ethanol_dir / "val.aselmdb"
+    path = ethanol_dir / "val"
     rows = _rows(path)
     dataset = AseDBDataset({"src": str(path)})
     assert len(dataset) == len(rows) == SMALL["n_val"]
@@ -284,7 +282,10 @@ def test_fairchem_and_ase_db_read_the_files(ethanol_dir: Path) -> None:
         assert torch.allclose(item.forces, torch.tensor(row.forces, dtype=torch.float32))
 
     listing = subprocess.run(
-        [sys.executable, "-m", "ase", "db", str(path)], capture_output=True, text=True, check=True
-    ).stdout
+        [sys.executable, "-m", "ase", "db", str(path / "shard-000000.aselmdb")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout  # `ase db` reads one file: the split's one shard
     assert "Rows: 2" in listing
     assert listing.count("C2H6O") == 2 and "gfn2-xtb" in listing

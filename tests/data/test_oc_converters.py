@@ -9,7 +9,6 @@ import lzma
 import pickle
 from pathlib import Path
 
-import ase.db
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -33,6 +32,7 @@ from dens.data.download.transfer import fetch
 from dens.data.legacy_lmdb import read_legacy_rows, safe_loads
 from dens.data.oc_convert import prepare_oc_downloaded
 from dens.data.s2ef_extxyz import read_s2ef_frames
+from dens.data.split_folder import read_split_manifest, split_rows
 from dens.errors import DataError
 
 DATASET = "oc20-all-md"
@@ -46,11 +46,8 @@ SUBSPLITS = ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both")
 
 
 def _rows(path: Path) -> list:
-    db = ase.db.connect(path, readonly=True)
-    try:
-        return list(db.select())
-    finally:
-        db.close()
+    """The ase.db rows of a split folder (its shards in order, checked) or of one aselmdb file."""
+    return [row for _, row in split_rows(path)]
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +155,20 @@ def test_release_downloads_verifies_extracts_and_converts(release: dict, tmp_pat
     out = tmp_path / "out"
     prepare_oc_downloaded(SETTINGS, out, inputs, processes=2, catalog_root=root, progress=False)
 
-    assert sorted(p.name for p in out.iterdir()) == [
-        "is2re_test.aselmdb",
-        "provenance.json",
-        "s2ef_test.aselmdb",
-        "train.aselmdb",
-        "val_id.aselmdb",
-    ]
+    splits = ("is2re_test", "s2ef_test", "train", "val_id")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["provenance.json", *splits, *(f"{s}.manifest.json" for s in splits)]
+    )
+    # one shard per source file, in data order: 2 + 1 extxyz files, 4 x 2 and 4 x 1 LMDBs
+    shards = {s: len(read_split_manifest(out / s)["shards"]) for s in splits}
+    assert shards == {"train": 3, "val_id": 1, "s2ef_test": 8, "is2re_test": 4}
+    assert all(p.name.startswith("shard-") for s in splits for p in (out / s).iterdir())
     frames = release["frames"]
     train = frames["s2ef_train_all"] + frames["s2ef_md"]
-    _check_s2ef(out / "train.aselmdb", train, [False] * 8 + [True] * 4)
-    _check_s2ef(out / "val_id.aselmdb", frames["s2ef_val_id"], [False] * 4)
+    _check_s2ef(out / "train", train, [False] * 8 + [True] * 4)
+    _check_s2ef(out / "val_id", frames["s2ef_val_id"], [False] * 4)
 
-    rows = _rows(out / "s2ef_test.aselmdb")
+    rows = _rows(out / "s2ef_test")
     expected = [
         (sub, r) for sub in SUBSPLITS for part in (0, 1) for r in release["s2ef_test"][sub, part]
     ]
@@ -181,7 +179,7 @@ def test_release_downloads_verifies_extracts_and_converts(release: dict, tmp_pat
         np.testing.assert_allclose(row.positions, record["pos"].numpy(), atol=1e-6)
         assert row.get("energy") is None and row.get("forces") is None
 
-    rows = _rows(out / "is2re_test.aselmdb")
+    rows = _rows(out / "is2re_test")
     expected = [(sub, r) for sub in SUBSPLITS for r in release["is2re"][sub]]
     assert len(rows) == 8
     for row, (sub, record) in zip(rows, expected, strict=True):
@@ -207,17 +205,17 @@ def test_release_downloads_verifies_extracts_and_converts(release: dict, tmp_pat
     assert not (out / ".work").exists()
 
     # the files are what the training code and fairchem read
-    data = AseLmdbDataset(out / "train.aselmdb")
+    data = AseLmdbDataset(out / "train")
     assert len(data) == 12 and bool(data[11].md_split) and not bool(data[0].md_split)
     from fairchem.core.datasets import AseDBDataset
 
     for split, n in (("train", 12), ("val_id", 4), ("s2ef_test", 10), ("is2re_test", 8)):
-        dataset = AseDBDataset({"src": str(out / f"{split}.aselmdb")})
+        dataset = AseDBDataset({"src": str(out / split)})
         assert len(dataset) == n
         atoms = dataset.get_atoms(0)
         assert len(atoms) > 0 and atoms.pbc.all()
-    first = AseDBDataset({"src": str(out / "train.aselmdb")}).get_atoms(0)
-    assert first.info["sid"] == train[0][1][0]
+    first = AseDBDataset({"src": str(out / "train")})
+    assert [first.get_atoms(i).info["sid"] for i in range(12)] == [w[1][0] for w in train]
 
 
 def _bad_release(release: dict, tmp_path: Path, damage) -> tuple:
@@ -231,7 +229,8 @@ def _bad_release(release: dict, tmp_path: Path, damage) -> tuple:
 
 
 def _assert_nothing_written(out: Path) -> None:
-    assert not list(out.glob("*.aselmdb")) and not (out / "provenance.json").exists()
+    """No split folder, manifest or provenance: only the conversion's .work, if anything."""
+    assert [p.name for p in out.iterdir()] in ([], [".work"]) if out.exists() else True
 
 
 def test_txt_with_fewer_lines_stops_naming_file_and_line(release: dict, tmp_path: Path) -> None:
@@ -300,7 +299,7 @@ def test_finished_shards_are_not_redone_after_a_failure(
     prepare_oc_downloaded(SETTINGS, out, inputs, processes=1, catalog_root=root, progress=False)
     assert (out / "provenance.json").is_file()
     assert killed[0] in converted and not set(finished) & set(converted)
-    assert len(_rows(out / "train.aselmdb")) == 12
+    assert len(_rows(out / "train")) == 12
 
 
 def test_legacy_pickle_calling_os_system_is_refused_without_running_it(
@@ -426,7 +425,7 @@ def test_oc22_release_downloads_verifies_extracts_and_converts(tmp_path: Path) -
         settings, out, [extracted], processes=2, catalog_root=root, progress=False
     )
     for split, expected in records.items():
-        rows = _rows(out / f"{split}.aselmdb")
+        rows = _rows(out / split)
         assert len(rows) == len(expected)
         for row, record in zip(rows, expected, strict=True):
             assert row.energy == pytest.approx(record["y"], abs=1e-7)

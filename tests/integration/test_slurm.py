@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILE = Path("profiles/slurm/config.yaml")
 RUN = "md17-ethanol/equiformer-l2-dens"
 TARGET = Path(f"results/smoke/runs/{RUN}/seed0/metrics.json")
-DATA = Path("results/smoke/data/md17-ethanol/train.aselmdb")
+DATA = Path("results/smoke/data/md17-ethanol/train/shard-000000.aselmdb")  # the split's one shard
 # Top-level entries of the working tree that are outputs or environments, never sources.
 NOT_COPIED = {".git", ".venv", ".snakemake", "results"}
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
@@ -298,7 +298,7 @@ def local_training(root: Path, run_dir: Path, env: dict[str, str]) -> subprocess
     its output goes to run_dir/stdout.log."""
     data = root / "results" / SCALE / "data" / "md17-ethanol"
     command = [sys.executable, "-m", "dens", "train", RUN, "--scale", SCALE, "--threads", "1"]
-    command += ["--train", str(data / "train.aselmdb"), "--val", str(data / "val.aselmdb")]
+    command += ["--train", str(data / "train"), "--val", str(data / "val")]
     run_dir.mkdir(parents=True)
     with open(run_dir / "stdout.log", "wb") as output:
         return subprocess.Popen(

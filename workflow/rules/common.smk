@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from dens.config_files import read_yaml
 from dens.data.download.catalog import load_catalog
 from dens.data.download.content import EXTRACTABLE_FORMATS
+from dens.data.oc_convert import frames_per_job, group_count, published_frames
 from dens.pipeline import paths
 from dens.pipeline.curves import curve_inputs, curve_tables
 from dens.pipeline.figures import FIGURES
@@ -40,7 +41,8 @@ class JobSize:
 JOB_SIZES = {  # kind of job: (at the CPU scales mini and smoke, at the paper scale)
     "download": (JobSize(2000, 60 * 24), JobSize(2000, 60 * 24)),
     "extract": (JobSize(2000, 60 * 12), JobSize(2000, 60 * 12)),
-    "prepare": (JobSize(4000, 120), JobSize(64000, 60 * 48)),
+    "convert": (JobSize(4000, 120), JobSize(8000, 60 * 12)),
+    "prepare": (JobSize(4000, 120), JobSize(16000, 60 * 4)),
     "import_checkpoint": (JobSize(4000, 60), JobSize(16000, 60)),
     "evaluate": (JobSize(8000, 60), JobSize(8000, 60 * 12, gpu=True)),
     "submission": (JobSize(4000, 60), JobSize(32000, 60 * 24, gpu=True)),
@@ -221,6 +223,7 @@ def train_launcher(wildcards, resources, threads):
 
 # Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.
 ARCHIVES = load_catalog(root=Path(workflow.basedir))
+PUBLISHED_FRAMES = published_frames(Path(workflow.basedir))
 DOWNLOADS = str(paths.downloads_dir(SCALE))
 # `dens data download --mirror URL` where config `mirror` is set. A global of the shell command,
 # not a param: the mirror says where a file comes from, not what it is (its checksum does), so
@@ -233,17 +236,35 @@ def archive_file(name):
     return f"{DOWNLOADS}/{name}.{ARCHIVES[name].format}"
 
 
+def convert_groups(archive):
+    """G, the convert_group jobs of an archive: its published frames
+    (config/archives.yaml) over config convert_frames_per_job, by default what one job converts
+    in half its time limit (dens.data.oc_convert.frames_per_job)."""
+    per_job = REGISTRY.options["convert_frames_per_job"] or frames_per_job(
+        REGISTRY.options["max_job_hours"], JOB_SIZES["convert"][1].minutes
+    )
+    return group_count(sum(PUBLISHED_FRAMES.get(archive, {}).values()), per_job)
+
+
 def dataset_inputs(wildcards):
-    """Downloaded (and extracted) archives a dataset is converted from; none when generated."""
+    """What a dataset is made from at a scale whose source is `download`: the group records of
+    its extracted archives' convert_group jobs (OC20/OC22), or an archive used
+    as is (MD17's npz); nothing when generated."""
     if REGISTRY.data_settings(wildcards.dataset)["source"] != "download":
         return []
+    directory = paths.dataset(SCALE, wildcards.dataset)
     return [
-        f"{DOWNLOADS}/extracted/{name}"
+        str(directory.group_record(name, group))
         if archive.format in EXTRACTABLE_FORMATS
         else archive_file(name)
         for name, archive in ARCHIVES.items()
         if wildcards.dataset in archive.dataset and not archive.optional
+        for group in (range(convert_groups(name)) if archive.format in EXTRACTABLE_FORMATS else [0])
     ]
+
+
+def convert_group_settings(wildcards):
+    return json.dumps(REGISTRY.data_settings(wildcards.dataset), sort_keys=True)
 
 
 def reference_files(wildcards):
@@ -254,10 +275,6 @@ def reference_files(wildcards):
         "energy_reference_file"
     )
     return [] if path is None else [path]
-
-
-def dataset_threads(wildcards):
-    return 1 if REGISTRY.data_settings(wildcards.dataset)["source"] == "generate" else 16
 
 
 # Tables (tables.smk).
