@@ -7,9 +7,11 @@ The steps and what they need (README.md "Data"):
   config/archives.yaml, less what a resumable ``<file>.part`` already holds;
 - extract (:func:`dens.data.download.extract.extract`): a plain tar, its own byte count (a tar is
   its members plus headers); a compressed one (tar.gz, tar.xz, zip), ``size.extracted``;
-- conversion of OC extracted archives to aselmdb (dens.data.oc_convert): the published frame
-  count times :data:`ASELMDB_BYTES_PER_FRAME`, times :data:`CONVERSION_PEAK`
-  (:func:`conversion_bytes`, :func:`require_conversion_space`).
+- conversion of OC extracted archives to aselmdb shards (one job per group of an archive's
+  files, dens.data.oc_convert.convert_group): the group's share of the archive's published frame
+  count times :data:`ASELMDB_BYTES_PER_FRAME` (:func:`conversion_bytes`,
+  :func:`require_conversion_space`). The shards are written once: the finishing job moves them
+  into the split folders (dens.data.oc_finish), so nothing is copied or merged.
 
 Sizes the catalog states (``3.4G``) are rounded and may be decimal or binary units: the need is
 the highest byte count the size stands for (:func:`catalog_bytes`, after
@@ -51,10 +53,6 @@ SAFETY_MARGIN = 64 * 1024**2
 #: 2,000,000 frames, 1.7-1.8 kB a frame. The same row format holds OC22's frames (an estimate
 #: there: its slabs' sizes differ).
 ASELMDB_BYTES_PER_FRAME = 4143
-
-#: A split needs about twice its size while being converted: its shards and the merged file
-#: coexist until the merge ends (benchmarks/README.md "OC20 S2EF conversion"; dens.data.oc_convert).
-CONVERSION_PEAK = 2.0
 
 #: What to do when a step does not fit (the message's end).
 REMEDY = (
@@ -127,18 +125,16 @@ def require_free_space(
     )
 
 
-def conversion_bytes(frames: int, peak: float = CONVERSION_PEAK) -> int:
-    """Estimated bytes a conversion of ``frames`` OC frames to aselmdb needs at its peak:
-    ``frames`` x :data:`ASELMDB_BYTES_PER_FRAME` (measured) x ``peak`` (the shards and the merged
-    split coexist: :data:`CONVERSION_PEAK`; 1 where only the split file is written)."""
-    return round(frames * ASELMDB_BYTES_PER_FRAME * peak)
+def conversion_bytes(frames: int) -> int:
+    """Estimated bytes of the aselmdb shards of ``frames`` OC frames: ``frames`` x
+    :data:`ASELMDB_BYTES_PER_FRAME` (measured)."""
+    return frames * ASELMDB_BYTES_PER_FRAME
 
 
 def require_conversion_space(
     folder: str | os.PathLike[str],
     frames: int | None,
     what: str,
-    peak: float = CONVERSION_PEAK,
     written: int = 0,
 ) -> None:
     """Refuse a conversion of ``frames`` OC frames into ``folder`` (the prepared dataset's folder)
@@ -150,11 +146,9 @@ def require_conversion_space(
         require_free_space(folder, None, what, "no published frame count to estimate it from")
         return
     basis = f"{frames:,} frames x {ASELMDB_BYTES_PER_FRAME} bytes of aselmdb a frame"
-    if peak != 1:
-        basis += f" x {peak:g} while shards and merged file coexist"
     if written:
         basis += f", less {human_size(written)} already converted"
-    require_free_space(folder, conversion_bytes(frames, peak) - written, what, basis)
+    require_free_space(folder, conversion_bytes(frames) - written, what, basis)
 
 
 def require_download_space(dest: str | os.PathLike[str], size: str | None) -> None:

@@ -46,9 +46,10 @@ from typing import Any
 
 from dens import atomic_files
 from dens.config_files import find_root, read_yaml
+from dens.data.disk_space import require_conversion_space
 from dens.data.download.catalog import CATALOG, Archive, load_catalog
 from dens.data.download.extract import is_extracted
-from dens.data.oc_shards import ShardTask, _source_id, run_shards
+from dens.data.oc_shards import ShardTask, _source_id, run_shards, shard_done
 from dens.errors import ConfigError, DataError
 from dens.layout import DatasetDirectory
 
@@ -213,6 +214,24 @@ def group_tasks(tasks: Sequence[ShardTask], group: int, groups: int) -> list[Sha
     return list(tasks[group * count // groups : (group + 1) * count // groups])
 
 
+def _require_group_space(
+    archive: str,
+    catalog_root: Path | None,
+    tasks: Sequence[ShardTask],
+    mine: Sequence[ShardTask],
+    group: str,
+) -> None:
+    """Disk first (dens.data.disk_space): the group's share of the archive's published frames
+    (its files' share of the archive's files) must fit beside the shards it already wrote."""
+    if not mine:
+        return
+    published = sum(published_frames(catalog_root).get(archive, {}).values())
+    share = math.ceil(published * len(mine) / len(tasks)) if published else None
+    written = sum(task.shard.stat().st_size for task in mine if shard_done(task) is not None)
+    what = f"converting {group} of {archive}"
+    require_conversion_space(mine[0].work_dir, share, what, written=written)
+
+
 def convert_group(
     settings: Mapping[str, Any],
     directory: Path,
@@ -233,6 +252,7 @@ def convert_group(
     work_dir = Path(DatasetDirectory(Path(out_dir)).archive_work(archive.name))
     tasks = archive_tasks(settings, archive, Path(directory), work_dir)
     mine = group_tasks(tasks, group, groups)
+    _require_group_space(archive.name, catalog_root, tasks, mine, f"group {group} of {groups}")
     counts = run_shards(mine, processes, progress)
     record = {
         "archive": archive.name,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import lzma
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ from dens.data.aselmdb import AseLmdbDataset
 from dens.data.download.catalog import load_catalog
 from dens.data.download.transfer import fetch
 from dens.data.legacy_lmdb import read_legacy_rows, safe_loads
-from dens.data.oc_convert import prepare_oc_downloaded
+from dens.data.oc_convert import convert_group, prepare_oc_downloaded
 from dens.data.s2ef_extxyz import read_s2ef_frames
 from dens.data.split_folder import read_split_manifest, split_rows
-from dens.errors import DataError
+from dens.errors import DataError, DiskError
 
 DATASET = "oc20-all-md"
 SETTINGS = {
@@ -509,3 +510,22 @@ def test_legacy_rows_outside_the_bounds_are_refused_naming_file_row_and_sid(
             DataError, match=rf"bad{bad}\.lmdb: row {bad} \(sid 100{bad}\): {message}"
         ):
             list(oc_shards._rows(task))
+
+
+def test_a_conversion_group_that_does_not_fit_stops_before_writing(
+    release: dict, tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    """Disk first: a group's share of the archive's published frames (here a claimed 40,000 for
+    the two files of s2ef_train_all: 20,000 a group, 79 MiB of aselmdb) that does not fit in
+    the dataset's folder stops the job in one line before a shard is written."""
+    root, inputs = _download(
+        release, tmp_path, frames_override={"oc20_s2ef_train_all": {"train": 40_000}}
+    )
+    out = tmpfs("96m") / DATASET
+    train_all = next(path for path in inputs if path.name == "oc20_s2ef_train_all")
+    with pytest.raises(DiskError) as error:
+        convert_group(SETTINGS, train_all, 0, 2, out, catalog_root=root, progress=False)
+    message = str(error.value)
+    assert message.startswith(f"{out / '.work' / 'oc20_s2ef_train_all'}: converting group 0 of 2")
+    assert "20,000 frames x 4143 bytes of aselmdb a frame" in message and "free there" in message
+    assert not list(out.rglob("*.aselmdb"))
