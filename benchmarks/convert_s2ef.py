@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "data"))
-
-from oc_fixtures import slab_frames, write_s2ef_files  # noqa: E402
-
-from dens.data.oc_shards import ShardTask, merge_shards, run_shards  # noqa: E402
+from dens.data.oc_shards import ShardTask, merge_shards, run_shards
+from dens.pipeline.rehearsal.builders import slab_frames, write_s2ef_files
 
 # config/archives.yaml frames
 S2EF_2M = {"train": 2_000_000, "val (4 splits)": 999_866 + 999_838 + 999_809 + 999_944}

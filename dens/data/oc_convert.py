@@ -46,7 +46,7 @@ from typing import Any
 
 from dens import atomic_files
 from dens.config_files import find_root, read_yaml
-from dens.data.download.catalog import CATALOG, Archive, load_catalog
+from dens.data.download.catalog import CATALOG, Archive, load_catalog_with
 from dens.data.download.extract import is_extracted
 from dens.data.oc_shards import ShardTask, _source_id, merge_shards, run_shards
 from dens.errors import ConfigError, DataError
@@ -235,8 +235,8 @@ def _add_tasks(
         )  # fmt: skip
 
 
-def _published_frames(root: Path) -> dict[str, dict[str, int]]:
-    document = read_yaml(root / CATALOG)
+def _published_frames(path: Path) -> dict[str, dict[str, int]]:
+    document = read_yaml(path)
     return {name: dict(entry.get("frames") or {}) for name, entry in document["archives"].items()}
 
 
@@ -257,17 +257,21 @@ def prepare_oc_downloaded(
     *,
     catalog_root: Path | None = None,
     progress: bool = True,
+    catalog: str | Path | None = None,
 ) -> None:
     """Write every split of an OC20/OC22 dataset from its extracted archives, then
     provenance.json (module notes). ``catalog_root``: the repository whose config/archives.yaml
-    names the archives (default: this one)."""
+    names the archives (default: this one); ``catalog``: a stand-in catalog over it
+    (dens.data.download.catalog.load_catalog_with; the rehearsal's generated archives)."""
     start = time.perf_counter()
     root = find_root() if catalog_root is None else Path(catalog_root)
-    catalog = load_catalog(root=root)
-    frames = _published_frames(root)
+    frames = _published_frames(root / CATALOG)
+    if catalog is not None:
+        frames |= _published_frames(Path(catalog))
+    archives = load_catalog_with(catalog, root=root)
     out_dir = Path(out_dir)
     DatasetDirectory(out_dir).provenance.unlink(missing_ok=True)
-    plans = plan_dataset(settings, out_dir, inputs, catalog, frames)
+    plans = plan_dataset(settings, out_dir, inputs, archives, frames)
     work = out_dir / WORK
     merged, counts = _merged_earlier(plans, out_dir)
     todo = [task for plan in plans.values() if plan.name not in merged for task in plan.tasks]
@@ -278,7 +282,7 @@ def prepare_oc_downloaded(
     for name, path in merged.items():
         if path != out_dir / f"{name}.aselmdb":
             os.replace(path, out_dir / f"{name}.aselmdb")
-    provenance = _provenance(settings, catalog, plans, counts, processes)
+    provenance = _provenance(settings, archives, plans, counts, processes)
     provenance["wall_time_s"] = time.perf_counter() - start
     atomic_files.write_text(
         DatasetDirectory(out_dir).provenance,

@@ -59,7 +59,7 @@ def prepare_oc20(
         return
     from dens.data.oc_convert import prepare_oc_downloaded
 
-    prepare_oc_downloaded(settings, out_dir, inputs, processes)
+    prepare_oc_downloaded(settings, out_dir, inputs, processes, catalog=settings.get("catalog"))
 
 
 def prepare_oc22(
@@ -74,7 +74,7 @@ def prepare_oc22(
         return
     from dens.data.oc_convert import prepare_oc_downloaded
 
-    prepare_oc_downloaded(settings, out_dir, inputs, processes)
+    prepare_oc_downloaded(settings, out_dir, inputs, processes, catalog=settings.get("catalog"))
 
 
 PREPARERS: dict[str, Preparer] = {"md17": prepare_md17, "oc20": prepare_oc20, "oc22": prepare_oc22}

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from dens.config_files import read_yaml
-from dens.data.download.catalog import load_catalog
+from dens.data.download.catalog import load_catalog_with
 from dens.data.download.content import EXTRACTABLE_FORMATS
 from dens.pipeline import paths
 from dens.pipeline.curves import curve_inputs, curve_tables
@@ -124,6 +124,8 @@ def cli_options():
         options += f" --data-seed {REGISTRY.options['data_seed']}"
     for path in REGISTRY.options["extra_experiments"]:
         options += f" --extra-experiments {path}"
+    if REGISTRY.options["catalog"] is not None:
+        options += f" --catalog {shlex.quote(REGISTRY.options['catalog'])}"
     return options
 
 
@@ -220,13 +222,18 @@ def train_launcher(wildcards, resources, threads):
 
 
 # Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.
-ARCHIVES = load_catalog(root=Path(workflow.basedir))
+# With config `catalog` (a scale of catalog: stand_in, the rehearsal), its generated archives in
+# place of the published ones of the same names (checked at DAG time: load_registry).
+ARCHIVES = load_catalog_with(REGISTRY.options["catalog"], root=Path(workflow.basedir))
 DOWNLOADS = str(paths.downloads_dir(SCALE))
 # `dens data download --mirror URL` where config `mirror` is set. A global of the shell command,
 # not a param: the mirror says where a file comes from, not what it is (its checksum does), so
-# changing it reruns nothing.
+# changing it reruns nothing. The stand-in catalog's `--catalog PATH` goes with it: where the
+# checksum a download is verified against is read from.
 MIRROR = REGISTRY.options["mirror"]
 MIRROR_OPTION = "" if MIRROR is None else f"--mirror {shlex.quote(MIRROR)} "
+if REGISTRY.options["catalog"] is not None:
+    MIRROR_OPTION += f"--catalog {shlex.quote(REGISTRY.options['catalog'])} "
 
 
 def archive_file(name):

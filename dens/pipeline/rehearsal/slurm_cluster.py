@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster on localhost for integration tests.
+"""A real one-node Slurm cluster on localhost for integration tests and `make rehearsal`.
 
 `slurm_cluster()` is a context manager that yields a `SlurmCluster` describing a working
 Slurm installation:
