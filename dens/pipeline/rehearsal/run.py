@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -54,11 +55,18 @@ def profile_resources(root: Path) -> dict[str, str]:
     return {str(key): str(value) for key, value in settings["default-resources"].items()}
 
 
+def node_cpus() -> int:
+    """CPUs of this machine (the one-node cluster's node)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def snakemake_command(
     partition: str, account: str | None, mirror: str, catalog: Path, targets: Sequence[str]
 ) -> list[str]:
     """The Slurm profile's snakemake on ``targets`` at the rehearsal scale, partition (and
-    account: None drops it, for a cluster without accounting) replaced."""
+    account: None drops it, for a cluster without accounting) replaced, each job's threads
+    (the paper's: 16 for a conversion) capped at the node's CPUs, which Slurm would otherwise
+    never schedule."""
     resources = profile_resources(Path.cwd()) | {"slurm_partition": partition}
     if account is None:
         resources.pop("slurm_account", None)
@@ -80,6 +88,8 @@ def snakemake_command(
         "squeue",
         "--slurm-init-seconds-before-status-checks",
         "1",
+        "--max-threads",
+        str(node_cpus()),
         *targets,
     ]
 
@@ -94,6 +104,8 @@ def rehearse(
     from dens.pipeline.rehearsal.slurm_cluster import slurm_cluster
 
     root = Path.cwd()
+    # a SIGTERM ends snakemake (subprocess.run kills it) and stops what was started, as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     catalog = generated_catalog(root, volume_options, fresh)
     env = {
         **os.environ,
