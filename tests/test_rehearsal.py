@@ -61,7 +61,8 @@ def test_the_stand_in_catalog_lists_every_archive_of_the_tables(mirror: Path) ->
     assert (
         catalog["oc20_s2ef_train_2M"].digest == stand_in["oc20_s2ef_train_2M"]["checksum"]["digest"]
     )
-    assert catalog["published_eqv2_dens_oc20_2m_12ep"].checksum_source  # published entries kept
+    assert catalog["eq2_dens_epochs_12_2M"].published_checkpoint  # published entries kept
+    assert "eq2_dens_epochs_12_2M" not in stand_in
 
 
 @pytest.mark.parametrize("dataset", ["oc20-all-md", "oc22"])
@@ -114,7 +115,7 @@ def test_rehearsal_dry_run_is_the_paper_dag_with_the_caps(mirror: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def jobs(*config: str) -> list[str]:
-        command = [SNAKEMAKE, "-n", "--profile", "profiles/slurm", "all_tables", "--quiet"]
+        command = [SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm", "all_tables", "-q"]
         result = subprocess.run(
             [*command, "rules", "--config", *config],
             cwd=REPO,
