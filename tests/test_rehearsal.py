@@ -169,7 +169,7 @@ def test_a_stand_in_catalog_goes_only_with_a_stand_in_scale(mirror: Path, tmp_pa
 
 def test_timings_sum_the_benchmark_files_per_job_family(tmp_path: Path) -> None:
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
-    for rule, name, seconds, rss in (("train", "a", 3.0, 900.5), ("train", "b", 5.0, 700.0)):
+    for rule, name, seconds, rss in (("train", "a", 3.0, 900.5), ("train", "x/y/b", 5.0, 700.0)):
         path = tmp_path / "results/rehearsal/benchmarks" / rule / f"{name}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t0:00:0{seconds:.0f}\t{rss}\t1\t1\t1\t0\t0\t0\t1\n")

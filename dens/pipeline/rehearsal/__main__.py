@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     _volume_options(run)
     run.add_argument("targets", nargs="*", default=list(DEFAULT_TARGETS))
     run.add_argument("--account", help="Slurm account (default: none, no accounting)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="Slurm jobs at a time (default: the profile's); each training job at the paper "
+        "presets may take more memory than its CPU-scale request (README)",
+    )
     commands.add_parser("timings", help="wall time and peak memory per job family")
     args = parser.parse_args(argv)
     if args.command == "timings":
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         print(generated_catalog(Path.cwd(), volume, fresh=args.fresh))
         return 0
-    return rehearse(args.targets, volume, account=args.account, fresh=args.fresh)
+    return rehearse(args.targets, volume, account=args.account, fresh=args.fresh, jobs=args.jobs)
 
 
 if __name__ == "__main__":

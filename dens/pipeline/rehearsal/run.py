@@ -61,12 +61,17 @@ def node_cpus() -> int:
 
 
 def snakemake_command(
-    partition: str, account: str | None, mirror: str, catalog: Path, targets: Sequence[str]
+    partition: str,
+    account: str | None,
+    mirror: str,
+    catalog: Path,
+    targets: Sequence[str],
+    jobs: int | None = None,
 ) -> list[str]:
     """The Slurm profile's snakemake on ``targets`` at the rehearsal scale, partition (and
     account: None drops it, for a cluster without accounting) replaced, each job's threads
     (the paper's: 16 for a conversion) capped at the node's CPUs, which Slurm would otherwise
-    never schedule."""
+    never schedule; ``jobs``: Slurm jobs at a time (None: the profile's)."""
     resources = profile_resources(Path.cwd()) | {"slurm_partition": partition}
     if account is None:
         resources.pop("slurm_account", None)
@@ -90,6 +95,7 @@ def snakemake_command(
         "1",
         "--max-threads",
         str(node_cpus()),
+        *([] if jobs is None else ["--jobs", str(jobs)]),
         *targets,
     ]
 
@@ -99,6 +105,7 @@ def rehearse(
     volume_options: dict[str, int],
     account: str | None = None,
     fresh: bool = False,
+    jobs: int | None = None,
 ) -> int:
     """Generate, serve, start or use Slurm, run snakemake on ``targets``; its exit status."""
     from dens.pipeline.rehearsal.slurm_cluster import slurm_cluster
@@ -115,7 +122,7 @@ def rehearse(
     with serve_directory(catalog.parent) as served, slurm_cluster() as cluster:
         mirror = served.url().rstrip("/")
         relative = catalog.relative_to(root)
-        command = snakemake_command(cluster.partition, account, mirror, relative, targets)
+        command = snakemake_command(cluster.partition, account, mirror, relative, targets, jobs)
         print("rehearsal:", " ".join(command), flush=True)
         status = subprocess.run(command, env=env, check=False).returncode
     for line in timings(root):
@@ -137,7 +144,7 @@ def read_benchmarks(root: Path, scale: str = SCALE) -> dict[str, Family]:
     """rule -> Family, from the Snakemake benchmark files (results/<scale>/benchmarks/<rule>/
     and the download folder's, whose files name download or extract jobs)."""
     rules, downloads = (root / folder for folder in paths.benchmarks_dirs(scale))
-    files = [(tsv.parent.name, tsv) for tsv in sorted(rules.glob("*/*.tsv"))]
+    files = [(tsv.relative_to(rules).parts[0], tsv) for tsv in sorted(rules.glob("*/**/*.tsv"))]
     files += [
         ("extract_archive" if tsv.name.endswith(".extract.tsv") else "download_archive", tsv)
         for tsv in sorted(downloads.glob("*.tsv"))
