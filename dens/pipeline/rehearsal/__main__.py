@@ -20,6 +20,12 @@ def _volume_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--md17-test-frames", type=int, default=10, help="MD17 test frames (default 10)"
     )
+    parser.add_argument(
+        "--slab-cells",
+        type=int,
+        default=2,
+        help="OC slabs of N x N surface cells, 3 layers, + CO (default 2: 14 atoms; 1: 5 atoms)",
+    )
     parser.add_argument("--fresh", action="store_true", help="generate the archives again")
 
 
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_frames": args.eval_frames,
         "relax_systems": args.relax_systems,
         "md17_test_frames": args.md17_test_frames,
+        "slab_cells": args.slab_cells,
     }
     if args.command == "generate":
         print(generated_catalog(Path.cwd(), volume, fresh=args.fresh))

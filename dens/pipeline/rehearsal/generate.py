@@ -90,16 +90,19 @@ LMDB_LAYOUTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], str]]]] = {
 class Volume:
     """How much the generated archives hold: ``eval_frames`` per evaluation split (validation,
     S2EF test), ``relax_systems`` per IS2RE sub-split, ``md17_test_frames`` MD17 test frames;
-    training splits hold ``train_frames[dataset]`` frames (at least one global batch)."""
+    training splits hold ``train_frames[dataset]`` frames (at least one global batch). OC
+    structures are fcc(111) slabs of ``slab_cells`` x ``slab_cells`` surface cells, 3 layers, and
+    a CO adsorbate (1: 5 atoms, 2: 14 atoms)."""
 
     train_frames: Mapping[str, int]
     eval_frames: int = 4
     relax_systems: int = 2
     md17_test_frames: int = 10
+    slab_cells: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("eval_frames", "relax_systems", "md17_test_frames"):
+        for name in ("eval_frames", "relax_systems", "md17_test_frames", "slab_cells"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"rehearsal volume: {name} must be >= 1")
 
@@ -191,6 +194,10 @@ def _archive_bytes(
     )
 
 
+def _slab(volume: Volume) -> tuple[int, int, int]:
+    return (volume.slab_cells, volume.slab_cells, 3)
+
+
 def _split_frames(split: str, datasets: Mapping[str, Any], volume: Volume) -> int:
     """Frames of ``split`` in an archive providing it to ``datasets`` (train: one batch of the
     largest dataset's experiments, shared by the archives providing it; else eval_frames)."""
@@ -211,7 +218,7 @@ def _s2ef_archive(
     rng = np.random.default_rng(seed)
     per_file = [total // S2EF_FILES + (i < total % S2EF_FILES) for i in range(S2EF_FILES)]
     for index, count in enumerate(n for n in per_file if n):
-        frames = slab_frames(count, seed=seed * 100 + index)
+        frames = slab_frames(count, seed=seed * 100 + index, size=_slab(volume))
         ids = [
             (int(rng.integers(0, 2_000_000)), int(rng.integers(0, 300)), float(rng.normal(-50, 5)))
             for _ in frames
@@ -233,7 +240,9 @@ def _lmdb_archive(
             else _split_frames(split, entry["dataset"], volume)
         )
         for sub_index, sub in enumerate(subs):
-            structures = slab_frames(per_sub, seed=seed * 100 + index * 10 + sub_index)
+            structures = slab_frames(
+                per_sub, seed=seed * 100 + index * 10 + sub_index, size=_slab(volume)
+            )
             records = legacy_records(structures, kind, seed=seed + index)
             write_legacy_lmdb(work / prefix / sub / "data.lmdb", records)
         frames[split] = per_sub * len(subs)
