@@ -180,3 +180,26 @@ def test_timings_sum_the_benchmark_files_per_job_family(tmp_path: Path) -> None:
     assert families["train"].jobs == 2 and families["train"].wall_s == 8.0
     assert families["train"].longest_s == 5.0 and families["train"].max_rss_mb == 900.5
     assert families["extract_archive"].jobs == 1 and families["extract_archive"].max_rss_mb == 0
+
+
+def test_rehearsal_jobs_ask_for_the_paper_s_memory_and_time_capped_at_the_node(
+    mirror: Path,
+) -> None:
+    """job_sizes: paper without GPUs: a conversion asks for the paper's 48 h and 64 GB, capped
+    at config max_job_mem_mb (make rehearsal: the node's memory), and no GPU."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    config = ["scale=rehearsal", f"catalog={mirror}", "max_job_mem_mb=5000"]
+    target = "results/rehearsal/data/oc22/provenance.json"
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", target, "--config", *config],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    prepare = result.stdout[result.stdout.index("rule prepare_oc22:") :]
+    resources = prepare[prepare.index("resources:") :].splitlines()[0]
+    assert "runtime=2880" in resources and "mem_mb=5000," in resources, resources
+    assert "gres=gpu" not in result.stdout

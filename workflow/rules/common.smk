@@ -53,16 +53,29 @@ JOB_SIZES = {  # kind of job: (at the CPU scales mini and smoke, at the paper sc
 """Training jobs are sized per experiment instead (train_resource: the paper's GPUs and hours)."""
 
 
+# Which column of JOB_SIZES (and which training resources) jobs ask for: the scale's job_sizes,
+# by default the paper's with GPUs and the CPU scales' without (the rehearsal: the paper's sizes
+# without GPUs).
+PAPER_JOB_SIZES = REGISTRY.scale.get("job_sizes", "paper" if REGISTRY.scale["gpus"] else "cpu") == "paper"
+
+
 def job_resources(kind):
     """The resources of a job of ``kind`` (JOB_SIZES) at this scale, for a rule's ``resources:``
-    (``**job_resources(kind)``): mem_mb, runtime and, for a kind that runs on a GPU at the paper
-    scale, gres (empty at the CPU scales)."""
+    (``**job_resources(kind)``): mem_mb (at most max_job_mem_mb: job_mem_mb), runtime and, for a
+    kind that runs on a GPU at the paper scale, gres (empty without GPUs)."""
     cpu, gpu = JOB_SIZES[kind]
-    size = gpu if REGISTRY.scale["gpus"] else cpu
-    resources = {"mem_mb": size.mem_mb, "runtime": job_minutes(size.minutes)}
+    size = gpu if PAPER_JOB_SIZES else cpu
+    resources = {"mem_mb": job_mem_mb(size.mem_mb), "runtime": job_minutes(size.minutes)}
     if gpu.gpu:
-        resources["gres"] = "gpu:1" if size.gpu else ""
+        resources["gres"] = "gpu:1" if size.gpu and REGISTRY.scale["gpus"] else ""
     return resources
+
+
+def job_mem_mb(mem_mb):
+    """A job's memory request: ``mem_mb``, capped at the configured max_job_mem_mb (the largest
+    node's; a cluster refuses a job no node can hold)."""
+    most = REGISTRY.options["max_job_mem_mb"]
+    return mem_mb if most is None else min(mem_mb, most)
 
 
 def split_files(role):
@@ -132,24 +145,25 @@ def cli_options():
 def gpu_resources(experiment, hours_factor=1.0):
     """Slurm resources of a GPU job sized like the paper's run (none at CPU scales)."""
     resources = REGISTRY.experiment(experiment)["resources"]
-    if not REGISTRY.scale["gpus"]:
+    paper_runtime = math.ceil(60 * resources["runtime_hours"] * hours_factor)
+    if not REGISTRY.scale["gpus"]:  # one CPU task; the paper's memory and time with job_sizes paper
         return {
-            "mem_mb": 4000,
+            "mem_mb": job_mem_mb(64000 if PAPER_JOB_SIZES else 4000),
             "nodes": 1,
             "tasks": 1,
             "tasks_per_gpu": 1,
             "gres": "",
-            "runtime": 60 * 24,
+            "runtime": paper_runtime if PAPER_JOB_SIZES else 60 * 24,
             "mpi": None,
         }
     gpus = resources["gpus"]
     return {
-        "mem_mb": 64000,
+        "mem_mb": job_mem_mb(64000),
         "nodes": math.ceil(gpus / GPUS_PER_NODE),
         "tasks": gpus,
         "tasks_per_gpu": 1,  # one training process per GPU
         "gres": f"gpu:{min(gpus, GPUS_PER_NODE)}",
-        "runtime": math.ceil(60 * resources["runtime_hours"] * hours_factor),
+        "runtime": paper_runtime,
         # Set (multi-GPU): the Slurm executor runs the job's shell in the allocation instead of
         # wrapping it in a one-task srun, and the shell starts the processes (train_launcher).
         # None drops the resource.

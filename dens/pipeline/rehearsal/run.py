@@ -60,6 +60,18 @@ def node_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def partition_memory_mb(partition: str) -> int | None:
+    """The memory of the largest node of ``partition`` (MB, sinfo's %m); None when unknown."""
+    result = subprocess.run(
+        ["sinfo", "--noheader", f"--partition={partition}", "--format=%m"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    sizes = [int(line.strip().rstrip("+")) for line in result.stdout.split() if line.strip()]
+    return max(sizes) if result.returncode == 0 and sizes else None
+
+
 def snakemake_command(
     partition: str,
     account: str | None,
@@ -71,8 +83,11 @@ def snakemake_command(
     """The Slurm profile's snakemake on ``targets`` at the rehearsal scale, partition (and
     account: None drops it, for a cluster without accounting) replaced, each job's threads
     (the paper's: 16 for a conversion) capped at the node's CPUs, which Slurm would otherwise
-    never schedule; ``jobs``: Slurm jobs at a time (None: the profile's)."""
+    never schedule, and each job's memory at the partition's largest node (config
+    max_job_mem_mb: the paper's training jobs ask for 64 GB); ``jobs``: Slurm jobs at a time
+    (None: the profile's)."""
     resources = profile_resources(Path.cwd()) | {"slurm_partition": partition}
+    memory = partition_memory_mb(partition)
     if account is None:
         resources.pop("slurm_account", None)
     else:
@@ -86,6 +101,7 @@ def snakemake_command(
         f"scale={SCALE}",
         f"mirror={mirror}",
         f"catalog={catalog}",
+        *([] if memory is None else [f"max_job_mem_mb={memory}"]),
         "--default-resources",
         *(f"{name}={value}" for name, value in resources.items()),
         # a cluster without an accounting database: squeue reports finished jobs (MinJobAge)
