@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "data"))
-
-from oc_fixtures import slab_frames, write_s2ef_files  # noqa: E402
-
-from dens.data.oc_convert import frames_per_job, group_count, group_tasks  # noqa: E402
-from dens.data.oc_shards import ShardTask, run_shards  # noqa: E402
+from dens.data.oc_convert import frames_per_job, group_count, group_tasks
+from dens.data.oc_shards import ShardTask, run_shards
+from dens.pipeline.rehearsal.builders import slab_frames, write_s2ef_files
 
 # config/archives.yaml frames, per archive (one conversion group count each)
 S2EF_2M = {"train": 2_000_000, "val_id": 999_866, "val_ood_ads": 999_838,

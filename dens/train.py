@@ -206,7 +206,7 @@ def _train(run: TrainingRun, stop: StopFlag) -> TrainResult:
     progress = _begin(run)
     report = reporter(run)
     report(progress, None)
-    while progress.epoch < run.schedule.epochs:
+    while not run.schedule.finished(progress.epoch, progress.step):
         _epoch(run, progress, stop, report)
     if run.world.is_main:
         publish(run.best_epoch_path, run.files.checkpoint("best"))
@@ -254,7 +254,8 @@ def _epoch(
         write_log(run.log_path, progress.history)
     save_last(run, progress)
     report(progress, val)
-    if _anyone(stop.is_set(), world, run.device) and progress.epoch < run.schedule.epochs:
+    finished = run.schedule.finished(progress.epoch, progress.step)
+    if _anyone(stop.is_set(), world, run.device) and not finished:
         raise training_stopped(run.last_path, progress, stop.reason, announce=world.is_main)
 
 

@@ -177,6 +177,30 @@ def test_learns_and_writes_log_and_weights_only_checkpoints(straight_run, data):
     assert last["normalizer"]["std"] > 0 and last["rng"][0]["dens"].dtype == torch.uint8
 
 
+def test_max_steps_ends_the_run_there_with_the_paper_schedule(straight_run, data, tmp_path):
+    """optim.max_steps (the rehearsal's cap) ends the run after that many steps, mid-epoch,
+    validated and published as at an epoch's end; the lr follows the whole run's schedule (the
+    straight run's lr at the same step), and a cap past the run's steps changes nothing."""
+    capped = EXPERIMENT | {"optim": EXPERIMENT["optim"] | {"max_steps": 11}}
+    result = train(capped, *data, tmp_path / "capped", build_toy_model, progress=False)
+    assert (result.steps, result.epochs) == (11, 2)
+    rows = read_log(tmp_path / "capped")
+    assert [int(r["step"]) for r in rows] == [8, 11]
+    assert rows[0]["lr"] == read_log(straight_run)[0]["lr"]  # epoch 1 as the straight run's
+    schedule = Schedule.of(optim_settings({"max_steps": 11}), N_TRAIN)
+    assert float(rows[1]["lr"]) == learning_rate(10, schedule_settings(capped), 8)
+    assert schedule.finished(1, 11) and not schedule.finished(1, 10)
+    assert (tmp_path / "capped" / "checkpoints" / "best.pt").is_file()
+    last = torch.load(tmp_path / "capped" / "checkpoints" / "last.pt", weights_only=True)
+    assert (last["epoch"], last["step"]) == (2, 11)
+    uncapped = Schedule.of(optim_settings({"max_steps": 1000}), N_TRAIN)
+    assert not uncapped.finished(3, 24) and uncapped.finished(4, 32)
+
+
+def schedule_settings(experiment: dict[str, Any]) -> OptimSettings:
+    return OptimSettings.from_optim(experiment["optim"])
+
+
 @pytest.mark.parametrize("written_before_data_parallelism", [False, True])
 def test_resume_after_crash_matches_uninterrupted_run(
     straight_run, data, tmp_path, written_before_data_parallelism

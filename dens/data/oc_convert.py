@@ -47,7 +47,7 @@ from typing import Any
 from dens import atomic_files
 from dens.config_files import find_root, read_yaml
 from dens.data.disk_space import require_conversion_space
-from dens.data.download.catalog import CATALOG, Archive, load_catalog
+from dens.data.download.catalog import CATALOG, Archive, load_catalog_with
 from dens.data.download.extract import is_extracted
 from dens.data.oc_shards import ShardTask, _source_id, run_shards, shard_done
 from dens.errors import ConfigError, DataError
@@ -74,10 +74,19 @@ def group_count(frames: int | None, per_job: int) -> int:
     return 1 if not frames else max(1, math.ceil(frames / per_job))
 
 
-def published_frames(root: Path | None = None) -> dict[str, dict[str, int]]:
-    """config/archives.yaml ``frames`` of every archive (empty where not published)."""
-    document = read_yaml((find_root() if root is None else Path(root)) / CATALOG)
-    return {name: dict(entry.get("frames") or {}) for name, entry in document["archives"].items()}
+def published_frames(
+    root: Path | None = None, stand_in: str | Path | None = None
+) -> dict[str, dict[str, int]]:
+    """config/archives.yaml ``frames`` of every archive (empty where not published), those of a
+    ``stand_in`` catalog (config ``catalog``: the rehearsal's generated archives) in place of the
+    published ones of the same names."""
+    paths = [(find_root() if root is None else Path(root)) / CATALOG]
+    paths += [] if stand_in is None else [Path(stand_in)]
+    frames: dict[str, dict[str, int]] = {}
+    for path in paths:
+        archives = read_yaml(path)["archives"]
+        frames |= {name: dict(entry.get("frames") or {}) for name, entry in archives.items()}
+    return frames
 
 
 #: Archives of pickled-Data LMDBs: split -> [(release sub-split, directory path suffix)]; the
@@ -216,7 +225,7 @@ def group_tasks(tasks: Sequence[ShardTask], group: int, groups: int) -> list[Sha
 
 def _require_group_space(
     archive: str,
-    catalog_root: Path | None,
+    frames: Mapping[str, Mapping[str, int]],
     tasks: Sequence[ShardTask],
     mine: Sequence[ShardTask],
     group: str,
@@ -225,7 +234,7 @@ def _require_group_space(
     (its files' share of the archive's files) must fit beside the shards it already wrote."""
     if not mine:
         return
-    published = sum(published_frames(catalog_root).get(archive, {}).values())
+    published = sum(frames.get(archive, {}).values())
     share = math.ceil(published * len(mine) / len(tasks)) if published else None
     written = sum(task.shard.stat().st_size for task in mine if shard_done(task) is not None)
     what = f"converting {group} of {archive}"
@@ -247,12 +256,14 @@ def convert_group(
     ``directory`` into shards under ``<out_dir>/.work/<archive>/`` (finished shards of an
     earlier run are kept), then write and return its record ``group-<g>.json``: the archive, the
     group, the number of source files and per shard its split, index, source and rows."""
-    catalog = load_catalog(root=find_root() if catalog_root is None else Path(catalog_root))
+    root = find_root() if catalog_root is None else Path(catalog_root)
+    catalog = load_catalog_with(settings.get("catalog"), root=root)
     archive, _ = _input_archive(settings["name"], Path(directory), catalog)
     work_dir = Path(DatasetDirectory(Path(out_dir)).archive_work(archive.name))
     tasks = archive_tasks(settings, archive, Path(directory), work_dir)
     mine = group_tasks(tasks, group, groups)
-    _require_group_space(archive.name, catalog_root, tasks, mine, f"group {group} of {groups}")
+    frames = published_frames(root, settings.get("catalog"))
+    _require_group_space(archive.name, frames, tasks, mine, f"group {group} of {groups}")
     counts = run_shards(mine, processes, progress)
     record = {
         "archive": archive.name,
@@ -282,6 +293,7 @@ def prepare_oc_downloaded(
     *,
     catalog_root: Path | None = None,
     progress: bool = True,
+    catalog: str | Path | None = None,
 ) -> None:
     """Write every split of an OC20/OC22 dataset, then provenance.json (module notes).
     ``inputs``: the group records of the conversion jobs (``group-<g>.json``, the pipeline's

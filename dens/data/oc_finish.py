@@ -24,7 +24,7 @@ from typing import Any
 
 from dens import atomic_files
 from dens.config_files import find_root
-from dens.data.download.catalog import CATALOG, Archive, load_catalog
+from dens.data.download.catalog import CATALOG, Archive, load_catalog_with
 from dens.data.oc_convert import dens_version, published_frames, split_names
 from dens.data.split_folder import write_split_manifest
 from dens.errors import ConfigError, DataError
@@ -158,12 +158,13 @@ def finish_dataset(
     group records (module notes); ``.work`` is removed at the end."""
     start = time.perf_counter()
     root = find_root() if catalog_root is None else Path(catalog_root)
-    catalog = load_catalog(root=root)
+    catalog = load_catalog_with(settings.get("catalog"), root=root)
     out_dir = Path(out_dir)
     directory = DatasetDirectory(out_dir)
     directory.provenance.unlink(missing_ok=True)
     by_archive = _archive_records(settings["name"], records, catalog)
-    plans = plan_splits(settings, out_dir, by_archive, catalog, published_frames(root))
+    frames = published_frames(root, settings.get("catalog"))
+    plans = plan_splits(settings, out_dir, by_archive, catalog, frames)
     _check_counts(settings["name"], plans)
     counts = {}
     for plan in plans.values():

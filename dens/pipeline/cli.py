@@ -124,11 +124,26 @@ def _user_error(error: BaseException) -> BaseException | None:
     return None
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed; the input files of `dens data prepare DATASET [options] FILE...`
+    (the data rules' order) joined to its ``inputs``: Python 3.11's argparse fills a ``*``
+    positional at the first positional (``DATASET``) with nothing and leaves files after an
+    option unrecognised (fixed in later versions, which leave nothing over)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "data_command", None) == "prepare":
+        if not any(item.startswith("-") for item in extra):
+            args.inputs = [*args.inputs, *map(Path, extra)]
+            return args
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; an error a user can cause is printed as one line (exit status 2), a
     missing or damaged file of the pipeline's layout with its Snakemake target
     (dens.pipeline.remedies, named for the command's duration)."""
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     if getattr(args, "run_dir", "") is None:  # a job of the pipeline: its run's directory
         args.run_dir = Path(paths.run(args.scale, args.experiment, args.seed).path)
     name_remedies(remedies.for_job(args))

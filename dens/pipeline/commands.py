@@ -18,6 +18,8 @@ def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registr
         options["data_seed"] = args.data_seed
     if getattr(args, "extra_experiments", None):
         options["extra_experiments"] = args.extra_experiments
+    if getattr(args, "catalog", None) is not None:
+        options["catalog"] = args.catalog
     return load_registry(options)
 
 
@@ -72,17 +74,18 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog_with
     from dens.data.download.transfer import download_archive
 
-    download_archive(get_archive(load_catalog(), args.archive), args.out, args.mirror)
+    archive = get_archive(load_catalog_with(args.catalog), args.archive)
+    download_archive(archive, args.out, args.mirror)
 
 
 def cmd_data_extract(args: argparse.Namespace) -> None:
-    from dens.data.download.catalog import get_archive, load_catalog
+    from dens.data.download.catalog import get_archive, load_catalog_with
     from dens.data.download.extract import extract
 
-    archive = get_archive(load_catalog(), args.archive)
+    archive = get_archive(load_catalog_with(args.catalog), args.archive)
     extract(args.archive_path, args.out, archive.format, archive.extracted_size)
 
 

@@ -43,6 +43,15 @@ def _add_config_options(parser: argparse.ArgumentParser, scale_default: str | No
     parser.add_argument(
         "--extra-experiments", action="append", default=[], help="extra experiment file(s)"
     )
+    _add_catalog_option(parser)
+
+
+def _add_catalog_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--catalog",
+        help="a stand-in archive catalog over config/archives.yaml (config `catalog`; the "
+        "rehearsal's generated archives)",
+    )
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -109,11 +118,13 @@ def add_data(commands: Any) -> None:
     p.add_argument(
         "--mirror", help="fetch from this http(s) base URL instead of the owners' host (same path)"
     )
+    _add_catalog_option(p)
     p.set_defaults(func=cmd_data_download)
     p = data_commands.add_parser("extract", help="extract one verified archive")
     p.add_argument("archive", help="name in config/archives.yaml")
     p.add_argument("--archive-path", required=True, type=Path, help="the downloaded file")
     p.add_argument("--out", required=True, type=Path)
+    _add_catalog_option(p)
     p.set_defaults(func=cmd_data_extract)
     p = data_commands.add_parser(
         "prepare", help="write a dataset's split folders of aselmdb shards"

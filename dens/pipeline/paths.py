@@ -46,6 +46,18 @@ def downloads_dir(scale: str) -> PurePosixPath:
     return RESULTS / "downloads" if scale == PAPER_SCALE else results_dir(scale) / "downloads"
 
 
+def mirror_dir(scale: str) -> PurePosixPath:
+    """Where ``make rehearsal`` generates the stand-in archives it serves on 127.0.0.1 at their
+    URL paths, with their catalog (dens.pipeline.rehearsal): results/{scale}/mirror."""
+    return results_dir(scale) / "mirror"
+
+
+def benchmarks_dirs(scale: str) -> tuple[PurePosixPath, PurePosixPath]:
+    """The folders of the jobs' Snakemake benchmark files (wall time, max_rss): the per-rule
+    folders of job_benchmark and the download and extract jobs' (in downloads_dir)."""
+    return results_dir(scale) / "benchmarks", downloads_dir(scale) / "benchmarks"
+
+
 def run(scale: str, experiment: str, seed: int | str) -> RunDirectory[PurePosixPath]:
     """One training run: an experiment at a scale with one training seed (the files inside:
     dens.layout.RunDirectory)."""

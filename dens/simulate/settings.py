@@ -36,6 +36,9 @@ class SimulationSettings:
     temperature_K: float = TEMPERATURE_K
     thermostat_time_fs: float = THERMOSTAT_TIME_FS
     bond_deviation_A: float = BOND_DEVIATION_A
+    #: A cap on the MD steps of a simulation below ``length_ps`` (the rehearsal scale's
+    #: ``simulation.md17.max_steps``); None: the whole length.
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -46,6 +49,7 @@ class SimulationSettings:
             "temperature_K": (self.temperature_K > 0, "> 0"),
             "thermostat_time_fs": (self.thermostat_time_fs > 0, "> 0"),
             "bond_deviation_A": (self.bond_deviation_A > 0, "> 0"),
+            "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or null"),
         }
         for key, (ok, requirement) in checks.items():
             if not ok:
@@ -72,9 +76,11 @@ class SimulationSettings:
             length_ps=float(entry["length_ps"]),
             initial_configurations=int(entry["initial_configurations"]),
             frame_every=int(entry["frame_every"]),
+            max_steps=None if entry.get("max_steps") is None else int(entry["max_steps"]),
         )
 
     @property
     def steps(self) -> int:
-        """Number of MD steps of a simulation that stays stable."""
-        return round(self.length_ps * 1000.0 / self.timestep_fs)
+        """Number of MD steps of a simulation that stays stable (at most ``max_steps``)."""
+        steps = round(self.length_ps * 1000.0 / self.timestep_fs)
+        return steps if self.max_steps is None else min(steps, self.max_steps)

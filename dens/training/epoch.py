@@ -44,7 +44,7 @@ def train_epoch(run: TrainingRun, progress: Progress, stop_flag: StopFlag) -> bo
     batch (lambda_DeNS of this epoch), a stop on a non-finite loss, backward, gradient clipping,
     AdamW, EMA; every optim.val_every_steps steps (not at the epoch's last) a validation and its
     log.csv row, before a stop asked for at that step (so a resumed run neither repeats nor
-    misses it)."""
+    misses it). An epoch ends early at the run's step cap (optim.max_steps)."""
     schedule, world = run.schedule, run.world
     if progress.batch_in_epoch == 0:
         progress.epoch_sums = {"time_s": 0.0, "step_time_s": 0.0, "samples": 0}
@@ -68,6 +68,8 @@ def train_epoch(run: TrainingRun, progress: Progress, stop_flag: StopFlag) -> bo
         bar.set_postfix(loss=f"{values['total']:.4g}", lr=f"{lr:.2e}")
         if stop and progress.batch_in_epoch < schedule.steps_per_epoch:
             return False
+        if schedule.capped(progress.step):  # optim.max_steps: the epoch ends here, as the run
+            break
     bar.close()
     return True
 

@@ -15,11 +15,21 @@ from dens.training.settings import OptimSettings
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long a run is: epochs, batches of batch_size (the last partial batch is dropped)."""
+    """How long a run is: epochs, batches of batch_size (the last partial batch is dropped), and
+    at most max_steps optimiser steps (None: no cap; optim.max_steps)."""
 
     epochs: int
     batch_size: int
     steps_per_epoch: int
+    max_steps: int | None = None
+
+    def capped(self, step: int) -> bool:
+        """Whether ``step`` optimiser steps reach the run's cap (max_steps)."""
+        return self.max_steps is not None and step >= self.max_steps
+
+    def finished(self, epoch: int, step: int) -> bool:
+        """Whether a run that completed ``epoch`` epochs and ``step`` steps is done."""
+        return epoch >= self.epochs or self.capped(step)
 
     @classmethod
     def of(cls, optim: OptimSettings, train_size: int, processes: int = 1) -> Schedule:
@@ -34,7 +44,7 @@ class Schedule:
             raise ValueError(
                 f"training set of {train_size} structures is smaller than batch_size {batch_size}"
             )
-        return cls(optim.epochs, batch_size, train_size // batch_size)
+        return cls(optim.epochs, batch_size, train_size // batch_size, optim.max_steps)
 
 
 def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -118,7 +118,10 @@ class OptimSettings:
     lr_schedule: how the lr goes from warm-up to min_lr (dens.training.schedule.learning_rate);
     warmup_epochs (fractions allowed), warmup_start_factor (the warm-up starts at this fraction
     of lr), warmup_lr (cosine_epoch_timm: the lr of epoch 0); decay_epochs and decay_rate
-    (multistep). batch_size is the global batch of all training processes. grad_clip_norm: the
+    (multistep). max_steps: the run ends after that many optimiser steps (validated and
+    checkpointed as at an epoch's end), the schedule staying that of all ``epochs`` (a cap of the
+    rehearsal scale; None: every epoch). batch_size is the global batch of all training
+    processes. grad_clip_norm: the
     gradient norm is clipped to it (None: no clipping); ema_decay: the EMA of the weights after
     every step (None: no EMA); amsgrad: AdamW's variant; mixed_precision: float16 autocast +
     GradScaler on CUDA (dens.training.trainee.use_mixed_precision).
@@ -140,6 +143,7 @@ class OptimSettings:
     warmup_lr: float | None = setting(None, minimum=0)
     decay_epochs: tuple[float, ...] | None = setting(None, exclusiveMinimum=0)
     decay_rate: float | None = setting(None, exclusiveMinimum=0, maximum=1)
+    max_steps: int | None = setting(None, minimum=1)
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")

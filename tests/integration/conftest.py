@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .slurm_cluster import SlurmCluster, SlurmUnavailable, slurm_cluster
+from dens.pipeline.rehearsal.slurm_cluster import SlurmCluster, SlurmUnavailable, slurm_cluster
 
 
 @pytest.fixture(scope="session")

@@ -38,8 +38,7 @@ import torch
 import yaml
 
 from dens.checkpoint import load_checkpoint
-
-from .slurm_cluster import SlurmCluster
+from dens.pipeline.rehearsal.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 
 from dens.config_files import read_yaml
-from dens.data.download.catalog import load_catalog
+from dens.data.download.catalog import load_catalog_with
 from dens.data.download.content import EXTRACTABLE_FORMATS
 from dens.data.oc_convert import frames_per_job, group_count, published_frames
 from dens.pipeline import paths
@@ -55,16 +55,29 @@ JOB_SIZES = {  # kind of job: (at the CPU scales mini and smoke, at the paper sc
 """Training jobs are sized per experiment instead (train_resource: the paper's GPUs and hours)."""
 
 
+# Which column of JOB_SIZES (and which training resources) jobs ask for: the scale's job_sizes,
+# by default the paper's with GPUs and the CPU scales' without (the rehearsal: the paper's sizes
+# without GPUs).
+PAPER_JOB_SIZES = REGISTRY.scale.get("job_sizes", "paper" if REGISTRY.scale["gpus"] else "cpu") == "paper"
+
+
 def job_resources(kind):
     """The resources of a job of ``kind`` (JOB_SIZES) at this scale, for a rule's ``resources:``
-    (``**job_resources(kind)``): mem_mb, runtime and, for a kind that runs on a GPU at the paper
-    scale, gres (empty at the CPU scales)."""
+    (``**job_resources(kind)``): mem_mb (at most max_job_mem_mb: job_mem_mb), runtime and, for a
+    kind that runs on a GPU at the paper scale, gres (empty without GPUs)."""
     cpu, gpu = JOB_SIZES[kind]
-    size = gpu if REGISTRY.scale["gpus"] else cpu
-    resources = {"mem_mb": size.mem_mb, "runtime": job_minutes(size.minutes)}
+    size = gpu if PAPER_JOB_SIZES else cpu
+    resources = {"mem_mb": job_mem_mb(size.mem_mb), "runtime": job_minutes(size.minutes)}
     if gpu.gpu:
-        resources["gres"] = "gpu:1" if size.gpu else ""
+        resources["gres"] = "gpu:1" if size.gpu and REGISTRY.scale["gpus"] else ""
     return resources
+
+
+def job_mem_mb(mem_mb):
+    """A job's memory request: ``mem_mb``, capped at the configured max_job_mem_mb (the largest
+    node's; a cluster refuses a job no node can hold)."""
+    most = REGISTRY.options["max_job_mem_mb"]
+    return mem_mb if most is None else min(mem_mb, most)
 
 
 def split_files(role):
@@ -126,30 +139,33 @@ def cli_options():
         options += f" --data-seed {REGISTRY.options['data_seed']}"
     for path in REGISTRY.options["extra_experiments"]:
         options += f" --extra-experiments {path}"
+    if REGISTRY.options["catalog"] is not None:
+        options += f" --catalog {shlex.quote(REGISTRY.options['catalog'])}"
     return options
 
 
 def gpu_resources(experiment, hours_factor=1.0):
     """Slurm resources of a GPU job sized like the paper's run (none at CPU scales)."""
     resources = REGISTRY.experiment(experiment)["resources"]
-    if not REGISTRY.scale["gpus"]:
+    paper_runtime = math.ceil(60 * resources["runtime_hours"] * hours_factor)
+    if not REGISTRY.scale["gpus"]:  # one CPU task; the paper's memory and time with job_sizes paper
         return {
-            "mem_mb": 4000,
+            "mem_mb": job_mem_mb(64000 if PAPER_JOB_SIZES else 4000),
             "nodes": 1,
             "tasks": 1,
             "tasks_per_gpu": 1,
             "gres": "",
-            "runtime": 60 * 24,
+            "runtime": paper_runtime if PAPER_JOB_SIZES else 60 * 24,
             "mpi": None,
         }
     gpus = resources["gpus"]
     return {
-        "mem_mb": 64000,
+        "mem_mb": job_mem_mb(64000),
         "nodes": math.ceil(gpus / GPUS_PER_NODE),
         "tasks": gpus,
         "tasks_per_gpu": 1,  # one training process per GPU
         "gres": f"gpu:{min(gpus, GPUS_PER_NODE)}",
-        "runtime": math.ceil(60 * resources["runtime_hours"] * hours_factor),
+        "runtime": paper_runtime,
         # Set (multi-GPU): the Slurm executor runs the job's shell in the allocation instead of
         # wrapping it in a one-task srun, and the shell starts the processes (train_launcher).
         # None drops the resource.
@@ -222,14 +238,19 @@ def train_launcher(wildcards, resources, threads):
 
 
 # Data (data.smk): downloaded archives (config/archives.yaml) and what a dataset is made from.
-ARCHIVES = load_catalog(root=Path(workflow.basedir))
-PUBLISHED_FRAMES = published_frames(Path(workflow.basedir))
+# With config `catalog` (a scale of catalog: stand_in, the rehearsal), its generated archives in
+# place of the published ones of the same names (checked at DAG time: load_registry).
+ARCHIVES = load_catalog_with(REGISTRY.options["catalog"], root=Path(workflow.basedir))
+PUBLISHED_FRAMES = published_frames(Path(workflow.basedir), REGISTRY.options["catalog"])
 DOWNLOADS = str(paths.downloads_dir(SCALE))
 # `dens data download --mirror URL` where config `mirror` is set. A global of the shell command,
 # not a param: the mirror says where a file comes from, not what it is (its checksum does), so
-# changing it reruns nothing.
+# changing it reruns nothing. The stand-in catalog's `--catalog PATH` goes with it: where the
+# checksum a download is verified against is read from.
 MIRROR = REGISTRY.options["mirror"]
 MIRROR_OPTION = "" if MIRROR is None else f"--mirror {shlex.quote(MIRROR)} "
+if REGISTRY.options["catalog"] is not None:
+    MIRROR_OPTION += f"--catalog {shlex.quote(REGISTRY.options['catalog'])} "
 
 
 def archive_file(name):

@@ -18,6 +18,8 @@ rule table:
         out_dir=lambda wildcards, output: str(Path(output.csv).parent),
     log:
         str(paths.job_log(SCALE, "tables", "{table}")),
+    benchmark:
+        str(paths.job_benchmark(SCALE, "table", "{table}"))
     conda:
         ENV
     threads: 1

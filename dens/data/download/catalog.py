@@ -1,5 +1,11 @@
 """The archive catalog (config/archives.yaml): :class:`Archive`, :func:`load_catalog`,
-:func:`get_archive` and :func:`mirrored_url`.
+:func:`get_archive` and :func:`mirrored_url`; a stand-in catalog over it
+(:func:`load_catalog_with`, :func:`check_stand_in`).
+
+A stand-in catalog describes files that stand in for the owners' archives (the rehearsal's
+generated ones, README "Rehearse the paper scale"): the same names, URLs, formats, datasets and
+splits, their own checksums (always given) and frames. It never changes config/archives.yaml or
+its checks; only a scale that declares ``catalog: stand_in`` accepts one (config ``catalog``).
 """
 
 import difflib
@@ -91,6 +97,49 @@ def load_catalog(
             published_checkpoint=entry.get("published_checkpoint", False),
         )
     return catalog
+
+
+def load_catalog_with(
+    stand_in: str | os.PathLike[str] | None, root: str | os.PathLike[str] | None = None
+) -> dict[str, Archive]:
+    """config/archives.yaml, with the entries of the ``stand_in`` catalog (a path; None: none)
+    in place of the published entries of the same names, after :func:`check_stand_in`."""
+    published = load_catalog(root=root)
+    if stand_in is None:
+        return published
+    replacing = load_catalog(stand_in, root=root)
+    check_stand_in(replacing, published, str(stand_in))
+    return {**published, **replacing}
+
+
+#: What a stand-in entry keeps of the published one it replaces.
+STAND_IN_SAME = ("url", "format", "dataset", "md_split", "optional", "published_checkpoint")
+
+
+def check_stand_in(
+    stand_in: dict[str, Archive], published: dict[str, Archive], source: str
+) -> None:
+    """A stand-in catalog replaces only archives of config/archives.yaml, keeps their
+    :data:`STAND_IN_SAME` fields and gives every file a checksum; else ConfigError naming the
+    file, the archive and the field."""
+    for name, archive in stand_in.items():
+        if name not in published:
+            raise ConfigError(
+                f"{source}: archives.{name}: not an archive of {CATALOG}; a stand-in catalog "
+                "only replaces archives of it"
+            )
+        for key in STAND_IN_SAME:
+            ours, theirs = getattr(archive, key), getattr(published[name], key)
+            if ours != theirs:
+                raise ConfigError(
+                    f"{source}: archives.{name}.{key}: {ours!r}: differs from {CATALOG} "
+                    f"({theirs!r}); a stand-in keeps the published layout"
+                )
+        if archive.digest is None:
+            raise ConfigError(
+                f"{source}: archives.{name}.checksum: None: a stand-in file's checksum is known "
+                "(it was generated), so it must be given"
+            )
 
 
 def get_archive(catalog: dict[str, Archive], name: str, source: str = CATALOG) -> Archive:

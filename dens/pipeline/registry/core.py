@@ -97,9 +97,12 @@ class Registry:
         return names
 
     def data_settings(self, dataset: str) -> dict[str, Any]:
-        """How this scale obtains ``dataset``: source (download/generate) and generator sizes."""
+        """How this scale obtains ``dataset``: source (download/generate) and generator sizes;
+        ``catalog``: the stand-in archive catalog it is converted by (config ``catalog``)."""
         info = self.dataset(dataset)
         settings = {**info, "name": dataset, **self.scale["data"][info["family"]]}
+        if settings["source"] == "download" and self.options["catalog"] is not None:
+            settings["catalog"] = self.options["catalog"]
         if self.options["data_seed"] is not None and "seed" in settings:
             settings["seed"] = self.options["data_seed"]
         return settings
@@ -141,10 +144,25 @@ class Registry:
                 "preset": preset,
                 "hyperparameters": hyperparameters,
             },
-            "optim": scaled_optim(experiment["optim"], self.scale["optim"].get(family, {})),
+            "optim": self._downloads_here(
+                scaled_optim(experiment["optim"], self.scale["optim"].get(family, {}))
+            ),
             "dens": copy.deepcopy(experiment["dens"]),
             "resources": dict(experiment["resources"]),
         }
+
+    def _downloads_here(self, optim: dict[str, Any]) -> dict[str, Any]:
+        """``optim`` with an energy_reference_file in the paper scale's downloads folder
+        (config/experiments.yaml) moved to this scale's (dens.pipeline.paths.downloads_dir: the
+        rehearsal downloads its own files)."""
+        from dens.pipeline import paths
+
+        reference = optim.get("energy_reference_file")
+        published = f"{paths.downloads_dir(paths.PAPER_SCALE)}/"
+        if isinstance(reference, str) and reference.startswith(published):
+            here = paths.downloads_dir(self.scale_name)
+            optim["energy_reference_file"] = str(here / reference.removeprefix(published))
+        return optim
 
     def relax_settings(self, name: str) -> dict[str, Any] | None:
         """The IS2RE relaxation settings of the experiment at this scale: its ``relax`` (the

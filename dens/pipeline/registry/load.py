@@ -25,6 +25,7 @@ def load_registry(options: dict[str, Any], root: Path | None = None) -> Registry
     options = read_options(options, root)
     scale_name = options["scale"]
     scale, scale_source = read_scale(scale_name, root)
+    check_catalog(options, scale, scale_source, root)
     datasets = read_datasets(root)
     experiments, sources = read_experiments(options, datasets, root)
     model_presets, preset_sources = read_models(root)
@@ -90,6 +91,33 @@ def read_scale(scale_name: str, root: Path) -> tuple[dict[str, Any], str]:
             "evaluate_in_train_job: false (an evaluate job of its own per run)"
         )
     return scale, str(scale_path.relative_to(root))
+
+
+def check_catalog(
+    options: dict[str, Any], scale: dict[str, Any], scale_source: str, root: Path
+) -> None:
+    """Config ``catalog`` (a stand-in archive catalog) goes with a scale of ``catalog:
+    stand_in`` and only with one: every other scale verifies the owners' checksums
+    (config/archives.yaml). The stand-in is read and checked against that catalog
+    (dens.data.download.catalog.load_catalog_with)."""
+    from dens.data.download.catalog import load_catalog_with
+
+    path = options["catalog"]
+    stand_in = scale.get("catalog", "published") == "stand_in"
+    if stand_in and path is None:
+        raise ConfigError(
+            f"config: catalog: None: {scale_source} (catalog: stand_in) downloads generated "
+            "archives; name their catalog, e.g. --config catalog=PATH (`make rehearsal` "
+            "generates it: README, Rehearse the paper scale)"
+        )
+    if path is not None and not stand_in:
+        raise ConfigError(
+            f"config: catalog: {path!r}: a stand-in catalog replaces the owners' checksums; "
+            f"{scale_source} downloads the published archives (config/archives.yaml); only a "
+            "scale with catalog: stand_in takes one"
+        )
+    if path is not None:
+        load_catalog_with(path, root=root)
 
 
 def read_datasets(root: Path) -> dict[str, dict[str, Any]]:

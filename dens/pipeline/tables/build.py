@@ -359,9 +359,12 @@ def _results_notes(spec: Spec, tally: Tally) -> list[str]:
 def _simulation_note(registry: Registry) -> str:
     scale = registry.scale_name
     simulation = registry.scale["simulation"]["md17"]
+    length = f"{simulation['length_ps']:g} ps"
+    if simulation.get("max_steps") is not None:  # the rehearsal's cap on the steps
+        length += f" cut at {simulation['max_steps']} steps"
     return (
         f"Ours ({scale}): {simulation['initial_configurations']} simulation(s) per run, each "
-        f"at most {simulation['length_ps']:g} ps (the cap of stability), means over them "
+        f"at most {length} (the cap of stability), means over them "
         f"(config/scales/{scale}.yaml simulation.md17; dens.simulate)."
     )
 

@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster on localhost for integration tests.
+"""A real one-node Slurm cluster on localhost for integration tests and `make rehearsal`.
 
 `slurm_cluster()` is a context manager that yields a `SlurmCluster` describing a working
 Slurm installation:
@@ -309,6 +309,21 @@ def _node_state(host: str) -> str:
     return f"not listed (sinfo exit {result.returncode}: {result.stderr.strip()})"
 
 
+def _start_munged(stack: ExitStack, state_dir: Path, logs: dict[str, Path]) -> None:
+    """Start munged as user munge (stopped when ``stack`` closes) and wait until it answers."""
+    munge_dir = state_dir / "munge"
+    munge_dir.mkdir()
+    shutil.chown(munge_dir, "munge", "munge")
+    MUNGE_RUN_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.chown(MUNGE_RUN_DIR, "munge", "munge")
+    munged = [_which("munged") or "munged", "--foreground", "--force"]
+    munged += [f"--pid-file={munge_dir / 'munged.pid'}"]
+    munged_user = {"user": "munge", "group": "munge", "extra_groups": []}
+    stack.enter_context(_daemon("munged", munged, munge_dir / "munged.out", logs, **munged_user))
+    if not _wait_until(_munge_works, timeout=15):
+        raise SlurmStartError("munged does not answer\n" + _tail_logs(logs, 40))
+
+
 @contextmanager
 def slurm_cluster(ready_timeout: float = 90.0) -> Iterator[SlurmCluster]:
     """Yield a working Slurm cluster: an existing one, or a one-node cluster started here.
@@ -338,19 +353,7 @@ def slurm_cluster(ready_timeout: float = 90.0) -> Iterator[SlurmCluster]:
         }
         stack.enter_context(_munge_key())
         if not _munge_works():
-            munge_dir = state_dir / "munge"
-            munge_dir.mkdir()
-            shutil.chown(munge_dir, "munge", "munge")
-            MUNGE_RUN_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.chown(MUNGE_RUN_DIR, "munge", "munge")
-            munged = [_which("munged") or "munged", "--foreground", "--force"]
-            munged += [f"--pid-file={munge_dir / 'munged.pid'}"]
-            munged_user = {"user": "munge", "group": "munge", "extra_groups": []}
-            stack.enter_context(
-                _daemon("munged", munged, munge_dir / "munged.out", logs, **munged_user)
-            )
-            if not _wait_until(_munge_works, timeout=15):
-                raise SlurmStartError("munged does not answer\n" + _tail_logs(logs, 40))
+            _start_munged(stack, state_dir, logs)
         conf = slurm_conf_text(host, node_config_line(), state_dir)
         stack.enter_context(_replaced_file(SLURM_CONF, conf, 0o644))
         slurmctld = [_which("slurmctld") or "slurmctld", "-D", "-i"]
