@@ -125,8 +125,16 @@ def test_rehearsal_dry_run_is_the_paper_dag_with_the_caps(mirror: Path) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.split("Job stats:")[1].split("Reasons:")[0].split()
 
-    rehearsal = jobs("scale=rehearsal", f"catalog={mirror}", "mirror=http://127.0.0.1:9")
-    assert rehearsal == jobs("scale=paper")
+    def counts(stats: list[str]) -> dict[str, int]:
+        rows = stats[stats.index("-------") + 1 :]  # after the header "job count" and its rule
+        return {job: int(count) for job, count in zip(rows[::2], rows[1::2], strict=True)}
+
+    rehearsal = counts(jobs("scale=rehearsal", f"catalog={mirror}", "mirror=http://127.0.0.1:9"))
+    paper = counts(jobs("scale=paper"))
+    # conversion jobs follow the data volume: one per archive of the small stand-ins
+    converted = rehearsal.pop("convert_group"), paper.pop("convert_group")
+    assert converted == (15, 65) and rehearsal.pop("total") - 15 == paper.pop("total") - 65
+    assert rehearsal == paper
     paper = load_registry({"scale": "paper"})
     capped = load_registry({"scale": "rehearsal", "catalog": str(mirror)})
     for name in paper.experiments:
@@ -183,8 +191,9 @@ def test_timings_sum_the_benchmark_files_per_job_family(tmp_path: Path) -> None:
 def test_rehearsal_jobs_ask_for_the_paper_s_memory_and_time_capped_at_the_node(
     mirror: Path,
 ) -> None:
-    """job_sizes: paper without GPUs: a conversion asks for the paper's 48 h and 64 GB, capped
-    at config max_job_mem_mb (make rehearsal: the node's memory), and no GPU."""
+    """job_sizes: paper without GPUs: a conversion job asks for the paper's 12 h and 8 GB, the
+    job finishing a dataset 4 h and 16 GB, memory capped at config max_job_mem_mb (make
+    rehearsal: the node's memory), and no GPU."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     config = ["scale=rehearsal", f"catalog={mirror}", "max_job_mem_mb=5000"]
     target = "results/rehearsal/data/oc22/provenance.json"
@@ -197,7 +206,8 @@ def test_rehearsal_jobs_ask_for_the_paper_s_memory_and_time_capped_at_the_node(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    prepare = result.stdout[result.stdout.index("rule prepare_oc22:") :]
-    resources = prepare[prepare.index("resources:") :].splitlines()[0]
-    assert "runtime=2880" in resources and "mem_mb=5000," in resources, resources
+    for rule, runtime in (("convert_group", 720), ("prepare_oc22", 240)):
+        job = result.stdout[result.stdout.index(f"rule {rule}:") :]
+        resources = job[job.index("resources:") :].splitlines()[0]
+        assert f"runtime={runtime}," in resources and "mem_mb=5000," in resources, resources
     assert "gres=gpu" not in result.stdout
