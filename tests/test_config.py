@@ -686,3 +686,26 @@ def test_a_missing_key_is_named_without_dumping_the_experiment(tmp_path: Path) -
         "experiments.oc22/mine.resources: 'runtime_hours' is a required property"
     )
     assert "value_sources" not in message and len(message) < 300
+
+
+def test_one_gpu_share_trains_with_the_per_gpu_batch_and_refuses_an_uneven_split(
+    pipeline_copy: Path,
+) -> None:
+    """one_gpu_share (the rehearsal): a run's batches are its official config's per-GPU ones;
+    a global batch that its GPUs do not divide is refused naming the scale file and the key."""
+    path = pipeline_copy / "config" / "scales" / "paper.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["one_gpu_share"] = True
+    path.write_text(yaml.safe_dump(document))
+    registry = load_registry({"scale": "paper"}, root=pipeline_copy)
+    optim = registry.resolve("oc20-2m/eqv2-dens-e12")["optim"]  # 64 on 16 V100s
+    assert (optim["batch_size"], optim["eval_batch_size"]) == (4, 4)
+    assert registry.resolve("md17-aspirin/equiformer-l2")["optim"]["batch_size"] == 8  # 1 GPU
+    document["optim"] = {"oc20": {"batch_size": 100}}
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(
+        ConfigError,
+        match=r"config/scales/paper\.yaml: one_gpu_share: optim\.batch_size 100 is not a "
+        r"multiple of the experiment's 16 GPUs",
+    ):
+        load_registry({"scale": "paper"}, root=pipeline_copy).resolve("oc20-2m/eqv2-dens-e12")

@@ -144,6 +144,9 @@ def test_rehearsal_dry_run_is_the_paper_dag_with_the_caps(mirror: Path) -> None:
         if reference is not None:
             assert reference == "results/rehearsal/downloads/oc22_linfit_coeffs.npz"
             ours["optim"]["energy_reference_file"] = theirs["optim"]["energy_reference_file"]
+        gpus = theirs["resources"]["gpus"]  # one_gpu_share: one GPU's share of the batches
+        for key in ("batch_size", "eval_batch_size"):
+            assert ours["optim"].pop(key) * gpus == theirs["optim"].pop(key), name
         assert ours["model"] == theirs["model"] and ours["optim"] == theirs["optim"], name
         assert ours["dens"] == theirs["dens"], name
         relax = capped.relax_settings(name)

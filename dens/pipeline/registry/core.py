@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dens.errors import ConfigError
 from dens.pipeline.registry.schemas import unknown
 from dens.pipeline.registry.templates import covers, leaf_paths
 
@@ -144,12 +145,29 @@ class Registry:
                 "preset": preset,
                 "hyperparameters": hyperparameters,
             },
-            "optim": self._downloads_here(
-                scaled_optim(experiment["optim"], self.scale["optim"].get(family, {}))
+            "optim": self._one_gpu_share(
+                self._downloads_here(
+                    scaled_optim(experiment["optim"], self.scale["optim"].get(family, {}))
+                ),
+                experiment["resources"].get("gpus", 1),
             ),
             "dens": copy.deepcopy(experiment["dens"]),
             "resources": dict(experiment["resources"]),
         }
+
+    def _one_gpu_share(self, optim: dict[str, Any], gpus: int) -> dict[str, Any]:
+        """``optim`` with the batch sizes of one of the paper's ``gpus`` processes where the scale
+        sets ``one_gpu_share`` (config/scales/rehearsal.yaml), else as it is."""
+        if not self.scale.get("one_gpu_share") or gpus == 1:
+            return optim
+        for key in ("batch_size", "eval_batch_size"):
+            if optim[key] % gpus:
+                raise ConfigError(
+                    f"config/scales/{self.scale_name}.yaml: one_gpu_share: optim.{key} "
+                    f"{optim[key]} is not a multiple of the experiment's {gpus} GPUs"
+                )
+            optim[key] //= gpus
+        return optim
 
     def _downloads_here(self, optim: dict[str, Any]) -> dict[str, Any]:
         """``optim`` with an energy_reference_file in the paper scale's downloads folder
