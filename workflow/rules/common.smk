@@ -245,12 +245,13 @@ PUBLISHED_FRAMES = published_frames(Path(workflow.basedir), REGISTRY.options["ca
 DOWNLOADS = str(paths.downloads_dir(SCALE))
 # `dens data download --mirror URL` where config `mirror` is set. A global of the shell command,
 # not a param: the mirror says where a file comes from, not what it is (its checksum does), so
-# changing it reruns nothing. The stand-in catalog's `--catalog PATH` goes with it: where the
-# checksum a download is verified against is read from.
+# changing it reruns nothing.
 MIRROR = REGISTRY.options["mirror"]
 MIRROR_OPTION = "" if MIRROR is None else f"--mirror {shlex.quote(MIRROR)} "
-if REGISTRY.options["catalog"] is not None:
-    MIRROR_OPTION += f"--catalog {shlex.quote(REGISTRY.options['catalog'])} "
+# The stand-in catalog's `--catalog PATH` for download and extract jobs: where the checksum a
+# download is verified against and the sizes the disk checks read come from.
+CATALOG = REGISTRY.options["catalog"]
+CATALOG_OPTION = "" if CATALOG is None else f"--catalog {shlex.quote(CATALOG)} "
 
 
 def archive_file(name):

@@ -23,6 +23,7 @@ rule download_archive:
         **job_resources("download"),
     shell:
         "python -m dens data download {wildcards.archive} --out {output:q} {MIRROR_OPTION}"
+        "{CATALOG_OPTION}"
         "> {log:q} 2>&1"
 
 
@@ -42,7 +43,7 @@ rule extract_archive:
         **job_resources("extract"),
     shell:
         "python -m dens data extract {wildcards.archive} --archive-path {input:q} --out {output:q} "
-        "> {log:q} 2>&1"
+        "{CATALOG_OPTION}> {log:q} 2>&1"
 
 
 # Paper-scale OC20/OC22: one conversion job per group of an extracted archive's source files
