@@ -34,5 +34,6 @@ test: $(STAMP) $(EXTRAS_STAMP)
 # Slurm cluster or starts a one-node one (as root), runs the Slurm profile at scale rehearsal,
 # stops what it started and prints wall time and peak memory per job family.
 REHEARSAL_TARGETS ?= all_tables
+REHEARSAL_OPTIONS ?=
 rehearsal: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m dens.pipeline.rehearsal run $(REHEARSAL_TARGETS)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m dens.pipeline.rehearsal run $(REHEARSAL_OPTIONS) $(REHEARSAL_TARGETS)

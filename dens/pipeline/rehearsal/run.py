@@ -79,15 +79,18 @@ def snakemake_command(
     catalog: Path,
     targets: Sequence[str],
     jobs: int | None = None,
+    job_mem_mb: int | None = None,
 ) -> list[str]:
     """The Slurm profile's snakemake on ``targets`` at the rehearsal scale, partition (and
     account: None drops it, for a cluster without accounting) replaced, each job's threads
     (the paper's: 16 for a conversion) capped at the node's CPUs, which Slurm would otherwise
     never schedule, and each job's memory at the partition's largest node (config
-    max_job_mem_mb: the paper's training jobs ask for 64 GB); ``jobs``: Slurm jobs at a time
-    (None: the profile's)."""
+    max_job_mem_mb: the paper's training jobs ask for 64 GB) or ``job_mem_mb`` if smaller;
+    ``jobs``: Slurm jobs at a time (None: the profile's)."""
     resources = profile_resources(Path.cwd()) | {"slurm_partition": partition}
     memory = partition_memory_mb(partition)
+    if job_mem_mb is not None:
+        memory = job_mem_mb if memory is None else min(memory, job_mem_mb)
     if account is None:
         resources.pop("slurm_account", None)
     else:
@@ -122,6 +125,7 @@ def rehearse(
     account: str | None = None,
     fresh: bool = False,
     jobs: int | None = None,
+    job_mem_mb: int | None = None,
 ) -> int:
     """Generate, serve, start or use Slurm, run snakemake on ``targets``; its exit status."""
     from dens.pipeline.rehearsal.slurm_cluster import slurm_cluster
@@ -138,7 +142,9 @@ def rehearse(
     with serve_directory(catalog.parent) as served, slurm_cluster() as cluster:
         mirror = served.url().rstrip("/")
         relative = catalog.relative_to(root)
-        command = snakemake_command(cluster.partition, account, mirror, relative, targets, jobs)
+        command = snakemake_command(
+            cluster.partition, account, mirror, relative, targets, jobs, job_mem_mb
+        )
         print("rehearsal:", " ".join(command), flush=True)
         status = subprocess.run(command, env=env, check=False).returncode
     for line in timings(root):
