@@ -14,9 +14,7 @@ import hashlib
 import io
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from dens.pipeline.curves import curve_tables
 from dens.pipeline.figures import FIGURES
 from dens.pipeline.published import load_published
 from dens.pipeline.registry import MOLECULES, load_registry
+from dens.pipeline.rehearsal.server import Served, serve
 from dens.pipeline.report import write_report
 from dens.pipeline.tables.published import NO_IS2RE_PAPER
 
@@ -174,68 +173,37 @@ def published_checkpoint(name: str, epochs: int) -> bytes:
     return buffer.getvalue()
 
 
-class Mirror(ThreadingHTTPServer):
-    """A copy of the download servers on 127.0.0.1: ``files`` maps URL paths to bytes (changed
-    by the tests between runs)."""
-
-    files: dict[str, bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _MirrorHandler(BaseHTTPRequestHandler):
-    server: Mirror
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def url_path(name: str) -> str:
     from urllib.parse import urlsplit
 
-    return urlsplit(load_catalog(root=REPO)[name].url).path
+    return urlsplit(load_catalog(root=REPO)[name].url).path.lstrip("/")
 
 
 @pytest.fixture(scope="module")
-def mirror() -> Iterator[Mirror]:
-    server = Mirror(("127.0.0.1", 0), _MirrorHandler)
+def mirror() -> Iterator[Served]:
+    """A copy of the download servers on 127.0.0.1: ``files`` maps URL paths to bytes (changed
+    by the tests between runs)."""
     epochs = {"eq2_dens_epochs_12_2M": 12, "eq2_dens_epochs_30_2M": 30, "eq2_dens_allmd": 2}
-    server.files = {
-        url_path(name): published_checkpoint(name, epochs.get(name, 6))
-        for name in load_published(load_registry({"scale": "smoke"})).checkpoints
-    }
-    server.files[url_path("oc22_linfit_coeffs")] = LINREF.read_bytes()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve() as served:
+        served.files.update(
+            {
+                url_path(name): published_checkpoint(name, epochs.get(name, 6))
+                for name in load_published(load_registry({"scale": "smoke"})).checkpoints
+            }
+        )
+        served.files[url_path("oc22_linfit_coeffs")] = LINREF.read_bytes()
+        yield served
 
 
-def run_published(root: Path, mirror: Mirror, *args: str) -> subprocess.CompletedProcess[str]:
+def run_published(root: Path, mirror: Served, *args: str) -> subprocess.CompletedProcess[str]:
     return snakemake(
         root, "--profile", "profiles/local", "published", "--config", "scale=smoke",
-        f"mirror={mirror.url}", *args,
+        f"mirror={mirror.url().rstrip('/')}", *args,
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def published_run(smoke_run: Path, mirror: Mirror) -> Path:
+def published_run(smoke_run: Path, mirror: Served) -> Path:
     """`snakemake --profile profiles/local published --config scale=smoke mirror=...` after the
     default target (the OC data are prepared: only the published jobs run)."""
     result = run_published(smoke_run, mirror)
@@ -243,7 +211,7 @@ def published_run(smoke_run: Path, mirror: Mirror) -> Path:
     return smoke_run
 
 
-def test_published_target_fills_its_table(published_run: Path, mirror: Mirror) -> None:
+def test_published_target_fills_its_table(published_run: Path, mirror: Served) -> None:
     results = published_run / "results" / "smoke"
     registry = load_registry({"scale": "smoke"}, root=published_run)
     published = load_published(registry)
@@ -289,7 +257,7 @@ def test_published_target_fills_its_table(published_run: Path, mirror: Mirror) -
 
 
 def test_published_downloads_refuse_a_truncated_and_a_changed_checkpoint(
-    published_run: Path, mirror: Mirror
+    published_run: Path, mirror: Served
 ) -> None:
     """A truncated download (never pinned) and a checkpoint whose bytes changed after its digest
     was pinned are refused in one line naming the file; the other checkpoints' results stay."""
@@ -314,7 +282,7 @@ def test_published_downloads_refuse_a_truncated_and_a_changed_checkpoint(
     truncated = (logs / "eq2_dens_epochs_30_2M.pt.log").read_text()
     changed = (logs / "eq2_dens_oc22.pt.log").read_text()
     for log, what in (
-        (truncated, f"dens: error: {mirror.url}{path_30} did not give the pt file "),
+        (truncated, f"dens: error: {mirror.url(path_30)} did not give the pt file "),
         (
             changed,
             "dens: error: checksum mismatch for results/smoke/downloads/eq2_dens_oc22.pt (",

@@ -43,6 +43,21 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(out, registry, volume, root=REPO)
 
 
+def dry_run(*args: str) -> str:
+    """The output of ``snakemake -n --forceall ARGS`` in this checkout (it must succeed)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [SNAKEMAKE, "-n", "--forceall", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def _rows(split: Path) -> int:
     """The rows of a split folder, read shard by shard and checked against its manifest."""
     return sum(1 for _ in split_rows(split))
@@ -110,20 +125,11 @@ def test_generated_md17_npz_is_read_by_the_md17_converter(mirror: Path, tmp_path
 def test_rehearsal_dry_run_is_the_paper_dag_with_the_caps(mirror: Path) -> None:
     """`snakemake -n all_tables` at scale rehearsal resolves every job of the paper DAG, and
     each experiment is the paper's but for the caps (and its own downloads folder)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
     def jobs(*config: str) -> list[str]:
-        command = [SNAKEMAKE, "-n", "--forceall", "--profile", "profiles/slurm", "all_tables", "-q"]
-        result = subprocess.run(
-            [*command, "rules", "--config", *config],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout.split("Job stats:")[1].split("Reasons:")[0].split()
+        profile = ["--profile", "profiles/slurm", "all_tables", "-q", "rules"]
+        stdout = dry_run(*profile, "--config", *config)
+        return stdout.split("Job stats:")[1].split("Reasons:")[0].split()
 
     def counts(stats: list[str]) -> dict[str, int]:
         rows = stats[stats.index("-------") + 1 :]  # after the header "job count" and its rule
@@ -197,20 +203,10 @@ def test_rehearsal_jobs_ask_for_the_paper_s_memory_and_time_capped_at_the_node(
     """job_sizes: paper without GPUs: a conversion job asks for the paper's 12 h and 8 GB, the
     job finishing a dataset 4 h and 16 GB, memory capped at config max_job_mem_mb (make
     rehearsal: the node's memory), and no GPU."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     config = ["scale=rehearsal", f"catalog={mirror}", "max_job_mem_mb=5000"]
-    target = "results/rehearsal/data/oc22/provenance.json"
-    result = subprocess.run(
-        [SNAKEMAKE, "-n", "--forceall", target, "--config", *config],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    stdout = dry_run("results/rehearsal/data/oc22/provenance.json", "--config", *config)
     for rule, runtime in (("convert_group", 720), ("prepare_oc22", 240)):
-        job = result.stdout[result.stdout.index(f"rule {rule}:") :]
+        job = stdout[stdout.index(f"rule {rule}:") :]
         resources = job[job.index("resources:") :].splitlines()[0]
         assert f"runtime={runtime}," in resources and "mem_mb=5000," in resources, resources
-    assert "gres=gpu" not in result.stdout
+    assert "gres=gpu" not in stdout
