@@ -106,6 +106,9 @@ def test_generated_oc_archives_download_verify_extract_and_convert(
         )
         assert expected > 0, split
         assert _rows(DatasetDirectory(out).split(split)) == expected, split
+    for split in registry.splits(dataset, "relax"):  # one row per system: sids are unique
+        sids = [row.sid for _, row in split_rows(DatasetDirectory(out).split(split))]
+        assert len(set(sids)) == len(sids) > 0, split
 
 
 def test_generated_md17_npz_is_read_by_the_md17_converter(mirror: Path, tmp_path: Path) -> None:

@@ -163,9 +163,12 @@ def _as_pyg_data() -> Iterator[type]:
                 sys.modules[name] = old
 
 
-def legacy_records(frames: list[Atoms], kind: str, seed: int = 0) -> list[dict[str, Any]]:
+def legacy_records(
+    frames: list[Atoms], kind: str, seed: int = 0, first_sid: int = 1000
+) -> list[dict[str, Any]]:
     """Fields (torch tensors) of OCP LMDB records: kind "is2re" (pos, pos_relaxed, y_init,
-    y_relaxed, ...), "s2ef_test" (no labels) or "s2ef" (y total energy, force)."""
+    y_relaxed, ...), "s2ef_test" (no labels) or "s2ef" (y total energy, force); the systems'
+    sids count from ``first_sid`` (a release's sids are unique across its sub-splits)."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -180,7 +183,7 @@ def legacy_records(frames: list[Atoms], kind: str, seed: int = 0) -> list[dict[s
             "natoms": len(atoms),
             "tags": torch.tensor(atoms.get_tags(), dtype=torch.long),
             "fixed": torch.tensor(fixed, dtype=torch.float32),
-            "sid": 1000 + index,
+            "sid": first_sid + index,
         }
         if kind == "is2re":
             relaxed = atoms.positions + rng.normal(scale=0.1, size=atoms.positions.shape)

@@ -233,6 +233,7 @@ def _lmdb_archive(
     """A tar.gz of the release's sub-split folders, one data.lmdb of pickled Data each."""
     prefix, splits = LMDB_LAYOUTS[name]
     frames: dict[str, int] = {}
+    next_sid = 1000  # unique across the archive's sub-splits, as in the owners' releases
     for index, (split, (subs, kind)) in enumerate(splits.items()):
         per_sub = (
             volume.relax_systems
@@ -243,7 +244,8 @@ def _lmdb_archive(
             structures = slab_frames(
                 per_sub, seed=seed * 100 + index * 10 + sub_index, size=_slab(volume)
             )
-            records = legacy_records(structures, kind, seed=seed + index)
+            records = legacy_records(structures, kind, seed=seed + index, first_sid=next_sid)
+            next_sid += len(records)
             write_legacy_lmdb(work / prefix / sub / "data.lmdb", records)
         frames[split] = per_sub * len(subs)
     top = PurePosixPath(prefix).parts[0]
