@@ -167,7 +167,8 @@ def legacy_records(
     frames: list[Atoms], kind: str, seed: int = 0, first_sid: int = 1000
 ) -> list[dict[str, Any]]:
     """Fields (torch tensors) of OCP LMDB records: kind "is2re" (pos, pos_relaxed, y_init,
-    y_relaxed, ...), "s2ef_test" (no labels) or "s2ef" (y total energy, force); the systems'
+    y_relaxed, ...), "is2re_test" (no relaxed labels: the owners' test LMDBs hold none),
+    "s2ef_test" (no labels) or "s2ef" (y total energy, force); the systems'
     sids count from ``first_sid`` (a release's sids are unique across its sub-splits)."""
     import torch
 
@@ -185,11 +186,13 @@ def legacy_records(
             "fixed": torch.tensor(fixed, dtype=torch.float32),
             "sid": first_sid + index,
         }
-        if kind == "is2re":
+        if kind.startswith("is2re"):
             relaxed = atoms.positions + rng.normal(scale=0.1, size=atoms.positions.shape)
-            fields["pos_relaxed"] = torch.tensor(relaxed, dtype=torch.float32)
             fields["y_init"] = float(rng.normal(2.0, 1.0))
-            fields["y_relaxed"] = float(rng.normal(-1.0, 1.0))
+            y_relaxed = float(rng.normal(-1.0, 1.0))
+            if kind == "is2re":  # "is2re_test": the relaxed labels are the server's
+                fields["pos_relaxed"] = torch.tensor(relaxed, dtype=torch.float32)
+                fields["y_relaxed"] = y_relaxed
         else:
             fields["fid"] = torch.tensor([index % 7])
         if kind == "s2ef":

@@ -62,7 +62,10 @@ LMDB_LAYOUTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], str]]]] = {
     "oc20_is2re_lmdbs": (
         "is2res_train_val_test_lmdbs/data/is2re/all",
         {
-            "is2re_test": (("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both"), "is2re"),
+            "is2re_test": (
+                ("test_id", "test_ood_ads", "test_ood_cat", "test_ood_both"),
+                "is2re_test",
+            ),
             **{
                 f"is2re_{sub}": ((sub,), "is2re")
                 for sub in ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
@@ -81,7 +84,10 @@ LMDB_LAYOUTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], str]]]] = {
     ),
     "oc22_is2re_total_lmdbs": (
         "is2res_total_train_val_test_lmdbs/data/oc22/is2re-total",
-        {f"is2re_{sub}": ((sub,), "is2re") for sub in ("test_id", "test_ood", "val_id", "val_ood")},
+        {
+            f"is2re_{sub}": ((sub,), "is2re_test" if sub.startswith("test") else "is2re")
+            for sub in ("test_id", "test_ood", "val_id", "val_ood")
+        },
     ),
 }
 
@@ -237,7 +243,7 @@ def _lmdb_archive(
     for index, (split, (subs, kind)) in enumerate(splits.items()):
         per_sub = (
             volume.relax_systems
-            if kind == "is2re"
+            if kind.startswith("is2re")
             else _split_frames(split, entry["dataset"], volume)
         )
         for sub_index, sub in enumerate(subs):
