@@ -248,8 +248,8 @@ DOWNLOADS = str(paths.downloads_dir(SCALE))
 # changing it reruns nothing.
 MIRROR = REGISTRY.options["mirror"]
 MIRROR_OPTION = "" if MIRROR is None else f"--mirror {shlex.quote(MIRROR)} "
-# The stand-in catalog's `--catalog PATH` for download and extract jobs: where the checksum a
-# download is verified against and the sizes the disk checks read come from.
+# The stand-in catalog's `--catalog PATH` for download and extract jobs (a param: the catalog says
+# what a file is, its checksum and sizes, so naming another one redoes these jobs).
 CATALOG = REGISTRY.options["catalog"]
 CATALOG_OPTION = "" if CATALOG is None else f"--catalog {shlex.quote(CATALOG)} "
 

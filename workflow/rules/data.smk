@@ -19,12 +19,13 @@ rule download_archive:
         ENV
     threads: 1
     retries: 2
+    params:
+        catalog=CATALOG_OPTION,
     resources:
         **job_resources("download"),
     shell:
         "python -m dens data download {wildcards.archive} --out {output:q} {MIRROR_OPTION}"
-        "{CATALOG_OPTION}"
-        "> {log:q} 2>&1"
+        "{params.catalog}> {log:q} 2>&1"
 
 
 rule extract_archive:
@@ -39,11 +40,13 @@ rule extract_archive:
     conda:
         ENV
     threads: 1
+    params:
+        catalog=CATALOG_OPTION,
     resources:
         **job_resources("extract"),
     shell:
         "python -m dens data extract {wildcards.archive} --archive-path {input:q} --out {output:q} "
-        "{CATALOG_OPTION}> {log:q} 2>&1"
+        "{params.catalog}> {log:q} 2>&1"
 
 
 # Paper-scale OC20/OC22: one conversion job per group of an extracted archive's source files
