@@ -109,6 +109,13 @@ def test_generated_oc_archives_download_verify_extract_and_convert(
     for split in registry.splits(dataset, "relax"):  # one row per system: sids are unique
         sids = [row.sid for _, row in split_rows(DatasetDirectory(out).split(split))]
         assert len(set(sids)) == len(sids) > 0, split
+    for split in registry.split_names(dataset):  # test labels are the servers', as released
+        rows = [row for _, row in split_rows(DatasetDirectory(out).split(split))]
+        if split.startswith("is2re"):
+            labelled = {"y_relaxed" in row.key_value_pairs for row in rows}
+        else:
+            labelled = {"energy" in row and "forces" in row for row in rows}
+        assert labelled == {"test" not in split}, split
 
 
 def test_generated_md17_npz_is_read_by_the_md17_converter(mirror: Path, tmp_path: Path) -> None:

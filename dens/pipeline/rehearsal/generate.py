@@ -78,8 +78,8 @@ LMDB_LAYOUTS: dict[str, tuple[str, dict[str, tuple[tuple[str, ...], str]]]] = {
             "train": (("train",), "s2ef"),
             "val_id": (("val_id",), "s2ef"),
             "val_ood": (("val_ood",), "s2ef"),
-            "s2ef_test_id": (("test_id",), "s2ef"),
-            "s2ef_test_ood": (("test_ood",), "s2ef"),
+            "s2ef_test_id": (("test_id",), "s2ef_test"),
+            "s2ef_test_ood": (("test_ood",), "s2ef_test"),
         },
     ),
     "oc22_is2re_total_lmdbs": (
