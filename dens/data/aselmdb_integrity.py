@@ -248,22 +248,36 @@ def write_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+#: What a manifest records of one aselmdb file: a lone file's manifest, a split folder's shard.
+FILE_ENTRY_FIELDS: dict[str, type] = {"file": str, "bytes": int, "rows": int, "sha256": str}
+
+
+def is_file_entry(entry: Any) -> bool:
+    """Whether ``entry`` is a dict with every field of `FILE_ENTRY_FIELDS` of its type."""
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(key), kind) for key, kind in FILE_ENTRY_FIELDS.items()
+    )
+
+
+def read_manifest_document(target: Path, owner: Path) -> Any:
+    """The JSON document of the manifest ``target`` of ``owner`` (a file or a split folder),
+    None when there is none; an unreadable one raises DataError naming it."""
+    try:
+        return json.loads(target.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{target} is damaged ({error})", owner, REBUILD) from error
+
+
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of `path` (`write_manifest`), or None when it has none (a file not prepared
     by `dens data prepare`, or prepared before manifests); a damaged one raises DataError."""
     target = manifest_path(Path(path))
-    try:
-        manifest = json.loads(target.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{target} is damaged ({error})", path, REBUILD) from error
-    fields = {"file": str, "bytes": int, "rows": int, "sha256": str}
-    if not isinstance(manifest, dict) or any(
-        not isinstance(manifest.get(key), kind) for key, kind in fields.items()
-    ):
+    manifest = read_manifest_document(target, path)
+    if manifest is not None and not is_file_entry(manifest):
         raise DataError(
-            f"{target} is damaged (not a manifest of {', '.join(fields)})", path, REBUILD
+            f"{target} is damaged (not a manifest of {', '.join(FILE_ENTRY_FIELDS)})", path, REBUILD
         )
     return manifest
 

@@ -20,6 +20,7 @@ from ase.optimize import LBFGS
 
 from dens.data.calculators import EMTCalculator, LangevinMD
 from dens.data.catalyst_systems import FAMILIES, _build_system, _molecule, _slab
+from dens.scoped import entries_set
 
 FMAX_EV_PER_A = 0.05
 MAX_STEP_A = 0.2
@@ -150,16 +151,8 @@ def _system_task(task: dict[str, Any]) -> dict[str, Any]:
 def _single_threaded_children() -> Iterator[None]:
     """One BLAS/OpenMP thread in the worker processes spawned while inside."""
     keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    previous = {key: os.environ.get(key) for key in keys}
-    os.environ.update({key: "1" for key in keys})
-    try:
+    with entries_set(os.environ, {key: "1" for key in keys}):
         yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextmanager

@@ -26,11 +26,14 @@ from typing import Any
 
 from dens.atomic_files import file_digest, write_text
 from dens.data.aselmdb_integrity import (
+    FILE_ENTRY_FIELDS,
     REBUILD,
     _damaged,
     check_against,
     check_aselmdb,
     check_pages,
+    is_file_entry,
+    read_manifest_document,
 )
 from dens.errors import DataError, MissingDataError
 from dens.layout import SHARD_SUFFIX, manifest_of
@@ -87,26 +90,19 @@ def read_split_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest of a split folder (`write_split_manifest`), None without one; a damaged one
     raises DataError naming it."""
     target = manifest_of(Path(folder))
-    try:
-        manifest = json.loads(target.read_text())
-    except FileNotFoundError:
+    manifest = read_manifest_document(target, folder)
+    if manifest is None:
         return None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{target} is damaged ({error})", folder, REBUILD) from error
     entries = manifest.get("shards") if isinstance(manifest, dict) else None
-    fields = {"file": str, "bytes": int, "rows": int, "sha256": str}
     if (
         not isinstance(entries, list)
         or not isinstance(manifest.get("rows"), int)
-        or any(
-            not isinstance(entry, dict)
-            or any(not isinstance(entry.get(key), kind) for key, kind in fields.items())
-            for entry in entries
-        )
+        or not all(is_file_entry(entry) for entry in entries)
         or sum(entry["rows"] for entry in entries) != manifest["rows"]
     ):
+        fields = ", ".join(FILE_ENTRY_FIELDS)
         raise DataError(
-            f"{target} is damaged (not a split manifest: rows, shards of {', '.join(fields)})",
+            f"{target} is damaged (not a split manifest: rows, shards of {fields})",
             folder,
             REBUILD,
         )

@@ -41,6 +41,8 @@ from ase.build import add_adsorbate, fcc111
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
+from dens.scoped import entries_set
+
 # ------------------------------------------------------------------------------ structures ----
 
 
@@ -145,22 +147,13 @@ def _as_pyg_data() -> Iterator[type]:
         importlib.import_module(names[-1])
     except ImportError:
         pass
-    saved = {name: sys.modules.get(name) for name in names}
-    for name in names[:-1]:
-        sys.modules.setdefault(name, types.ModuleType(name))
     module = types.ModuleType(names[-1])
     cls = type("Data", (_FakeData,), {"__module__": names[-1]})
     cls.__qualname__ = "Data"
     module.Data = cls
-    sys.modules[names[-1]] = module
-    try:
+    parents = {name: sys.modules.get(name) or types.ModuleType(name) for name in names[:-1]}
+    with entries_set(sys.modules, {**parents, names[-1]: module}):
         yield cls
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
 
 
 def legacy_records(
