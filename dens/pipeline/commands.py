@@ -4,6 +4,8 @@ dens.pipeline.parsers read): it loads the registry, calls the library and prints
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +238,20 @@ def cmd_submission(args: argparse.Namespace) -> None:
     print(f"{args.experiment}: {challenge.name} submission ({counts}){scored}")
 
 
-def cmd_relax(args: argparse.Namespace) -> None:
+@contextmanager
+def _stage_job(args: argparse.Namespace, stage: str) -> Iterator[float | None]:
+    """A resumable stage job (``relax``, ``simulate``) of ``args.run_dir``: its threads set, and
+    the time to stop at (None: no limit) before the Slurm time limit, recorded in the stage's
+    history (dens.pipeline.slurm.continuation)."""
     from dens.pipeline import slurm
+
+    _set_threads(args.threads)
+    history = RunDirectory(Path(args.run_dir)).stage_dir(stage) / slurm.HISTORY_FILE
+    with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
+        yield stop_at
+
+
+def cmd_relax(args: argparse.Namespace) -> None:
     from dens.pipeline.challenges import challenge_for
     from dens.pipeline.is2re import relax_run
     from dens.relaxation.lbfgs import LBFGSSettings
@@ -252,9 +266,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
             f"{experiment['dataset']} has no relax splits)"
         )
     lbfgs = {k: relax[k] for k in ("max_steps", "fmax", "maxstep", "memory", "damping", "alpha")}
-    _set_threads(args.threads)
-    history = RunDirectory(Path(args.run_dir)).stage_dir("relax") / slurm.HISTORY_FILE
-    with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
+    with _stage_job(args, "relax") as stop_at:
         metrics = relax_run(
             Path(args.run_dir),
             {Path(path).stem: Path(path) for path in args.splits},
@@ -280,7 +292,6 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from dens.pipeline import slurm
     from dens.simulate import SimulationSettings, simulate_run
 
     registry = registry_from(args)
@@ -291,9 +302,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             f"its dataset {experiment['dataset']} is of family {experiment['dataset_family']}"
         )
     settings = SimulationSettings.from_scale(registry.scale, registry.scale_name)
-    _set_threads(args.threads)
-    history = RunDirectory(Path(args.run_dir)).stage_dir("simulate") / slurm.HISTORY_FILE
-    with slurm.continuation(args.continue_before_time_limit, history) as stop_at:
+    with _stage_job(args, "simulate") as stop_at:
         metrics = simulate_run(
             args.run_dir, args.initial, args.reference, settings, args.seed, args.device, stop_at
         )
