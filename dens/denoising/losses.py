@@ -36,8 +36,9 @@ def _check_loss_inputs(
     energy_target: Tensor,
     force_target: Tensor,
     coefficient: float,
-) -> float:
-    """``coefficient`` as a float, after checking it and the shapes of the loss's tensors."""
+) -> tuple[float, Tensor]:
+    """``coefficient`` as a float and the free atoms (bool [N], from ``data.fixed``), after
+    checking them and the shapes of the loss's tensors."""
     _require(data, ("batch", "natoms", "fixed"))
     coefficient = _check_real("coefficient", coefficient)
     if not (coefficient >= 0.0 and math.isfinite(coefficient)):
@@ -51,7 +52,9 @@ def _check_loss_inputs(
     _check_shape('prediction["forces"]', prediction["forces"], (num_atoms, 3))
     _check_shape("energy_target", energy_target, (num_structures,))
     _check_shape("force_target", force_target, (num_atoms, 3))
-    return coefficient
+    free = ~data.fixed.to(torch.bool)
+    _check_shape("data.fixed", free, (num_atoms,))
+    return coefficient, free
 
 
 def _corrupted_atoms(corruption: Corruption | None, free: Tensor) -> Tensor:
@@ -123,6 +126,24 @@ def _per_structure_terms(
     return forces, coefficient * (noise_per_structure / free_count).sum() / num_structures
 
 
+def _atom_denominators(
+    reduction: str,
+    free: Tensor,
+    force_atoms: Tensor,
+    corrupted: Tensor,
+    hybrid: bool,
+    free_atoms_per_process: float | None,
+) -> tuple[float, float]:
+    """Reductions "atom" and "free_atoms": what the summed force errors and the summed noise
+    errors are divided by (``dens_loss``)."""
+    if reduction == "atom":
+        return max(int(force_atoms.sum()), 1), int(corrupted.sum())
+    count = max(int(free.sum()), 1)
+    if not hybrid and free_atoms_per_process is not None:
+        count = free_atoms_per_process
+    return count, count
+
+
 _NO_DENS = DeNSSettings(p=0.0, sigma=1.0, corruption_ratio=1.0, coefficient=0.0)
 """What ``original_task_loss`` passes ``dens_loss``: with no corruption no DeNS setting is read."""
 
@@ -168,11 +189,10 @@ def dens_loss(
     dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped), ``decision`` and
         ``partial_corruption`` (which reduction "free_atoms" applies, module notes).
     coefficient: lambda_DeNS for this epoch (``dens_coefficient``).
-    free_atoms_per_process: reduction "free_atoms" with several processes: the mean number of
-        free atoms per process in the global batch, the denominator of fairchem's DDPLoss mean
-        (the free atoms of the global batch / world size), used except for a hybrid batch (a
-        DeNS batch with partial corruption: each process's own free-atom mean, as the official
-        hybrid loss); None = this batch's own count (one process).
+    free_atoms_per_process: reduction "free_atoms" with several processes: the free atoms of
+        the global batch / world size (fairchem's DDPLoss mean), except in a hybrid batch (a DeNS
+        batch with partial corruption: each process's own count, as the official hybrid loss);
+        None = this batch's own count (one process).
 
     Per structure j with free-atom count |S_j| and corruption mask m (Algorithm 2):
         L_j = [kept] lambda_E |E'_j - E_hat_j|
@@ -186,38 +206,28 @@ def dens_loss(
     already divided by B) and ``"total"`` = their sum, the tensor to back-propagate.
     """
     energy_dropped, hybrid = _dropped_and_hybrid(data, corruption, dens)
-    coefficient = _check_loss_inputs(prediction, data, energy_target, force_target, coefficient)
-    free = ~data.fixed.to(torch.bool)
-    _check_shape("data.fixed", free, (data.batch.numel(),))
+    coefficient, free = _check_loss_inputs(
+        prediction, data, energy_target, force_target, coefficient
+    )
     corrupted = _corrupted_atoms(corruption, free)
     energy = _energy_term(prediction["energy"], energy_target, loss, energy_dropped)
     force_atoms = free & ~corrupted
     force_error = per_atom_error(prediction["forces"], force_target, loss.force_metric)
     force_error = torch.where(force_atoms, force_error, torch.zeros_like(force_error))
     noise_error = _noise_error(prediction, corruption, corrupted, loss, coefficient)
-
-    zero = prediction["energy"].new_zeros(())
     if loss.reduction == "structure":
         forces, dens_term = _per_structure_terms(
             loss, data, free, force_error, noise_error, coefficient
         )
-        dens_term = zero if dens_term is None else dens_term
-    elif loss.reduction == "atom":
-        forces = loss.force_coefficient * force_error.sum() / max(int(force_atoms.sum()), 1)
-        num_corrupted = int(corrupted.sum())
-        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / num_corrupted
     else:
-        count = max(int(free.sum()), 1)
-        if not hybrid and free_atoms_per_process is not None:
-            count = free_atoms_per_process
-        forces = loss.force_coefficient * force_error.sum() / count
-        dens_term = zero if noise_error is None else coefficient * noise_error.sum() / count
-    return {
-        "total": energy + forces + dens_term,
-        "energy": energy,
-        "forces": forces,
-        "dens": dens_term,
-    }
+        force_count, noise_count = _atom_denominators(
+            loss.reduction, free, force_atoms, corrupted, hybrid, free_atoms_per_process
+        )
+        forces = loss.force_coefficient * force_error.sum() / force_count
+        dens_term = None if noise_error is None else coefficient * noise_error.sum() / noise_count
+    dens_term = prediction["energy"].new_zeros(()) if dens_term is None else dens_term
+    terms = {"energy": energy, "forces": forces, "dens": dens_term}
+    return {"total": energy + forces + dens_term, **terms}
 
 
 def original_task_loss(
