@@ -11,14 +11,13 @@ from typing import Any
 def entries_set(mapping: MutableMapping[str, Any], values: Mapping[str, Any]) -> Iterator[None]:
     """``mapping.update(values)`` inside the block; after it, each key has its value from before
     again, and a key that was absent before is removed."""
-    previous = {key: mapping.get(key) for key in values}
-    absent = {key for key in values if key not in mapping}
+    previous = {key: mapping[key] for key in values if key in mapping}
     mapping.update(values)
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if key in absent:
-                mapping.pop(key, None)
+        for key in values:
+            if key in previous:
+                mapping[key] = previous[key]
             else:
-                mapping[key] = value
+                mapping.pop(key, None)
