@@ -145,13 +145,12 @@ def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict) -> None:
         for e, (d, v) in enumerate(zip(dst, vectors, strict=True))
     }
     frames = graph["edge_rot_mat"]
-    original = edge_graph.periodic_graph
+    original = edge_graph.edge_vectors
     seen: dict = {}
 
-    def periodic_graph(*args, **kwargs):
-        s, d, vec = original(*args, **kwargs)
-        seen["dst"] = d
-        return s, d, vec
+    def edge_vectors(data, pos, src, dst, offset):
+        seen["dst"] = dst
+        return original(data, pos, src, dst, offset)
 
     def edge_frame(vec: torch.Tensor, *_args, **_kwargs) -> torch.Tensor:
         keys = [
@@ -161,7 +160,7 @@ def use_reference_frames(monkeypatch: pytest.MonkeyPatch, record: dict) -> None:
         assert len(keys) == len(rows) and all(k in rows for k in keys), "graphs differ"
         return frames[[rows[k] for k in keys]].to(vec.dtype)
 
-    monkeypatch.setattr(edge_graph, "periodic_graph", periodic_graph)
+    monkeypatch.setattr(edge_graph, "edge_vectors", edge_vectors)
     monkeypatch.setattr(edge_graph, "edge_frame", edge_frame)
 
 

@@ -7,12 +7,12 @@ ordered pairs (src -> dst) within one structure; the edge vector points from dst
 Molecules (MD17, ``molecular_graph``): all pairs closer than the cutoff, vector
 ``pos[src] - pos[dst]``; a periodic batch is refused.
 
-Periodic cells (OC20/OC22, ``periodic_graph``; EquiformerV2 and eSCN use cutoff 12 Å with at
-most 20 neighbours): the edges of fairchem 1.x ``radius_graph_pbc`` followed by
-``get_max_neighbors_mask`` (FAIR-Chem/fairchem 31c0963, src/fairchem/core/common/utils.py
-lines 618-910, called by ``GraphModelMixin.generate_graph``, models/base.py line 122; the same
-operations as ocp 5d0f59e, ocpmodels/common/utils.py lines 556-855, on which the official DeNS
-code runs), the same edges in the same order, ties included:
+Periodic cells (OC20/OC22, ``periodic_neighbors`` and their ``edge_vectors``; EquiformerV2 and
+eSCN use cutoff 12 Å with at most 20 neighbours): the edges of fairchem 1.x ``radius_graph_pbc``
+followed by ``get_max_neighbors_mask`` (FAIR-Chem/fairchem 31c0963,
+src/fairchem/core/common/utils.py lines 618-910, called by ``GraphModelMixin.generate_graph``,
+models/base.py line 122; the same operations as ocp 5d0f59e, ocpmodels/common/utils.py lines
+556-855, on which the official DeNS code runs), the same edges in the same order, ties included:
 
 - src may be any periodic image of an atom, ``pos[src] + n @ cell - pos[dst]`` with integer
   offset n [3] (cell rows are the lattice vectors, ASE convention), from the images
@@ -92,7 +92,7 @@ def molecular_graph(data: Batch, pos: Tensor, cutoff: float) -> tuple[Tensor, Te
     pbc = getattr(data, "pbc", None)
     if pbc is not None and bool(torch.as_tensor(pbc).any()):
         raise NotAvailableError(
-            "this model takes molecules only; periodic structures (pbc) need periodic_graph "
+            "this model takes molecules only; periodic structures (pbc) need periodic_neighbors "
             "(EquiformerV2, OC20/OC22)"
         )
     return radius_graph(pos.detach(), data.batch, data.natoms, cutoff)
@@ -109,7 +109,9 @@ def lattice(data: Batch, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     cell = data.cell.to(dtype).view(-1, 3, 3).expand(num_graphs, 3, 3)
     pbc = torch.as_tensor(pbc, device=device).view(-1, 3).expand(num_graphs, 3)
     if bool((torch.linalg.det(cell).abs() < 1e-6).any()):
-        raise ValueError("periodic_graph needs a non-singular cell for every periodic structure")
+        raise ValueError(
+            "periodic_neighbors needs a non-singular cell for every periodic structure"
+        )
     return cell, pbc
 
 
@@ -206,11 +208,12 @@ def periodic_neighbors(
     max_neighbors: int,
     degeneracy_tolerance: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The edges of ``periodic_graph`` (selection rules in the module notes), without vectors.
+    """The edges of a batch of periodic (or molecular) structures at positions ``pos``.
 
     data: Batch with natoms [B], batch [N], and cell [B, 3, 3], pbc [B, 3] if periodic;
-    pos: [N, 3]. Returns src, dst: long [E] ordered by dst, then src, then offset (fairchem's
-    order); offset: long [E, 3], the image of src (cell rows) seen by dst. Cost
+    pos: [N, 3]; degeneracy_tolerance: None for at most ``max_neighbors`` per destination,
+    strictly, else see the module notes. Returns src, dst: long [E] ordered by dst, then src, then
+    offset (fairchem's order); offset: long [E, 3], the image of src (cell rows) seen by dst. Cost
     O(sum_b natoms_b^2 * I) for I images (lattice_images).
     """
     cell, pbc = lattice(data, torch.float32)
@@ -232,23 +235,14 @@ def periodic_neighbors(
     return src[keep], dst[keep], offset
 
 
-def periodic_graph(
-    data: Batch,
-    pos: Tensor,
-    cutoff: float,
-    max_neighbors: int,
-    degeneracy_tolerance: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The graph of a batch of periodic (or molecular) structures at positions ``pos``.
+def edge_vectors(data: Batch, pos: Tensor, src: Tensor, dst: Tensor, offset: Tensor) -> Tensor:
+    """The vectors of the edges of ``periodic_neighbors`` at positions ``pos``.
 
-    data: Batch with natoms [B], batch [N], and cell [B, 3, 3], pbc [B, 3] if periodic;
-    pos: [N, 3] (the batch's own or noisy ones); degeneracy_tolerance: None for at most
-    ``max_neighbors`` per destination, strictly, else see the module notes. Returns
-    edge_src, edge_dst: long [E] (fairchem's edges in fairchem's order) and edge_vec =
+    data: Batch with batch [N], and cell [B, 3, 3] if periodic; pos: [N, 3] (the batch's own or
+    noisy ones); src, dst: long [E]; offset: long [E, 3]. Returns
     pos[src] - pos[dst] + offset @ cell: [E, 3] in pos's dtype, differentiable w.r.t. pos (and
-    cell); the selection itself is not.
+    cell); the selection of the edges itself is not.
     """
-    src, dst, offset = periodic_neighbors(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
     cell, _ = lattice(data, pos.dtype)
     shift = torch.bmm(offset.to(pos.dtype).unsqueeze(1), cell.index_select(0, data.batch[src]))
-    return src, dst, pos.index_select(0, src) - pos.index_select(0, dst) + shift.squeeze(1)
+    return pos.index_select(0, src) - pos.index_select(0, dst) + shift.squeeze(1)

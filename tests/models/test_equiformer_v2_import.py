@@ -16,7 +16,7 @@ from dens.models.equiformer_v2.import_fairchem import (
     CheckpointImportError,
     load_fairchem_checkpoint,
 )
-from dens.models.graph import periodic_graph
+from dens.models.graph import edge_vectors, periodic_neighbors
 from dens.models.so2.edge_frame import edge_frame, random_helper
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
@@ -245,7 +245,8 @@ def test_the_random_roll_draws_the_reference_frames(reference: dict) -> None:
     """Same generator state, same edges in the same order: our helper vectors and frames are the
     reference's (fairchem 1.x edge_rot_mat.py init_edge_rot_mat) to float64 round-off."""
     data = fixture_batch(torch.float64)
-    src, dst, vec = periodic_graph(data, data.pos, 12.0, 20)
+    src, dst, offset = periodic_neighbors(data, data.pos, 12.0, 20)
+    vec = edge_vectors(data, data.pos, src, dst, offset)
     graph = reference["graph"]
     assert torch.equal(torch.stack([src, dst]), graph["edge_index"])
     torch.manual_seed(reference["meta"]["roll_seed"])

@@ -17,7 +17,15 @@ from torch import Tensor
 from dens.data.batch import Batch, Data
 from dens.data.structures import atoms_to_data
 from dens.errors import NotAvailableError
-from dens.models.graph import molecular_graph, periodic_graph, periodic_neighbors, radius_graph
+from dens.models.graph import edge_vectors, molecular_graph, periodic_neighbors, radius_graph
+
+
+def periodic_graph(
+    batch: Batch, pos: Tensor, cutoff: float, max_neighbors: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """src, dst and the edge vectors at ``pos``, as the SO(3) networks build them."""
+    src, dst, offset = periodic_neighbors(batch, pos, cutoff, max_neighbors)
+    return src, dst, edge_vectors(batch, pos, src, dst, offset)
 
 
 def random_batch(sizes: tuple[int, ...], box: float = 6.0, seed: int = 0) -> Batch:

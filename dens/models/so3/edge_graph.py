@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dens.data.batch import Batch
-from dens.models.graph import periodic_graph
+from dens.models.graph import edge_vectors, periodic_neighbors
 from dens.models.so2.edge_frame import edge_frame, random_helper
 from dens.models.so2.wigner import EdgeWigner
 
@@ -43,13 +43,15 @@ def build_edge_graph(
     degeneracy_tolerance: float | None = None,
     rescale: Tensor | None = None,
 ) -> EdgeGraph:
-    """The graph of the structures at ``pos`` (``dens.models.graph.periodic_graph``: cutoff in Å,
-    at most max_neighbors per atom, ties within ``degeneracy_tolerance`` Å^2 kept), its distance
-    basis (``distance_expansion`` of the edge lengths) and the edge frames' rotations, rolled
-    about their edges at random when ``random_roll`` (``dens.models.so2.edge_frame``); the
-    rotations carry no gradient, as in the reference. ``rescale`` [K]: EquiformerV2's truncation
+    """The graph of the structures at ``pos`` (``dens.models.graph.periodic_neighbors``: cutoff
+    in Å, at most max_neighbors per atom, ties within ``degeneracy_tolerance`` Å^2 kept) with
+    their ``edge_vectors``, its distance basis (``distance_expansion`` of the edge lengths) and
+    the edge frames' rotations, rolled about their edges at random when ``random_roll``
+    (``dens.models.so2.edge_frame``); the rotations carry no gradient, as in the reference.
+    ``rescale`` [K]: EquiformerV2's truncation
     rescale of the map back to the lab (``dens.models.so2.truncation_rescale``); None for eSCN."""
-    src, dst, vec = periodic_graph(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
+    src, dst, offset = periodic_neighbors(data, pos, cutoff, max_neighbors, degeneracy_tolerance)
+    vec = edge_vectors(data, pos, src, dst, offset)
     with torch.no_grad():
         edge = vec.detach()
         helper = random_helper(edge) if random_roll else None
