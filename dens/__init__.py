@@ -6,7 +6,7 @@ The public API, what README.md's "DeNS in your own training loop" uses::
     from dens import DeNSSettings, LossSettings, corrupt, dens_coefficient, dens_loss
 
 - DeNS itself (dens.denoising): ``DeNSSettings``, ``LossSettings``, ``corrupt``,
-  ``force_encoding_input``, ``dens_coefficient``, ``dens_loss``, ``original_task_loss``.
+  ``force_encoding_input``, ``dens_coefficient``, ``dens_loss`` (Eq. 1 alone with no corruption).
 - Models (dens.models): ``build_model``, ``count_parameters``, ``Equiformer``.
 - Data (dens.data): ``atoms_to_data``, ``AseLmdbDataset``; labels: ``Normalizer``.
 - Use of a trained run (dens.inference, dens.calculator): ``load_trained_model``,
@@ -28,7 +28,6 @@ _EXPORTS = {
     "force_encoding_input": "dens.denoising",
     "dens_coefficient": "dens.denoising",
     "dens_loss": "dens.denoising",
-    "original_task_loss": "dens.denoising",
     "build_model": "dens.models",
     "count_parameters": "dens.models",
     "Equiformer": "dens.models.equiformer",

@@ -16,7 +16,6 @@ from dens.denoising import (
     dens_coefficient,
     dens_loss,
     force_encoding_input,
-    original_task_loss,
     per_atom_error,
 )
 
@@ -205,7 +204,7 @@ def test_total_loss_is_eq1_when_p_is_zero(metric: str) -> None:
     assert not corruption.force_input.any()
 
     terms = dens_loss(prediction, batch, corruption, batch.energy, batch.forces, loss, dens, 5.0)
-    reference = original_task_loss(prediction, batch, batch.energy, batch.forces, loss)
+    reference = dens_loss(prediction, batch, None, batch.energy, batch.forces, loss, None, 0.0)
     for name in ("total", "energy", "forces", "dens"):
         assert torch.equal(terms[name], reference[name])
     assert terms["dens"].item() == 0.0
@@ -341,7 +340,7 @@ def test_dens_structure_without_corrupted_atom_is_eq1(energy_loss: bool) -> None
     del prediction["noise"]
     batch = tiny_batch()
     terms = dens_loss(prediction, batch, empty, ENERGY_TARGET, torch.zeros(5, 3), loss, dens, 4.0)
-    reference = original_task_loss(prediction, batch, ENERGY_TARGET, torch.zeros(5, 3), loss)
+    reference = dens_loss(prediction, batch, None, ENERGY_TARGET, torch.zeros(5, 3), loss, None, 0)
     assert torch.equal(terms["total"], reference["total"])
     # S0 counts atoms 0 and 1 now: (10*(sqrt(300)+5)/2 + 60)/2
     assert terms["forces"].item() == pytest.approx((5 * (math.sqrt(300) + 5) + 60) / 2, rel=1e-6)
@@ -577,7 +576,7 @@ def test_free_atom_mean_across_processes_uses_the_global_count_except_in_hybrid_
     partial corruption (the official hybrid loss: each process's own mean)."""
     loss = LossSettings(2.0, 10.0, noise_metric="l2mae", reduction="free_atoms")
     batch, prediction, zero = oc_batch(), oc_prediction(), torch.zeros(7, 3)
-    plain = original_task_loss(prediction, batch, ENERGY_TARGET, zero, loss, 7.5)
+    plain = dens_loss(prediction, batch, None, ENERGY_TARGET, zero, loss, None, 0.0, 7.5)
     assert plain["forces"].item() == pytest.approx(10 * (math.sqrt(300) + 18) / 7.5, rel=1e-6)
     hybrid = dens_loss(
         prediction, batch, oc_corruption(), ENERGY_TARGET, zero, loss, settings(), 4.0, 7.5
@@ -684,3 +683,10 @@ def test_batch_decision_without_energy_loss_drops_every_structure_of_the_dens_ba
         oc_prediction(), batch, oc_corruption(), ENERGY_TARGET, zero, loss, per_structure, 4.0
     )
     assert terms["energy"].item() == pytest.approx(2.0 * 1.0 / 2, rel=1e-6)  # S1 kept
+
+
+def test_a_corruption_without_its_settings_is_refused() -> None:
+    loss = LossSettings(2.0, 10.0)
+    batch, prediction, zero = oc_batch(), oc_prediction(), torch.zeros(7, 3)
+    with pytest.raises(ValueError, match=r"a corruption needs the DeNS settings \(dens\)"):
+        dens_loss(prediction, batch, oc_corruption(), ENERGY_TARGET, zero, loss, None, 4.0)

@@ -2,7 +2,7 @@
 
 The package, by concern: ``settings`` (``DeNSSettings``, ``LossSettings``,
 ``dens_coefficient``), ``corruption`` (``corrupt``, ``Corruption``, ``force_encoding_input``),
-``losses`` (``dens_loss``, ``original_task_loss``) and ``checks`` (argument checks); every name
+``losses`` (``dens_loss``) and ``checks`` (argument checks); every name
 is importable from ``dens.denoising`` itself.
 
 Model-agnostic part of "Generalizing Denoising to Non-Equilibrium Structures Improves
@@ -80,7 +80,7 @@ atomicarchitects/equiformer ``main_md17_dens.py`` for MD17):
 """
 
 from dens.denoising.corruption import KCAL_PER_MOL_PER_EV, Corruption, corrupt, force_encoding_input
-from dens.denoising.losses import dens_loss, original_task_loss, per_atom_error
+from dens.denoising.losses import dens_loss, per_atom_error
 from dens.denoising.settings import (
     CoefficientDecay,
     Decision,
@@ -106,6 +106,5 @@ __all__ = [
     "dens_coefficient",
     "dens_loss",
     "force_encoding_input",
-    "original_task_loss",
     "per_atom_error",
 ]

@@ -144,18 +144,16 @@ def _atom_denominators(
     return count, count
 
 
-_NO_DENS = DeNSSettings(p=0.0, sigma=1.0, corruption_ratio=1.0, coefficient=0.0)
-"""What ``original_task_loss`` passes ``dens_loss``: with no corruption no DeNS setting is read."""
-
-
 def _dropped_and_hybrid(
-    data: Batch, corruption: Corruption | None, dens: DeNSSettings
+    data: Batch, corruption: Corruption | None, dens: DeNSSettings | None
 ) -> tuple[Tensor | None, bool]:
     """The structures whose energy term is dropped (bool [B], None: none) and whether the batch
     is a hybrid one (a DeNS batch with partial corruption), see ``dens_loss``."""
     dropped = None
     hybrid = False
     if corruption is not None:
+        if dens is None:
+            raise ValueError("dens_loss: a corruption needs the DeNS settings (dens), got None")
         _check_shape(
             "corruption.dens_structures", corruption.dens_structures, (data.natoms.numel(),)
         )
@@ -175,7 +173,7 @@ def dens_loss(
     energy_target: Tensor,
     force_target: Tensor,
     loss: LossSettings,
-    dens: DeNSSettings,
+    dens: DeNSSettings | None,
     coefficient: float,
     free_atoms_per_process: float | None = None,
 ) -> dict[str, Tensor]:
@@ -184,7 +182,8 @@ def dens_loss(
     prediction: model output on the corrupted batch, ``"energy"`` [B], ``"forces"`` [N, 3]
         and ``"noise"`` [N, 3] (needed when an atom is corrupted and coefficient > 0).
     data: the batch (``batch`` [N], ``natoms`` [B], ``fixed`` [N]).
-    corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure).
+    corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure;
+        ``dens`` may then be None, and ``coefficient`` is not read).
     energy_target: E' [B] (normalised, of the ORIGINAL structures). force_target: f' [N, 3].
     dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped), ``decision`` and
         ``partial_corruption`` (which reduction "free_atoms" applies, module notes).
@@ -228,29 +227,3 @@ def dens_loss(
     dens_term = prediction["energy"].new_zeros(()) if dens_term is None else dens_term
     terms = {"energy": energy, "forces": forces, "dens": dens_term}
     return {"total": energy + forces + dens_term, **terms}
-
-
-def original_task_loss(
-    prediction: dict[str, Tensor],
-    data: Batch,
-    energy_target: Tensor,
-    force_target: Tensor,
-    loss: LossSettings,
-    free_atoms_per_process: float | None = None,
-) -> dict[str, Tensor]:
-    """Eq. 1 for every structure of the batch: ``dens_loss`` without corruption.
-
-    Shapes, ``free_atoms_per_process`` and the returned terms are those of ``dens_loss``;
-    ``"dens"`` is 0.
-    """
-    return dens_loss(
-        prediction,
-        data,
-        None,
-        energy_target,
-        force_target,
-        loss,
-        _NO_DENS,
-        0.0,
-        free_atoms_per_process,
-    )

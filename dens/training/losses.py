@@ -18,7 +18,6 @@ from dens.denoising import (
     dens_coefficient,
     dens_loss,
     force_encoding_input,
-    original_task_loss,
 )
 from dens.distributed import World
 from dens.normalization import Normalizer
@@ -75,14 +74,12 @@ def batch_loss(
     energy_target = normalizer.normalize_energy(batch.energy, batch.atomic_numbers, batch.batch)
     energy_target = energy_target.to(batch.pos.dtype)
     force_target = normalizer.normalize_forces(batch.forces)
-    if denoising is None or corruption is None:
+    if corruption is None:
         prediction = model(batch)
-        return original_task_loss(
-            prediction, batch, energy_target, force_target, losses, free_atoms_per_process
-        )
-    inputs = batch.clone()
-    inputs.pos = corruption.pos
-    prediction = model(inputs, corruption.force_input, predict_noise=True)
+    else:
+        inputs = batch.clone()
+        inputs.pos = corruption.pos
+        prediction = model(inputs, corruption.force_input, predict_noise=True)
     return dens_loss(
         prediction,
         batch,
