@@ -127,31 +127,6 @@ def _torch_size(*args: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in (args[0] if args else ()))
 
 
-# module, name -> what the unpickler builds instead
-_KNOWN: dict[tuple[str, str], Any] = {
-    ("torch_geometric.data.data", "Data"): LegacyData,
-    ("torch_geometric.data.storage", "GlobalStorage"): LegacyStorage,
-    ("torch_geometric.data.data", "DataEdgeAttr"): _Inert,
-    ("torch_geometric.data.data", "DataTensorAttr"): _Inert,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
-    ("torch", "Size"): _torch_size,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("copyreg", "_reconstructor"): _object_reconstructor,
-    ("builtins", "object"): object,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-for _numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _KNOWN[(_numpy_core, "_reconstruct")] = np.ndarray.__new__  # see find_class
-    _KNOWN[(_numpy_core, "scalar")] = None  # see find_class
-
-
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise DataError(f"refusing to reconstruct a numpy array of type {subtype!r}")
@@ -164,6 +139,31 @@ def _numpy_scalar(dtype: Any, raw: Any = None) -> Any:
     return np.frombuffer(raw, dtype=dtype, count=1)[0]
 
 
+# module -> name -> what the unpickler builds instead
+_ALLOWED: dict[str, dict[str, Any]] = {
+    "torch_geometric.data.data": {
+        "Data": LegacyData,
+        "DataEdgeAttr": _Inert,
+        "DataTensorAttr": _Inert,
+    },
+    "torch_geometric.data.storage": {"GlobalStorage": LegacyStorage},
+    "torch._utils": {
+        "_rebuild_tensor_v2": _rebuild_tensor,
+        "_rebuild_tensor": _rebuild_tensor,
+        "_rebuild_parameter": _rebuild_parameter,
+    },
+    "torch.storage": {"_load_from_bytes": _load_from_bytes},
+    "torch": {"Size": _torch_size},
+    "collections": {"OrderedDict": collections.OrderedDict},
+    "copyreg": {"_reconstructor": _object_reconstructor},
+    "builtins": {"object": object, "set": set, "frozenset": frozenset},
+    "__builtin__": {"set": set},
+    "numpy": {"ndarray": np.ndarray, "dtype": np.dtype},
+    "numpy.core.multiarray": {"_reconstruct": _numpy_reconstruct, "scalar": _numpy_scalar},
+    "numpy._core.multiarray": {"_reconstruct": _numpy_reconstruct, "scalar": _numpy_scalar},
+}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles OCP LMDB records; every global outside the known few raises DataError."""
 
@@ -172,8 +172,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key not in _KNOWN:
+        builder = _ALLOWED.get(module, {}).get(name)
+        if builder is None:
             if module == "torch" and name.endswith("Storage"):
                 import torch
 
@@ -184,11 +184,7 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to unpickle {module}.{name} in {self.source}: not one of the "
                 "classes an OC20/OC22 LMDB record holds; the file is not used"
             )
-        if name == "_reconstruct":
-            return _numpy_reconstruct
-        if name == "scalar":
-            return _numpy_scalar
-        return _KNOWN[key]
+        return builder
 
     def persistent_load(self, pid: Any) -> Any:
         raise DataError(
