@@ -23,7 +23,7 @@ from dens.data.aselmdb import write_aselmdb
 from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
 from dens.data.validation import InvalidStructureError
-from dens.errors import InvalidDataError
+from dens.errors import ConfigError, InvalidDataError
 from dens.inference import load_trained_model
 from dens.pipeline import is2re
 from dens.pipeline.challenges import IS2RE_CHALLENGES, ServerResultsError, read_server_results
@@ -192,8 +192,12 @@ def test_optimiser_keeps_fixed_atoms_and_refuses_bad_input() -> None:
         optimizer.step(torch.ones(3, 3))
     with pytest.raises(ValueError, match=r"system 0: positions \(4, 2\)"):
         optimizer.add([torch.zeros(4, 2)], [torch.zeros(4, dtype=torch.bool)])
-    with pytest.raises(ValueError, match=r"fmax=0.0.*memory=0"):
-        LBFGSSettings(fmax=0.0, memory=0)
+    with pytest.raises(ConfigError, match=r"relax\.fmax must be > 0, got 0\.0"):
+        LBFGSSettings(fmax=0.0)
+    with pytest.raises(ConfigError, match=r"relax\.memory must be >= 1, got 0"):
+        LBFGSSettings(memory=0)
+    with pytest.raises(ConfigError, match=r"relax\.maxstep must be <= 1\.0, got 2\.0"):
+        LBFGSSettings(maxstep=2.0)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         next(relax_systems([toy_system("a", 10)], harmonic, batch_size=0))
 

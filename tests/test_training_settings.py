@@ -17,6 +17,7 @@ from toy_model import toy_experiment
 
 from dens.denoising import LossSettings
 from dens.errors import ConfigError
+from dens.setting_fields import config_key
 from dens.training.settings import (
     LOSS_KEYS,
     OPTIM_KEYS,
@@ -25,7 +26,6 @@ from dens.training.settings import (
     LabelSettings,
     OptimSettings,
     TrainSettings,
-    config_key,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "workflow" / "schemas"

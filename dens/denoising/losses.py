@@ -182,12 +182,11 @@ def dens_loss(
     prediction: model output on the corrupted batch, ``"energy"`` [B], ``"forces"`` [N, 3]
         and ``"noise"`` [N, 3] (needed when an atom is corrupted and coefficient > 0).
     data: the batch (``batch`` [N], ``natoms`` [B], ``fixed`` [N]).
-    corruption: the draw from ``corrupt``; None = no DeNS at all (Eq. 1 for every structure;
-        ``dens`` may then be None, and ``coefficient`` is not read).
+    corruption: the draw from ``corrupt``; None = no DeNS (Eq. 1 for every structure; ``dens``
+        may then be None). coefficient: lambda_DeNS for this epoch (``dens_coefficient``).
     energy_target: E' [B] (normalised, of the ORIGINAL structures). force_target: f' [N, 3].
-    dens: supplies ``energy_loss`` (Eq. 6 energy term kept or dropped), ``decision`` and
-        ``partial_corruption`` (which reduction "free_atoms" applies, module notes).
-    coefficient: lambda_DeNS for this epoch (``dens_coefficient``).
+    dens: ``energy_loss`` (Eq. 6 energy term kept or dropped), ``decision``, ``partial_corruption``
+        (which reduction "free_atoms" applies, module notes).
     free_atoms_per_process: reduction "free_atoms" with several processes: the free atoms of
         the global batch / world size (fairchem's DDPLoss mean), except in a hybrid batch (a DeNS
         batch with partial corruption: each process's own count, as the official hybrid loss);

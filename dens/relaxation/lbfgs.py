@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dens.setting_fields import check_fields, setting
+
 
 @dataclass(frozen=True)
 class LBFGSSettings:
@@ -47,29 +49,15 @@ class LBFGSSettings:
     fairchem 1.x (``OCPTrainer.run_relaxations``: relaxation_fmax 0.02; TRAIN.md's relax_opt).
     """
 
-    max_steps: int = 200
-    fmax: float = 0.02
-    maxstep: float = 0.04
-    memory: int = 50
-    damping: float = 1.0
-    alpha: float = 70.0
+    max_steps: int = setting(200, minimum=0)
+    fmax: float = setting(0.02, exclusiveMinimum=0)
+    maxstep: float = setting(0.04, exclusiveMinimum=0, maximum=1.0)  # ASE refuses more than 1 Å
+    memory: int = setting(50, minimum=1)
+    damping: float = setting(1.0, exclusiveMinimum=0)
+    alpha: float = setting(70.0, exclusiveMinimum=0)
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_steps": self.max_steps >= 0,
-            "fmax": self.fmax > 0,
-            "maxstep": 0 < self.maxstep <= 1.0,  # ASE refuses more than 1 Å
-            "memory": self.memory >= 1,
-            "damping": self.damping > 0,
-            "alpha": self.alpha > 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(
-                f"LBFGSSettings: invalid {values} (max_steps >= 0, fmax > 0, 0 < maxstep <= 1 Å, "
-                "memory >= 1, damping > 0, alpha > 0)"
-            )
+        check_fields(self, "relax")
 
 
 def per_system_sum(values: Tensor, batch: Tensor, num_systems: int) -> Tensor:

@@ -59,7 +59,7 @@ def initial_indices(n_structures: int, count: int, seed: int) -> list[int]:
     """``count`` distinct rows of ``n_structures`` drawn with numpy default_rng(seed), sorted."""
     if count > n_structures:
         raise ConfigError(
-            f"simulation setting initial_configurations: {count} simulations need as many "
+            f"simulation.md17.initial_configurations: {count} simulations need as many "
             f"initial configurations, the initial split has {n_structures}"
         )
     chosen = np.random.default_rng(seed).choice(n_structures, size=count, replace=False)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dens.errors import ConfigError
+from dens.setting_fields import check_fields, setting
 
 TIMESTEP_FS = 0.5
 """MD time step (Fu et al.; MDsim configs/simulate/*.yml ``timestep: 0.5``)."""
@@ -29,36 +30,22 @@ class SimulationSettings:
     """One scale's simulation settings (``simulation.md17`` in config/scales/<scale>.yaml) and
     the fixed ones of Fu et al. (module constants)."""
 
-    length_ps: float
-    initial_configurations: int
-    frame_every: int
-    timestep_fs: float = TIMESTEP_FS
-    temperature_K: float = TEMPERATURE_K
-    thermostat_time_fs: float = THERMOSTAT_TIME_FS
-    bond_deviation_A: float = BOND_DEVIATION_A
+    length_ps: float = setting(exclusiveMinimum=0)
+    initial_configurations: int = setting(minimum=1)
+    frame_every: int = setting(minimum=1)  # MD steps
+    timestep_fs: float = setting(TIMESTEP_FS, exclusiveMinimum=0)
+    temperature_K: float = setting(TEMPERATURE_K, exclusiveMinimum=0)
+    thermostat_time_fs: float = setting(THERMOSTAT_TIME_FS, exclusiveMinimum=0)
+    bond_deviation_A: float = setting(BOND_DEVIATION_A, exclusiveMinimum=0)
     #: A cap on the MD steps of a simulation below ``length_ps`` (the rehearsal scale's
     #: ``simulation.md17.max_steps``); None: the whole length.
-    max_steps: int | None = None
+    max_steps: int | None = setting(None, minimum=1)
 
     def __post_init__(self) -> None:
-        checks = {
-            "length_ps": (self.length_ps > 0, "> 0"),
-            "initial_configurations": (self.initial_configurations >= 1, ">= 1"),
-            "frame_every": (self.frame_every >= 1, ">= 1 step"),
-            "timestep_fs": (self.timestep_fs > 0, "> 0"),
-            "temperature_K": (self.temperature_K > 0, "> 0"),
-            "thermostat_time_fs": (self.thermostat_time_fs > 0, "> 0"),
-            "bond_deviation_A": (self.bond_deviation_A > 0, "> 0"),
-            "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or null"),
-        }
-        for key, (ok, requirement) in checks.items():
-            if not ok:
-                raise ConfigError(
-                    f"simulation setting {key}: {getattr(self, key)!r}, must be {requirement}"
-                )
+        check_fields(self, "simulation.md17")
         if self.steps < 1:
             raise ConfigError(
-                f"simulation setting length_ps: {self.length_ps} ps is less than one "
+                f"simulation.md17.length_ps: {self.length_ps} ps is less than one "
                 f"{self.timestep_fs} fs step"
             )
 
@@ -73,10 +60,10 @@ class SimulationSettings:
                 "initial_configurations, frame_every)"
             ) from error
         return cls(
-            length_ps=float(entry["length_ps"]),
-            initial_configurations=int(entry["initial_configurations"]),
-            frame_every=int(entry["frame_every"]),
-            max_steps=None if entry.get("max_steps") is None else int(entry["max_steps"]),
+            length_ps=entry["length_ps"],
+            initial_configurations=entry["initial_configurations"],
+            frame_every=entry["frame_every"],
+            max_steps=entry.get("max_steps"),
         )
 
     @property

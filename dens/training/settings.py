@@ -5,10 +5,9 @@ optimisation (``OptimSettings``), the loss (dens.denoising.LossSettings: ``loss_
 validation (``EvaluationSettings``) and the label normaliser (``LabelSettings``); its ``dens``
 mapping the DeNS settings (dens.denoising.DeNSSettings), None without DeNS.
 
-Each setting's default and range are stated here, once, in its dataclass field: ``setting``
-gives the range in JSON Schema's words (minimum, exclusiveMinimum, maximum, exclusiveMaximum; of
-each item for a tuple), which ``check_fields`` enforces with the field's type (a Literal's
-choices, bool, int, a finite float, str). workflow/schemas/experiments.schema.yaml checks the
+Each setting's default and range are stated here, once, in its dataclass field
+(dens.setting_fields: ``setting`` gives the range in JSON Schema's words, ``check_fields``
+enforces it with the field's type). workflow/schemas/experiments.schema.yaml checks the
 same keys when Snakemake builds the DAG: its ranges, its required keys (the fields without a
 default) and its defaults are the same (tests/test_training_settings.py compares them); the
 checks no schema states (a multistep schedule needs its decay epochs, ...) are in the
@@ -19,96 +18,16 @@ its key.
 from __future__ import annotations
 
 import math
-import operator
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
-from types import NoneType, UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from dens.denoising import DeNSSettings, LossSettings
 from dens.errors import ConfigError
+from dens.setting_fields import check_fields, config_keys, from_mapping, setting
 
 LRScheduleKind = Literal["cosine", "cosine_total", "multistep", "cosine_epoch_timm"]
 EnergyReference = Literal["mean", "linear"]
-
-_LIMITS = {
-    "minimum": (operator.ge, ">="),
-    "exclusiveMinimum": (operator.gt, ">"),
-    "maximum": (operator.le, "<="),
-    "exclusiveMaximum": (operator.lt, "<"),
-}
-
-
-def setting(default: Any = MISSING, *, key: str | None = None, **bounds: float) -> Any:
-    """A settings field: its default (none: required), its key in the experiment (default: the
-    field's name) and its range (``_LIMITS``' names, as the JSON schema writes them)."""
-    unknown = sorted(set(bounds) - set(_LIMITS))
-    if unknown:
-        raise TypeError(f"unknown bound(s) {unknown}")
-    return field(default=default, metadata={"key": key, "bounds": bounds})
-
-
-def config_key(item: Any) -> str:
-    """The key of a settings field in the experiment's mapping."""
-    return item.metadata.get("key") or item.name
-
-
-def check_fields(settings: Any, section: str) -> None:
-    """Check every field of a settings dataclass against its type and range (``setting``);
-    an int given for a float becomes a float and a sequence for a tuple a tuple."""
-    hints = typing.get_type_hints(type(settings))
-    for item in fields(settings):
-        where = f"{section}.{config_key(item)}" if section else config_key(item)
-        bounds = item.metadata.get("bounds", {})
-        value = _checked(where, getattr(settings, item.name), hints[item.name], bounds)
-        object.__setattr__(settings, item.name, value)
-
-
-def _checked(where: str, value: Any, hint: Any, bounds: Mapping[str, float]) -> Any:
-    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-    if value is None:
-        if NoneType in options:
-            return None
-        raise ConfigError(f"{where} must be set")
-    (kind,) = [option for option in options if option is not NoneType]
-    if get_origin(kind) is Literal:
-        if value not in get_args(kind):
-            raise ConfigError(f"{where} must be one of {list(get_args(kind))}, got {value!r}")
-        return value
-    if get_origin(kind) is tuple:
-        if isinstance(value, str | Mapping) or not isinstance(value, Sequence):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item_kind = get_args(kind)[0]
-        return tuple(_checked(f"{where}[{k}]", v, item_kind, bounds) for k, v in enumerate(value))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be of type {kind.__name__}, got {value!r}")
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    for name, limit in bounds.items():
-        holds, sign = _LIMITS[name]
-        if not holds(value, limit):
-            raise ConfigError(f"{where} must be {sign} {limit}, got {value!r}")
-    return value
-
-
-def _from_mapping(cls: Any, values: Mapping[str, Any], section: str) -> Any:
-    """``cls`` from the keys of ``values`` that name its fields (``config_key``); a required
-    field whose key is absent is refused."""
-    given = {}
-    for item in fields(cls):
-        key = config_key(item)
-        if key in values:
-            given[item.name] = values[key]
-        elif item.default is MISSING:
-            raise ConfigError(f"{section}.{key} must be set")
-    return cls(**given)
-
-
-def _keys(cls: Any) -> set[str]:
-    return {config_key(item) for item in fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -164,7 +83,7 @@ class OptimSettings:
     @classmethod
     def from_optim(cls, optim: Mapping[str, Any]) -> OptimSettings:
         """The settings of an experiment's ``optim`` (its other keys are left alone)."""
-        return _from_mapping(cls, optim, "optim")
+        return from_mapping(cls, optim, "optim")
 
 
 @dataclass(frozen=True)
@@ -182,7 +101,7 @@ class EvaluationSettings:
 
     @classmethod
     def from_optim(cls, optim: Mapping[str, Any]) -> EvaluationSettings:
-        return _from_mapping(cls, optim, "optim")
+        return from_mapping(cls, optim, "optim")
 
 
 @dataclass(frozen=True)
@@ -237,9 +156,9 @@ class LabelSettings:
 
     @classmethod
     def from_optim(cls, optim: Mapping[str, Any]) -> LabelSettings:
-        given = {key: optim.get(key) for key in _keys(cls)}
+        given = {key: optim.get(key) for key in config_keys(cls)}
         if isinstance(given["normalizer"], Mapping):
-            given["normalizer"] = _from_mapping(
+            given["normalizer"] = from_mapping(
                 GivenNormalizer, given["normalizer"], "optim.normalizer"
             )
         return cls(**given)
@@ -272,9 +191,9 @@ def loss_settings(optim: Mapping[str, Any]) -> LossSettings:
 
 
 OPTIM_KEYS = frozenset(
-    _keys(OptimSettings)
-    | _keys(EvaluationSettings)
-    | _keys(LabelSettings)
+    config_keys(OptimSettings)
+    | config_keys(EvaluationSettings)
+    | config_keys(LabelSettings)
     | {*LOSS_KEYS, "energy_loss"}
 )
 """Every key an experiment's ``optim`` may hold."""

@@ -47,6 +47,7 @@ from dens.pipeline.rehearsal.builders import (
     write_md17_npz,
     write_s2ef_files,
 )
+from dens.setting_fields import check_fields, setting
 
 S2EF_FILES = 2  # *.extxyz.xz files per S2EF archive (the converter makes a shard of each)
 MD17_PAPER_SPLIT = 950 + 50  # train + val of dens.data.md17.convert_md17_npz
@@ -100,17 +101,15 @@ class Volume:
     structures are fcc(111) slabs of ``slab_cells`` x ``slab_cells`` surface cells, 3 layers, and
     a CO adsorbate (1: 5 atoms, 2: 14 atoms)."""
 
-    train_frames: Mapping[str, int]
-    eval_frames: int = 4
-    relax_systems: int = 2
-    md17_test_frames: int = 10
-    slab_cells: int = 2
-    seed: int = 0
+    train_frames: Mapping[str, int] = setting(minimum=1)
+    eval_frames: int = setting(4, minimum=1)
+    relax_systems: int = setting(2, minimum=1)
+    md17_test_frames: int = setting(10, minimum=1)
+    slab_cells: int = setting(2, minimum=1)
+    seed: int = setting(0, minimum=0)
 
     def __post_init__(self) -> None:
-        for name in ("eval_frames", "relax_systems", "md17_test_frames", "slab_cells"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"rehearsal volume: {name} must be >= 1")
+        check_fields(self, "rehearsal volume")
 
 
 def train_frames(registry: Registry) -> dict[str, int]:
