@@ -147,15 +147,14 @@ def test_a_checkpoint_trained_on_linearly_referenced_energies_gets_the_reference
     coeff = np.zeros(100)
     coeff[[8, 12, 22]] = [-5.0, -1.5, -7.25]  # O, Mg, Ti
     np.savez(reference_file, coeff=coeff)
-    state = import_checkpoint(
-        source, tmp_path / "run", dataclasses.replace(paper, root=tmp_path), experiment
-    )
+    paper = dataclasses.replace(paper, root=tmp_path)
+    state = import_checkpoint(source, tmp_path / "run", paper, paper.resolve(experiment))
     references = state["normalizer"]["element_references"]
     assert torch.equal(references[:100], torch.from_numpy(coeff))
 
     mini = load_registry({"scale": "mini"})  # sets no energy_reference_file
     with pytest.raises(CheckpointImportError, match="lin_ref"):
-        import_checkpoint(source, tmp_path / "run-mini", mini, experiment)
+        import_checkpoint(source, tmp_path / "run-mini", mini, mini.resolve(experiment))
     assert not (tmp_path / "run-mini").exists()
 
 
@@ -175,7 +174,7 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
     checkpoint = FIXTURE / "checkpoint_l4m2_equiformer_v2.pt"
     registry = dataclasses.replace(load_registry({"scale": "mini"}), root=tmp_path)
     experiment = "oc20-2m/eqv2-e12"
-    state = import_checkpoint(checkpoint, tmp_path / "bare", registry, experiment)
+    state = import_checkpoint(checkpoint, tmp_path / "bare", registry, registry.resolve(experiment))
     assert state["normalizer"]["elements"] == list(range(1, 90))
     assert state["imported_from"]["elements_source"].startswith("the model's embedding range 1..89")
     assert "may be used on elements the model's embedding range 1..89" in capsys.readouterr().err
@@ -183,7 +182,7 @@ def test_an_imported_run_records_the_elements_it_may_be_used_on(
     _, structures = labelled_split
     train = tmp_path / paths.dataset("mini", registry.resolve(experiment)["dataset"]).split("train")
     write_aselmdb(train / "shard-000000.aselmdb", structures)  # a split folder of one shard
-    state = import_checkpoint(checkpoint, tmp_path / "run", registry, experiment)
+    state = import_checkpoint(checkpoint, tmp_path / "run", registry, registry.resolve(experiment))
     assert state["normalizer"]["elements"] == [1, 6, 8, 29, 78]  # H, C, O, Cu, Pt
     assert str(train) in state["imported_from"]["elements_source"]
     atoms = structures[2].copy()

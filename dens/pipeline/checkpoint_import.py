@@ -25,6 +25,7 @@ elements). ``imported_from["elements_source"]`` records which.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import sys
@@ -159,12 +160,12 @@ def import_checkpoint(
     source: Path,
     run_dir: Path,
     registry: Registry,
-    experiment_name: str,
-    seed: int = 0,
+    experiment: Mapping[str, Any],
     energy_reference_file: Path | None = None,
 ) -> dict[str, Any]:
     """Map the fairchem 1.x checkpoint ``source`` onto our model and write
-    ``run_dir/checkpoints/best.pt``; returns best.pt's state. ``energy_reference_file``: the
+    ``run_dir/checkpoints/best.pt``, labelled with ``experiment`` (``registry.resolve``: name,
+    scale, seed); returns best.pt's state. ``energy_reference_file``: the
     published linear reference a checkpoint trained on energies minus one needs, instead of the
     experiment's ``optim.energy_reference_file`` (which smaller scales set null; the target
     ``published`` passes the downloaded file at every scale).
@@ -173,7 +174,7 @@ def import_checkpoint(
     settings) when the checkpoint cannot be mapped exactly, ModelNotAvailableError when the
     experiment's family has no importer."""
     source = Path(source)
-    experiment = registry.resolve(experiment_name, seed)
+    experiment = copy.deepcopy(dict(experiment))
     family = experiment["model"]["family"]
     model, info = importer(family)(source)
     lin_ref = info.get("energy_lin_ref") if info.get("use_energy_lin_ref") else None

@@ -204,13 +204,10 @@ def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: st
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from dens.pipeline.checkpoint_import import import_checkpoint
 
+    registry = registry_from(args)
+    experiment = registry.resolve(args.experiment, args.seed)
     state = import_checkpoint(
-        args.checkpoint,
-        args.run_dir,
-        registry_from(args),
-        args.experiment,
-        args.seed,
-        args.energy_reference_file,
+        args.checkpoint, args.run_dir, registry, experiment, args.energy_reference_file
     )
     print(
         f"{args.checkpoint} -> {RunDirectory(Path(args.run_dir)).checkpoint()}: "
