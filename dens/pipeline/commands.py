@@ -25,6 +25,13 @@ def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registr
     return load_registry(options)
 
 
+def job_experiment(args: argparse.Namespace) -> tuple[Registry, dict[str, Any]]:
+    """A run's job (``--run-dir``, ``--seed``): the registry of its options and its experiment
+    resolved at the job's training seed."""
+    registry = registry_from(args)
+    return registry, registry.resolve(args.experiment, args.seed)
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -116,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dens.runs import keep_outputs
     from dens.train import train
 
-    experiment = registry_from(args).resolve(args.experiment, args.seed)
+    _, experiment = job_experiment(args)
     _set_threads(args.threads)
     world = World.from_environment()
     if args.evaluate and world.size > 1:
@@ -157,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    registry_from(args).resolve(args.experiment)
+    job_experiment(args)  # the experiment exists at the scale
     _set_threads(args.threads)
     _evaluate(args.experiment, Path(args.run_dir), _open_splits(args.splits), args.device)
 
@@ -204,23 +211,20 @@ def _evaluate(experiment: str, run_dir: Path, splits: dict[str, Any], device: st
 def cmd_import_checkpoint(args: argparse.Namespace) -> None:
     from dens.pipeline.checkpoint_import import import_checkpoint
 
-    registry = registry_from(args)
-    experiment = registry.resolve(args.experiment, args.seed)
+    registry, experiment = job_experiment(args)
     state = import_checkpoint(
         args.checkpoint, args.run_dir, registry, experiment, args.energy_reference_file
     )
-    print(
-        f"{args.checkpoint} -> {RunDirectory(Path(args.run_dir)).checkpoint()}: "
-        f"{state['num_parameters']} "
-        f"parameters ({state['weights']} weights), labelled {args.experiment}"
-    )
+    written = RunDirectory(Path(args.run_dir)).checkpoint()
+    parameters = f"{state['num_parameters']} parameters ({state['weights']} weights)"
+    print(f"{args.checkpoint} -> {written}: {parameters}, labelled {args.experiment}")
 
 
 def cmd_submission(args: argparse.Namespace) -> None:
     from dens.pipeline.challenges import challenge_for
     from dens.pipeline.submission import write_submission
 
-    experiment = registry_from(args).resolve(args.experiment)
+    _, experiment = job_experiment(args)
     challenge = challenge_for(experiment["dataset_family"])
     _set_threads(args.threads)
     files = {Path(path).stem: Path(path) for path in args.splits}
@@ -253,8 +257,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
     from dens.pipeline.is2re import relax_run
     from dens.relaxation.lbfgs import LBFGSSettings
 
-    registry = registry_from(args)
-    experiment = registry.resolve(args.experiment)
+    registry, experiment = job_experiment(args)
     challenge = challenge_for(experiment["dataset_family"], "is2re")
     relax = registry.relax_settings(args.experiment)
     if relax is None:
@@ -281,18 +284,17 @@ def cmd_relax(args: argparse.Namespace) -> None:
         else f"; no labels: upload {RunDirectory(Path(args.run_dir)).submission('relax')} to the "
         "evaluation server"
     )
+    converged = f"{100 * metrics['converged_fraction']:.0f}% converged"
+    steps = f"mean {metrics['mean_steps']:.0f} steps"
     print(
-        f"{args.experiment}: {challenge.name} relaxations ({counts}), "
-        f"{100 * metrics['converged_fraction']:.0f}% converged, mean "
-        f"{metrics['mean_steps']:.0f} steps{scored}"
+        f"{args.experiment}: {challenge.name} relaxations ({counts}), {converged}, {steps}{scored}"
     )
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
     from dens.simulate import SimulationSettings, simulate_run
 
-    registry = registry_from(args)
-    experiment = registry.resolve(args.experiment, args.seed)
+    registry, experiment = job_experiment(args)
     if experiment["dataset_family"] != "md17":
         raise ConfigError(
             f"dens simulate {args.experiment}: simulations are of MD17 molecules (Table 10); "
