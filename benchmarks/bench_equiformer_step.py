@@ -22,7 +22,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from dens.data.batch import Batch, Data
-from dens.models.equiformer import Equiformer
+from dens.models.equiformer import Equiformer, EquiformerSettings
 from dens.pipeline.registry import load_registry
 
 ASPIRIN_SMILES = "CC(=O)OC1=CC=CC=C1C(=O)O"
@@ -106,7 +106,8 @@ def main() -> None:
         times = {}
         for dens in (False, True):
             preset_kwargs = load_registry({"scale": "paper"}).preset("equiformer", preset)
-            model = Equiformer(**preset_kwargs, force_encoding=dens, noise_head=dens)
+            settings = EquiformerSettings(**preset_kwargs, force_encoding=dens, noise_head=dens)
+            model = Equiformer(settings)
             n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             times[dens], cpu = time_steps(model, batch, dens, args.steps)
             label = "dens " if dens else "plain"

@@ -27,8 +27,8 @@ round) to check that the script runs; its times mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import inspect
 import logging
 import statistics
 import sys
@@ -220,16 +220,16 @@ def reference_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> di
 
 
 def ours_kwargs(cls: type) -> tuple[dict, list[str]]:
-    """Our constructor's arguments from the reference attributes (lmax_list/mmax_list ->
-    lmax/mmax, max_radius -> cutoff, same names otherwise; num_distance_basis dropped: the
-    reference ignores it and always expands distances in 600 Gaussians); reference attributes
-    it does not take are returned apart."""
+    """Our settings (``cls.settings_type``'s fields) from the reference attributes
+    (lmax_list/mmax_list -> lmax/mmax, max_radius -> cutoff, same names otherwise;
+    num_distance_basis dropped: the reference ignores it and always expands distances in 600
+    Gaussians); reference attributes our settings do not have are returned apart."""
     renamed = dict(REFERENCE_ATTRIBUTES)
     del renamed["num_distance_basis"]
     renamed["lmax"] = renamed.pop("lmax_list")[0]
     renamed["mmax"] = renamed.pop("mmax_list")[0]
     renamed["cutoff"] = renamed.pop("max_radius")
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = {item.name for item in dataclasses.fields(cls.settings_type)}
     return (
         {k: v for k, v in renamed.items() if k in accepted},
         sorted(k for k in renamed if k not in accepted),
@@ -244,9 +244,9 @@ def our_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str
         return f"dens.models.equiformer_v2.EquiformerV2 is not importable here ({error})"
     kwargs, dropped = ours_kwargs(cls)
     if dropped:
-        print(f"ours: reference attributes not taken by the constructor: {', '.join(dropped)}")
-    plain = cls(**kwargs).train()
-    dens = cls(**kwargs, force_encoding=True, noise_head=True).train()
+        print(f"ours: reference attributes not in our settings: {', '.join(dropped)}")
+    plain = cls(cls.settings_type(**kwargs)).train()
+    dens = cls(cls.settings_type(**kwargs, force_encoding=True, noise_head=True)).train()
     force_input = batch.forces * mask.unsqueeze(-1)
 
     def plain_step() -> None:

@@ -113,10 +113,10 @@ def reference_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> di
 
 def our_steps(batch: Batch, mask: torch.Tensor, noise: torch.Tensor) -> dict[str, tuple]:
     """(step function, trainable parameters) of dens.models.escn.ESCN."""
-    from dens.models.escn import ESCN
+    from dens.models.escn import ESCN, ESCNSettings
 
-    plain = ESCN(**OURS).train()
-    dens = ESCN(**OURS, force_encoding=True, noise_head=True).train()
+    plain = ESCN(ESCNSettings(**OURS)).train()
+    dens = ESCN(ESCNSettings(**OURS, force_encoding=True, noise_head=True)).train()
     force_input = batch.forces * mask.unsqueeze(-1)
 
     def plain_step() -> None:

@@ -7,7 +7,8 @@ The public API, what README.md's "DeNS in your own training loop" uses::
 
 - DeNS itself (dens.denoising): ``DeNSSettings``, ``LossSettings``, ``corrupt``,
   ``force_encoding_input``, ``dens_coefficient``, ``dens_loss`` (Eq. 1 alone with no corruption).
-- Models (dens.models): ``build_model``, ``count_parameters``, ``Equiformer``.
+- Models (dens.models): ``build_model``, ``count_parameters``, ``Equiformer`` and its
+  ``EquiformerSettings``.
 - Data (dens.data): ``atoms_to_data``, ``AseLmdbDataset``; labels: ``Normalizer``.
 - Use of a trained run (dens.inference, dens.calculator): ``load_trained_model``,
   ``DeNSCalculator``. The training loop is ``dens.train.train`` (the module shares its name;
@@ -31,6 +32,7 @@ _EXPORTS = {
     "build_model": "dens.models",
     "count_parameters": "dens.models",
     "Equiformer": "dens.models.equiformer",
+    "EquiformerSettings": "dens.models.equiformer",
     "atoms_to_data": "dens.data.structures",
     "AseLmdbDataset": "dens.data.aselmdb",
     "Normalizer": "dens.normalization",

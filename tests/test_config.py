@@ -309,8 +309,8 @@ def test_readme_experiment_example_is_a_valid_extra_experiment(tmp_path) -> None
     assert resolved["dens"]["sigma"] == 0.1
 
 
-# -- model.overrides: constructor arguments of the family, checked when the DAG is built ----------
-# (that every family's presets list its constructor arguments but the switches:
+# -- model.overrides: hyper-parameters of the family, checked when the DAG is built --------------
+# (that every family's presets list its settings' fields but the switches:
 # tests/models/test_model_contract.py)
 
 

@@ -26,7 +26,7 @@ from dens.denoising import (
     dens_coefficient,
     force_encoding_input,
 )
-from dens.models.equiformer import Equiformer
+from dens.models.equiformer import Equiformer, EquiformerSettings
 from dens.models.equiformer.official_import import (
     import_official_state_dict,
     official_model_kwargs,
@@ -56,7 +56,7 @@ def official_model(ref: dict, which: str) -> Equiformer:
     dens = which == "dens"
     config = ref["meta"]["dens_model" if dens else "baseline_model"]
     torch.manual_seed(0)
-    model = Equiformer(**official_model_kwargs(config, dens)).double()
+    model = Equiformer(EquiformerSettings(**official_model_kwargs(config, dens))).double()
     model.load_state_dict(import_official_state_dict(ref[which]["weights"], model))
     return model.train()
 

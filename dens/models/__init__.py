@@ -2,16 +2,18 @@
 
 All families share one interface: ``forward(data, force_input=None, predict_noise=False)`` returns
 ``{"energy": [B], "forces": [N, 3]}`` and, with ``predict_noise``, ``"noise": [N, 3]``; the
-constructor takes the preset's keyword arguments plus the switches ``force_encoding`` and
-``noise_head`` (DeNS) and ``attention`` / ``layer_norm`` (Table 5).
+constructor takes one settings object, of the class's ``settings_type`` (a frozen dataclass:
+the preset's keys plus the switches ``force_encoding`` and ``noise_head`` (DeNS) and
+``attention`` / ``layer_norm`` (Table 5), with their defaults and checks); ``build_network``
+builds one from a mapping of them.
 
 Layout: one package per family (``equiformer/``, ``equiformer_v2/``, ``escn/``, and ``nequip/``:
 an adapter of the ``nequip`` package, the optional extra ``nequip``), the SO(2) mathematics that
 EquiformerV2 and eSCN share (Wigner-D, edge frames, sphere grids, SO(2) convolution) in
 ``so2/``, the blocks they share on features as one array [N, (lmax + 1)^2, C] (DeNS input stage,
-edge graph, Gaussian smearing, SO(3)-linear layer, fairchem import helpers) in ``so3/``, what
-every family uses (initialisation, input checks, segment softmax) in ``common/``, graph
-construction in ``graph.py``.
+edge graph, Gaussian smearing, SO(3)-linear layer, fairchem import helpers, shared
+hyper-parameters) in ``so3/``, what every family uses (initialisation, input checks, segment
+softmax) in ``common/``, graph construction in ``graph.py``.
 """
 
 from __future__ import annotations
@@ -67,11 +69,18 @@ def model_class(family: str) -> type[nn.Module]:
         ) from error
 
 
+def build_network(family: str, hyperparameters: Mapping[str, Any]) -> nn.Module:
+    """The network of ``family`` with these hyper-parameters: its class's ``settings_type`` (the
+    dataclass that states their defaults and checks) built from them, then the network."""
+    network = model_class(family)
+    return network(network.settings_type(**hyperparameters))
+
+
 def build_model(experiment: Mapping[str, Any]) -> nn.Module:
     """The model of a resolved experiment (:meth:`dens.pipeline.registry.Registry.resolve`): its
-    family's class built with the resolved hyper-parameters (preset, overrides and switches)."""
+    family's network built with the resolved hyper-parameters (preset, overrides and switches)."""
     model = experiment["model"]
-    return model_class(model["family"])(**model["hyperparameters"])
+    return build_network(model["family"], model["hyperparameters"])
 
 
 def count_parameters(model: nn.Module) -> int:

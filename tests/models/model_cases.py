@@ -104,9 +104,9 @@ def escn_counts() -> dict[tuple[str, bool], int]:
 class FamilyCase:
     """How the contract exercises one family.
 
-    tiny: constructor arguments of a small float64 model; structures: its inputs (float64);
-    rel: the largest relative equivariance error allowed per output; prepare: applied to a tiny
-    model after construction; counts: {(preset, DeNS modules): trainable parameters};
+    tiny: hyper-parameters (settings fields) of a small float64 model; structures: its inputs
+    (float64); rel: the largest relative equivariance error allowed per output; prepare: applied
+    to a tiny model after construction; counts: {(preset, DeNS modules): trainable parameters};
     paper: {(preset, DeNS): the paper's millions} (within 3%); meta: build the counted presets
     on the meta device (no memory); checkpoints: fairchem checkpoints {file: DeNS} the
     family's importer maps; requires: an optional package the family needs."""

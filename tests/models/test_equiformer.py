@@ -14,7 +14,7 @@ from model_cases import FAMILY_CASES
 
 from dens.data.batch import Batch, Data
 from dens.errors import ConfigError, NotAvailableError
-from dens.models.equiformer import Equiformer
+from dens.models.equiformer import Equiformer, EquiformerSettings
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
 from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.equiformer.network import ForceEncoding
@@ -114,7 +114,7 @@ def equiformer_preset(name: str) -> dict:
 
 def small_model(lmax: str = "l2", seed: int = 0, **kwargs) -> Equiformer:
     torch.manual_seed(seed)
-    return Equiformer(**{**SMALL[lmax], **kwargs}).double().eval()
+    return Equiformer(EquiformerSettings(**{**SMALL[lmax], **kwargs})).double().eval()
 
 
 # ---------------------------------------------------------------- building blocks
@@ -136,7 +136,7 @@ def test_depthwise_tensor_product_matches_e3nn(internal: bool) -> None:
     official separable FCTP), per path."""
     torch.manual_seed(0)
     channels, lmax_sh, n_edges = (3, 2, 2), 2, 7
-    dtp = DepthwiseTensorProduct(channels, lmax_sh, (4, 3, 2), internal_weights=internal)
+    dtp = DepthwiseTensorProduct(channels, lmax_sh, (4, 3, 2), "normal" if internal else None)
     dtp.double()
     irreps_in = o3.Irreps(format_irreps(channels))
     irreps_sh = o3.Irreps.spherical_harmonics(lmax_sh, p=1)
@@ -282,12 +282,12 @@ def test_uniform_weight_init() -> None:
     for key, err in equivariance_errors(model, make_batch()).items():
         assert err < 1e-10, (key, err)
     with pytest.raises(ValueError, match="weight_init"):
-        Equiformer(**SMALL_L2, weight_init="xavier")
+        EquiformerSettings(**SMALL_L2, weight_init="xavier")
 
 
 def test_equivariance_paper_preset_l2_dens() -> None:
     torch.manual_seed(0)
-    model = Equiformer(**equiformer_preset("l2"), **DENS).double().eval()
+    model = Equiformer(EquiformerSettings(**equiformer_preset("l2"), **DENS)).double().eval()
     errors = equivariance_errors(model, make_batch((5, 4)))
     for key, err in errors.items():
         assert err < 1e-9, (key, err)
@@ -363,7 +363,7 @@ def test_training_mode_builds_graph_through_forces() -> None:
 
 def test_output_shapes_float32() -> None:
     torch.manual_seed(0)
-    model = Equiformer(**SMALL_L2, **DENS).eval()
+    model = Equiformer(EquiformerSettings(**SMALL_L2, **DENS)).eval()
     batch = make_batch(dtype=torch.float32)
     out = model(batch, force_input=torch.randn(batch.num_nodes, 3), predict_noise=True)
     assert out["energy"].shape == (2,) and out["energy"].dtype == torch.float32
@@ -381,13 +381,48 @@ def test_invalid_inputs_are_named() -> None:
     with pytest.raises(ValueError, match="atomic_numbers"):
         model(bad)
     with pytest.raises(ValueError, match="odd parity"):
-        Equiformer(**{**SMALL_L2, "irreps_node_embedding": "8x0e+4x1o"})
+        EquiformerSettings(**{**SMALL_L2, "irreps_node_embedding": "8x0e+4x1o"})
     periodic = batch.clone()
     periodic.pbc = torch.tensor([[True, True, False]] * 2)
     with pytest.raises(NotAvailableError, match="periodic"):
         model(periodic)
     with pytest.raises(ConfigError, match="unknown equiformer preset 'l9'"):
         equiformer_preset("l9")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"num_layers": 0}, ConfigError, r"model\.num_layers must be >= 1, got 0"),
+        ({"max_radius": 0.0}, ConfigError, r"model\.max_radius must be > 0, got 0\.0"),
+        ({"fc_neurons": [8, 0]}, ConfigError, r"model\.fc_neurons\[1\] must be >= 1, got 0"),
+        ({"proj_drop": 1.0}, ConfigError, r"model\.proj_drop must be < 1, got 1\.0"),
+        ({"num_heads": True}, ConfigError, r"model\.num_heads must be of type int"),
+        ({"irreps_node_embedding": "4x1e"}, ValueError, "needs 0e channels"),
+        ({"noise_head": True, "irreps_feature_dens": "4x1e"}, ValueError, "energy head"),
+        ({"irreps_head": "2x1e"}, ValueError, "irreps_head needs type-0 channels"),
+        ({"irreps_mlp_mid": "2x1o"}, ValueError, "odd parity"),
+        ({"basis_type": "sinc"}, ValueError, "basis_type must be one of"),
+    ],
+)
+def test_settings_are_checked_before_any_module_is_built(
+    change: dict, error: type[Exception], message: str
+) -> None:
+    """EquiformerSettings refuses what the network could not build, naming the setting."""
+    with pytest.raises(error, match=message):
+        EquiformerSettings(**{**SMALL_L2, **change})
+
+
+def test_settings_are_frozen_and_the_network_takes_only_them() -> None:
+    """A list becomes a tuple (the settings hash and compare by value); the network keeps its
+    settings and refuses anything else."""
+    settings = EquiformerSettings(**SMALL_L2)
+    assert settings.fc_neurons == (8,) and settings == EquiformerSettings(**SMALL_L2)
+    assert hash(settings) == hash(EquiformerSettings(**SMALL_L2))
+    assert isinstance(EquiformerSettings(max_radius=5).max_radius, float)
+    assert Equiformer(settings).settings is settings and Equiformer.settings_type is type(settings)
+    with pytest.raises(TypeError, match="EquiformerSettings"):
+        Equiformer(dict(SMALL_L2))
 
 
 # ---------------------------------------------------------------- DeNS modules and initial weights

@@ -11,7 +11,7 @@ from e3nn import o3
 from model_cases import FAMILY_CASES, slabs
 
 from dens.data.batch import Batch
-from dens.models.equiformer_v2 import EquiformerV2
+from dens.models.equiformer_v2 import EquiformerV2, EquiformerV2Settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 TINY = FAMILY_CASES["equiformer_v2"].tiny  # a sphere grid fine enough for float64 precision
@@ -19,11 +19,8 @@ TINY = FAMILY_CASES["equiformer_v2"].tiny  # a sphere grid fine enough for float
 
 def model(dtype: torch.dtype, force_encoding: bool, noise_head: bool, **kw) -> EquiformerV2:
     torch.manual_seed(0)
-    return (
-        EquiformerV2(**{**TINY, **kw}, force_encoding=force_encoding, noise_head=noise_head)
-        .to(dtype)
-        .eval()
-    )
+    switches = {"force_encoding": force_encoding, "noise_head": noise_head}
+    return EquiformerV2(EquiformerV2Settings(**{**TINY, **kw, **switches})).to(dtype).eval()
 
 
 def run(net: EquiformerV2, data: Batch, forces: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -76,5 +73,5 @@ def test_training_mode_runs_dropout_and_stochastic_depth_and_backpropagates() ->
 
 def test_table5_switches_cannot_turn_attention_or_layer_norm_off() -> None:
     for switch in ("attention", "layer_norm"):
-        with pytest.raises(ValueError, match="EquiformerV2 has no variant without attention"):
-            EquiformerV2(**TINY, **{switch: False})
+        with pytest.raises(ValueError, match="EquiformerV2 has no attention or layer norm"):
+            EquiformerV2Settings(**TINY, **{switch: False})

@@ -11,7 +11,7 @@ from ase.build import add_adsorbate, fcc111
 
 from dens.data.batch import Batch
 from dens.data.structures import atoms_to_data
-from dens.models.equiformer_v2 import EquiformerV2
+from dens.models.equiformer_v2 import EquiformerV2, EquiformerV2Settings
 from dens.models.equiformer_v2.import_fairchem import (
     CheckpointImportError,
     load_fairchem_checkpoint,
@@ -105,7 +105,7 @@ def batch() -> Batch:
 
 def dens_model() -> EquiformerV2:
     torch.manual_seed(0)
-    model = EquiformerV2(**SMALL, force_encoding=True, noise_head=True).eval()
+    model = EquiformerV2(EquiformerV2Settings(**SMALL, force_encoding=True, noise_head=True)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))  # biases and norms away from their init

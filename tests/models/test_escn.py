@@ -11,7 +11,7 @@ from e3nn import o3
 from model_cases import ESCN_FINE, ESCN_TINY, scale_matrices, slabs
 
 from dens.data.batch import Batch
-from dens.models.escn import ESCN
+from dens.models.escn import ESCN, ESCNSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 TINY, FINE = ESCN_TINY, ESCN_FINE  # fairchem's sphere grids, 32 head points; fine ones
@@ -20,7 +20,8 @@ TINY, FINE = ESCN_TINY, ESCN_FINE  # fairchem's sphere grids, 32 head points; fi
 def model(dtype: torch.dtype, force_encoding: bool, noise_head: bool, **kw) -> ESCN:
     """TINY with its matrices x 2.5 (model_cases.scale_matrices)."""
     torch.manual_seed(0)
-    net = ESCN(**{**TINY, **kw}, force_encoding=force_encoding, noise_head=noise_head)
+    switches = {"force_encoding": force_encoding, "noise_head": noise_head}
+    net = ESCN(ESCNSettings(**{**TINY, **kw, **switches}))
     scale_matrices(net)
     return net.to(dtype).eval()
 
@@ -63,7 +64,7 @@ def test_the_equivariance_error_is_the_discretisation_of_the_sphere() -> None:
 def test_table5_switches_are_refused_and_training_mode_backpropagates() -> None:
     for switch in ("attention", "layer_norm"):
         with pytest.raises(ValueError, match="eSCN has no attention"):
-            ESCN(**TINY, **{switch: False})
+            ESCNSettings(**TINY, **{switch: False})
     data = slabs(torch.float32)
     dens = model(torch.float32, True, True).train()
     out = dens(data, torch.randn(data.pos.shape[0], 3), predict_noise=True)

@@ -13,8 +13,8 @@ official code, its blocks, its ablations) stay in its file. NequIP needs the opt
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-import inspect
 import sys
 
 import pytest
@@ -24,7 +24,7 @@ from e3nn import o3
 from model_cases import FAMILY_CASES, FIXTURES, FamilyCase, slabs
 
 from dens.data.batch import Batch
-from dens.models import FAMILIES, build_model, count_parameters, model_class
+from dens.models import FAMILIES, build_model, build_network, count_parameters, model_class
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny ops: threads only contend
 PRESETS = yaml.safe_load((FIXTURES.parents[1] / "config" / "models.yaml").read_text())
@@ -44,7 +44,8 @@ def case(family: str) -> FamilyCase:
 def tiny_model(family: str, force_encoding: bool, noise_head: bool, seed: int = 0):
     spec = case(family)
     torch.manual_seed(seed)
-    model = model_class(family)(**spec.tiny, force_encoding=force_encoding, noise_head=noise_head)
+    switches = {"force_encoding": force_encoding, "noise_head": noise_head}
+    model = build_network(family, {**spec.tiny, **switches})
     spec.prepare(model)
     return model.double().eval()
 
@@ -151,11 +152,12 @@ def test_dens_modules_add_to_the_baseline_and_start_from_its_weights(family: str
     """With one seed every parameter of the baseline starts with the same value in each DeNS
     variant, the global random stream after construction is the same (a fair DeNS-vs-baseline
     comparison), and the two modules add their own parameters independently."""
-    spec, cls = case(family), model_class(family)
+    spec = case(family)
     params, states = {}, {}
     for switches in DENS_CASES:
         torch.manual_seed(7)
-        model = cls(**spec.tiny, force_encoding=switches[0], noise_head=switches[1])
+        modules = {"force_encoding": switches[0], "noise_head": switches[1]}
+        model = build_network(family, {**spec.tiny, **modules})
         params[switches], states[switches] = dict(model.named_parameters()), torch.get_rng_state()
     baseline = params[(False, False)]
     for switches, variant in params.items():
@@ -171,11 +173,11 @@ def test_dens_modules_add_to_the_baseline_and_start_from_its_weights(family: str
 
 # -- presets and parameter counts --------------------------------------------------------------
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
-def test_presets_list_every_constructor_argument_but_the_switches(family: str) -> None:
-    """What an override may change is what a preset lists: every argument of the constructor
+def test_presets_list_every_setting_but_the_switches(family: str) -> None:
+    """What an override may change is what a preset lists: every field of the network's settings
     except the switches experiments set by other keys (model.attention, dens ...)."""
     case(family)
-    arguments = set(inspect.signature(model_class(family)).parameters)
+    arguments = {item.name for item in dataclasses.fields(model_class(family).settings_type)}
     assert SWITCHES <= arguments
     for name, preset in PRESETS[family].items():
         assert set(preset) == arguments - SWITCHES, name

@@ -46,7 +46,8 @@ def test_without_nequip_the_family_names_the_extra(monkeypatch) -> None:
 nequip = pytest.importorskip("nequip")
 from model_cases import FAMILY_CASES, molecules  # noqa: E402
 
-from dens.models.nequip import NequIP  # noqa: E402
+from dens.models.nequip import NequIP, NequIPSettings  # noqa: E402
+from dens.models.nequip.network import builder_arguments  # noqa: E402
 
 SMALL = FAMILY_CASES["nequip"].tiny
 
@@ -54,7 +55,8 @@ SMALL = FAMILY_CASES["nequip"].tiny
 def small_model(force_encoding: bool, noise_head: bool, **kwargs) -> NequIP:
     torch.manual_seed(0)
     kwargs = {**SMALL, **kwargs}
-    return NequIP(**kwargs, force_encoding=force_encoding, noise_head=noise_head).eval()
+    settings = NequIPSettings(**kwargs, force_encoding=force_encoding, noise_head=noise_head)
+    return NequIP(settings).eval()
 
 
 def run(model: NequIP, batch: Batch, forces: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -102,14 +104,39 @@ def test_dens_modules_enter_through_nequip_extension_points() -> None:
 
 def test_refusals() -> None:
     with pytest.raises(ValueError, match="no attention or layer normalisation"):
-        NequIP(**SMALL, attention=True)
+        NequIPSettings(**SMALL, attention=True)
     with pytest.raises(ValueError, match="num_layers >= 2"):
-        NequIP(**{**SMALL, "num_layers": 1}, noise_head=True)
+        NequIPSettings(**{**SMALL, "num_layers": 1}, noise_head=True)
+    with pytest.raises(ValueError, match=r"model_dtype must be one of \['float32', 'float64'\]"):
+        NequIPSettings(model_dtype="float16")
+    with pytest.raises(ValueError, match=r"type_names must be element symbols, got \['H', 'Xx'\]"):
+        NequIPSettings(type_names=["H", "Xx"])
     model = small_model(False, False)
     batch = molecules()
     batch.atomic_numbers[0] = 3  # Li: below the table's size, not a type of the model
     with pytest.raises(ValueError, match=r"atomic numbers \[3\] are not among"):
         model(batch)
+
+
+def test_settings_are_immutable_and_nequip_gets_its_own_forms() -> None:
+    """The settings keep tuples, floats and copies of the mappings given; nequip's builder gets
+    lists, floats and dicts, its own arguments unrenamed and the nonlinearities as convnet_*."""
+    scalars = {"e": "silu", "o": "tanh"}
+    settings = NequIPSettings(
+        r_max=5, num_features=[8, 4, 2], type_names=["H", "O"], nonlinearity_scalars=scalars
+    )
+    scalars["e"] = "ssp"
+    assert settings.num_features == (8, 4, 2) and settings.type_names == ("H", "O")
+    assert settings.r_max == 5.0 and isinstance(settings.r_max, float)
+    assert settings.nonlinearity_scalars == {"e": "silu", "o": "tanh"}
+    with pytest.raises(AttributeError):
+        settings.r_max = 6.0  # type: ignore[misc]
+    arguments = builder_arguments(settings, seed=2**31 + 7)
+    assert arguments["seed"] == 7 and arguments["r_max"] == 5.0
+    assert arguments["num_features"] == [8, 4, 2] and arguments["type_names"] == ["H", "O"]
+    assert arguments["convnet_nonlinearity_scalars"] == {"e": "silu", "o": "tanh"}
+    assert "nonlinearity_scalars" not in arguments and "convnet_nonlinearity_gates" not in arguments
+    assert not {"force_encoding", "noise_head", "attention", "layer_norm"} & set(arguments)
 
 
 def test_to_dtype_casts_nequip_build_time_dtypes() -> None:

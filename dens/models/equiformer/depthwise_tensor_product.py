@@ -36,8 +36,9 @@ class DepthwiseTensorProduct(nn.Module):
     ``channels_out[lo] = M_lo`` is the number of (path, channel) pairs that end in degree lo;
     within a degree, output channels are ordered by input degree, then path, then channel
     (``self.paths[lo]`` lists the (l1, l2) of those paths in order).
-    ``internal_weights=False``: forward takes per-edge weights [E, weight_numel];
-    ``True``: learned weights shared by all edges (e3nn initialisation N(0, 1)).
+    ``weight_init=None``: forward takes per-edge weights [E, weight_numel]; "normal" or
+    "uniform": learned weights shared by all edges (e3nn's ``internal_weights=True``),
+    initialised N(0, 1) as e3nn or U(-1, 1) (``init_weight_`` with fan-in 1).
     Weights are laid out by input degree, then output degree, then path, then channel.
     """
 
@@ -46,8 +47,7 @@ class DepthwiseTensorProduct(nn.Module):
         channels_in: Channels,
         lmax_sh: int,
         channels_filter: Channels,
-        internal_weights: bool = False,
-        weight_init: str = "normal",
+        weight_init: str | None = None,
     ) -> None:
         super().__init__()
         self.channels_in = tuple(channels_in)
@@ -92,7 +92,7 @@ class DepthwiseTensorProduct(nn.Module):
         self.channels_out: Channels = tuple(channels_out)
         self.weight_numel = sum(self._weight_sizes)
         self.weight = None
-        if internal_weights:
+        if weight_init is not None:
             self.weight = nn.Parameter(torch.empty(self.weight_numel))
             init_weight_(self.weight, 1, weight_init)
 
@@ -100,11 +100,13 @@ class DepthwiseTensorProduct(nn.Module):
         self, x: list[Tensor], sh: Tensor, weight: Tensor | None = None
     ) -> list[list[Tensor]]:
         """x[l]: [E, 2l+1, C_l]; sh: [E, (lmax_sh+1)^2]; weight: [E, weight_numel] unless
-        internal. Returns out[lo] as a list of channel chunks [E, 2lo+1, n] (one per input
-        degree; they concatenate to channels_out[lo]; SO3Linear takes them as they are)."""
+        learned (weight_init). Returns out[lo] as a list of channel chunks [E, 2lo+1, n] (one
+        per input degree; they concatenate to channels_out[lo]; SO3Linear takes them as they
+        are)."""
         if (weight is None) == (self.weight is None):
             raise ValueError(
-                "DepthwiseTensorProduct: pass per-edge weights iff internal_weights=False"
+                "DepthwiseTensorProduct: pass per-edge weights iff it has no learned weights "
+                "(weight_init=None)"
             )
         n_edges = sh.shape[0]
         if weight is None:

@@ -69,7 +69,7 @@ class GraphAttention(nn.Module):
             self.dtp.channels_out, self.gate.channels_in, True, weight_init
         )
         self.dtp_value = DepthwiseTensorProduct(
-            channels_pre_attn, lmax_sh, channels_value, True, weight_init
+            channels_pre_attn, lmax_sh, channels_value, weight_init=weight_init
         )
         self.linear_value = SO3Linear(
             self.dtp_value.channels_out, channels_value, True, weight_init

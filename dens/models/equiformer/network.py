@@ -23,10 +23,10 @@ weights (nets/radial_func.py:46-50), and the attention softmax gains a term. A c
 changes the energy by O(0.01-0.1) normalised units at random weights; ours equals the official
 model's on both sides (tests/test_md17_training_parity.py).
 
-``force_encoding=True`` adds the force encoding; ``noise_head=True`` adds the noise head and uses
-``irreps_feature_dens`` for the last block's output (the official DeNS configs widen it to 4x
-the node channels of every degree). ``attention=False`` / ``layer_norm=False`` give the
-variants of DeNS Table 5.
+Hyper-parameters: ``EquiformerSettings`` (settings.py). ``force_encoding=True`` adds the force
+encoding; ``noise_head=True`` adds the noise head and uses ``irreps_feature_dens`` for the last
+block's output (the official DeNS configs widen it to 4x the node channels of every degree).
+``attention=False`` / ``layer_norm=False`` give the variants of DeNS Table 5.
 """
 
 from __future__ import annotations
@@ -47,13 +47,10 @@ from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
 from dens.models.equiformer.gate_activation import Gate, ScaledSiLU
 from dens.models.equiformer.graph_attention import GraphAttention
 from dens.models.equiformer.radial_basis import RadialMLP, radial_basis
+from dens.models.equiformer.settings import EquiformerSettings
 from dens.models.equiformer.so3_features import Channels, add_features, parse_irreps, scatter_sum
 from dens.models.equiformer.so3_linear import SO3Linear, init_weight_
 from dens.models.graph import molecular_graph
-
-# Statistics the official code uses for MD17 (QM9 with cutoff 5 Å).
-AVG_NUM_NODES = 18.03065905448718
-AVG_DEGREE = 15.57930850982666
 
 
 class AtomEmbedding(nn.Module):
@@ -204,143 +201,103 @@ class EquiformerBlock(nn.Module):
 
 
 class Equiformer(nn.Module):
-    """Equiformer (MD17) with optional DeNS force encoding and noise head.
+    """Equiformer (MD17) with optional DeNS force encoding and noise head; hyper-parameters:
+    EquiformerSettings (settings.py, which checks them).
 
     forward(data, force_input=None, predict_noise=False) -> {"energy": [B], "forces": [N, 3],
     "noise": [N, 3] if predict_noise}. Forces are -dE/dpos (``gradient_forces = True``), with
-    create_graph in training mode. Irreps arguments are e3nn strings with even parity; names
-    follow the official code (defaults: the paper Lmax=2 model).
-
-    irreps_node_embedding: node features between blocks; lmax_sh: degree of the edge spherical
-    harmonics (default: that of the node features); number_of_basis, basis_type, max_radius:
-    radial basis (radial_basis.py) and cutoff in Å; fc_neurons: hidden sizes of the radial MLPs;
-    irreps_feature: output of the last block (input of the energy head);
-    irreps_feature_dens: used instead when the model has a noise head (None: irreps_feature;
-    the noise head reads type-1 features of the last block); irreps_head,
-    num_heads: value irreps of one attention head and number of heads; irreps_pre_attn:
-    irreps of the merged edge features (default: irreps_node_embedding); irreps_mlp_mid:
-    hidden irreps of the feed-forward networks; alpha_drop (attention weights), proj_drop
-    (outputs of attention and FFN), out_drop (final features), drop_path_rate (stochastic
-    depth per structure); force_encoding: DeNS force encoding (Eq. 5); noise_head: DeNS noise
-    head (the two are separate switches: Table 6's ablation has a noise head and no force
-    encoding); attention / layer_norm: DeNS
-    Table 5 switches; weight_init: "normal" (official) or "uniform" (DeNS App. D.2, variant
-    without attention and layer norm); max_atomic_number: size of the atom-type table;
-    avg_num_nodes, avg_degree: normalisation of the energy sum and of the edge-degree / no-
-    attention aggregations (official MD17 values).
+    create_graph in training mode. Attributes: ``settings``; ``max_radius`` and
+    ``max_atomic_number`` (read by dens.data.validation's model_cutoff and
+    model_max_atomic_number), ``lmax_sh`` (settings.lmax_sh resolved); ``force_encoding`` /
+    ``noise_head``: the DeNS modules, None without.
     """
 
     gradient_forces = True
+    settings_type = EquiformerSettings
 
-    def __init__(
-        self,
-        irreps_node_embedding: str = "128x0e+64x1e+32x2e",
-        num_layers: int = 6,
-        lmax_sh: int | None = None,
-        max_radius: float = 5.0,
-        number_of_basis: int = 32,
-        basis_type: str = "exp",
-        fc_neurons: list[int] | tuple[int, ...] = (64, 64),
-        irreps_feature: str = "512x0e",
-        irreps_feature_dens: str | None = "512x0e+256x1e+128x2e",
-        irreps_head: str = "32x0e+16x1e+8x2e",
-        num_heads: int = 4,
-        irreps_pre_attn: str | None = None,
-        irreps_mlp_mid: str = "384x0e+192x1e+96x2e",
-        alpha_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        out_drop: float = 0.0,
-        drop_path_rate: float = 0.0,
-        force_encoding: bool = False,
-        noise_head: bool = False,
-        attention: bool = True,
-        layer_norm: bool = True,
-        weight_init: str = "normal",
-        max_atomic_number: int = 64,
-        avg_num_nodes: float = AVG_NUM_NODES,
-        avg_degree: float = AVG_DEGREE,
-    ) -> None:
+    def __init__(self, settings: EquiformerSettings) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if max_radius <= 0:
-            raise ValueError(f"max_radius must be positive, got {max_radius}")
-        channels_node = parse_irreps(irreps_node_embedding)
-        if channels_node[0] == 0:
-            raise ValueError(f"irreps_node_embedding {irreps_node_embedding!r} needs 0e channels")
-        feature_spec = irreps_feature_dens if noise_head and irreps_feature_dens else irreps_feature
-        channels_feature = parse_irreps(feature_spec)
-        if channels_feature[0] == 0:
-            raise ValueError(f"irreps_feature {feature_spec!r} needs 0e channels (energy head)")
-        self.lmax_sh = len(channels_node) - 1 if lmax_sh is None else lmax_sh
-        self.max_radius = max_radius
-        self.max_atomic_number = max_atomic_number
-        self.avg_num_nodes = avg_num_nodes
+        if not isinstance(settings, EquiformerSettings):
+            raise TypeError(
+                "Equiformer takes one EquiformerSettings (Equiformer(EquiformerSettings(...))), "
+                f"got {type(settings).__name__}"
+            )
+        self.settings = s = settings
+        channels_node = parse_irreps(s.irreps_node_embedding)
+        channels_feature = parse_irreps(s.feature_irreps)
+        self.lmax_sh = len(channels_node) - 1 if s.lmax_sh is None else s.lmax_sh
+        self.max_radius = s.max_radius
+        self.max_atomic_number = s.max_atomic_number
+        self.avg_num_nodes = s.avg_num_nodes
         self.channels_node = channels_node
         self.channels_feature = channels_feature
         attention_kwargs = dict(
-            channels_pre_attn=(parse_irreps(irreps_pre_attn) if irreps_pre_attn else channels_node),
-            channels_head=parse_irreps(irreps_head),
-            num_heads=num_heads,
+            channels_pre_attn=(
+                parse_irreps(s.irreps_pre_attn) if s.irreps_pre_attn else channels_node
+            ),
+            channels_head=parse_irreps(s.irreps_head),
+            num_heads=s.num_heads,
             lmax_sh=self.lmax_sh,
-            num_basis=number_of_basis,
-            fc_neurons=list(fc_neurons),
-            attention=attention,
-            alpha_drop=alpha_drop,
-            proj_drop=proj_drop,
-            avg_degree=avg_degree,
-            weight_init=weight_init,
+            num_basis=s.number_of_basis,
+            fc_neurons=list(s.fc_neurons),
+            attention=s.attention,
+            alpha_drop=s.alpha_drop,
+            proj_drop=s.proj_drop,
+            avg_degree=s.avg_degree,
+            weight_init=s.weight_init,
         )
 
         # Each part is initialised from its own stream (common/initialization.py): a DeNS model
         # and its baseline start from the same weights wherever their shapes agree.
         seed = draw_base_seed()
         with part_init(seed, "atom_embedding"):
-            self.atom_embedding = AtomEmbedding(channels_node, max_atomic_number)
-            if weight_init == "uniform":
-                init_weight_(self.atom_embedding.weight, 1, weight_init)
+            self.atom_embedding = AtomEmbedding(channels_node, s.max_atomic_number)
+            if s.weight_init == "uniform":
+                init_weight_(self.atom_embedding.weight, 1, s.weight_init)
         with part_init(seed, "rbf"):
-            self.rbf = radial_basis(basis_type, number_of_basis, max_radius)
+            self.rbf = radial_basis(s.basis_type, s.number_of_basis, s.max_radius)
         with part_init(seed, "edge_degree_embedding"):
             self.edge_degree_embedding = EdgeDegreeEmbedding(
                 channels_node,
                 self.lmax_sh,
-                number_of_basis,
-                list(fc_neurons),
-                avg_degree,
-                weight_init,
+                s.number_of_basis,
+                list(s.fc_neurons),
+                s.avg_degree,
+                s.weight_init,
             )
         with part_init(seed, "force_encoding"):
             self.force_encoding = (
-                ForceEncoding(channels_node, weight_init) if force_encoding else None
+                ForceEncoding(channels_node, s.weight_init) if s.force_encoding else None
             )
         blocks = []
-        for i in range(num_layers):
+        for i in range(s.num_layers):
             with part_init(seed, f"blocks.{i}"):
                 blocks.append(
                     EquiformerBlock(
                         channels_node,
-                        channels_feature if i == num_layers - 1 else channels_node,
+                        channels_feature if i == s.num_layers - 1 else channels_node,
                         attention_kwargs,
-                        parse_irreps(irreps_mlp_mid),
-                        proj_drop,
-                        drop_path_rate,
-                        layer_norm,
-                        weight_init,
+                        parse_irreps(s.irreps_mlp_mid),
+                        s.proj_drop,
+                        s.drop_path_rate,
+                        s.layer_norm,
+                        s.weight_init,
                     )
                 )
         self.blocks = nn.ModuleList(blocks)
         with part_init(seed, "energy_head"):
-            self.norm = EquivariantLayerNorm(channels_feature) if layer_norm else None
-            self.out_dropout = EquivariantDropout(out_drop)
+            self.norm = EquivariantLayerNorm(channels_feature) if s.layer_norm else None
+            self.out_dropout = EquivariantDropout(s.out_drop)
             self.energy_hidden = SO3Linear(
-                channels_feature, (channels_feature[0],), True, weight_init
+                channels_feature, (channels_feature[0],), True, s.weight_init
             )
             self.energy_act = ScaledSiLU()
-            self.energy_out = SO3Linear((channels_feature[0],), (1,), True, weight_init)
+            self.energy_out = SO3Linear((channels_feature[0],), (1,), True, s.weight_init)
         with part_init(seed, "noise_head"):
             self.noise_head = (
-                GraphAttention(channels_feature, (0, 1), **attention_kwargs) if noise_head else None
+                GraphAttention(channels_feature, (0, 1), **attention_kwargs)
+                if s.noise_head
+                else None
             )
 
     def _check_inputs(self, data: Batch, force_input: Tensor | None, predict_noise: bool) -> None:

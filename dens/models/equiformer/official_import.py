@@ -106,12 +106,12 @@ class _Converter:
 
 
 def official_model_kwargs(config: Mapping[str, Any], dens: bool) -> dict[str, Any]:
-    """Our ``Equiformer`` arguments for an official MD17 model's constructor arguments (the
+    """Our ``EquiformerSettings`` fields for an official MD17 model's constructor arguments (the
     ``model`` entry of md17/configs/equiformer_dens/*.yml for ``Equiformer_MD17_DeNS``,
     ``dens=True``; the arguments of ``GraphAttentionTransformerMD17``, ``dens=False``).
 
     The atom-type table has the official ``_MAX_ATOM_TYPE = 64`` rows (``irreps_in`` is unused
-    there) and the official MD17 normalisation constants (network.py). Raises ValueError on a
+    there) and the official MD17 normalisation constants (settings.py). Raises ValueError on a
     setting this implementation does not have."""
     required = {
         "rescale_degree": False,

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dens.models.equiformer_v2.network import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+from dens.models.equiformer_v2.network import EquiformerV2
+from dens.models.equiformer_v2.settings import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2Settings
 from dens.models.so3 import fairchem_import as fairchem
 from dens.models.so3.fairchem_import import CheckpointImportError
 
@@ -164,7 +165,7 @@ def load_fairchem_checkpoint(
     mapped, origin = map_keys(state, heads)
     energy_lin_ref = mapped.pop("energy_lin_ref", None)
     fairchem.fold_unused_force_encoding(mapped, arguments)
-    model = EquiformerV2(**arguments)
+    model = EquiformerV2(EquiformerV2Settings(**arguments))
     load_exactly_with_offset(model, mapped, origin)
     model = model.to(dtype).eval()
     info = {

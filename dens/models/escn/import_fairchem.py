@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dens.models.escn.network import ESCN
+from dens.models.escn.settings import ESCNSettings
 from dens.models.so3 import fairchem_import as fairchem
 from dens.models.so3.fairchem_import import CheckpointImportError
 
@@ -74,7 +75,7 @@ def load_fairchem_checkpoint(
     state, ema = fairchem.checkpoint_state(checkpoint, use_ema, tracked_parameters)
     state, constants = split_constants(state)
     fairchem.fold_unused_force_encoding(state, arguments)
-    model = ESCN(**arguments)
+    model = ESCN(ESCNSettings(**arguments))
     compare_constants(model, constants)
     fairchem.load_exactly(model, state, "eSCN")
     info = fairchem.import_info(checkpoint, config, arguments, ema)

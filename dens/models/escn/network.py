@@ -45,13 +45,13 @@ from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.escn.edge_block import EdgeBlock
 from dens.models.escn.output_heads import EnergyBlock, ForceBlock, SphereSampler
+from dens.models.escn.settings import ESCNSettings
 from dens.models.escn.so2_block import SO2Block
-from dens.models.so2.edge_frame import check_edge_roll
 from dens.models.so2.sphere_grid import SphereGrid
 from dens.models.so2.wigner import EdgeWigner
 from dens.models.so3.edge_graph import EdgeGraph, gather_nodes, sum_to_nodes
 from dens.models.so3.gaussian_smearing import GaussianSmearing
-from dens.models.so3.input_stage import check_sizes, input_stage
+from dens.models.so3.input_stage import SO3ArrayNetwork
 from dens.models.so3.so3_linear import SO3Linear
 
 ENERGY_SCALE = 0.001  # fairchem 1.x eSCN: "scale energy to help balance numerical precision"
@@ -119,86 +119,33 @@ class LayerBlock(nn.Module):
         return self.node_grid.project(h)
 
 
-class ESCN(nn.Module):
-    """eSCN with optional DeNS force encoding and noise head.
-
-    forward(data, force_input=None, predict_noise=False) -> {"energy": [B], "forces": [N, 3],
-    "noise": [N, 3] if predict_noise}; forces are direct (a head), not -dE/dpos.
-
-    num_layers: layer blocks; lmax, mmax: degrees of the node features and orders kept in the
-    edge frame; sphere_channels: channels per coefficient; hidden_channels: width of the SO(2)
-    bottlenecks; edge_channels: width of the invariant edge features; num_sphere_samples: points
-    of the output heads; grid_resolution: None for fairchem's grids (2 (lmax + 1) in beta, 2 mmax
-    + 1 resp. 2 lmax + 3 in alpha), else a square grid of that many points per angle;
-    distance_resolution: spacing of the Gaussian centres on [0, cutoff] (Å; fairchem's default
-    0.02 gives cutoff / 0.02 Gaussians); basis_width: their width in units of the spacing;
-    cutoff (Å), max_neighbors: the graph (at most max_neighbors incoming edges per
-    atom, strictly: fairchem's eSCN has no other option); edge_roll: the roll of the edge frames
-    about their edges (``dens.models.so2.edge_frame``): "random" in every forward pass as the
-    official code, "training" random in training mode and deterministic in eval mode, "fixed";
-    max_num_elements: size of the atom-type tables; force_encoding, noise_head: the DeNS
-    modules, separate switches; attention, layer_norm: the DeNS Table 5 switches, which eSCN has
-    no modules for (only True, the value every OC20 experiment names, is accepted).
+class ESCN(SO3ArrayNetwork):
+    """eSCN with optional DeNS force encoding and noise head (``SO3ArrayNetwork``: the forward
+    pass's inputs and outputs); settings: its hyper-parameters (``ESCNSettings``).
     """
 
-    gradient_forces = False
+    settings_type = ESCNSettings
 
-    def __init__(
-        self,
-        num_layers: int = 12,
-        lmax: int = 6,
-        mmax: int = 2,
-        sphere_channels: int = 128,
-        hidden_channels: int = 256,
-        edge_channels: int = 128,
-        num_sphere_samples: int = 128,
-        grid_resolution: int | None = None,
-        distance_resolution: float = 0.02,
-        basis_width: float = 2.0,
-        cutoff: float = 12.0,
-        max_neighbors: int = 20,
-        edge_roll: str = "training",
-        max_num_elements: int = 90,
-        force_encoding: bool = False,
-        noise_head: bool = False,
-        attention: bool = True,
-        layer_norm: bool = True,
-    ) -> None:
-        super().__init__()
-        if not attention or not layer_norm:
-            raise ValueError(
-                "eSCN has no attention or layer normalisation to switch off (DeNS Table 5 "
-                f"ablates them for Equiformer on MD17 only); got attention={attention}, "
-                f"layer_norm={layer_norm}"
-            )
-        check_sizes(num_layers, lmax, mmax, cutoff, max_neighbors)
-        self.lmax, self.mmax, self.sphere_channels = lmax, mmax, sphere_channels
-        self.cutoff, self.max_neighbors = cutoff, max_neighbors
-        self.degeneracy_tolerance = None  # at most max_neighbors, strictly, as fairchem's eSCN
-        self.edge_roll = check_edge_roll(edge_roll)
-        self.max_num_elements = max_num_elements
-
-        num_distance_basis = int(cutoff / distance_resolution)
-        if num_distance_basis < 2:
-            raise ValueError(
-                f"need at least 2 Gaussians: cutoff {cutoff} / distance_resolution "
-                f"{distance_resolution} < 2"
-            )
-        self.distance_expansion = GaussianSmearing(cutoff, num_distance_basis, basis_width)
+    def __init__(self, settings: ESCNSettings) -> None:
+        super().__init__(settings)
+        s = settings
+        lmax, mmax, sphere_channels = s.lmax, s.mmax, s.sphere_channels
+        num_distance_basis = s.num_distance_basis
+        self.distance_expansion = GaussianSmearing(s.cutoff, num_distance_basis, s.basis_width)
         self.wigner = EdgeWigner(lmax, mmax)
         self.truncation_rescale = None  # the edge frames' map back to the lab is W^T, unscaled
         edge_grid = SphereGrid(
             lmax,
             mmax,
-            grid_shape(lmax, mmax, grid_resolution),
+            grid_shape(lmax, mmax, s.grid_resolution),
             order_major=True,
             normalization="integral",
             rescale=False,
         )
         node_grid = SphereGrid(
-            lmax, lmax, grid_shape(lmax, lmax, grid_resolution), normalization="integral"
+            lmax, lmax, grid_shape(lmax, lmax, s.grid_resolution), normalization="integral"
         )
-        self.sampler = SphereSampler(lmax, num_sphere_samples)
+        self.sampler = SphereSampler(lmax, s.num_sphere_samples)
 
         # Each part is initialised from its own stream (common/initialization.py): a DeNS model
         # and its baseline start from the same weights wherever their shapes agree.
@@ -209,11 +156,11 @@ class ESCN(nn.Module):
                 return build()
 
         self.sphere_embedding = part(
-            "sphere_embedding", lambda: nn.Embedding(max_num_elements, sphere_channels)
+            "sphere_embedding", lambda: nn.Embedding(s.max_num_elements, sphere_channels)
         )
         self.force_embedding = (
             part("force_embedding", lambda: small_so3_linear(sphere_channels, lmax))
-            if force_encoding
+            if s.force_encoding
             else None
         )
         self.layer_blocks = nn.ModuleList(
@@ -222,24 +169,26 @@ class ESCN(nn.Module):
                 lambda: LayerBlock(
                     MessageBlock(
                         sphere_channels,
-                        hidden_channels,
-                        edge_channels,
+                        s.hidden_channels,
+                        s.edge_channels,
                         lmax,
                         mmax,
                         num_distance_basis,
-                        max_num_elements,
+                        s.max_num_elements,
                         edge_grid,
                     ),
                     sphere_channels,
                     node_grid,
                 ),
             )
-            for i in range(num_layers)
+            for i in range(s.num_layers)
         )
         self.energy_block = part("energy_block", lambda: EnergyBlock(sphere_channels))
         self.force_block = part("force_block", lambda: ForceBlock(sphere_channels))
         self.denoising_pos_block = (
-            part("denoising_pos_block", lambda: ForceBlock(sphere_channels)) if noise_head else None
+            part("denoising_pos_block", lambda: ForceBlock(sphere_channels))
+            if s.noise_head
+            else None
         )
 
     def no_weight_decay(self) -> set[str]:
@@ -261,7 +210,7 @@ class ESCN(nn.Module):
     ) -> dict[str, Tensor]:
         """data: Batch with pos [N, 3], atomic_numbers [N], batch [N], natoms [B], cell [B, 3, 3]
         and pbc [B, 3] (periodic); force_input: [N, 3] forces to encode (zero rows: none)."""
-        x, graph = input_stage(self, "eSCN", data, force_input, predict_noise)
+        x, graph = self.input_stage(data, force_input, predict_noise)
         num_graphs = data.natoms.shape[0]
         for i, block in enumerate(self.layer_blocks):
             x = block(x, graph) if i == 0 else x + block(x, graph)

@@ -54,6 +54,7 @@ import math
 import random
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -71,13 +72,14 @@ from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
 from dens.models.common.inputs import check_inputs
 from dens.models.graph import molecular_graph
+from dens.models.nequip.settings import MODEL_DTYPES, NequIPSettings, is_nequip_argument
 
 FORCE_INPUT_KEY = "dens_force_input"
 """Data-dict field of the forces to encode, [N, 3] (1o), zero rows for atoms without one."""
 NOISE_KEY = "dens_noise"
 """Data-dict field of the noise head's prediction, [N, 3] (1o)."""
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}
 
 
 @contextlib.contextmanager
@@ -172,135 +174,84 @@ class NoiseHead(GraphModuleMixin, nn.Module):
         return data
 
 
+def builder_arguments(settings: NequIPSettings, seed: int) -> dict[str, Any]:
+    """nequip's ``NequIPGNNModel`` arguments: the settings' fields that are nequip's own
+    (``is_nequip_argument``) as they are, type_names and a per-l num_features as lists, the
+    nonlinearities as nequip's ``convnet_nonlinearity_*`` (nequip's defaults where None), the
+    seed (31 bits), and per-type energy scales 1 and shifts 0 (the engine's normalised units)."""
+    arguments: dict[str, Any] = {
+        item.name: getattr(settings, item.name)
+        for item in fields(settings)
+        if is_nequip_argument(item)
+    }
+    features = settings.num_features
+    arguments.update(
+        seed=seed % 2**31,
+        type_names=list(settings.type_names),
+        num_features=features if isinstance(features, int) else list(features),
+        per_type_energy_scales=1.0,
+        per_type_energy_shifts=0.0,
+    )
+    for kind in ("scalars", "gates"):
+        nonlinearity = getattr(settings, f"nonlinearity_{kind}")
+        if nonlinearity is not None:
+            arguments[f"convnet_nonlinearity_{kind}"] = dict(nonlinearity)
+    return arguments
+
+
 class NequIP(nn.Module):
-    """NequIP (nequip's ``NequIPGNNModel``) with optional DeNS force encoding and noise head.
+    """NequIP (nequip's ``NequIPGNNModel``) with optional DeNS force encoding and noise head;
+    hyper-parameters: NequIPSettings.
 
     forward(data, force_input=None, predict_noise=False) -> {"energy": [B], "forces": [N, 3],
     "noise": [N, 3] if predict_noise}; forces are -dE/dpos (``gradient_forces = True``).
-
-    r_max: cutoff in Å; num_layers: interaction blocks (>= 2 for the DeNS modules); l_max,
-    parity, num_features (one or per l), type_embed_num_features (None: num_features[0]),
-    radial_mlp_depth / radial_mlp_width, num_bessels, bessel_trainable, polynomial_cutoff_p,
-    avg_num_neighbors (normalisation of the edge sums), readout_mlp_hidden_layers_depth /
-    readout_mlp_hidden_layers_width (None: the last layer's width),
-    convnet_resnet, nonlinearity_scalars / nonlinearity_gates ({"e": ..., "o": ...}): nequip's
-    arguments of the same names; type_names: element symbols the model embeds (nequip's atom
-    types; an atomic number outside them is refused); model_dtype: "float32" or "float64" at
-    build time (``.to(dtype)`` casts it later too); force_encoding / noise_head: the DeNS
-    modules (module notes); attention / layer_norm: the Table 5 switches, which NequIP has
-    neither of (both must be False).
     """
 
     gradient_forces = True
+    settings_type = NequIPSettings
 
-    def __init__(
-        self,
-        r_max: float = 4.0,
-        num_layers: int = 4,
-        l_max: int = 2,
-        parity: bool = True,
-        num_features: int | Sequence[int] = 32,
-        type_embed_num_features: int | None = None,
-        radial_mlp_depth: int = 2,
-        radial_mlp_width: int = 64,
-        num_bessels: int = 8,
-        bessel_trainable: bool = False,
-        polynomial_cutoff_p: int = 6,
-        avg_num_neighbors: float = 1.0,
-        readout_mlp_hidden_layers_depth: int = 0,
-        readout_mlp_hidden_layers_width: int | None = None,
-        convnet_resnet: bool = False,
-        nonlinearity_scalars: dict[str, str] | None = None,
-        nonlinearity_gates: dict[str, str] | None = None,
-        type_names: Sequence[str] = ("H", "C", "N", "O"),
-        model_dtype: str = "float32",
-        force_encoding: bool = False,
-        noise_head: bool = False,
-        attention: bool = False,
-        layer_norm: bool = False,
-    ) -> None:
+    def __init__(self, settings: NequIPSettings) -> None:
         super().__init__()
-        if attention or layer_norm:
-            raise ValueError(
-                "NequIP has no attention or layer normalisation to switch (DeNS Table 5 ablates "
-                f"them for Equiformer); got attention={attention}, layer_norm={layer_norm}"
-            )
-        if (force_encoding or noise_head) and num_layers < 2:
-            raise ValueError(
-                "the DeNS force encoding and noise head need num_layers >= 2: NequIP's first "
-                f"layer reads scalars and its last outputs scalars only; got {num_layers}"
-            )
-        if model_dtype not in _DTYPES:
-            raise ValueError(f"model_dtype must be one of {sorted(_DTYPES)}, got {model_dtype!r}")
-        unknown = [name for name in type_names if name not in ATOMIC_NUMBERS]
-        if unknown or not type_names:
-            raise ValueError(f"type_names must be element symbols, got {list(type_names)}")
-        numbers = [ATOMIC_NUMBERS[name] for name in type_names]
-        self.type_names = list(type_names)
+        self.settings = settings
+        numbers = [ATOMIC_NUMBERS[name] for name in settings.type_names]
+        self.type_names = list(settings.type_names)
         self.max_atomic_number = max(numbers) + 1
-        self.r_max = float(r_max)
+        self.r_max = settings.r_max
         type_of = torch.full((self.max_atomic_number,), -1, dtype=torch.long)
         type_of[torch.tensor(numbers)] = torch.arange(len(numbers))
         self.register_buffer("type_of", type_of, persistent=False)
 
-        dtype = _DTYPES[model_dtype]
         seed = draw_base_seed()
-        builder_kwargs: dict[str, Any] = dict(
-            seed=seed % 2**31,
-            model_dtype=model_dtype,
-            type_names=self.type_names,
-            r_max=self.r_max,
-            num_layers=num_layers,
-            l_max=l_max,
-            parity=parity,
-            num_features=list(num_features) if not isinstance(num_features, int) else num_features,
-            type_embed_num_features=type_embed_num_features,
-            radial_mlp_depth=radial_mlp_depth,
-            radial_mlp_width=radial_mlp_width,
-            num_bessels=num_bessels,
-            bessel_trainable=bessel_trainable,
-            polynomial_cutoff_p=polynomial_cutoff_p,
-            avg_num_neighbors=float(avg_num_neighbors),
-            readout_mlp_hidden_layers_depth=readout_mlp_hidden_layers_depth,
-            readout_mlp_hidden_layers_width=readout_mlp_hidden_layers_width,
-            per_type_energy_scales=1.0,
-            per_type_energy_shifts=0.0,
-            convnet_resnet=convnet_resnet,
-        )
-        if nonlinearity_scalars is not None:
-            builder_kwargs["convnet_nonlinearity_scalars"] = dict(nonlinearity_scalars)
-        if nonlinearity_gates is not None:
-            builder_kwargs["convnet_nonlinearity_gates"] = dict(nonlinearity_gates)
         with _nequip_state(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # nequip's advice on energy scales: ours are set
-            built = NequIPGNNModel(**builder_kwargs)
+            built = NequIPGNNModel(**builder_arguments(settings, seed))
         forces_output = built.model
         energy_model: SequentialGraphNetwork = forces_output.func
 
         previous = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
+        torch.set_default_dtype(_DTYPES[settings.model_dtype])
         try:
-            if force_encoding:
+            if settings.force_encoding:
                 with part_init(seed, "force_encoding"):
                     encoding = ForceEncoding(energy_model.layer0_convnet.irreps_out)
                 energy_model.insert("dens_force_encoding", encoding, after="layer0_convnet")
-            if noise_head:
-                last = f"layer{num_layers - 1}_convnet"
+            if settings.noise_head:
+                last = f"layer{settings.num_layers - 1}_convnet"
                 with part_init(seed, "noise_head"):
                     head = NoiseHead(
                         getattr(energy_model, last).irreps_in,
-                        radial_mlp_depth,
-                        radial_mlp_width,
-                        float(avg_num_neighbors),
+                        settings.radial_mlp_depth,
+                        settings.radial_mlp_width,
+                        settings.avg_num_neighbors,
                         self.type_names,
                     )
                 energy_model.insert("dens_noise_head", head, before=last)
-            inputs = {FORCE_INPUT_KEY: "1x1o"} if force_encoding else {}
+            inputs = {FORCE_INPUT_KEY: "1x1o"} if settings.force_encoding else {}
             self.nequip = GraphModel(forces_output, model_input_fields=inputs)
         finally:
             torch.set_default_dtype(previous)
-        self.force_encoding = force_encoding
-        self.noise_head = noise_head
+        self.force_encoding = settings.force_encoding
+        self.noise_head = settings.noise_head
 
     def _apply(self, fn: Any, recurse: bool = True) -> NequIP:
         """nn.Module._apply, then nequip's build-time dtypes follow the parameters' dtype."""

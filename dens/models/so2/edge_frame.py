@@ -37,10 +37,13 @@ torch's generator in the same state: tests/models/test_equiformer_v2_import.py).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-EDGE_ROLLS = ("random", "training", "fixed")
+EdgeRoll = Literal["random", "training", "fixed"]
+EDGE_ROLLS: tuple[str, ...] = get_args(EdgeRoll)
 
 
 def check_edge_roll(edge_roll: str) -> str:

@@ -1,14 +1,16 @@
-"""The DeNS input stage EquiformerV2 and eSCN share: the checks of their sizes, and what their
-forward pass does before the first block (``input_stage``): check the batch and the DeNS inputs,
-embed the atoms at l = 0 and, with the DeNS force encoding (Liao et al., TMLR 2024, Sec. 3.2.2,
-Eq. 5), add the SO(3)-linear map of the forces' spherical harmonics; build the edge graph of the
-(possibly noisy) positions.
+"""What EquiformerV2 and eSCN share as networks (``SO3ArrayNetwork``, their base class): their
+settings, and the DeNS input stage, what their forward pass does before the first block
+(``SO3ArrayNetwork.input_stage``): check the batch and the DeNS inputs, embed the atoms at l = 0
+and, with the DeNS force encoding (Liao et al., TMLR 2024, Sec. 3.2.2, Eq. 5), add the
+SO(3)-linear map of the forces' spherical harmonics; build the edge graph of the (possibly
+noisy) positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Protocol
+from typing import ClassVar
 
 from e3nn import o3
 from torch import Tensor, nn
@@ -18,34 +20,7 @@ from dens.models.common.inputs import check_inputs
 from dens.models.so2.edge_frame import rolls
 from dens.models.so2.wigner import EdgeWigner
 from dens.models.so3.edge_graph import EdgeGraph, build_edge_graph
-
-
-class SO3ArrayNetwork(Protocol):
-    """What ``input_stage`` reads of a network (EquiformerV2, eSCN)."""
-
-    training: bool
-    lmax: int
-    max_num_elements: int
-    sphere_embedding: nn.Embedding
-    force_embedding: nn.Module | None  # DeNS force encoding: SO3Linear(1, C, lmax)
-    denoising_pos_block: nn.Module | None  # DeNS noise head
-    cutoff: float
-    max_neighbors: int
-    degeneracy_tolerance: float | None  # None: at most max_neighbors, strictly
-    edge_roll: str  # dens.models.so2.edge_frame.check_edge_roll
-    wigner: EdgeWigner
-    distance_expansion: nn.Module
-    truncation_rescale: Tensor | None  # EquiformerV2's rescale of the map back; eSCN: None
-
-
-def check_sizes(num_layers: int, lmax: int, mmax: int, cutoff: float, max_neighbors: int) -> None:
-    """ValueError unless num_layers >= 1, 1 <= mmax <= lmax, cutoff > 0 and max_neighbors >= 1."""
-    if num_layers < 1:
-        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-    if not 1 <= mmax <= lmax:
-        raise ValueError(f"need 1 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
-    if cutoff <= 0 or max_neighbors < 1:
-        raise ValueError(f"need cutoff > 0 and max_neighbors >= 1, got {cutoff}, {max_neighbors}")
+from dens.models.so3.settings import SO3NetworkSettings
 
 
 def force_spherical_harmonics(forces: Tensor, lmax: int) -> Tensor:
@@ -65,46 +40,84 @@ def encode_forces(force_embedding: nn.Module, forces: Tensor, lmax: int) -> Tens
     return force_embedding(force_spherical_harmonics(forces, lmax))
 
 
-def input_stage(
-    model: SO3ArrayNetwork,
-    name: str,
-    data: Batch,
-    force_input: Tensor | None,
-    predict_noise: bool,
-) -> tuple[Tensor, EdgeGraph]:
-    """The node features [N, (lmax + 1)^2, C] the first block reads and the edge graph of
-    ``data.pos``, after the checks of ``check_inputs`` (ValueError naming the model ``name``).
+class SO3ArrayNetwork(nn.Module):
+    """A network on SO(3) features as one array (EquiformerV2, eSCN) with the DeNS force
+    encoding and noise head: forward(data, force_input=None, predict_noise=False) ->
+    {"energy": [B], "forces": [N, 3], "noise": [N, 3] if predict_noise}; forces are direct (a
+    head), not -dE/dpos.
 
-    Features: ``sphere_embedding(Z)`` at l = 0 plus, with a ``force_embedding``, the encoding of
-    ``force_input`` [N, 3] (zero rows, or no force_input, stand for no forces: as in the
-    reference the encoding's l = 0 bias is added to every atom in every call). Graph:
-    ``build_edge_graph``, its edge frames rolled at random as ``model.edge_roll`` says for the
-    model's training mode."""
-    check_inputs(
-        name,
-        data,
-        model.max_num_elements,
-        force_input,
-        model.force_embedding is not None,
-        predict_noise,
-        model.denoising_pos_block is not None,
-    )
-    pos, lmax = data.pos, model.lmax
-    num_nodes = pos.shape[0]
-    x = pos.new_zeros(num_nodes, (lmax + 1) ** 2, model.sphere_embedding.embedding_dim)
-    x[:, 0] = model.sphere_embedding(data.atomic_numbers)
-    if model.force_embedding is not None:
-        forces = pos.new_zeros(num_nodes, 3) if force_input is None else force_input
-        x = x + encode_forces(model.force_embedding, forces.to(pos.dtype), lmax)
-    graph = build_edge_graph(
-        data,
-        pos,
-        model.cutoff,
-        model.max_neighbors,
-        model.wigner,
-        model.distance_expansion,
-        rolls(model.edge_roll, model.training),
-        model.degeneracy_tolerance,
-        model.truncation_rescale,
-    )
-    return x, graph
+    A subclass names its ``settings_type`` (an SO3NetworkSettings) and sets the modules the input
+    stage reads: sphere_embedding (nn.Embedding(max_num_elements, C)), force_embedding (DeNS
+    force encoding: an SO3Linear(1, C, lmax), or None), denoising_pos_block (DeNS noise head, or
+    None), wigner (EdgeWigner), distance_expansion (of edge lengths) and truncation_rescale
+    (EquiformerV2's rescale of the map back to the lab; eSCN: None)."""
+
+    gradient_forces = False
+    settings_type: ClassVar[type[SO3NetworkSettings]]
+    sphere_embedding: nn.Embedding
+    force_embedding: nn.Module | None
+    denoising_pos_block: nn.Module | None
+    wigner: EdgeWigner
+    distance_expansion: nn.Module
+    truncation_rescale: Tensor | None
+
+    def __init__(self, settings: SO3NetworkSettings) -> None:
+        super().__init__()
+        if not isinstance(settings, self.settings_type):
+            raise TypeError(
+                f"{type(self).__name__} takes a {self.settings_type.__name__}, got "
+                f"{type(settings).__name__}"
+            )
+        self.settings = settings
+        self.max_num_elements = settings.max_num_elements  # read by dens.data.validation
+
+    @property
+    def edge_roll(self) -> str:
+        """The settings' edge-frame roll; setting it (e.g. "random" to draw the official code's
+        frames) replaces the settings with a checked copy."""
+        return self.settings.edge_roll
+
+    @edge_roll.setter
+    def edge_roll(self, edge_roll: str) -> None:
+        self.settings = dataclasses.replace(self.settings, edge_roll=edge_roll)
+
+    def input_stage(
+        self, data: Batch, force_input: Tensor | None, predict_noise: bool
+    ) -> tuple[Tensor, EdgeGraph]:
+        """The node features [N, (lmax + 1)^2, C] the first block reads and the edge graph of
+        ``data.pos``, after the checks of ``check_inputs`` (ValueError naming the network).
+
+        Features: ``sphere_embedding(Z)`` at l = 0 plus, with a ``force_embedding``, the encoding
+        of ``force_input`` [N, 3] (zero rows, or no force_input, stand for no forces: as in the
+        reference the encoding's l = 0 bias is added to every atom in every call). Graph:
+        ``build_edge_graph``, its edge frames rolled at random as the settings' ``edge_roll``
+        says for the model's training mode."""
+        settings = self.settings
+        check_inputs(
+            settings.network,
+            data,
+            settings.max_num_elements,
+            force_input,
+            self.force_embedding is not None,
+            predict_noise,
+            self.denoising_pos_block is not None,
+        )
+        pos, lmax = data.pos, settings.lmax
+        num_nodes = pos.shape[0]
+        x = pos.new_zeros(num_nodes, (lmax + 1) ** 2, self.sphere_embedding.embedding_dim)
+        x[:, 0] = self.sphere_embedding(data.atomic_numbers)
+        if self.force_embedding is not None:
+            forces = pos.new_zeros(num_nodes, 3) if force_input is None else force_input
+            x = x + encode_forces(self.force_embedding, forces.to(pos.dtype), lmax)
+        graph = build_edge_graph(
+            data,
+            pos,
+            settings.cutoff,
+            settings.max_neighbors,
+            self.wigner,
+            self.distance_expansion,
+            rolls(settings.edge_roll, self.training),
+            settings.degeneracy_tolerance,
+            self.truncation_rescale,
+        )
+        return x, graph
