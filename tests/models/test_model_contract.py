@@ -171,6 +171,15 @@ def test_dens_modules_add_to_the_baseline_and_start_from_its_weights(family: str
     assert count[(True, True)] == count[(False, False)] + encoding + noise, count
 
 
+@pytest.mark.parametrize("family", sorted(FAMILY_CASES))
+def test_a_network_takes_its_settings_object_only(family: str) -> None:
+    """The one constructor argument is the family's settings; a mapping is refused by name
+    (build_network makes the settings from one)."""
+    spec = case(family)
+    with pytest.raises(TypeError, match=model_class(family).settings_type.__name__):
+        model_class(family)(dict(spec.tiny))
+
+
 # -- presets and parameter counts --------------------------------------------------------------
 @pytest.mark.parametrize("family", sorted(FAMILY_CASES))
 def test_presets_list_every_setting_but_the_switches(family: str) -> None:

@@ -1,4 +1,4 @@
-"""What every model family checks of its inputs: the batch and the DeNS inputs."""
+"""What every model family checks of its inputs: its settings, the batch and the DeNS inputs."""
 
 from __future__ import annotations
 
@@ -46,3 +46,14 @@ def check_inputs(
             )
     if predict_noise and not noise_head:
         raise ValueError(f"{model}: predict_noise needs a model built with noise_head=True")
+
+
+def check_settings(network: torch.nn.Module, settings: object) -> None:
+    """TypeError unless ``settings`` is an instance of the network's ``settings_type`` (a dict or
+    keyword arguments are not: build_network builds the settings from a mapping)."""
+    expected = type(network).settings_type
+    if not isinstance(settings, expected):
+        raise TypeError(
+            f"{type(network).__name__} takes one {expected.__name__} "
+            f"({type(network).__name__}({expected.__name__}(...))), got {type(settings).__name__}"
+        )

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
-from dens.models.common.inputs import check_inputs
+from dens.models.common.inputs import check_inputs, check_settings
 from dens.models.equiformer.depthwise_tensor_product import DepthwiseTensorProduct
 from dens.models.equiformer.equivariant_dropout import EquivariantDropout, GraphDropPath
 from dens.models.equiformer.equivariant_layer_norm import EquivariantLayerNorm
@@ -217,11 +217,7 @@ class Equiformer(nn.Module):
 
     def __init__(self, settings: EquiformerSettings) -> None:
         super().__init__()
-        if not isinstance(settings, EquiformerSettings):
-            raise TypeError(
-                "Equiformer takes one EquiformerSettings (Equiformer(EquiformerSettings(...))), "
-                f"got {type(settings).__name__}"
-            )
+        check_settings(self, settings)
         self.settings = s = settings
         channels_node = parse_irreps(s.irreps_node_embedding)
         channels_feature = parse_irreps(s.feature_irreps)

@@ -70,7 +70,7 @@ from torch import Tensor, nn
 
 from dens.data.batch import Batch
 from dens.models.common.initialization import draw_base_seed, part_init
-from dens.models.common.inputs import check_inputs
+from dens.models.common.inputs import check_inputs, check_settings
 from dens.models.graph import molecular_graph
 from dens.models.nequip.settings import MODEL_DTYPES, NequIPSettings, is_nequip_argument
 
@@ -212,6 +212,7 @@ class NequIP(nn.Module):
 
     def __init__(self, settings: NequIPSettings) -> None:
         super().__init__()
+        check_settings(self, settings)
         self.settings = settings
         numbers = [ATOMIC_NUMBERS[name] for name in settings.type_names]
         self.type_names = list(settings.type_names)

@@ -16,7 +16,7 @@ from e3nn import o3
 from torch import Tensor, nn
 
 from dens.data.batch import Batch
-from dens.models.common.inputs import check_inputs
+from dens.models.common.inputs import check_inputs, check_settings
 from dens.models.so2.edge_frame import rolls
 from dens.models.so2.wigner import EdgeWigner
 from dens.models.so3.edge_graph import EdgeGraph, build_edge_graph
@@ -63,11 +63,7 @@ class SO3ArrayNetwork(nn.Module):
 
     def __init__(self, settings: SO3NetworkSettings) -> None:
         super().__init__()
-        if not isinstance(settings, self.settings_type):
-            raise TypeError(
-                f"{type(self).__name__} takes a {self.settings_type.__name__}, got "
-                f"{type(settings).__name__}"
-            )
+        check_settings(self, settings)
         self.settings = settings
         self.max_num_elements = settings.max_num_elements  # read by dens.data.validation
 
