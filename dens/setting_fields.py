@@ -5,9 +5,10 @@
 maximum, exclusiveMaximum; of each item of a tuple, of each value of a mapping).
 ``check_fields``, called from a dataclass's ``__post_init__``, enforces them with the field's
 type (a Literal's choices, bool, int, a finite float, str, a tuple, a Mapping) and raises
-dens.errors.ConfigError naming the key. Used by the training settings
-(dens.training.settings), the relaxation (dens.relaxation.lbfgs.LBFGSSettings), the
-simulations (dens.simulate.SimulationSettings) and the rehearsal's archive volume.
+dens.errors.ConfigError naming the key. Used by the DeNS and loss settings
+(dens.denoising), the training settings (dens.training.settings), the relaxation
+(dens.relaxation.lbfgs.LBFGSSettings), the simulations (dens.simulate.SimulationSettings), the
+model families' settings (dens.models) and the rehearsal's archive volume.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _checked(where: str, value: Any, hint: Any, bounds: Mapping[str, float]) -> 
     if value is None:
         if NoneType in options:
             return None
-        raise ConfigError(f"{where} must be set")
+        raise ConfigError(f"{where} must be set, got None")
     (kind,) = [option for option in options if option is not NoneType]
     if get_origin(kind) is Literal:
         if value not in get_args(kind):

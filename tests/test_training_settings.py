@@ -15,7 +15,7 @@ import pytest
 import yaml
 from toy_model import toy_experiment
 
-from dens.denoising import LossSettings
+from dens.denoising import DeNSSettings, LossSettings
 from dens.errors import ConfigError
 from dens.setting_fields import config_key
 from dens.training.settings import (
@@ -71,11 +71,25 @@ def test_ranges_required_keys_defaults_and_choices_are_the_schemas(cls):
         assert choices(hint) == set(prop.get("enum", [])), key
 
 
-def test_the_loss_keys_choices_are_the_schemas():
+def test_the_dens_ranges_and_choices_are_the_schemas():
+    """DeNSSettings states each range once, in its fields; the experiments' schema checks the
+    same ranges and choices at DAG time (its required keys are stricter than the library's
+    defaults: an experiment names every DeNS setting but ``decision``)."""
+    schema = schema_definitions("experiments")["dens"]
+    assert set(schema["properties"]) == {item.name for item in fields(DeNSSettings)}
+    for key, item, hint in settings_fields(DeNSSettings):
+        prop = schema["properties"][key]
+        assert item.metadata.get("bounds", {}) == bounds_of(prop), key
+        assert choices(hint) == set(prop.get("enum", [])), key
+
+
+def test_the_loss_keys_ranges_and_choices_are_the_schemas():
     properties = schema_definitions("experiments")["optim"]["properties"]
     hints = typing.get_type_hints(LossSettings)
+    bounds = {item.name: item.metadata.get("bounds", {}) for item in fields(LossSettings)}
     for key, name in LOSS_KEYS.items():
         assert choices(hints[name]) == set(properties[key].get("enum", [])), key
+        assert bounds[name] == bounds_of(properties[key]), key
 
 
 def test_a_scale_overrides_optim_keys_within_the_same_ranges():

@@ -13,16 +13,6 @@ def _check_real(name: str, value: object) -> float:
     return float(value)
 
 
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
 def _require(data: Batch, names: tuple[str, ...]) -> None:
     missing = [name for name in names if getattr(data, name, None) is None]
     if missing:

@@ -1,12 +1,11 @@
 """DeNS and loss settings (dens.denoising): ``DeNSSettings``, ``LossSettings`` and the
 lambda_DeNS schedule ``dens_coefficient``."""
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from dens.denoising.checks import _check_bool, _check_choice, _check_real
+from dens.setting_fields import check_fields, setting
 
 CoefficientDecay = Literal["constant", "linear"]
 ForceEncodingUnits = Literal["normalized", "eV/Å", "kcal/mol/Å"]
@@ -38,10 +37,10 @@ class DeNSSettings:
         trainer): which structures optimise DeNS, see the module notes.
     """
 
-    p: float
-    sigma: float
-    corruption_ratio: float
-    coefficient: float
+    p: float = setting(minimum=0, maximum=1)
+    sigma: float = setting(exclusiveMinimum=0)
+    corruption_ratio: float = setting(exclusiveMinimum=0, maximum=1)
+    coefficient: float = setting(minimum=0)
     force_encoding: bool = True
     energy_loss: bool = True
     partial_corruption: bool = True
@@ -60,28 +59,7 @@ class DeNSSettings:
         return cls(**dens)
 
     def __post_init__(self) -> None:
-        p = _check_real("p", self.p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must satisfy 0 <= p <= 1, got {self.p!r}")
-        sigma = _check_real("sigma", self.sigma)
-        if not (sigma > 0.0 and math.isfinite(sigma)):
-            raise ValueError(f"sigma must be a finite number > 0 (Å), got {self.sigma!r}")
-        ratio = _check_real("corruption_ratio", self.corruption_ratio)
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(
-                f"corruption_ratio must satisfy 0 < r <= 1, got {self.corruption_ratio!r}"
-            )
-        coefficient = _check_real("coefficient", self.coefficient)
-        if not (coefficient >= 0.0 and math.isfinite(coefficient)):
-            raise ValueError(f"coefficient must be a finite number >= 0, got {self.coefficient!r}")
-        _check_bool("force_encoding", self.force_encoding)
-        _check_bool("energy_loss", self.energy_loss)
-        _check_bool("partial_corruption", self.partial_corruption)
-        _check_choice("coefficient_decay", self.coefficient_decay, get_args(CoefficientDecay))
-        _check_choice(
-            "force_encoding_units", self.force_encoding_units, get_args(ForceEncodingUnits)
-        )
-        _check_choice("decision", self.decision, get_args(Decision))
+        check_fields(self, "dens")
 
 
 @dataclass(frozen=True)
@@ -97,20 +75,14 @@ class LossSettings:
         OC20/OC22 trainer); see the module notes.
     """
 
-    energy_coefficient: float
-    force_coefficient: float
+    energy_coefficient: float = setting(minimum=0)
+    force_coefficient: float = setting(minimum=0)
     force_metric: ErrorMetric = "l2mae"
     noise_metric: ErrorMetric = "mse"
     reduction: Reduction = "structure"
 
     def __post_init__(self) -> None:
-        for name in ("energy_coefficient", "force_coefficient"):
-            value = _check_real(name, getattr(self, name))
-            if not (value >= 0.0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        _check_choice("force_metric", self.force_metric, get_args(ErrorMetric))
-        _check_choice("noise_metric", self.noise_metric, get_args(ErrorMetric))
-        _check_choice("reduction", self.reduction, get_args(Reduction))
+        check_fields(self, "loss")
 
 
 def dens_coefficient(settings: DeNSSettings, epoch: int, epochs: int) -> float:
