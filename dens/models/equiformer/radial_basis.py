@@ -18,11 +18,13 @@ plus a learned offset.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-BASIS_TYPES = ("exp", "gaussian", "bessel")
+BasisType = Literal["exp", "gaussian", "bessel"]
+BASIS_TYPES: tuple[str, ...] = get_args(BasisType)
 
 
 class ExpNormalSmearing(nn.Module):

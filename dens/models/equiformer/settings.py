@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dens.models.equiformer.radial_basis import BASIS_TYPES
+from dens.models.equiformer.radial_basis import BasisType
 from dens.models.equiformer.so3_features import parse_irreps
-from dens.models.equiformer.so3_linear import WEIGHT_INITS
+from dens.models.equiformer.so3_linear import WeightInit
 from dens.setting_fields import check_fields, setting
 
 # Statistics the official code uses for MD17 (QM9 with cutoff 5 Å).
@@ -45,9 +45,9 @@ class EquiformerSettings:
     size of the atom-type table; avg_num_nodes, avg_degree: normalisation of the energy sum and
     of the edge-degree / no-attention aggregations (official MD17 values).
 
-    ValueError for a setting out of its field's range, an irreps string that is not even-parity
-    e3nn, node features or energy-head input (``feature_irreps``) or attention heads without
-    0e channels, an unknown basis_type or weight_init.
+    ValueError for a setting out of its field's range or choices (basis_type, weight_init), an
+    irreps string that is not even-parity e3nn, node features or energy-head input
+    (``feature_irreps``) or attention heads without 0e channels.
     """
 
     irreps_node_embedding: str = "128x0e+64x1e+32x2e"
@@ -55,7 +55,7 @@ class EquiformerSettings:
     lmax_sh: int | None = setting(None, minimum=0)
     max_radius: float = setting(5.0, exclusiveMinimum=0)
     number_of_basis: int = setting(32, minimum=1)
-    basis_type: str = "exp"
+    basis_type: BasisType = "exp"
     fc_neurons: tuple[int, ...] = setting((64, 64), minimum=1)
     irreps_feature: str = "512x0e"
     irreps_feature_dens: str | None = "512x0e+256x1e+128x2e"
@@ -71,7 +71,7 @@ class EquiformerSettings:
     noise_head: bool = False
     attention: bool = True
     layer_norm: bool = True
-    weight_init: str = "normal"
+    weight_init: WeightInit = "normal"
     max_atomic_number: int = setting(64, minimum=1)
     avg_num_nodes: float = setting(AVG_NUM_NODES, exclusiveMinimum=0)
     avg_degree: float = setting(AVG_DEGREE, exclusiveMinimum=0)
@@ -91,10 +91,6 @@ class EquiformerSettings:
         for spec in (self.irreps_feature, self.irreps_pre_attn, self.irreps_mlp_mid):
             if spec:  # irreps_pre_attn None or "": irreps_node_embedding
                 parse_irreps(spec)
-        if self.basis_type not in BASIS_TYPES:
-            raise ValueError(f"basis_type must be one of {BASIS_TYPES}, got {self.basis_type!r}")
-        if self.weight_init not in WEIGHT_INITS:
-            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
 
     @property
     def feature_irreps(self) -> str:

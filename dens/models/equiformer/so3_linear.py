@@ -20,13 +20,15 @@ would allocate and fill a zero tensor per chunk.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from dens.models.equiformer.so3_features import Channels
 
-WEIGHT_INITS = ("normal", "uniform")
+WeightInit = Literal["normal", "uniform"]
+WEIGHT_INITS: tuple[str, ...] = get_args(WeightInit)
 
 
 def init_weight_(weight: Tensor, fan_in: int, weight_init: str) -> None:
