@@ -125,3 +125,14 @@ def test_data_prepare_takes_its_input_files_after_the_options() -> None:
     assert args.inputs == [Path("a.npz"), Path("b.npz")] and args.out_dir == "out"
     with pytest.raises(SystemExit):
         _parse(build_parser(), [*argv, "--out-dir", "out", "a.npz", "--bogus"])
+
+
+def test_the_commands_that_read_every_seed_take_the_seeds() -> None:
+    from dens.pipeline.cli import _parse, build_parser
+    from dens.pipeline.commands import registry_from
+
+    args = _parse(build_parser(), ["table", "table4", "--scale", "smoke", "--out-dir", "out"])
+    assert registry_from(args).options["seeds"] == [0]  # config/config.yaml's
+    for argv in (["table", "table4", "--out-dir", "o"], ["curves", "table4", "--out", "c.png"]):
+        args = _parse(build_parser(), [*argv, "--scale", "smoke", "--seeds", "0", "1"])
+        assert registry_from(args).options["seeds"] == [0, 1]

@@ -211,3 +211,19 @@ def test_published_target_imports_and_scores_the_checkpoints_apart_from_trained_
     )
     assert paper.returncode == 0, paper.stderr
     assert "--out results/downloads/eq2_dens_oc22.pt > " in paper.stdout
+
+
+def test_the_jobs_that_read_every_seed_are_given_the_configured_seeds() -> None:
+    """Tables, curves and the report average the runs of every configured seed. Before, their
+    jobs were not told the seeds of --config: `dens table` read config.yaml's [0] and averaged
+    seed 0 alone while the DAG trained seeds 0 and 1. Training jobs keep their one --seed, so a
+    second seed reruns none of the first seed's jobs."""
+    result = snakemake(
+        "--profile", "profiles/local", "--forceall", "--config", "scale=smoke", "seeds=[0,1]"
+    )
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if "python -m dens " in line]
+    for command in ("table", "curves", "report"):
+        jobs = [line for line in commands if f"python -m dens {command} " in line]
+        assert jobs and all("--seeds 0 1 " in line for line in jobs), command
+    assert not any("--seeds" in line for line in commands if "python -m dens train " in line)

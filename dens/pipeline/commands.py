@@ -22,6 +22,8 @@ def registry_from(args: argparse.Namespace, scale: str | None = None) -> Registr
         options["extra_experiments"] = args.extra_experiments
     if getattr(args, "catalog", None) is not None:
         options["catalog"] = args.catalog
+    if getattr(args, "seeds", None):
+        options["seeds"] = args.seeds
     return load_registry(options)
 
 

@@ -88,6 +88,17 @@ def _with_config(p: argparse.ArgumentParser, func: Any) -> None:
     p.set_defaults(func=func)
 
 
+def _with_seeds(p: argparse.ArgumentParser, func: Any) -> None:
+    """``_with_config`` for a command that reads every seed's runs (tables, curves, report)."""
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="the training seeds whose runs it reads (config `seeds`; default: config.yaml's)",
+    )
+    _with_config(p, func)
+
+
 def add_experiments(commands: Any) -> None:
     p = commands.add_parser("experiments", help="list every experiment")
     _add_config_options(p, scale_default="paper")
@@ -264,7 +275,7 @@ def add_table(commands: Any) -> None:
     p = commands.add_parser("table", help="write one paper table (CSV, Markdown, LaTeX)")
     p.add_argument("table", help="table1a, table1b, table2 ... table10, or published")
     p.add_argument("--out-dir", required=True)
-    _with_config(p, cmd_table)
+    _with_seeds(p, cmd_table)
 
 
 def add_figure(commands: Any) -> None:
@@ -279,7 +290,7 @@ def add_curves(commands: Any) -> None:
     p = commands.add_parser("curves", help="learning curves of one table's runs (PNG and PDF)")
     p.add_argument("table", help="a results table: table1a ... table6, table10")
     p.add_argument("--out", required=True, help="the .png file (the .pdf goes beside it)")
-    _with_config(p, cmd_curves)
+    _with_seeds(p, cmd_curves)
 
 
 def add_report(commands: Any) -> None:
@@ -290,7 +301,7 @@ def add_report(commands: Any) -> None:
         action="store_true",
         help="with the table of the published checkpoints (dens.pipeline.published)",
     )
-    _with_config(p, cmd_report)
+    _with_seeds(p, cmd_report)
 
 
 COMMANDS = (

@@ -144,6 +144,12 @@ def cli_options():
     return options
 
 
+def seeds_options():
+    """``cli_options`` for the jobs that read every seed's runs (tables, curves, report): with the
+    configured training seeds, which these commands cannot tell from a path."""
+    return cli_options() + " --seeds " + " ".join(str(seed) for seed in REGISTRY.options["seeds"])
+
+
 def gpu_resources(experiment, hours_factor=1.0):
     """Slurm resources of a GPU job sized like the paper's run (none at CPU scales)."""
     resources = REGISTRY.experiment(experiment)["resources"]

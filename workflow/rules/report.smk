@@ -13,7 +13,7 @@ rule curves:
     wildcard_constraints:
         table="|".join(curve_tables(REGISTRY)),
     params:
-        options=cli_options(),
+        options=seeds_options(),
     log:
         str(paths.job_log(SCALE, "curves", "{table}")),
     conda:
@@ -42,7 +42,7 @@ rule report:
         str(paths.report_file(SCALE)),
     params:
         # --published: with the table of the published checkpoints (where `all` builds it)
-        options=cli_options() + (" --published" if PUBLISHED_IN_ALL else ""),
+        options=seeds_options() + (" --published" if PUBLISHED_IN_ALL else ""),
     log:
         str(paths.job_log(SCALE, "report", "report")),
     conda:

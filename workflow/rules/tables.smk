@@ -13,7 +13,7 @@ rule table:
     wildcard_constraints:
         table="|".join(REGISTRY.tables),
     params:
-        options=cli_options(),
+        options=seeds_options(),
         settings=table_settings,
         out_dir=lambda wildcards, output: str(Path(output.csv).parent),
     log:
